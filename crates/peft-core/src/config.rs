@@ -1,0 +1,138 @@
+//! The method-agnostic view of an adapter config, and how a method creates its per-layer adapters.
+
+use crate::error::{PeftError, Result};
+use crate::layer::{BaseLayer, TunerLayer};
+use peft_config::{PeftConfigCommon, TargetModules, TargetSpec};
+use std::any::Any;
+use std::fmt;
+use tch::nn::Path;
+
+/// A method's config (`LoraConfig`, …): the Rust counterpart of PEFT's `PeftConfig` subclasses.
+///
+/// A method crate implements it for its serde config type. [`crate::PeftModel`] only talks to configs
+/// through this trait, so it needs no knowledge of any method.
+pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
+    /// The fields every PEFT config has.
+    fn common(&self) -> &PeftConfigCommon;
+
+    /// The fields every PEFT config has, mutably.
+    fn common_mut(&mut self) -> &mut PeftConfigCommon;
+
+    /// The module-selection options.
+    fn target_spec(&self) -> TargetSpec<'_>;
+
+    /// Replaces `target_modules` (used to expand `all-linear` into explicit names, as PEFT does in the
+    /// config it saves).
+    fn set_target_modules(&mut self, targets: TargetModules);
+
+    /// The whole config as PEFT's JSON object (every key PEFT writes, with PEFT's value forms).
+    fn to_json(&self) -> serde_json::Value;
+
+    /// Rejects options that peft-rs does not implement yet, naming each. Called before any adapter is
+    /// created, so nothing is ever silently ignored.
+    ///
+    /// # Errors
+    /// [`PeftError::UnsupportedOption`] (or a config error) naming the option.
+    fn validate(&self) -> Result<()>;
+
+    /// The `bias` option: which base biases train with this adapter and are saved with it.
+    fn bias(&self) -> BiasMode {
+        BiasMode::None
+    }
+
+    /// Creates this method's adapter for one targeted layer.
+    ///
+    /// The config is mutable because PEFT corrects some options while injecting (e.g. LoRA's
+    /// `fan_in_fan_out` is set from the layer type), and the corrected value is what gets saved.
+    ///
+    /// # Errors
+    /// [`PeftError::UnsupportedLayer`] for a base this method cannot adapt, or an init failure.
+    fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>>;
+
+    /// A boxed copy.
+    fn clone_box(&self) -> Box<dyn AdapterConfig>;
+
+    /// The concrete config type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl Clone for Box<dyn AdapterConfig> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// PEFT's `bias` option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BiasMode {
+    /// No bias trains or is saved.
+    #[default]
+    None,
+    /// Every bias of the model trains and is saved.
+    All,
+    /// The biases of the adapted layers train and are saved.
+    AdaptedOnly,
+}
+
+/// Everything a method needs to create its adapter on one layer.
+pub struct LayerInit<'p, 'b> {
+    /// The PEFT module name of the layer (`model.layers.0.self_attn.q_proj`).
+    pub module_name: &'b str,
+    /// The adapter name.
+    pub adapter_name: &'b str,
+    /// The base layer (mutable: some inits, e.g. PiSSA, rewrite the base weights).
+    pub base: &'b mut dyn BaseLayer,
+    /// Where the adapter's trainable tensors go: the adapter var store at `base_model.model.<module>`.
+    /// Create tensors as `path / "lora_A" / adapter` → `weight`, mirroring PEFT's in-memory names.
+    pub path: Path<'p>,
+    /// Upcast fp16/bf16 adapter weights to fp32 (PEFT's `autocast_adapter_dtype=True`).
+    pub autocast_adapter_dtype: bool,
+    /// Whether the adapter will be trained (`!inference_mode`).
+    pub trainable: bool,
+    /// Warnings for the user (PEFT's `warnings.warn`), collected by the model.
+    pub warnings: &'b mut Vec<String>,
+}
+
+impl fmt::Debug for LayerInit<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LayerInit")
+            .field("module_name", &self.module_name)
+            .field("adapter_name", &self.adapter_name)
+            .field("base", &self.base.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LayerInit<'_, '_> {
+    /// The error for a base this method cannot adapt.
+    pub fn unsupported(&self, peft_type: &str, hint: &str) -> PeftError {
+        PeftError::UnsupportedLayer {
+            module: self.module_name.to_string(),
+            kind: self.base.kind().to_string(),
+            peft_type: peft_type.to_string(),
+            hint: if hint.is_empty() { String::new() } else { format!("; {hint}") },
+        }
+    }
+
+    /// Records a warning.
+    pub fn warn(&mut self, message: impl Into<String>) {
+        let message = message.into();
+        log::warn!("{message}");
+        self.warnings.push(message);
+    }
+}
+
+/// The error for an option that is set to a value peft-rs does not implement.
+pub fn unsupported_option(peft_type: &str, option: &str, value: &serde_json::Value, hint: &str) -> PeftError {
+    PeftError::UnsupportedOption {
+        peft_type: peft_type.to_string(),
+        option: option.to_string(),
+        value: value.to_string(),
+        hint: if hint.is_empty() { String::new() } else { format!("; {hint}") },
+    }
+}
+
+/// Writes `config` as `adapter_config.json` text exactly as PEFT would (sorted keys, two-space indent).
+pub fn to_config_file_text(config: &dyn AdapterConfig) -> String {
+    peft_config::json::to_peft_json(&config.to_json())
+}

@@ -1,0 +1,234 @@
+//! safetensors reading and atomic writing.
+//!
+//! Files are written like PEFT writes them: `{"format": "pt"}` metadata, contiguous little-endian
+//! data. Every write goes to a temporary file in the target directory which is then renamed over the
+//! target, so a crash never leaves a half-written adapter behind.
+
+use crate::error::{PeftError, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tch::{Device, Kind, Tensor};
+
+/// A tensor read from a safetensors file, on the CPU.
+#[derive(Debug)]
+pub struct LoadedTensor {
+    /// The key in the file.
+    pub key: String,
+    /// The values.
+    pub tensor: Tensor,
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
+
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    Some(match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int8 => Dtype::I8,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Bool => Dtype::BOOL,
+        _ => return None,
+    })
+}
+
+/// Reads every tensor of a safetensors file (memory-mapped, then copied into CPU tensors).
+///
+/// # Errors
+/// [`PeftError::Io`] when the file cannot be opened, [`PeftError::Safetensors`] when it is truncated or
+/// corrupt, [`PeftError::UnsupportedDtype`] for dtypes libtorch cannot hold here.
+pub fn read_safetensors(path: &Path) -> Result<Vec<LoadedTensor>> {
+    let file =
+        fs::File::open(path).map_err(|source| PeftError::Io { path: path.into(), op: "open", source })?;
+    // SAFETY: the map is read-only and dropped before this function returns; we copy every tensor out
+    // of it. A concurrent truncation of the file by another process could fault, as with any mmap reader
+    // (safetensors' own loaders share this caveat).
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| PeftError::Io {
+        path: path.into(),
+        op: "map",
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&mmap)
+        .map_err(|e| PeftError::Safetensors { path: path.into(), reason: e.to_string() })?;
+    let mut out = Vec::new();
+    let mut names: Vec<&str> = st.names();
+    names.sort_unstable();
+    for name in names {
+        let view = st
+            .tensor(name)
+            .map_err(|e| PeftError::Safetensors { path: path.into(), reason: e.to_string() })?;
+        let kind = kind_of(view.dtype()).ok_or_else(|| PeftError::UnsupportedDtype {
+            path: path.into(),
+            key: name.to_string(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)
+            .map_err(PeftError::torch(format!("reading `{name}` from {}", path.display())))?;
+        out.push(LoadedTensor { key: name.to_string(), tensor });
+    }
+    Ok(out)
+}
+
+/// Reads only the header: each key with its dtype name and shape. Cheap even for large files.
+///
+/// # Errors
+/// As [`read_safetensors`].
+pub fn read_safetensors_header(path: &Path) -> Result<Vec<(String, String, Vec<i64>)>> {
+    let file =
+        fs::File::open(path).map_err(|source| PeftError::Io { path: path.into(), op: "open", source })?;
+    // SAFETY: read-only map, dropped before returning; see `read_safetensors`.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| PeftError::Io {
+        path: path.into(),
+        op: "map",
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&mmap)
+        .map_err(|e| PeftError::Safetensors { path: path.into(), reason: e.to_string() })?;
+    let mut out: Vec<_> = st
+        .iter()
+        .map(|(k, v)| {
+            (k.to_string(), format!("{:?}", v.dtype()), v.shape().iter().map(|&d| d as i64).collect())
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Writes tensors as a safetensors file with PEFT's `{"format": "pt"}` metadata, atomically.
+///
+/// # Errors
+/// [`PeftError::Io`] for file-system failures, [`PeftError::Torch`] when a tensor cannot be copied to
+/// the CPU, [`PeftError::Invalid`] for a dtype safetensors cannot store.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (key, t) in tensors {
+        let dtype = dtype_of(t.kind()).ok_or_else(|| {
+            PeftError::Invalid(format!("tensor `{key}` has dtype {:?}, which cannot be saved", t.kind()))
+        })?;
+        let cpu = t
+            .f_to_device(Device::Cpu)
+            .and_then(|c| c.f_contiguous())
+            .map_err(PeftError::torch(format!("copying `{key}` to the CPU")))?;
+        let numel = cpu.numel();
+        let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        cpu.f_copy_data_u8(&mut bytes, numel).map_err(PeftError::torch(format!("reading `{key}`")))?;
+        let shape = cpu.size().iter().map(|&d| d as usize).collect();
+        buffers.push((key.clone(), dtype, shape, bytes));
+    }
+    let views = buffers
+        .iter()
+        .map(|(k, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (k.as_str(), v))
+                .map_err(|e| PeftError::Invalid(format!("tensor `{k}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| PeftError::Invalid(format!("serializing {}: {e}", path.display())))?;
+    atomic_write(path, &bytes)
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so readers
+/// see either the old file or the complete new one.
+///
+/// # Errors
+/// [`PeftError::Io`] naming the file and the failed step.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(
+        ".{file_name}.tmp-{}-{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp).map_err(|source| PeftError::Io {
+            path: tmp.clone(),
+            op: "create",
+            source,
+        })?;
+        f.write_all(bytes).map_err(|source| PeftError::Io { path: tmp.clone(), op: "write", source })?;
+        f.sync_all().map_err(|source| PeftError::Io { path: tmp.clone(), op: "sync", source })?;
+        fs::rename(&tmp, path).map_err(|source| PeftError::Io {
+            path: path.to_path_buf(),
+            op: "rename into place",
+            source,
+        })
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_values_dtypes_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        let a = Tensor::arange(6, (Kind::Float, Device::Cpu)).view([2, 3]) * 0.5;
+        let b = Tensor::from_slice(&[1i64, -2, 3]);
+        let c = Tensor::arange(4, (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        write_safetensors(
+            &path,
+            &[("a".into(), a.tr()), ("b".into(), b.shallow_clone()), ("c".into(), c.shallow_clone())],
+        )
+        .unwrap();
+        let back = read_safetensors(&path).unwrap();
+        assert_eq!(back.iter().map(|t| t.key.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(back[0].tensor.equal(&a.tr()));
+        assert!(back[1].tensor.equal(&b));
+        assert_eq!(back[2].tensor.kind(), Kind::BFloat16);
+        assert!(back[2].tensor.equal(&c));
+        let raw = fs::read(&path).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&raw).unwrap();
+        assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn truncated_and_garbage_files_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        write_safetensors(&path, &[("a".into(), Tensor::ones([64], (Kind::Float, Device::Cpu)))]).unwrap();
+        let full = fs::read(&path).unwrap();
+        fs::write(&path, &full[..full.len() - 10]).unwrap();
+        let err = read_safetensors(&path).unwrap_err();
+        assert!(matches!(err, PeftError::Safetensors { .. }), "{err}");
+        assert!(err.to_string().contains("w.safetensors"), "{err}");
+        fs::write(&path, b"not a safetensors file at all").unwrap();
+        assert!(matches!(read_safetensors(&path).unwrap_err(), PeftError::Safetensors { .. }));
+        let missing = dir.path().join("missing.safetensors");
+        assert!(matches!(read_safetensors(&missing).unwrap_err(), PeftError::Io { .. }));
+    }
+}

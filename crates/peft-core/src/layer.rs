@@ -1,0 +1,414 @@
+//! Adaptable layers: a frozen base plus an ordered set of adapters.
+//!
+//! The pieces, and who implements them:
+//!
+//! * [`BaseLayer`] — the frozen layer a model is built from (a dense [`crate::nn::LinearBase`], GPT-2's
+//!   `Conv1D`, later embeddings, convolutions and quantized linears from `peft-quant`). A base advertises
+//!   capabilities ([`BaseLayer::as_linear`], …) instead of being an enum, so new base kinds plug in
+//!   without changing this crate.
+//! * [`TunerLayer`] — one adapter of one method on one layer (LoRA's `A`/`B` for adapter `default` on
+//!   `lin0`). Method crates implement it. The three forward hooks cover every PEFT method: input
+//!   transforms (IA³ on feed-forward layers, OFT), a replaced base computation (weight-transform
+//!   methods, `modules_to_save` copies) and output updates (LoRA-style additive deltas, IA³ scaling,
+//!   DoRA).
+//! * [`AdaptedLayer`] — what a model stores in its fields: its PEFT module name, the base and the
+//!   [`AdapterSlots`]. Attaching an adapter mutates the slots; the field itself never changes type.
+//! * [`AdaptableLayer`] — the object-safe view of an [`AdaptedLayer`] that [`crate::Adaptable`] visitors
+//!   hand to [`crate::PeftModel`].
+
+use crate::error::{PeftError, Result};
+use indexmap::IndexMap;
+use std::any::Any;
+use std::fmt;
+use std::marker::PhantomData;
+use tch::{Kind, Tensor};
+
+/// The frozen layer under the adapters.
+pub trait BaseLayer: fmt::Debug + Send + 'static {
+    /// The PyTorch class name PEFT would see (`"Linear"`, `"Conv1D"`, `"Embedding"`, …); used in
+    /// messages and in [`crate::status::LayerStatus::module_type`].
+    fn kind(&self) -> &'static str;
+
+    /// The base computation.
+    fn forward(&self, x: &Tensor) -> Tensor;
+
+    /// The base parameters with their PyTorch names (`weight`, `bias`), as shallow clones.
+    fn named_parameters(&self) -> Vec<(&'static str, Tensor)>;
+
+    /// The linear view of this base, if it is a linear layer (dense, transposed or quantized).
+    fn as_linear(&self) -> Option<&dyn LinearLike> {
+        None
+    }
+
+    /// The mutable linear view (merging writes weights through it).
+    fn as_linear_mut(&mut self) -> Option<&mut dyn LinearLike> {
+        None
+    }
+
+    /// The concrete type, for method crates that support only specific bases.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// What methods need from a linear base: shapes, the (dequantized) weight, and a way to write it back.
+///
+/// The weight is always exposed in the base's storage layout: `(out, in)`, or `(in, out)` when
+/// [`LinearLike::fan_in_fan_out`] is true (GPT-2's `Conv1D`).
+pub trait LinearLike {
+    /// Input features.
+    fn in_features(&self) -> i64;
+    /// Output features.
+    fn out_features(&self) -> i64;
+    /// True when the weight is stored `(in, out)`.
+    fn fan_in_fan_out(&self) -> bool;
+    /// The weight: a shallow clone for dense layers (writes through it change the layer), a fresh
+    /// dequantized tensor for quantized ones.
+    fn weight(&self) -> Tensor;
+    /// Overwrites the weight values (no gradient tracking). Dense layers copy in place, quantized ones
+    /// re-quantize.
+    ///
+    /// # Errors
+    /// A shape or dtype that cannot be written.
+    fn set_weight(&mut self, value: &Tensor) -> Result<()>;
+    /// The bias, if any (a shallow clone).
+    fn bias(&self) -> Option<Tensor>;
+    /// The dtype computations with this layer produce.
+    fn compute_kind(&self) -> Kind;
+}
+
+/// Per-call options of a forward pass, passed explicitly (no global state), so several threads can run
+/// differently configured forwards on shallow clones of one model.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct ForwardCtx<'a> {
+    /// Training mode: dropout is active.
+    pub train: bool,
+    _borrow: PhantomData<&'a ()>,
+}
+
+impl ForwardCtx<'_> {
+    /// Evaluation: no dropout.
+    pub fn eval() -> Self {
+        ForwardCtx { train: false, _borrow: PhantomData }
+    }
+
+    /// Training: dropout active.
+    pub fn train() -> Self {
+        ForwardCtx { train: true, _borrow: PhantomData }
+    }
+
+    /// `train` or `eval` from a flag (tch's `ModuleT` convention).
+    pub fn from_train(train: bool) -> Self {
+        if train {
+            Self::train()
+        } else {
+            Self::eval()
+        }
+    }
+}
+
+/// One adapter of one method on one layer.
+///
+/// In-memory tensor names follow PEFT (`lora_A.<adapter>.weight`), relative to the layer; the layer's
+/// module path and `base_model.model.` are prepended by [`crate::PeftModel`]. The checkpoint key is
+/// derived from the in-memory key by [`TunerLayer::checkpoint_key`], so save and load are the same
+/// mapping in two directions.
+pub trait TunerLayer: fmt::Debug + Send + 'static {
+    /// The method, e.g. `"LORA"`.
+    fn peft_type(&self) -> &'static str;
+
+    /// The adapter's tensors: `(in-memory name relative to the layer, tensor)`, as shallow clones, in
+    /// PEFT's state-dict order. Loading copies values into these tensors in place.
+    fn named_tensors(&self) -> Vec<(String, Tensor)>;
+
+    /// Maps a full in-memory key (`base_model.model.lin0.lora_A.default.weight`) to the key in the file
+    /// (`base_model.model.lin0.lora_A.weight`). Methods with legacy key forms override it.
+    fn checkpoint_key(&self, key: &str, adapter: &str) -> String {
+        peft_config::keys::remove_adapter_name(key, adapter)
+    }
+
+    /// Transforms the input before the base runs (IA³ on feed-forward layers, OFT). `None` = unchanged.
+    fn transform_input(&self, _base: &dyn BaseLayer, _x: &Tensor, _ctx: &ForwardCtx<'_>) -> Option<Tensor> {
+        None
+    }
+
+    /// Replaces the base computation (`modules_to_save` copies, weight-transform methods). `None` = run
+    /// the base. The first active adapter that returns `Some` wins.
+    fn replace_base(&self, _base: &dyn BaseLayer, _x: &Tensor, _ctx: &ForwardCtx<'_>) -> Option<Tensor> {
+        None
+    }
+
+    /// Updates the output: `x` is the layer input, `y` the output so far (base plus earlier adapters).
+    fn transform_output(&self, base: &dyn BaseLayer, x: &Tensor, y: Tensor, ctx: &ForwardCtx<'_>) -> Tensor;
+
+    /// Merges this adapter into the base weights. With `safe`, the result is computed on a copy and
+    /// refused (nothing written) if it is not finite.
+    ///
+    /// # Errors
+    /// [`PeftError::NonFiniteMerge`], or a method-specific reason the merge is impossible.
+    fn merge(&mut self, base: &mut dyn BaseLayer, safe: bool) -> Result<()>;
+
+    /// Removes this adapter's contribution from the base weights (the inverse of [`TunerLayer::merge`]).
+    ///
+    /// # Errors
+    /// A method-specific reason the unmerge is impossible.
+    fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()>;
+
+    /// A PEFT-style description (`lora.Linear(in_features=10, out_features=20, r=8)`).
+    fn describe(&self) -> String;
+
+    /// The concrete type (hotswap, weighted combinations and tests downcast through it).
+    fn as_any(&self) -> &dyn Any;
+
+    /// The mutable concrete type.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// The adapters of one layer and their state: which exist (in insertion order), which are active,
+/// which are merged (in merge order), and whether adapters are disabled.
+#[derive(Debug, Default)]
+pub struct AdapterSlots {
+    adapters: IndexMap<String, Box<dyn TunerLayer>>,
+    active: Vec<String>,
+    merged: Vec<String>,
+    disabled: bool,
+}
+
+impl AdapterSlots {
+    /// The adapters on this layer, in the order they were added.
+    pub fn adapters(&self) -> &IndexMap<String, Box<dyn TunerLayer>> {
+        &self.adapters
+    }
+
+    /// One adapter.
+    pub fn get(&self, name: &str) -> Option<&dyn TunerLayer> {
+        self.adapters.get(name).map(|b| b.as_ref())
+    }
+
+    /// One adapter, mutably.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Box<dyn TunerLayer>> {
+        self.adapters.get_mut(name)
+    }
+
+    /// The model-wide active adapters (those absent here are skipped in forward).
+    pub fn active(&self) -> &[String] {
+        &self.active
+    }
+
+    /// Adapters merged into the base weights, in merge order.
+    pub fn merged(&self) -> &[String] {
+        &self.merged
+    }
+
+    /// True when adapters are disabled on this layer.
+    pub fn disabled(&self) -> bool {
+        self.disabled
+    }
+
+    /// True when the layer has no adapters.
+    pub fn is_empty(&self) -> bool {
+        self.adapters.is_empty()
+    }
+
+    pub(crate) fn insert(&mut self, name: String, layer: Box<dyn TunerLayer>) {
+        self.adapters.insert(name, layer);
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) -> Option<Box<dyn TunerLayer>> {
+        self.active.retain(|a| a != name);
+        self.adapters.shift_remove(name)
+    }
+
+    pub(crate) fn set_active(&mut self, names: &[String]) {
+        self.active = names.to_vec();
+    }
+
+    pub(crate) fn set_disabled(&mut self, disabled: bool) {
+        self.disabled = disabled;
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.adapters.clear();
+        self.active.clear();
+        self.merged.clear();
+    }
+
+    /// Runs the layer: the base, then every active, unmerged adapter present on it.
+    ///
+    /// As in PEFT: when adapters are disabled, or when any adapter is merged, only the base runs; the
+    /// result has the base output's dtype.
+    pub fn forward(&self, base: &dyn BaseLayer, x: &Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
+        if self.disabled || !self.merged.is_empty() || self.adapters.is_empty() {
+            return base.forward(x);
+        }
+        let active: Vec<&dyn TunerLayer> =
+            self.active.iter().filter_map(|name| self.adapters.get(name)).map(|b| b.as_ref()).collect();
+        if active.is_empty() {
+            return base.forward(x);
+        }
+        let mut input: Option<Tensor> = None;
+        for adapter in &active {
+            let current = input.as_ref().unwrap_or(x);
+            if let Some(t) = adapter.transform_input(base, current, ctx) {
+                input = Some(t);
+            }
+        }
+        let base_in = input.as_ref().unwrap_or(x);
+        let mut y = active
+            .iter()
+            .find_map(|a| a.replace_base(base, base_in, ctx))
+            .unwrap_or_else(|| base.forward(base_in));
+        let kind = y.kind();
+        for adapter in &active {
+            y = adapter.transform_output(base, x, y, ctx);
+        }
+        if y.kind() != kind {
+            y = y.to_kind(kind);
+        }
+        y
+    }
+
+    /// Merges `names` (default: the active adapters that are not merged yet) into the base.
+    ///
+    /// With `safe`, a non-finite result is refused; adapters merged earlier in this call are unmerged
+    /// again, so the layer is left as it was.
+    ///
+    /// # Errors
+    /// [`PeftError::NonFiniteMerge`] or the method's reason.
+    pub fn merge(&mut self, base: &mut dyn BaseLayer, names: Option<&[String]>, safe: bool) -> Result<()> {
+        let wanted: Vec<String> = names.map(<[String]>::to_vec).unwrap_or_else(|| self.active.clone());
+        let todo: Vec<String> = wanted
+            .into_iter()
+            .filter(|n| self.adapters.contains_key(n) && !self.merged.contains(n))
+            .collect();
+        let mut done = Vec::new();
+        for name in todo {
+            let res = match self.adapters.get_mut(&name) {
+                Some(adapter) => adapter.merge(base, safe),
+                None => Ok(()),
+            };
+            if let Err(e) = res {
+                for undo in done.iter().rev() {
+                    if let Some(adapter) = self.adapters.get_mut(undo) {
+                        adapter.unmerge(base)?;
+                    }
+                    self.merged.retain(|m| m != undo);
+                }
+                return Err(e);
+            }
+            self.merged.push(name.clone());
+            done.push(name);
+        }
+        Ok(())
+    }
+
+    /// Unmerges the adapters merged after the first `keep` ones, last merged first (rollback of a
+    /// partial merge).
+    ///
+    /// # Errors
+    /// The method's reason.
+    pub fn unmerge_to(&mut self, base: &mut dyn BaseLayer, keep: usize) -> Result<()> {
+        while self.merged.len() > keep {
+            let Some(name) = self.merged.pop() else { break };
+            if let Some(adapter) = self.adapters.get_mut(&name) {
+                if let Err(e) = adapter.unmerge(base) {
+                    self.merged.push(name);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmerges every merged adapter, last merged first.
+    ///
+    /// # Errors
+    /// The method's reason.
+    pub fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()> {
+        self.unmerge_to(base, 0)
+    }
+}
+
+/// An adaptable layer as a model stores it: PEFT module name, frozen base, adapters.
+///
+/// Build them with the constructors in [`crate::nn`] (`linear`, `conv1d`, …), which take the
+/// `nn::Path` the base weights live under; that path is the PEFT module name.
+#[derive(Debug)]
+pub struct AdaptedLayer<B: BaseLayer> {
+    name: String,
+    base: B,
+    slots: AdapterSlots,
+}
+
+impl<B: BaseLayer> AdaptedLayer<B> {
+    /// Wraps a base under a module name (normally the `nn::Path` the base was built under).
+    pub fn new(name: impl Into<String>, base: B) -> Self {
+        Self { name: name.into(), base, slots: AdapterSlots::default() }
+    }
+
+    /// The PEFT module name, e.g. `model.layers.0.self_attn.q_proj`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The base layer.
+    pub fn base(&self) -> &B {
+        &self.base
+    }
+
+    /// The adapters and their state.
+    pub fn slots(&self) -> &AdapterSlots {
+        &self.slots
+    }
+
+    /// Forward with explicit per-call options.
+    pub fn forward_ctx(&self, x: &Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
+        self.slots.forward(&self.base, x, ctx)
+    }
+
+    /// Forward in evaluation mode (no dropout).
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.forward_ctx(x, &ForwardCtx::eval())
+    }
+}
+
+impl<B: BaseLayer> tch::nn::ModuleT for AdaptedLayer<B> {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_ctx(xs, &ForwardCtx::from_train(train))
+    }
+}
+
+/// The object-safe view of an adaptable layer that model visitors yield.
+pub trait AdaptableLayer {
+    /// The PEFT module name.
+    fn name(&self) -> &str;
+    /// The base layer.
+    fn base(&self) -> &dyn BaseLayer;
+    /// The adapters and their state.
+    fn slots(&self) -> &AdapterSlots;
+    /// The base and the slots, both mutable (merging needs both at once).
+    fn parts_mut(&mut self) -> (&mut dyn BaseLayer, &mut AdapterSlots);
+}
+
+impl<B: BaseLayer> AdaptableLayer for AdaptedLayer<B> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn base(&self) -> &dyn BaseLayer {
+        &self.base
+    }
+    fn slots(&self) -> &AdapterSlots {
+        &self.slots
+    }
+    fn parts_mut(&mut self) -> (&mut dyn BaseLayer, &mut AdapterSlots) {
+        (&mut self.base, &mut self.slots)
+    }
+}
+
+/// Checks that every value of `t` is finite.
+///
+/// # Errors
+/// A libtorch failure.
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    let ok = t.f_isfinite().and_then(|f| f.f_all()).map_err(PeftError::torch("checking for NaN/inf"))?;
+    ok.f_int64_value(&[]).map(|v| v != 0).map_err(PeftError::torch("checking for NaN/inf"))
+}

@@ -1,0 +1,1152 @@
+//! [`PeftModel`]: a model with adapters — PEFT's `PeftModel` + `BaseTuner` operations.
+
+use crate::adaptable::{layer_names, Adaptable};
+use crate::config::{AdapterConfig, BiasMode, LayerInit};
+use crate::error::{PeftError, Result};
+use crate::io;
+use crate::layer::AdaptableLayer;
+use crate::registry;
+use crate::status::{LayerStatus, ModelStatus, RequiresGrad, Tristate};
+use indexmap::IndexMap;
+use peft_config::keys::{self, CONFIG_NAME, DEFAULT_ADAPTER_NAME, PEFT_PREFIX, SAFETENSORS_WEIGHTS_NAME};
+use peft_config::{MatchReport, TargetMatcher, TargetModules};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// Options for creating or adding an adapter.
+#[derive(Clone, Copy, Debug)]
+pub struct AdapterOptions {
+    /// Upcast fp16/bf16 adapter weights to fp32, as PEFT does by default.
+    pub autocast_adapter_dtype: bool,
+    /// Accept `target_modules` entries that match nothing (PEFT's behaviour). By default peft-rs fails
+    /// naming each such entry, because a typo would otherwise train a different adapter than intended.
+    pub allow_unmatched_targets: bool,
+}
+
+impl Default for AdapterOptions {
+    fn default() -> Self {
+        Self { autocast_adapter_dtype: true, allow_unmatched_targets: false }
+    }
+}
+
+/// Options for loading an adapter directory.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// The name the adapter gets in the model.
+    pub adapter_name: String,
+    /// Load for training (`requires_grad`, `inference_mode: false`) instead of inference.
+    pub is_trainable: bool,
+    /// A sub-directory of the given directory holding the adapter (how PEFT saves non-default adapters).
+    pub subfolder: Option<String>,
+    /// Creation options.
+    pub adapter: AdapterOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            adapter_name: DEFAULT_ADAPTER_NAME.to_string(),
+            is_trainable: false,
+            subfolder: None,
+            adapter: AdapterOptions::default(),
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Loads under `name`.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self { adapter_name: name.into(), ..Self::default() }
+    }
+
+    /// Loads for training.
+    pub fn trainable(mut self) -> Self {
+        self.is_trainable = true;
+        self
+    }
+}
+
+/// What a load did.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    /// The adapter name in the model.
+    pub adapter_name: String,
+    /// The method.
+    pub peft_type: String,
+    /// True when the adapter's weights require gradients (loaded with `is_trainable`).
+    pub trainable: bool,
+    /// Number of tensors read from the file.
+    pub tensors_loaded: usize,
+    /// The directory the adapter came from.
+    pub path: PathBuf,
+    /// Warnings (unknown config keys, corrected options, …).
+    pub warnings: Vec<String>,
+}
+
+/// Options of [`PeftModel::save_pretrained`].
+#[derive(Clone, Debug, Default)]
+pub struct SaveOptions {
+    /// Save only these adapters (default: all).
+    pub selected_adapters: Option<Vec<String>>,
+}
+
+/// A model with PEFT adapters.
+///
+/// It owns the user's model `M` (whose [`AdaptableLayer`]s carry the adapters) and the adapter var store
+/// (the trainable tensors, named as PEFT names them in memory: `base_model.model.<module>.lora_A.<adapter>
+/// .weight`). Build an optimizer from [`PeftModel::adapter_var_store`].
+///
+/// ```
+/// use peft_core::{nn, Adaptable, PeftModel};
+/// use tch::nn::{ModuleT, VarStore};
+///
+/// #[derive(Debug, Adaptable)]
+/// struct Mlp { lin0: nn::Linear, lin1: nn::Linear }
+///
+/// impl ModuleT for Mlp {
+///     fn forward_t(&self, x: &tch::Tensor, train: bool) -> tch::Tensor {
+///         self.lin1.forward_t(&self.lin0.forward_t(x, train).relu(), train)
+///     }
+/// }
+///
+/// # fn main() -> peft_core::Result<()> {
+/// let vs = VarStore::new(tch::Device::Cpu);
+/// let mlp = Mlp {
+///     lin0: nn::linear(vs.root() / "lin0", 10, 20, Default::default())?,
+///     lin1: nn::linear(vs.root() / "lin1", 20, 2, Default::default())?,
+/// };
+/// // A config from any linked method crate; here parsed from PEFT's JSON (peft-lora is linked in the
+/// // real program; this example only checks the error).
+/// let err = peft_core::registry::config_from_str(r#"{"peft_type": "VERA"}"#, &mut vec![]).unwrap_err();
+/// assert!(err.to_string().contains("peft-vera"));
+/// # let _ = mlp; Ok(()) }
+/// ```
+pub struct PeftModel<M: Adaptable> {
+    model: M,
+    configs: IndexMap<String, Box<dyn AdapterConfig>>,
+    active: Vec<String>,
+    disabled: Option<Vec<(Tensor, bool)>>,
+    adapter_vs: nn::VarStore,
+    base_params: Vec<(String, Tensor)>,
+    warnings: Vec<String>,
+}
+
+impl<M: Adaptable + fmt::Debug> fmt::Debug for PeftModel<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeftModel")
+            .field("adapters", &self.configs.keys().collect::<Vec<_>>())
+            .field("active", &self.active)
+            .field("disabled", &self.disabled.is_some())
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+fn abbreviate(names: &[String]) -> String {
+    const MAX: usize = 12;
+    if names.len() <= MAX {
+        format!("{names:?}")
+    } else {
+        format!("{:?} … ({} in all)", &names[..MAX], names.len())
+    }
+}
+
+fn set_requires_grad(t: &Tensor, on: bool) {
+    if t.requires_grad() != on {
+        let _ = t.set_requires_grad(on);
+    }
+}
+
+impl<M: Adaptable> PeftModel<M> {
+    /// PEFT's `get_peft_model`: wraps `model` (whose base weights live in `base`) and adds the adapter
+    /// `adapter_name` from `config`, active and trainable unless the config says `inference_mode`.
+    ///
+    /// Every base parameter is frozen (`requires_grad = false`), as PEFT does.
+    ///
+    /// # Errors
+    /// See [`PeftModel::add_adapter_with`].
+    pub fn new(
+        model: M,
+        base: &nn::VarStore,
+        config: Box<dyn AdapterConfig>,
+        adapter_name: &str,
+    ) -> Result<Self> {
+        Self::with_options(model, base, config, adapter_name, AdapterOptions::default())
+    }
+
+    /// [`PeftModel::new`] with explicit options.
+    ///
+    /// # Errors
+    /// See [`PeftModel::add_adapter_with`].
+    pub fn with_options(
+        model: M,
+        base: &nn::VarStore,
+        config: Box<dyn AdapterConfig>,
+        adapter_name: &str,
+        options: AdapterOptions,
+    ) -> Result<Self> {
+        let mut peft = Self::wrap(model, base)?;
+        let trainable = !config.common().inference_mode;
+        peft.add_adapter_with(adapter_name, config, options)?;
+        peft.activate(&[adapter_name.to_string()], trainable)?;
+        Ok(peft)
+    }
+
+    /// PEFT's `PeftModel.from_pretrained`: wraps `model` and loads the adapter saved in `dir`, active.
+    ///
+    /// # Errors
+    /// Missing or invalid config, unknown or unlinked method, corrupt weights, missing/unexpected keys,
+    /// shape mismatches — each naming the file and key.
+    pub fn from_pretrained(
+        model: M,
+        base: &nn::VarStore,
+        dir: impl AsRef<Path>,
+        options: LoadOptions,
+    ) -> Result<(Self, LoadReport)> {
+        let mut peft = Self::wrap(model, base)?;
+        let report = peft.load_adapter(dir, options)?;
+        peft.activate(&[report.adapter_name.clone()], report.trainable)?;
+        Ok((peft, report))
+    }
+
+    fn wrap(model: M, base: &nn::VarStore) -> Result<Self> {
+        let names = layer_names(&model);
+        let mut seen = BTreeSet::new();
+        for name in &names {
+            if name.is_empty() || name.split('.').any(str::is_empty) {
+                return Err(PeftError::Invalid(format!(
+                    "an adaptable layer has the module name {name:?}; build layers under a non-empty nn::Path"
+                )));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(PeftError::DuplicateModuleName { name: name.clone() });
+            }
+        }
+        let mut base_params: Vec<(String, Tensor)> = base.variables().into_iter().collect();
+        base_params.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, t) in &base_params {
+            set_requires_grad(t, false);
+        }
+        Ok(Self {
+            model,
+            configs: IndexMap::new(),
+            active: Vec::new(),
+            disabled: None,
+            adapter_vs: nn::VarStore::new(base.device()),
+            base_params,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// The wrapped model (run its forward to use the adapters).
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The wrapped model, mutably. Replacing its adaptable layers behind the PeftModel's back is not
+    /// supported.
+    pub fn model_mut(&mut self) -> &mut M {
+        &mut self.model
+    }
+
+    /// The var store holding every adapter tensor; build the optimizer from it. Frozen (inactive or
+    /// inference-mode) adapters have `requires_grad = false` and get no updates. An optimizer built
+    /// before [`PeftModel::delete_adapter`] keeps the deleted tensors: rebuild it.
+    pub fn adapter_var_store(&self) -> &nn::VarStore {
+        &self.adapter_vs
+    }
+
+    /// Warnings collected while adding or loading adapters (PEFT's `warnings.warn`).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The adapters, in the order they were added.
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.configs.keys().cloned().collect()
+    }
+
+    /// The config of one adapter.
+    pub fn config(&self, adapter: &str) -> Option<&dyn AdapterConfig> {
+        self.configs.get(adapter).map(|c| c.as_ref())
+    }
+
+    /// The active adapters.
+    pub fn active_adapters(&self) -> &[String] {
+        &self.active
+    }
+
+    fn unknown(&self, name: &str) -> PeftError {
+        PeftError::UnknownAdapter { name: name.to_string(), available: self.adapter_names() }
+    }
+
+    /// PEFT's `add_adapter`: adds an inactive, frozen adapter (activate it with
+    /// [`PeftModel::set_adapter`]).
+    ///
+    /// # Errors
+    /// See [`PeftModel::add_adapter_with`].
+    pub fn add_adapter(&mut self, name: &str, config: Box<dyn AdapterConfig>) -> Result<()> {
+        self.add_adapter_with(name, config, AdapterOptions::default())
+    }
+
+    /// [`PeftModel::add_adapter`] with options. On error the model is left unchanged.
+    ///
+    /// # Errors
+    /// [`PeftError::InvalidAdapterName`], [`PeftError::DuplicateAdapter`], [`PeftError::MixedPeftTypes`],
+    /// [`PeftError::UnsupportedOption`] for options not implemented yet, [`PeftError::NoMatchingTargets`]
+    /// naming every `target_modules` entry that matched nothing, [`PeftError::UnsupportedLayer`].
+    pub fn add_adapter_with(
+        &mut self,
+        name: &str,
+        mut config: Box<dyn AdapterConfig>,
+        options: AdapterOptions,
+    ) -> Result<()> {
+        keys::validate_adapter_name(name).map_err(|reason| PeftError::InvalidAdapterName { reason })?;
+        if self.configs.contains_key(name) {
+            return Err(PeftError::DuplicateAdapter { name: name.to_string() });
+        }
+        let new_type = config.common().peft_type.clone();
+        if let Some((_, existing)) = self.configs.first() {
+            if existing.common().peft_type != new_type {
+                return Err(PeftError::MixedPeftTypes {
+                    existing: existing.common().peft_type.clone(),
+                    new: new_type,
+                });
+            }
+        }
+        config.validate()?;
+        if self.configs.values().filter(|c| c.bias() != BiasMode::None).count() > 0
+            && config.bias() != BiasMode::None
+        {
+            return Err(PeftError::Invalid(format!(
+                "adapter `{name}`: only one adapter of a model may have a `bias` other than \"none\""
+            )));
+        }
+        let report = resolve_targets(&self.model, config.as_mut(), name, options)?;
+        for entry in &report.unused_excludes {
+            self.warn(format!("adapter `{name}`: exclude_modules entry {entry:?} excluded nothing"));
+        }
+        let targeted: BTreeSet<String> = report.targeted.into_iter().collect();
+        let trainable = !config.common().inference_mode;
+        let mut warnings = Vec::new();
+        let vs_root = self.adapter_vs.root();
+        let result = self.model.visit_layers_mut(&mut |layer: &mut dyn AdaptableLayer| {
+            if !targeted.contains(layer.name()) {
+                return Ok(());
+            }
+            let module_name = layer.name().to_string();
+            let mut path = &vs_root / "base_model" / "model";
+            for seg in module_name.split('.') {
+                path = &path / seg;
+            }
+            let (base, slots) = layer.parts_mut();
+            if !slots.merged().is_empty() {
+                return Err(PeftError::Invalid(format!(
+                    "cannot add adapter `{name}` to `{module_name}` while adapters are merged into it; unmerge first"
+                )));
+            }
+            let mut init = LayerInit {
+                module_name: &module_name,
+                adapter_name: name,
+                base,
+                path,
+                autocast_adapter_dtype: options.autocast_adapter_dtype,
+                trainable,
+                warnings: &mut warnings,
+            };
+            let tuner = config.create_layer(&mut init)?;
+            for (_, t) in tuner.named_tensors() {
+                set_requires_grad(&t, false);
+            }
+            slots.insert(name.to_string(), tuner);
+            Ok(())
+        });
+        self.warnings.extend(warnings);
+        if let Err(e) = result {
+            self.remove_layers(name);
+            return Err(e);
+        }
+        self.configs.insert(name.to_string(), config);
+        let active = self.active.clone();
+        self.model.visit_layers_mut(&mut |layer| {
+            layer.parts_mut().1.set_active(&active);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn warn(&mut self, message: String) {
+        log::warn!("{message}");
+        self.warnings.push(message);
+    }
+
+    /// Removes `name` from every layer and its tensors from the adapter var store.
+    fn remove_layers(&mut self, name: &str) {
+        let mut var_names = BTreeSet::new();
+        let _ = self.model.visit_layers_mut(&mut |layer| {
+            let module = layer.name().to_string();
+            if let Some(tuner) = layer.parts_mut().1.remove(name) {
+                for (rel, _) in tuner.named_tensors() {
+                    var_names.insert(format!("{PEFT_PREFIX}{module}.{rel}"));
+                }
+            }
+            Ok(())
+        });
+        let mut vars = match self.adapter_vs.variables_.lock() {
+            Ok(v) => v,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut removed_ptrs = BTreeSet::new();
+        for n in &var_names {
+            if let Some(t) = vars.named_variables.remove(n) {
+                removed_ptrs.insert(t.data_ptr() as usize);
+            }
+        }
+        vars.trainable_variables.retain(|v| !removed_ptrs.contains(&(v.tensor.data_ptr() as usize)));
+    }
+
+    /// PEFT's `set_adapter`: makes `name` the only active adapter, trainable (as PEFT does; freeze it
+    /// with [`PeftModel::set_requires_grad`]). Merged layers are unmerged first, with a warning.
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`].
+    pub fn set_adapter(&mut self, name: &str) -> Result<()> {
+        self.set_adapters(&[name])
+    }
+
+    /// Activates several adapters at once (PEFT's `base_model.set_adapter([...])`): their outputs add up.
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`].
+    pub fn set_adapters(&mut self, names: &[&str]) -> Result<()> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        self.activate(&names, true)
+    }
+
+    fn activate(&mut self, names: &[String], trainable: bool) -> Result<()> {
+        for n in names {
+            if !self.configs.contains_key(n) {
+                return Err(self.unknown(n));
+            }
+        }
+        if self.is_merged() {
+            self.warn("adapters cannot be switched while merged; unmerging the model first".into());
+            self.unmerge_adapter()?;
+        }
+        self.active = names.to_vec();
+        let active = self.active.clone();
+        self.model.visit_layers_mut(&mut |layer| {
+            layer.parts_mut().1.set_active(&active);
+            Ok(())
+        })?;
+        let all = self.adapter_names();
+        for n in &all {
+            let on = trainable && active.contains(n);
+            self.set_requires_grad(&[n.as_str()], on)?;
+        }
+        Ok(())
+    }
+
+    /// Turns gradients of the named adapters on or off (PEFT's `set_requires_grad`).
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`].
+    pub fn set_requires_grad(&mut self, names: &[&str], requires_grad: bool) -> Result<()> {
+        for n in names {
+            if !self.configs.contains_key(*n) {
+                return Err(self.unknown(n));
+            }
+        }
+        self.model.visit_layers(&mut |layer| {
+            for n in names {
+                if let Some(tuner) = layer.slots().get(n) {
+                    for (_, t) in tuner.named_tensors() {
+                        set_requires_grad(&t, requires_grad);
+                    }
+                }
+            }
+        });
+        for n in names {
+            let bias = self.configs.get(*n).map(|c| c.bias()).unwrap_or_default();
+            for t in self.bias_params(bias) {
+                set_requires_grad(&t.1, requires_grad);
+            }
+        }
+        Ok(())
+    }
+
+    /// The base biases an adapter with this `bias` mode trains and saves: `(checkpoint key, tensor)`.
+    fn bias_params(&self, bias: BiasMode) -> Vec<(String, Tensor)> {
+        if bias == BiasMode::None {
+            return Vec::new();
+        }
+        let mut adapted = BTreeSet::new();
+        self.model.visit_layers(&mut |layer| {
+            if !layer.slots().is_empty() {
+                adapted.insert(layer.name().to_string());
+            }
+        });
+        let mut out = Vec::new();
+        for (name, t) in &self.base_params {
+            if name != "bias" && !name.ends_with(".bias") {
+                continue;
+            }
+            let module = name.strip_suffix(".bias").unwrap_or("");
+            let key = if adapted.contains(module) {
+                format!("{PEFT_PREFIX}{module}.base_layer.bias")
+            } else if bias == BiasMode::All {
+                format!("{PEFT_PREFIX}{name}")
+            } else {
+                continue;
+            };
+            out.push((key, t.shallow_clone()));
+        }
+        out
+    }
+
+    /// PEFT's `delete_adapter`. The active adapter becomes the remaining active ones, else the first
+    /// remaining adapter in alphabetical order (with a warning), else none.
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`]; [`PeftError::AdapterMerged`] when it is merged anywhere.
+    pub fn delete_adapter(&mut self, name: &str) -> Result<()> {
+        if !self.configs.contains_key(name) {
+            return Err(self.unknown(name));
+        }
+        let mut merged = false;
+        self.model.visit_layers(&mut |l| merged |= l.slots().merged().iter().any(|m| m == name));
+        if merged {
+            return Err(PeftError::AdapterMerged { adapter: name.to_string() });
+        }
+        self.remove_layers(name);
+        self.configs.shift_remove(name);
+        let mut remaining: Vec<String> = self.active.iter().filter(|a| *a != name).cloned().collect();
+        if remaining.is_empty() && !self.active.is_empty() {
+            let mut all = self.adapter_names();
+            all.sort();
+            if let Some(first) = all.into_iter().next() {
+                self.warn(format!("deleted the active adapter `{name}`; `{first}` is now active"));
+                remaining.push(first);
+            }
+        }
+        let trainable =
+            remaining.iter().all(|n| self.configs.get(n).is_some_and(|c| !c.common().inference_mode));
+        self.activate(&remaining, trainable)
+    }
+
+    /// True when any layer has a merged adapter.
+    pub fn is_merged(&self) -> bool {
+        let mut merged = false;
+        self.model.visit_layers(&mut |l| merged |= !l.slots().merged().is_empty());
+        merged
+    }
+
+    /// PEFT's `merge_adapter`: merges `names` (default: the active adapters) into the base weights, keeping
+    /// the adapters so they can be unmerged. With `safe`, non-finite results are refused and nothing is
+    /// merged.
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`], [`PeftError::NonFiniteMerge`], or the method's reason; the model is
+    /// left unmerged-as-before on error.
+    pub fn merge_adapter(&mut self, names: Option<&[&str]>, safe: bool) -> Result<()> {
+        let names: Option<Vec<String>> = names.map(|n| n.iter().map(|s| s.to_string()).collect());
+        if let Some(ns) = &names {
+            for n in ns {
+                if !self.configs.contains_key(n) {
+                    return Err(self.unknown(n));
+                }
+            }
+        }
+        let before: Vec<usize> = self.merged_counts();
+        let result = self.model.visit_layers_mut(&mut |layer| {
+            let (base, slots) = layer.parts_mut();
+            slots.merge(base, names.as_deref(), safe)
+        });
+        if let Err(e) = result {
+            // Roll back the layers merged in this call.
+            let mut i = 0;
+            let _ = self.model.visit_layers_mut(&mut |layer| {
+                let keep = before.get(i).copied().unwrap_or(0);
+                i += 1;
+                let (base, slots) = layer.parts_mut();
+                slots.unmerge_to(base, keep)
+            });
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn merged_counts(&self) -> Vec<usize> {
+        let mut v = Vec::new();
+        self.model.visit_layers(&mut |l| v.push(l.slots().merged().len()));
+        v
+    }
+
+    /// PEFT's `unmerge_adapter`: restores the base weights.
+    ///
+    /// # Errors
+    /// The method's reason.
+    pub fn unmerge_adapter(&mut self) -> Result<()> {
+        self.model.visit_layers_mut(&mut |layer| {
+            let (base, slots) = layer.parts_mut();
+            slots.unmerge(base)
+        })
+    }
+
+    /// PEFT's `merge_and_unload`: merges the active adapters (or `names`) and returns the bare model.
+    /// The base var store given at creation now holds the merged weights.
+    ///
+    /// # Errors
+    /// As [`PeftModel::merge_adapter`]; on error nothing is merged.
+    pub fn merge_and_unload(mut self, names: Option<&[&str]>, safe: bool) -> Result<M> {
+        self.merge_adapter(names, safe)?;
+        Ok(self.unload())
+    }
+
+    /// PEFT's `unload`: removes every adapter and returns the bare model. As in PEFT, weights of layers
+    /// that are merged stay merged.
+    pub fn unload(mut self) -> M {
+        let _ = self.model.visit_layers_mut(&mut |layer| {
+            layer.parts_mut().1.clear();
+            Ok(())
+        });
+        self.model
+    }
+
+    /// Disables every adapter until [`PeftModel::enable_adapter_layers`]: the model computes the base
+    /// output, and adapter gradients are off. Merged layers are unmerged first (PEFT does that inside the
+    /// next forward).
+    ///
+    /// # Errors
+    /// The method's unmerge failure.
+    pub fn disable_adapter_layers(&mut self) -> Result<()> {
+        if self.disabled.is_some() {
+            return Ok(());
+        }
+        if self.is_merged() {
+            self.unmerge_adapter()?;
+        }
+        let mut saved = Vec::new();
+        self.model.visit_layers_mut(&mut |layer| {
+            let slots = layer.parts_mut().1;
+            slots.set_disabled(true);
+            for tuner in slots.adapters().values() {
+                for (_, t) in tuner.named_tensors() {
+                    saved.push((t.shallow_clone(), t.requires_grad()));
+                    set_requires_grad(&t, false);
+                }
+            }
+            Ok(())
+        })?;
+        self.disabled = Some(saved);
+        Ok(())
+    }
+
+    /// Re-enables the adapters and restores their gradient flags.
+    ///
+    /// # Errors
+    /// Never in practice; kept fallible for methods with enable hooks.
+    pub fn enable_adapter_layers(&mut self) -> Result<()> {
+        let Some(saved) = self.disabled.take() else {
+            return Ok(());
+        };
+        self.model.visit_layers_mut(&mut |layer| {
+            layer.parts_mut().1.set_disabled(false);
+            Ok(())
+        })?;
+        for (t, flag) in saved {
+            set_requires_grad(&t, flag);
+        }
+        Ok(())
+    }
+
+    /// PEFT's `with model.disable_adapter():` — the adapters are disabled while the guard lives.
+    ///
+    /// # Errors
+    /// As [`PeftModel::disable_adapter_layers`].
+    pub fn disable_adapters(&mut self) -> Result<AdaptersDisabled<'_, M>> {
+        let was_disabled = self.disabled.is_some();
+        self.disable_adapter_layers()?;
+        Ok(AdaptersDisabled { peft: self, was_disabled })
+    }
+
+    /// True while adapters are disabled.
+    pub fn adapters_disabled(&self) -> bool {
+        self.disabled.is_some()
+    }
+
+    /// The adapter's tensors under their checkpoint keys (the content of `adapter_model.safetensors`).
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`].
+    pub fn adapter_state_dict(&self, adapter: &str) -> Result<Vec<(String, Tensor)>> {
+        let config = self.configs.get(adapter).ok_or_else(|| self.unknown(adapter))?;
+        let mut out = Vec::new();
+        self.model.visit_layers(&mut |layer| {
+            if let Some(tuner) = layer.slots().get(adapter) {
+                for (rel, t) in tuner.named_tensors() {
+                    let full = format!("{PEFT_PREFIX}{}.{rel}", layer.name());
+                    out.push((tuner.checkpoint_key(&full, adapter), t));
+                }
+            }
+        });
+        out.extend(self.bias_params(config.bias()));
+        Ok(out)
+    }
+
+    /// PEFT's `save_pretrained`: each adapter goes to `dir` (the one named `default`) or `dir/<name>`, as
+    /// `adapter_config.json` (with `inference_mode: true`) and `adapter_model.safetensors` with PEFT's
+    /// keys and `{"format": "pt"}` metadata. Files are written atomically.
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`] for a selected adapter that does not exist, [`PeftError::Io`].
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>, options: &SaveOptions) -> Result<()> {
+        let dir = dir.as_ref();
+        if dir.is_file() {
+            return Err(PeftError::Io {
+                path: dir.to_path_buf(),
+                op: "save into (it is a file, not a directory)",
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        let names = match &options.selected_adapters {
+            Some(sel) => {
+                for n in sel {
+                    if !self.configs.contains_key(n) {
+                        return Err(self.unknown(n));
+                    }
+                }
+                sel.clone()
+            }
+            None => self.adapter_names(),
+        };
+        for name in names {
+            let target = if name == DEFAULT_ADAPTER_NAME { dir.to_path_buf() } else { dir.join(&name) };
+            std::fs::create_dir_all(&target).map_err(|source| PeftError::Io {
+                path: target.clone(),
+                op: "create directory",
+                source,
+            })?;
+            let tensors = self.adapter_state_dict(&name)?;
+            io::write_safetensors(&target.join(SAFETENSORS_WEIGHTS_NAME), &tensors)?;
+            let mut config = self.configs[&name].clone_box();
+            config.common_mut().inference_mode = true;
+            if config.common().task_type.is_none() {
+                if let Some(mapping) = self.model.auto_mapping() {
+                    config.common_mut().auto_mapping = Some(mapping);
+                }
+            }
+            let text = crate::config::to_config_file_text(config.as_ref());
+            io::atomic_write(&target.join(CONFIG_NAME), text.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// PEFT's `load_adapter`: adds the adapter saved in `dir` under `options.adapter_name`, inactive
+    /// (activate it with [`PeftModel::set_adapter`]). On error the model is unchanged.
+    ///
+    /// # Errors
+    /// As [`PeftModel::from_pretrained`].
+    pub fn load_adapter(&mut self, dir: impl AsRef<Path>, options: LoadOptions) -> Result<LoadReport> {
+        let mut dir = dir.as_ref().to_path_buf();
+        if let Some(sub) = &options.subfolder {
+            dir = dir.join(sub);
+        }
+        let mut warnings = Vec::new();
+        let mut config = registry::load_config(&dir, &mut warnings)?;
+        config.common_mut().inference_mode = !options.is_trainable;
+        let peft_type = config.common().peft_type.clone();
+        let name = options.adapter_name.clone();
+        let before = self.warnings.len();
+        self.add_adapter_with(&name, config, options.adapter)?;
+        let weights = dir.join(SAFETENSORS_WEIGHTS_NAME);
+        let tensors_loaded = match self.load_weights(&name, &weights) {
+            Ok(n) => n,
+            Err(e) => {
+                self.remove_layers(&name);
+                self.configs.shift_remove(&name);
+                self.warnings.truncate(before);
+                return Err(e);
+            }
+        };
+        let trainable = options.is_trainable;
+        self.set_requires_grad(&[name.as_str()], trainable && self.active.contains(&name))?;
+        for w in &warnings {
+            self.warn(w.clone());
+        }
+        let warnings = self.warnings[before..].to_vec();
+        log::info!(
+            "loaded {peft_type} adapter `{name}` from {} ({tensors_loaded} tensors, {})",
+            dir.display(),
+            if trainable { "trainable" } else { "frozen for inference" }
+        );
+        Ok(LoadReport { adapter_name: name, peft_type, trainable, tensors_loaded, path: dir, warnings })
+    }
+
+    /// Copies the tensors of a weights file into the adapter `name`. Every adapter tensor must be present
+    /// with its exact shape, and every tensor of the file must belong to the adapter.
+    fn load_weights(&mut self, name: &str, path: &Path) -> Result<usize> {
+        if !path.exists() {
+            let legacy = path.with_file_name(keys::WEIGHTS_NAME);
+            let hint = if legacy.exists() {
+                " (found the legacy pickle `adapter_model.bin`; re-save the adapter with safetensors)"
+            } else {
+                ""
+            };
+            return Err(PeftError::Io {
+                path: path.to_path_buf(),
+                op: if hint.is_empty() { "read" } else { "read the safetensors weights" },
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("no such file{hint}")),
+            });
+        }
+        let file = io::read_safetensors(path)?;
+        let mut expected: BTreeMap<String, Tensor> = self.adapter_state_dict(name)?.into_iter().collect();
+        let mut unexpected = Vec::new();
+        let mut count = 0;
+        for lt in file {
+            // Files written by `inject_adapter_in_model` (transformers/diffusers integrations) lack the
+            // `base_model.model.` prefix.
+            let key = if lt.key.starts_with(PEFT_PREFIX) {
+                lt.key.clone()
+            } else {
+                format!("{PEFT_PREFIX}{}", lt.key)
+            };
+            let Some(mut dst) = expected.remove(&key) else {
+                unexpected.push(lt.key);
+                continue;
+            };
+            if dst.size() != lt.tensor.size() {
+                return Err(PeftError::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    key: lt.key,
+                    expected: dst.size(),
+                    found: lt.tensor.size(),
+                });
+            }
+            tch::no_grad(|| dst.f_copy_(&lt.tensor)).map_err(PeftError::torch(format!(
+                "loading `{}` from {}",
+                lt.key,
+                path.display()
+            )))?;
+            count += 1;
+        }
+        if !unexpected.is_empty() {
+            return Err(PeftError::UnexpectedKeys { path: path.to_path_buf(), keys: unexpected });
+        }
+        if !expected.is_empty() {
+            return Err(PeftError::MissingKeys {
+                path: path.to_path_buf(),
+                keys: expected.into_keys().collect(),
+            });
+        }
+        Ok(count)
+    }
+
+    /// `(trainable, total)` parameter counts (PEFT's `get_nb_trainable_parameters`).
+    pub fn num_parameters(&self) -> (i64, i64) {
+        let mut trainable = 0i64;
+        let mut total = 0i64;
+        let base = self.base_params.iter().map(|(_, t)| t.shallow_clone());
+        let adapters = self.adapter_vs.variables().into_values();
+        for t in base.chain(adapters) {
+            let n = t.numel() as i64;
+            total += n;
+            if t.requires_grad() {
+                trainable += n;
+            }
+        }
+        (trainable, total)
+    }
+
+    /// PEFT's `print_trainable_parameters` line:
+    /// `trainable params: 1,234 || all params: 5,678 || trainable%: 21.7330`.
+    pub fn trainable_parameters_line(&self) -> String {
+        let (t, a) = self.num_parameters();
+        let pct = if a > 0 { 100.0 * t as f64 / a as f64 } else { 0.0 };
+        format!("trainable params: {} || all params: {} || trainable%: {pct:.4}", thousands(t), thousands(a))
+    }
+
+    /// Prints [`PeftModel::trainable_parameters_line`].
+    #[allow(clippy::print_stdout)]
+    pub fn print_trainable_parameters(&self) {
+        println!("{}", self.trainable_parameters_line());
+    }
+
+    /// The modules an adapter is attached to, in module order.
+    pub fn targeted_modules(&self, adapter: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        self.model.visit_layers(&mut |l| {
+            if l.slots().get(adapter).is_some() {
+                v.push(l.name().to_string());
+            }
+        });
+        v
+    }
+
+    /// PEFT's `get_layer_status`: one entry per adapted layer.
+    pub fn layer_status(&self) -> Vec<LayerStatus> {
+        let mut out = Vec::new();
+        self.model.visit_layers(&mut |l| {
+            let slots = l.slots();
+            if slots.is_empty() {
+                return;
+            }
+            let mut requires_grad = BTreeMap::new();
+            let mut devices = BTreeMap::new();
+            let mut module_type = String::new();
+            for (name, tuner) in slots.adapters() {
+                let flags: BTreeSet<bool> =
+                    tuner.named_tensors().iter().map(|(_, t)| t.requires_grad()).collect();
+                let rg = match (flags.contains(&true), flags.contains(&false)) {
+                    (true, false) => RequiresGrad::True,
+                    (false, _) => RequiresGrad::False,
+                    (true, true) => RequiresGrad::Irregular,
+                };
+                requires_grad.insert(name.clone(), rg);
+                let devs: BTreeSet<String> =
+                    tuner.named_tensors().iter().map(|(_, t)| device_type(t.device())).collect();
+                devices.insert(name.clone(), devs.into_iter().collect());
+                if module_type.is_empty() {
+                    module_type = tuner.describe().split('(').next().unwrap_or_default().to_string();
+                }
+            }
+            out.push(LayerStatus {
+                name: l.name().to_string(),
+                module_type,
+                enabled: !slots.disabled(),
+                active_adapters: slots.active().iter().filter(|a| slots.get(a).is_some()).cloned().collect(),
+                merged_adapters: slots.merged().to_vec(),
+                requires_grad,
+                available_adapters: {
+                    let mut v: Vec<String> = slots.adapters().keys().cloned().collect();
+                    v.sort();
+                    v
+                },
+                devices,
+            });
+        });
+        out
+    }
+
+    /// PEFT's `get_model_status`: the layer statuses collapsed to one value each (or `Irregular`).
+    pub fn model_status(&self) -> ModelStatus {
+        let layers = self.layer_status();
+        let (trainable_params, total_params) = self.num_parameters();
+        let enabled = Tristate::collapse(layers.iter().map(|l| l.enabled));
+        let mut merged_sets: BTreeSet<Vec<String>> = BTreeSet::new();
+        let mut requires_grad: BTreeMap<String, RequiresGrad> = BTreeMap::new();
+        let mut devices: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for l in &layers {
+            let mut m = l.merged_adapters.clone();
+            m.sort();
+            merged_sets.insert(m);
+            for (a, rg) in &l.requires_grad {
+                requires_grad
+                    .entry(a.clone())
+                    .and_modify(|cur| {
+                        if cur != rg {
+                            *cur = RequiresGrad::Irregular
+                        }
+                    })
+                    .or_insert(*rg);
+            }
+            for (a, ds) in &l.devices {
+                devices.entry(a.clone()).or_default().extend(ds.iter().cloned());
+            }
+        }
+        // An adapter counts as merged only when it is merged on every layer that has it.
+        let merged_adapters = if merged_sets.len() <= 1 {
+            Some(merged_sets.into_iter().next().unwrap_or_default())
+        } else {
+            let names = self.adapter_names();
+            let fully: Vec<String> = names
+                .into_iter()
+                .filter(|a| {
+                    layers
+                        .iter()
+                        .filter(|l| l.available_adapters.contains(a))
+                        .all(|l| l.merged_adapters.contains(a))
+                })
+                .collect();
+            let partially = layers.iter().any(|l| l.merged_adapters.iter().any(|m| !fully.contains(m)));
+            if partially {
+                None
+            } else {
+                Some(fully)
+            }
+        };
+        let peft_types =
+            self.configs.iter().map(|(n, c)| (n.clone(), c.common().peft_type.clone())).collect();
+        let adapter_model_type = self
+            .configs
+            .first()
+            .map(|(_, c)| format!("{}Model", method_display(&c.common().peft_type)))
+            .unwrap_or_default();
+        ModelStatus {
+            base_model_type: std::any::type_name::<M>().rsplit("::").next().unwrap_or_default().to_string(),
+            adapter_model_type,
+            peft_types,
+            trainable_params,
+            total_params,
+            num_adapter_layers: layers.len(),
+            enabled,
+            active_adapters: self.active.clone(),
+            merged_adapters,
+            requires_grad,
+            available_adapters: self.adapter_names(),
+            devices: devices.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect(),
+        }
+    }
+}
+
+/// PEFT's class-name casing for the model type (`LORA` → `Lora`, as in `LoraModel`).
+fn method_display(peft_type: &str) -> String {
+    let lower = peft_type.to_ascii_lowercase();
+    let mut c = lower.chars();
+    match c.next() {
+        Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+fn device_type(d: tch::Device) -> String {
+    match d {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(_) => "cuda".into(),
+        tch::Device::Mps => "mps".into(),
+        tch::Device::Vulkan => "vulkan".into(),
+    }
+}
+
+fn thousands(n: i64) -> String {
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// Expands `all-linear` and matches the config against the model's layers, as `add_adapter` will.
+fn resolve_targets<M: Adaptable>(
+    model: &M,
+    config: &mut dyn AdapterConfig,
+    adapter: &str,
+    options: AdapterOptions,
+) -> Result<MatchReport> {
+    let names = layer_names(model);
+    if config.target_spec().target_modules.is_some_and(TargetModules::is_all_linear) {
+        let output = model.output_embedding();
+        let mut linear = Vec::new();
+        model.visit_layers(&mut |l| {
+            if l.base().as_linear().is_some() && Some(l.name()) != output.as_deref() {
+                linear.push(l.name().to_string());
+            }
+        });
+        config.set_target_modules(TargetModules::List(linear));
+    }
+    let spec = config.target_spec();
+    if spec.target_modules.is_none() && !spec.has_target_parameters {
+        return Err(PeftError::Invalid(format!(
+            "adapter `{adapter}`: `target_modules` is not set and this model has no default targets; \
+             name the modules to adapt (adaptable modules are: {})",
+            abbreviate(&names)
+        )));
+    }
+    let matcher = TargetMatcher::new(&spec)?;
+    let report = matcher.report(names.iter().map(String::as_str));
+    if matcher.is_dummy() {
+        return Ok(report);
+    }
+    let nothing = report.targeted.is_empty() && !report.target_parameters_only;
+    if nothing || (!report.unmatched_entries.is_empty() && !options.allow_unmatched_targets) {
+        let entries = if report.unmatched_entries.is_empty() {
+            match spec.target_modules {
+                Some(TargetModules::List(v)) => v.clone(),
+                Some(TargetModules::Regex(r)) => vec![r.clone()],
+                None => vec![],
+            }
+        } else {
+            report.unmatched_entries.clone()
+        };
+        return Err(PeftError::NoMatchingTargets {
+            adapter: adapter.to_string(),
+            entries,
+            all_excluded: report.targeted.is_empty()
+                && !report.excluded.is_empty()
+                && report.unmatched.is_empty(),
+            available: abbreviate(&names),
+        });
+    }
+    Ok(report)
+}
+
+/// The dry run of `add_adapter`: which modules a config would adapt on `model`, which entries match
+/// nothing and which excludes are unused — without changing anything.
+///
+/// # Errors
+/// Invalid regexes or option combinations in the config.
+pub fn inspect_targets<M: Adaptable>(model: &M, config: &dyn AdapterConfig) -> Result<MatchReport> {
+    let mut config = config.clone_box();
+    match resolve_targets(
+        model,
+        config.as_mut(),
+        "dry-run",
+        AdapterOptions { allow_unmatched_targets: true, ..Default::default() },
+    ) {
+        Ok(r) => Ok(r),
+        Err(PeftError::NoMatchingTargets { .. }) => {
+            let spec = config.target_spec();
+            let matcher = TargetMatcher::new(&spec)?;
+            let names = layer_names(model);
+            Ok(matcher.report(names.iter().map(String::as_str)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Guard returned by [`PeftModel::disable_adapters`]: adapters are off until it is dropped. It derefs to
+/// the wrapped model for forwards.
+pub struct AdaptersDisabled<'a, M: Adaptable> {
+    peft: &'a mut PeftModel<M>,
+    was_disabled: bool,
+}
+
+impl<M: Adaptable> fmt::Debug for AdaptersDisabled<'_, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptersDisabled").field("was_disabled", &self.was_disabled).finish_non_exhaustive()
+    }
+}
+
+impl<M: Adaptable> std::ops::Deref for AdaptersDisabled<'_, M> {
+    type Target = M;
+    fn deref(&self) -> &M {
+        &self.peft.model
+    }
+}
+
+impl<M: Adaptable> Drop for AdaptersDisabled<'_, M> {
+    fn drop(&mut self) {
+        if !self.was_disabled {
+            if let Err(e) = self.peft.enable_adapter_layers() {
+                log::error!("re-enabling adapters failed: {e}");
+            }
+        }
+    }
+}
+
+impl<M: Adaptable + ModuleT> ModuleT for PeftModel<M> {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.model.forward_t(xs, train)
+    }
+}

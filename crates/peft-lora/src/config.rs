@@ -1,0 +1,504 @@
+//! `LoraConfig`: PEFT 0.21.2's LoRA config, every key, same defaults, same value forms.
+
+use indexmap::IndexMap;
+use peft_core::config::{unsupported_option, AdapterConfig, BiasMode, LayerInit};
+use peft_core::error::{PeftError, Result};
+use peft_core::layer::TunerLayer;
+use peft_core::peft_config::json::from_json_object;
+use peft_core::peft_config::{
+    ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec, PEFT_VERSION,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
+use std::any::Any;
+
+/// The method id.
+pub const PEFT_TYPE: &str = "LORA";
+
+/// A JSON number that keeps its form: `8` stays an integer, `8.0` a float, so a config round-trips to
+/// the same text PEFT wrote.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Alpha(pub Number);
+
+impl Alpha {
+    /// The value.
+    pub fn value(&self) -> f64 {
+        self.0.as_f64().unwrap_or(f64::NAN)
+    }
+}
+
+impl From<i64> for Alpha {
+    fn from(v: i64) -> Self {
+        Alpha(Number::from(v))
+    }
+}
+
+impl From<f64> for Alpha {
+    fn from(v: f64) -> Self {
+        Alpha(Number::from_f64(v).unwrap_or_else(|| Number::from(0)))
+    }
+}
+
+/// `bias`: which biases train with the adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum LoraBias {
+    /// `"none"`.
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// `"all"`: every bias of the model.
+    #[serde(rename = "all")]
+    All,
+    /// `"lora_only"`: the biases of the LoRA-adapted layers.
+    #[serde(rename = "lora_only")]
+    LoraOnly,
+}
+
+/// `init_lora_weights`: `true`, `false`, or the name of an init scheme.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum InitLoraWeights {
+    /// `true`: PEFT's default (A kaiming-uniform, B zero: the adapter starts as the identity); `false`:
+    /// no reset (A and B keep `nn.Linear`'s init, so the adapter changes the output from the start).
+    Bool(bool),
+    /// `"gaussian"`, `"pissa"`, `"pissa_niter_4"`, `"olora"`, `"eva"`, `"corda"`, `"loftq"`,
+    /// `"orthogonal"`, `"mica"`, `"lora_ga"`.
+    Scheme(String),
+}
+
+impl Default for InitLoraWeights {
+    fn default() -> Self {
+        InitLoraWeights::Bool(true)
+    }
+}
+
+impl InitLoraWeights {
+    fn is_scheme(&self, name: &str) -> bool {
+        matches!(self, InitLoraWeights::Scheme(s) if s.eq_ignore_ascii_case(name))
+    }
+}
+
+/// PEFT 0.21.2's `LoraConfig`, field for field.
+///
+/// Build one in code with struct-update syntax, or parse PEFT's `adapter_config.json` with
+/// [`LoraConfig::from_json_str`] / `peft_core::registry::load_config`.
+///
+/// ```
+/// use peft_lora::{LoraConfig, InitLoraWeights};
+/// use peft_core::peft_config::TargetModules;
+///
+/// let config = LoraConfig {
+///     r: 16,
+///     lora_alpha: 32.into(),
+///     target_modules: Some(TargetModules::list(["q_proj", "v_proj"])),
+///     lora_dropout: 0.05,
+///     ..LoraConfig::default()
+/// };
+/// assert_eq!(config.scaling_for(16, 32.0), 2.0);
+/// assert_eq!(config.init_lora_weights, InitLoraWeights::Bool(true));
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoraConfig {
+    /// `peft_type`, `task_type`, `base_model_name_or_path`, `revision`, `inference_mode`, …
+    #[serde(flatten)]
+    pub common: PeftConfigCommon,
+    /// LoRA rank.
+    pub r: i64,
+    /// Modules to adapt: a list of names / dotted suffixes, a full-match regex, or `"all-linear"`.
+    pub target_modules: Option<TargetModules>,
+    /// Modules never to adapt (same forms).
+    pub exclude_modules: Option<TargetModules>,
+    /// LoRA alpha; the scaling is `lora_alpha / r` (or `/ sqrt(r)` with rsLoRA).
+    pub lora_alpha: Alpha,
+    /// Dropout on the LoRA input path.
+    pub lora_dropout: f64,
+    /// The base weight is stored `(in, out)` (GPT-2's `Conv1D`); corrected from the layer type on injection.
+    pub fan_in_fan_out: bool,
+    /// Which biases train with the adapter.
+    pub bias: LoraBias,
+    /// rsLoRA: scaling `lora_alpha / sqrt(r)`.
+    pub use_rslora: bool,
+    /// Extra modules trained and saved in full.
+    pub modules_to_save: Option<Vec<String>>,
+    /// Initialisation of A and B.
+    pub init_lora_weights: InitLoraWeights,
+    /// Only adapt layers with these indices.
+    pub layers_to_transform: Option<LayerIndices>,
+    /// The name of the layer list `layers_to_transform` indexes into.
+    pub layers_pattern: Option<LayersPattern>,
+    /// Per-module rank overrides `{regex: r}`, first match in file order wins.
+    pub rank_pattern: IndexMap<String, i64>,
+    /// Per-module alpha overrides `{regex: alpha}`.
+    pub alpha_pattern: IndexMap<String, Alpha>,
+    /// Megatron tensor-parallel layer config.
+    pub megatron_config: Option<Value>,
+    /// Megatron core module name.
+    pub megatron_core: Option<String>,
+    /// Token indices whose embeddings train (trainable tokens).
+    pub trainable_token_indices: Option<Value>,
+    /// LoftQ settings (used with `init_lora_weights = "loftq"`).
+    pub loftq_config: Value,
+    /// EVA settings.
+    pub eva_config: Option<Value>,
+    /// CorDA settings.
+    pub corda_config: Option<Value>,
+    /// DoRA.
+    pub use_dora: bool,
+    /// aLoRA invocation tokens.
+    pub alora_invocation_tokens: Option<Vec<i64>>,
+    /// QA-LoRA (GPTQ bases).
+    pub use_qalora: bool,
+    /// QA-LoRA group size.
+    pub qalora_group_size: i64,
+    /// Layer replication ranges.
+    pub layer_replication: Option<Value>,
+    /// A bias on lora_B.
+    pub lora_bias: bool,
+    /// LoRA on raw parameters (e.g. MoE experts).
+    pub target_parameters: Option<Vec<String>>,
+    /// Arrow routing settings.
+    pub arrow_config: Option<Value>,
+    /// Tie adapters of tied embeddings.
+    pub ensure_weight_tying: bool,
+    /// LoRA-GA settings.
+    pub lora_ga_config: Option<Value>,
+    /// VeLoRA settings.
+    pub velora_config: Option<Value>,
+    /// MonteCLoRA settings.
+    pub monteclora_config: Option<Value>,
+    /// KaSA settings.
+    pub kasa_config: Option<Value>,
+    /// BD-LoRA settings.
+    pub use_bdlora: Option<Value>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            common: PeftConfigCommon::new(PEFT_TYPE),
+            r: 8,
+            target_modules: None,
+            exclude_modules: None,
+            lora_alpha: Alpha::from(8i64),
+            lora_dropout: 0.0,
+            fan_in_fan_out: false,
+            bias: LoraBias::None,
+            use_rslora: false,
+            modules_to_save: None,
+            init_lora_weights: InitLoraWeights::default(),
+            layers_to_transform: None,
+            layers_pattern: None,
+            rank_pattern: IndexMap::new(),
+            alpha_pattern: IndexMap::new(),
+            megatron_config: None,
+            megatron_core: Some("megatron.core".into()),
+            trainable_token_indices: None,
+            loftq_config: Value::Object(Map::new()),
+            eva_config: None,
+            corda_config: None,
+            use_dora: false,
+            alora_invocation_tokens: None,
+            use_qalora: false,
+            qalora_group_size: 16,
+            layer_replication: None,
+            lora_bias: false,
+            target_parameters: None,
+            arrow_config: None,
+            ensure_weight_tying: false,
+            lora_ga_config: None,
+            velora_config: None,
+            monteclora_config: None,
+            kasa_config: None,
+            use_bdlora: None,
+        }
+    }
+}
+
+fn inconsistent(location: &str, message: &str) -> PeftError {
+    ConfigError::Inconsistent { location: location.to_string(), message: message.to_string() }.into()
+}
+
+impl LoraConfig {
+    /// Parses PEFT's JSON, with PEFT's checks and warnings (`LoraConfig.__post_init__`).
+    ///
+    /// # Errors
+    /// Invalid values or option combinations PEFT rejects, naming the key.
+    pub fn from_json_map(
+        map: Map<String, Value>,
+        location: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<Self> {
+        let mut config: LoraConfig = from_json_object(map, location, warnings)?;
+        if config.common.peft_type != PEFT_TYPE {
+            return Err(ConfigError::InvalidField {
+                location: location.to_string(),
+                field: "peft_type".into(),
+                message: format!("expected {PEFT_TYPE:?}, found {:?}", config.common.peft_type),
+            }
+            .into());
+        }
+        config.post_init(location, warnings)?;
+        Ok(config)
+    }
+
+    /// Parses `adapter_config.json` text.
+    ///
+    /// # Errors
+    /// As [`LoraConfig::from_json_map`].
+    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
+        let location = peft_core::peft_config::error::IN_MEMORY;
+        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
+        Self::from_json_map(map, location, warnings)
+    }
+
+    /// PEFT's `__post_init__`: normalisation, hard errors and warnings.
+    fn post_init(&mut self, location: &str, warnings: &mut Vec<String>) -> Result<()> {
+        if self.common.peft_version.is_none() {
+            self.common.peft_version = Some(PEFT_VERSION.to_string());
+        }
+        // Lists are sets in PEFT.
+        for list in [&mut self.target_modules, &mut self.exclude_modules].into_iter().flatten() {
+            if let TargetModules::List(v) = list {
+                let mut seen = std::collections::BTreeSet::new();
+                v.retain(|x| seen.insert(x.clone()));
+            }
+        }
+        if matches!(self.target_modules, Some(TargetModules::Regex(_))) {
+            if self.layers_to_transform.is_some() {
+                return Err(inconsistent(
+                    location,
+                    "`layers_to_transform` cannot be used when `target_modules` is a str",
+                ));
+            }
+            if self.layers_pattern.is_some() {
+                return Err(inconsistent(
+                    location,
+                    "`layers_pattern` cannot be used when `target_modules` is a str",
+                ));
+            }
+        }
+        let pattern_set = match &self.layers_pattern {
+            Some(LayersPattern::One(s)) => !s.is_empty(),
+            Some(LayersPattern::Many(v)) => !v.is_empty(),
+            None => false,
+        };
+        if pattern_set && self.layers_to_transform.is_none() {
+            return Err(inconsistent(
+                location,
+                "when `layers_pattern` is specified, `layers_to_transform` must also be specified",
+            ));
+        }
+        if self.use_dora && self.megatron_config.is_some() {
+            return Err(inconsistent(
+                location,
+                "DoRA does not support megatron_core, please set `use_dora=False`",
+            ));
+        }
+        if self.init_lora_weights.is_scheme("loftq") {
+            if self.loftq_config.as_object().is_none_or(Map::is_empty) {
+                return Err(inconsistent(
+                    location,
+                    "`loftq_config` must be specified when `init_lora_weights` is 'loftq'",
+                ));
+            }
+        } else if self.loftq_config.as_object().is_some_and(|m| !m.is_empty()) {
+            warnings.push(format!(
+                "{location}: `loftq_config` specified but will be ignored when `init_lora_weights` is not 'loftq'"
+            ));
+            self.loftq_config = Value::Object(Map::new());
+        }
+        if !self.init_lora_weights.is_scheme("eva") && self.eva_config.is_some() {
+            warnings.push(format!(
+                "{location}: `eva_config` specified but will be ignored when `init_lora_weights` is not 'eva'"
+            ));
+        }
+        if !self.init_lora_weights.is_scheme("corda") && self.corda_config.is_some() {
+            warnings.push(format!(
+                "{location}: `corda_config` specified but will be ignored when `init_lora_weights` is not 'corda'"
+            ));
+        }
+        if self.lora_bias {
+            if !matches!(self.init_lora_weights, InitLoraWeights::Bool(_)) {
+                return Err(inconsistent(
+                    location,
+                    "the argument lora_bias=True is only supported with init_lora_weights=True or False",
+                ));
+            }
+            if self.use_dora {
+                return Err(inconsistent(
+                    location,
+                    "the argument lora_bias=True is not supported for DoRA, please pass use_dora=False",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `lora_alpha / r`, or `lora_alpha / sqrt(r)` with rsLoRA.
+    pub fn scaling_for(&self, r: i64, alpha: f64) -> f64 {
+        if self.use_rslora {
+            alpha / (r as f64).sqrt()
+        } else {
+            alpha / r as f64
+        }
+    }
+
+    /// Rank and alpha for one module, after `rank_pattern` / `alpha_pattern`.
+    ///
+    /// # Errors
+    /// An invalid pattern regex.
+    pub fn rank_and_alpha(&self, module: &str) -> Result<(i64, f64)> {
+        use peft_core::peft_config::patterns::PatternMap;
+        let r = if self.rank_pattern.is_empty() {
+            self.r
+        } else {
+            PatternMap::new("rank_pattern", &self.rank_pattern)?
+                .lookup(module)
+                .map(|(_, v)| *v)
+                .unwrap_or(self.r)
+        };
+        let alpha = if self.alpha_pattern.is_empty() {
+            self.lora_alpha.value()
+        } else {
+            PatternMap::new("alpha_pattern", &self.alpha_pattern)?
+                .lookup(module)
+                .map(|(_, v)| v.value())
+                .unwrap_or(self.lora_alpha.value())
+        };
+        Ok((r, alpha))
+    }
+
+    /// Boxes the config for [`peft_core::PeftModel`].
+    pub fn boxed(self) -> Box<dyn AdapterConfig> {
+        Box::new(self)
+    }
+}
+
+fn reject(option: &str, value: &impl Serialize, hint: &str) -> PeftError {
+    unsupported_option(PEFT_TYPE, option, &serde_json::to_value(value).unwrap_or(Value::Null), hint)
+}
+
+impl AdapterConfig for LoraConfig {
+    fn common(&self) -> &PeftConfigCommon {
+        &self.common
+    }
+
+    fn common_mut(&mut self) -> &mut PeftConfigCommon {
+        &mut self.common
+    }
+
+    fn target_spec(&self) -> TargetSpec<'_> {
+        TargetSpec {
+            target_modules: self.target_modules.as_ref(),
+            exclude_modules: self.exclude_modules.as_ref(),
+            layers_to_transform: self.layers_to_transform.as_ref(),
+            layers_pattern: self.layers_pattern.as_ref(),
+            modules_to_save: self.modules_to_save.as_deref(),
+            has_target_parameters: self.target_parameters.as_ref().is_some_and(|t| !t.is_empty()),
+        }
+    }
+
+    fn set_target_modules(&mut self, targets: TargetModules) {
+        self.target_modules = Some(targets);
+    }
+
+    fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.r <= 0 {
+            return Err(PeftError::Invalid(format!(
+                "`r` should be a positive integer value but the value passed is {}",
+                self.r
+            )));
+        }
+        if let Some((p, r)) = self.rank_pattern.iter().find(|(_, r)| **r <= 0) {
+            return Err(PeftError::Invalid(format!("rank_pattern {p:?}: `r` must be positive, got {r}")));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(PeftError::Invalid(format!(
+                "lora_dropout must be in [0, 1), got {}",
+                self.lora_dropout
+            )));
+        }
+        match &self.init_lora_weights {
+            InitLoraWeights::Bool(_) => {}
+            InitLoraWeights::Scheme(s) if s.eq_ignore_ascii_case("gaussian") => {}
+            InitLoraWeights::Scheme(s) => {
+                return Err(reject("init_lora_weights", s, "implemented: true, false, \"gaussian\""));
+            }
+        }
+        if self.use_dora {
+            return Err(reject("use_dora", &true, ""));
+        }
+        if let Some(m) = self.modules_to_save.as_ref().filter(|m| !m.is_empty()) {
+            return Err(reject("modules_to_save", m, ""));
+        }
+        if let Some(t) = &self.trainable_token_indices {
+            return Err(reject("trainable_token_indices", t, ""));
+        }
+        if let Some(t) = self.target_parameters.as_ref().filter(|t| !t.is_empty()) {
+            return Err(reject("target_parameters", t, ""));
+        }
+        if let Some(v) = &self.layer_replication {
+            return Err(reject("layer_replication", v, ""));
+        }
+        if let Some(v) = &self.megatron_config {
+            return Err(reject("megatron_config", v, ""));
+        }
+        if let Some(v) = &self.alora_invocation_tokens {
+            return Err(reject("alora_invocation_tokens", v, ""));
+        }
+        if self.use_qalora {
+            return Err(reject("use_qalora", &true, "QA-LoRA needs a GPTQ-quantized base"));
+        }
+        if self.ensure_weight_tying {
+            return Err(reject("ensure_weight_tying", &true, ""));
+        }
+        for (name, v) in [
+            ("arrow_config", &self.arrow_config),
+            ("velora_config", &self.velora_config),
+            ("monteclora_config", &self.monteclora_config),
+            ("kasa_config", &self.kasa_config),
+            ("use_bdlora", &self.use_bdlora),
+            ("lora_ga_config", &self.lora_ga_config),
+        ] {
+            if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
+                return Err(reject(name, v, ""));
+            }
+        }
+        Ok(())
+    }
+
+    fn bias(&self) -> BiasMode {
+        match self.bias {
+            LoraBias::None => BiasMode::None,
+            LoraBias::All => BiasMode::All,
+            LoraBias::LoraOnly => BiasMode::AdaptedOnly,
+        }
+    }
+
+    fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
+        crate::layer::LoraLinear::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
+    }
+
+    fn clone_box(&self) -> Box<dyn AdapterConfig> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The registry's parser for `peft_type: "LORA"`.
+pub(crate) fn parse_boxed(
+    map: Map<String, Value>,
+    location: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Box<dyn AdapterConfig>> {
+    LoraConfig::from_json_map(map, location, warnings).map(LoraConfig::boxed)
+}

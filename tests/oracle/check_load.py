@@ -1,0 +1,66 @@
+"""Reverse direction: PEFT loads what peft-rs saved.
+
+Usage: python check_load.py ROOT
+
+ROOT/<case>/ holds, written by the Rust test:
+  case.json            {"model": ..., "adapters": [...], "active": [...]}
+  base.safetensors     the base model weights
+  input.safetensors    {"x": ...}
+  adapter/             peft-rs's save_pretrained output (default adapter at the top, others in subfolders)
+and ROOT/configs/<name>/adapter_config.json holds configs written by peft-rs.
+
+For each case this writes ROOT/<case>/peft_outputs.safetensors with the outputs PEFT computes in every
+state (unmerged, merged, unmerged_after_merge, disabled, merge_and_unload) and ROOT/<case>/peft_configs.json
+with PEFT's view (`to_dict()`) of the adapter configs it loaded; ROOT/peft_configs.json gets PEFT's view of
+every config in ROOT/configs. The Rust test compares them with its own.
+"""
+
+import json
+import os
+import sys
+
+from safetensors.torch import load_file, save_file
+
+from peft import PeftConfig, PeftModel
+
+import models
+from gen_lora import outputs_of, tensors
+
+
+def jsonable(d):
+    return {k: (sorted(v) if isinstance(v, set) else v) for k, v in d.items()}
+
+
+def check_case(d):
+    with open(os.path.join(d, "case.json")) as f:
+        case = json.load(f)
+    base = models.MODELS[case["model"]]()
+    base.load_state_dict(load_file(os.path.join(d, "base.safetensors")))
+    x = load_file(os.path.join(d, "input.safetensors"))["x"]
+    adir = os.path.join(d, "adapter")
+    names = case["adapters"]
+    model = PeftModel.from_pretrained(base, adir, adapter_name=names[0])
+    for n in names[1:]:
+        model.load_adapter(os.path.join(adir, n), adapter_name=n)
+    configs = {n: jsonable(model.peft_config[n].to_dict()) for n in names}
+    out = outputs_of(model, x, case["active"])
+    save_file(tensors(out), os.path.join(d, "peft_outputs.safetensors"))
+    with open(os.path.join(d, "peft_configs.json"), "w") as f:
+        json.dump(configs, f, indent=2, default=str)
+
+
+def main():
+    root = sys.argv[1]
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if os.path.isfile(os.path.join(d, "case.json")):
+            check_case(d)
+    cdir = os.path.join(root, "configs")
+    if os.path.isdir(cdir):
+        loaded = {n: jsonable(PeftConfig.from_pretrained(os.path.join(cdir, n)).to_dict()) for n in sorted(os.listdir(cdir))}
+        with open(os.path.join(root, "peft_configs.json"), "w") as f:
+            json.dump(loaded, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""Fixture generator: the pinned PEFT (0.21.2) produces everything the Rust LoRA parity tests compare.
+
+Usage: python gen_lora.py OUT_DIR
+
+Sections (each listed in OUT_DIR/manifest.json):
+  cases/<name>/     PEFT creates adapters (non-trivial weights), saves them, and records the outputs of the
+                    model unmerged, merged, after unmerge, disabled and merge_and_unload  -> Rust loads & compares
+  init/<name>/      base model + adapter created under torch.manual_seed(0)              -> same seed in Rust
+  train/<name>/     a few optimizer steps from a saved initial adapter                     -> Rust repeats them
+  configs/<name>/   adapter_config.json files written by PEFT                               -> parse/write parity
+  matching.json     check_target_module_exists / get_pattern_key verdicts                 -> TargetMatcher parity
+
+Add a row to a table below to extend the matrix; the Rust tests iterate over the manifest.
+The Rust harness caches OUT_DIR keyed by a hash of this directory's files.
+"""
+
+import copy
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from peft import LoraConfig, get_peft_model
+from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
+from peft.utils.other import get_pattern_key
+
+import models
+
+# Output parity cases: PEFT saves -> Rust loads. `adapters` maps adapter name -> LoraConfig kwargs
+# (init_lora_weights defaults to False so that the adapters change the output). `perturb` simulates
+# trained biases ("all": every bias; "adapted": biases of adapted layers).
+CASES = [
+    dict(name="mlp_lin0_regex", model="MLP", adapters={"default": dict(target_modules="lin0")}),
+    dict(name="mlp_lin0_list", model="MLP", adapters={"default": dict(target_modules=["lin0"])}),
+    dict(name="mlp_lin1", model="MLP", adapters={"default": dict(target_modules=["lin1"])}),
+    dict(name="mlp_both", model="MLP", adapters={"default": dict(target_modules=["lin0", "lin1"], r=4)}),
+    dict(
+        name="mlp_alpha_dropout",
+        model="MLP",
+        adapters={"default": dict(target_modules=["lin0"], lora_alpha=4, lora_dropout=0.1)},
+    ),
+    dict(
+        name="mlp_rslora",
+        model="MLP",
+        adapters={"default": dict(target_modules=["lin0", "lin1"], r=4, lora_alpha=16, use_rslora=True)},
+    ),
+    dict(
+        name="mlp_rank_alpha_pattern",
+        model="MLP",
+        adapters={
+            "default": dict(
+                target_modules=["lin0", "lin1"], r=8, rank_pattern={"lin1": 2}, alpha_pattern={"lin0": 32}
+            )
+        },
+    ),
+    dict(
+        name="mlp_lora_bias",
+        model="MLP",
+        adapters={"default": dict(target_modules=["lin0", "lin1"], lora_alpha=32, lora_bias=True)},
+    ),
+    dict(name="mlp_bias_all", model="MLP", perturb="all", adapters={"default": dict(target_modules=["lin0"], bias="all")}),
+    dict(
+        name="mlp_bias_lora_only",
+        model="MLP",
+        perturb="adapted",
+        adapters={"default": dict(target_modules=["lin0"], bias="lora_only")},
+    ),
+    dict(
+        name="mlp_exclude",
+        model="MLP",
+        adapters={"default": dict(target_modules=["lin0", "lin1"], exclude_modules=["lin1"])},
+    ),
+    dict(name="mlp_all_linear", model="MLP", adapters={"default": dict(target_modules="all-linear", r=2)}),
+    dict(
+        name="deep_layers_list",
+        model="DeepMLP",
+        adapters={
+            "default": dict(target_modules=["lin0"], layers_to_transform=[0, 2], layers_pattern="layers")
+        },
+    ),
+    dict(
+        name="deep_layers_int",
+        model="DeepMLP",
+        adapters={
+            "default": dict(target_modules=["lin1", "out"], layers_to_transform=1, layers_pattern=["layers"])
+        },
+    ),
+    dict(
+        name="conv1d_fan_in_fan_out",
+        model="MLPConv1D",
+        adapters={"default": dict(target_modules=["c_fc", "c_proj"], fan_in_fan_out=True, r=4)},
+    ),
+    dict(
+        name="multi_adapter_one_active",
+        model="MLP",
+        adapters={
+            "default": dict(target_modules=["lin0"], r=8),
+            "other": dict(target_modules=["lin0", "lin1"], r=4, lora_alpha=16),
+        },
+        active=["other"],
+    ),
+    dict(
+        name="multi_adapter_both_active",
+        model="MLP",
+        adapters={
+            "default": dict(target_modules=["lin0"], r=8),
+            "other": dict(target_modules=["lin0", "lin1"], r=4, lora_alpha=16),
+        },
+        active=["default", "other"],
+    ),
+]
+
+# Same-seed initialisation cases: torch.manual_seed(0); build the model; get_peft_model.
+INIT_CASES = [
+    dict(name="mlp_default_init", model="MLP", config=dict(target_modules=["lin0", "lin1"])),
+    dict(name="mlp_init_false", model="MLP", config=dict(target_modules=["lin0", "lin1"], init_lora_weights=False)),
+    dict(name="mlp_init_gaussian", model="MLP", config=dict(target_modules=["lin0"], r=4, init_lora_weights="gaussian")),
+    dict(
+        name="mlp_lora_bias_false",
+        model="MLP",
+        config=dict(target_modules=["lin0", "lin1"], lora_bias=True, init_lora_weights=False),
+    ),
+    dict(
+        name="mlp_rank_pattern",
+        model="MLP",
+        config=dict(target_modules=["lin0", "lin1"], rank_pattern={"lin1": 2}, init_lora_weights=False),
+    ),
+    dict(name="mlp_all_linear", model="MLP", config=dict(target_modules="all-linear", init_lora_weights=False)),
+    dict(
+        name="deep_layers",
+        model="DeepMLP",
+        config=dict(
+            target_modules=["lin0", "lin1"], layers_to_transform=[1, 3], layers_pattern="layers", init_lora_weights=False
+        ),
+    ),
+    dict(
+        name="conv1d",
+        model="MLPConv1D",
+        config=dict(target_modules=["c_fc", "c_proj"], fan_in_fan_out=True, init_lora_weights=False),
+    ),
+    dict(
+        name="conv1d_fan_in_fan_out_corrected",
+        model="MLPConv1D",
+        config=dict(target_modules=["c_fc"], init_lora_weights=False),
+    ),
+]
+
+# Training cases: the same optimizer steps in PEFT and in Rust.
+TRAIN_CASES = [
+    dict(name="sgd", optimizer="sgd", lr=0.1, steps=5),
+    dict(name="adamw", optimizer="adamw", lr=0.01, steps=5),
+]
+TRAIN_CONFIG = dict(target_modules=["lin0", "lin1"], r=4, lora_alpha=8, lora_dropout=0.1)
+TRAIN_SEED = 1234
+
+# adapter_config.json files written by PEFT.
+CONFIG_CASES = {
+    "defaults": dict(),
+    "regex_rslora": dict(target_modules=r".*\.(q|v)_proj", use_rslora=True, r=16, lora_alpha=32),
+    "float_alpha": dict(target_modules=["q"], lora_alpha=0.5, lora_dropout=0.05),
+    "patterns": dict(target_modules=["a"], rank_pattern={"x": 4, "y": 2}, alpha_pattern={"x": 8.5}),
+    "layers": dict(target_modules=["q"], layers_to_transform=[0, 1], layers_pattern="layers"),
+    "task_and_bias": dict(
+        target_modules=["q"], task_type="CAUSAL_LM", base_model_name_or_path="org/model", revision="main", bias="lora_only"
+    ),
+    "dora": dict(target_modules=["q"], use_dora=True),
+    "gaussian": dict(target_modules=["q"], init_lora_weights="gaussian", exclude_modules=["k"]),
+    "small_dropout": dict(target_modules=["q"], lora_dropout=1e-05, lora_alpha=16.0),
+}
+
+MATCH_NAMES = [
+    "lin0",
+    "lin1",
+    "layers.0.lin0",
+    "layers.1.lin0",
+    "layers.1.lin1",
+    "model.layers.0.self_attn.q_proj",
+    "model.layers.1.self_attn.q_proj",
+    "model.layers.1.self_attn.v_proj",
+    "model.layers.10.mlp.down_proj",
+    "model.layers.0.mlp.experts.3.up_proj",
+    "model.layers.2.mlp.experts.0.up_proj",
+    "model.embed_tokens",
+    "lm_head",
+    "classifier",
+    "model.classifier.dense",
+    "model.classifier_head",
+    "transformer.h.2.attn.c_attn",
+    "transformer.h.3.attn.c_attn",
+    "encoder.block.0.layer.0.SelfAttention.q",
+    "q_proj",
+    "xq_proj",
+    "a.b",
+]
+
+MATCH_CONFIGS = [
+    dict(target_modules=["q_proj", "v_proj"]),
+    dict(target_modules=r".*\.q_proj"),
+    dict(target_modules="lin0"),
+    dict(target_modules=["lin0"], exclude_modules=["layers.1.lin0"]),
+    dict(target_modules=["lin0", "lin1"], exclude_modules=r".*1\..*"),
+    dict(target_modules=["q_proj", "up_proj"], layers_to_transform=[1]),
+    dict(target_modules=["q_proj", "up_proj"], layers_to_transform=0, layers_pattern="layers"),
+    dict(target_modules=["c_attn", "lin1"], layers_to_transform=[1, 2], layers_pattern=["h", "layers"]),
+    dict(target_modules=".*", exclude_modules=".*lin.*"),
+    dict(target_modules=["lin0", "dense", "classifier", "q_proj"], modules_to_save=["classifier"]),
+    dict(target_modules=r"^(?!.*mlp).*proj$"),
+    dict(target_modules=["SelfAttention.q", "attn.c_attn"]),
+]
+
+PATTERN_CASES = [
+    ["lin0", r"layers\.\d+\.lin0"],
+    [r"layers\.1\.lin0", "lin0"],
+    ["q_proj", "self_attn.q_proj", r"model\.layers\.1\..*"],
+    ["proj"],
+]
+
+
+def tensors(d):
+    return {k: v.detach().contiguous().clone() for k, v in d.items()}
+
+
+def model_input(seed=42):
+    torch.manual_seed(seed)
+    return torch.randn(9, 10) * 2
+
+
+def lora_config(kwargs, default_init=False):
+    kwargs = dict(kwargs)
+    kwargs.setdefault("init_lora_weights", default_init)
+    return LoraConfig(**kwargs)
+
+
+def outputs_of(model, x, active):
+    """The output of a PeftModel in every state the Rust side checks."""
+    out = {}
+    model.eval()
+    if len(active) == 1:
+        model.set_adapter(active[0])
+    else:
+        model.base_model.set_adapter(active)
+    with torch.no_grad():
+        out["unmerged"] = model(x)
+        with model.disable_adapter():
+            out["disabled"] = model(x)
+        model.merge_adapter()
+        out["merged"] = model(x)
+        model.unmerge_adapter()
+        out["unmerged_after_merge"] = model(x)
+        unloaded = copy.deepcopy(model).merge_and_unload()
+        out["merge_and_unload"] = unloaded(x)
+    return out
+
+
+def gen_case(root, case):
+    d = os.path.join(root, "cases", case["name"])
+    os.makedirs(d)
+    base = models.build(case["model"])
+    base.eval()
+    x = model_input()
+    with torch.no_grad():
+        base_out = base(x)
+    save_file(tensors(base.state_dict()), os.path.join(d, "base.safetensors"))
+    names = list(case["adapters"])
+    torch.manual_seed(1)
+    model = get_peft_model(base, lora_config(case["adapters"][names[0]]), adapter_name=names[0])
+    for n in names[1:]:
+        model.add_adapter(n, lora_config(case["adapters"][n]))
+    perturb = case.get("perturb")
+    if perturb:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_" in n or not n.endswith("bias"):
+                    continue
+                if perturb == "all" or "base_layer" in n:
+                    p.add_(0.1 * torch.randn_like(p))
+    active = case.get("active", [names[0]])
+    out = outputs_of(model, x, active)
+    out["base"] = base_out
+    model.save_pretrained(os.path.join(d, "adapter"))
+    save_file(tensors({"x": x}), os.path.join(d, "input.safetensors"))
+    save_file(tensors(out), os.path.join(d, "outputs.safetensors"))
+    meta = dict(
+        name=case["name"],
+        model=case["model"],
+        adapters=names,
+        active=active,
+        perturb=perturb,
+        configs={n: dict(case["adapters"][n], init_lora_weights=False) for n in names},
+    )
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    return case["name"]
+
+
+def gen_init(root, case):
+    d = os.path.join(root, "init", case["name"])
+    os.makedirs(d)
+    model = models.build(case["model"], seed=0)
+    save_file(tensors(model.state_dict()), os.path.join(d, "base.safetensors"))
+    peft_model = get_peft_model(model, LoraConfig(**case["config"]))
+    peft_model.save_pretrained(os.path.join(d, "adapter"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(dict(name=case["name"], model=case["model"], config=case["config"]), f, indent=2)
+    return case["name"]
+
+
+def gen_train(root, case):
+    d = os.path.join(root, "train", case["name"])
+    os.makedirs(d)
+    base = models.build("MLP")
+    save_file(tensors(base.state_dict()), os.path.join(d, "base.safetensors"))
+    torch.manual_seed(7)
+    model = get_peft_model(base, LoraConfig(**TRAIN_CONFIG))
+    model.save_pretrained(os.path.join(d, "initial"))
+    x = model_input()
+    y = torch.arange(9) % 2
+    params = [p for p in model.parameters() if p.requires_grad]
+    if case["optimizer"] == "sgd":
+        opt = torch.optim.SGD(params, lr=case["lr"])
+    else:
+        opt = torch.optim.AdamW(params, lr=case["lr"])
+    torch.manual_seed(TRAIN_SEED)
+    model.train()
+    losses = []
+    for _ in range(case["steps"]):
+        opt.zero_grad()
+        loss = F.nll_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.save_pretrained(os.path.join(d, "final"))
+    save_file(tensors({"x": x, "y": y}), os.path.join(d, "data.safetensors"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(dict(case, losses=losses, seed=TRAIN_SEED), f, indent=2)
+    return case["name"]
+
+
+def gen_configs(root):
+    for name, kwargs in CONFIG_CASES.items():
+        LoraConfig(**kwargs).save_pretrained(os.path.join(root, "configs", name))
+    return sorted(CONFIG_CASES)
+
+
+def gen_matching(root):
+    results = []
+    for kw in MATCH_CONFIGS:
+        config = LoraConfig(**kw)
+        verdicts = {}
+        for name in MATCH_NAMES:
+            r = check_target_module_exists(config, name)
+            verdicts[name] = "excluded" if isinstance(r, _ExcludedModule) else ("targeted" if r else "not_targeted")
+        results.append(dict(config=kw, verdicts=verdicts))
+    patterns = []
+    for keys in PATTERN_CASES:
+        chosen = {}
+        for name in MATCH_NAMES:
+            k = get_pattern_key(keys, name)
+            chosen[name] = k if k in keys else None
+        patterns.append(dict(patterns=keys, chosen=chosen))
+    with open(os.path.join(root, "matching.json"), "w") as f:
+        json.dump(dict(names=MATCH_NAMES, configs=results, patterns=patterns), f, indent=2)
+
+
+def main():
+    root = sys.argv[1]
+    os.makedirs(root, exist_ok=True)
+    manifest = dict(
+        peft_version=__import__("peft").__version__,
+        torch_version=torch.__version__,
+        cases=[gen_case(root, c) for c in CASES],
+        init=[gen_init(root, c) for c in INIT_CASES],
+        train=[gen_train(root, c) for c in TRAIN_CASES],
+        configs=gen_configs(root),
+    )
+    gen_matching(root)
+    with open(os.path.join(root, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

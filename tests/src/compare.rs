@@ -1,0 +1,43 @@
+//! Value assertions that say where and by how much two tensors differ.
+
+use tch::{Kind, Tensor};
+
+/// The largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    if a.numel() == 0 {
+        return 0.0;
+    }
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+}
+
+/// Asserts `|actual - expected| <= atol` elementwise, naming `what` and the worst difference.
+pub fn assert_close(actual: &Tensor, expected: &Tensor, atol: f64, what: &str) {
+    assert_eq!(
+        actual.size(),
+        expected.size(),
+        "{what}: shape {:?} vs expected {:?}",
+        actual.size(),
+        expected.size()
+    );
+    let d = max_abs_diff(actual, expected);
+    assert!(d <= atol, "{what}: max |difference| {d:e} > {atol:e}\nactual:   {actual}\nexpected: {expected}");
+}
+
+/// Asserts bit-identical values (same dtype, same shape, same numbers).
+pub fn assert_identical(actual: &Tensor, expected: &Tensor, what: &str) {
+    assert_eq!(actual.kind(), expected.kind(), "{what}: dtype");
+    assert_eq!(actual.size(), expected.size(), "{what}: shape");
+    assert!(
+        actual.equal(expected),
+        "{what}: values differ (max |difference| {:e})",
+        max_abs_diff(actual, expected)
+    );
+}
+
+/// Asserts that two tensors are *not* close: used to show a comparison is meaningful (the adapter
+/// changes the output).
+pub fn assert_differs(a: &Tensor, b: &Tensor, min_diff: f64, what: &str) {
+    let d = max_abs_diff(a, b);
+    assert!(d > min_diff, "{what}: expected a difference above {min_diff:e}, got {d:e}");
+}

@@ -1,0 +1,193 @@
+//! Rust twins of `tests/oracle/models.py`: same module names, same registration order, same init.
+
+use peft_core::nn::{self as pnn, Linear};
+use peft_core::{Adaptable, AdaptableLayer, Result};
+use std::path::Path;
+use tch::nn::{ModuleT, VarStore};
+use tch::{Kind, Tensor};
+
+/// PEFT's test `MLP`: lin0 (10→20), relu, dropout 0.5, lin1 (20→2), log_softmax.
+#[derive(Debug, Adaptable)]
+pub struct Mlp {
+    /// First layer.
+    pub lin0: Linear,
+    /// Second layer.
+    pub lin1: Linear,
+}
+
+impl Mlp {
+    /// Builds it under the var store root.
+    pub fn new(vs: &VarStore) -> Result<Self> {
+        let p = vs.root();
+        Ok(Self {
+            lin0: pnn::linear(&p / "lin0", 10, 20, Default::default())?,
+            lin1: pnn::linear(&p / "lin1", 20, 2, Default::default())?,
+        })
+    }
+}
+
+impl ModuleT for Mlp {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let x = self.lin0.forward_t(&x.to_kind(Kind::Float), train).relu().dropout(0.5, train);
+        self.lin1.forward_t(&x, train).log_softmax(-1, None::<Kind>)
+    }
+}
+
+/// A block of [`DeepMlp`].
+#[derive(Debug, Adaptable)]
+pub struct Block {
+    /// First layer.
+    pub lin0: Linear,
+    /// Second layer.
+    pub lin1: Linear,
+}
+
+/// PEFT's test `DeepMLP` (4 blocks of size 10, then `out`).
+#[derive(Debug, Adaptable)]
+pub struct DeepMlp {
+    /// The blocks, `layers.<i>`.
+    pub layers: Vec<Block>,
+    /// The head.
+    pub out: Linear,
+}
+
+impl DeepMlp {
+    /// Builds it under the var store root.
+    pub fn new(vs: &VarStore) -> Result<Self> {
+        let p = vs.root();
+        let layers = (0..4)
+            .map(|i| {
+                let b = &p / "layers" / i;
+                Ok(Block {
+                    lin0: pnn::linear(&b / "lin0", 10, 10, Default::default())?,
+                    lin1: pnn::linear(&b / "lin1", 10, 10, Default::default())?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, out: pnn::linear(&p / "out", 10, 2, Default::default())? })
+    }
+}
+
+impl ModuleT for DeepMlp {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut x = x.to_kind(Kind::Float);
+        for b in &self.layers {
+            let h = b.lin0.forward_t(&x, train).relu().dropout(0.5, train);
+            x = b.lin1.forward_t(&h, train);
+        }
+        self.out.forward_t(&x, train).log_softmax(-1, None::<Kind>)
+    }
+}
+
+/// A GPT-2 style model of transformers `Conv1D` layers (`fan_in_fan_out`).
+#[derive(Debug, Adaptable)]
+pub struct MlpConv1D {
+    /// Conv1D(nf=20, nx=10).
+    pub c_fc: Linear,
+    /// Conv1D(nf=2, nx=20).
+    pub c_proj: Linear,
+}
+
+impl MlpConv1D {
+    /// Builds it under the var store root.
+    pub fn new(vs: &VarStore) -> Result<Self> {
+        let p = vs.root();
+        Ok(Self { c_fc: pnn::conv1d(&p / "c_fc", 20, 10)?, c_proj: pnn::conv1d(&p / "c_proj", 2, 20)? })
+    }
+}
+
+impl ModuleT for MlpConv1D {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.c_fc.forward_t(&x.to_kind(Kind::Float), train).relu();
+        self.c_proj.forward_t(&h, train).log_softmax(-1, None::<Kind>)
+    }
+}
+
+/// Any of the test models, by the name the oracle uses.
+#[derive(Debug)]
+pub enum TestModel {
+    /// `MLP`.
+    Mlp(Mlp),
+    /// `DeepMLP`.
+    Deep(DeepMlp),
+    /// `MLPConv1D`.
+    Conv1D(MlpConv1D),
+}
+
+impl TestModel {
+    /// Builds the model named `name` in `vs`.
+    pub fn build(name: &str, vs: &VarStore) -> Result<Self> {
+        Ok(match name {
+            "MLP" => TestModel::Mlp(Mlp::new(vs)?),
+            "DeepMLP" => TestModel::Deep(DeepMlp::new(vs)?),
+            "MLPConv1D" => TestModel::Conv1D(MlpConv1D::new(vs)?),
+            other => panic!("unknown test model {other}"),
+        })
+    }
+}
+
+impl Adaptable for TestModel {
+    fn visit_layers(&self, f: &mut dyn FnMut(&dyn AdaptableLayer)) {
+        match self {
+            TestModel::Mlp(m) => m.visit_layers(f),
+            TestModel::Deep(m) => m.visit_layers(f),
+            TestModel::Conv1D(m) => m.visit_layers(f),
+        }
+    }
+    fn visit_layers_mut(&mut self, f: &mut dyn FnMut(&mut dyn AdaptableLayer) -> Result<()>) -> Result<()> {
+        match self {
+            TestModel::Mlp(m) => m.visit_layers_mut(f),
+            TestModel::Deep(m) => m.visit_layers_mut(f),
+            TestModel::Conv1D(m) => m.visit_layers_mut(f),
+        }
+    }
+    fn auto_mapping(&self) -> Option<serde_json::Value> {
+        // What PEFT writes for these models: their class in tests/oracle/models.py.
+        let class = match self {
+            TestModel::Mlp(_) => "MLP",
+            TestModel::Deep(_) => "DeepMLP",
+            TestModel::Conv1D(_) => "MLPConv1D",
+        };
+        Some(serde_json::json!({"base_model_class": class, "parent_library": "models"}))
+    }
+}
+
+impl ModuleT for TestModel {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match self {
+            TestModel::Mlp(m) => m.forward_t(x, train),
+            TestModel::Deep(m) => m.forward_t(x, train),
+            TestModel::Conv1D(m) => m.forward_t(x, train),
+        }
+    }
+}
+
+/// Copies a safetensors state dict into a var store: the key sets must be equal.
+pub fn load_var_store(vs: &VarStore, path: &Path) {
+    let file = peft_core::io::read_safetensors(path).unwrap();
+    let vars = vs.variables();
+    let mut file_keys: Vec<&str> = file.iter().map(|t| t.key.as_str()).collect();
+    file_keys.sort_unstable();
+    let mut var_keys: Vec<&str> = vars.keys().map(String::as_str).collect();
+    var_keys.sort_unstable();
+    assert_eq!(file_keys, var_keys, "{}: state dict keys", path.display());
+    for t in file {
+        let mut dst = vars[&t.key].shallow_clone();
+        tch::no_grad(|| dst.copy_(&t.tensor));
+    }
+}
+
+/// Reads one tensor from a safetensors file.
+pub fn read_tensor(path: &Path, key: &str) -> Tensor {
+    peft_core::io::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.key == key)
+        .unwrap_or_else(|| panic!("{}: no tensor {key}", path.display()))
+        .tensor
+}
+
+/// Reads all tensors of a safetensors file into a map.
+pub fn read_all(path: &Path) -> std::collections::BTreeMap<String, Tensor> {
+    peft_core::io::read_safetensors(path).unwrap().into_iter().map(|t| (t.key, t.tensor)).collect()
+}

@@ -1,0 +1,424 @@
+//! LoRA parity with the pinned PEFT 0.21.2, in both directions, on the matrix `tests/oracle/gen_lora.py`
+//! defines. Adding a row there adds a case here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use peft_core::config::to_config_file_text;
+use peft_core::peft_config::patterns::PatternMap;
+use peft_core::peft_config::{TargetMatch, TargetMatcher};
+use peft_core::{AdapterConfig, LoadOptions, PeftError, PeftModel, SaveOptions};
+use peft_lora::LoraConfig;
+use peft_parity::compare::{assert_close, assert_differs, assert_identical};
+use peft_parity::models::{load_var_store, read_all, read_tensor, TestModel};
+use peft_parity::oracle::{self, read_json};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::nn::{ModuleT, OptimizerConfig, VarStore};
+use tch::{Device, Kind, Tensor};
+
+/// Outputs are compared at this absolute tolerance (f32); in practice they are bit-identical.
+const ATOL: f64 = 1e-5;
+const STATES: [&str; 5] = ["unmerged", "disabled", "merged", "unmerged_after_merge", "merge_and_unload"];
+
+fn fixtures() -> std::path::PathBuf {
+    oracle::fixtures("gen_lora.py")
+}
+
+fn manifest_list(key: &str) -> Vec<String> {
+    let m = read_json(&fixtures().join("manifest.json"));
+    m[key].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+}
+
+/// A LoraConfig from the kwargs the oracle passed to `LoraConfig(**kwargs)`.
+fn lora_config(kwargs: &Value) -> LoraConfig {
+    let mut map = kwargs.as_object().unwrap().clone();
+    map.insert("peft_type".into(), "LORA".into());
+    let mut warnings = vec![];
+    LoraConfig::from_json_map(map, "<oracle kwargs>", &mut warnings).unwrap()
+}
+
+fn forward(m: &TestModel, x: &Tensor) -> Tensor {
+    tch::no_grad(|| m.forward_t(x, false))
+}
+
+/// The outputs in every state PEFT's `outputs_of` records; consumes the model (merge_and_unload last).
+fn rust_outputs(mut peft: PeftModel<TestModel>, x: &Tensor, active: &[String]) -> BTreeMap<String, Tensor> {
+    let names: Vec<&str> = active.iter().map(String::as_str).collect();
+    peft.set_adapters(&names).unwrap();
+    let mut out = BTreeMap::new();
+    out.insert("unmerged".to_string(), forward(peft.model(), x));
+    {
+        let disabled = peft.disable_adapters().unwrap();
+        out.insert("disabled".to_string(), forward(&disabled, x));
+    }
+    peft.merge_adapter(None, false).unwrap();
+    out.insert("merged".to_string(), forward(peft.model(), x));
+    peft.unmerge_adapter().unwrap();
+    out.insert("unmerged_after_merge".to_string(), forward(peft.model(), x));
+    let bare = peft.merge_and_unload(None, false).unwrap();
+    out.insert("merge_and_unload".to_string(), forward(&bare, x));
+    out
+}
+
+fn base_model(case_dir: &Path, model: &str) -> (VarStore, TestModel) {
+    let vs = VarStore::new(Device::Cpu);
+    let m = TestModel::build(model, &vs).unwrap();
+    load_var_store(&vs, &case_dir.join("base.safetensors"));
+    (vs, m)
+}
+
+#[test]
+fn peft_saves_peft_rs_loads_same_outputs() {
+    let _rng = oracle::rng_guard();
+    let root = fixtures();
+    let cases = manifest_list("cases");
+    assert!(cases.len() >= 15, "the oracle matrix shrank: {cases:?}");
+    for case in cases {
+        let d = root.join("cases").join(&case);
+        let meta = read_json(&d.join("case.json"));
+        let (vs, model) = base_model(&d, meta["model"].as_str().unwrap());
+        let x = read_tensor(&d.join("input.safetensors"), "x");
+        let expected = read_all(&d.join("outputs.safetensors"));
+        assert_close(&forward(&model, &x), &expected["base"], ATOL, &format!("{case}: base model"));
+        // The comparison is meaningful only if the adapter changes the output.
+        assert_differs(&expected["unmerged"], &expected["base"], 1e-4, &format!("{case}: adapter effect"));
+
+        let names = strings(&meta["adapters"]);
+        let adir = d.join("adapter");
+        let (mut peft, report) =
+            PeftModel::from_pretrained(model, &vs, &adir, LoadOptions::named(names[0].clone())).unwrap();
+        assert!(!report.trainable, "{case}: loaded for inference");
+        for n in &names[1..] {
+            let opts = LoadOptions { subfolder: Some(n.clone()), ..LoadOptions::named(n.clone()) };
+            peft.load_adapter(&adir, opts).unwrap();
+        }
+        let outputs = rust_outputs(peft, &x, &strings(&meta["active"]));
+        for state in STATES {
+            assert_close(&outputs[state], &expected[state], ATOL, &format!("{case}: {state}"));
+        }
+        oracle::record("peft->rs", &case);
+    }
+}
+
+/// Adds 0.1·N(0,1) to the biases PEFT's generator perturbs ("all", or the adapted layers' only).
+fn perturb_biases(vs: &VarStore, peft: &PeftModel<TestModel>, mode: &str) {
+    let adapted: Vec<String> = peft.adapter_names().iter().flat_map(|a| peft.targeted_modules(a)).collect();
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, mut t) in vars {
+        let Some(module) = name.strip_suffix(".bias") else { continue };
+        if mode == "all" || adapted.iter().any(|a| a == module) {
+            let noise = Tensor::randn_like(&t) * 0.1;
+            let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
+        }
+    }
+}
+
+/// Configs built in Rust code (not parsed from PEFT) that PEFT must load back identically.
+fn rust_written_configs() -> Vec<(&'static str, LoraConfig)> {
+    use peft_core::peft_config::{LayerIndices, LayersPattern, TargetModules, TaskType};
+    use peft_lora::{InitLoraWeights, LoraBias};
+    let mut patterns = LoraConfig {
+        target_modules: Some(TargetModules::list(["q_proj", "v_proj"])),
+        r: 16,
+        lora_alpha: 0.75.into(),
+        ..LoraConfig::default()
+    };
+    patterns.rank_pattern.insert(r"layers\.0\..*".into(), 4);
+    patterns.alpha_pattern.insert("v_proj".into(), 2.into());
+    vec![
+        ("defaults", LoraConfig::default()),
+        ("patterns", patterns),
+        (
+            "layers",
+            LoraConfig {
+                target_modules: Some(TargetModules::list(["lin0"])),
+                layers_to_transform: Some(LayerIndices::Many(vec![0, 3])),
+                layers_pattern: Some(LayersPattern::One("layers".into())),
+                exclude_modules: Some(TargetModules::Regex(".*head.*".into())),
+                ..LoraConfig::default()
+            },
+        ),
+        (
+            "task",
+            LoraConfig {
+                common: peft_core::peft_config::PeftConfigCommon {
+                    task_type: Some(TaskType::SeqCls),
+                    base_model_name_or_path: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
+                    ..LoraConfig::default().common
+                },
+                target_modules: Some(TargetModules::Regex(r".*\.(query|value)".into())),
+                bias: LoraBias::All,
+                use_rslora: true,
+                lora_dropout: 0.1,
+                init_lora_weights: InitLoraWeights::Scheme("gaussian".into()),
+                ..LoraConfig::default()
+            },
+        ),
+    ]
+}
+
+#[test]
+fn peft_rs_saves_peft_loads_same_outputs() {
+    let _rng = oracle::rng_guard();
+    let root = fixtures();
+    let work = tempfile::tempdir().unwrap();
+    let mut ours: BTreeMap<String, (BTreeMap<String, Tensor>, BTreeMap<String, Value>)> = BTreeMap::new();
+    for case in manifest_list("cases") {
+        let d = root.join("cases").join(&case);
+        let meta = read_json(&d.join("case.json"));
+        let model_name = meta["model"].as_str().unwrap();
+        let (vs, model) = base_model(&d, model_name);
+        let x = read_tensor(&d.join("input.safetensors"), "x");
+        let names = strings(&meta["adapters"]);
+        let active = strings(&meta["active"]);
+        tch::manual_seed(11);
+        let first = lora_config(&meta["configs"][&names[0]]);
+        let mut peft = PeftModel::new(model, &vs, first.boxed(), &names[0]).unwrap();
+        for n in &names[1..] {
+            peft.add_adapter(n, lora_config(&meta["configs"][n]).boxed()).unwrap();
+        }
+        if let Some(mode) = meta["perturb"].as_str() {
+            perturb_biases(&vs, &peft, mode);
+        }
+        let out_dir = work.path().join(&case);
+        std::fs::create_dir_all(&out_dir).unwrap();
+        std::fs::copy(d.join("base.safetensors"), out_dir.join("base.safetensors")).unwrap();
+        std::fs::copy(d.join("input.safetensors"), out_dir.join("input.safetensors")).unwrap();
+        let case_json = serde_json::json!({"model": model_name, "adapters": names, "active": active});
+        std::fs::write(out_dir.join("case.json"), case_json.to_string()).unwrap();
+        let adir = out_dir.join("adapter");
+        peft.save_pretrained(&adir, &SaveOptions::default()).unwrap();
+        let configs: BTreeMap<String, Value> = names
+            .iter()
+            .map(|n| {
+                let sub = if n == "default" { adir.clone() } else { adir.join(n) };
+                (n.clone(), read_json(&sub.join("adapter_config.json")))
+            })
+            .collect();
+        let outputs = rust_outputs(peft, &x, &active);
+        assert_differs(&outputs["unmerged"], &outputs["disabled"], 1e-4, &format!("{case}: adapter effect"));
+        ours.insert(case, (outputs, configs));
+    }
+    let written = rust_written_configs();
+    for (name, config) in &written {
+        let dir = work.path().join("configs").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("adapter_config.json"), to_config_file_text(config)).unwrap();
+    }
+
+    oracle::run_script("check_load.py", &[work.path()]);
+
+    for (case, (outputs, configs)) in &ours {
+        let peft_out = read_all(&work.path().join(case).join("peft_outputs.safetensors"));
+        for state in STATES {
+            assert_close(
+                &outputs[state],
+                &peft_out[state],
+                ATOL,
+                &format!("{case}: {state} (PEFT loaded ours)"),
+            );
+        }
+        let peft_configs = read_json(&work.path().join(case).join("peft_configs.json"));
+        for (adapter, ours) in configs {
+            assert_same_config(ours, &peft_configs[adapter], true, &format!("{case}/{adapter}"));
+        }
+        oracle::record("rs->peft", case);
+    }
+    let peft_configs = read_json(&work.path().join("peft_configs.json"));
+    for (name, config) in &written {
+        assert_same_config(&config.to_json(), &peft_configs[*name], false, &format!("config {name}"));
+        oracle::record("rs->peft config", name);
+    }
+}
+
+/// Compares our config JSON with PEFT's `to_dict()` of the same config. Lists are sets in PEFT.
+/// `saved`: PEFT read it back from a saved adapter, so `inference_mode` is true there.
+fn assert_same_config(ours: &Value, peft: &Value, saved: bool, what: &str) {
+    let ours = ours.as_object().unwrap();
+    let peft = peft.as_object().unwrap_or_else(|| panic!("{what}: PEFT config missing"));
+    let norm = |k: &str, v: &Value| -> Value {
+        match (k, v) {
+            ("target_modules" | "exclude_modules", Value::Array(a)) => {
+                let mut s: Vec<String> = a.iter().map(|x| x.as_str().unwrap().to_string()).collect();
+                s.sort();
+                Value::from(s)
+            }
+            ("lora_alpha" | "lora_dropout", Value::Number(n)) => Value::from(n.as_f64().unwrap()),
+            _ => v.clone(),
+        }
+    };
+    let keys: std::collections::BTreeSet<&String> = ours.keys().chain(peft.keys()).collect();
+    for k in keys {
+        if k == "inference_mode" && saved {
+            assert_eq!(peft[k], Value::Bool(true), "{what}: PEFT loads saved adapters for inference");
+            continue;
+        }
+        let a = ours.get(k).map(|v| norm(k, v));
+        let b = peft.get(k).map(|v| norm(k, v));
+        assert_eq!(a, b, "{what}: key `{k}` differs (ours vs PEFT)");
+    }
+}
+
+#[test]
+fn same_seed_gives_peft_identical_base_and_adapter_init() {
+    let _rng = oracle::rng_guard();
+    let root = fixtures();
+    for case in manifest_list("init") {
+        let d = root.join("init").join(&case);
+        let meta = read_json(&d.join("case.json"));
+        tch::manual_seed(0);
+        let vs = VarStore::new(Device::Cpu);
+        let model = TestModel::build(meta["model"].as_str().unwrap(), &vs).unwrap();
+        let base = read_all(&d.join("base.safetensors"));
+        for (k, v) in vs.variables() {
+            assert_identical(&v, &base[&k], &format!("{case}: base init of {k}"));
+        }
+        let config = lora_config(&meta["config"]);
+        let peft = PeftModel::new(model, &vs, config.boxed(), "default").unwrap();
+        let file = read_all(&d.join("adapter").join("adapter_model.safetensors"));
+        let ours: BTreeMap<String, Tensor> =
+            peft.adapter_state_dict("default").unwrap().into_iter().collect();
+        assert_eq!(ours.keys().collect::<Vec<_>>(), file.keys().collect::<Vec<_>>(), "{case}: adapter keys");
+        for (k, v) in &ours {
+            assert_identical(v, &file[k], &format!("{case}: adapter init of {k}"));
+        }
+        // The config PEFT saved after injection (all-linear expanded, fan_in_fan_out corrected).
+        let peft_saved = read_json(&d.join("adapter").join("adapter_config.json"));
+        let ours_dir = tempfile::tempdir().unwrap();
+        peft.save_pretrained(ours_dir.path(), &SaveOptions::default()).unwrap();
+        let our_saved = read_json(&ours_dir.path().join("adapter_config.json"));
+        assert_same_config(&our_saved, &peft_saved, false, &format!("{case}: saved config"));
+        oracle::record("init", &case);
+    }
+}
+
+#[test]
+fn training_steps_give_peft_identical_adapter_weights() {
+    let _rng = oracle::rng_guard();
+    let root = fixtures();
+    for case in manifest_list("train") {
+        let d = root.join("train").join(&case);
+        let meta = read_json(&d.join("case.json"));
+        let (vs, model) = base_model(&d, "MLP");
+        let (peft, report) =
+            PeftModel::from_pretrained(model, &vs, d.join("initial"), LoadOptions::default().trainable())
+                .unwrap();
+        assert!(report.trainable);
+        let x = read_tensor(&d.join("data.safetensors"), "x");
+        let y = read_tensor(&d.join("data.safetensors"), "y");
+        let lr = meta["lr"].as_f64().unwrap();
+        let mut opt = match meta["optimizer"].as_str().unwrap() {
+            "sgd" => tch::nn::Sgd::default().build(peft.adapter_var_store(), lr).unwrap(),
+            "adamw" => tch::nn::AdamW::default().build(peft.adapter_var_store(), lr).unwrap(),
+            other => panic!("unknown optimizer {other}"),
+        };
+        tch::manual_seed(meta["seed"].as_i64().unwrap());
+        let mut losses = vec![];
+        for _ in 0..meta["steps"].as_i64().unwrap() {
+            opt.zero_grad();
+            let loss = peft.forward_t(&x, true).nll_loss(&y);
+            loss.backward();
+            opt.step();
+            losses.push(loss.double_value(&[]));
+        }
+        let peft_losses: Vec<f64> =
+            meta["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        for (i, (a, b)) in losses.iter().zip(&peft_losses).enumerate() {
+            assert!((a - b).abs() < 1e-6, "{case}: loss at step {i}: {a} vs PEFT {b}");
+        }
+        let final_weights = read_all(&d.join("final").join("adapter_model.safetensors"));
+        let initial = read_all(&d.join("initial").join("adapter_model.safetensors"));
+        for (k, v) in peft.adapter_state_dict("default").unwrap() {
+            assert_differs(&final_weights[&k], &initial[&k], 1e-6, &format!("{case}: {k} trained"));
+            assert_close(&v, &final_weights[&k], 1e-6, &format!("{case}: trained {k}"));
+        }
+        oracle::record("train", &case);
+    }
+}
+
+#[test]
+fn peft_written_configs_parse_and_rewrite_byte_identical() {
+    let root = fixtures();
+    let _link = peft_lora::PEFT_TYPE;
+    for name in manifest_list("configs") {
+        let dir = root.join("configs").join(&name);
+        let text = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
+        let mut warnings = vec![];
+        let config = peft_core::registry::load_config(&dir, &mut warnings).unwrap();
+        assert!(warnings.is_empty(), "{name}: {warnings:?}");
+        assert_eq!(
+            to_config_file_text(config.as_ref()),
+            text,
+            "{name}: rewritten config differs from PEFT's file"
+        );
+        let validation = config.validate();
+        if name == "dora" {
+            let err = validation.unwrap_err();
+            assert!(
+                matches!(&err, PeftError::UnsupportedOption { option, .. } if option == "use_dora"),
+                "{name}: {err}"
+            );
+        } else {
+            validation.unwrap();
+        }
+        oracle::record("config", &name);
+    }
+}
+
+#[test]
+fn target_matching_agrees_with_peft() {
+    let m = read_json(&fixtures().join("matching.json"));
+    let names = strings(&m["names"]);
+    for (i, case) in m["configs"].as_array().unwrap().iter().enumerate() {
+        let config = lora_config(&case["config"]);
+        let matcher = TargetMatcher::new(&config.target_spec()).unwrap();
+        for name in &names {
+            let ours = match matcher.check(name) {
+                TargetMatch::Targeted { .. } => "targeted",
+                TargetMatch::Excluded => "excluded",
+                TargetMatch::NotTargeted => "not_targeted",
+            };
+            assert_eq!(ours, case["verdicts"][name], "config {} on `{name}`", case["config"]);
+        }
+        oracle::record("matching", &format!("targets-{i}"));
+    }
+    for (i, case) in m["patterns"].as_array().unwrap().iter().enumerate() {
+        let map: indexmap::IndexMap<String, usize> =
+            strings(&case["patterns"]).into_iter().enumerate().map(|(j, p)| (p, j)).collect();
+        let pm = PatternMap::new("rank_pattern", &map).unwrap();
+        for name in &names {
+            let ours = pm.lookup(name).map(|(p, _)| p.to_string());
+            let theirs = case["chosen"][name].as_str().map(str::to_string);
+            assert_eq!(ours, theirs, "patterns {:?} on `{name}`", case["patterns"]);
+        }
+        oracle::record("matching", &format!("patterns-{i}"));
+    }
+}
+
+#[test]
+fn fp16_base_gets_fp32_adapters_like_peft_autocast() {
+    let _rng = oracle::rng_guard();
+    // PEFT's autocast_adapter_dtype: adapters on a half-precision base are kept in fp32; the forward
+    // returns the base dtype.
+    let vs = VarStore::new(Device::Cpu);
+    let model = TestModel::build("MLP", &vs).unwrap();
+    let mut vs = vs;
+    vs.half();
+    let config = LoraConfig {
+        target_modules: Some(peft_core::peft_config::TargetModules::list(["lin0"])),
+        init_lora_weights: peft_lora::InitLoraWeights::Bool(false),
+        ..LoraConfig::default()
+    };
+    let peft = PeftModel::new(model, &vs, config.boxed(), "default").unwrap();
+    for (k, t) in peft.adapter_state_dict("default").unwrap() {
+        assert_eq!(t.kind(), Kind::Float, "{k}");
+    }
+    let TestModel::Mlp(mlp) = peft.model() else { unreachable!() };
+    let x = Tensor::randn([3, 10], (Kind::Half, Device::Cpu));
+    assert_eq!(mlp.lin0.forward(&x).kind(), Kind::Half);
+}

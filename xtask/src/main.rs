@@ -1,0 +1,294 @@
+//! Project tasks for peft-rs.
+//!
+//! * `cargo xtask setup` — provide libtorch 2.13.0 and the Python oracle (PEFT 0.21.2) with no manual step.
+//! * `cargo xtask test [ARGS]` — setup, then every test of the workspace; prints the parity cases that ran.
+//! * `cargo xtask demo` — setup, then the main job (inject LoRA, train, save, reload, compare).
+//! * `cargo xtask lint` — `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` with warnings denied.
+//! * `cargo xtask ci` — what `.ci/run` runs: test, then lint.
+//!
+//! Setup is idempotent. libtorch comes from `$LIBTORCH` when the user set it, otherwise from a venv with
+//! `torch==2.13.0` in a per-user cache keyed by the torch version (`$PEFT_RS_VENV` overrides the
+//! location), so fresh clones and CI reuse it. The same venv gets the oracle from
+//! `tests/oracle/requirements.txt`. Setup then links `.venv` and `.libtorch` at the workspace root;
+//! `.cargo/config.toml` points `LIBTORCH` at `.libtorch`, so plain `cargo build` / `cargo test` work
+//! afterwards with nothing exported, and our build scripts give every binary an rpath to torch's `lib/`.
+#![allow(clippy::print_stdout)]
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+const TORCH_VERSION: &str = "2.13.0";
+const REQUIREMENTS: &str = "tests/oracle/requirements.txt";
+const STAMP: &str = ".peft-rs-setup";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args_os().skip(1);
+    let cmd = args.next().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
+    let rest: Vec<OsString> = args.collect();
+    match cmd.as_str() {
+        "setup" => setup().map(|env| env.describe()),
+        "test" => test(&rest),
+        "demo" => demo(&rest),
+        "lint" => lint(),
+        "ci" => {
+            test(&rest)?;
+            lint()
+        }
+        "" | "help" | "-h" | "--help" => {
+            println!("{}", HELP);
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`\n\n{HELP}"),
+    }
+}
+
+const HELP: &str = "usage: cargo xtask <task>
+
+tasks:
+  setup        provide libtorch 2.13.0 and the PEFT 0.21.2 oracle (idempotent)
+  test [ARGS]  setup, then run every test (ARGS go to `cargo test`)
+  demo [ARGS]  setup, then run the main job
+  lint         cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings
+  ci           test, then lint (what .ci/run does)
+
+environment:
+  LIBTORCH       use this libtorch 2.13.0 instead of the venv's torch
+  PEFT_RS_VENV   location of the project venv (default: ~/.cache/peft-rs/venv-torch-2.13.0)";
+
+/// What setup provides.
+struct Env {
+    python: PathBuf,
+    libtorch: PathBuf,
+    venv: PathBuf,
+}
+
+impl Env {
+    fn describe(&self) {
+        println!("peft-rs setup: ok");
+        println!("  venv      {}", self.venv.display());
+        println!("  python    {}", self.python.display());
+        println!("  libtorch  {}", self.libtorch.display());
+    }
+}
+
+fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn default_venv() -> Result<PathBuf> {
+    if let Some(v) = std::env::var_os("PEFT_RS_VENV") {
+        return Ok(PathBuf::from(v));
+    }
+    let cache = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(c) if !c.is_empty() => PathBuf::from(c),
+        _ => {
+            let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set")?;
+            PathBuf::from(home).join(".cache")
+        }
+    };
+    Ok(cache.join("peft-rs").join(format!("venv-torch-{TORCH_VERSION}")))
+}
+
+fn run(cmd: &mut Command) -> Result<ExitStatus> {
+    cmd.status().with_context(|| format!("could not start {cmd:?}"))
+}
+
+fn run_ok(cmd: &mut Command) -> Result<()> {
+    let status = run(cmd)?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Asks the venv's python for torch's version and package directory.
+fn probe_torch(python: &Path) -> Option<(String, PathBuf)> {
+    let out = Command::new(python)
+        .args(["-c", "import os, torch; print(torch.__version__); print(os.path.dirname(torch.__file__))"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let version = lines.next()?.split('+').next()?.trim().to_string();
+    let dir = PathBuf::from(lines.next()?.trim());
+    Some((version, dir))
+}
+
+fn setup() -> Result<Env> {
+    let root = root();
+    let requirements = root.join(REQUIREMENTS);
+    let req_text =
+        fs::read_to_string(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
+    let req_hash = format!("{:x}", Sha256::digest(req_text.as_bytes()));
+
+    let venv = default_venv()?;
+    let python = venv.join("bin").join("python");
+    let stamp_path = venv.join(STAMP);
+    let expected_stamp_prefix = format!("requirements={req_hash}\n");
+
+    // Fast path: a venv that this setup already completed for these exact requirements.
+    let stamped_torch_dir = fs::read_to_string(&stamp_path).ok().and_then(|s| {
+        s.strip_prefix(&expected_stamp_prefix)
+            .and_then(|rest| rest.strip_prefix("torch_dir="))
+            .map(|d| PathBuf::from(d.trim()))
+    });
+    let torch_dir = match stamped_torch_dir {
+        Some(dir) if python.exists() && dir.join("lib").exists() => dir,
+        _ => {
+            let have_torch =
+                python.exists() && matches!(probe_torch(&python), Some((v, _)) if v == TORCH_VERSION);
+            if !have_torch {
+                if !python.exists() {
+                    println!("peft-rs setup: creating venv {}", venv.display());
+                    if let Some(parent) = venv.parent() {
+                        fs::create_dir_all(parent)?;
+                    }
+                    let base_python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+                    run_ok(Command::new(&base_python).arg("-m").arg("venv").arg(&venv))
+                        .context("creating the venv needs python3 with the venv module")?;
+                }
+                println!("peft-rs setup: installing torch=={TORCH_VERSION} and the oracle (a few GB, once)");
+            } else {
+                println!("peft-rs setup: installing the oracle requirements into {}", venv.display());
+            }
+            run_ok(
+                Command::new(&python)
+                    .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "-r"])
+                    .arg(&requirements),
+            )?;
+            let (version, dir) = probe_torch(&python).context("torch does not import in the venv")?;
+            if version != TORCH_VERSION {
+                bail!("the venv has torch {version}, peft-rs needs {TORCH_VERSION}");
+            }
+            fs::write(&stamp_path, format!("{expected_stamp_prefix}torch_dir={}\n", dir.display()))?;
+            dir
+        }
+    };
+
+    // Workspace links used by .cargo/config.toml (LIBTORCH) and by the parity harness (python).
+    relink(&root.join(".venv"), &venv)?;
+    let libtorch = match std::env::var_os("LIBTORCH") {
+        Some(user) if !user.is_empty() && Path::new(&user) != root.join(".libtorch") => {
+            let user = PathBuf::from(user);
+            check_libtorch(&user)?;
+            user
+        }
+        _ => {
+            relink(&root.join(".libtorch"), &torch_dir)?;
+            check_libtorch(&torch_dir)?;
+            torch_dir
+        }
+    };
+    Ok(Env { python, libtorch, venv })
+}
+
+fn check_libtorch(dir: &Path) -> Result<()> {
+    let lib = dir.join("lib");
+    if !lib.join("libtorch_cpu.so").exists() && !lib.join("libtorch_cpu.dylib").exists() {
+        bail!("{} does not look like libtorch: no lib/libtorch_cpu.so", dir.display());
+    }
+    if !dir.join("include").exists() {
+        bail!("{} does not look like libtorch: no include/", dir.display());
+    }
+    Ok(())
+}
+
+fn relink(link: &Path, target: &Path) -> Result<()> {
+    if let Ok(current) = fs::read_link(link) {
+        if current == target {
+            return Ok(());
+        }
+    }
+    if fs::symlink_metadata(link).is_ok() {
+        fs::remove_file(link).with_context(|| format!("replacing {}", link.display()))?;
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("linking {} -> {}", link.display(), target.display()))?;
+    #[cfg(not(unix))]
+    bail!("peft-rs setup supports unix hosts only (linking {})", link.display());
+    Ok(())
+}
+
+fn parity_report_dir(root: &Path) -> PathBuf {
+    root.join("target").join("parity-report")
+}
+
+fn test(args: &[OsString]) -> Result<()> {
+    let env = setup()?;
+    env.describe();
+    let root = root();
+    let report = parity_report_dir(&root);
+    let _ = fs::remove_dir_all(&report);
+    fs::create_dir_all(&report)?;
+    let status = run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]).args(args))?;
+    let summary = summarize_parity(&report)?;
+    println!("{summary}");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// Each parity case appends one line `direction<TAB>case` to a file in target/parity-report.
+fn summarize_parity(dir: &Path) -> Result<String> {
+    let mut total = 0usize;
+    let mut by_direction = std::collections::BTreeMap::<String, usize>::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let text = fs::read_to_string(entry.path()).unwrap_or_default();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                total += 1;
+                let direction = line.split('\t').next().unwrap_or("?").to_string();
+                *by_direction.entry(direction).or_default() += 1;
+            }
+        }
+    }
+    let detail: Vec<String> = by_direction.iter().map(|(d, n)| format!("{d}: {n}")).collect();
+    Ok(format!("parity cases against PEFT 0.21.2 that ran: {total} ({})", detail.join(", ")))
+}
+
+fn demo(args: &[OsString]) -> Result<()> {
+    setup()?;
+    let status = run(Command::new(cargo())
+        .current_dir(root())
+        .args(["run", "--quiet", "--package", "peft-lora", "--example", "demo", "--"])
+        .args(args))?;
+    if !status.success() {
+        bail!("the demo failed ({status})");
+    }
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    setup()?;
+    let root = root();
+    run_ok(Command::new(cargo()).current_dir(&root).args(["fmt", "--all", "--", "--check"]))?;
+    run_ok(Command::new(cargo()).current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_ok(Command::new(cargo()).current_dir(&root).env("RUSTDOCFLAGS", "-D warnings").args([
+        "doc",
+        "--workspace",
+        "--no-deps",
+    ]))?;
+    println!("lint: fmt, clippy and doc are clean");
+    Ok(())
+}
