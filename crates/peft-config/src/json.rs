@@ -92,9 +92,20 @@ where
              PEFT version"
         ));
     }
-    let value = Value::Object(map);
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let field = e.path().to_string();
+    let value = Value::Object(map.clone());
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let mut field = e.path().to_string();
+        if field.is_empty() || field == "." {
+            // Fields inside `#[serde(flatten)]` lose their path; find the key by trying each alone.
+            field = map
+                .iter()
+                .find(|(k, v)| {
+                    let one = Value::Object(Map::from_iter([((*k).clone(), (*v).clone())]));
+                    serde_json::from_value::<T>(one).is_err()
+                })
+                .map(|(k, _)| k.clone())
+                .unwrap_or(field);
+        }
         ConfigError::InvalidField {
             location: location.to_string(),
             field,

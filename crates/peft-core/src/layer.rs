@@ -319,6 +319,11 @@ impl AdapterSlots {
         Ok(())
     }
 
+    /// Forgets merges after the first `keep` without touching weights (the caller restored them).
+    pub(crate) fn truncate_merged(&mut self, keep: usize) {
+        self.merged.truncate(keep);
+    }
+
     /// Unmerges every merged adapter, last merged first.
     ///
     /// # Errors

@@ -560,29 +560,47 @@ impl<M: Adaptable> PeftModel<M> {
                 }
             }
         }
-        let before: Vec<usize> = self.merged_counts();
+        // Safe merges are all-or-nothing: the weights of each layer are copied before it merges and
+        // restored bit for bit if any layer refuses. Unsafe merges roll back by unmerging.
+        let mut snapshots: BTreeMap<usize, Vec<(Tensor, Tensor)>> = BTreeMap::new();
+        let mut counts: Vec<usize> = Vec::new();
         let result = self.model.visit_layers_mut(&mut |layer| {
             let (base, slots) = layer.parts_mut();
+            counts.push(slots.merged().len());
+            if safe && !slots.is_empty() {
+                let copies = base
+                    .named_parameters()
+                    .into_iter()
+                    .map(|(_, t)| t.f_detach_copy().map(|c| (t, c)))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(PeftError::torch("copying weights before a safe merge"))?;
+                snapshots.insert(counts.len() - 1, copies);
+            }
             slots.merge(base, names.as_deref(), safe)
         });
         if let Err(e) = result {
-            // Roll back the layers merged in this call.
             let mut i = 0;
             let _ = self.model.visit_layers_mut(&mut |layer| {
-                let keep = before.get(i).copied().unwrap_or(0);
+                let idx = i;
                 i += 1;
+                let Some(&keep) = counts.get(idx) else { return Ok(()) };
                 let (base, slots) = layer.parts_mut();
-                slots.unmerge_to(base, keep)
+                match snapshots.get(&idx) {
+                    Some(copies) => {
+                        for (dst, src) in copies {
+                            let mut dst = dst.shallow_clone();
+                            tch::no_grad(|| dst.f_copy_(src))
+                                .map_err(PeftError::torch("restoring weights"))?;
+                        }
+                        slots.truncate_merged(keep);
+                        Ok(())
+                    }
+                    None => slots.unmerge_to(base, keep),
+                }
             });
             return Err(e);
         }
         Ok(())
-    }
-
-    fn merged_counts(&self) -> Vec<usize> {
-        let mut v = Vec::new();
-        self.model.visit_layers(&mut |l| v.push(l.slots().merged().len()));
-        v
     }
 
     /// PEFT's `unmerge_adapter`: restores the base weights.
