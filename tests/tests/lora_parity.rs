@@ -167,7 +167,9 @@ fn peft_rs_saves_peft_loads_same_outputs() {
     let _rng = oracle::rng_guard();
     let root = fixtures();
     let work = tempfile::tempdir().unwrap();
-    let mut ours: BTreeMap<String, (BTreeMap<String, Tensor>, BTreeMap<String, Value>)> = BTreeMap::new();
+    // case -> (our outputs per state, our saved config per adapter)
+    type Ours = (BTreeMap<String, Tensor>, BTreeMap<String, Value>);
+    let mut ours: BTreeMap<String, Ours> = BTreeMap::new();
     for case in manifest_list("cases") {
         let d = root.join("cases").join(&case);
         let meta = read_json(&d.join("case.json"));

@@ -350,12 +350,8 @@ impl TargetMatcher {
                         }
                     }
                 }
-                Some(Names::Regex(re, _)) => {
-                    if is_match(re, key) {
-                        exclude_hits[0] += 1;
-                    }
-                }
-                None => {}
+                Some(Names::Regex(re, _)) if is_match(re, key) => exclude_hits[0] += 1,
+                _ => {}
             }
             match self.check(key) {
                 TargetMatch::Targeted { .. } => report.targeted.push(key.to_string()),

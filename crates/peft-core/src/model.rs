@@ -99,30 +99,17 @@ pub struct SaveOptions {
 /// (the trainable tensors, named as PEFT names them in memory: `base_model.model.<module>.lora_A.<adapter>
 /// .weight`). Build an optimizer from [`PeftModel::adapter_var_store`].
 ///
-/// ```
-/// use peft_core::{nn, Adaptable, PeftModel};
-/// use tch::nn::{ModuleT, VarStore};
+/// The method comes from a method crate; the `peft-lora` crate documentation has a complete, runnable
+/// example (build a model, add LoRA, forward, save, reload). In outline:
 ///
-/// #[derive(Debug, Adaptable)]
-/// struct Mlp { lin0: nn::Linear, lin1: nn::Linear }
-///
-/// impl ModuleT for Mlp {
-///     fn forward_t(&self, x: &tch::Tensor, train: bool) -> tch::Tensor {
-///         self.lin1.forward_t(&self.lin0.forward_t(x, train).relu(), train)
-///     }
-/// }
-///
-/// # fn main() -> peft_core::Result<()> {
-/// let vs = VarStore::new(tch::Device::Cpu);
-/// let mlp = Mlp {
-///     lin0: nn::linear(vs.root() / "lin0", 10, 20, Default::default())?,
-///     lin1: nn::linear(vs.root() / "lin1", 20, 2, Default::default())?,
-/// };
-/// // A config from any linked method crate; here parsed from PEFT's JSON (peft-lora is linked in the
-/// // real program; this example only checks the error).
-/// let err = peft_core::registry::config_from_str(r#"{"peft_type": "VERA"}"#, &mut vec![]).unwrap_err();
-/// assert!(err.to_string().contains("peft-vera"));
-/// # let _ = mlp; Ok(()) }
+/// ```text
+/// let vs = VarStore::new(Device::Cpu);
+/// let model = MyModel::new(&vs)?;                       // built from peft_core::nn layers
+/// let mut peft = PeftModel::new(model, &vs, LoraConfig { .. }.boxed(), "default")?;
+/// let mut opt = nn::AdamW::default().build(peft.adapter_var_store(), 1e-3)?;
+/// // ... train with peft.forward_t(&x, true) ...
+/// peft.save_pretrained("out/adapter", &SaveOptions::default())?;
+/// let (peft, report) = PeftModel::from_pretrained(MyModel::new(&vs2)?, &vs2, "out/adapter", LoadOptions::default())?;
 /// ```
 pub struct PeftModel<M: Adaptable> {
     model: M,
@@ -208,7 +195,7 @@ impl<M: Adaptable> PeftModel<M> {
     ) -> Result<(Self, LoadReport)> {
         let mut peft = Self::wrap(model, base)?;
         let report = peft.load_adapter(dir, options)?;
-        peft.activate(&[report.adapter_name.clone()], report.trainable)?;
+        peft.activate(std::slice::from_ref(&report.adapter_name), report.trainable)?;
         Ok((peft, report))
     }
 

@@ -3,6 +3,13 @@
 //! Method crates register themselves with [`inventory`] (see [`register_method!`](crate::register_method)),
 //! so a program that links `peft-lora` can load LoRA adapters by file alone, and a file whose method is
 //! not linked gets an error naming the crate that provides it.
+//!
+//! ```
+//! let mut warnings = Vec::new();
+//! let err = peft_core::registry::config_from_str(r#"{"peft_type": "VERA", "r": 256}"#, &mut warnings)
+//!     .unwrap_err();
+//! assert!(err.to_string().contains("peft-vera"));
+//! ```
 
 use crate::config::AdapterConfig;
 use crate::error::{PeftError, Result};
