@@ -54,17 +54,13 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
     })
 }
 
-/// Reads every tensor of a safetensors file (memory-mapped, then copied into CPU tensors).
-///
-/// # Errors
-/// [`PeftError::Io`] when the file cannot be opened, [`PeftError::Safetensors`] when it is truncated or
-/// corrupt, [`PeftError::UnsupportedDtype`] for dtypes libtorch cannot hold here.
-pub fn read_safetensors(path: &Path) -> Result<Vec<LoadedTensor>> {
+/// Memory-maps `path`, parses its safetensors header, and hands the parsed file to `f`.
+fn with_safetensors<T>(path: &Path, f: impl FnOnce(&SafeTensors<'_>) -> Result<T>) -> Result<T> {
     let file =
         fs::File::open(path).map_err(|source| PeftError::Io { path: path.into(), op: "open", source })?;
-    // SAFETY: the map is read-only and dropped before this function returns; we copy every tensor out
-    // of it. A concurrent truncation of the file by another process could fault, as with any mmap reader
-    // (safetensors' own loaders share this caveat).
+    // SAFETY: the map is read-only and dropped before this function returns; callers copy what they need
+    // out of it. A concurrent truncation of the file by another process could fault, as with any mmap
+    // reader (safetensors' own loaders share this caveat).
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| PeftError::Io {
         path: path.into(),
         op: "map",
@@ -72,24 +68,36 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<LoadedTensor>> {
     })?;
     let st = SafeTensors::deserialize(&mmap)
         .map_err(|e| PeftError::Safetensors { path: path.into(), reason: e.to_string() })?;
-    let mut out = Vec::new();
-    let mut names: Vec<&str> = st.names();
-    names.sort_unstable();
-    for name in names {
-        let view = st
-            .tensor(name)
-            .map_err(|e| PeftError::Safetensors { path: path.into(), reason: e.to_string() })?;
-        let kind = kind_of(view.dtype()).ok_or_else(|| PeftError::UnsupportedDtype {
-            path: path.into(),
-            key: name.to_string(),
-            dtype: format!("{:?}", view.dtype()),
-        })?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)
-            .map_err(PeftError::torch(format!("reading `{name}` from {}", path.display())))?;
-        out.push(LoadedTensor { key: name.to_string(), tensor });
-    }
-    Ok(out)
+    f(&st)
+}
+
+/// Reads every tensor of a safetensors file (memory-mapped, then copied into fresh CPU tensors).
+///
+/// # Errors
+/// [`PeftError::Io`] when the file cannot be opened, [`PeftError::Safetensors`] when it is truncated or
+/// corrupt, [`PeftError::UnsupportedDtype`] for dtypes libtorch cannot hold here.
+pub fn read_safetensors(path: &Path) -> Result<Vec<LoadedTensor>> {
+    with_safetensors(path, |st| {
+        let mut names: Vec<&str> = st.names();
+        names.sort_unstable();
+        names
+            .into_iter()
+            .map(|name| {
+                let view = st
+                    .tensor(name)
+                    .map_err(|e| PeftError::Safetensors { path: path.into(), reason: e.to_string() })?;
+                let kind = kind_of(view.dtype()).ok_or_else(|| PeftError::UnsupportedDtype {
+                    path: path.into(),
+                    key: name.to_string(),
+                    dtype: format!("{:?}", view.dtype()),
+                })?;
+                let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+                let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)
+                    .map_err(PeftError::torch(format!("reading `{name}` from {}", path.display())))?;
+                Ok(LoadedTensor { key: name.to_string(), tensor })
+            })
+            .collect()
+    })
 }
 
 /// Reads only the header: each key with its dtype name and shape. Cheap even for large files.
@@ -97,24 +105,16 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<LoadedTensor>> {
 /// # Errors
 /// As [`read_safetensors`].
 pub fn read_safetensors_header(path: &Path) -> Result<Vec<(String, String, Vec<i64>)>> {
-    let file =
-        fs::File::open(path).map_err(|source| PeftError::Io { path: path.into(), op: "open", source })?;
-    // SAFETY: read-only map, dropped before returning; see `read_safetensors`.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| PeftError::Io {
-        path: path.into(),
-        op: "map",
-        source,
-    })?;
-    let st = SafeTensors::deserialize(&mmap)
-        .map_err(|e| PeftError::Safetensors { path: path.into(), reason: e.to_string() })?;
-    let mut out: Vec<_> = st
-        .iter()
-        .map(|(k, v)| {
-            (k.to_string(), format!("{:?}", v.dtype()), v.shape().iter().map(|&d| d as i64).collect())
-        })
-        .collect();
-    out.sort();
-    Ok(out)
+    with_safetensors(path, |st| {
+        let mut out: Vec<_> = st
+            .iter()
+            .map(|(k, v)| {
+                (k.to_string(), format!("{:?}", v.dtype()), v.shape().iter().map(|&d| d as i64).collect())
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    })
 }
 
 /// Writes tensors as a safetensors file with PEFT's `{"format": "pt"}` metadata, atomically.
