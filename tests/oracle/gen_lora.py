@@ -75,6 +75,12 @@ CASES = [
     ),
     dict(name="mlp_all_linear", model="MLP", adapters={"default": dict(target_modules="all-linear", r=2)}),
     dict(
+        name="mlp_modules_to_save",
+        model="MLP",
+        perturb="modules_to_save",
+        adapters={"default": dict(target_modules=["lin0"], modules_to_save=["lin1"])},
+    ),
+    dict(
         name="deep_layers_list",
         model="DeepMLP",
         adapters={
@@ -270,7 +276,12 @@ def gen_case(root, case):
     for n in names[1:]:
         model.add_adapter(n, lora_config(case["adapters"][n]))
     perturb = case.get("perturb")
-    if perturb:
+    if perturb == "modules_to_save":
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if ".modules_to_save." in n:
+                    p.add_(0.1 * torch.randn_like(p))
+    elif perturb:
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if "lora_" in n or not n.endswith("bias"):

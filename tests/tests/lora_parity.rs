@@ -104,8 +104,20 @@ fn peft_saves_peft_rs_loads_same_outputs() {
     }
 }
 
-/// Adds 0.1·N(0,1) to the biases PEFT's generator perturbs ("all", or the adapted layers' only).
-fn perturb_biases(vs: &VarStore, peft: &PeftModel<TestModel>, mode: &str) {
+/// Adds 0.1·N(0,1) where PEFT's generator does: biases ("all", or the adapted layers' only), or the
+/// `modules_to_save` copies.
+fn perturb(vs: &VarStore, peft: &PeftModel<TestModel>, mode: &str) {
+    if mode == "modules_to_save" {
+        let mut vars: Vec<(String, Tensor)> = peft.adapter_var_store().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, mut t) in vars {
+            if name.contains(".modules_to_save.") {
+                let noise = Tensor::randn_like(&t) * 0.1;
+                let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
+            }
+        }
+        return;
+    }
     let adapted: Vec<String> = peft.adapter_names().iter().flat_map(|a| peft.targeted_modules(a)).collect();
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -185,7 +197,7 @@ fn peft_rs_saves_peft_loads_same_outputs() {
             peft.add_adapter(n, lora_config(&meta["configs"][n]).boxed()).unwrap();
         }
         if let Some(mode) = meta["perturb"].as_str() {
-            perturb_biases(&vs, &peft, mode);
+            perturb(&vs, &peft, mode);
         }
         let out_dir = work.path().join(&case);
         std::fs::create_dir_all(&out_dir).unwrap();

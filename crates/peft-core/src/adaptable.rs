@@ -69,6 +69,12 @@ pub trait Adaptable {
     fn auto_mapping(&self) -> Option<serde_json::Value> {
         None
     }
+
+    /// The transformers `model_type` (`"llama"`, `"bert"`, …) of models that mirror a transformers
+    /// architecture; methods use it to pick PEFT's default `target_modules` when a config gives none.
+    fn model_type(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The names of all adaptable layers of a model, in module order.
@@ -131,6 +137,9 @@ impl<T: Adaptable + ?Sized> Adaptable for Box<T> {
     }
     fn auto_mapping(&self) -> Option<serde_json::Value> {
         (**self).auto_mapping()
+    }
+    fn model_type(&self) -> Option<String> {
+        (**self).model_type()
     }
 }
 

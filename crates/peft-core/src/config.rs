@@ -35,6 +35,20 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
     /// [`PeftError::UnsupportedOption`] (or a config error) naming the option.
     fn validate(&self) -> Result<()>;
 
+    /// PEFT's default `target_modules` for a transformers `model_type` (its constants table), used when
+    /// the config gives none. `None` when the method has no default for it.
+    fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
+        let _ = model_type;
+        None
+    }
+
+    /// Sets `modules_to_save` (PEFT's task wrappers add their heads to it). Returns `false` for methods
+    /// without that option.
+    fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
+        let _ = modules;
+        false
+    }
+
     /// The `bias` option: which base biases train with this adapter and are saved with it.
     fn bias(&self) -> BiasMode {
         BiasMode::None

@@ -45,6 +45,16 @@ pub trait BaseLayer: fmt::Debug + Send + 'static {
         None
     }
 
+    /// A trainable copy of this layer with its parameters registered under `path` (PEFT's
+    /// `ModulesToSaveWrapper` keeps such a copy per adapter).
+    ///
+    /// # Errors
+    /// [`PeftError::Invalid`] for bases that cannot be copied (the default).
+    fn copy_to(&self, path: &tch::nn::Path<'_>) -> Result<Box<dyn BaseLayer>> {
+        let _ = path;
+        Err(PeftError::Invalid(format!("a {} layer cannot be copied for modules_to_save", self.kind())))
+    }
+
     /// The concrete type, for method crates that support only specific bases.
     fn as_any(&self) -> &dyn Any;
 }

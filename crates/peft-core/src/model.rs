@@ -4,12 +4,13 @@ use crate::adaptable::{layer_names, Adaptable};
 use crate::config::{AdapterConfig, BiasMode, LayerInit};
 use crate::error::{PeftError, Result};
 use crate::io;
-use crate::layer::AdaptableLayer;
+use crate::layer::{AdaptableLayer, TunerLayer};
+use crate::modules_to_save::{self, ModulesToSave, MODULES_TO_SAVE};
 use crate::registry;
 use crate::status::{LayerStatus, ModelStatus, RequiresGrad, Tristate};
 use indexmap::IndexMap;
 use peft_config::keys::{self, CONFIG_NAME, DEFAULT_ADAPTER_NAME, PEFT_PREFIX, SAFETENSORS_WEIGHTS_NAME};
-use peft_config::{MatchReport, TargetMatcher, TargetModules};
+use peft_config::{MatchReport, TargetMatcher, TargetModules, TaskType};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -305,6 +306,22 @@ impl<M: Adaptable> PeftModel<M> {
             }
         }
         config.validate()?;
+        // PEFT's task wrappers (PeftModelForSequenceClassification, …) add their heads to modules_to_save
+        // before matching, so the heads are never targeted by the method itself.
+        let heads: &[&str] = match config.common().task_type {
+            Some(TaskType::SeqCls | TaskType::TokenCls) => &["classifier", "score"],
+            Some(TaskType::QuestionAns) => &["qa_outputs"],
+            _ => &[],
+        };
+        if !heads.is_empty() {
+            let mut modules: Vec<String> = config.target_spec().modules_to_save.map(<[String]>::to_vec).unwrap_or_default();
+            for h in heads {
+                if !modules.iter().any(|m| m == h) {
+                    modules.push(h.to_string());
+                }
+            }
+            config.set_modules_to_save(modules);
+        }
         if self.configs.values().filter(|c| c.bias() != BiasMode::None).count() > 0
             && config.bias() != BiasMode::None
         {
@@ -352,6 +369,7 @@ impl<M: Adaptable> PeftModel<M> {
             Ok(())
         });
         self.warnings.extend(warnings);
+        let result = result.and_then(|()| self.attach_modules_to_save(name, config.as_ref()));
         if let Err(e) = result {
             self.remove_layers(name);
             return Err(e);
@@ -362,6 +380,72 @@ impl<M: Adaptable> PeftModel<M> {
             layer.parts_mut().1.set_active(&active);
             Ok(())
         })?;
+        Ok(())
+    }
+
+    /// Gives every layer selected by the config's `modules_to_save` a trainable copy for `name`.
+    fn attach_modules_to_save(&mut self, name: &str, config: &dyn AdapterConfig) -> Result<()> {
+        let entries: Vec<String> = config.target_spec().modules_to_save.map(<[String]>::to_vec).unwrap_or_default();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if config.bias() != BiasMode::None {
+            return Err(crate::config::unsupported_option(
+                &config.common().peft_type,
+                "bias",
+                &config.to_json()["bias"],
+                "together with modules_to_save",
+            ));
+        }
+        let vs_root = self.adapter_vs.root();
+        let mut containers = BTreeSet::new();
+        let mut covered = BTreeSet::new();
+        self.model.visit_layers_mut(&mut |layer| {
+            let Some(container) = modules_to_save::matches(layer.name(), &entries) else {
+                return Ok(());
+            };
+            let module = layer.name().to_string();
+            let mut path = &vs_root / "base_model" / "model";
+            for seg in module.split('.') {
+                path = &path / seg;
+            }
+            let (base, slots) = layer.parts_mut();
+            for (p, _) in base.named_parameters() {
+                covered.insert(format!("{module}.{p}"));
+            }
+            let copy = ModulesToSave::new(base, &module, name, &path)?;
+            for (_, t) in copy.named_tensors() {
+                set_requires_grad(&t, false);
+            }
+            slots.insert(name.to_string(), Box::new(copy));
+            containers.insert(container);
+            Ok(())
+        })?;
+        let active = self.active.clone();
+        self.model.visit_layers_mut(&mut |layer| {
+            layer.parts_mut().1.set_active(&active);
+            Ok(())
+        })?;
+        // A container holding parameters outside adaptable layers cannot be copied faithfully.
+        for c in &containers {
+            let outside: Vec<&str> = self
+                .base_params
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .filter(|n| n.starts_with(&format!("{c}.")) && !covered.contains(*n))
+                .collect();
+            if !outside.is_empty() {
+                return Err(PeftError::Invalid(format!(
+                    "modules_to_save module `{c}` holds parameters outside adaptable layers ({outside:?}); build \
+                     them with peft_core::nn layers"
+                )));
+            }
+        }
+        for e in &entries {
+            if !containers.iter().any(|c| c.ends_with(e.as_str())) {
+                self.warn(format!("adapter `{name}`: modules_to_save entry {e:?} matches no adaptable module"));
+            }
+        }
         Ok(())
     }
 
@@ -472,7 +556,7 @@ impl<M: Adaptable> PeftModel<M> {
         }
         let mut adapted = BTreeSet::new();
         self.model.visit_layers(&mut |layer| {
-            if !layer.slots().is_empty() {
+            if layer.slots().adapters().values().any(|t| t.peft_type() != MODULES_TO_SAVE) {
                 adapted.insert(layer.name().to_string());
             }
         });
@@ -1062,12 +1146,21 @@ fn resolve_targets<M: Adaptable>(
     }
     let spec = config.target_spec();
     if spec.target_modules.is_none() && !spec.has_target_parameters {
-        return Err(PeftError::Invalid(format!(
-            "adapter `{adapter}`: `target_modules` is not set and this model has no default targets; \
-             name the modules to adapt (adaptable modules are: {})",
-            abbreviate(&names)
-        )));
+        // PEFT's per-architecture defaults (e.g. q_proj/v_proj for llama).
+        let model_type = model.model_type();
+        match model_type.as_deref().and_then(|t| config.default_target_modules(t)) {
+            Some(defaults) => config.set_target_modules(defaults),
+            None => {
+                return Err(PeftError::Invalid(format!(
+                    "adapter `{adapter}`: `target_modules` is not set and there are no default targets for \
+                     model_type {}; name the modules to adapt (adaptable modules are: {})",
+                    model_type.as_deref().map_or("(none: not a transformers-style model)".to_string(), |t| format!("{t:?}")),
+                    abbreviate(&names)
+                )));
+            }
+        }
     }
+    let spec = config.target_spec();
     let matcher = TargetMatcher::new(&spec)?;
     let report = matcher.report(names.iter().map(String::as_str));
     if matcher.is_dummy() {

@@ -66,6 +66,16 @@ impl BaseLayer for LinearBase {
         Some(self)
     }
 
+    fn copy_to(&self, path: &Path<'_>) -> Result<Box<dyn BaseLayer>> {
+        let copy = |t: &Tensor| t.f_detach_copy().map_err(PeftError::torch("copying a linear layer"));
+        let weight = path.add("weight", copy(&self.weight)?, true);
+        let bias = match &self.bias {
+            Some(b) => Some(path.add("bias", copy(b)?, true)),
+            None => None,
+        };
+        Ok(Box::new(LinearBase { weight, bias, fan_in_fan_out: self.fan_in_fan_out }))
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }

@@ -434,9 +434,6 @@ impl AdapterConfig for LoraConfig {
         if self.use_dora {
             return Err(reject("use_dora", &true, ""));
         }
-        if let Some(m) = self.modules_to_save.as_ref().filter(|m| !m.is_empty()) {
-            return Err(reject("modules_to_save", m, ""));
-        }
         if let Some(t) = &self.trainable_token_indices {
             return Err(reject("trainable_token_indices", t, ""));
         }
@@ -473,6 +470,15 @@ impl AdapterConfig for LoraConfig {
         Ok(())
     }
 
+    fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
+        default_target_modules(model_type)
+    }
+
+    fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
+        self.modules_to_save = Some(modules);
+        true
+    }
+
     fn bias(&self) -> BiasMode {
         match self.bias {
             LoraBias::None => BiasMode::None,
@@ -492,6 +498,32 @@ impl AdapterConfig for LoraConfig {
     fn as_any(&self) -> &dyn Any {
         self
     }
+}
+
+/// PEFT's `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`: the modules LoRA adapts when a config
+/// names none, by transformers `model_type`.
+pub fn default_target_modules(model_type: &str) -> Option<TargetModules> {
+    let names: &[&str] = match model_type {
+        "t5" | "mt5" => &["q", "v"],
+        "bart" | "opt" | "gptj" | "gpt_neo" | "llama" | "llama4" | "mistral" | "mixtral" | "stablelm" | "gemma"
+        | "gemma2" | "gemma3_text" | "qwen2" | "qwen3" => &["q_proj", "v_proj"],
+        "gpt2" | "gpt_bigcode" => &["c_attn"],
+        "bloom" | "gpt_neox" | "chatglm" | "falcon" | "RefinedWeb" | "RefinedWebModel" => &["query_key_value"],
+        "blip-2" => &["q", "v", "q_proj", "v_proj"],
+        "bert" | "roberta" | "xlm-roberta" | "electra" | "layoutlm" => &["query", "value"],
+        "deberta-v2" => &["query_proj", "value_proj"],
+        "deberta" => &["in_proj"],
+        "mpt" => &["Wqkv"],
+        "btlm" => &["c_proj", "c_attn"],
+        "codegen" => &["qkv_proj"],
+        "phi" => &["q_proj", "v_proj", "fc1", "fc2"],
+        "nemotron_h" => &["q_proj", "k_proj", "v_proj", "o_proj"],
+        "rwkv" => &["key", "value", "receptance", "output"],
+        "rwkv7" => &["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"],
+        "gemma4" => return Some(TargetModules::Regex(r".*language_model\..*\.(q_proj|v_proj)".into())),
+        _ => return None,
+    };
+    Some(TargetModules::list(names.iter().copied()))
 }
 
 /// The registry's parser for `peft_type: "LORA"`.

@@ -292,3 +292,113 @@ fn merge_and_unload_returns_a_plain_model_with_merged_weights() {
     // The caller's var store holds the merged weights: save it and they are a plain model.
     assert!(vs.variables().keys().all(|k| !k.contains("lora")));
 }
+
+#[test]
+fn modules_to_save_trains_a_copy_saved_under_peft_keys() {
+    let (vs, m) = model();
+    let x = input();
+    let cfg = LoraConfig { modules_to_save: Some(vec!["lin2".into()]), ..config(&["lin0"]) };
+    let mut p = PeftModel::new(m, &vs, cfg.boxed(), "default").unwrap();
+    let keys: Vec<String> = p.adapter_state_dict("default").unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        keys,
+        [
+            "base_model.model.lin0.lora_A.weight",
+            "base_model.model.lin0.lora_B.weight",
+            "base_model.model.lin2.weight",
+            "base_model.model.lin2.bias",
+        ]
+    );
+    // The copy trains, the original stays frozen.
+    let copy = p.adapter_var_store().variables()["base_model.model.lin2.modules_to_save.default.weight"].shallow_clone();
+    assert!(copy.requires_grad());
+    assert!(!vs.variables()["lin2.weight"].requires_grad());
+    let before = out(p.model(), &x);
+    let _ = tch::no_grad(|| copy.shallow_clone().f_add_(&(Tensor::ones_like(&copy) * 0.3))).unwrap();
+    let changed = out(p.model(), &x);
+    assert!(max_diff(&before, &changed) > 1e-3, "the copy is used in forward");
+    {
+        let disabled = p.disable_adapters().unwrap();
+        let base_only = out(&disabled, &x);
+        assert!(max_diff(&base_only, &changed) > 1e-3, "disabled adapters use the original");
+    }
+    // Merging writes the copy into the base; unmerging restores the original exactly.
+    let orig = vs.variables()["lin2.weight"].detach().copy();
+    p.merge_adapter(None, false).unwrap();
+    assert!(max_diff(&out(p.model(), &x), &changed) < 1e-5);
+    p.unmerge_adapter().unwrap();
+    assert!(vs.variables()["lin2.weight"].equal(&orig));
+    // Round trip through save/load (after unmerge, lin0's base is back up to float rounding).
+    let expected = out(p.model(), &x);
+    assert!(max_diff(&expected, &changed) < 1e-5);
+    let dir = tempfile::tempdir().unwrap();
+    p.save_pretrained(dir.path(), &SaveOptions::default()).unwrap();
+    let (vs2, m2) = model();
+    let mut vs2 = vs2;
+    vs2.copy(&vs).unwrap();
+    let (q, _) = PeftModel::from_pretrained(m2, &vs2, dir.path(), LoadOptions::default()).unwrap();
+    assert!(out(q.model(), &x).equal(&expected));
+    assert_eq!(q.layer_status()[1].module_type, "ModulesToSaveWrapper");
+}
+
+#[test]
+fn sequence_classification_adds_the_heads_to_modules_to_save_as_peft_does() {
+    #[derive(Debug, peft_core::Adaptable)]
+    struct Classifier {
+        dense: peft_core::nn::Linear,
+        classifier: peft_core::nn::Linear,
+    }
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let m = Classifier {
+        dense: peft_core::nn::linear(vs.root() / "dense", 4, 4, Default::default()).unwrap(),
+        classifier: peft_core::nn::linear(vs.root() / "classifier", 4, 2, Default::default()).unwrap(),
+    };
+    let mut cfg = LoraConfig {
+        target_modules: Some(peft_core::peft_config::TargetModules::Regex("all-linear".into())),
+        ..LoraConfig::default()
+    };
+    cfg.common.task_type = Some(peft_core::peft_config::TaskType::SeqCls);
+    let p = PeftModel::new(m, &vs, cfg.boxed(), "default").unwrap();
+    let saved = p.config("default").unwrap().to_json();
+    assert_eq!(saved["modules_to_save"], serde_json::json!(["classifier", "score"]));
+    // all-linear then excludes the head: only `dense` gets LoRA, `classifier` is trained in full.
+    assert_eq!(p.targeted_modules("default"), ["dense", "classifier"]);
+    let types: Vec<String> = p.layer_status().into_iter().map(|l| l.module_type).collect();
+    assert_eq!(types, ["lora.Linear", "ModulesToSaveWrapper"]);
+    assert!(p.warnings().iter().any(|w| w.contains("\"score\"")), "{:?}", p.warnings());
+}
+
+#[test]
+fn missing_target_modules_use_pefts_defaults_for_transformers_models() {
+    #[derive(Debug, peft_core::Adaptable)]
+    struct Attn {
+        q_proj: peft_core::nn::Linear,
+        k_proj: peft_core::nn::Linear,
+        v_proj: peft_core::nn::Linear,
+    }
+    #[derive(Debug)]
+    struct Llamaish(Attn);
+    impl peft_core::Adaptable for Llamaish {
+        fn visit_layers(&self, f: &mut dyn FnMut(&dyn peft_core::AdaptableLayer)) {
+            self.0.visit_layers(f)
+        }
+        fn visit_layers_mut(
+            &mut self,
+            f: &mut dyn FnMut(&mut dyn peft_core::AdaptableLayer) -> peft_core::Result<()>,
+        ) -> peft_core::Result<()> {
+            self.0.visit_layers_mut(f)
+        }
+        fn model_type(&self) -> Option<String> {
+            Some("llama".into())
+        }
+    }
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let lin = |n: &str| peft_core::nn::linear(vs.root() / "self_attn" / n, 4, 4, Default::default()).unwrap();
+    let m = Llamaish(Attn { q_proj: lin("q_proj"), k_proj: lin("k_proj"), v_proj: lin("v_proj") });
+    let p = PeftModel::new(m, &vs, LoraConfig::default().boxed(), "default").unwrap();
+    assert_eq!(p.targeted_modules("default"), ["self_attn.q_proj", "self_attn.v_proj"]);
+    // A model without a model_type gets a clear error instead.
+    let (vs, m) = model();
+    let err = PeftModel::new(m, &vs, LoraConfig::default().boxed(), "default").unwrap_err();
+    assert!(err.to_string().contains("target_modules"), "{err}");
+}

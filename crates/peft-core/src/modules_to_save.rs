@@ -1,0 +1,137 @@
+//! `modules_to_save`: layers trained and saved in full, per adapter (PEFT's `ModulesToSaveWrapper`).
+//!
+//! Every method shares this: an entry of a config's `modules_to_save` gives each matching layer a
+//! trainable copy of its parameters for that adapter; while the adapter is active the layer computes with
+//! the copy. PEFT matches entries as plain suffixes of module names (`name.endswith(entry)`, no dot
+//! boundary); an entry naming a container (e.g. a classification head made of several layers) copies every
+//! adaptable layer inside it.
+//!
+//! Keys: in memory `base_model.model.<module>.modules_to_save.<adapter>.<param>`, on disk
+//! `base_model.model.<module>.<param>` — the same as PEFT writes.
+
+use crate::error::{PeftError, Result};
+use crate::layer::{BaseLayer, ForwardCtx, TunerLayer};
+use std::any::Any;
+use tch::Tensor;
+
+/// The `peft_type` this auxiliary layer reports.
+pub const MODULES_TO_SAVE: &str = "MODULES_TO_SAVE";
+
+/// True when `module` is selected by a `modules_to_save` entry: the module or one of the containers
+/// it lies in ends with the entry (PEFT's `key.endswith(entry)` over all module names).
+pub fn matches(module: &str, entries: &[String]) -> Option<String> {
+    let mut prefixes = vec![module];
+    let mut rest = module;
+    while let Some((head, _)) = rest.rsplit_once('.') {
+        prefixes.push(head);
+        rest = head;
+    }
+    // The outermost matching container is the wrapped module, as in PEFT (children of a wrapped module
+    // are not wrapped again).
+    prefixes.into_iter().rev().find(|p| entries.iter().any(|e| p.ends_with(e.as_str()))).map(str::to_string)
+}
+
+/// A trainable copy of one layer for one adapter.
+#[derive(Debug)]
+pub struct ModulesToSave {
+    adapter: String,
+    module: String,
+    copy: Box<dyn BaseLayer>,
+    /// The base's values before [`TunerLayer::merge`] wrote the copy into it.
+    original: Option<Vec<Tensor>>,
+}
+
+impl ModulesToSave {
+    /// Copies `base` into the adapter var store at `path` (`…/<module>/modules_to_save/<adapter>`).
+    ///
+    /// # Errors
+    /// A base that cannot be copied.
+    pub fn new(base: &dyn BaseLayer, module: &str, adapter: &str, path: &tch::nn::Path<'_>) -> Result<Self> {
+        let copy = base.copy_to(&(path / "modules_to_save" / adapter))?;
+        Ok(Self { adapter: adapter.to_string(), module: module.to_string(), copy, original: None })
+    }
+
+    /// The trained copy.
+    pub fn copy(&self) -> &dyn BaseLayer {
+        self.copy.as_ref()
+    }
+}
+
+impl TunerLayer for ModulesToSave {
+    fn peft_type(&self) -> &'static str {
+        MODULES_TO_SAVE
+    }
+
+    fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        self.copy
+            .named_parameters()
+            .into_iter()
+            .map(|(name, t)| (format!("modules_to_save.{}.{name}", self.adapter), t))
+            .collect()
+    }
+
+    fn checkpoint_key(&self, key: &str, adapter: &str) -> String {
+        key.replacen(&format!(".modules_to_save.{adapter}."), ".", 1)
+    }
+
+    fn replace_base(&self, _base: &dyn BaseLayer, x: &Tensor, _ctx: &ForwardCtx<'_>) -> Option<Tensor> {
+        Some(self.copy.forward(x))
+    }
+
+    fn transform_output(&self, _base: &dyn BaseLayer, _x: &Tensor, y: Tensor, _ctx: &ForwardCtx<'_>) -> Tensor {
+        y
+    }
+
+    /// Writes the trained copy into the base (what PEFT's `merge_and_unload` leaves in place of the wrapper).
+    fn merge(&mut self, base: &mut dyn BaseLayer, _safe: bool) -> Result<()> {
+        let params = base.named_parameters();
+        let copies = self.copy.named_parameters();
+        if params.len() != copies.len() {
+            return Err(PeftError::Invalid(format!("modules_to_save copy of `{}` has other parameters", self.module)));
+        }
+        let mut saved = Vec::with_capacity(params.len());
+        for ((_, mut dst), (_, src)) in params.into_iter().zip(copies) {
+            saved.push(dst.f_detach_copy().map_err(PeftError::torch("saving weights before a merge"))?);
+            tch::no_grad(|| dst.f_copy_(&src)).map_err(PeftError::torch("merging modules_to_save"))?;
+        }
+        self.original = Some(saved);
+        Ok(())
+    }
+
+    fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()> {
+        if let Some(saved) = self.original.take() {
+            for ((_, mut dst), src) in base.named_parameters().into_iter().zip(saved) {
+                tch::no_grad(|| dst.f_copy_(&src)).map_err(PeftError::torch("unmerging modules_to_save"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("ModulesToSaveWrapper({})", self.copy.kind())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn entries_match_modules_and_their_containers_as_plain_suffixes() {
+        let e = vec!["classifier".to_string(), "score".to_string()];
+        assert_eq!(matches("classifier", &e).as_deref(), Some("classifier"));
+        assert_eq!(matches("model.score", &e).as_deref(), Some("model.score"));
+        assert_eq!(matches("classifier.dense", &e).as_deref(), Some("classifier"));
+        // No dot boundary, as in PEFT.
+        assert_eq!(matches("my_classifier", &e).as_deref(), Some("my_classifier"));
+        assert_eq!(matches("model.layers.0.q_proj", &e), None);
+    }
+}
