@@ -71,33 +71,57 @@ fn with_safetensors<T>(path: &Path, f: impl FnOnce(&SafeTensors<'_>) -> Result<T
     f(&st)
 }
 
-/// Reads every tensor of a safetensors file (memory-mapped, then copied into fresh CPU tensors).
+/// Calls `f` with each tensor of a safetensors file, in key order, one at a time (each copied out of the
+/// memory map into a fresh CPU tensor), so large checkpoints never sit in memory twice.
 ///
 /// # Errors
 /// [`PeftError::Io`] when the file cannot be opened, [`PeftError::Safetensors`] when it is truncated or
-/// corrupt, [`PeftError::UnsupportedDtype`] for dtypes libtorch cannot hold here.
-pub fn read_safetensors(path: &Path) -> Result<Vec<LoadedTensor>> {
-    with_safetensors(path, |st| {
+/// corrupt, [`PeftError::UnsupportedDtype`] for dtypes libtorch cannot hold here, or `f`'s error.
+pub fn for_each_tensor<E: From<PeftError>>(
+    path: &Path,
+    mut f: impl FnMut(&str, Tensor) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let mut inner: Option<E> = None;
+    let outer = with_safetensors(path, |st| {
         let mut names: Vec<&str> = st.names();
         names.sort_unstable();
-        names
-            .into_iter()
-            .map(|name| {
-                let view = st
-                    .tensor(name)
-                    .map_err(|e| PeftError::Safetensors { path: path.into(), reason: e.to_string() })?;
-                let kind = kind_of(view.dtype()).ok_or_else(|| PeftError::UnsupportedDtype {
-                    path: path.into(),
-                    key: name.to_string(),
-                    dtype: format!("{:?}", view.dtype()),
-                })?;
-                let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-                let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)
-                    .map_err(PeftError::torch(format!("reading `{name}` from {}", path.display())))?;
-                Ok(LoadedTensor { key: name.to_string(), tensor })
-            })
-            .collect()
-    })
+        for name in names {
+            let view = st
+                .tensor(name)
+                .map_err(|e| PeftError::Safetensors { path: path.into(), reason: e.to_string() })?;
+            let kind = kind_of(view.dtype()).ok_or_else(|| PeftError::UnsupportedDtype {
+                path: path.into(),
+                key: name.to_string(),
+                dtype: format!("{:?}", view.dtype()),
+            })?;
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)
+                .map_err(PeftError::torch(format!("reading `{name}` from {}", path.display())))?;
+            if let Err(e) = f(name, tensor) {
+                inner = Some(e);
+                return Ok(());
+            }
+        }
+        Ok(())
+    });
+    match (outer, inner) {
+        (Err(e), _) => Err(E::from(e)),
+        (Ok(()), Some(e)) => Err(e),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+/// Reads every tensor of a safetensors file (memory-mapped, then copied into fresh CPU tensors).
+///
+/// # Errors
+/// As [`for_each_tensor`].
+pub fn read_safetensors(path: &Path) -> Result<Vec<LoadedTensor>> {
+    let mut out = Vec::new();
+    for_each_tensor::<PeftError>(path, |key, tensor| {
+        out.push(LoadedTensor { key: key.to_string(), tensor });
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Reads only the header: each key with its dtype name and shape. Cheap even for large files.

@@ -314,7 +314,8 @@ impl<M: Adaptable> PeftModel<M> {
             _ => &[],
         };
         if !heads.is_empty() {
-            let mut modules: Vec<String> = config.target_spec().modules_to_save.map(<[String]>::to_vec).unwrap_or_default();
+            let mut modules: Vec<String> =
+                config.target_spec().modules_to_save.map(<[String]>::to_vec).unwrap_or_default();
             for h in heads {
                 if !modules.iter().any(|m| m == h) {
                     modules.push(h.to_string());
@@ -385,7 +386,8 @@ impl<M: Adaptable> PeftModel<M> {
 
     /// Gives every layer selected by the config's `modules_to_save` a trainable copy for `name`.
     fn attach_modules_to_save(&mut self, name: &str, config: &dyn AdapterConfig) -> Result<()> {
-        let entries: Vec<String> = config.target_spec().modules_to_save.map(<[String]>::to_vec).unwrap_or_default();
+        let entries: Vec<String> =
+            config.target_spec().modules_to_save.map(<[String]>::to_vec).unwrap_or_default();
         if entries.is_empty() {
             return Ok(());
         }
@@ -443,7 +445,9 @@ impl<M: Adaptable> PeftModel<M> {
         }
         for e in &entries {
             if !containers.iter().any(|c| c.ends_with(e.as_str())) {
-                self.warn(format!("adapter `{name}`: modules_to_save entry {e:?} matches no adaptable module"));
+                self.warn(format!(
+                    "adapter `{name}`: modules_to_save entry {e:?} matches no adaptable module"
+                ));
             }
         }
         Ok(())
@@ -1154,7 +1158,9 @@ fn resolve_targets<M: Adaptable>(
                 return Err(PeftError::Invalid(format!(
                     "adapter `{adapter}`: `target_modules` is not set and there are no default targets for \
                      model_type {}; name the modules to adapt (adaptable modules are: {})",
-                    model_type.as_deref().map_or("(none: not a transformers-style model)".to_string(), |t| format!("{t:?}")),
+                    model_type
+                        .as_deref()
+                        .map_or("(none: not a transformers-style model)".to_string(), |t| format!("{t:?}")),
                     abbreviate(&names)
                 )));
             }

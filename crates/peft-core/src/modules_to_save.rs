@@ -78,7 +78,13 @@ impl TunerLayer for ModulesToSave {
         Some(self.copy.forward(x))
     }
 
-    fn transform_output(&self, _base: &dyn BaseLayer, _x: &Tensor, y: Tensor, _ctx: &ForwardCtx<'_>) -> Tensor {
+    fn transform_output(
+        &self,
+        _base: &dyn BaseLayer,
+        _x: &Tensor,
+        y: Tensor,
+        _ctx: &ForwardCtx<'_>,
+    ) -> Tensor {
         y
     }
 
@@ -87,7 +93,10 @@ impl TunerLayer for ModulesToSave {
         let params = base.named_parameters();
         let copies = self.copy.named_parameters();
         if params.len() != copies.len() {
-            return Err(PeftError::Invalid(format!("modules_to_save copy of `{}` has other parameters", self.module)));
+            return Err(PeftError::Invalid(format!(
+                "modules_to_save copy of `{}` has other parameters",
+                self.module
+            )));
         }
         let mut saved = Vec::with_capacity(params.len());
         for ((_, mut dst), (_, src)) in params.into_iter().zip(copies) {

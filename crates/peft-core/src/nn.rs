@@ -132,11 +132,14 @@ pub type Linear = AdaptedLayer<LinearBase>;
 pub struct LinearConfig {
     /// Whether the layer has a bias.
     pub bias: bool,
+    /// Initialise like PyTorch (drawing random numbers). `false` allocates zeros without touching the
+    /// RNG, for layers whose weights a checkpoint will overwrite.
+    pub init: bool,
 }
 
 impl Default for LinearConfig {
     fn default() -> Self {
-        Self { bias: true }
+        Self { bias: true, init: true }
     }
 }
 
@@ -152,6 +155,17 @@ pub fn path_name(p: &Path<'_>) -> String {
 /// # Errors
 /// A libtorch failure.
 pub fn linear(p: Path<'_>, in_features: i64, out_features: i64, cfg: LinearConfig) -> Result<Linear> {
+    if !cfg.init {
+        let zeros = |shape: &[i64]| {
+            Tensor::f_zeros(shape, (p.kind(), p.device()))
+                .map_err(PeftError::torch("allocating a linear layer"))
+        };
+        let b = if cfg.bias { Some(zeros(&[out_features])?) } else { None };
+        return Ok(AdaptedLayer::new(
+            path_name(&p),
+            register(&p, zeros(&[out_features, in_features])?, b, false)?,
+        ));
+    }
     let mut w = Tensor::f_empty([out_features, in_features], (Kind::Float, tch::Device::Cpu))
         .map_err(PeftError::torch("allocating a linear weight"))?;
     init::kaiming_uniform_(&mut w, 5f64.sqrt())?;

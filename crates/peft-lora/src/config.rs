@@ -505,10 +505,12 @@ impl AdapterConfig for LoraConfig {
 pub fn default_target_modules(model_type: &str) -> Option<TargetModules> {
     let names: &[&str] = match model_type {
         "t5" | "mt5" => &["q", "v"],
-        "bart" | "opt" | "gptj" | "gpt_neo" | "llama" | "llama4" | "mistral" | "mixtral" | "stablelm" | "gemma"
-        | "gemma2" | "gemma3_text" | "qwen2" | "qwen3" => &["q_proj", "v_proj"],
+        "bart" | "opt" | "gptj" | "gpt_neo" | "llama" | "llama4" | "mistral" | "mixtral" | "stablelm"
+        | "gemma" | "gemma2" | "gemma3_text" | "qwen2" | "qwen3" => &["q_proj", "v_proj"],
         "gpt2" | "gpt_bigcode" => &["c_attn"],
-        "bloom" | "gpt_neox" | "chatglm" | "falcon" | "RefinedWeb" | "RefinedWebModel" => &["query_key_value"],
+        "bloom" | "gpt_neox" | "chatglm" | "falcon" | "RefinedWeb" | "RefinedWebModel" => {
+            &["query_key_value"]
+        }
         "blip-2" => &["q", "v", "q_proj", "v_proj"],
         "bert" | "roberta" | "xlm-roberta" | "electra" | "layoutlm" => &["query", "value"],
         "deberta-v2" => &["query_proj", "value_proj"],

@@ -310,7 +310,8 @@ fn modules_to_save_trains_a_copy_saved_under_peft_keys() {
         ]
     );
     // The copy trains, the original stays frozen.
-    let copy = p.adapter_var_store().variables()["base_model.model.lin2.modules_to_save.default.weight"].shallow_clone();
+    let copy = p.adapter_var_store().variables()["base_model.model.lin2.modules_to_save.default.weight"]
+        .shallow_clone();
     assert!(copy.requires_grad());
     assert!(!vs.variables()["lin2.weight"].requires_grad());
     let before = out(p.model(), &x);

@@ -177,7 +177,10 @@ fn a_duplicate_adapter_name_is_rejected_without_side_effects() {
 fn options_not_implemented_yet_are_rejected_by_name() {
     let cases: Vec<(&str, LoraConfig)> = vec![
         ("use_dora", LoraConfig { use_dora: true, ..config(&["lin0"]) }),
-        ("trainable_token_indices", LoraConfig { trainable_token_indices: Some(serde_json::json!([0, 1])), ..config(&["lin0"]) }),
+        (
+            "trainable_token_indices",
+            LoraConfig { trainable_token_indices: Some(serde_json::json!([0, 1])), ..config(&["lin0"]) },
+        ),
         (
             "init_lora_weights",
             LoraConfig { init_lora_weights: InitLoraWeights::Scheme("pissa".into()), ..config(&["lin0"]) },

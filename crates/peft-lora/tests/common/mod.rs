@@ -20,7 +20,7 @@ impl Mlp {
         let p = vs.root();
         Mlp {
             lin0: nn::linear(&p / "lin0", 6, 8, Default::default()).unwrap(),
-            lin1: nn::linear(&p / "lin1", 8, 8, LinearConfig { bias: false }).unwrap(),
+            lin1: nn::linear(&p / "lin1", 8, 8, LinearConfig { bias: false, ..Default::default() }).unwrap(),
             lin2: nn::linear(&p / "lin2", 8, 3, Default::default()).unwrap(),
         }
     }

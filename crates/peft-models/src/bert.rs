@@ -1,0 +1,306 @@
+//! BERT (covers MiniLM): embeddings, encoder, pooler, and the classification / QA heads.
+
+use crate::attention::{attend_dropout, dropout, merge_heads, padding_mask, split_heads};
+use crate::config::HfConfig;
+use crate::error::{ModelError, Result};
+use crate::layers::{self, Activation, Embedding, LayerNorm};
+use crate::task::{Heads, Task};
+use crate::weights::LoadSpec;
+use peft_core::nn::Linear;
+use peft_core::{Adaptable, ForwardCtx};
+use tch::nn::Path;
+use tch::{Kind, Tensor};
+
+/// The hyper-parameters.
+#[derive(Clone, Debug)]
+pub struct BertArgs {
+    /// Vocabulary size.
+    pub vocab_size: i64,
+    /// Hidden size.
+    pub hidden_size: i64,
+    /// Layers.
+    pub num_hidden_layers: i64,
+    /// Heads.
+    pub num_attention_heads: i64,
+    /// MLP size.
+    pub intermediate_size: i64,
+    /// Activation.
+    pub hidden_act: Activation,
+    /// Positions.
+    pub max_position_embeddings: i64,
+    /// Segment types.
+    pub type_vocab_size: i64,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Dropout on hidden states.
+    pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities.
+    pub attention_probs_dropout_prob: f64,
+    /// Dropout before the classifier.
+    pub classifier_dropout: f64,
+}
+
+impl BertArgs {
+    /// Reads the config.
+    ///
+    /// # Errors
+    /// Wrongly typed values, an unsupported activation or position embedding type.
+    pub fn from_config(c: &HfConfig) -> Result<Self> {
+        let pet = c.str_or("position_embedding_type", "absolute")?;
+        if pet != "absolute" {
+            return Err(ModelError::Config {
+                path: c.path().to_path_buf(),
+                message: format!("position_embedding_type {pet:?} is not supported (only \"absolute\")"),
+            });
+        }
+        let hidden_dropout_prob = c.f64_or("hidden_dropout_prob", 0.1)?;
+        Ok(Self {
+            vocab_size: c.i64_or("vocab_size", 30522)?,
+            hidden_size: c.i64_or("hidden_size", 768)?,
+            num_hidden_layers: c.i64_or("num_hidden_layers", 12)?,
+            num_attention_heads: c.i64_or("num_attention_heads", 12)?,
+            intermediate_size: c.i64_or("intermediate_size", 3072)?,
+            hidden_act: Activation::from_name(c.str_or("hidden_act", "gelu")?)?,
+            max_position_embeddings: c.i64_or("max_position_embeddings", 512)?,
+            type_vocab_size: c.i64_or("type_vocab_size", 2)?,
+            layer_norm_eps: c.f64_or("layer_norm_eps", 1e-12)?,
+            hidden_dropout_prob,
+            attention_probs_dropout_prob: c.f64_or("attention_probs_dropout_prob", 0.1)?,
+            classifier_dropout: c.opt_f64("classifier_dropout")?.unwrap_or(hidden_dropout_prob),
+        })
+    }
+}
+
+/// `attention.self`.
+#[derive(Debug, Adaptable)]
+pub struct SelfAttention {
+    /// Query.
+    pub query: Linear,
+    /// Key.
+    pub key: Linear,
+    /// Value.
+    pub value: Linear,
+}
+
+/// One encoder layer `encoder.layer.<i>`.
+#[derive(Debug, Adaptable)]
+pub struct Layer {
+    /// `attention.self`.
+    pub attention_self: SelfAttention,
+    /// `attention.output.dense`.
+    pub attention_output_dense: Linear,
+    #[peft(skip)]
+    attention_output_norm: LayerNorm,
+    /// `intermediate.dense`.
+    pub intermediate_dense: Linear,
+    /// `output.dense`.
+    pub output_dense: Linear,
+    #[peft(skip)]
+    output_norm: LayerNorm,
+}
+
+/// BERT with its task head.
+#[derive(Debug, Adaptable)]
+pub struct Bert {
+    #[peft(skip)]
+    word_embeddings: Embedding,
+    #[peft(skip)]
+    position_embeddings: Embedding,
+    #[peft(skip)]
+    token_type_embeddings: Embedding,
+    #[peft(skip)]
+    embeddings_norm: LayerNorm,
+    /// The encoder layers.
+    pub layers: Vec<Layer>,
+    /// Pooler and task heads.
+    pub heads: Heads,
+    #[peft(skip)]
+    args: BertArgs,
+    #[peft(skip)]
+    task: Task,
+}
+
+/// The tasks BERT provides.
+pub const TASKS: &[Task] = &[
+    Task::FeatureExtraction,
+    Task::SequenceClassification,
+    Task::TokenClassification,
+    Task::QuestionAnswering,
+];
+
+fn uses_pooler(task: Task) -> bool {
+    matches!(task, Task::FeatureExtraction | Task::SequenceClassification)
+}
+
+/// How a BERT checkpoint maps onto the model for `task`.
+pub fn load_spec(task: Task) -> LoadSpec {
+    let mut ignore_keys = vec![];
+    if !uses_pooler(task) {
+        for p in ["", "bert."] {
+            ignore_keys.push(format!("{p}pooler.dense.weight"));
+            ignore_keys.push(format!("{p}pooler.dense.bias"));
+        }
+    }
+    let mut optional = vec![];
+    for head in ["classifier", "qa_outputs"] {
+        for p in ["weight", "bias"] {
+            optional.push(format!("{head}.{p}"));
+            if task == Task::FeatureExtraction {
+                ignore_keys.push(format!("{head}.{p}"));
+            }
+        }
+    }
+    LoadSpec {
+        prefix: (task != Task::FeatureExtraction).then(|| "bert".to_string()),
+        ignore_suffixes: vec!["embeddings.position_ids".into()],
+        ignore_keys,
+        ignore_prefixes: vec!["cls.".into()],
+        optional,
+    }
+}
+
+impl Bert {
+    /// Allocates the model for `task` (weights come from a checkpoint).
+    ///
+    /// # Errors
+    /// A task BERT does not have, or a libtorch failure.
+    pub fn new(root: &Path<'_>, args: BertArgs, task: Task, num_labels: i64) -> Result<Self> {
+        if !TASKS.contains(&task) {
+            return Err(crate::unsupported_task("bert", task, TASKS));
+        }
+        let base = if task == Task::FeatureExtraction { root.clone() } else { root / "bert" };
+        let (h, eps) = (args.hidden_size, args.layer_norm_eps);
+        let emb = &base / "embeddings";
+        let layers = (0..args.num_hidden_layers)
+            .map(|i| {
+                let p = &base / "encoder" / "layer" / i;
+                let att = &p / "attention";
+                Ok(Layer {
+                    attention_self: SelfAttention {
+                        query: layers::linear(&att / "self" / "query", h, h, true)?,
+                        key: layers::linear(&att / "self" / "key", h, h, true)?,
+                        value: layers::linear(&att / "self" / "value", h, h, true)?,
+                    },
+                    attention_output_dense: layers::linear(&att / "output" / "dense", h, h, true)?,
+                    attention_output_norm: LayerNorm::new(&att / "output" / "LayerNorm", h, eps)?,
+                    intermediate_dense: layers::linear(
+                        &p / "intermediate" / "dense",
+                        h,
+                        args.intermediate_size,
+                        true,
+                    )?,
+                    output_dense: layers::linear(&p / "output" / "dense", args.intermediate_size, h, true)?,
+                    output_norm: LayerNorm::new(&p / "output" / "LayerNorm", h, eps)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut heads = Heads::none();
+        if uses_pooler(task) {
+            heads.pooler = Some(layers::linear(&base / "pooler" / "dense", h, h, true)?);
+        }
+        match task {
+            Task::SequenceClassification | Task::TokenClassification => {
+                heads.classifier = Some(layers::linear(root / "classifier", h, num_labels, true)?)
+            }
+            Task::QuestionAnswering => {
+                heads.qa_outputs = Some(layers::linear(root / "qa_outputs", h, 2, true)?)
+            }
+            _ => {}
+        }
+        Ok(Self {
+            word_embeddings: Embedding::new(&emb / "word_embeddings", args.vocab_size, h)?,
+            position_embeddings: Embedding::new(
+                &emb / "position_embeddings",
+                args.max_position_embeddings,
+                h,
+            )?,
+            token_type_embeddings: Embedding::new(&emb / "token_type_embeddings", args.type_vocab_size, h)?,
+            embeddings_norm: LayerNorm::new(&emb / "LayerNorm", h, eps)?,
+            layers,
+            heads,
+            args,
+            task,
+        })
+    }
+
+    /// The encoder's last hidden state `(B, T, H)`.
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        token_type_ids: Option<&Tensor>,
+        ctx: &ForwardCtx<'_>,
+    ) -> Tensor {
+        let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
+        let dev = input_ids.device();
+        let positions = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0);
+        let zeros;
+        let types = match token_type_ids {
+            Some(tt) => tt,
+            None => {
+                zeros = Tensor::zeros([b, t], (Kind::Int64, dev));
+                &zeros
+            }
+        };
+        let e = self.word_embeddings.forward(input_ids) + self.token_type_embeddings.forward(types);
+        let e = e + self.position_embeddings.forward(&positions);
+        let mut h = dropout(&self.embeddings_norm.forward(&e), self.args.hidden_dropout_prob, ctx);
+        let mask = attention_mask.map(|m| padding_mask(m, h.kind()));
+        let heads = self.args.num_attention_heads;
+        let hd = self.args.hidden_size / heads;
+        let attn_p = if ctx.train { self.args.attention_probs_dropout_prob } else { 0.0 };
+        let p = self.args.hidden_dropout_prob;
+        for l in &self.layers {
+            let q = split_heads(&l.attention_self.query.forward_ctx(&h, ctx), heads, hd);
+            let k = split_heads(&l.attention_self.key.forward_ctx(&h, ctx), heads, hd);
+            let v = split_heads(&l.attention_self.value.forward_ctx(&h, ctx), heads, hd);
+            let a = merge_heads(&attend_dropout(&q, &k, &v, mask.as_ref(), (hd as f64).powf(-0.5), attn_p));
+            let a = dropout(&l.attention_output_dense.forward_ctx(&a, ctx), p, ctx);
+            let a = l.attention_output_norm.forward(&(a + &h));
+            let i = self.args.hidden_act.forward(&l.intermediate_dense.forward_ctx(&a, ctx));
+            let o = dropout(&l.output_dense.forward_ctx(&i, ctx), p, ctx);
+            h = l.output_norm.forward(&(o + &a));
+        }
+        h
+    }
+
+    /// The pooled `[CLS]` representation: `tanh(pooler.dense(h[:, 0]))`.
+    ///
+    /// # Errors
+    /// A model loaded without the pooler (token classification, QA).
+    pub fn pooled(&self, hidden: &Tensor, ctx: &ForwardCtx<'_>) -> Result<Tensor> {
+        let pooler =
+            self.heads.pooler.as_ref().ok_or_else(|| ModelError::Input("no pooler for this task".into()))?;
+        Ok(pooler.forward_ctx(&hidden.select(1, 0), ctx).tanh())
+    }
+
+    /// The task output.
+    ///
+    /// # Errors
+    /// A task without a head.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        token_type_ids: Option<&Tensor>,
+        ctx: &ForwardCtx<'_>,
+    ) -> Result<Tensor> {
+        let h = self.hidden_states(input_ids, attention_mask, token_type_ids, ctx);
+        let missing = |n: &str| ModelError::Input(format!("no `{n}` head"));
+        Ok(match self.task {
+            Task::FeatureExtraction => h,
+            Task::SequenceClassification => {
+                let pooled = dropout(&self.pooled(&h, ctx)?, self.args.classifier_dropout, ctx);
+                self.heads.classifier.as_ref().ok_or_else(|| missing("classifier"))?.forward_ctx(&pooled, ctx)
+            }
+            Task::TokenClassification => {
+                let h = dropout(&h, self.args.classifier_dropout, ctx);
+                self.heads.classifier.as_ref().ok_or_else(|| missing("classifier"))?.forward_ctx(&h, ctx)
+            }
+            Task::QuestionAnswering => {
+                self.heads.qa_outputs.as_ref().ok_or_else(|| missing("qa_outputs"))?.forward_ctx(&h, ctx)
+            }
+            other => return Err(crate::unsupported_task("bert", other, TASKS)),
+        })
+    }
+}

