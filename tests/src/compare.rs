@@ -41,3 +41,14 @@ pub fn assert_differs(a: &Tensor, b: &Tensor, min_diff: f64, what: &str) {
     let d = max_abs_diff(a, b);
     assert!(d > min_diff, "{what}: expected a difference above {min_diff:e}, got {d:e}");
 }
+
+/// Zeroes the positions whose `attention_mask` `(B, T)` is 0 in a `(B, T, …)` output, so outputs at
+/// padding (meaningless in any implementation) do not enter comparisons.
+pub fn mask_padding(t: &Tensor, attention_mask: &Tensor) -> Tensor {
+    let mask = attention_mask.to_kind(Kind::Float);
+    let mut shape = mask.size();
+    while shape.len() < t.dim() {
+        shape.push(1);
+    }
+    t * mask.view(shape.as_slice())
+}

@@ -88,6 +88,13 @@ pub fn fixtures(script: &str) -> PathBuf {
             let _ = std::fs::remove_dir_all(&tmp);
         }
     }
+    // A stable name for the newest fixtures (the README's CLI examples use it).
+    let stable = dir.with_file_name(stem);
+    if std::fs::read_link(&stable).ok().as_deref() != Some(dir.as_path()) {
+        let _ = std::fs::remove_file(&stable);
+        #[cfg(unix)]
+        let _ = std::os::unix::fs::symlink(&dir, &stable);
+    }
     guard.insert(script.to_string(), dir.clone());
     dir
 }

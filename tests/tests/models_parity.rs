@@ -43,12 +43,7 @@ fn valid(t: &Tensor, inputs: &BTreeMap<String, Tensor>, task: Task) -> Tensor {
     if matches!(task, Task::SequenceClassification | Task::Seq2SeqLm) {
         return t.shallow_clone();
     }
-    let mask = inputs["attention_mask"].to_kind(Kind::Float);
-    let mut shape = mask.size();
-    while (shape.len() as i64) < t.dim() as i64 {
-        shape.push(1);
-    }
-    t * mask.view(shape.as_slice())
+    peft_parity::compare::mask_padding(t, &inputs["attention_mask"])
 }
 
 fn load(dir: &Path, task: Task) -> peft_models::Loaded {

@@ -1,1 +1,438 @@
-fn main() {}
+//! `peft`: run HF models with PEFT adapters without Python.
+//!
+//! * `peft run` — logits for token ids from a safetensors file (the stable contract external parity
+//!   checks use: flags and tensor names do not change).
+//! * `peft inspect` — what an adapter directory holds.
+//! * `peft generate` — text generation with a model and adapters.
+#![allow(clippy::print_stdout)]
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use peft_core::{ForwardCtx, LoadOptions, PeftModel};
+use peft_models::generate::{generate, GenerationConfig};
+use peft_models::{HfModel, ModelInputs, Task};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+// Linking the method crates registers their peft_types.
+use peft_lora as _;
+
+#[derive(Parser, Debug)]
+#[command(name = "peft", version, about = "Run HF models with PEFT adapters (peft-rs)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compute logits for `input_ids` (and `attention_mask`) read from a safetensors file.
+    Run(RunArgs),
+    /// Describe an adapter directory.
+    Inspect(InspectArgs),
+    /// Generate text.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+struct ModelArgs {
+    /// A model directory or a hub model id (resolved through the HF cache; HF_HOME, HF_HUB_CACHE and
+    /// HF_HUB_OFFLINE are honoured).
+    #[arg(long)]
+    model: String,
+    /// Hub revision.
+    #[arg(long)]
+    revision: Option<String>,
+    /// An adapter directory, optionally `=NAME` (default names: `default`, then the directory name).
+    /// Repeat for several adapters.
+    #[arg(long = "adapter")]
+    adapters: Vec<String>,
+    /// Adapters to activate (comma-separated; default: the first).
+    #[arg(long, value_delimiter = ',')]
+    active: Vec<String>,
+    /// Merge the active adapters into the weights before running.
+    #[arg(long)]
+    merge: bool,
+    /// Task head: causal-lm, seq2seq-lm, sequence-classification, token-classification,
+    /// question-answering, feature-extraction (default: the adapter's task_type, else the model's
+    /// `architectures`).
+    #[arg(long)]
+    task: Option<String>,
+    /// Weights dtype: f32, bf16, f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// One adapter name per batch row (`__base__` for none); rows run separately.
+    #[arg(long, value_delimiter = ',')]
+    row_adapters: Vec<String>,
+    /// Input safetensors: `input_ids` int64 [B, T], optional `attention_mask`, `token_type_ids`,
+    /// `decoder_input_ids` (seq2seq).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output safetensors: `logits` (f32).
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// The adapter directory.
+    adapter: PathBuf,
+    /// Match the adapter's targets against this model (default: its base_model_name_or_path when that
+    /// resolves locally).
+    #[arg(long)]
+    model: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// New tokens at most.
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: i64,
+    /// Sample instead of greedy decoding.
+    #[arg(long)]
+    do_sample: bool,
+    /// Sampling temperature.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Top-k (0 = off).
+    #[arg(long)]
+    top_k: Option<i64>,
+    /// Top-p (1.0 = off).
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<i64>,
+    /// Extra stop token ids (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    stop: Vec<i64>,
+    /// Print token ids instead of text.
+    #[arg(long)]
+    ids: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run(a),
+        Command::Inspect(a) => inspect(a),
+        Command::Generate(a) => generate_cmd(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn parse_kind(s: &str) -> Result<Kind> {
+    Ok(match s {
+        "f32" | "float32" => Kind::Float,
+        "bf16" | "bfloat16" => Kind::BFloat16,
+        "f16" | "float16" => Kind::Half,
+        other => bail!("unknown --dtype {other:?} (f32, bf16, f16)"),
+    })
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    Ok(match s {
+        "cpu" => Device::Cpu,
+        "auto" => Device::cuda_if_available(),
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Device::Cuda(n),
+            None => bail!("unknown --device {other:?} (cpu, cuda, cuda:N, auto)"),
+        },
+    })
+}
+
+fn parse_task(s: &str) -> Result<Task> {
+    [
+        Task::CausalLm,
+        Task::Seq2SeqLm,
+        Task::SequenceClassification,
+        Task::TokenClassification,
+        Task::QuestionAnswering,
+        Task::FeatureExtraction,
+    ]
+    .into_iter()
+    .find(|t| t.name() == s)
+    .ok_or_else(|| anyhow!("unknown --task {s:?}"))
+}
+
+/// `DIR[=NAME]` → (dir, name).
+fn split_adapter(spec: &str, index: usize) -> (PathBuf, String) {
+    match spec.rsplit_once('=') {
+        Some((d, n)) if !n.is_empty() && !n.contains('/') => (PathBuf::from(d), n.to_string()),
+        _ => {
+            let dir = PathBuf::from(spec);
+            let name = if index == 0 {
+                "default".to_string()
+            } else {
+                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("adapter{index}"))
+            };
+            (dir, name)
+        }
+    }
+}
+
+/// Loads the model with its adapters; returns the model and the adapter names in order.
+fn load(args: &ModelArgs) -> Result<(PeftModel<HfModel>, tch::nn::VarStore, Vec<String>)> {
+    let options = peft_models::LoadOptions {
+        kind: parse_kind(&args.dtype)?,
+        device: parse_device(&args.device)?,
+        revision: args.revision.clone(),
+        num_labels: None,
+    };
+    let adapters: Vec<(PathBuf, String)> = args.adapters.iter().enumerate().map(|(i, s)| split_adapter(s, i)).collect();
+    let task = match &args.task {
+        Some(t) => Some(parse_task(t)?),
+        None => match adapters.first() {
+            Some((dir, _)) => {
+                let cfg = peft_core::registry::load_config(dir, &mut Vec::new())?;
+                cfg.common().task_type.map(Task::from_task_type)
+            }
+            None => None,
+        },
+    };
+    let loaded = HfModel::load(&args.model, task, &options).with_context(|| format!("loading model {}", args.model))?;
+    let vs = loaded.vs;
+    let mut names = Vec::new();
+    let mut peft: Option<PeftModel<HfModel>> = None;
+    let mut model = Some(loaded.model);
+    for (dir, name) in &adapters {
+        let opts = LoadOptions::named(name.clone());
+        match peft.as_mut() {
+            None => {
+                let m = model.take().ok_or_else(|| anyhow!("internal: model consumed"))?;
+                let (p, _) = PeftModel::from_pretrained(m, &vs, dir, opts)?;
+                peft = Some(p);
+            }
+            Some(p) => {
+                p.load_adapter(dir, opts)?;
+            }
+        }
+        names.push(name.clone());
+    }
+    let mut peft = match (peft, model) {
+        (Some(p), _) => p,
+        (None, Some(m)) => {
+            // No adapters: an empty PeftModel keeps one code path.
+            PeftModel::wrap(m, &vs)?
+        }
+        (None, None) => bail!("internal: no model"),
+    };
+    if !args.active.is_empty() {
+        let act: Vec<&str> = args.active.iter().map(String::as_str).collect();
+        peft.set_adapters(&act)?;
+        peft.set_requires_grad(&act, false)?;
+    }
+    if args.merge {
+        peft.merge_adapter(None, true)?;
+    }
+    Ok((peft, vs, names))
+}
+
+fn read_inputs(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let tensors: BTreeMap<String, Tensor> =
+        peft_core::io::read_safetensors(path)?.into_iter().map(|t| (t.key, t.tensor)).collect();
+    let ids = tensors.get("input_ids").ok_or_else(|| {
+        anyhow!("{}: no tensor `input_ids` (found: {:?})", path.display(), tensors.keys().collect::<Vec<_>>())
+    })?;
+    for key in ["input_ids", "attention_mask", "token_type_ids", "decoder_input_ids"] {
+        if let Some(t) = tensors.get(key) {
+            if t.kind() != Kind::Int64 {
+                bail!("{}: `{key}` must be int64, found {:?}", path.display(), t.kind());
+            }
+            if t.dim() != 2 {
+                bail!("{}: `{key}` must be [batch, seq], found shape {:?}", path.display(), t.size());
+            }
+        }
+    }
+    if let Some(m) = tensors.get("attention_mask") {
+        if m.size() != ids.size() {
+            bail!("{}: `attention_mask` has shape {:?}, `input_ids` {:?}", path.display(), m.size(), ids.size());
+        }
+    }
+    Ok(tensors)
+}
+
+fn forward(model: &HfModel, t: &BTreeMap<String, Tensor>, device: Device) -> Result<Tensor> {
+    let on = |k: &str| t.get(k).map(|x| x.to_device(device));
+    let (ids, mask, types, dec) = (on("input_ids"), on("attention_mask"), on("token_type_ids"), on("decoder_input_ids"));
+    let inputs = ModelInputs {
+        input_ids: ids.as_ref(),
+        attention_mask: mask.as_ref(),
+        token_type_ids: types.as_ref(),
+        decoder_input_ids: dec.as_ref(),
+        ..ModelInputs::default()
+    };
+    Ok(tch::no_grad(|| model.forward(&inputs, &ForwardCtx::eval()))?.to_kind(Kind::Float).to_device(Device::Cpu))
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let inputs = read_inputs(&args.input)?;
+    let device = parse_device(&args.model.device)?;
+    let (mut peft, _vs, names) = load(&args.model)?;
+    let logits = if args.row_adapters.is_empty() {
+        forward(peft.model(), &inputs, device)?
+    } else {
+        let batch = inputs["input_ids"].size()[0];
+        if args.row_adapters.len() as i64 != batch {
+            bail!("--row-adapters names {} adapters for a batch of {batch} rows", args.row_adapters.len());
+        }
+        if args.model.merge {
+            bail!("--row-adapters cannot be combined with --merge");
+        }
+        let mut rows = Vec::new();
+        for (i, name) in args.row_adapters.iter().enumerate() {
+            let row: BTreeMap<String, Tensor> = inputs.iter().map(|(k, v)| (k.clone(), v.narrow(0, i as i64, 1))).collect();
+            if name == "__base__" {
+                let disabled = peft.disable_adapters()?;
+                rows.push(forward(&disabled, &row, device)?);
+            } else {
+                if !names.contains(name) {
+                    bail!("--row-adapters: no adapter named {name:?} (loaded: {names:?})");
+                }
+                peft.set_adapter(name)?;
+                rows.push(forward(peft.model(), &row, device)?);
+            }
+        }
+        Tensor::cat(&rows, 0)
+    };
+    Tensor::write_safetensors(&[("logits", &logits)], &args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    Ok(())
+}
+
+fn inspect(args: InspectArgs) -> Result<()> {
+    let dir = &args.adapter;
+    let mut warnings = Vec::new();
+    let config = peft_core::registry::load_config(dir, &mut warnings)?;
+    let weights = dir.join(peft_core::peft_config::keys::SAFETENSORS_WEIGHTS_NAME);
+    let header = peft_core::io::read_safetensors_header(&weights)?;
+    let file_size = std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0);
+    let params: i64 = header.iter().map(|(_, _, s)| s.iter().product::<i64>()).sum();
+    let dtypes: std::collections::BTreeSet<&str> = header.iter().map(|(_, d, _)| d.as_str()).collect();
+    let mut modules: Vec<String> = header
+        .iter()
+        .filter_map(|(k, _, _)| {
+            let k = k.strip_prefix(peft_core::peft_config::keys::PEFT_PREFIX).unwrap_or(k);
+            k.rsplit_once(".lora_").map(|(m, _)| m.to_string())
+        })
+        .collect();
+    modules.dedup();
+    let json = config.to_json();
+    let common = config.common();
+    let model_arg = args.model.clone().or_else(|| common.base_model_name_or_path.clone());
+    let mut matched: Option<Vec<String>> = None;
+    if let Some(m) = &model_arg {
+        if let Ok(dir) = peft_models::hub::resolve(m, common.revision.as_deref()) {
+            let task = common.task_type.map(Task::from_task_type);
+            if let Ok(loaded) = HfModel::load_dir(&dir, task, &peft_models::LoadOptions::default()) {
+                matched = Some(peft_core::inspect_targets(&loaded.model, config.as_ref())?.targeted);
+            }
+        }
+    }
+    let report = serde_json::json!({
+        "path": dir.display().to_string(),
+        "peft_type": common.peft_type,
+        "task_type": json["task_type"],
+        "base_model_name_or_path": common.base_model_name_or_path,
+        "r": json.get("r"),
+        "lora_alpha": json.get("lora_alpha"),
+        "target_modules": json.get("target_modules"),
+        "modules_to_save": json.get("modules_to_save"),
+        "modules_in_file": modules,
+        "targets_matched_on_base": matched,
+        "tensors": header.len(),
+        "parameters": params,
+        "dtypes": dtypes,
+        "file_bytes": file_size,
+        "warnings": warnings,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("adapter        {}", dir.display());
+    println!("method         {}", common.peft_type);
+    println!("task_type      {}", json["task_type"]);
+    println!("base model     {}", common.base_model_name_or_path.as_deref().unwrap_or("(not set)"));
+    if let Some(r) = json.get("r") {
+        println!("rank / alpha   {r} / {}", json["lora_alpha"]);
+    }
+    println!("targets        {}", json.get("target_modules").cloned().unwrap_or_default());
+    println!("modules        {} in the file: {}", modules.len(), abbreviate(&modules));
+    if let Some(m) = &matched {
+        println!("matched        {} modules of the base model", m.len());
+    }
+    println!("parameters     {params} in {} tensors ({})", header.len(), dtypes.into_iter().collect::<Vec<_>>().join(", "));
+    println!("file           {file_size} bytes");
+    for w in warnings {
+        println!("warning        {w}");
+    }
+    Ok(())
+}
+
+fn abbreviate(v: &[String]) -> String {
+    if v.len() <= 6 {
+        v.join(", ")
+    } else {
+        format!("{}, … ({} more)", v[..6].join(", "), v.len() - 6)
+    }
+}
+
+fn generate_cmd(args: GenerateArgs) -> Result<()> {
+    let device = parse_device(&args.model.device)?;
+    let (peft, _vs, _) = load(&args.model)?;
+    let model = peft.model();
+    let tok = peft_models::tokenizer::Tokenizer::from_dir(model.dir())?;
+    let ids = tok.encode(&args.prompt, true)?;
+    if ids.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    let input = Tensor::from_slice(&ids).unsqueeze(0).to_device(device);
+    let mut cfg = GenerationConfig::for_model(model);
+    cfg.max_new_tokens = args.max_new_tokens;
+    cfg.do_sample = args.do_sample;
+    if let Some(t) = args.temperature {
+        cfg.temperature = t;
+    }
+    if let Some(k) = args.top_k {
+        cfg.top_k = k;
+    }
+    if let Some(p) = args.top_p {
+        cfg.top_p = p;
+    }
+    cfg.eos_token_ids.extend(args.stop.iter().copied());
+    if let Some(s) = args.seed {
+        tch::manual_seed(s);
+    }
+    let out = generate(model, &input, None, &cfg)?;
+    let all: Vec<i64> = Vec::<i64>::try_from(out.select(0, 0).to_device(Device::Cpu))?;
+    let new: Vec<i64> = if model.task() == Task::CausalLm { all[ids.len()..].to_vec() } else { all[1..].to_vec() };
+    if args.ids {
+        println!("{}", new.iter().map(i64::to_string).collect::<Vec<_>>().join(" "));
+    } else {
+        println!("{}", tok.decode(&new, true)?);
+    }
+    Ok(())
+}

@@ -200,7 +200,11 @@ impl<M: Adaptable> PeftModel<M> {
         Ok((peft, report))
     }
 
-    fn wrap(model: M, base: &nn::VarStore) -> Result<Self> {
+    /// Wraps `model` with no adapter yet (add or load adapters next). Freezes every base parameter.
+    ///
+    /// # Errors
+    /// Two adaptable layers with the same name, or an empty layer name.
+    pub fn wrap(model: M, base: &nn::VarStore) -> Result<Self> {
         let names = layer_names(&model);
         let mut seen = BTreeSet::new();
         for name in &names {
