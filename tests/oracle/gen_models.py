@@ -105,6 +105,7 @@ def make_inputs(name, task):
 
 
 def run(model, inputs, task):
+    inputs = {k: v for k, v in inputs.items() if k != "labels"}
     with torch.no_grad():
         out = model(**inputs)
     if task == "FEATURE_EXTRACTION":
@@ -124,6 +125,19 @@ def gen_case(root, name, spec):
     model.save_pretrained(os.path.join(d, "model"))
     inputs = make_inputs(name, task)
     outputs = {"base": run(model, inputs, task)}
+    if name == "llama_causal":
+        # A sharded copy of the same checkpoint (model.safetensors.index.json + shards).
+        model.save_pretrained(os.path.join(d, "model_sharded"), max_shard_size="40KB")
+    labels = None
+    if task == "CAUSAL_LM":
+        labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    elif task == "SEQ_2_SEQ_LM":
+        labels = inputs["decoder_input_ids"].clone()
+        labels[0, -1] = -100
+    if labels is not None:
+        with torch.no_grad():
+            outputs["loss"] = model(**inputs, labels=labels).loss
+        inputs["labels"] = labels
     for aname, akw in adapters.items():
         torch.manual_seed(1)
         peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(task_type=task, init_lora_weights=False, r=akw.pop("r", 4), **akw))

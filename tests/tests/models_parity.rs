@@ -170,3 +170,112 @@ fn greedy_generation_matches_transformers() {
         oracle::record("generation", name);
     }
 }
+
+#[test]
+fn losses_match_transformers() {
+    let root = fixtures();
+    for case in ["llama_causal", "gpt2_causal", "qwen2_causal", "t5_seq2seq"] {
+        let d = root.join("cases").join(case);
+        let meta = read_json(&d.join("case.json"));
+        let task = task_of(meta["task"].as_str().unwrap());
+        let inputs = read_all(&d.join("inputs.safetensors"));
+        let expected = read_all(&d.join("outputs.safetensors"));
+        let loaded = load(&d.join("model"), task);
+        let logits = run(&loaded.model, &inputs);
+        let loss = match task {
+            Task::CausalLm => peft_models::task::causal_lm_loss(&logits, &inputs["labels"]),
+            _ => peft_models::task::cross_entropy_loss(&logits, &inputs["labels"]),
+        };
+        assert_close(&loss, &expected["loss"], 1e-5, &format!("{case}: loss"));
+        oracle::record("models transformers->rs", &format!("{case}/loss"));
+    }
+}
+
+#[test]
+fn sharded_checkpoints_load_like_single_files() {
+    let d = fixtures().join("cases").join("llama_causal");
+    assert!(d.join("model_sharded").join("model.safetensors.index.json").is_file());
+    let files = peft_models::weights::checkpoint_files(&d.join("model_sharded")).unwrap();
+    assert!(files.len() > 1, "the fixture is sharded: {files:?}");
+    let inputs = read_all(&d.join("inputs.safetensors"));
+    let single = run(&load(&d.join("model"), Task::CausalLm).model, &inputs);
+    let sharded = run(&load(&d.join("model_sharded"), Task::CausalLm).model, &inputs);
+    assert!(single.equal(&sharded));
+}
+
+#[test]
+fn half_precision_weights_run_close_to_f32_with_fp32_adapters() {
+    let d = fixtures().join("cases").join("llama_causal");
+    let inputs = read_all(&d.join("inputs.safetensors"));
+    let expected = read_all(&d.join("outputs.safetensors"));
+    for kind in [Kind::BFloat16, Kind::Half] {
+        let opts = peft_models::LoadOptions { kind, ..Default::default() };
+        let loaded = HfModel::load_dir(&d.join("model"), Some(Task::CausalLm), &opts).unwrap();
+        let (peft, _) = PeftModel::from_pretrained(
+            loaded.model,
+            &loaded.vs,
+            d.join("adapters").join("qv"),
+            LoadOptions::default(),
+        )
+        .unwrap();
+        for (k, t) in peft.adapter_state_dict("default").unwrap() {
+            assert_eq!(t.kind(), Kind::Float, "{k}: adapters stay fp32 (PEFT's autocast_adapter_dtype)");
+        }
+        let out = run(peft.model(), &inputs);
+        assert_eq!(out.kind(), kind);
+        let want = valid(&expected["qv/unmerged"], &inputs, Task::CausalLm);
+        assert_close(
+            &valid(&out.to_kind(Kind::Float), &inputs, Task::CausalLm),
+            &want,
+            5e-2,
+            &format!("{kind:?} logits"),
+        );
+    }
+}
+
+#[test]
+fn auto_loader_builds_the_task_model_from_the_adapter() {
+    let d = fixtures().join("cases").join("bert_seqcls");
+    let adapter = d.join("adapters").join("qv");
+    let inputs = read_all(&d.join("inputs.safetensors"));
+    let expected = read_all(&d.join("outputs.safetensors"));
+    let model_dir = d.join("model");
+    let auto = peft_models::auto::from_pretrained(
+        &adapter,
+        Some(model_dir.to_str().unwrap()),
+        &Default::default(),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(auto.peft.model().task(), Task::SequenceClassification, "from task_type SEQ_CLS");
+    assert_close(
+        &run(auto.peft.model(), &inputs),
+        &expected["qv/unmerged"],
+        ATOL,
+        "auto-loaded SEQ_CLS adapter",
+    );
+    // Without a base model anywhere, the error says what to do.
+    let err = peft_models::auto::from_pretrained(&adapter, None, &Default::default(), LoadOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("base_model_name_or_path"), "{err}");
+}
+
+#[test]
+fn generation_with_a_merged_adapter_equals_unmerged() {
+    let root = fixtures();
+    let d = root.join("cases").join("llama_causal");
+    let toks = read_all(&root.join("generation").join("llama").join("tokens.safetensors"));
+    let loaded = load(&d.join("model"), Task::CausalLm);
+    let mut cfg = GenerationConfig::for_model(&loaded.model);
+    cfg.max_new_tokens = 8;
+    let (mut peft, _) = PeftModel::from_pretrained(
+        loaded.model,
+        &loaded.vs,
+        d.join("adapters").join("qv"),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    peft.merge_adapter(None, false).unwrap();
+    let out = generate(peft.model(), &toks["prompt"], None, &cfg).unwrap();
+    assert!(out.equal(&toks["gen_adapter"]), "{out} vs {}", toks["gen_adapter"]);
+}

@@ -186,7 +186,9 @@ fn split_adapter(spec: &str, index: usize) -> (PathBuf, String) {
             let name = if index == 0 {
                 "default".to_string()
             } else {
-                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("adapter{index}"))
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| format!("adapter{index}"))
             };
             (dir, name)
         }
@@ -201,7 +203,8 @@ fn load(args: &ModelArgs) -> Result<(PeftModel<HfModel>, tch::nn::VarStore, Vec<
         revision: args.revision.clone(),
         num_labels: None,
     };
-    let adapters: Vec<(PathBuf, String)> = args.adapters.iter().enumerate().map(|(i, s)| split_adapter(s, i)).collect();
+    let adapters: Vec<(PathBuf, String)> =
+        args.adapters.iter().enumerate().map(|(i, s)| split_adapter(s, i)).collect();
     let task = match &args.task {
         Some(t) => Some(parse_task(t)?),
         None => match adapters.first() {
@@ -212,7 +215,8 @@ fn load(args: &ModelArgs) -> Result<(PeftModel<HfModel>, tch::nn::VarStore, Vec<
             None => None,
         },
     };
-    let loaded = HfModel::load(&args.model, task, &options).with_context(|| format!("loading model {}", args.model))?;
+    let loaded = HfModel::load(&args.model, task, &options)
+        .with_context(|| format!("loading model {}", args.model))?;
     let vs = loaded.vs;
     let mut names = Vec::new();
     let mut peft: Option<PeftModel<HfModel>> = None;
@@ -268,7 +272,12 @@ fn read_inputs(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     }
     if let Some(m) = tensors.get("attention_mask") {
         if m.size() != ids.size() {
-            bail!("{}: `attention_mask` has shape {:?}, `input_ids` {:?}", path.display(), m.size(), ids.size());
+            bail!(
+                "{}: `attention_mask` has shape {:?}, `input_ids` {:?}",
+                path.display(),
+                m.size(),
+                ids.size()
+            );
         }
     }
     Ok(tensors)
@@ -276,7 +285,8 @@ fn read_inputs(path: &Path) -> Result<BTreeMap<String, Tensor>> {
 
 fn forward(model: &HfModel, t: &BTreeMap<String, Tensor>, device: Device) -> Result<Tensor> {
     let on = |k: &str| t.get(k).map(|x| x.to_device(device));
-    let (ids, mask, types, dec) = (on("input_ids"), on("attention_mask"), on("token_type_ids"), on("decoder_input_ids"));
+    let (ids, mask, types, dec) =
+        (on("input_ids"), on("attention_mask"), on("token_type_ids"), on("decoder_input_ids"));
     let inputs = ModelInputs {
         input_ids: ids.as_ref(),
         attention_mask: mask.as_ref(),
@@ -284,7 +294,9 @@ fn forward(model: &HfModel, t: &BTreeMap<String, Tensor>, device: Device) -> Res
         decoder_input_ids: dec.as_ref(),
         ..ModelInputs::default()
     };
-    Ok(tch::no_grad(|| model.forward(&inputs, &ForwardCtx::eval()))?.to_kind(Kind::Float).to_device(Device::Cpu))
+    Ok(tch::no_grad(|| model.forward(&inputs, &ForwardCtx::eval()))?
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu))
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -303,7 +315,8 @@ fn run(args: RunArgs) -> Result<()> {
         }
         let mut rows = Vec::new();
         for (i, name) in args.row_adapters.iter().enumerate() {
-            let row: BTreeMap<String, Tensor> = inputs.iter().map(|(k, v)| (k.clone(), v.narrow(0, i as i64, 1))).collect();
+            let row: BTreeMap<String, Tensor> =
+                inputs.iter().map(|(k, v)| (k.clone(), v.narrow(0, i as i64, 1))).collect();
             if name == "__base__" {
                 let disabled = peft.disable_adapters()?;
                 rows.push(forward(&disabled, &row, device)?);
@@ -384,7 +397,11 @@ fn inspect(args: InspectArgs) -> Result<()> {
     if let Some(m) = &matched {
         println!("matched        {} modules of the base model", m.len());
     }
-    println!("parameters     {params} in {} tensors ({})", header.len(), dtypes.into_iter().collect::<Vec<_>>().join(", "));
+    println!(
+        "parameters     {params} in {} tensors ({})",
+        header.len(),
+        dtypes.into_iter().collect::<Vec<_>>().join(", ")
+    );
     println!("file           {file_size} bytes");
     for w in warnings {
         println!("warning        {w}");
@@ -428,7 +445,8 @@ fn generate_cmd(args: GenerateArgs) -> Result<()> {
     }
     let out = generate(model, &input, None, &cfg)?;
     let all: Vec<i64> = Vec::<i64>::try_from(out.select(0, 0).to_device(Device::Cpu))?;
-    let new: Vec<i64> = if model.task() == Task::CausalLm { all[ids.len()..].to_vec() } else { all[1..].to_vec() };
+    let new: Vec<i64> =
+        if model.task() == Task::CausalLm { all[ids.len()..].to_vec() } else { all[1..].to_vec() };
     if args.ids {
         println!("{}", new.iter().map(i64::to_string).collect::<Vec<_>>().join(" "));
     } else {

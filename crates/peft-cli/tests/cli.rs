@@ -24,12 +24,7 @@ fn peft(args: &[&str], env: &[(&str, &Path)]) -> Output {
 }
 
 fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "peft failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "peft failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -78,17 +73,46 @@ fn run_reproduces_transformers_and_peft_logits_for_every_architecture() {
             "FEATURE_EXTRACTION" => "feature-extraction",
             _ => "seq2seq-lm",
         };
-        ok(&peft(&["run", "--model", s(&model), "--task", task_flag, "--input", s(&inputs_path), "--output", s(&out)], &[]));
+        ok(&peft(
+            &[
+                "run",
+                "--model",
+                s(&model),
+                "--task",
+                task_flag,
+                "--input",
+                s(&inputs_path),
+                "--output",
+                s(&out),
+            ],
+            &[],
+        ));
         compare(&logits(&out), &expected["base"], &inputs, task, &format!("peft run {case}"));
         for a in meta["adapters"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()) {
             let adapter = d.join("adapters").join(a);
             for (merge, state) in [(false, "unmerged"), (true, "merged")] {
-                let mut args = vec!["run", "--model", s(&model), "--adapter", s(&adapter), "--input", s(&inputs_path), "--output", s(&out)];
+                let mut args = vec![
+                    "run",
+                    "--model",
+                    s(&model),
+                    "--adapter",
+                    s(&adapter),
+                    "--input",
+                    s(&inputs_path),
+                    "--output",
+                    s(&out),
+                ];
                 if merge {
                     args.push("--merge");
                 }
                 ok(&peft(&args, &[]));
-                compare(&logits(&out), &expected[&format!("{a}/{state}")], &inputs, task, &format!("peft run {case} --adapter {a} ({state})"));
+                compare(
+                    &logits(&out),
+                    &expected[&format!("{a}/{state}")],
+                    &inputs,
+                    task,
+                    &format!("peft run {case} --adapter {a} ({state})"),
+                );
             }
             oracle::record("cli peft run", &format!("{case}/{a}"));
         }
@@ -104,12 +128,54 @@ fn row_adapters_give_each_row_its_own_adapter() {
     let qv = format!("{}=qv", s(&d.join("adapters").join("qv")));
     let all = format!("{}=all", s(&d.join("adapters").join("all")));
     let input = d.join("inputs.safetensors");
-    ok(&peft(&["run", "--model", s(&d.join("model")), "--adapter", &qv, "--adapter", &all, "--row-adapters", "all,__base__", "--input", s(&input), "--output", s(&out)], &[]));
+    ok(&peft(
+        &[
+            "run",
+            "--model",
+            s(&d.join("model")),
+            "--adapter",
+            &qv,
+            "--adapter",
+            &all,
+            "--row-adapters",
+            "all,__base__",
+            "--input",
+            s(&input),
+            "--output",
+            s(&out),
+        ],
+        &[],
+    ));
     let got = logits(&out);
     let mask = read_all(&input)["attention_mask"].shallow_clone();
-    assert_close(&mask_padding(&got.narrow(0, 0, 1), &mask.narrow(0, 0, 1)), &mask_padding(&expected["all/unmerged"].narrow(0, 0, 1), &mask.narrow(0, 0, 1)), 1e-4, "row 0 uses `all`");
-    assert_close(&mask_padding(&got.narrow(0, 1, 1), &mask.narrow(0, 1, 1)), &mask_padding(&expected["base"].narrow(0, 1, 1), &mask.narrow(0, 1, 1)), 1e-4, "row 1 uses no adapter");
-    let err = one_line_error(&peft(&["run", "--model", s(&d.join("model")), "--adapter", &qv, "--row-adapters", "qv", "--input", s(&input), "--output", s(&out)], &[]));
+    assert_close(
+        &mask_padding(&got.narrow(0, 0, 1), &mask.narrow(0, 0, 1)),
+        &mask_padding(&expected["all/unmerged"].narrow(0, 0, 1), &mask.narrow(0, 0, 1)),
+        1e-4,
+        "row 0 uses `all`",
+    );
+    assert_close(
+        &mask_padding(&got.narrow(0, 1, 1), &mask.narrow(0, 1, 1)),
+        &mask_padding(&expected["base"].narrow(0, 1, 1), &mask.narrow(0, 1, 1)),
+        1e-4,
+        "row 1 uses no adapter",
+    );
+    let err = one_line_error(&peft(
+        &[
+            "run",
+            "--model",
+            s(&d.join("model")),
+            "--adapter",
+            &qv,
+            "--row-adapters",
+            "qv",
+            "--input",
+            s(&input),
+            "--output",
+            s(&out),
+        ],
+        &[],
+    ));
     assert!(err.contains("batch of 2"), "{err}");
     oracle::record("cli peft run", "llama_causal/row-adapters");
 }
@@ -118,7 +184,11 @@ fn row_adapters_give_each_row_its_own_adapter() {
 fn inspect_describes_an_adapter() {
     let d = fixtures().join("cases").join("bert_seqcls");
     let adapter = d.join("adapters").join("qv");
-    let json: serde_json::Value = serde_json::from_str(&ok(&peft(&["inspect", s(&adapter), "--model", s(&d.join("model")), "--json"], &[]))).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&ok(&peft(
+        &["inspect", s(&adapter), "--model", s(&d.join("model")), "--json"],
+        &[],
+    )))
+    .unwrap();
     assert_eq!(json["peft_type"], "LORA");
     assert_eq!(json["task_type"], "SEQ_CLS");
     assert_eq!(json["r"], 4);
@@ -140,18 +210,70 @@ fn generate_matches_transformers_greedy_decoding() {
     let toks = read_all(&root.join("generation").join("llama").join("tokens.safetensors"));
     let d = root.join("cases").join("llama_causal");
     let want: Vec<i64> = Vec::<i64>::try_from(&toks["gen_single"].select(0, 0)).unwrap()[4..].to_vec();
-    let out = ok(&peft(&["generate", "--model", s(&d.join("model")), "--prompt", "t5 t9 t33 t70", "--max-new-tokens", "8", "--ids"], &[]));
+    let out = ok(&peft(
+        &[
+            "generate",
+            "--model",
+            s(&d.join("model")),
+            "--prompt",
+            "t5 t9 t33 t70",
+            "--max-new-tokens",
+            "8",
+            "--ids",
+        ],
+        &[],
+    ));
     let got: Vec<i64> = out.split_whitespace().map(|t| t.parse().unwrap()).collect();
     assert_eq!(got, want);
-    let text = ok(&peft(&["generate", "--model", s(&d.join("model")), "--prompt", "t5 t9 t33 t70", "--max-new-tokens", "8"], &[]));
+    let text = ok(&peft(
+        &["generate", "--model", s(&d.join("model")), "--prompt", "t5 t9 t33 t70", "--max-new-tokens", "8"],
+        &[],
+    ));
     let words: Vec<String> = want.iter().map(|i| format!("t{i}")).collect();
     assert_eq!(text.trim(), words.join(" "));
     // With an adapter, and sampling is reproducible under a seed.
     let adapter = d.join("adapters").join("qv");
     let want: Vec<i64> = Vec::<i64>::try_from(&toks["gen_adapter"].select(0, 0)).unwrap()[4..].to_vec();
-    let out = ok(&peft(&["generate", "--model", s(&d.join("model")), "--adapter", s(&adapter), "--prompt", "t5 t9 t33 t70", "--max-new-tokens", "8", "--ids"], &[]));
+    let out = ok(&peft(
+        &[
+            "generate",
+            "--model",
+            s(&d.join("model")),
+            "--adapter",
+            s(&adapter),
+            "--prompt",
+            "t5 t9 t33 t70",
+            "--max-new-tokens",
+            "8",
+            "--ids",
+        ],
+        &[],
+    ));
     assert_eq!(out.split_whitespace().map(|t| t.parse::<i64>().unwrap()).collect::<Vec<_>>(), want);
-    let sample = |seed: &str| ok(&peft(&["generate", "--model", s(&d.join("model")), "--prompt", "t5", "--do-sample", "--top-k", "20", "--top-p", "0.9", "--temperature", "1.5", "--seed", seed, "--max-new-tokens", "12", "--ids"], &[]));
+    let sample = |seed: &str| {
+        ok(&peft(
+            &[
+                "generate",
+                "--model",
+                s(&d.join("model")),
+                "--prompt",
+                "t5",
+                "--do-sample",
+                "--top-k",
+                "20",
+                "--top-p",
+                "0.9",
+                "--temperature",
+                "1.5",
+                "--seed",
+                seed,
+                "--max-new-tokens",
+                "12",
+                "--ids",
+            ],
+            &[],
+        ))
+    };
     assert_eq!(sample("7"), sample("7"));
     oracle::record("cli peft generate", "llama_causal");
 }
@@ -173,8 +295,17 @@ fn hub_model_ids_resolve_offline_through_the_hf_cache() {
     let env = [("HF_HUB_CACHE", cache.path()), ("HF_HUB_OFFLINE", Path::new("1"))];
     ok(&peft(&["run", "--model", "tiny-org/gpt2-tiny", "--input", s(&input), "--output", s(&out)], &env));
     let inputs = read_all(&input);
-    compare(&logits(&out), &read_all(&d.join("outputs.safetensors"))["base"], &inputs, "CAUSAL_LM", "hub id from the cache");
-    let err = one_line_error(&peft(&["run", "--model", "tiny-org/not-cached", "--input", s(&input), "--output", s(&out)], &env));
+    compare(
+        &logits(&out),
+        &read_all(&d.join("outputs.safetensors"))["base"],
+        &inputs,
+        "CAUSAL_LM",
+        "hub id from the cache",
+    );
+    let err = one_line_error(&peft(
+        &["run", "--model", "tiny-org/not-cached", "--input", s(&input), "--output", s(&out)],
+        &env,
+    ));
     assert!(err.contains("HF_HUB_OFFLINE") && err.contains("not-cached"), "{err}");
 }
 
@@ -184,18 +315,27 @@ fn bad_input_gives_one_clear_line() {
     let work = tempfile::tempdir().unwrap();
     let model = d.join("model");
     let out = work.path().join("out.safetensors");
-    let run = |input: &Path| peft(&["run", "--model", s(&model), "--input", s(input), "--output", s(&out)], &[]);
+    let run =
+        |input: &Path| peft(&["run", "--model", s(&model), "--input", s(input), "--output", s(&out)], &[]);
 
     let err = one_line_error(&run(&work.path().join("missing.safetensors")));
     assert!(err.contains("missing.safetensors"), "{err}");
 
     let wrong_name = work.path().join("wrong_name.safetensors");
-    peft_core::io::write_safetensors(&wrong_name, &[("ids".into(), Tensor::from_slice(&[1i64, 2]).view([1, 2]))]).unwrap();
+    peft_core::io::write_safetensors(
+        &wrong_name,
+        &[("ids".into(), Tensor::from_slice(&[1i64, 2]).view([1, 2]))],
+    )
+    .unwrap();
     let err = one_line_error(&run(&wrong_name));
     assert!(err.contains("no tensor `input_ids`") && err.contains("\"ids\""), "{err}");
 
     let wrong_dtype = work.path().join("wrong_dtype.safetensors");
-    peft_core::io::write_safetensors(&wrong_dtype, &[("input_ids".into(), Tensor::from_slice(&[1.0f32, 2.0]).view([1, 2]))]).unwrap();
+    peft_core::io::write_safetensors(
+        &wrong_dtype,
+        &[("input_ids".into(), Tensor::from_slice(&[1.0f32, 2.0]).view([1, 2]))],
+    )
+    .unwrap();
     let err = one_line_error(&run(&wrong_dtype));
     assert!(err.contains("int64") && err.contains("Float"), "{err}");
 
@@ -204,10 +344,75 @@ fn bad_input_gives_one_clear_line() {
     let cfg = std::fs::read_to_string(model.join("config.json")).unwrap().replace("\"llama\"", "\"falcon\"");
     std::fs::write(odd.join("config.json"), cfg).unwrap();
     std::fs::copy(model.join("model.safetensors"), odd.join("model.safetensors")).unwrap();
-    let err = one_line_error(&peft(&["run", "--model", s(&odd), "--input", s(&d.join("inputs.safetensors")), "--output", s(&out)], &[]));
-    assert!(err.contains("unsupported model_type \\\"falcon\\\"") || err.contains("unsupported model_type \"falcon\""), "{err}");
+    let err = one_line_error(&peft(
+        &["run", "--model", s(&odd), "--input", s(&d.join("inputs.safetensors")), "--output", s(&out)],
+        &[],
+    ));
+    assert!(
+        err.contains("unsupported model_type \\\"falcon\\\"")
+            || err.contains("unsupported model_type \"falcon\""),
+        "{err}"
+    );
     assert!(err.contains("llama") && err.contains("t5"), "lists the supported types: {err}");
 
-    let err = one_line_error(&peft(&["run", "--model", s(&model), "--adapter", s(work.path()), "--input", s(&d.join("inputs.safetensors")), "--output", s(&out)], &[]));
+    let err = one_line_error(&peft(
+        &[
+            "run",
+            "--model",
+            s(&model),
+            "--adapter",
+            s(work.path()),
+            "--input",
+            s(&d.join("inputs.safetensors")),
+            "--output",
+            s(&out),
+        ],
+        &[],
+    ));
     assert!(err.contains("adapter_config.json"), "{err}");
+}
+
+/// The README's `cargo run -q -p peft-cli -- …` lines run as written (with this binary).
+#[test]
+fn readme_examples_run() {
+    let _ = fixtures();
+    let root = oracle::workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let prefix = "cargo run -q -p peft-cli -- ";
+    let mut ran = 0;
+    for line in readme.lines().filter_map(|l| l.trim().strip_prefix(prefix)) {
+        let args = split_args(line);
+        if args.iter().any(|a| a.contains("HuggingFaceTB")) {
+            continue; // needs the network
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_peft")).current_dir(&root).args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "README example `{line}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ran += 1;
+    }
+    assert!(ran >= 3, "the README lost its CLI examples");
+}
+
+fn split_args(line: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    args.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        args.push(cur);
+    }
+    args
 }

@@ -154,9 +154,11 @@ impl Activation {
             "gelu_new" => Activation::GeluNew,
             "gelu_pytorch_tanh" => Activation::GeluTanh,
             "relu" => Activation::Relu,
-            other => return Err(ModelError::Input(format!(
+            other => {
+                return Err(ModelError::Input(format!(
                 "unsupported activation {other:?} (supported: silu, gelu, gelu_new, gelu_pytorch_tanh, relu)"
-            ))),
+            )))
+            }
         })
     }
 

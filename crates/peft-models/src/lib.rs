@@ -12,6 +12,10 @@
 //!   `AutoPeftModel`).
 //! * [`generate`]: greedy and sampled decoding with a KV cache; [`tokenizer`]: `tokenizer.json`.
 
+// `a = a + b` on tch tensors allocates a new tensor; `a += b` would write in place into a tensor that
+// autograd may still need for the backward pass (e.g. a residual stream that fed a norm).
+#![allow(clippy::assign_op_pattern)]
+
 pub mod attention;
 pub mod auto;
 pub mod bert;
@@ -284,11 +288,7 @@ fn decoder_spec(prefix: Option<&str>, tied: bool, task: Task, ignored: &[&str]) 
         ignore_keys.push(head.to_string());
     }
     match task {
-        Task::CausalLm => {
-            if !tied {
-                ignore_keys.retain(|k| k != "lm_head.weight");
-            }
-        }
+        Task::CausalLm if !tied => ignore_keys.retain(|k| k != "lm_head.weight"),
         Task::SequenceClassification | Task::TokenClassification | Task::QuestionAnswering => {
             for h in ["score", "qa_outputs", "classifier"] {
                 for p in ["weight", "bias"] {

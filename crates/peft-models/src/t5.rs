@@ -240,16 +240,18 @@ pub fn relative_position_bucket(
 }
 
 impl Attention {
+    /// `(1, H, q, k)` relative-position bias for queries at `q` over `k_len` keys, in `like`'s dtype and
+    /// device (zeros for layers without their own bias table).
     fn position_bias(
         &self,
-        q_start: i64,
-        q_len: i64,
+        q: std::ops::Range<i64>,
         k_len: i64,
         bidirectional: bool,
         a: &T5Args,
-        kind: Kind,
-        dev: tch::Device,
+        like: &Tensor,
     ) -> Tensor {
+        let (kind, dev) = (like.kind(), like.device());
+        let (q_start, q_len) = (q.start, q.end - q.start);
         match &self.relative_attention_bias {
             Some(emb) => {
                 let ctx = Tensor::arange_start(q_start, q_start + q_len, (Kind::Int64, dev)).unsqueeze(1);
@@ -365,9 +367,9 @@ impl T5 {
     ) -> Tensor {
         let a = &self.args;
         let mut h = dropout(&self.shared.forward(input_ids), a.dropout_rate, ctx);
-        let (kind, dev) = (h.kind(), h.device());
+        let kind = h.kind();
         let t = input_ids.size()[1];
-        let mut bias = self.encoder[0].self_attention.position_bias(0, t, t, true, a, kind, dev);
+        let mut bias = self.encoder[0].self_attention.position_bias(0..t, t, true, a, &h);
         if let Some(m) = attention_mask {
             bias = bias + padding_mask(m, kind);
         }
@@ -397,7 +399,7 @@ impl T5 {
         let mut h = dropout(&self.shared.forward(decoder_input_ids), a.dropout_rate, ctx);
         let (kind, dev) = (h.kind(), h.device());
         let s = past + t;
-        let mut self_bias = self.decoder[0].self_attention.position_bias(past, t, s, false, a, kind, dev);
+        let mut self_bias = self.decoder[0].self_attention.position_bias(past..past + t, s, false, a, &h);
         self_bias =
             self_bias + crate::attention::causal_mask(decoder_attention_mask, b, t, past, None, kind, dev);
         let enc_len = encoded.size()[1];

@@ -202,3 +202,37 @@ pub fn decoder_head(
 pub fn pad_token_id(c: &HfConfig) -> Option<i64> {
     c.opt_i64("pad_token_id").ok().flatten()
 }
+
+/// The label value losses ignore (transformers' `-100`).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// transformers' causal LM loss: position `t` predicts label `t + 1`; labels equal to −100 are ignored;
+/// mean over the rest, in fp32.
+pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
+    let v = logits.size()[2];
+    let shifted = labels.constant_pad_nd([0, 1]).narrow(1, 1, labels.size()[1]);
+    // constant_pad_nd pads with 0; the appended position must be ignored instead.
+    let last = labels.size()[1] - 1;
+    let shifted =
+        shifted.index_fill(1, &Tensor::from_slice(&[last]).to_device(labels.device()), IGNORE_INDEX);
+    logits.to_kind(Kind::Float).view([-1, v]).cross_entropy_loss::<Tensor>(
+        &shifted.reshape([-1]),
+        None,
+        tch::Reduction::Mean,
+        IGNORE_INDEX,
+        0.0,
+    )
+}
+
+/// Cross-entropy of `(…, C)` logits against `(…)` labels, ignoring −100: the loss of sequence
+/// classification (single label), token classification and seq2seq LM (labels not shifted).
+pub fn cross_entropy_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
+    let c = logits.size()[logits.dim() - 1];
+    logits.to_kind(Kind::Float).reshape([-1, c]).cross_entropy_loss::<Tensor>(
+        &labels.reshape([-1]),
+        None,
+        tch::Reduction::Mean,
+        IGNORE_INDEX,
+        0.0,
+    )
+}
