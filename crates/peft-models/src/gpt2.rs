@@ -5,7 +5,7 @@ use crate::attention::{attend, causal_mask, merge_heads, split_heads, KvCache, L
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::layers::{self, Activation, Embedding, LayerNorm};
-use crate::task::{decoder_head, Heads, Task};
+use crate::task::{DecoderModel, Heads, Task};
 use peft_core::nn::Linear;
 use peft_core::{Adaptable, ForwardCtx};
 use tch::nn::Path;
@@ -181,9 +181,11 @@ impl Gpt2 {
         }
         Ok(Self { transformer: Backbone { wte, wpe, h, ln_f }, heads, args, task })
     }
+}
 
+impl DecoderModel for Gpt2 {
     /// The backbone's final hidden states; appends to `cache` when given.
-    pub fn hidden_states(
+    fn hidden_states(
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
@@ -219,25 +221,20 @@ impl Gpt2 {
         self.transformer.ln_f.forward(&h)
     }
 
-    /// The task output.
-    ///
-    /// # Errors
-    /// A task without a head.
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        position_ids: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-        ctx: &ForwardCtx<'_>,
-    ) -> Result<Tensor> {
-        let h = self.hidden_states(input_ids, attention_mask, position_ids, cache, ctx);
-        decoder_head(&self.heads, self.task, &h, input_ids, self.args.pad_token_id, ctx)
+    fn heads(&self) -> &Heads {
+        &self.heads
     }
 
-    /// A KV cache sized for this model.
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.transformer.h.len())
+    fn task(&self) -> Task {
+        self.task
+    }
+
+    fn pad_token_id(&self) -> Option<i64> {
+        self.args.pad_token_id
+    }
+
+    fn num_layers(&self) -> usize {
+        self.transformer.h.len()
     }
 }
 

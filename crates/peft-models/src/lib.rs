@@ -38,6 +38,7 @@ pub use task::{ModelInputs, Task};
 use attention::KvCache;
 use peft_core::{Adaptable, AdaptableLayer, ForwardCtx};
 use std::path::{Path, PathBuf};
+use task::DecoderModel;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -224,13 +225,21 @@ impl HfModel {
         }
     }
 
+    /// The decoder-only view (Llama family, GPT-2).
+    pub fn decoder(&self) -> Option<&dyn DecoderModel> {
+        match &self.arch {
+            Arch::Llama(m) => Some(m),
+            Arch::Gpt2(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// A fresh KV cache (decoder-only models and T5's decoder).
     pub fn new_cache(&self) -> KvCache {
-        match &self.arch {
-            Arch::Llama(m) => m.new_cache(),
-            Arch::Gpt2(m) => m.new_cache(),
-            Arch::T5(m) => m.new_cache(),
-            Arch::Bert(_) => KvCache::new(0),
+        match (&self.arch, self.decoder()) {
+            (_, Some(d)) => d.new_cache(),
+            (Arch::T5(m), _) => m.new_cache(),
+            _ => KvCache::new(0),
         }
     }
 

@@ -7,7 +7,7 @@ use crate::attention::{attend, causal_mask, merge_heads, split_heads, KvCache, L
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::layers::{self, Activation, Embedding, RmsNorm, RopeParameters, Rotary};
-use crate::task::{decoder_head, Heads, Task};
+use crate::task::{DecoderModel, Heads, Task};
 use peft_core::nn::Linear;
 use peft_core::{Adaptable, ForwardCtx};
 use tch::nn::Path;
@@ -265,9 +265,20 @@ impl Llama {
     pub fn args(&self) -> &LlamaArgs {
         &self.args
     }
+}
 
+/// The tasks Llama-family models provide.
+pub const TASKS: &[Task] = &[
+    Task::CausalLm,
+    Task::SequenceClassification,
+    Task::TokenClassification,
+    Task::QuestionAnswering,
+    Task::FeatureExtraction,
+];
+
+impl DecoderModel for Llama {
     /// The backbone's final hidden states `(B, T, hidden)`; appends to `cache` when given.
-    pub fn hidden_states(
+    fn hidden_states(
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
@@ -304,36 +315,22 @@ impl Llama {
         self.model.norm.forward(&h)
     }
 
-    /// The task output (logits, or hidden states for feature extraction).
-    ///
-    /// # Errors
-    /// A task without a head.
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        position_ids: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-        ctx: &ForwardCtx<'_>,
-    ) -> Result<Tensor> {
-        let h = self.hidden_states(input_ids, attention_mask, position_ids, cache, ctx);
-        decoder_head(&self.heads, self.task, &h, input_ids, self.args.pad_token_id, ctx)
+    fn heads(&self) -> &Heads {
+        &self.heads
     }
 
-    /// A KV cache sized for this model.
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.model.layers.len())
+    fn task(&self) -> Task {
+        self.task
+    }
+
+    fn pad_token_id(&self) -> Option<i64> {
+        self.args.pad_token_id
+    }
+
+    fn num_layers(&self) -> usize {
+        self.model.layers.len()
     }
 }
-
-/// The tasks Llama-family models provide.
-pub const TASKS: &[Task] = &[
-    Task::CausalLm,
-    Task::SequenceClassification,
-    Task::TokenClassification,
-    Task::QuestionAnswering,
-    Task::FeatureExtraction,
-];
 
 impl Attention {
     fn forward(

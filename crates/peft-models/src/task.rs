@@ -1,5 +1,6 @@
 //! Tasks (PEFT's `PeftModelFor*` / transformers' `*For*` classes) and their heads.
 
+use crate::attention::KvCache;
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
 use peft_core::nn::Linear;
@@ -196,6 +197,48 @@ pub fn decoder_head(
         Task::FeatureExtraction => hidden.shallow_clone(),
         Task::Seq2SeqLm => return Err(ModelError::Input("seq2seq needs an encoder-decoder model".into())),
     })
+}
+
+/// A decoder-only backbone with task heads (Llama family, GPT-2): the shared forward and cache logic.
+pub trait DecoderModel {
+    /// The backbone's final hidden states `(B, T, H)`; appends to `cache` when given.
+    fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        ctx: &ForwardCtx<'_>,
+    ) -> Tensor;
+    /// The heads.
+    fn heads(&self) -> &Heads;
+    /// The task.
+    fn task(&self) -> Task;
+    /// `pad_token_id` (sequence classification pools the last non-pad token).
+    fn pad_token_id(&self) -> Option<i64>;
+    /// Number of layers (the KV cache size).
+    fn num_layers(&self) -> usize;
+
+    /// The task output: logits, or hidden states for feature extraction.
+    ///
+    /// # Errors
+    /// A task without a head.
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        ctx: &ForwardCtx<'_>,
+    ) -> Result<Tensor> {
+        let h = self.hidden_states(input_ids, attention_mask, position_ids, cache, ctx);
+        decoder_head(self.heads(), self.task(), &h, input_ids, self.pad_token_id(), ctx)
+    }
+
+    /// A KV cache sized for this model.
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.num_layers())
+    }
 }
 
 /// `pad_token_id` of a config (`None` when null or absent).
