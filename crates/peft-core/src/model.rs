@@ -942,6 +942,53 @@ impl<M: Adaptable> PeftModel<M> {
         Ok(count)
     }
 
+    /// Every parameter under PEFT's in-memory name, in the order PEFT's `named_parameters()` lists the
+    /// adapter tensors (layer by layer, `lora_A` before `lora_B`), then the base parameters:
+    /// `base_model.model.<module>.lora_A.<adapter>.weight`, `base_model.model.<module>.base_layer.weight`
+    /// for adapted layers, `base_model.model.<name>` otherwise.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        let mut adapted = BTreeSet::new();
+        self.model.visit_layers(&mut |layer| {
+            let slots = layer.slots();
+            if slots.adapters().values().any(|t| t.peft_type() != MODULES_TO_SAVE) {
+                adapted.insert(layer.name().to_string());
+            }
+            for tuner in slots.adapters().values() {
+                for (rel, t) in tuner.named_tensors() {
+                    out.push((format!("{PEFT_PREFIX}{}.{rel}", layer.name()), t));
+                }
+            }
+        });
+        for (name, t) in &self.base_params {
+            let key = match name.rsplit_once('.') {
+                Some((module, p)) if adapted.contains(module) => {
+                    format!("{PEFT_PREFIX}{module}.base_layer.{p}")
+                }
+                _ => format!("{PEFT_PREFIX}{name}"),
+            };
+            out.push((key, t.shallow_clone()));
+        }
+        out
+    }
+
+    /// The parameters that train (`requires_grad`), with [`PeftModel::named_parameters`]'s names.
+    pub fn named_trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        self.named_parameters().into_iter().filter(|(_, t)| t.requires_grad()).collect()
+    }
+
+    /// Copies the tensors of a weights file into the existing adapter `name` (a checkpoint resume or a
+    /// manual reload), with the same strict key and shape checks as loading.
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`], or the load errors of [`PeftModel::load_adapter`].
+    pub fn load_adapter_weights(&mut self, name: &str, weights: &Path) -> Result<usize> {
+        if !self.configs.contains_key(name) {
+            return Err(self.unknown(name));
+        }
+        self.load_weights(name, weights)
+    }
+
     /// `(trainable, total)` parameter counts (PEFT's `get_nb_trainable_parameters`).
     pub fn num_parameters(&self) -> (i64, i64) {
         let mut trainable = 0i64;

@@ -1,0 +1,28 @@
+//! Training for peft-rs: what PEFT users get from transformers' `Trainer`, for `peft_core::PeftModel`.
+//!
+//! * [`Trainer`] — AdamW with decay groups (PyTorch's exact update, resumable), constant / linear / cosine
+//!   schedules with warmup, gradient accumulation, gradient-norm clipping, evaluation, deterministic
+//!   seeding, checkpoints (adapter + optimizer state + step), a clear stop on a non-finite loss, a progress
+//!   bar, `metrics.jsonl`, `loss.png` and a summary.
+//! * [`optim`] — PEFT's LoRA+ grouping and LoRA-FA optimizer.
+//! * [`data`] — JSONL datasets (text, prompt/completion, chat, classification), tokenized with
+//!   `tokenizer.json`, padded, truncated and optionally grouped by length.
+//!
+//! Mixed precision: load the base model in bf16/f16 (`peft_models::LoadOptions::kind`) and the adapters
+//! stay fp32, as PEFT's `autocast_adapter_dtype` does. Gradient checkpointing needs a custom autograd
+//! function, which tch cannot define; see `docs/ARCHITECTURE.md`.
+
+pub mod data;
+pub mod error;
+pub mod optim;
+pub mod plot;
+pub mod schedule;
+pub mod trainer;
+
+pub use data::{Batch, DataOptions, Dataset, Example, Format, Target};
+pub use error::{Result, TrainError};
+pub use schedule::Schedule;
+pub use trainer::{hf_loss, EvalMetrics, LogEntry, OptimizerKind, TrainSummary, Trainer, TrainingArgs};
+
+/// The label value losses ignore.
+pub const IGNORE_INDEX: i64 = peft_models::task::IGNORE_INDEX;

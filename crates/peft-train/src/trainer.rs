@@ -1,0 +1,595 @@
+//! The training loop: what transformers' `Trainer` does for PEFT users, on a [`PeftModel`].
+
+use crate::data::{collate, epoch_batches, Batch, Dataset, Target};
+use crate::error::{Result, TrainError};
+use crate::optim::{self, AdamW, LoraFa, Optimizer};
+use crate::schedule::Schedule;
+use indicatif::{ProgressBar, ProgressStyle};
+use peft_core::{Adaptable, ForwardCtx, PeftModel, SaveOptions};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Which optimizer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// `torch.optim.AdamW` with transformers' decay groups.
+    #[default]
+    Adamw,
+    /// PEFT's LoRA+ (`create_loraplus_optimizer` with AdamW).
+    Loraplus {
+        /// `loraplus_lr_ratio`: B's learning rate is `lr × ratio`.
+        ratio: f64,
+        /// `loraplus_lr_embedding`.
+        lr_embedding: f64,
+    },
+    /// PEFT's LoRA-FA (A frozen).
+    Lorafa,
+}
+
+/// Training arguments, named as transformers' `TrainingArguments`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainingArgs {
+    /// Where checkpoints, the final adapter and the metrics go.
+    pub output_dir: PathBuf,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Decoupled weight decay (not on biases).
+    pub weight_decay: f64,
+    /// Adam beta1.
+    pub adam_beta1: f64,
+    /// Adam beta2.
+    pub adam_beta2: f64,
+    /// Adam epsilon.
+    pub adam_epsilon: f64,
+    /// Gradient-norm clipping (`None` = off).
+    pub max_grad_norm: Option<f64>,
+    /// Epochs (may be fractional).
+    pub num_train_epochs: f64,
+    /// Optimizer steps; overrides epochs when set.
+    pub max_steps: Option<usize>,
+    /// Schedule.
+    pub lr_scheduler_type: Schedule,
+    /// Warmup steps.
+    pub warmup_steps: usize,
+    /// Warmup as a fraction of all steps (used when `warmup_steps` is 0).
+    pub warmup_ratio: f64,
+    /// Examples per micro-batch.
+    pub per_device_train_batch_size: usize,
+    /// Examples per evaluation batch.
+    pub per_device_eval_batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation_steps: usize,
+    /// Log every this many steps.
+    pub logging_steps: usize,
+    /// Evaluate every this many steps (and at the end).
+    pub eval_steps: Option<usize>,
+    /// Save a checkpoint every this many steps.
+    pub save_steps: Option<usize>,
+    /// Seed of libtorch's RNG (dropout) and of data shuffling.
+    pub seed: u64,
+    /// Shuffle examples every epoch.
+    pub shuffle: bool,
+    /// Batch examples of similar length together.
+    pub group_by_length: bool,
+    /// The optimizer.
+    pub optimizer: OptimizerKind,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl Default for TrainingArgs {
+    fn default() -> Self {
+        Self {
+            output_dir: PathBuf::from("output"),
+            learning_rate: 5e-5,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            max_grad_norm: Some(1.0),
+            num_train_epochs: 3.0,
+            max_steps: None,
+            lr_scheduler_type: Schedule::Linear,
+            warmup_steps: 0,
+            warmup_ratio: 0.0,
+            per_device_train_batch_size: 8,
+            per_device_eval_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            logging_steps: 10,
+            eval_steps: None,
+            save_steps: None,
+            seed: 42,
+            shuffle: true,
+            group_by_length: false,
+            optimizer: OptimizerKind::Adamw,
+            progress: true,
+        }
+    }
+}
+
+/// Computes `(loss, logits)` for a batch; see [`hf_loss`] for `peft_models::HfModel`.
+pub type LossFn<M> = dyn Fn(&M, &Batch, &ForwardCtx<'_>) -> Result<(Tensor, Tensor)>;
+
+/// The loss of an [`peft_models::HfModel`] for its task: shifted causal-LM cross-entropy, or plain
+/// cross-entropy for classification and seq2seq (labels −100 ignored).
+///
+/// # Errors
+/// A model whose task has no loss (feature extraction), or malformed inputs.
+pub fn hf_loss(
+    model: &peft_models::HfModel,
+    batch: &Batch,
+    ctx: &ForwardCtx<'_>,
+) -> Result<(Tensor, Tensor)> {
+    use peft_models::{task, ModelInputs, Task};
+    let inputs = ModelInputs::with_mask(&batch.input_ids, Some(&batch.attention_mask));
+    let logits = model.forward(&inputs, ctx)?;
+    let loss = match model.task() {
+        Task::CausalLm => task::causal_lm_loss(&logits, &batch.labels),
+        Task::SequenceClassification | Task::TokenClassification => {
+            task::cross_entropy_loss(&logits, &batch.labels)
+        }
+        other => return Err(TrainError::Config(format!("training a {other} model is not supported"))),
+    };
+    Ok((loss, logits))
+}
+
+/// One line of the metrics log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Optimizer step.
+    pub step: usize,
+    /// Epoch (fractional).
+    pub epoch: f64,
+    /// Mean training loss since the last entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Learning rate used by the last step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    /// Gradient norm before clipping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Training throughput.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_second: Option<f64>,
+    /// Evaluation loss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    /// Evaluation accuracy (classification).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_accuracy: Option<f64>,
+}
+
+/// Evaluation results.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy for classification (class labels), else `None`.
+    pub accuracy: Option<f64>,
+}
+
+/// What a training run did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Trainable / total parameters.
+    pub parameters: (i64, i64),
+    /// Wall time.
+    pub seconds: f64,
+    /// Peak resident memory (bytes), when the OS reports it.
+    pub peak_rss_bytes: Option<u64>,
+    /// Last logged training loss.
+    pub final_loss: Option<f64>,
+    /// Final evaluation.
+    pub eval: Option<EvalMetrics>,
+    /// The log.
+    pub log: Vec<LogEntry>,
+}
+
+impl std::fmt::Display for TrainSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (t, a) = self.parameters;
+        write!(f, "{} steps in {:.1}s; trainable params {t} of {a}", self.steps, self.seconds)?;
+        if let Some(l) = self.final_loss {
+            write!(f, "; final loss {l:.4}")?;
+        }
+        if let Some(e) = self.eval {
+            write!(f, "; eval loss {:.4}", e.loss)?;
+            if let Some(acc) = e.accuracy {
+                write!(f, ", accuracy {:.2}%", 100.0 * acc)?;
+            }
+        }
+        if let Some(m) = self.peak_rss_bytes {
+            write!(f, "; peak memory {:.0} MiB", m as f64 / (1024.0 * 1024.0))?;
+        }
+        Ok(())
+    }
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Trainer state saved in checkpoints.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct TrainerState {
+    global_step: usize,
+    micro_step: usize,
+    log: Vec<LogEntry>,
+}
+
+/// Trains the active adapter of a [`PeftModel`].
+pub struct Trainer<'a, M: Adaptable> {
+    peft: &'a mut PeftModel<M>,
+    args: TrainingArgs,
+    adapter: String,
+    optimizer: Box<dyn Optimizer>,
+    state: TrainerState,
+    device: Device,
+}
+
+impl<M: Adaptable> std::fmt::Debug for Trainer<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("args", &self.args)
+            .field("step", &self.state.global_step)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lora_scalings<M: Adaptable>(peft: &PeftModel<M>) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    peft.model().visit_layers(&mut |layer| {
+        for (adapter, tuner) in layer.slots().adapters() {
+            let describe = tuner.describe();
+            if let Some(s) =
+                describe.split("scaling=").nth(1).and_then(|r| r.trim_end_matches(')').parse::<f64>().ok())
+            {
+                out.insert(format!("base_model.model.{}.lora_B.{adapter}.weight", layer.name()), s);
+            }
+        }
+    });
+    out
+}
+
+impl<'a, M: Adaptable> Trainer<'a, M> {
+    /// Prepares training of the active adapter (exactly one must be active).
+    ///
+    /// # Errors
+    /// Invalid arguments, or no single active adapter.
+    pub fn new(peft: &'a mut PeftModel<M>, args: TrainingArgs) -> Result<Self> {
+        if args.per_device_train_batch_size == 0 || args.gradient_accumulation_steps == 0 {
+            return Err(TrainError::Config("batch size and gradient accumulation must be at least 1".into()));
+        }
+        let adapter = match peft.active_adapters() {
+            [one] => one.clone(),
+            other => {
+                return Err(TrainError::Config(format!("train exactly one active adapter, found {other:?}")))
+            }
+        };
+        peft.set_requires_grad(&[adapter.as_str()], true)?;
+        let named = peft.named_trainable_parameters();
+        if named.is_empty() {
+            return Err(TrainError::Config("the model has no trainable parameters".into()));
+        }
+        let device = named[0].1.device();
+        let lr = args.learning_rate;
+        let optimizer: Box<dyn Optimizer> = match &args.optimizer {
+            OptimizerKind::Adamw => Box::new(AdamW::new(
+                optim::default_groups(named, lr, args.weight_decay),
+                (args.adam_beta1, args.adam_beta2),
+                args.adam_epsilon,
+            )),
+            OptimizerKind::Loraplus { ratio, lr_embedding } => Box::new(AdamW::new(
+                optim::loraplus_groups(named, lr, *ratio, *lr_embedding, args.weight_decay),
+                (args.adam_beta1, args.adam_beta2),
+                args.adam_epsilon,
+            )),
+            OptimizerKind::Lorafa => {
+                let scalings = lora_scalings(peft);
+                Box::new(LoraFa::new(
+                    optim::default_groups(named, lr, args.weight_decay),
+                    &scalings,
+                    1e-6,
+                    true,
+                ))
+            }
+        };
+        Ok(Self { peft, args, adapter, optimizer, state: TrainerState::default(), device })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &PeftModel<M> {
+        self.peft
+    }
+
+    /// Optimizer steps so far.
+    pub fn global_step(&self) -> usize {
+        self.state.global_step
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> &[LogEntry] {
+        &self.state.log
+    }
+
+    fn total_steps(&self, n_examples: usize) -> usize {
+        let batches = n_examples.div_ceil(self.args.per_device_train_batch_size);
+        let per_epoch = batches.div_ceil(self.args.gradient_accumulation_steps).max(1);
+        self.args.max_steps.unwrap_or_else(|| (self.args.num_train_epochs * per_epoch as f64).ceil() as usize)
+    }
+
+    /// Mean loss (and accuracy for class labels) over `data`.
+    ///
+    /// # Errors
+    /// A forward failure.
+    pub fn evaluate(&self, data: &Dataset, loss_fn: &LossFn<M>, pad_id: i64) -> Result<EvalMetrics> {
+        let ctx = ForwardCtx::eval();
+        let lengths: Vec<usize> = data.examples.iter().map(|e| e.input_ids.len()).collect();
+        let (mut loss_sum, mut n, mut correct, mut total) = (0.0, 0usize, 0i64, 0i64);
+        for idx in epoch_batches(&lengths, self.args.per_device_eval_batch_size, 0, 0, false, false) {
+            let exs: Vec<_> = idx.iter().map(|&i| &data.examples[i]).collect();
+            let batch = collate(&exs, pad_id, self.device);
+            let (loss, logits) = tch::no_grad(|| loss_fn(self.peft.model(), &batch, &ctx))?;
+            loss_sum += loss.double_value(&[]) * exs.len() as f64;
+            n += exs.len();
+            if matches!(data.examples[idx[0]].target, Target::Class(_)) {
+                let pred = logits.argmax(-1, false);
+                correct += pred.eq_tensor(&batch.labels).sum(Kind::Int64).int64_value(&[]);
+                total += exs.len() as i64;
+            }
+        }
+        Ok(EvalMetrics {
+            loss: loss_sum / n.max(1) as f64,
+            accuracy: (total > 0).then(|| correct as f64 / total as f64),
+        })
+    }
+
+    /// Trains on `train`, evaluating on `eval` every `eval_steps` and at the end; saves checkpoints every
+    /// `save_steps` and the final adapter (plus `metrics.jsonl`, `training_args.json` and `loss.png`) to
+    /// `output_dir`.
+    ///
+    /// # Errors
+    /// [`TrainError::NonFiniteLoss`] when the loss becomes NaN/inf, I/O errors, model errors.
+    pub fn train(
+        &mut self,
+        train: &Dataset,
+        eval: Option<&Dataset>,
+        loss_fn: &LossFn<M>,
+        pad_id: i64,
+    ) -> Result<TrainSummary> {
+        let start = Instant::now();
+        std::fs::create_dir_all(&self.args.output_dir)
+            .map_err(|source| TrainError::Io { path: self.args.output_dir.clone(), source })?;
+        write_json(&self.args.output_dir.join("training_args.json"), &self.args)?;
+        let total = self.total_steps(train.examples.len());
+        let warmup = if self.args.warmup_steps > 0 {
+            self.args.warmup_steps
+        } else {
+            (self.args.warmup_ratio * total as f64).ceil() as usize
+        };
+        let lengths: Vec<usize> = train.examples.iter().map(|e| e.input_ids.len()).collect();
+        let accum = self.args.gradient_accumulation_steps;
+        let n_batches = lengths.len().div_ceil(self.args.per_device_train_batch_size);
+        // Resumed runs reseed per position (libtorch's RNG state cannot be saved through tch).
+        let seed = if self.state.global_step == 0 {
+            self.args.seed
+        } else {
+            self.args.seed.wrapping_add(self.state.global_step as u64)
+        };
+        tch::manual_seed(seed as i64);
+        let bar = if self.args.progress {
+            let b = ProgressBar::new(total as u64);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b.set_position(self.state.global_step as u64);
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        let ctx = ForwardCtx::train();
+        let (mut loss_acc, mut loss_n, mut tokens, mut last_log) = (0.0, 0usize, 0i64, Instant::now());
+        let mut last_lr;
+        let mut last_grad_norm = None;
+        let mut epoch = self.state.micro_step / n_batches.max(1);
+        'outer: while self.state.global_step < total {
+            let batches = epoch_batches(
+                &lengths,
+                self.args.per_device_train_batch_size,
+                self.args.seed,
+                epoch,
+                self.args.shuffle,
+                self.args.group_by_length,
+            );
+            let skip = self.state.micro_step % n_batches.max(1);
+            for (bi, idx) in batches.iter().enumerate().skip(skip) {
+                let exs: Vec<_> = idx.iter().map(|&i| &train.examples[i]).collect();
+                let batch = collate(&exs, pad_id, self.device);
+                let (loss, _) = loss_fn(self.peft.model(), &batch, &ctx)?;
+                let lv = loss.double_value(&[]);
+                let lr_now = self.args.learning_rate
+                    * self.args.lr_scheduler_type.factor(self.state.global_step, warmup, total);
+                if !lv.is_finite() {
+                    bar.abandon();
+                    return Err(TrainError::NonFiniteLoss {
+                        step: self.state.global_step,
+                        loss: lv,
+                        lr: lr_now,
+                    });
+                }
+                (loss / accum as f64).backward();
+                loss_acc += lv;
+                loss_n += 1;
+                tokens += batch.tokens;
+                self.state.micro_step += 1;
+                let boundary = (bi + 1) % accum == 0 || bi + 1 == batches.len();
+                if !boundary {
+                    continue;
+                }
+                if let Some(max) = self.args.max_grad_norm {
+                    last_grad_norm = Some(optim::clip_grad_norm(self.optimizer.params(), max)?);
+                }
+                let factor = self.args.lr_scheduler_type.factor(self.state.global_step, warmup, total);
+                self.optimizer.step(factor)?;
+                self.optimizer.zero_grad();
+                last_lr = Some(self.args.learning_rate * factor);
+                self.state.global_step += 1;
+                let step = self.state.global_step;
+                let epoch_f = self.state.micro_step as f64 / n_batches.max(1) as f64;
+                bar.set_position(step as u64);
+                if step % self.args.logging_steps.max(1) == 0 || step == total {
+                    let secs = last_log.elapsed().as_secs_f64().max(1e-9);
+                    let entry = LogEntry {
+                        step,
+                        epoch: epoch_f,
+                        loss: Some(loss_acc / loss_n.max(1) as f64),
+                        learning_rate: last_lr,
+                        grad_norm: last_grad_norm,
+                        tokens_per_second: Some(tokens as f64 / secs),
+                        eval_loss: None,
+                        eval_accuracy: None,
+                    };
+                    bar.set_message(format!(
+                        "loss {:.4} lr {:.2e} {:.0} tok/s",
+                        entry.loss.unwrap_or(f64::NAN),
+                        last_lr.unwrap_or(0.0),
+                        entry.tokens_per_second.unwrap_or(0.0)
+                    ));
+                    self.push_log(entry)?;
+                    (loss_acc, loss_n, tokens, last_log) = (0.0, 0, 0, Instant::now());
+                }
+                if let (Some(every), Some(ev)) = (self.args.eval_steps, eval) {
+                    if step % every == 0 && step != total {
+                        self.eval_and_log(ev, loss_fn, pad_id, step, epoch_f)?;
+                    }
+                }
+                if let Some(every) = self.args.save_steps {
+                    if step % every == 0 {
+                        self.save_checkpoint(&self.args.output_dir.join(format!("checkpoint-{step}")))?;
+                    }
+                }
+                if step >= total {
+                    break 'outer;
+                }
+            }
+            epoch += 1;
+        }
+        bar.finish();
+        let mut final_eval = None;
+        if let Some(ev) = eval {
+            let epoch_f = self.state.micro_step as f64 / n_batches.max(1) as f64;
+            final_eval = Some(self.eval_and_log(ev, loss_fn, pad_id, self.state.global_step, epoch_f)?);
+        }
+        self.peft.save_pretrained(
+            &self.args.output_dir,
+            &SaveOptions { selected_adapters: Some(vec![self.adapter.clone()]) },
+        )?;
+        crate::plot::loss_curve(&self.args.output_dir.join("loss.png"), &self.state.log)?;
+        let summary = TrainSummary {
+            steps: self.state.global_step,
+            parameters: self.peft.num_parameters(),
+            seconds: start.elapsed().as_secs_f64(),
+            peak_rss_bytes: peak_rss_bytes(),
+            final_loss: self.state.log.iter().rev().find_map(|e| e.loss),
+            eval: final_eval,
+            log: self.state.log.clone(),
+        };
+        write_json(&self.args.output_dir.join("train_summary.json"), &summary)?;
+        Ok(summary)
+    }
+
+    fn eval_and_log(
+        &mut self,
+        data: &Dataset,
+        loss_fn: &LossFn<M>,
+        pad_id: i64,
+        step: usize,
+        epoch: f64,
+    ) -> Result<EvalMetrics> {
+        let m = self.evaluate(data, loss_fn, pad_id)?;
+        self.push_log(LogEntry {
+            step,
+            epoch,
+            loss: None,
+            learning_rate: None,
+            grad_norm: None,
+            tokens_per_second: None,
+            eval_loss: Some(m.loss),
+            eval_accuracy: m.accuracy,
+        })?;
+        Ok(m)
+    }
+
+    fn push_log(&mut self, entry: LogEntry) -> Result<()> {
+        let path = self.args.output_dir.join("metrics.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| TrainError::Io { path: path.clone(), source })?;
+        let line = serde_json::to_string(&entry).map_err(|e| TrainError::Config(e.to_string()))?;
+        writeln!(f, "{line}").map_err(|source| TrainError::Io { path, source })?;
+        log::info!("{line}");
+        self.state.log.push(entry);
+        Ok(())
+    }
+
+    /// Writes a checkpoint: the adapter, the optimizer state and the trainer state.
+    ///
+    /// # Errors
+    /// I/O failures.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        self.peft
+            .save_pretrained(dir, &SaveOptions { selected_adapters: Some(vec![self.adapter.clone()]) })?;
+        peft_core::io::write_safetensors(
+            &dir.join("optimizer.safetensors"),
+            &self.optimizer.state_tensors(),
+        )?;
+        write_json(&dir.join("trainer_state.json"), &self.state)?;
+        write_json(&dir.join("training_args.json"), &self.args)
+    }
+
+    /// Restores a checkpoint written by [`Trainer::save_checkpoint`]: adapter weights, optimizer state and
+    /// the step; [`Trainer::train`] then continues where it stopped.
+    ///
+    /// # Errors
+    /// A missing or inconsistent checkpoint.
+    pub fn resume_from(&mut self, dir: &Path) -> Result<()> {
+        let weights = dir.join(peft_core::peft_config::keys::SAFETENSORS_WEIGHTS_NAME);
+        self.peft.load_adapter_weights(&self.adapter, &weights)?;
+        let state: BTreeMap<String, Tensor> =
+            peft_core::io::read_safetensors(&dir.join("optimizer.safetensors"))?
+                .into_iter()
+                .map(|t| (t.key, t.tensor))
+                .collect();
+        self.optimizer.load_state_tensors(&state)?;
+        let path = dir.join("trainer_state.json");
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
+        self.state = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+        Ok(())
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
+    peft_core::io::atomic_write(path, text.as_bytes())?;
+    Ok(())
+}
