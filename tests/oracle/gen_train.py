@@ -119,7 +119,8 @@ def gen_trainer(root):
         for line in lines:
             f.write(json.dumps({"text": line}) + "\n")
     c = TRAINER
-    torch.manual_seed(1)
+    # `peft train --seed S` seeds before creating the adapter and again before the loop.
+    torch.manual_seed(c["seed"])
     peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **TRAINER_LORA))
     opt = torch.optim.AdamW(decay_groups(peft_model, c["lr"], c["weight_decay"]), lr=c["lr"])
     sched = linear_warmup(opt, c["warmup"], c["steps"])

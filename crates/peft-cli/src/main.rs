@@ -625,6 +625,8 @@ fn train(args: TrainArgs) -> Result<()> {
     };
     let mut config = config;
     config.common.base_model_name_or_path = Some(args.model.clone());
+    // The seed fixes the adapter's initialisation too, so a run is reproducible end to end.
+    tch::manual_seed(args.seed as i64);
     let mut peft = PeftModel::new(loaded.model, &loaded.vs, config.boxed(), "default")?;
     println!("{}", peft.trainable_parameters_line());
     let optimizer = match args.optimizer.as_str() {

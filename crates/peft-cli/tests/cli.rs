@@ -416,3 +416,95 @@ fn split_args(line: &str) -> Vec<String> {
     }
     args
 }
+
+#[test]
+fn peft_train_matches_python_and_its_adapter_loads_in_peft() {
+    let d = oracle::fixtures("gen_train.py").join("trainer");
+    let c = read_json(&d.join("case.json"));
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("adapter");
+    let model = d.join("model");
+    let f = |k: &str| c[k].to_string();
+    let stdout = ok(&peft(
+        &[
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&d.join("train.jsonl")),
+            "--format",
+            "text",
+            "--r",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--lora-dropout",
+            "0.1",
+            "--target-modules",
+            "q_proj,v_proj",
+            "--max-steps",
+            &f("steps"),
+            "--lr",
+            &f("lr"),
+            "--batch-size",
+            &f("batch"),
+            "--grad-accum",
+            &f("accum"),
+            "--warmup-steps",
+            &f("warmup"),
+            "--weight-decay",
+            &f("weight_decay"),
+            "--max-grad-norm",
+            &f("clip"),
+            "--seed",
+            &f("seed"),
+            "--no-shuffle",
+            "--logging-steps",
+            "1",
+            "--quiet",
+            "--output",
+            s(&out),
+        ],
+        &[],
+    ));
+    assert!(stdout.contains("trainable params:"), "{stdout}");
+    for file in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "training_args.json",
+        "metrics.jsonl",
+        "loss.png",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    // The same steps in Python give the same adapter.
+    let ours = read_all(&out.join("adapter_model.safetensors"));
+    let theirs = read_all(&d.join("final").join("adapter_model.safetensors"));
+    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>());
+    for (k, v) in &ours {
+        assert_close(v, &theirs[k], 2e-5, &format!("peft train: {k}"));
+    }
+    // PEFT loads what peft train wrote and computes the same logits as peft run.
+    let input = work.path().join("input.safetensors");
+    let ids = Tensor::from_slice(&[5i64, 17, 33, 2, 9, 0, 44, 45, 46, 47, 48, 49]).view([2, 6]);
+    let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1]).view([2, 6]);
+    peft_core::io::write_safetensors(
+        &input,
+        &[("input_ids".into(), ids), ("attention_mask".into(), mask.shallow_clone())],
+    )
+    .unwrap();
+    let ours_out = work.path().join("ours.safetensors");
+    ok(&peft(
+        &["run", "--model", s(&model), "--adapter", s(&out), "--input", s(&input), "--output", s(&ours_out)],
+        &[],
+    ));
+    let theirs_out = work.path().join("theirs.safetensors");
+    oracle::run_script("check_adapter.py", &[&model, &out, &input, &theirs_out, Path::new("causal-lm")]);
+    assert_close(
+        &mask_padding(&logits(&ours_out), &mask),
+        &mask_padding(&logits(&theirs_out), &mask),
+        1e-5,
+        "PEFT loads peft train's adapter",
+    );
+    oracle::record("rs->peft", "peft train adapter (tiny llama)");
+}

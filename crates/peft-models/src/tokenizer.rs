@@ -32,7 +32,13 @@ impl Tokenizer {
         if !path.is_file() {
             return Err(ModelError::Tokenizer { path: path.to_path_buf(), message: "no such file".into() });
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let mut inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| ModelError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
+        // Like transformers' fast tokenizers, encode without the padding/truncation a tokenizer.json may
+        // carry (sentence-transformers files pad everything to 128): batching pads, callers truncate.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
             .map_err(|e| ModelError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
         Ok(Self { inner, path: path.to_path_buf() })
     }

@@ -50,6 +50,7 @@ pub fn loss_curve(path: &Path, log: &[LogEntry]) -> Result<()> {
             .map_err(|e| err(&e))?
             .label("eval")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
+        chart.draw_series(eval.iter().map(|&p| Circle::new(p, 4, RED.filled()))).map_err(|e| err(&e))?;
     }
     chart
         .configure_series_labels()
