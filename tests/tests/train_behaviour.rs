@@ -154,3 +154,35 @@ fn bad_records_are_errors_naming_the_line() {
     assert_eq!(ds.label_names, ["neg", "pos"]);
     assert_eq!(ds.examples[0].target, data::Target::Class(1));
 }
+
+#[test]
+fn evaluation_runs_during_training_and_a_bf16_base_trains_fp32_adapters() {
+    let _rng = oracle::rng_guard();
+    let d = fixture().join("model");
+    let opts = peft_models::LoadOptions { kind: tch::Kind::BFloat16, ..Default::default() };
+    let loaded = HfModel::load_dir(&d, Some(Task::CausalLm), &opts).unwrap();
+    let cfg = peft_lora::LoraConfig {
+        r: 4,
+        target_modules: Some(peft_core::peft_config::TargetModules::list(["q_proj", "v_proj"])),
+        ..Default::default()
+    };
+    let mut peft = PeftModel::new(loaded.model, &loaded.vs, cfg.boxed(), "default").unwrap();
+    let before: std::collections::BTreeMap<_, _> =
+        peft.adapter_state_dict("default").unwrap().into_iter().map(|(k, t)| (k, t.copy())).collect();
+    let out = tempfile::tempdir().unwrap();
+    let mut a = args(out.path(), 4);
+    a.eval_steps = Some(2);
+    let data = dataset();
+    let summary =
+        Trainer::new(&mut peft, a).unwrap().train(&data, Some(&data), &peft_train::hf_loss, 0).unwrap();
+    let evals: Vec<f64> = summary.log.iter().filter_map(|e| e.eval_loss).collect();
+    assert_eq!(evals.len(), 2, "at step 2 and at the end: {:?}", summary.log);
+    assert!(evals.iter().all(|l| l.is_finite()));
+    assert!(summary.eval.unwrap().accuracy.is_none(), "token labels have no accuracy");
+    for (k, t) in peft.adapter_state_dict("default").unwrap() {
+        assert_eq!(t.kind(), tch::Kind::Float, "{k}");
+        if k.contains("lora_B") {
+            assert!(!t.equal(&before[&k]), "{k} trained");
+        }
+    }
+}
