@@ -144,6 +144,30 @@ fn finished_update(done: &Tensor, next: &Tensor, cfg: &GenerationConfig) -> (Ten
     (next, now_done)
 }
 
+/// The decoding loop shared by decoder-only and encoder-decoder models: `step(None)` gives the logits of
+/// the last position for the prompt, `step(Some(ids))` those after feeding the `(B, 1)` chosen tokens.
+/// Appends to `out` until every row finished or `max_new_tokens` were chosen.
+fn decode_loop(
+    mut out: Tensor,
+    cfg: &GenerationConfig,
+    mut step: impl FnMut(Option<&Tensor>) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let b = out.size()[0];
+    let mut done = Tensor::zeros([b], (Kind::Bool, out.device()));
+    let mut last = step(None)?;
+    for i in 0..cfg.max_new_tokens {
+        let (next, now_done) = finished_update(&done, &next_token(&last, cfg), cfg);
+        let next = next.unsqueeze(1);
+        out = Tensor::cat(&[&out, &next], 1);
+        done = now_done;
+        if i + 1 == cfg.max_new_tokens || done.all().int64_value(&[]) != 0 {
+            break;
+        }
+        last = step(Some(&next))?;
+    }
+    Ok(out)
+}
+
 fn generate_causal(
     model: &HfModel,
     input_ids: &Tensor,
@@ -159,25 +183,19 @@ fn generate_causal(
     };
     // transformers' prepare_inputs_for_generation: positions count real tokens only.
     let positions = (mask.cumsum(-1, Kind::Int64) - 1).masked_fill(&mask.eq(0), 1);
+    let mut next_pos = positions.select(1, -1).unsqueeze(1);
     let mut cache: KvCache = model.new_cache();
-    let logits = model.step(input_ids, Some(&mask), Some(&positions), &mut cache, ctx)?;
-    let mut last = logits.select(1, -1);
-    let mut next_pos = positions.select(1, -1).unsqueeze(1) + 1;
-    let mut out = input_ids.shallow_clone();
-    let mut done = Tensor::zeros([b], (Kind::Bool, dev));
-    for _ in 0..cfg.max_new_tokens {
-        let (next, now_done) = finished_update(&done, &next_token(&last, cfg), cfg);
-        out = Tensor::cat(&[&out, &next.unsqueeze(1)], 1);
-        done = now_done;
-        if done.all().int64_value(&[]) != 0 {
-            break;
-        }
-        mask = Tensor::cat(&[&mask, &Tensor::ones([b, 1], (Kind::Int64, dev))], 1);
-        let logits = model.step(&next.unsqueeze(1), Some(&mask), Some(&next_pos), &mut cache, ctx)?;
-        last = logits.select(1, -1);
-        next_pos = next_pos + 1;
-    }
-    Ok(out)
+    decode_loop(input_ids.shallow_clone(), cfg, |next| {
+        let logits = match next {
+            None => model.step(input_ids, Some(&mask), Some(&positions), &mut cache, ctx)?,
+            Some(ids) => {
+                mask = Tensor::cat(&[&mask, &Tensor::ones([b, 1], (Kind::Int64, dev))], 1);
+                next_pos = &next_pos + 1;
+                model.step(ids, Some(&mask), Some(&next_pos), &mut cache, ctx)?
+            }
+        };
+        Ok(logits.select(1, -1))
+    })
 }
 
 fn generate_seq2seq(
@@ -191,19 +209,11 @@ fn generate_seq2seq(
     let b = input_ids.size()[0];
     let dev = input_ids.device();
     let encoded = t5.encode(input_ids, attention_mask, ctx);
-    let mut out = Tensor::full([b, 1], t5.args().decoder_start_token_id, (Kind::Int64, dev));
+    let start = Tensor::full([b, 1], t5.args().decoder_start_token_id, (Kind::Int64, dev));
     let mut cache = t5.new_cache();
-    let mut step_ids = out.shallow_clone();
-    let mut done = Tensor::zeros([b], (Kind::Bool, dev));
-    for _ in 0..cfg.max_new_tokens {
-        let logits = t5.decode(&step_ids, None, &encoded, attention_mask, Some(&mut cache), ctx);
-        let (next, now_done) = finished_update(&done, &next_token(&logits.select(1, -1), cfg), cfg);
-        out = Tensor::cat(&[&out, &next.unsqueeze(1)], 1);
-        done = now_done;
-        if done.all().int64_value(&[]) != 0 {
-            break;
-        }
-        step_ids = next.unsqueeze(1);
-    }
-    Ok(out)
+    decode_loop(start.shallow_clone(), cfg, |next| {
+        let ids = next.unwrap_or(&start);
+        let logits = t5.decode(ids, None, &encoded, attention_mask, Some(&mut cache), ctx);
+        Ok(logits.select(1, -1))
+    })
 }

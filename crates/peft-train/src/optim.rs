@@ -78,6 +78,51 @@ struct AdamState {
     exp_avg_sq: Tensor,
 }
 
+impl AdamState {
+    /// The checkpoint form of per-parameter Adam state: `<name>/exp_avg`, `<name>/exp_avg_sq`, `<name>/step`.
+    fn export(params: &[Param], state: &[Option<AdamState>]) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (p, s) in params.iter().zip(state) {
+            if let Some(s) = s {
+                out.push((format!("{}/exp_avg", p.name), s.exp_avg.shallow_clone()));
+                out.push((format!("{}/exp_avg_sq", p.name), s.exp_avg_sq.shallow_clone()));
+                out.push((format!("{}/step", p.name), Tensor::from(s.step)));
+            }
+        }
+        out
+    }
+
+    /// Restores what [`AdamState::export`] wrote, onto each parameter's device and dtype; a parameter
+    /// without saved state keeps none (it starts fresh, as in torch).
+    fn import(
+        params: &[Param],
+        state: &mut [Option<AdamState>],
+        saved: &BTreeMap<String, Tensor>,
+    ) -> Result<()> {
+        for (p, st) in params.iter().zip(state.iter_mut()) {
+            let get = |k: &str| saved.get(&format!("{}/{k}", p.name));
+            if let (Some(m), Some(v), Some(step)) = (get("exp_avg"), get("exp_avg_sq"), get("step")) {
+                if m.size() != p.tensor.size() || v.size() != p.tensor.size() {
+                    return Err(TrainError::Checkpoint(format!(
+                        "optimizer state of `{}` has shape {:?}/{:?}, the parameter {:?}",
+                        p.name,
+                        m.size(),
+                        v.size(),
+                        p.tensor.size()
+                    )));
+                }
+                let (dev, kind) = (p.tensor.device(), p.tensor.kind());
+                *st = Some(AdamState {
+                    step: step.double_value(&[]),
+                    exp_avg: m.to_device(dev).to_kind(kind),
+                    exp_avg_sq: v.to_device(dev).to_kind(kind),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `torch.optim.AdamW(params, lr, betas, eps, weight_decay)`.
 #[derive(Debug)]
 pub struct AdamW {
@@ -141,36 +186,11 @@ impl Optimizer for AdamW {
     }
 
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        for (p, s) in self.params.iter().zip(&self.state) {
-            if let Some(s) = s {
-                out.push((format!("{}/exp_avg", p.name), s.exp_avg.shallow_clone()));
-                out.push((format!("{}/exp_avg_sq", p.name), s.exp_avg_sq.shallow_clone()));
-                out.push((format!("{}/step", p.name), Tensor::from(s.step)));
-            }
-        }
-        out
+        AdamState::export(&self.params, &self.state)
     }
 
     fn load_state_tensors(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
-        for (p, st) in self.params.iter().zip(self.state.iter_mut()) {
-            let get = |k: &str| state.get(&format!("{}/{k}", p.name));
-            if let (Some(m), Some(v), Some(step)) = (get("exp_avg"), get("exp_avg_sq"), get("step")) {
-                if m.size() != p.tensor.size() {
-                    return Err(TrainError::Checkpoint(format!(
-                        "optimizer state of `{}` has the wrong shape",
-                        p.name
-                    )));
-                }
-                let dev = p.tensor.device();
-                *st = Some(AdamState {
-                    step: step.double_value(&[]),
-                    exp_avg: m.to_device(dev).to_kind(p.tensor.kind()),
-                    exp_avg_sq: v.to_device(dev).to_kind(p.tensor.kind()),
-                });
-            }
-        }
-        Ok(())
+        AdamState::import(&self.params, &mut self.state, state)
     }
 }
 
@@ -335,30 +355,11 @@ impl Optimizer for LoraFa {
     }
 
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        for (p, s) in self.params.iter().zip(&self.state) {
-            if let Some(s) = s {
-                out.push((format!("{}/exp_avg", p.name), s.exp_avg.shallow_clone()));
-                out.push((format!("{}/exp_avg_sq", p.name), s.exp_avg_sq.shallow_clone()));
-                out.push((format!("{}/step", p.name), Tensor::from(s.step)));
-            }
-        }
-        out
+        AdamState::export(&self.params, &self.state)
     }
 
     fn load_state_tensors(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
-        for (p, st) in self.params.iter().zip(self.state.iter_mut()) {
-            let get = |k: &str| state.get(&format!("{}/{k}", p.name));
-            if let (Some(m), Some(v), Some(step)) = (get("exp_avg"), get("exp_avg_sq"), get("step")) {
-                let dev = p.tensor.device();
-                *st = Some(AdamState {
-                    step: step.double_value(&[]),
-                    exp_avg: m.to_device(dev),
-                    exp_avg_sq: v.to_device(dev),
-                });
-            }
-        }
-        Ok(())
+        AdamState::import(&self.params, &mut self.state, state)
     }
 }
 
