@@ -119,6 +119,14 @@ impl LayerCache {
         (k, v)
     }
 
+    /// [`LayerCache::update`] when a cache is in use; the keys/values as they are otherwise.
+    pub fn update_opt(cache: Option<&mut Self>, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        match cache {
+            Some(c) => c.update(k, v),
+            None => (k, v),
+        }
+    }
+
     /// The cached keys/values, if any.
     pub fn get(&self) -> Option<&(Tensor, Tensor)> {
         self.kv.as_ref()

@@ -255,10 +255,7 @@ impl Attention {
         let q = split_heads(&parts[0], heads, hd);
         let k = split_heads(&parts[1], heads, hd);
         let v = split_heads(&parts[2], heads, hd);
-        let (k, v) = match cache {
-            Some(c) => c.update(k, v),
-            None => (k, v),
-        };
+        let (k, v) = LayerCache::update_opt(cache, k, v);
         let o = attend(&q, &k, &v, Some(mask), scale);
         self.c_proj.forward_ctx(&merge_heads(&o), ctx)
     }

@@ -348,10 +348,7 @@ impl Attention {
         let v = split_heads(&self.v_proj.forward_ctx(x, ctx), nkv, hd);
         let q = layers::apply_rotary(&q, cos, sin);
         let k = layers::apply_rotary(&k, cos, sin);
-        let (k, v) = match cache {
-            Some(c) => c.update(k, v),
-            None => (k, v),
-        };
+        let (k, v) = LayerCache::update_opt(cache, k, v);
         let o = attend(&q, &k, &v, Some(mask), (hd as f64).powf(-0.5));
         self.o_proj.forward_ctx(&merge_heads(&o), ctx)
     }

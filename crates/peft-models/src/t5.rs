@@ -282,10 +282,7 @@ impl Attention {
         let q = split_heads(&self.q.forward_ctx(x, ctx), h, d);
         let k = split_heads(&self.k.forward_ctx(src, ctx), h, d);
         let v = split_heads(&self.v.forward_ctx(src, ctx), h, d);
-        let (k, v) = match cache {
-            Some(c) => c.update(k, v),
-            None => (k, v),
-        };
+        let (k, v) = LayerCache::update_opt(cache, k, v);
         let p = if ctx.train { a.dropout_rate } else { 0.0 };
         let o = attend_dropout(&q, &k, &v, Some(bias), 1.0, p);
         self.o.forward_ctx(&merge_heads(&o), ctx)
