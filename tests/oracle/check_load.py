@@ -45,7 +45,7 @@ def check_case(d):
     for n in names[1:]:
         model.load_adapter(os.path.join(adir, n), adapter_name=n)
     configs = {n: jsonable(model.peft_config[n].to_dict()) for n in names}
-    out = outputs_of(model, x, case["active"])
+    out = outputs_of(model, x, case["active"], case.get("merge", True))
     save_file(tensors(out), os.path.join(d, "peft_outputs.safetensors"))
     with open(os.path.join(d, "peft_configs.json"), "w") as f:
         json.dump(configs, f, indent=2, default=str)

@@ -119,6 +119,84 @@ CASES = [
     ),
 ]
 
+CASES += [
+    dict(name="emb_only", model="EmbMLP", adapters={"default": dict(target_modules=["emb"])}),
+    dict(
+        name="emb_and_linear_rslora",
+        model="EmbMLP",
+        adapters={"default": dict(target_modules=["emb", "lin0"], r=4, lora_alpha=16, use_rslora=True)},
+    ),
+    dict(
+        name="emb_modules_to_save",
+        model="EmbMLP",
+        perturb="modules_to_save",
+        adapters={"default": dict(target_modules=["lin0"], modules_to_save=["emb"])},
+    ),
+    dict(
+        name="conv_all_kinds",
+        model="ConvNet",
+        adapters={"default": dict(target_modules=["conv2d", "conv1x1", "conv3d", "conv1d", "lin"], r=4)},
+    ),
+    dict(
+        name="conv_lora_bias_dropout",
+        model="ConvNet",
+        adapters={"default": dict(target_modules=["conv2d", "conv3d", "conv1d"], lora_bias=True, lora_dropout=0.2)},
+    ),
+    dict(
+        name="conv_bias_lora_only",
+        model="ConvNet",
+        perturb="adapted",
+        adapters={"default": dict(target_modules=["conv2d", "conv1d"], bias="lora_only", r=2)},
+    ),
+    # PEFT cannot merge grouped convolutions: only the unmerged states are compared.
+    dict(name="conv_grouped", model="ConvNet", merge=False, adapters={"default": dict(target_modules=["grouped"], r=4)}),
+    dict(
+        name="dora_linear",
+        model="MLP",
+        perturb="dora",
+        adapters={"default": dict(target_modules=["lin0", "lin1"], use_dora=True, lora_alpha=16)},
+    ),
+    dict(
+        name="dora_conv1d_fan_in_fan_out",
+        model="MLPConv1D",
+        perturb="dora",
+        adapters={"default": dict(target_modules=["c_fc", "c_proj"], use_dora=True, r=4)},
+    ),
+    dict(
+        name="dora_embedding",
+        model="EmbMLP",
+        perturb="dora",
+        adapters={"default": dict(target_modules=["emb", "lin0"], use_dora=True, r=4)},
+    ),
+    dict(
+        name="dora_conv",
+        model="ConvNet",
+        perturb="dora",
+        adapters={"default": dict(target_modules=["conv2d", "conv1x1", "conv3d", "conv1d"], use_dora=True, r=4)},
+    ),
+    # Two DoRA adapters merged in turn: the second one's norm must come from the unmerged weight.
+    dict(
+        name="dora_two_adapters_merged",
+        model="MLP",
+        perturb="dora",
+        adapters={
+            "default": dict(target_modules=["lin0"], use_dora=True, r=8),
+            "other": dict(target_modules=["lin0", "lin1"], use_dora=True, r=4, lora_alpha=16),
+        },
+        active=["default", "other"],
+    ),
+    dict(
+        name="dora_and_lora_mixed",
+        model="MLP",
+        perturb="dora",
+        adapters={
+            "default": dict(target_modules=["lin0"], r=8),
+            "other": dict(target_modules=["lin0", "lin1"], use_dora=True, r=4),
+        },
+        active=["default", "other"],
+    ),
+]
+
 # Same-seed initialisation cases: torch.manual_seed(0); build the model; get_peft_model.
 INIT_CASES = [
     dict(name="mlp_default_init", model="MLP", config=dict(target_modules=["lin0", "lin1"])),
@@ -154,12 +232,59 @@ INIT_CASES = [
     ),
 ]
 
+INIT_CASES += [
+    dict(name="emb_default_init", model="EmbMLP", config=dict(target_modules=["emb", "lin0"])),
+    dict(name="emb_init_false", model="EmbMLP", config=dict(target_modules=["emb"], r=4, init_lora_weights=False)),
+    dict(name="emb_init_gaussian", model="EmbMLP", config=dict(target_modules=["emb"], init_lora_weights="gaussian")),
+    dict(name="conv_default_init", model="ConvNet", config=dict(target_modules=["conv2d", "conv1x1", "conv3d", "conv1d"])),
+    dict(
+        name="conv_init_false_lora_bias",
+        model="ConvNet",
+        config=dict(target_modules=["conv2d", "conv3d", "conv1d", "grouped"], r=4, lora_bias=True, init_lora_weights=False),
+    ),
+    dict(name="conv_init_gaussian", model="ConvNet", config=dict(target_modules=["conv2d", "conv1d"], init_lora_weights="gaussian")),
+    dict(name="dora_linear_init", model="MLP", config=dict(target_modules=["lin0", "lin1"], use_dora=True)),
+    dict(
+        name="dora_all_kinds_init_false",
+        model="EmbMLP",
+        config=dict(target_modules=["emb", "lin0", "lin1"], use_dora=True, r=4, init_lora_weights=False),
+    ),
+    dict(
+        name="dora_conv_init_false",
+        model="ConvNet",
+        config=dict(target_modules=["conv2d", "conv1x1", "conv3d", "conv1d"], use_dora=True, init_lora_weights=False),
+    ),
+    dict(
+        name="dora_conv1d_init_false",
+        model="MLPConv1D",
+        config=dict(target_modules=["c_fc"], use_dora=True, init_lora_weights=False),
+    ),
+]
+
 # Training cases: the same optimizer steps in PEFT and in Rust.
+TRAIN_CONFIG = dict(target_modules=["lin0", "lin1"], r=4, lora_alpha=8, lora_dropout=0.1)
 TRAIN_CASES = [
     dict(name="sgd", optimizer="sgd", lr=0.1, steps=5),
     dict(name="adamw", optimizer="adamw", lr=0.01, steps=5),
+    # DoRA with dropout takes its own branch (the base output is recomputed from the dropped input).
+    dict(name="dora_adamw", optimizer="adamw", lr=0.01, steps=5, config=dict(TRAIN_CONFIG, use_dora=True)),
+    dict(
+        name="conv_sgd",
+        optimizer="sgd",
+        lr=0.5,
+        steps=5,
+        model="ConvNet",
+        config=dict(target_modules=["conv2d", "conv3d", "conv1d", "lin"], r=4, lora_dropout=0.1, use_dora=True),
+    ),
+    dict(
+        name="emb_adamw",
+        optimizer="adamw",
+        lr=0.01,
+        steps=4,
+        model="EmbMLP",
+        config=dict(target_modules=["emb", "lin0"], r=4, use_dora=True, lora_dropout=0.1),
+    ),
 ]
-TRAIN_CONFIG = dict(target_modules=["lin0", "lin1"], r=4, lora_alpha=8, lora_dropout=0.1)
 TRAIN_SEED = 1234
 
 # adapter_config.json files written by PEFT.
@@ -229,9 +354,8 @@ def tensors(d):
     return {k: v.detach().contiguous().clone() for k, v in d.items()}
 
 
-def model_input(seed=42):
-    torch.manual_seed(seed)
-    return torch.randn(9, 10) * 2
+def model_input(model="MLP", seed=42):
+    return models.example_input(model, seed)
 
 
 def lora_config(kwargs, default_init=False):
@@ -240,8 +364,9 @@ def lora_config(kwargs, default_init=False):
     return LoraConfig(**kwargs)
 
 
-def outputs_of(model, x, active):
-    """The output of a PeftModel in every state the Rust side checks."""
+def outputs_of(model, x, active, merge=True):
+    """The output of a PeftModel in every state the Rust side checks (the unmerged ones only when the
+    adapter cannot be merged)."""
     out = {}
     model.eval()
     if len(active) == 1:
@@ -252,6 +377,8 @@ def outputs_of(model, x, active):
         out["unmerged"] = model(x)
         with model.disable_adapter():
             out["disabled"] = model(x)
+        if not merge:
+            return out
         model.merge_adapter()
         out["merged"] = model(x)
         model.unmerge_adapter()
@@ -266,7 +393,7 @@ def gen_case(root, case):
     os.makedirs(d)
     base = models.build(case["model"])
     base.eval()
-    x = model_input()
+    x = model_input(case["model"])
     with torch.no_grad():
         base_out = base(x)
     save_file(tensors(base.state_dict()), os.path.join(d, "base.safetensors"))
@@ -281,6 +408,12 @@ def gen_case(root, case):
             for n, p in model.named_parameters():
                 if ".modules_to_save." in n:
                     p.add_(0.1 * torch.randn_like(p))
+    elif perturb == "dora":
+        # A trained magnitude differs from the initial weight norm.
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_magnitude_vector" in n:
+                    p.mul_(1 + 0.2 * torch.randn_like(p))
     elif perturb:
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -289,7 +422,8 @@ def gen_case(root, case):
                 if perturb == "all" or "base_layer" in n:
                     p.add_(0.1 * torch.randn_like(p))
     active = case.get("active", [names[0]])
-    out = outputs_of(model, x, active)
+    merge = case.get("merge", True)
+    out = outputs_of(model, x, active, merge)
     out["base"] = base_out
     model.save_pretrained(os.path.join(d, "adapter"))
     save_file(tensors({"x": x}), os.path.join(d, "input.safetensors"))
@@ -300,6 +434,7 @@ def gen_case(root, case):
         adapters=names,
         active=active,
         perturb=perturb,
+        merge=merge,
         configs={n: dict(case["adapters"][n], init_lora_weights=False) for n in names},
     )
     with open(os.path.join(d, "case.json"), "w") as f:
@@ -322,13 +457,17 @@ def gen_init(root, case):
 def gen_train(root, case):
     d = os.path.join(root, "train", case["name"])
     os.makedirs(d)
-    base = models.build("MLP")
+    case = dict(case)
+    case.setdefault("model", "MLP")
+    base = models.build(case["model"])
     save_file(tensors(base.state_dict()), os.path.join(d, "base.safetensors"))
     torch.manual_seed(7)
-    model = get_peft_model(base, LoraConfig(**TRAIN_CONFIG))
+    model = get_peft_model(base, LoraConfig(**case.get("config", TRAIN_CONFIG)))
     model.save_pretrained(os.path.join(d, "initial"))
-    x = model_input()
+    x = model_input(case["model"])
     y = torch.arange(9) % 2
+    if case["model"] == "EmbMLP":
+        y = (torch.arange(45) % 2).view(9, 5)
     params = [p for p in model.parameters() if p.requires_grad]
     if case["optimizer"] == "sgd":
         opt = torch.optim.SGD(params, lr=case["lr"])
@@ -339,7 +478,8 @@ def gen_train(root, case):
     losses = []
     for _ in range(case["steps"]):
         opt.zero_grad()
-        loss = F.nll_loss(model(x), y)
+        out = model(x)
+        loss = F.nll_loss(out.reshape(-1, out.shape[-1]), y.reshape(-1))
         loss.backward()
         opt.step()
         losses.append(loss.item())

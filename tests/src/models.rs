@@ -1,6 +1,6 @@
 //! Rust twins of `tests/oracle/models.py`: same module names, same registration order, same init.
 
-use peft_core::nn::{self as pnn, Linear};
+use peft_core::nn::{self as pnn, Conv, ConvConfig, Embedding, EmbeddingConfig, Linear};
 use peft_core::{Adaptable, AdaptableLayer, Result};
 use std::path::Path;
 use tch::nn::{ModuleT, VarStore};
@@ -92,7 +92,10 @@ impl MlpConv1D {
     /// Builds it under the var store root.
     pub fn new(vs: &VarStore) -> Result<Self> {
         let p = vs.root();
-        Ok(Self { c_fc: pnn::conv1d(&p / "c_fc", 20, 10)?, c_proj: pnn::conv1d(&p / "c_proj", 2, 20)? })
+        Ok(Self {
+            c_fc: pnn::transformers_conv1d(&p / "c_fc", 20, 10)?,
+            c_proj: pnn::transformers_conv1d(&p / "c_proj", 2, 20)?,
+        })
     }
 }
 
@@ -100,6 +103,93 @@ impl ModuleT for MlpConv1D {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let h = self.c_fc.forward_t(&x.to_kind(Kind::Float), train).relu();
         self.c_proj.forward_t(&h, train).log_softmax(-1, None::<Kind>)
+    }
+}
+
+/// An embedding with a padding index in front of PEFT's MLP (input: token ids `(N, T)`).
+#[derive(Debug, Adaptable)]
+pub struct EmbMlp {
+    /// Embedding(30, 10, padding_idx=0).
+    pub emb: Embedding,
+    /// Linear(10, 20).
+    pub lin0: Linear,
+    /// Linear(20, 2).
+    pub lin1: Linear,
+}
+
+impl EmbMlp {
+    /// Builds it under the var store root.
+    pub fn new(vs: &VarStore) -> Result<Self> {
+        let p = vs.root();
+        Ok(Self {
+            emb: pnn::embedding(&p / "emb", 30, 10, EmbeddingConfig { padding_idx: Some(0), init: true })?,
+            lin0: pnn::linear(&p / "lin0", 10, 20, Default::default())?,
+            lin1: pnn::linear(&p / "lin1", 20, 2, Default::default())?,
+        })
+    }
+}
+
+impl ModuleT for EmbMlp {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.lin0.forward_t(&self.emb.forward_t(x, train), train).relu();
+        self.lin1.forward_t(&h, train).log_softmax(-1, None::<Kind>)
+    }
+}
+
+/// Every convolution kind: Conv2d (3×3, 1×1 without bias, grouped), Conv3d, strided Conv1d; input
+/// `(N, 2, 6, 6)`.
+#[derive(Debug, Adaptable)]
+pub struct ConvNet {
+    /// Conv2d(2, 8, 3, padding=1).
+    pub conv2d: Conv,
+    /// Conv2d(8, 8, 1, bias=False).
+    pub conv1x1: Conv,
+    /// Conv2d(8, 8, 3, padding=1, groups=2).
+    pub grouped: Conv,
+    /// Conv3d(8, 4, (3, 3, 1), padding=(1, 1, 0)).
+    pub conv3d: Conv,
+    /// Conv1d(4, 4, 3, stride=2, padding=1).
+    pub conv1d: Conv,
+    /// Linear(72, 2).
+    pub lin: Linear,
+}
+
+impl ConvNet {
+    /// Builds it under the var store root.
+    pub fn new(vs: &VarStore) -> Result<Self> {
+        let p = vs.root();
+        let pad1 = ConvConfig { padding: vec![1], ..Default::default() };
+        Ok(Self {
+            conv2d: pnn::conv2d(&p / "conv2d", 2, 8, &[3], pad1.clone())?,
+            conv1x1: pnn::conv2d(
+                &p / "conv1x1",
+                8,
+                8,
+                &[1],
+                ConvConfig { bias: false, ..Default::default() },
+            )?,
+            grouped: pnn::conv2d(&p / "grouped", 8, 8, &[3], ConvConfig { groups: 2, ..pad1.clone() })?,
+            conv3d: pnn::conv3d(
+                &p / "conv3d",
+                8,
+                4,
+                &[3, 3, 1],
+                ConvConfig { padding: vec![1, 1, 0], ..Default::default() },
+            )?,
+            conv1d: pnn::conv1d(&p / "conv1d", 4, 4, 3, ConvConfig { stride: vec![2], ..pad1 })?,
+            lin: pnn::linear(&p / "lin", 72, 2, Default::default())?,
+        })
+    }
+}
+
+impl ModuleT for ConvNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.conv2d.forward_t(&x.to_kind(Kind::Float), train).relu();
+        let h = self.conv1x1.forward_t(&h, train).relu();
+        let h = self.grouped.forward_t(&h, train);
+        let h = self.conv3d.forward_t(&h.unsqueeze(-1), train).relu().squeeze_dim(-1);
+        let h = self.conv1d.forward_t(&h.flatten(2, -1), train);
+        self.lin.forward_t(&h.flatten(1, -1), train).log_softmax(-1, None::<Kind>)
     }
 }
 
@@ -112,6 +202,10 @@ pub enum TestModel {
     Deep(DeepMlp),
     /// `MLPConv1D`.
     Conv1D(MlpConv1D),
+    /// `EmbMLP`.
+    Emb(EmbMlp),
+    /// `ConvNet`.
+    Conv(Box<ConvNet>),
 }
 
 impl TestModel {
@@ -121,6 +215,8 @@ impl TestModel {
             "MLP" => TestModel::Mlp(Mlp::new(vs)?),
             "DeepMLP" => TestModel::Deep(DeepMlp::new(vs)?),
             "MLPConv1D" => TestModel::Conv1D(MlpConv1D::new(vs)?),
+            "EmbMLP" => TestModel::Emb(EmbMlp::new(vs)?),
+            "ConvNet" => TestModel::Conv(Box::new(ConvNet::new(vs)?)),
             other => panic!("unknown test model {other}"),
         })
     }
@@ -132,6 +228,8 @@ impl Adaptable for TestModel {
             TestModel::Mlp(m) => m.visit_layers(f),
             TestModel::Deep(m) => m.visit_layers(f),
             TestModel::Conv1D(m) => m.visit_layers(f),
+            TestModel::Emb(m) => m.visit_layers(f),
+            TestModel::Conv(m) => m.visit_layers(f),
         }
     }
     fn visit_layers_mut(&mut self, f: &mut dyn FnMut(&mut dyn AdaptableLayer) -> Result<()>) -> Result<()> {
@@ -139,6 +237,8 @@ impl Adaptable for TestModel {
             TestModel::Mlp(m) => m.visit_layers_mut(f),
             TestModel::Deep(m) => m.visit_layers_mut(f),
             TestModel::Conv1D(m) => m.visit_layers_mut(f),
+            TestModel::Emb(m) => m.visit_layers_mut(f),
+            TestModel::Conv(m) => m.visit_layers_mut(f),
         }
     }
     fn auto_mapping(&self) -> Option<serde_json::Value> {
@@ -147,6 +247,8 @@ impl Adaptable for TestModel {
             TestModel::Mlp(_) => "MLP",
             TestModel::Deep(_) => "DeepMLP",
             TestModel::Conv1D(_) => "MLPConv1D",
+            TestModel::Emb(_) => "EmbMLP",
+            TestModel::Conv(_) => "ConvNet",
         };
         Some(serde_json::json!({"base_model_class": class, "parent_library": "models"}))
     }
@@ -158,6 +260,8 @@ impl ModuleT for TestModel {
             TestModel::Mlp(m) => m.forward_t(x, train),
             TestModel::Deep(m) => m.forward_t(x, train),
             TestModel::Conv1D(m) => m.forward_t(x, train),
+            TestModel::Emb(m) => m.forward_t(x, train),
+            TestModel::Conv(m) => m.forward_t(x, train),
         }
     }
 }

@@ -5,7 +5,7 @@
 use peft_core::config::to_config_file_text;
 use peft_core::peft_config::patterns::PatternMap;
 use peft_core::peft_config::{TargetMatch, TargetMatcher};
-use peft_core::{AdapterConfig, LoadOptions, PeftError, PeftModel, SaveOptions};
+use peft_core::{AdapterConfig, LoadOptions, PeftModel, SaveOptions};
 use peft_lora::LoraConfig;
 use peft_parity::compare::{assert_close, assert_differs, assert_identical};
 use peft_parity::models::{load_var_store, read_all, read_tensor, TestModel};
@@ -18,7 +18,6 @@ use tch::{Device, Kind, Tensor};
 
 /// Outputs are compared at this absolute tolerance (f32); in practice they are bit-identical.
 const ATOL: f64 = 1e-5;
-const STATES: [&str; 5] = ["unmerged", "disabled", "merged", "unmerged_after_merge", "merge_and_unload"];
 
 fn fixtures() -> std::path::PathBuf {
     oracle::fixtures("gen_lora.py")
@@ -46,7 +45,13 @@ fn forward(m: &TestModel, x: &Tensor) -> Tensor {
 }
 
 /// The outputs in every state PEFT's `outputs_of` records; consumes the model (merge_and_unload last).
-fn rust_outputs(mut peft: PeftModel<TestModel>, x: &Tensor, active: &[String]) -> BTreeMap<String, Tensor> {
+/// Without `merge` (adapters PEFT cannot merge), the unmerged states only — and merging must fail.
+fn rust_outputs(
+    mut peft: PeftModel<TestModel>,
+    x: &Tensor,
+    active: &[String],
+    merge: bool,
+) -> BTreeMap<String, Tensor> {
     let names: Vec<&str> = active.iter().map(String::as_str).collect();
     peft.set_adapters(&names).unwrap();
     let mut out = BTreeMap::new();
@@ -54,6 +59,13 @@ fn rust_outputs(mut peft: PeftModel<TestModel>, x: &Tensor, active: &[String]) -
     {
         let disabled = peft.disable_adapters().unwrap();
         out.insert("disabled".to_string(), forward(&disabled, x));
+    }
+    if !merge {
+        let err = peft.merge_adapter(None, false).unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
+        // Nothing was merged: the model still computes the unmerged output.
+        assert_close(&forward(peft.model(), x), &out["unmerged"], 0.0, "after a refused merge");
+        return out;
     }
     peft.merge_adapter(None, false).unwrap();
     out.insert("merged".to_string(), forward(peft.model(), x));
@@ -96,17 +108,33 @@ fn peft_saves_peft_rs_loads_same_outputs() {
             let opts = LoadOptions { subfolder: Some(n.clone()), ..LoadOptions::named(n.clone()) };
             peft.load_adapter(&adir, opts).unwrap();
         }
-        let outputs = rust_outputs(peft, &x, &strings(&meta["active"]));
-        for state in STATES {
-            assert_close(&outputs[state], &expected[state], ATOL, &format!("{case}: {state}"));
+        let outputs =
+            rust_outputs(peft, &x, &strings(&meta["active"]), meta["merge"].as_bool().unwrap_or(true));
+        assert_eq!(
+            outputs.keys().collect::<Vec<_>>(),
+            expected.keys().filter(|k| *k != "base").collect::<Vec<_>>()
+        );
+        for (state, ours) in &outputs {
+            assert_close(ours, &expected[state], ATOL, &format!("{case}: {state}"));
         }
         oracle::record("peft->rs", &case);
     }
 }
 
 /// Adds 0.1·N(0,1) where PEFT's generator does: biases ("all", or the adapted layers' only), or the
-/// `modules_to_save` copies.
+/// `modules_to_save` copies; or scales DoRA magnitudes by 1 + 0.2·N(0,1).
 fn perturb(vs: &VarStore, peft: &PeftModel<TestModel>, mode: &str) {
+    if mode == "dora" {
+        let mut vars: Vec<(String, Tensor)> = peft.adapter_var_store().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, mut t) in vars {
+            if name.contains("lora_magnitude_vector") {
+                let noise = Tensor::randn_like(&t) * 0.2 + 1.0;
+                let _ = tch::no_grad(|| t.f_mul_(&noise)).unwrap();
+            }
+        }
+        return;
+    }
     if mode == "modules_to_save" {
         let mut vars: Vec<(String, Tensor)> = peft.adapter_var_store().variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -203,7 +231,9 @@ fn peft_rs_saves_peft_loads_same_outputs() {
         std::fs::create_dir_all(&out_dir).unwrap();
         std::fs::copy(d.join("base.safetensors"), out_dir.join("base.safetensors")).unwrap();
         std::fs::copy(d.join("input.safetensors"), out_dir.join("input.safetensors")).unwrap();
-        let case_json = serde_json::json!({"model": model_name, "adapters": names, "active": active});
+        let merge = meta["merge"].as_bool().unwrap_or(true);
+        let case_json =
+            serde_json::json!({"model": model_name, "adapters": names, "active": active, "merge": merge});
         std::fs::write(out_dir.join("case.json"), case_json.to_string()).unwrap();
         let adir = out_dir.join("adapter");
         peft.save_pretrained(&adir, &SaveOptions::default()).unwrap();
@@ -214,7 +244,7 @@ fn peft_rs_saves_peft_loads_same_outputs() {
                 (n.clone(), read_json(&sub.join("adapter_config.json")))
             })
             .collect();
-        let outputs = rust_outputs(peft, &x, &active);
+        let outputs = rust_outputs(peft, &x, &active, merge);
         assert_differs(&outputs["unmerged"], &outputs["disabled"], 1e-4, &format!("{case}: adapter effect"));
         ours.insert(case, (outputs, configs));
     }
@@ -229,13 +259,9 @@ fn peft_rs_saves_peft_loads_same_outputs() {
 
     for (case, (outputs, configs)) in &ours {
         let peft_out = read_all(&work.path().join(case).join("peft_outputs.safetensors"));
-        for state in STATES {
-            assert_close(
-                &outputs[state],
-                &peft_out[state],
-                ATOL,
-                &format!("{case}: {state} (PEFT loaded ours)"),
-            );
+        assert_eq!(outputs.keys().collect::<Vec<_>>(), peft_out.keys().collect::<Vec<_>>(), "{case}: states");
+        for (state, ours) in outputs {
+            assert_close(ours, &peft_out[state], ATOL, &format!("{case}: {state} (PEFT loaded ours)"));
         }
         let peft_configs = read_json(&work.path().join(case).join("peft_configs.json"));
         for (adapter, ours) in configs {
@@ -318,7 +344,7 @@ fn training_steps_give_peft_identical_adapter_weights() {
     for case in manifest_list("train") {
         let d = root.join("train").join(&case);
         let meta = read_json(&d.join("case.json"));
-        let (vs, model) = base_model(&d, "MLP");
+        let (vs, model) = base_model(&d, meta["model"].as_str().unwrap());
         let (peft, report) =
             PeftModel::from_pretrained(model, &vs, d.join("initial"), LoadOptions::default().trainable())
                 .unwrap();
@@ -335,7 +361,9 @@ fn training_steps_give_peft_identical_adapter_weights() {
         let mut losses = vec![];
         for _ in 0..meta["steps"].as_i64().unwrap() {
             opt.zero_grad();
-            let loss = peft.forward_t(&x, true).nll_loss(&y);
+            let out = peft.forward_t(&x, true);
+            let classes = *out.size().last().unwrap();
+            let loss = out.reshape([-1, classes]).nll_loss(&y.reshape([-1]));
             loss.backward();
             opt.step();
             losses.push(loss.double_value(&[]));
@@ -370,16 +398,7 @@ fn peft_written_configs_parse_and_rewrite_byte_identical() {
             text,
             "{name}: rewritten config differs from PEFT's file"
         );
-        let validation = config.validate();
-        if name == "dora" {
-            let err = validation.unwrap_err();
-            assert!(
-                matches!(&err, PeftError::UnsupportedOption { option, .. } if option == "use_dora"),
-                "{name}: {err}"
-            );
-        } else {
-            validation.unwrap();
-        }
+        config.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
         oracle::record("config", &name);
     }
 }
@@ -435,4 +454,36 @@ fn fp16_base_gets_fp32_adapters_like_peft_autocast() {
     let TestModel::Mlp(mlp) = peft.model() else { unreachable!() };
     let x = Tensor::randn([3, 10], (Kind::Half, Device::Cpu));
     assert_eq!(mlp.lin0.forward(&x).kind(), Kind::Half);
+}
+
+#[test]
+fn dora_eval_cache_follows_reloaded_weights() {
+    let _rng = oracle::rng_guard();
+    let d = fixtures().join("cases").join("dora_linear");
+    let x = read_tensor(&d.join("input.safetensors"), "x");
+    let expected = read_all(&d.join("outputs.safetensors"));
+    let (vs, model) = base_model(&d, "MLP");
+    let (mut peft, _) =
+        PeftModel::from_pretrained(model, &vs, d.join("adapter"), LoadOptions::default()).unwrap();
+    // Frozen and evaluating: the second forward reads the cached norm and must agree with the first.
+    let first = forward(peft.model(), &x);
+    assert_close(&first, &expected["unmerged"], ATOL, "first forward");
+    assert_identical(&forward(peft.model(), &x), &first, "cached forward");
+    // New magnitudes and factors in place: the cache must not hide them.
+    let mut changed = BTreeMap::new();
+    for (k, v) in read_all(&d.join("adapter").join("adapter_model.safetensors")) {
+        changed.insert(k, v * 1.5);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("adapter_model.safetensors");
+    let tensors: Vec<(String, Tensor)> = changed.into_iter().collect();
+    peft_core::io::write_safetensors(&file, &tensors).unwrap();
+    peft.load_adapter_weights("default", &file).unwrap();
+    let after = forward(peft.model(), &x);
+    assert_differs(&after, &first, 1e-4, "reloaded weights change the output");
+    let (vs2, model2) = base_model(&d, "MLP");
+    let (mut fresh, _) =
+        PeftModel::from_pretrained(model2, &vs2, d.join("adapter"), LoadOptions::default()).unwrap();
+    fresh.load_adapter_weights("default", &file).unwrap();
+    assert_identical(&after, &forward(fresh.model(), &x), "reloaded = fresh model with those weights");
 }

@@ -35,13 +35,34 @@ pub trait BaseLayer: fmt::Debug + Send + 'static {
     /// The base parameters with their PyTorch names (`weight`, `bias`), as shallow clones.
     fn named_parameters(&self) -> Vec<(&'static str, Tensor)>;
 
+    /// The weight (and bias) deltas merge into, for bases that have one dense weight (linear,
+    /// convolution, embedding). Quantized bases dequantize on read and re-quantize on write.
+    fn as_weighted(&self) -> Option<&dyn WeightLike> {
+        None
+    }
+
+    /// The mutable weight view (merging writes through it).
+    fn as_weighted_mut(&mut self) -> Option<&mut dyn WeightLike> {
+        None
+    }
+
     /// The linear view of this base, if it is a linear layer (dense, transposed or quantized).
     fn as_linear(&self) -> Option<&dyn LinearLike> {
         None
     }
 
-    /// The mutable linear view (merging writes weights through it).
+    /// The mutable linear view.
     fn as_linear_mut(&mut self) -> Option<&mut dyn LinearLike> {
+        None
+    }
+
+    /// The convolution view (`nn.Conv1d` / `Conv2d` / `Conv3d`).
+    fn as_conv(&self) -> Option<&dyn ConvLike> {
+        None
+    }
+
+    /// The embedding view (`nn.Embedding`).
+    fn as_embedding(&self) -> Option<&dyn EmbeddingLike> {
         None
     }
 
@@ -59,19 +80,10 @@ pub trait BaseLayer: fmt::Debug + Send + 'static {
     fn as_any(&self) -> &dyn Any;
 }
 
-/// What methods need from a linear base: shapes, the (dequantized) weight, and a way to write it back.
-///
-/// The weight is always exposed in the base's storage layout: `(out, in)`, or `(in, out)` when
-/// [`LinearLike::fan_in_fan_out`] is true (GPT-2's `Conv1D`).
-pub trait LinearLike {
-    /// Input features.
-    fn in_features(&self) -> i64;
-    /// Output features.
-    fn out_features(&self) -> i64;
-    /// True when the weight is stored `(in, out)`.
-    fn fan_in_fan_out(&self) -> bool;
-    /// The weight: a shallow clone for dense layers (writes through it change the layer), a fresh
-    /// dequantized tensor for quantized ones.
+/// The dense weight of a base layer: what weight-merging methods read and write.
+pub trait WeightLike {
+    /// The weight in the base's storage layout: a shallow clone for dense layers (writes through it
+    /// change the layer), a fresh dequantized tensor for quantized ones.
     fn weight(&self) -> Tensor;
     /// Overwrites the weight values (no gradient tracking). Dense layers copy in place, quantized ones
     /// re-quantize.
@@ -83,6 +95,111 @@ pub trait LinearLike {
     fn bias(&self) -> Option<Tensor>;
     /// The dtype computations with this layer produce.
     fn compute_kind(&self) -> Kind;
+}
+
+/// What methods need from a linear base: shapes and the (dequantized) weight.
+///
+/// The weight is always exposed in the base's storage layout: `(out, in)`, or `(in, out)` when
+/// [`LinearLike::fan_in_fan_out`] is true (GPT-2's `Conv1D`).
+pub trait LinearLike: WeightLike {
+    /// Input features.
+    fn in_features(&self) -> i64;
+    /// Output features.
+    fn out_features(&self) -> i64;
+    /// True when the weight is stored `(in, out)`.
+    fn fan_in_fan_out(&self) -> bool;
+}
+
+/// The geometry of an N-d convolution, one entry per spatial dimension (`padding_mode` is always
+/// `"zeros"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Kernel size.
+    pub kernel_size: Vec<i64>,
+    /// Stride.
+    pub stride: Vec<i64>,
+    /// Zero padding on both sides.
+    pub padding: Vec<i64>,
+    /// Dilation.
+    pub dilation: Vec<i64>,
+    /// Groups.
+    pub groups: i64,
+}
+
+impl ConvGeometry {
+    /// Number of spatial dimensions (1, 2 or 3).
+    pub fn dims(&self) -> usize {
+        self.kernel_size.len()
+    }
+
+    /// Applies an N-d convolution with this geometry's stride, padding, dilation and groups
+    /// (`F.conv{1,2,3}d`). Like tch's modules, it panics (inside libtorch) on mismatched shapes.
+    pub fn conv(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        conv_nd_t(x, weight, bias, &self.stride, &self.padding, &self.dilation, self.groups)
+    }
+}
+
+/// [`conv_nd`] for forward passes: panics (inside libtorch, like tch's modules) on mismatched shapes.
+pub fn conv_nd_t(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: &[i64],
+    padding: &[i64],
+    dilation: &[i64],
+    groups: i64,
+) -> Tensor {
+    match weight.dim() {
+        3 => x.conv1d(weight, bias, stride, padding, dilation, groups),
+        4 => x.conv2d(weight, bias, stride, padding, dilation, groups),
+        _ => x.conv3d(weight, bias, stride, padding, dilation, groups),
+    }
+}
+
+/// `F.conv{1,2,3}d(x, weight, bias, stride, padding, dilation, groups)`, picked by the weight's rank.
+///
+/// # Errors
+/// A libtorch failure, or a weight that is not 3-, 4- or 5-dimensional.
+pub fn conv_nd(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: &[i64],
+    padding: &[i64],
+    dilation: &[i64],
+    groups: i64,
+) -> std::result::Result<Tensor, tch::TchError> {
+    match weight.dim() {
+        3 => x.f_conv1d(weight, bias, stride, padding, dilation, groups),
+        4 => x.f_conv2d(weight, bias, stride, padding, dilation, groups),
+        5 => x.f_conv3d(weight, bias, stride, padding, dilation, groups),
+        d => Err(tch::TchError::Shape(format!("a convolution weight must have 3 to 5 dimensions, not {d}"))),
+    }
+}
+
+/// What methods need from a convolution base (`nn.Conv1d` / `Conv2d` / `Conv3d`).
+pub trait ConvLike: WeightLike {
+    /// Input channels.
+    fn in_channels(&self) -> i64;
+    /// Output channels.
+    fn out_channels(&self) -> i64;
+    /// Kernel, stride, padding, dilation, groups.
+    fn geometry(&self) -> &ConvGeometry;
+}
+
+/// What methods need from an embedding base (`nn.Embedding`).
+pub trait EmbeddingLike: WeightLike {
+    /// Vocabulary size.
+    fn num_embeddings(&self) -> i64;
+    /// Embedding width.
+    fn embedding_dim(&self) -> i64;
+    /// The padding index, if any (it only affects gradients).
+    fn padding_idx(&self) -> Option<i64>;
+    /// A factor the layer multiplies its output by (Gemma's scaled embeddings); adapters scale their
+    /// contribution by it too.
+    fn embed_scale(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// Per-call options of a forward pass, passed explicitly (no global state), so several threads can run
@@ -150,18 +267,29 @@ pub trait TunerLayer: fmt::Debug + Send + 'static {
     /// Updates the output: `x` is the layer input, `y` the output so far (base plus earlier adapters).
     fn transform_output(&self, base: &dyn BaseLayer, x: &Tensor, y: Tensor, ctx: &ForwardCtx<'_>) -> Tensor;
 
-    /// Merges this adapter into the base weights. With `safe`, the result is computed on a copy and
+    /// Merges this adapter into the base weights. With `ctx.safe`, the result is computed on a copy and
     /// refused (nothing written) if it is not finite.
     ///
     /// # Errors
     /// [`PeftError::NonFiniteMerge`], or a method-specific reason the merge is impossible.
-    fn merge(&mut self, base: &mut dyn BaseLayer, safe: bool) -> Result<()>;
+    fn merge(&mut self, base: &mut dyn BaseLayer, ctx: &MergeCtx<'_>) -> Result<()>;
+
+    /// True for methods whose merge depends on the base weight as the forward pass sees it (DoRA's
+    /// weight norm): when other adapters are merged already, [`AdapterSlots::merge`] then hands the
+    /// weight without them in [`MergeCtx::unmerged_base_weight`].
+    fn merge_needs_unmerged_base(&self) -> bool {
+        false
+    }
 
     /// Removes this adapter's contribution from the base weights (the inverse of [`TunerLayer::merge`]).
     ///
     /// # Errors
     /// A method-specific reason the unmerge is impossible.
     fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()>;
+
+    /// Called after the adapter's tensors were overwritten in place (loading, hotswapping): drop anything
+    /// derived from them.
+    fn weights_changed(&mut self) {}
 
     /// A PEFT-style description (`lora.Linear(in_features=10, out_features=20, r=8)`).
     fn describe(&self) -> String;
@@ -171,6 +299,23 @@ pub trait TunerLayer: fmt::Debug + Send + 'static {
 
     /// The mutable concrete type.
     fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// What [`TunerLayer::merge`] gets besides the base.
+#[derive(Clone, Copy, Debug)]
+pub struct MergeCtx<'a> {
+    /// Compute on a copy and refuse a non-finite result (nothing is written then).
+    pub safe: bool,
+    /// For tuners that ask for it ([`TunerLayer::merge_needs_unmerged_base`]) while other adapters are
+    /// merged: the base weight with those taken out. `None`: the base weight is unmerged as it is.
+    pub unmerged_base_weight: Option<&'a Tensor>,
+}
+
+impl MergeCtx<'_> {
+    /// A plain merge (`safe` or not) without an unmerged-weight override.
+    pub fn new(safe: bool) -> Self {
+        MergeCtx { safe, unmerged_base_weight: None }
+    }
 }
 
 /// The adapters of one layer and their state: which exist (in insertion order), which are active,
@@ -292,10 +437,7 @@ impl AdapterSlots {
             .collect();
         let mut done = Vec::new();
         for name in todo {
-            let res = match self.adapters.get_mut(&name) {
-                Some(adapter) => adapter.merge(base, safe),
-                None => Ok(()),
-            };
+            let res = self.merge_one(base, &name, safe);
             if let Err(e) = res {
                 for undo in done.iter().rev() {
                     if let Some(adapter) = self.adapters.get_mut(undo) {
@@ -309,6 +451,40 @@ impl AdapterSlots {
             done.push(name);
         }
         Ok(())
+    }
+
+    /// Merges one adapter. For tuners that need the unmerged base weight while others are merged, PEFT's
+    /// procedure: unmerge the merged ones (last first), copy the weight, merge them again, then merge this
+    /// one with the copy as its reference.
+    fn merge_one(&mut self, base: &mut dyn BaseLayer, name: &str, safe: bool) -> Result<()> {
+        let needs = self.adapters.get(name).is_some_and(|a| a.merge_needs_unmerged_base());
+        let reference = if needs && !self.merged.is_empty() {
+            let merged = self.merged.clone();
+            self.unmerge_to(base, 0)?;
+            let weight = base
+                .as_weighted()
+                .ok_or_else(|| {
+                    PeftError::Invalid(format!("a {} layer has no weight to merge into", base.kind()))
+                })?
+                .weight();
+            let copy =
+                weight.f_detach_copy().map_err(PeftError::torch("copying the unmerged base weight"))?;
+            let ctx = MergeCtx { safe, unmerged_base_weight: Some(&copy) };
+            for m in merged {
+                if let Some(adapter) = self.adapters.get_mut(&m) {
+                    adapter.merge(base, &ctx)?;
+                }
+                self.merged.push(m);
+            }
+            Some(copy)
+        } else {
+            None
+        };
+        let ctx = MergeCtx { safe, unmerged_base_weight: reference.as_ref() };
+        match self.adapters.get_mut(name) {
+            Some(adapter) => adapter.merge(base, &ctx),
+            None => Ok(()),
+        }
     }
 
     /// Unmerges the adapters merged after the first `keep` ones, last merged first (rollback of a

@@ -30,7 +30,10 @@ pub mod status;
 pub use adaptable::Adaptable;
 pub use config::{AdapterConfig, BiasMode, LayerInit};
 pub use error::{PeftError, Result};
-pub use layer::{AdaptableLayer, AdaptedLayer, AdapterSlots, BaseLayer, ForwardCtx, LinearLike, TunerLayer};
+pub use layer::{
+    AdaptableLayer, AdaptedLayer, AdapterSlots, BaseLayer, ConvGeometry, ConvLike, EmbeddingLike, ForwardCtx,
+    LinearLike, MergeCtx, TunerLayer, WeightLike,
+};
 pub use model::{
     inspect_targets, AdapterOptions, AdaptersDisabled, LoadOptions, LoadReport, PeftModel, SaveOptions,
 };

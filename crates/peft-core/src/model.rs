@@ -901,8 +901,9 @@ impl<M: Adaptable> PeftModel<M> {
         }
         let file = io::read_safetensors(path)?;
         let mut expected: BTreeMap<String, Tensor> = self.adapter_state_dict(name)?.into_iter().collect();
+        // Check everything before writing anything, so a bad file leaves the adapter as it was.
         let mut unexpected = Vec::new();
-        let mut count = 0;
+        let mut pairs = Vec::with_capacity(file.len());
         for lt in file {
             // Files written by `inject_adapter_in_model` (transformers/diffusers integrations) lack the
             // `base_model.model.` prefix.
@@ -911,7 +912,7 @@ impl<M: Adaptable> PeftModel<M> {
             } else {
                 format!("{PEFT_PREFIX}{}", lt.key)
             };
-            let Some(mut dst) = expected.remove(&key) else {
+            let Some(dst) = expected.remove(&key) else {
                 unexpected.push(lt.key);
                 continue;
             };
@@ -923,12 +924,7 @@ impl<M: Adaptable> PeftModel<M> {
                     found: lt.tensor.size(),
                 });
             }
-            tch::no_grad(|| dst.f_copy_(&lt.tensor)).map_err(PeftError::torch(format!(
-                "loading `{}` from {}",
-                lt.key,
-                path.display()
-            )))?;
-            count += 1;
+            pairs.push((dst, lt));
         }
         if !unexpected.is_empty() {
             return Err(PeftError::UnexpectedKeys { path: path.to_path_buf(), keys: unexpected });
@@ -939,7 +935,27 @@ impl<M: Adaptable> PeftModel<M> {
                 keys: expected.into_keys().collect(),
             });
         }
+        let count = pairs.len();
+        for (mut dst, lt) in pairs {
+            tch::no_grad(|| dst.f_copy_(&lt.tensor)).map_err(PeftError::torch(format!(
+                "loading `{}` from {}",
+                lt.key,
+                path.display()
+            )))?;
+        }
+        self.weights_changed(name);
         Ok(count)
+    }
+
+    /// Tells every layer of adapter `name` that its tensors were overwritten (caches derived from them
+    /// are dropped).
+    fn weights_changed(&mut self, name: &str) {
+        let _ = self.model.visit_layers_mut(&mut |layer| {
+            if let Some(t) = layer.parts_mut().1.get_mut(name) {
+                t.weights_changed();
+            }
+            Ok(())
+        });
     }
 
     /// Every parameter under PEFT's in-memory name, in the order PEFT's `named_parameters()` lists the

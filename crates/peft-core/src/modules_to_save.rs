@@ -10,7 +10,7 @@
 //! `base_model.model.<module>.<param>` — the same as PEFT writes.
 
 use crate::error::{PeftError, Result};
-use crate::layer::{BaseLayer, ForwardCtx, TunerLayer};
+use crate::layer::{BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use std::any::Any;
 use tch::Tensor;
 
@@ -89,7 +89,7 @@ impl TunerLayer for ModulesToSave {
     }
 
     /// Writes the trained copy into the base (what PEFT's `merge_and_unload` leaves in place of the wrapper).
-    fn merge(&mut self, base: &mut dyn BaseLayer, _safe: bool) -> Result<()> {
+    fn merge(&mut self, base: &mut dyn BaseLayer, _ctx: &MergeCtx<'_>) -> Result<()> {
         let params = base.named_parameters();
         let copies = self.copy.named_parameters();
         if params.len() != copies.len() {

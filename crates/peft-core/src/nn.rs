@@ -8,7 +8,7 @@
 
 use crate::error::{PeftError, Result};
 use crate::init;
-use crate::layer::{AdaptedLayer, BaseLayer, LinearLike};
+use crate::layer::{AdaptedLayer, BaseLayer, ConvGeometry, ConvLike, EmbeddingLike, LinearLike, WeightLike};
 use std::any::Any;
 use tch::{nn::Path, Kind, Tensor};
 
@@ -58,6 +58,14 @@ impl BaseLayer for LinearBase {
         v
     }
 
+    fn as_weighted(&self) -> Option<&dyn WeightLike> {
+        Some(self)
+    }
+
+    fn as_weighted_mut(&mut self) -> Option<&mut dyn WeightLike> {
+        Some(self)
+    }
+
     fn as_linear(&self) -> Option<&dyn LinearLike> {
         Some(self)
     }
@@ -67,12 +75,9 @@ impl BaseLayer for LinearBase {
     }
 
     fn copy_to(&self, path: &Path<'_>) -> Result<Box<dyn BaseLayer>> {
-        let copy = |t: &Tensor| t.f_detach_copy().map_err(PeftError::torch("copying a linear layer"));
-        let weight = path.add("weight", copy(&self.weight)?, true);
-        let bias = match &self.bias {
-            Some(b) => Some(path.add("bias", copy(b)?, true)),
-            None => None,
-        };
+        let what = "copying a linear layer";
+        let weight = copy_var(path, "weight", &self.weight, what)?;
+        let bias = self.bias.as_ref().map(|b| copy_var(path, "bias", b, what)).transpose()?;
         Ok(Box::new(LinearBase { weight, bias, fan_in_fan_out: self.fan_in_fan_out }))
     }
 
@@ -103,16 +108,15 @@ impl LinearLike for LinearBase {
     fn fan_in_fan_out(&self) -> bool {
         self.fan_in_fan_out
     }
+}
 
+impl WeightLike for LinearBase {
     fn weight(&self) -> Tensor {
         self.weight.shallow_clone()
     }
 
     fn set_weight(&mut self, value: &Tensor) -> Result<()> {
-        if value.data_ptr() == self.weight.data_ptr() {
-            return Ok(()); // already written through the shallow clone
-        }
-        tch::no_grad(|| self.weight.f_copy_(value)).map_err(PeftError::torch("writing a linear weight"))
+        write_in_place(&mut self.weight, value, "writing a linear weight")
     }
 
     fn bias(&self) -> Option<Tensor> {
@@ -124,7 +128,22 @@ impl LinearLike for LinearBase {
     }
 }
 
-/// An adaptable `nn.Linear` (or `Conv1D`, see [`conv1d`]).
+/// Copies `value` into `dst` without gradient tracking (a no-op when `value` is `dst` itself, e.g. a
+/// shallow clone written through).
+fn write_in_place(dst: &mut Tensor, value: &Tensor, what: &'static str) -> Result<()> {
+    if value.data_ptr() == dst.data_ptr() && value.size() == dst.size() {
+        return Ok(());
+    }
+    tch::no_grad(|| dst.f_copy_(value)).map(drop).map_err(PeftError::torch(what))
+}
+
+/// A detached copy of `t` registered as a trainable variable `name` under `path`.
+fn copy_var(path: &Path<'_>, name: &str, t: &Tensor, what: &'static str) -> Result<Tensor> {
+    let copy = t.f_detach_copy().map_err(PeftError::torch(what))?;
+    Ok(path.add(name, copy, true))
+}
+
+/// An adaptable `nn.Linear` (or `Conv1D`, see [`transformers_conv1d`]).
 pub type Linear = AdaptedLayer<LinearBase>;
 
 /// Options of [`linear`].
@@ -184,7 +203,7 @@ pub fn linear(p: Path<'_>, in_features: i64, out_features: i64, cfg: LinearConfi
 ///
 /// # Errors
 /// A libtorch failure.
-pub fn conv1d(p: Path<'_>, nf: i64, nx: i64) -> Result<Linear> {
+pub fn transformers_conv1d(p: Path<'_>, nf: i64, nx: i64) -> Result<Linear> {
     let mut w = Tensor::f_empty([nx, nf], (Kind::Float, tch::Device::Cpu))
         .map_err(PeftError::torch("allocating a Conv1D weight"))?;
     let bias = Tensor::f_zeros([nf], (Kind::Float, tch::Device::Cpu))
@@ -195,6 +214,12 @@ pub fn conv1d(p: Path<'_>, nf: i64, nx: i64) -> Result<Linear> {
 
 /// Registers CPU-initialised tensors in the path's var store (moved to its device and kind).
 fn register(p: &Path<'_>, w: Tensor, b: Option<Tensor>, fan_in_fan_out: bool) -> Result<LinearBase> {
+    let (weight, bias) = register_params(p, w, b)?;
+    Ok(LinearBase { weight, bias, fan_in_fan_out })
+}
+
+/// Registers `weight` (and `bias`) under `p`, moved to the path's device and kind.
+fn register_params(p: &Path<'_>, w: Tensor, b: Option<Tensor>) -> Result<(Tensor, Option<Tensor>)> {
     if p.get("weight").is_some() {
         // tch would silently rename the variable to `weight__N`; a second layer under one path is a bug.
         return Err(PeftError::DuplicateModuleName { name: path_name(p) });
@@ -208,5 +233,370 @@ fn register(p: &Path<'_>, w: Tensor, b: Option<Tensor>, fan_in_fan_out: bool) ->
         Some(b) => Some(p.add("bias", to(b).map_err(PeftError::torch("moving a bias to its device"))?, true)),
         None => None,
     };
-    Ok(LinearBase { weight, bias, fan_in_fan_out })
+    Ok((weight, bias))
+}
+
+fn cpu_empty(shape: &[i64], what: &'static str) -> Result<Tensor> {
+    Tensor::f_empty(shape, (Kind::Float, tch::Device::Cpu)).map_err(PeftError::torch(what))
+}
+
+fn cpu_zeros(shape: &[i64], what: &'static str) -> Result<Tensor> {
+    Tensor::f_zeros(shape, (Kind::Float, tch::Device::Cpu)).map_err(PeftError::torch(what))
+}
+
+/// A dense N-d convolution base: `nn.Conv1d` / `nn.Conv2d` / `nn.Conv3d` with `padding_mode="zeros"`.
+#[derive(Debug)]
+pub struct ConvBase {
+    /// `(out, in / groups, *kernel)`.
+    pub weight: Tensor,
+    /// `(out,)`.
+    pub bias: Option<Tensor>,
+    /// Kernel, stride, padding, dilation, groups.
+    pub geometry: ConvGeometry,
+}
+
+impl BaseLayer for ConvBase {
+    fn kind(&self) -> &'static str {
+        match self.geometry.dims() {
+            1 => "Conv1d",
+            2 => "Conv2d",
+            _ => "Conv3d",
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.geometry.conv(x, &self.weight, self.bias.as_ref())
+    }
+
+    fn named_parameters(&self) -> Vec<(&'static str, Tensor)> {
+        let mut v = vec![("weight", self.weight.shallow_clone())];
+        if let Some(b) = &self.bias {
+            v.push(("bias", b.shallow_clone()));
+        }
+        v
+    }
+
+    fn as_weighted(&self) -> Option<&dyn WeightLike> {
+        Some(self)
+    }
+
+    fn as_weighted_mut(&mut self) -> Option<&mut dyn WeightLike> {
+        Some(self)
+    }
+
+    fn as_conv(&self) -> Option<&dyn ConvLike> {
+        Some(self)
+    }
+
+    fn copy_to(&self, path: &Path<'_>) -> Result<Box<dyn BaseLayer>> {
+        let what = "copying a convolution";
+        let weight = copy_var(path, "weight", &self.weight, what)?;
+        let bias = self.bias.as_ref().map(|b| copy_var(path, "bias", b, what)).transpose()?;
+        Ok(Box::new(ConvBase { weight, bias, geometry: self.geometry.clone() }))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl WeightLike for ConvBase {
+    fn weight(&self) -> Tensor {
+        self.weight.shallow_clone()
+    }
+
+    fn set_weight(&mut self, value: &Tensor) -> Result<()> {
+        write_in_place(&mut self.weight, value, "writing a convolution weight")
+    }
+
+    fn bias(&self) -> Option<Tensor> {
+        self.bias.as_ref().map(Tensor::shallow_clone)
+    }
+
+    fn compute_kind(&self) -> Kind {
+        self.weight.kind()
+    }
+}
+
+impl ConvLike for ConvBase {
+    fn in_channels(&self) -> i64 {
+        self.weight.size().get(1).copied().unwrap_or(0) * self.geometry.groups
+    }
+
+    fn out_channels(&self) -> i64 {
+        self.weight.size().first().copied().unwrap_or(0)
+    }
+
+    fn geometry(&self) -> &ConvGeometry {
+        &self.geometry
+    }
+}
+
+/// An adaptable `nn.Conv1d` / `Conv2d` / `Conv3d`.
+pub type Conv = AdaptedLayer<ConvBase>;
+
+/// Options of [`conv1d`], [`conv2d`] and [`conv3d`], like PyTorch's constructor arguments. A single-entry
+/// `stride` / `padding` / `dilation` applies to every spatial dimension.
+#[derive(Clone, Debug)]
+pub struct ConvConfig {
+    /// Stride.
+    pub stride: Vec<i64>,
+    /// Zero padding.
+    pub padding: Vec<i64>,
+    /// Dilation.
+    pub dilation: Vec<i64>,
+    /// Groups (`in` and `out` must be divisible by it).
+    pub groups: i64,
+    /// Whether the layer has a bias.
+    pub bias: bool,
+    /// Initialise like PyTorch (drawing random numbers); `false` allocates zeros.
+    pub init: bool,
+}
+
+impl Default for ConvConfig {
+    fn default() -> Self {
+        Self { stride: vec![1], padding: vec![0], dilation: vec![1], groups: 1, bias: true, init: true }
+    }
+}
+
+fn per_dim(v: &[i64], dims: usize, what: &str) -> Result<Vec<i64>> {
+    match v.len() {
+        1 => Ok(vec![v[0]; dims]),
+        n if n == dims => Ok(v.to_vec()),
+        n => Err(PeftError::Invalid(format!("{what} has {n} entries for a {dims}-d convolution"))),
+    }
+}
+
+/// An adaptable N-d convolution (`dims` = 1, 2 or 3) with weights under `p`, initialised like
+/// PyTorch's `_ConvNd.reset_parameters` (`kaiming_uniform_(a=√5)` weight, `U(±1/√fan_in)` bias).
+///
+/// # Errors
+/// Channels not divisible by `groups`, option lengths that do not fit `dims`, or a libtorch failure.
+pub fn conv(
+    p: Path<'_>,
+    dims: usize,
+    in_channels: i64,
+    out_channels: i64,
+    kernel_size: &[i64],
+    cfg: ConvConfig,
+) -> Result<Conv> {
+    if !(1..=3).contains(&dims) {
+        return Err(PeftError::Invalid(format!("convolutions have 1 to 3 spatial dimensions, not {dims}")));
+    }
+    if cfg.groups < 1 || in_channels % cfg.groups != 0 || out_channels % cfg.groups != 0 {
+        return Err(PeftError::Invalid(format!(
+            "`{}`: in_channels {in_channels} and out_channels {out_channels} must be divisible by groups {}",
+            path_name(&p),
+            cfg.groups
+        )));
+    }
+    let geometry = ConvGeometry {
+        kernel_size: per_dim(kernel_size, dims, "kernel_size")?,
+        stride: per_dim(&cfg.stride, dims, "stride")?,
+        padding: per_dim(&cfg.padding, dims, "padding")?,
+        dilation: per_dim(&cfg.dilation, dims, "dilation")?,
+        groups: cfg.groups,
+    };
+    let mut shape = vec![out_channels, in_channels / cfg.groups];
+    shape.extend(&geometry.kernel_size);
+    let what = "allocating a convolution";
+    let (w, b) = if cfg.init {
+        let mut w = cpu_empty(&shape, what)?;
+        init::kaiming_uniform_(&mut w, 5f64.sqrt())?;
+        let b = if cfg.bias {
+            let mut b = cpu_empty(&[out_channels], what)?;
+            init::bias_uniform_(&mut b, init::fan_in(&w))?;
+            Some(b)
+        } else {
+            None
+        };
+        (w, b)
+    } else {
+        (cpu_zeros(&shape, what)?, if cfg.bias { Some(cpu_zeros(&[out_channels], what)?) } else { None })
+    };
+    let (weight, bias) = register_params(&p, w, b)?;
+    Ok(AdaptedLayer::new(path_name(&p), ConvBase { weight, bias, geometry }))
+}
+
+/// An adaptable `nn.Conv1d(in, out, kernel_size, …)`; see [`conv`].
+///
+/// # Errors
+/// As [`conv`].
+pub fn conv1d(
+    p: Path<'_>,
+    in_channels: i64,
+    out_channels: i64,
+    kernel_size: i64,
+    cfg: ConvConfig,
+) -> Result<Conv> {
+    conv(p, 1, in_channels, out_channels, &[kernel_size], cfg)
+}
+
+/// An adaptable `nn.Conv2d(in, out, kernel_size, …)` (one entry of `kernel_size` per dimension, or one
+/// for both); see [`conv`].
+///
+/// # Errors
+/// As [`conv`].
+pub fn conv2d(
+    p: Path<'_>,
+    in_channels: i64,
+    out_channels: i64,
+    kernel_size: &[i64],
+    cfg: ConvConfig,
+) -> Result<Conv> {
+    conv(p, 2, in_channels, out_channels, kernel_size, cfg)
+}
+
+/// An adaptable `nn.Conv3d(in, out, kernel_size, …)`; see [`conv`].
+///
+/// # Errors
+/// As [`conv`].
+pub fn conv3d(
+    p: Path<'_>,
+    in_channels: i64,
+    out_channels: i64,
+    kernel_size: &[i64],
+    cfg: ConvConfig,
+) -> Result<Conv> {
+    conv(p, 3, in_channels, out_channels, kernel_size, cfg)
+}
+
+/// An embedding base: `nn.Embedding` (`max_norm` unsupported), optionally with an output scale
+/// (Gemma's `ScaledWordEmbedding`).
+#[derive(Debug)]
+pub struct EmbeddingBase {
+    /// `(num_embeddings, embedding_dim)`.
+    pub weight: Tensor,
+    /// Rows whose gradient is zeroed (and which PyTorch initialises to zero).
+    pub padding_idx: Option<i64>,
+    /// Output scale, if any.
+    pub embed_scale: Option<f64>,
+}
+
+impl BaseLayer for EmbeddingBase {
+    fn kind(&self) -> &'static str {
+        "Embedding"
+    }
+
+    fn forward(&self, ids: &Tensor) -> Tensor {
+        let y = Tensor::embedding(&self.weight, ids, self.padding_idx.unwrap_or(-1), false, false);
+        match self.embed_scale {
+            Some(s) => y * Tensor::from(s).to_kind(self.weight.kind()),
+            None => y,
+        }
+    }
+
+    fn named_parameters(&self) -> Vec<(&'static str, Tensor)> {
+        vec![("weight", self.weight.shallow_clone())]
+    }
+
+    fn as_weighted(&self) -> Option<&dyn WeightLike> {
+        Some(self)
+    }
+
+    fn as_weighted_mut(&mut self) -> Option<&mut dyn WeightLike> {
+        Some(self)
+    }
+
+    fn as_embedding(&self) -> Option<&dyn EmbeddingLike> {
+        Some(self)
+    }
+
+    fn copy_to(&self, path: &Path<'_>) -> Result<Box<dyn BaseLayer>> {
+        let weight = copy_var(path, "weight", &self.weight, "copying an embedding")?;
+        Ok(Box::new(EmbeddingBase { weight, padding_idx: self.padding_idx, embed_scale: self.embed_scale }))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl WeightLike for EmbeddingBase {
+    fn weight(&self) -> Tensor {
+        self.weight.shallow_clone()
+    }
+
+    fn set_weight(&mut self, value: &Tensor) -> Result<()> {
+        write_in_place(&mut self.weight, value, "writing an embedding weight")
+    }
+
+    fn bias(&self) -> Option<Tensor> {
+        None
+    }
+
+    fn compute_kind(&self) -> Kind {
+        self.weight.kind()
+    }
+}
+
+impl EmbeddingLike for EmbeddingBase {
+    fn num_embeddings(&self) -> i64 {
+        self.weight.size().first().copied().unwrap_or(0)
+    }
+
+    fn embedding_dim(&self) -> i64 {
+        self.weight.size().get(1).copied().unwrap_or(0)
+    }
+
+    fn padding_idx(&self) -> Option<i64> {
+        self.padding_idx
+    }
+
+    fn embed_scale(&self) -> Option<f64> {
+        self.embed_scale
+    }
+}
+
+/// An adaptable `nn.Embedding`.
+pub type Embedding = AdaptedLayer<EmbeddingBase>;
+
+/// Options of [`embedding`].
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddingConfig {
+    /// `padding_idx` (negative values count from the end, as in PyTorch).
+    pub padding_idx: Option<i64>,
+    /// Initialise like PyTorch (`normal_(0, 1)`, padding row zeroed); `false` allocates zeros.
+    pub init: bool,
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        Self { padding_idx: None, init: true }
+    }
+}
+
+/// An adaptable `nn.Embedding(num_embeddings, embedding_dim)` with its weight under `p/weight`.
+///
+/// # Errors
+/// A `padding_idx` outside the vocabulary, or a libtorch failure.
+pub fn embedding(
+    p: Path<'_>,
+    num_embeddings: i64,
+    embedding_dim: i64,
+    cfg: EmbeddingConfig,
+) -> Result<Embedding> {
+    let padding_idx = match cfg.padding_idx {
+        Some(i) if i >= num_embeddings || i < -num_embeddings => {
+            return Err(PeftError::Invalid(format!(
+                "`{}`: padding_idx {i} must be within num_embeddings {num_embeddings}",
+                path_name(&p)
+            )))
+        }
+        Some(i) if i < 0 => Some(num_embeddings + i),
+        other => other,
+    };
+    let what = "allocating an embedding";
+    let w = if cfg.init {
+        let mut w = cpu_empty(&[num_embeddings, embedding_dim], what)?;
+        init::normal_(&mut w, 0.0, 1.0)?;
+        if let Some(i) = padding_idx {
+            tch::no_grad(|| w.get(i).f_fill_(0.0)).map(drop).map_err(PeftError::torch(what))?;
+        }
+        w
+    } else {
+        cpu_zeros(&[num_embeddings, embedding_dim], what)?
+    };
+    let (weight, _) = register_params(&p, w, None)?;
+    Ok(AdaptedLayer::new(path_name(&p), EmbeddingBase { weight, padding_idx, embed_scale: None }))
 }

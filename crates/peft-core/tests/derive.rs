@@ -100,7 +100,7 @@ fn two_layers_under_one_path_are_an_error_not_a_silent_rename() {
 fn layers_compute_like_pytorch_modules() {
     let vs = VarStore::new(tch::Device::Cpu);
     let l = nn::linear(vs.root() / "l", 3, 4, Default::default()).unwrap();
-    let c = nn::conv1d(vs.root() / "c", 4, 3).unwrap();
+    let c = nn::transformers_conv1d(vs.root() / "c", 4, 3).unwrap();
     let x = tch::Tensor::randn([2, 5, 3], tch::kind::FLOAT_CPU);
     let w = &l.base().weight;
     let want = x.matmul(&w.tr()) + l.base().bias.as_ref().unwrap();

@@ -431,9 +431,6 @@ impl AdapterConfig for LoraConfig {
                 return Err(reject("init_lora_weights", s, "implemented: true, false, \"gaussian\""));
             }
         }
-        if self.use_dora {
-            return Err(reject("use_dora", &true, ""));
-        }
         if let Some(t) = &self.trainable_token_indices {
             return Err(reject("trainable_token_indices", t, ""));
         }
@@ -488,7 +485,7 @@ impl AdapterConfig for LoraConfig {
     }
 
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
-        crate::layer::LoraLinear::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
+        crate::layer::LoraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
 
     fn clone_box(&self) -> Box<dyn AdapterConfig> {

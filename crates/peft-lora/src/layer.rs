@@ -1,45 +1,108 @@
-//! LoRA on linear layers (`nn.Linear` and GPT-2's `Conv1D`): PEFT's `lora.Linear`.
+//! LoRA on one layer: PEFT's `lora.Linear`, `lora.Embedding` and `lora.Conv1d/2d/3d` as one type.
 //!
-//! With `x` of shape `(…, in)`, `A` `(r, in)`, `B` `(out, r)` and `s = lora_alpha / r` (or
-//! `lora_alpha / sqrt(r)` with rsLoRA):
+//! With `s = lora_alpha / r` (or `lora_alpha / sqrt(r)` with rsLoRA):
 //!
 //! ```text
-//! y = base(x) + B(A(dropout(x))) · s          (B carries a bias with lora_bias)
-//! ΔW = (B @ A) · s, transposed to (in, out) for fan_in_fan_out bases
+//! Linear     y = base(x) + B(A(dropout(x))) · s            A (r, in), B (out, r)
+//! Embedding  y = base(ids) + embed(ids, Aᵀ) · Bᵀ · s        A (r, vocab), B (dim, r); no dropout
+//! ConvNd     y = base(x) + convB(convA(dropout(x))) · s    A (r, in, *kernel), B (out, r/groups, 1, …)
 //! ```
 //!
-//! Every op is the ATen op PEFT calls (`linear`, `matmul`, `add`, `mul`, `dropout`), in PEFT's order, so
+//! `convA` uses the base's kernel, stride and padding; `convB` is a 1×…×1 convolution with the base's
+//! groups. The delta weights (for merging) and DoRA (see [`crate::dora`]) follow PEFT op for op, so
 //! results are bit-identical on the same libtorch.
 
 use crate::config::{InitLoraWeights, LoraConfig, PEFT_TYPE};
+use crate::dora::Dora;
 use peft_core::config::LayerInit;
 use peft_core::error::{PeftError, Result};
 use peft_core::init;
-use peft_core::layer::{all_finite, BaseLayer, ForwardCtx, LinearLike, TunerLayer};
+use peft_core::layer::{
+    all_finite, conv_nd_t, BaseLayer, ConvGeometry, ForwardCtx, MergeCtx, TunerLayer, WeightLike,
+};
 use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
-/// One LoRA adapter on one linear layer.
+type TchResult<T> = std::result::Result<T, tch::TchError>;
+
+/// The PEFT layer class an adapter mirrors, with what its computation needs from the base.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LoraKind {
+    /// `lora.Linear` on `nn.Linear`, or on transformers' `Conv1D` (weight stored `(in, out)`).
+    Linear {
+        /// The base weight is stored `(in, out)`.
+        fan_in_fan_out: bool,
+    },
+    /// `lora.Embedding` on `nn.Embedding`.
+    Embedding {
+        /// The base's padding index (only affects gradients).
+        padding_idx: Option<i64>,
+        /// The base's output scale (Gemma); applied to the adapter's contribution too.
+        embed_scale: Option<f64>,
+    },
+    /// `lora.Conv1d` / `Conv2d` / `Conv3d`.
+    Conv {
+        /// The base's kernel, stride, padding, dilation and groups.
+        geometry: ConvGeometry,
+    },
+}
+
+impl LoraKind {
+    /// PEFT's class name (`Linear`, `Embedding`, `Conv2d`, …).
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            LoraKind::Linear { .. } => "Linear",
+            LoraKind::Embedding { .. } => "Embedding",
+            LoraKind::Conv { geometry } => match geometry.dims() {
+                1 => "Conv1d",
+                2 => "Conv2d",
+                _ => "Conv3d",
+            },
+        }
+    }
+
+    /// The in-memory names of A and B relative to the layer, for `adapter`.
+    fn tensor_names(&self, adapter: &str) -> (String, String, String) {
+        match self {
+            LoraKind::Embedding { .. } => (
+                format!("lora_embedding_A.{adapter}"),
+                format!("lora_embedding_B.{adapter}"),
+                format!("lora_embedding_B.{adapter}.bias"),
+            ),
+            _ => (
+                format!("lora_A.{adapter}.weight"),
+                format!("lora_B.{adapter}.weight"),
+                format!("lora_B.{adapter}.bias"),
+            ),
+        }
+    }
+}
+
+/// One LoRA adapter on one layer.
 #[derive(Debug)]
-pub struct LoraLinear {
+pub struct LoraLayer {
     adapter: String,
     module: String,
+    /// The layer class and base geometry.
+    pub kind: LoraKind,
     /// Rank.
     pub r: i64,
     /// Alpha.
     pub lora_alpha: f64,
-    /// The factor applied to `B(A(x))`.
+    /// rsLoRA (`scaling = alpha / sqrt(r)`).
+    pub use_rslora: bool,
+    /// The factor applied to the adapter's contribution.
     pub scaling: f64,
-    /// Dropout probability on the LoRA path.
+    /// Dropout probability on the LoRA input path (not used by embeddings, as in PEFT).
     pub dropout: f64,
-    /// Base weight stored `(in, out)`.
-    pub fan_in_fan_out: bool,
-    /// `A`, `(r, in)`.
+    /// `A`: `(r, in)`, `(r, vocab)` or `(r, in, *kernel)`.
     pub lora_a: Tensor,
-    /// `B`, `(out, r)`.
+    /// `B`: `(out, r)`, `(dim, r)` or `(out, r / groups, 1, …)`.
     pub lora_b: Tensor,
     /// `B`'s bias, `(out,)`, with `lora_bias`.
     pub lora_b_bias: Option<Tensor>,
+    /// DoRA's magnitude and caches, with `use_dora`.
+    pub dora: Option<Dora>,
     in_features: i64,
     out_features: i64,
 }
@@ -48,39 +111,64 @@ fn alloc(shape: &[i64]) -> Result<Tensor> {
     Tensor::f_empty(shape, (Kind::Float, Device::Cpu)).map_err(PeftError::torch("allocating LoRA weights"))
 }
 
-impl LoraLinear {
-    /// Creates the adapter as PEFT's `LoraLayer.update_layer` does, drawing the same random numbers in
-    /// the same order: `nn.Linear(in, r)` and `nn.Linear(r, out)` constructors (kaiming-uniform weights,
-    /// uniform bias), then `reset_lora_parameters`; tensors are made on the CPU in fp32, moved to the base
+/// `peft.utils.other.transpose`.
+pub(crate) fn transpose(w: &Tensor, fan_in_fan_out: bool) -> TchResult<Tensor> {
+    if fan_in_fan_out {
+        w.f_tr()
+    } else {
+        Ok(w.shallow_clone())
+    }
+}
+
+impl LoraLayer {
+    /// Creates the adapter as PEFT's `update_layer` of the matching layer class does, drawing the same
+    /// random numbers in the same order (the `nn.Linear` / `nn.ConvNd` constructors or `torch.randn` for
+    /// embeddings, then `reset_lora_parameters`); tensors are made on the CPU in fp32, moved to the base
     /// layer's device and float dtype, and upcast to fp32 when `autocast_adapter_dtype` is set.
     ///
     /// # Errors
-    /// [`PeftError::UnsupportedLayer`] for a non-linear base.
+    /// [`PeftError::UnsupportedLayer`] for a base PEFT's LoRA cannot adapt, and PEFT's errors for
+    /// invalid combinations (rank not divisible by the conv groups, `lora_bias` on embeddings, …).
     pub fn create(config: &mut LoraConfig, ctx: &mut LayerInit<'_, '_>) -> Result<Self> {
-        let Some(lin) = ctx.base.as_linear() else {
-            return Err(
-                ctx.unsupported(PEFT_TYPE, "peft-lora supports linear layers (nn.Linear, Conv1D) so far")
-            );
-        };
-        let (in_features, out_features) = (lin.in_features(), lin.out_features());
-        let base_fifo = lin.fan_in_fan_out();
-        let weight = lin.weight();
-        let has_base_bias = lin.bias().is_some();
+        let (kind, in_features, out_features, weight, has_base_bias) = Self::inspect_base(config, ctx)?;
         let (device, base_kind) = (weight.device(), weight.kind());
-        if config.fan_in_fan_out != base_fifo {
-            // PEFT corrects the config object itself, so the saved config carries the corrected value.
-            ctx.warn(if base_fifo {
-                "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True."
-            } else {
-                "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False."
-            });
-            config.fan_in_fan_out = base_fifo;
-        }
         let (r, lora_alpha) = config.rank_and_alpha(ctx.module_name)?;
         if r <= 0 {
             return Err(PeftError::Invalid(format!(
                 "`r` should be a positive integer value but the value passed is {r}"
             )));
+        }
+        match &kind {
+            LoraKind::Embedding { .. } if config.lora_bias => {
+                return Err(PeftError::Invalid(format!(
+                    "lora_bias=True is not supported for Embedding (`{}`)",
+                    ctx.module_name
+                )))
+            }
+            LoraKind::Conv { geometry } => {
+                if geometry.groups > 1 {
+                    ctx.warn("LoRA adapter added to ConvNd layer with groups > 1. Merging is not supported.");
+                }
+                if r % geometry.groups != 0 {
+                    return Err(PeftError::Invalid(format!(
+                        "Targeting a {} with groups={} and rank {r}. Currently, support is limited to conv layers \
+                         where the rank is divisible by groups. Either choose a different rank or do not target \
+                         this specific layer (`{}`).",
+                        kind.class_name(),
+                        geometry.groups,
+                        ctx.module_name
+                    )));
+                }
+                if geometry.dilation.iter().any(|&d| d != 1) {
+                    // PEFT builds lora_A without the base's dilation, so the shapes would not add up in
+                    // the forward pass; refuse up front instead.
+                    return Err(ctx.unsupported(
+                        PEFT_TYPE,
+                        "LoRA's lora_A convolution ignores dilation, so a dilated base cannot be adapted",
+                    ));
+                }
+            }
+            _ => {}
         }
         if config.lora_bias && !has_base_bias {
             ctx.warn(format!(
@@ -89,45 +177,8 @@ impl LoraLinear {
                 ctx.module_name
             ));
         }
-        let sqrt5 = 5f64.sqrt();
-        // nn.Linear(in, r, bias=False)
-        let mut a = alloc(&[r, in_features])?;
-        init::kaiming_uniform_(&mut a, sqrt5)?;
-        // nn.Linear(r, out, bias=lora_bias)
-        let mut b = alloc(&[out_features, r])?;
-        init::kaiming_uniform_(&mut b, sqrt5)?;
-        let mut b_bias = None;
-        if config.lora_bias {
-            let mut bb = alloc(&[out_features])?;
-            init::bias_uniform_(&mut bb, r)?;
-            b_bias = Some(bb);
-        }
-        // reset_lora_parameters
-        match &config.init_lora_weights {
-            InitLoraWeights::Bool(false) => {}
-            InitLoraWeights::Bool(true) => {
-                init::kaiming_uniform_(&mut a, sqrt5)?;
-                init::zeros_(&mut b)?;
-                if let Some(bb) = b_bias.as_mut() {
-                    init::zeros_(bb)?;
-                }
-            }
-            InitLoraWeights::Scheme(s) if s.eq_ignore_ascii_case("gaussian") => {
-                init::normal_(&mut a, 0.0, 1.0 / r as f64)?;
-                init::zeros_(&mut b)?;
-                if let Some(bb) = b_bias.as_mut() {
-                    init::zeros_(bb)?;
-                }
-            }
-            InitLoraWeights::Scheme(s) => {
-                return Err(peft_core::config::unsupported_option(
-                    PEFT_TYPE,
-                    "init_lora_weights",
-                    &serde_json::Value::String(s.clone()),
-                    "",
-                ))
-            }
-        }
+        let (mut a, mut b, mut b_bias) = Self::draw(&kind, r, in_features, out_features, config.lora_bias)?;
+        Self::reset(&kind, &config.init_lora_weights, r, &mut a, &mut b, b_bias.as_mut())?;
         // _move_adapter_to_device_of_base_layer, then autocast_adapter_dtype.
         let target_kind = match base_kind {
             Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double => base_kind,
@@ -144,28 +195,176 @@ impl LoraLinear {
                 .map_err(PeftError::torch("moving LoRA weights to the base layer's device"))
         };
         let adapter = ctx.adapter_name.to_string();
-        let pa = &ctx.path / "lora_A" / &adapter;
-        let pb = &ctx.path / "lora_B" / &adapter;
-        let lora_a = pa.add("weight", place(a)?, true);
-        let lora_b = pb.add("weight", place(b)?, true);
-        let lora_b_bias = match b_bias {
-            Some(bb) => Some(pb.add("bias", place(bb)?, true)),
-            None => None,
+        let (lora_a, lora_b, lora_b_bias) = match &kind {
+            LoraKind::Embedding { .. } => {
+                let a = (&ctx.path / "lora_embedding_A").add(&adapter, place(a)?, true);
+                let b = (&ctx.path / "lora_embedding_B").add(&adapter, place(b)?, true);
+                (a, b, None)
+            }
+            _ => {
+                let pa = &ctx.path / "lora_A" / &adapter;
+                let pb = &ctx.path / "lora_B" / &adapter;
+                let a = pa.add("weight", place(a)?, true);
+                let b_t = pb.add("weight", place(b)?, true);
+                let bb = match b_bias.take() {
+                    Some(bb) => Some(pb.add("bias", place(bb)?, true)),
+                    None => None,
+                };
+                (a, b_t, bb)
+            }
         };
-        Ok(Self {
+        let mut layer = Self {
             adapter,
             module: ctx.module_name.to_string(),
+            kind,
             r,
             lora_alpha,
+            use_rslora: config.use_rslora,
             scaling: config.scaling_for(r, lora_alpha),
             dropout: config.lora_dropout,
-            fan_in_fan_out: base_fifo,
             lora_a,
             lora_b,
             lora_b_bias,
+            dora: None,
             in_features,
             out_features,
-        })
+        };
+        if config.use_dora {
+            let magnitude = Dora::initial_magnitude(&layer, ctx.base)?;
+            let path = &ctx.path / "lora_magnitude_vector" / &layer.adapter;
+            layer.dora = Some(Dora::new(path.add("weight", magnitude, true)));
+        }
+        Ok(layer)
+    }
+
+    /// The layer class, features, weight and whether the base has a bias; corrects `fan_in_fan_out` as
+    /// PEFT's `dispatch_default` does.
+    fn inspect_base(
+        config: &mut LoraConfig,
+        ctx: &mut LayerInit<'_, '_>,
+    ) -> Result<(LoraKind, i64, i64, Tensor, bool)> {
+        if let Some(lin) = ctx.base.as_linear() {
+            let base_fifo = lin.fan_in_fan_out();
+            let out = (
+                LoraKind::Linear { fan_in_fan_out: base_fifo },
+                lin.in_features(),
+                lin.out_features(),
+                lin.weight(),
+                lin.bias().is_some(),
+            );
+            if config.fan_in_fan_out != base_fifo {
+                // PEFT corrects the config object itself, so the saved config carries the corrected value.
+                ctx.warn(if base_fifo {
+                    "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True."
+                } else {
+                    "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False."
+                });
+                config.fan_in_fan_out = base_fifo;
+            }
+            return Ok(out);
+        }
+        if let Some(emb) = ctx.base.as_embedding() {
+            return Ok((
+                LoraKind::Embedding { padding_idx: emb.padding_idx(), embed_scale: emb.embed_scale() },
+                emb.num_embeddings(),
+                emb.embedding_dim(),
+                emb.weight(),
+                false,
+            ));
+        }
+        if let Some(conv) = ctx.base.as_conv() {
+            return Ok((
+                LoraKind::Conv { geometry: conv.geometry().clone() },
+                conv.in_channels(),
+                conv.out_channels(),
+                conv.weight(),
+                conv.bias().is_some(),
+            ));
+        }
+        Err(ctx.unsupported(
+            PEFT_TYPE,
+            "LoRA adapts torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d/2d/3d and transformers' Conv1D",
+        ))
+    }
+
+    /// The module constructors' draws: `nn.Linear(in, r)` + `nn.Linear(r, out)`, `torch.randn` twice for
+    /// embeddings, `ConvNd(in, r, kernel)` + `ConvNd(r, out, 1…, groups)` for convolutions.
+    fn draw(
+        kind: &LoraKind,
+        r: i64,
+        in_features: i64,
+        out_features: i64,
+        lora_bias: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let sqrt5 = 5f64.sqrt();
+        let (a_shape, b_shape) = match kind {
+            LoraKind::Linear { .. } => (vec![r, in_features], vec![out_features, r]),
+            LoraKind::Embedding { .. } => {
+                let mut a = alloc(&[r, in_features])?;
+                init::normal_(&mut a, 0.0, 1.0)?;
+                let mut b = alloc(&[out_features, r])?;
+                init::normal_(&mut b, 0.0, 1.0)?;
+                return Ok((a, b, None));
+            }
+            LoraKind::Conv { geometry } => {
+                let mut a = vec![r, in_features];
+                a.extend(&geometry.kernel_size);
+                let mut b = vec![out_features, r / geometry.groups];
+                b.extend(std::iter::repeat_n(1, geometry.dims()));
+                (a, b)
+            }
+        };
+        let mut a = alloc(&a_shape)?;
+        init::kaiming_uniform_(&mut a, sqrt5)?;
+        let mut b = alloc(&b_shape)?;
+        init::kaiming_uniform_(&mut b, sqrt5)?;
+        let b_bias = if lora_bias {
+            let mut bb = alloc(&[out_features])?;
+            init::bias_uniform_(&mut bb, init::fan_in(&b))?;
+            Some(bb)
+        } else {
+            None
+        };
+        Ok((a, b, b_bias))
+    }
+
+    /// `reset_lora_parameters`.
+    fn reset(
+        kind: &LoraKind,
+        scheme: &InitLoraWeights,
+        r: i64,
+        a: &mut Tensor,
+        b: &mut Tensor,
+        b_bias: Option<&mut Tensor>,
+    ) -> Result<()> {
+        let gaussian = match scheme {
+            InitLoraWeights::Bool(false) => return Ok(()),
+            InitLoraWeights::Bool(true) => false,
+            InitLoraWeights::Scheme(s) if s.eq_ignore_ascii_case("gaussian") => true,
+            InitLoraWeights::Scheme(s) => {
+                return Err(peft_core::config::unsupported_option(
+                    PEFT_TYPE,
+                    "init_lora_weights",
+                    &serde_json::Value::String(s.clone()),
+                    "",
+                ))
+            }
+        };
+        if let LoraKind::Embedding { .. } = kind {
+            // A to zeros, B like nn.Embedding, whatever the scheme.
+            init::zeros_(a)?;
+            return init::normal_(b, 0.0, 1.0);
+        }
+        if gaussian {
+            init::normal_(a, 0.0, 1.0 / r as f64)?;
+        } else {
+            init::kaiming_uniform_(a, 5f64.sqrt())?;
+        }
+        init::zeros_(b)?;
+        if let Some(bb) = b_bias {
+            init::zeros_(bb)?;
+        }
+        Ok(())
     }
 
     /// The adapter's name.
@@ -173,25 +372,66 @@ impl LoraLinear {
         &self.adapter
     }
 
-    /// PEFT's `get_delta_weight`: `(B @ A) · s`, in the base weight's layout. On the CPU, fp16/bf16
-    /// adapters are multiplied in fp32 and the result cast back.
+    /// The PEFT module name of the layer.
+    pub fn module_name(&self) -> &str {
+        &self.module
+    }
+
+    /// `(in, out)` features: input/output features, vocabulary/embedding width, or channels.
+    pub fn features(&self) -> (i64, i64) {
+        (self.in_features, self.out_features)
+    }
+
+    /// PEFT's `get_delta_weight`: the update to the base weight in its layout, scaling included. On the
+    /// CPU, fp16/bf16 adapters are multiplied in fp32 and the result cast back.
     ///
     /// # Errors
-    /// A libtorch failure.
+    /// A libtorch failure (or a conv geometry PEFT's formula cannot handle).
     pub fn delta_weight(&self) -> Result<Tensor> {
-        let kind = self.lora_b.kind();
+        let kind = match self.kind {
+            LoraKind::Linear { .. } => self.lora_b.kind(),
+            _ => self.lora_a.kind(),
+        };
         let cast = self.lora_b.device() == Device::Cpu && matches!(kind, Kind::Half | Kind::BFloat16);
-        let f = || -> std::result::Result<Tensor, tch::TchError> {
+        let f = || -> TchResult<Tensor> {
             let (a, b) = if cast {
                 (self.lora_a.f_to_kind(Kind::Float)?, self.lora_b.f_to_kind(Kind::Float)?)
             } else {
                 (self.lora_a.shallow_clone(), self.lora_b.shallow_clone())
             };
-            let mut d = b.f_matmul(&a)?;
-            if self.fan_in_fan_out {
-                d = d.f_tr()?;
-            }
-            let d = d.f_mul_scalar(self.scaling)?;
+            let d = match &self.kind {
+                LoraKind::Linear { fan_in_fan_out } => {
+                    transpose(&b.f_matmul(&a)?, *fan_in_fan_out)?.f_mul_scalar(self.scaling)?
+                }
+                LoraKind::Embedding { .. } => b.f_matmul(&a)?.f_tr()?.f_mul_scalar(self.scaling)?,
+                LoraKind::Conv { geometry } => {
+                    let ws = a.size();
+                    if ws.len() >= 4 && ws[2] == 1 && ws[3] == 1 {
+                        // 1×1 kernels: a plain matrix product.
+                        let b2 = b.f_squeeze_dim(3)?.f_squeeze_dim(2)?;
+                        let a2 = a.f_squeeze_dim(3)?.f_squeeze_dim(2)?;
+                        b2.f_matmul(&a2)?.f_unsqueeze(2)?.f_unsqueeze(3)?.f_mul_scalar(self.scaling)?
+                    } else {
+                        let dims = geometry.dims();
+                        let ones = vec![1i64; dims];
+                        let zeros = vec![0i64; dims];
+                        let out = peft_core::layer::conv_nd(
+                            &a.f_transpose(0, 1)?,
+                            &b,
+                            None,
+                            &ones,
+                            &zeros,
+                            &ones,
+                            1,
+                        )?;
+                        if geometry.groups > 1 {
+                            out.f_mul_scalar(self.scaling)?
+                        } else {
+                            out.f_transpose(0, 1)?.f_mul_scalar(self.scaling)?
+                        }
+                    }
+                }
+            };
             if cast {
                 d.f_to_kind(kind)
             } else {
@@ -210,44 +450,130 @@ impl LoraLinear {
         }
     }
 
-    fn linear_of<'a>(&self, base: &'a mut dyn BaseLayer) -> Result<&'a mut dyn LinearLike> {
+    /// `B(A(x))` without scaling: the low-rank path of the layer class.
+    pub(crate) fn lora_path(&self, x: &Tensor) -> Tensor {
+        match &self.kind {
+            LoraKind::Linear { .. } => {
+                x.linear::<&Tensor>(&self.lora_a, None).linear(&self.lora_b, self.lora_b_bias.as_ref())
+            }
+            LoraKind::Embedding { padding_idx, .. } => {
+                let after_a =
+                    Tensor::embedding(&self.lora_a.tr(), x, padding_idx.unwrap_or(-1), false, false);
+                after_a.matmul(&self.lora_b.tr())
+            }
+            LoraKind::Conv { geometry } => {
+                let dims = geometry.dims();
+                let ones = vec![1i64; dims];
+                let zeros = vec![0i64; dims];
+                let h = conv_nd_t(x, &self.lora_a, None, &geometry.stride, &geometry.padding, &ones, 1);
+                conv_nd_t(&h, &self.lora_b, self.lora_b_bias.as_ref(), &ones, &zeros, &ones, geometry.groups)
+            }
+        }
+    }
+
+    /// The input as the adapter sees it: cast to the adapter dtype (not for embedding ids).
+    pub(crate) fn cast_input(&self, x: &Tensor) -> Tensor {
+        match self.kind {
+            LoraKind::Embedding { .. } => x.shallow_clone(),
+            _ if x.kind() != self.lora_a.kind() => x.to_kind(self.lora_a.kind()),
+            _ => x.shallow_clone(),
+        }
+    }
+
+    /// Recomputes `scaling` from `r`, `lora_alpha` and rsLoRA, times `scale` (PEFT's `set_scale`).
+    pub fn set_scale(&mut self, scale: f64) {
+        let base = if self.use_rslora {
+            self.lora_alpha / (self.r as f64).sqrt()
+        } else {
+            self.lora_alpha / self.r as f64
+        };
+        self.scaling = scale * base;
+        if let Some(d) = &self.dora {
+            d.clear_cache();
+        }
+    }
+
+    fn weighted<'a>(&self, base: &'a mut dyn BaseLayer) -> Result<&'a mut dyn WeightLike> {
         let kind = base.kind();
-        base.as_linear_mut()
-            .ok_or_else(|| PeftError::Invalid(format!("LoRA linear adapter on a {kind} base")))
+        base.as_weighted_mut().ok_or_else(|| PeftError::Invalid(format!("LoRA adapter on a {kind} base")))
+    }
+
+    fn non_finite(&self) -> PeftError {
+        PeftError::NonFiniteMerge { adapter: self.adapter.clone(), module: self.module.clone() }
+    }
+
+    /// The merged weight for DoRA (`dora_factor · (W + ΔW)`), recording the weight norm for unmerging.
+    fn dora_merged_weight(
+        &mut self,
+        weight: &Tensor,
+        reference: Option<&Tensor>,
+        delta: &Tensor,
+    ) -> Result<Tensor> {
+        let Some(dora) = self.dora.as_mut() else {
+            return Err(PeftError::Invalid("DoRA merge without DoRA".into()));
+        };
+        let reference = reference.map(Tensor::shallow_clone).unwrap_or_else(|| weight.shallow_clone());
+        dora.merged_weight(&self.kind, weight, &reference, delta)
     }
 }
 
-impl TunerLayer for LoraLinear {
+impl TunerLayer for LoraLayer {
     fn peft_type(&self) -> &'static str {
         PEFT_TYPE
     }
 
     fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let ad = &self.adapter;
-        let mut v = vec![
-            (format!("lora_A.{ad}.weight"), self.lora_a.shallow_clone()),
-            (format!("lora_B.{ad}.weight"), self.lora_b.shallow_clone()),
-        ];
+        let (a, b, bias) = self.kind.tensor_names(&self.adapter);
+        let mut v = vec![(a, self.lora_a.shallow_clone()), (b, self.lora_b.shallow_clone())];
         if let Some(bb) = &self.lora_b_bias {
-            v.push((format!("lora_B.{ad}.bias"), bb.shallow_clone()));
+            v.push((bias, bb.shallow_clone()));
+        }
+        if let Some(d) = &self.dora {
+            v.push((format!("lora_magnitude_vector.{}.weight", self.adapter), d.magnitude.shallow_clone()));
         }
         v
     }
 
-    fn transform_output(&self, _base: &dyn BaseLayer, x: &Tensor, y: Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
-        let x =
-            if x.kind() != self.lora_a.kind() { x.to_kind(self.lora_a.kind()) } else { x.shallow_clone() };
-        let x = if self.dropout > 0.0 && ctx.train { x.dropout(self.dropout, true) } else { x };
-        let h = x.linear::<&Tensor>(&self.lora_a, None).linear(&self.lora_b, self.lora_b_bias.as_ref());
-        y + h * self.scaling
+    fn checkpoint_key(&self, key: &str, adapter: &str) -> String {
+        // DoRA's magnitude is saved without its `.weight` suffix (PEFT keeps the pre-refactor format).
+        let dora_suffix = format!("lora_magnitude_vector.{adapter}.weight");
+        if let Some(head) = key.strip_suffix(&dora_suffix) {
+            return format!("{head}lora_magnitude_vector");
+        }
+        peft_core::peft_config::keys::remove_adapter_name(key, adapter)
     }
 
-    fn merge(&mut self, base: &mut dyn BaseLayer, safe: bool) -> Result<()> {
+    fn transform_output(&self, base: &dyn BaseLayer, x: &Tensor, y: Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
+        let x = self.cast_input(x);
+        if let Some(dora) = &self.dora {
+            return dora.forward(self, base, &x, y, ctx);
+        }
+        let x = match self.kind {
+            LoraKind::Embedding { .. } => x,
+            _ if self.dropout > 0.0 && ctx.train => x.dropout(self.dropout, true),
+            _ => x,
+        };
+        let mut h = self.lora_path(&x) * self.scaling;
+        if let LoraKind::Embedding { embed_scale: Some(s), .. } = self.kind {
+            h = &h * Tensor::from(s).to_kind(h.kind());
+        }
+        y + h
+    }
+
+    fn merge(&mut self, base: &mut dyn BaseLayer, ctx: &MergeCtx<'_>) -> Result<()> {
+        if let LoraKind::Conv { geometry } = &self.kind {
+            if geometry.groups > 1 {
+                return Err(PeftError::Invalid(format!(
+                    "merging is not supported for {} layers with groups > 1 (`{}`), as in PEFT",
+                    self.kind.class_name(),
+                    self.module
+                )));
+            }
+        }
         let delta = self.delta_weight()?;
         let bias_delta = self.bias_delta()?;
-        let lin = self.linear_of(base)?;
-        let weight = lin.weight();
-        let base_bias = lin.bias();
+        let weight = self.weighted(base)?.weight();
+        let base_bias = self.weighted(base)?.bias();
         if bias_delta.is_some() && base_bias.is_none() {
             return Err(PeftError::Invalid(
                 "Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.".into(),
@@ -255,62 +581,93 @@ impl TunerLayer for LoraLinear {
         }
         let kind = weight.kind();
         let torch = PeftError::torch("merging a LoRA adapter");
-        if safe {
-            let merged = tch::no_grad(|| weight.f_add(&delta.f_to_kind(kind)?)).map_err(torch)?;
-            if !all_finite(&merged)? {
-                return Err(PeftError::NonFiniteMerge {
-                    adapter: self.adapter.clone(),
-                    module: self.module.clone(),
-                });
-            }
-            let new_bias = match (&base_bias, &bias_delta) {
-                (Some(b), Some(d)) => {
-                    let nb = tch::no_grad(|| b.f_add(d)).map_err(PeftError::torch("merging a LoRA bias"))?;
-                    if !all_finite(&nb)? {
-                        return Err(PeftError::NonFiniteMerge {
-                            adapter: self.adapter.clone(),
-                            module: self.module.clone(),
-                        });
-                    }
-                    Some(nb)
-                }
-                _ => None,
-            };
-            lin.set_weight(&merged)?;
-            if let (Some(mut b), Some(nb)) = (base_bias, new_bias) {
-                tch::no_grad(|| b.f_copy_(&nb)).map_err(PeftError::torch("writing a merged bias"))?;
-            }
+        let merged = if self.dora.is_some() {
+            self.dora_merged_weight(&weight, ctx.unmerged_base_weight, &delta)?
+        } else if ctx.safe {
+            tch::no_grad(|| weight.f_add(&delta.f_to_kind(kind)?)).map_err(torch)?
         } else {
-            let mut w = weight;
-            tch::no_grad(|| w.f_add_(&delta)).map(drop).map_err(torch)?;
-            lin.set_weight(&w)?;
-            if let (Some(mut b), Some(d)) = (base_bias, bias_delta) {
-                tch::no_grad(|| b.f_add_(&d)).map(drop).map_err(PeftError::torch("merging a LoRA bias"))?;
+            let mut w = weight.shallow_clone();
+            let delta = if matches!(self.kind, LoraKind::Linear { .. } | LoraKind::Conv { .. }) {
+                delta
+            } else {
+                delta.f_to_kind(kind).map_err(PeftError::torch("merging a LoRA adapter"))?
+            };
+            tch::no_grad(|| w.f_add_(&delta))
+                .map(drop)
+                .map_err(PeftError::torch("merging a LoRA adapter"))?;
+            w
+        };
+        let new_bias = match (&base_bias, &bias_delta) {
+            (Some(b), Some(d)) => {
+                Some(tch::no_grad(|| b.f_add(d)).map_err(PeftError::torch("merging a LoRA bias"))?)
+            }
+            _ => None,
+        };
+        if ctx.safe {
+            if !all_finite(&merged)? {
+                return Err(self.non_finite());
+            }
+            if let Some(nb) = &new_bias {
+                if !all_finite(nb)? {
+                    return Err(self.non_finite());
+                }
             }
         }
+        self.weighted(base)?.set_weight(&merged)?;
+        if let (Some(mut b), Some(nb)) = (base_bias, new_bias) {
+            tch::no_grad(|| b.f_copy_(&nb)).map_err(PeftError::torch("writing a merged bias"))?;
+        }
+        if let Some(d) = &self.dora {
+            d.clear_cache();
+        }
         Ok(())
+    }
+
+    fn merge_needs_unmerged_base(&self) -> bool {
+        self.dora.is_some()
     }
 
     fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()> {
         let delta = self.delta_weight()?;
         let bias_delta = self.bias_delta()?;
-        let lin = self.linear_of(base)?;
-        let mut w = lin.weight();
+        let w = self.weighted(base)?.weight();
         let kind = w.kind();
-        tch::no_grad(|| delta.f_to_kind(kind).and_then(|d| w.f_sub_(&d)))
-            .map(drop)
-            .map_err(PeftError::torch("unmerging a LoRA adapter"))?;
-        lin.set_weight(&w)?;
+        let restored = match self.dora.as_mut() {
+            Some(dora) => dora.unmerged_weight(&self.kind, &w, &delta)?,
+            None => {
+                let mut w = w.shallow_clone();
+                tch::no_grad(|| delta.f_to_kind(kind).and_then(|d| w.f_sub_(&d)).map(drop))
+                    .map_err(PeftError::torch("unmerging a LoRA adapter"))?;
+                w
+            }
+        };
+        let lin = self.weighted(base)?;
+        lin.set_weight(&restored)?;
         if let (Some(mut b), Some(d)) = (lin.bias(), bias_delta) {
             tch::no_grad(|| b.f_sub_(&d)).map(drop).map_err(PeftError::torch("unmerging a LoRA bias"))?;
+        }
+        if let Some(d) = &self.dora {
+            d.clear_cache();
         }
         Ok(())
     }
 
+    fn weights_changed(&mut self) {
+        if let Some(d) = &self.dora {
+            d.clear_cache();
+        }
+    }
+
     fn describe(&self) -> String {
         format!(
-            "lora.Linear(in_features={}, out_features={}, r={}, lora_alpha={}, scaling={})",
-            self.in_features, self.out_features, self.r, self.lora_alpha, self.scaling
+            "lora.{}(in_features={}, out_features={}, r={}, lora_alpha={}, scaling={}{})",
+            self.kind.class_name(),
+            self.in_features,
+            self.out_features,
+            self.r,
+            self.lora_alpha,
+            self.scaling,
+            if self.dora.is_some() { ", use_dora=True" } else { "" }
         )
     }
 

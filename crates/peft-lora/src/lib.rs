@@ -2,13 +2,14 @@
 //!
 //! * [`LoraConfig`]: every key of PEFT's `LoraConfig`, same defaults, parsed from and written to
 //!   `adapter_config.json` exactly as PEFT does.
-//! * [`LoraLinear`]: LoRA on `nn.Linear` and GPT-2's `Conv1D` (`fan_in_fan_out`), with rsLoRA, dropout,
-//!   `lora_bias`, `rank_pattern` / `alpha_pattern`, `init_lora_weights` = `true` / `false` /
-//!   `"gaussian"` drawing the same random numbers as PEFT under the same seed.
+//! * [`LoraLayer`]: LoRA on `nn.Linear`, GPT-2's `Conv1D` (`fan_in_fan_out`), `nn.Embedding` and
+//!   `nn.Conv1d/2d/3d` ([`LoraKind`]), with rsLoRA, dropout, `lora_bias`, `rank_pattern` /
+//!   `alpha_pattern`, `init_lora_weights` = `true` / `false` / `"gaussian"` drawing the same random
+//!   numbers as PEFT under the same seed, and DoRA ([`Dora`], `use_dora`).
 //!
 //! Linking this crate registers `peft_type: "LORA"` with `peft_core`'s registry, so adapter directories
-//! load by file alone. Options that are not implemented yet (DoRA, other init schemes,
-//! `modules_to_save`, …) are rejected with an error naming them — never ignored.
+//! load by file alone. Options that are not implemented yet (other init schemes, LoRA variants, …) are
+//! rejected with an error naming them — never ignored.
 //!
 //! ```
 //! use peft_core::{nn, Adaptable, PeftModel, SaveOptions, LoadOptions};
@@ -67,9 +68,11 @@
 //! ```
 
 pub mod config;
+pub mod dora;
 pub mod layer;
 
 pub use config::{Alpha, InitLoraWeights, LoraBias, LoraConfig, PEFT_TYPE};
-pub use layer::LoraLinear;
+pub use dora::Dora;
+pub use layer::{LoraKind, LoraLayer};
 
 peft_core::register_method!(config::PEFT_TYPE, "peft-lora", config::parse_boxed);

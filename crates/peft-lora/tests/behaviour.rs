@@ -6,7 +6,7 @@ mod common;
 use common::{config, input, max_diff, model, out, peft, snapshot};
 use peft_core::status::{RequiresGrad, Tristate};
 use peft_core::{inspect_targets, LoadOptions, PeftModel, SaveOptions};
-use peft_lora::{LoraBias, LoraConfig, LoraLinear};
+use peft_lora::{LoraBias, LoraConfig, LoraLayer};
 use tch::Tensor;
 
 #[test]
@@ -273,7 +273,7 @@ fn rank_alpha_patterns_and_rslora_set_each_layers_scaling() {
     cfg.alpha_pattern.insert("lin2".into(), 16.into());
     let p = PeftModel::new(m, &vs, cfg.boxed(), "default").unwrap();
     let scaling = |l: &peft_core::nn::Linear| {
-        let t = l.slots().get("default").unwrap().as_any().downcast_ref::<LoraLinear>().unwrap();
+        let t = l.slots().get("default").unwrap().as_any().downcast_ref::<LoraLayer>().unwrap();
         (t.r, t.scaling)
     };
     assert_eq!(scaling(&p.model().lin0), (4, 8.0 / 2.0));

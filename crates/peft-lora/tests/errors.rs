@@ -176,7 +176,10 @@ fn a_duplicate_adapter_name_is_rejected_without_side_effects() {
 #[test]
 fn options_not_implemented_yet_are_rejected_by_name() {
     let cases: Vec<(&str, LoraConfig)> = vec![
-        ("use_dora", LoraConfig { use_dora: true, ..config(&["lin0"]) }),
+        (
+            "layer_replication",
+            LoraConfig { layer_replication: Some(serde_json::json!([[0, 1]])), ..config(&["lin0"]) },
+        ),
         (
             "trainable_token_indices",
             LoraConfig { trainable_token_indices: Some(serde_json::json!([0, 1])), ..config(&["lin0"]) },
