@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
 from peft.utils.other import get_pattern_key
 
@@ -261,6 +261,46 @@ INIT_CASES += [
     ),
 ]
 
+# Init schemes that read (and some rewrite) the base weights; the Rust test also compares the base after.
+INIT_CASES += [
+    dict(name="pissa", model="MLP", config=dict(target_modules=["lin0", "lin1"], r=4, init_lora_weights="pissa")),
+    dict(
+        name="pissa_niter_fan_in_fan_out",
+        model="MLPConv1D",
+        config=dict(target_modules=["c_fc", "c_proj"], r=2, lora_alpha=16, init_lora_weights="pissa_niter_3"),
+    ),
+    dict(name="pissa_embedding_default", model="EmbMLP", config=dict(target_modules=["emb", "lin0"], init_lora_weights="pissa")),
+    dict(name="olora", model="DeepMLP", config=dict(target_modules=["lin0", "out"], r=4, init_lora_weights="olora")),
+    dict(name="orthogonal", model="MLP", config=dict(target_modules=["lin0", "lin1"], r=2, init_lora_weights="orthogonal")),
+    dict(name="mica", model="EmbMLP", config=dict(target_modules=["emb", "lin0", "lin1"], r=2, init_lora_weights="mica")),
+    dict(name="mica_fan_in_fan_out", model="MLPConv1D", config=dict(target_modules=["c_fc"], r=3, init_lora_weights="mica")),
+    dict(name="eva_without_data", model="MLP", config=dict(target_modules=["lin0"], init_lora_weights="eva")),
+    dict(name="lora_ga_without_gradients", model="ConvNet", config=dict(target_modules=["conv2d", "lin"], init_lora_weights="lora_ga")),
+]
+
+# PiSSA/OLoRA adapters converted to plain LoRA for the original base on save.
+CONVERSION_CASES = [
+    dict(name="pissa", model="MLP", config=dict(target_modules=["lin0", "lin1"], r=2, init_lora_weights="pissa")),
+    dict(
+        name="pissa_niter_fan_in_fan_out",
+        model="MLPConv1D",
+        config=dict(target_modules=["c_fc", "c_proj"], r=2, lora_alpha=16, init_lora_weights="pissa_niter_2"),
+    ),
+    dict(name="olora_rslora", model="MLP", config=dict(target_modules=["lin0"], r=4, use_rslora=True, init_lora_weights="olora")),
+    dict(
+        name="pissa_patterns",
+        model="DeepMLP",
+        config=dict(
+            target_modules=["lin0", "lin1"],
+            r=4,
+            lora_alpha=8,
+            rank_pattern={"layers.0.lin0": 2},
+            alpha_pattern={"lin1": 8.5},
+            init_lora_weights="pissa",
+        ),
+    ),
+]
+
 # Training cases: the same optimizer steps in PEFT and in Rust.
 TRAIN_CONFIG = dict(target_modules=["lin0", "lin1"], r=4, lora_alpha=8, lora_dropout=0.1)
 TRAIN_CASES = [
@@ -442,6 +482,16 @@ def gen_case(root, case):
     return case["name"]
 
 
+def base_state(peft_model):
+    """The base model's weights as it is now (PiSSA & co. rewrite them), under the plain module names."""
+    out = {}
+    for k, v in peft_model.get_base_model().state_dict().items():
+        if "lora_" in k or "modules_to_save" in k or "original_module" in k:
+            continue
+        out[k.replace(".base_layer.", ".")] = v
+    return tensors(out)
+
+
 def gen_init(root, case):
     d = os.path.join(root, "init", case["name"])
     os.makedirs(d)
@@ -449,6 +499,10 @@ def gen_init(root, case):
     save_file(tensors(model.state_dict()), os.path.join(d, "base.safetensors"))
     peft_model = get_peft_model(model, LoraConfig(**case["config"]))
     peft_model.save_pretrained(os.path.join(d, "adapter"))
+    save_file(base_state(peft_model), os.path.join(d, "base_after.safetensors"))
+    trainable = sorted(n for n, p in peft_model.named_parameters() if p.requires_grad)
+    with open(os.path.join(d, "trainable.json"), "w") as f:
+        json.dump(trainable, f)
     with open(os.path.join(d, "case.json"), "w") as f:
         json.dump(dict(name=case["name"], model=case["model"], config=case["config"]), f, indent=2)
     return case["name"]
@@ -490,6 +544,37 @@ def gen_train(root, case):
     return case["name"]
 
 
+def gen_conversion(root, case):
+    d = os.path.join(root, "conversion", case["name"])
+    os.makedirs(d)
+    model = models.build(case["model"], seed=0)
+    peft_model = get_peft_model(model, LoraConfig(**case["config"]))
+    save_file(base_state(peft_model), os.path.join(d, "base_after.safetensors"))
+    peft_model.save_pretrained(os.path.join(d, "initial"))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_" in n:
+                p.add_(0.05 * torch.randn_like(p))
+    peft_model.save_pretrained(os.path.join(d, "trained"))
+    x = model_input(case["model"])
+    peft_model.eval()
+    with torch.no_grad():
+        trained_out = peft_model(x)
+    peft_model.save_pretrained(
+        os.path.join(d, "converted"), path_initial_model_for_weight_conversion=os.path.join(d, "initial")
+    )
+    original = models.build(case["model"], seed=0)
+    loaded = PeftModel.from_pretrained(original, os.path.join(d, "converted"))
+    loaded.eval()
+    with torch.no_grad():
+        converted_out = loaded(x)
+    save_file(tensors({"x": x, "trained": trained_out, "converted": converted_out}), os.path.join(d, "outputs.safetensors"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(case, f, indent=2)
+    return case["name"]
+
+
 def gen_configs(root):
     for name, kwargs in CONFIG_CASES.items():
         LoraConfig(**kwargs).save_pretrained(os.path.join(root, "configs", name))
@@ -525,6 +610,7 @@ def main():
         cases=[gen_case(root, c) for c in CASES],
         init=[gen_init(root, c) for c in INIT_CASES],
         train=[gen_train(root, c) for c in TRAIN_CASES],
+        conversion=[gen_conversion(root, c) for c in CONVERSION_CASES],
         configs=gen_configs(root),
     )
     gen_matching(root)

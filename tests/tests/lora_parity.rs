@@ -327,6 +327,23 @@ fn same_seed_gives_peft_identical_base_and_adapter_init() {
         for (k, v) in &ours {
             assert_identical(v, &file[k], &format!("{case}: adapter init of {k}"));
         }
+        // Inits that rewrite the base (PiSSA, OLoRA) leave the same residual weights.
+        let after = read_all(&d.join("base_after.safetensors"));
+        let vars = vs.variables();
+        assert_eq!(vars.len(), after.len(), "{case}: base parameters");
+        for (k, v) in &after {
+            assert_identical(&vars[k], v, &format!("{case}: base weight {k} after init"));
+        }
+        // The same tensors train (MiCA freezes B).
+        let trainable: Vec<String> = peft
+            .named_trainable_parameters()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let peft_trainable: Vec<String> = strings(&read_json(&d.join("trainable.json")));
+        assert_eq!(trainable, peft_trainable, "{case}: trainable parameters");
         // The config PEFT saved after injection (all-linear expanded, fan_in_fan_out corrected).
         let peft_saved = read_json(&d.join("adapter").join("adapter_config.json"));
         let ours_dir = tempfile::tempdir().unwrap();
@@ -334,6 +351,74 @@ fn same_seed_gives_peft_identical_base_and_adapter_init() {
         let our_saved = read_json(&ours_dir.path().join("adapter_config.json"));
         assert_same_config(&our_saved, &peft_saved, false, &format!("{case}: saved config"));
         oracle::record("init", &case);
+    }
+}
+
+#[test]
+fn pissa_and_olora_convert_to_plain_lora_for_the_original_base_like_peft() {
+    let _rng = oracle::rng_guard();
+    let root = fixtures();
+    let cases = manifest_list("conversion");
+    assert!(cases.len() >= 4, "{cases:?}");
+    for case in cases {
+        let d = root.join("conversion").join(&case);
+        let meta = read_json(&d.join("case.json"));
+        let model_name = meta["model"].as_str().unwrap();
+        tch::manual_seed(0);
+        let vs = VarStore::new(Device::Cpu);
+        let model = TestModel::build(model_name, &vs).unwrap();
+        let mut peft = PeftModel::new(model, &vs, lora_config(&meta["config"]).boxed(), "default").unwrap();
+        for (k, v) in read_all(&d.join("base_after.safetensors")) {
+            assert_identical(&vs.variables()[&k], &v, &format!("{case}: residual {k}"));
+        }
+        let work = tempfile::tempdir().unwrap();
+        let initial = work.path().join("initial");
+        peft.save_pretrained(&initial, &SaveOptions::default()).unwrap();
+        let ours = read_all(&initial.join("adapter_model.safetensors"));
+        for (k, v) in read_all(&d.join("initial").join("adapter_model.safetensors")) {
+            assert_identical(&ours[&k], &v, &format!("{case}: initial {k}"));
+        }
+        // "Train": take PEFT's perturbed weights.
+        peft.load_adapter_weights("default", &d.join("trained").join("adapter_model.safetensors")).unwrap();
+        let outputs = read_all(&d.join("outputs.safetensors"));
+        let x = &outputs["x"];
+        assert_close(
+            &forward(peft.model(), x),
+            &outputs["trained"],
+            ATOL,
+            &format!("{case}: trained output"),
+        );
+        let converted = work.path().join("converted");
+        let opts = SaveOptions { convert_initial_adapter: Some(initial.clone()), ..Default::default() };
+        peft.save_pretrained(&converted, &opts).unwrap();
+        let theirs = read_all(&d.join("converted").join("adapter_model.safetensors"));
+        let mine = read_all(&converted.join("adapter_model.safetensors"));
+        assert_eq!(
+            mine.keys().collect::<Vec<_>>(),
+            theirs.keys().collect::<Vec<_>>(),
+            "{case}: converted keys"
+        );
+        for (k, v) in &theirs {
+            assert_identical(&mine[k], v, &format!("{case}: converted {k}"));
+        }
+        for (file, what) in [
+            (converted.join("adapter_config.json"), "converted"),
+            (initial.join("adapter_config.json"), "initial"),
+        ] {
+            // Lists are sets in PEFT (their order in the file follows string hashing).
+            let peft_json = read_json(&d.join(what).join("adapter_config.json"));
+            assert_same_config(&read_json(&file), &peft_json, false, &format!("{case}: {what} config"));
+        }
+        // The converted adapter on the original base reproduces the trained model.
+        let vs2 = VarStore::new(Device::Cpu);
+        tch::manual_seed(0);
+        let original = TestModel::build(model_name, &vs2).unwrap();
+        let (loaded, _) =
+            PeftModel::from_pretrained(original, &vs2, &converted, LoadOptions::default()).unwrap();
+        let out = forward(loaded.model(), x);
+        assert_close(&out, &outputs["converted"], ATOL, &format!("{case}: converted on the original base"));
+        assert_close(&out, &outputs["trained"], 1e-4, &format!("{case}: converted = trained"));
+        oracle::record("conversion", &case);
     }
 }
 
@@ -486,4 +571,43 @@ fn dora_eval_cache_follows_reloaded_weights() {
         PeftModel::from_pretrained(model2, &vs2, d.join("adapter"), LoadOptions::default()).unwrap();
     fresh.load_adapter_weights("default", &file).unwrap();
     assert_identical(&after, &forward(fresh.model(), &x), "reloaded = fresh model with those weights");
+}
+
+#[test]
+fn conversion_keeps_embedding_factors_and_modules_to_save_that_peft_drops() {
+    let _rng = oracle::rng_guard();
+    let config = || LoraConfig {
+        r: 2,
+        target_modules: Some(peft_core::peft_config::TargetModules::list(["emb", "lin0"])),
+        modules_to_save: Some(vec!["lin1".into()]),
+        init_lora_weights: peft_lora::InitLoraWeights::Scheme("pissa".into()),
+        ..LoraConfig::default()
+    };
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    let original = VarStore::new(Device::Cpu);
+    let model = TestModel::build("EmbMLP", &vs).unwrap();
+    let mut original = original;
+    let pristine = TestModel::build("EmbMLP", &original).unwrap();
+    original.copy(&vs).unwrap();
+    let peft = PeftModel::new(model, &vs, config().boxed(), "default").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let initial = work.path().join("initial");
+    peft.save_pretrained(&initial, &SaveOptions::default()).unwrap();
+    // "Train" every adapter tensor, the embedding factors and the modules_to_save copy included.
+    for (_, mut t) in peft.adapter_var_store().variables() {
+        let noise = Tensor::randn_like(&t) * 0.05;
+        let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
+    }
+    let x = Tensor::randint(30, [4, 6], (Kind::Int64, Device::Cpu));
+    let trained = forward(peft.model(), &x);
+    let converted = work.path().join("converted");
+    let opts = SaveOptions { convert_initial_adapter: Some(initial), ..Default::default() };
+    peft.save_pretrained(&converted, &opts).unwrap();
+    let file = read_all(&converted.join("adapter_model.safetensors"));
+    assert_eq!(file["base_model.model.emb.lora_embedding_A"].size(), [4, 30]);
+    assert!(file.contains_key("base_model.model.lin1.weight"), "{:?}", file.keys());
+    let (loaded, _) =
+        PeftModel::from_pretrained(pristine, &original, &converted, LoadOptions::default()).unwrap();
+    assert_close(&forward(loaded.model(), &x), &trained, 1e-4, "converted on the original base");
 }

@@ -7,6 +7,12 @@ use std::any::Any;
 use std::fmt;
 use tch::nn::Path;
 
+/// Named tensors in checkpoint order: `(key, tensor)`.
+pub type NamedTensors = Vec<(String, tch::Tensor)>;
+
+/// A converted adapter: its tensors and the config to save them under.
+pub type ConvertedAdapter = (NamedTensors, Box<dyn AdapterConfig>);
+
 /// A method's config (`LoraConfig`, …): the Rust counterpart of PEFT's `PeftConfig` subclasses.
 ///
 /// A method crate implements it for its serde config type. [`crate::PeftModel`] only talks to configs
@@ -52,6 +58,33 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
     /// The `bias` option: which base biases train with this adapter and are saved with it.
     fn bias(&self) -> BiasMode {
         BiasMode::None
+    }
+
+    /// PEFT's `path_initial_model_for_weight_conversion`, step one: the config to write beside the initial
+    /// weights (the init scheme reset to the default, so that loading them does not rewrite the base
+    /// again). `None` for methods without such a conversion.
+    fn config_for_initial_weights(&self) -> Option<Box<dyn AdapterConfig>> {
+        None
+    }
+
+    /// Step two: turns the trained state dict (checkpoint keys) of an adapter whose init rewrote the base
+    /// weights (PiSSA, OLoRA, …) into one that applies to the *original* base, given the state dict saved
+    /// right after initialisation; returns it with the config to save it under.
+    ///
+    /// # Errors
+    /// [`PeftError::UnsupportedOption`] for methods without a conversion; shape or key mismatches.
+    fn convert_for_original_base(
+        &self,
+        trained: NamedTensors,
+        initial: &std::collections::BTreeMap<String, tch::Tensor>,
+    ) -> Result<ConvertedAdapter> {
+        let _ = (trained, initial);
+        Err(unsupported_option(
+            &self.common().peft_type,
+            "path_initial_model_for_weight_conversion",
+            &serde_json::Value::Bool(true),
+            "this method has no conversion of mutated base weights",
+        ))
     }
 
     /// Creates this method's adapter for one targeted layer.

@@ -247,6 +247,13 @@ pub trait TunerLayer: fmt::Debug + Send + 'static {
     /// PEFT's state-dict order. Loading copies values into these tensors in place.
     fn named_tensors(&self) -> Vec<(String, Tensor)>;
 
+    /// Whether the tensor `name` (as in [`TunerLayer::named_tensors`]) trains when the adapter does.
+    /// Methods with frozen factors (MiCA's B) return `false` for them.
+    fn is_trainable_tensor(&self, name: &str) -> bool {
+        let _ = name;
+        true
+    }
+
     /// Maps a full in-memory key (`base_model.model.lin0.lora_A.default.weight`) to the key in the file
     /// (`base_model.model.lin0.lora_A.weight`). Methods with legacy key forms override it.
     fn checkpoint_key(&self, key: &str, adapter: &str) -> String {

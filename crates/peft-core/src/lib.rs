@@ -21,6 +21,7 @@ pub mod error;
 pub mod init;
 pub mod io;
 pub mod layer;
+pub mod linalg;
 pub mod model;
 pub mod modules_to_save;
 pub mod nn;

@@ -92,6 +92,11 @@ pub struct LoadReport {
 pub struct SaveOptions {
     /// Save only these adapters (default: all).
     pub selected_adapters: Option<Vec<String>>,
+    /// PEFT's `path_initial_model_for_weight_conversion`: the directory where the adapter was saved right
+    /// after an initialisation that rewrote the base weights (PiSSA, OLoRA, …). The saved adapter is then
+    /// converted into one that applies to the original base model (for LoRA: rank doubled,
+    /// `[A; A₀]` and `[B, −B₀]`), and that directory's config gets the init scheme reset, as PEFT does.
+    pub convert_initial_adapter: Option<std::path::PathBuf>,
 }
 
 /// A model with PEFT adapters.
@@ -542,8 +547,8 @@ impl<M: Adaptable> PeftModel<M> {
         self.model.visit_layers(&mut |layer| {
             for n in names {
                 if let Some(tuner) = layer.slots().get(n) {
-                    for (_, t) in tuner.named_tensors() {
-                        set_requires_grad(&t, requires_grad);
+                    for (rel, t) in tuner.named_tensors() {
+                        set_requires_grad(&t, requires_grad && tuner.is_trainable_tensor(&rel));
                     }
                 }
             }
@@ -827,9 +832,15 @@ impl<M: Adaptable> PeftModel<M> {
                 op: "create directory",
                 source,
             })?;
-            let tensors = self.adapter_state_dict(&name)?;
-            io::write_safetensors(&target.join(SAFETENSORS_WEIGHTS_NAME), &tensors)?;
+            let mut tensors = self.adapter_state_dict(&name)?;
             let mut config = self.configs[&name].clone_box();
+            if let Some(initial_dir) = &options.convert_initial_adapter {
+                let (converted, converted_config) =
+                    self.convert_initial(config.as_ref(), tensors, initial_dir)?;
+                tensors = converted;
+                config = converted_config;
+            }
+            io::write_safetensors(&target.join(SAFETENSORS_WEIGHTS_NAME), &tensors)?;
             config.common_mut().inference_mode = true;
             if config.common().task_type.is_none() {
                 if let Some(mapping) = self.model.auto_mapping() {
@@ -840,6 +851,30 @@ impl<M: Adaptable> PeftModel<M> {
             io::atomic_write(&target.join(CONFIG_NAME), text.as_bytes())?;
         }
         Ok(())
+    }
+
+    /// The conversion of [`SaveOptions::convert_initial_adapter`].
+    fn convert_initial(
+        &self,
+        config: &dyn AdapterConfig,
+        trained: crate::config::NamedTensors,
+        initial_dir: &Path,
+    ) -> Result<crate::config::ConvertedAdapter> {
+        let initial_config = config.config_for_initial_weights().ok_or_else(|| {
+            crate::config::unsupported_option(
+                &config.common().peft_type,
+                "path_initial_model_for_weight_conversion",
+                &serde_json::Value::String(initial_dir.display().to_string()),
+                "this method has no conversion of mutated base weights",
+            )
+        })?;
+        let weights = initial_dir.join(SAFETENSORS_WEIGHTS_NAME);
+        let initial: BTreeMap<String, Tensor> =
+            io::read_safetensors(&weights)?.into_iter().map(|t| (t.key, t.tensor)).collect();
+        let converted = config.convert_for_original_base(trained, &initial)?;
+        let text = crate::config::to_config_file_text(initial_config.as_ref());
+        io::atomic_write(&initial_dir.join(CONFIG_NAME), text.as_bytes())?;
+        Ok(converted)
     }
 
     /// PEFT's `load_adapter`: adds the adapter saved in `dir` under `options.adapter_name`, inactive

@@ -74,9 +74,47 @@ impl Default for InitLoraWeights {
 }
 
 impl InitLoraWeights {
-    fn is_scheme(&self, name: &str) -> bool {
-        matches!(self, InitLoraWeights::Scheme(s) if s.eq_ignore_ascii_case(name))
+    /// PEFT's `init_lora_weights == name` (case-sensitive).
+    fn is_exactly(&self, name: &str) -> bool {
+        matches!(self, InitLoraWeights::Scheme(s) if s == name)
     }
+
+    /// Schemes that rewrite the base weight (and can be converted back to plain LoRA on save).
+    pub fn mutates_base(&self) -> bool {
+        match self {
+            InitLoraWeights::Scheme(s) => {
+                s.starts_with("pissa")
+                    || s.starts_with("corda")
+                    || s.eq_ignore_ascii_case("olora")
+                    || s == "lora_ga"
+            }
+            InitLoraWeights::Bool(_) => false,
+        }
+    }
+}
+
+/// PEFT's `EvaConfig()` defaults, as `asdict` writes them.
+pub fn default_eva_config() -> Value {
+    serde_json::json!({
+        "rho": 2.0,
+        "tau": 0.99,
+        "use_label_mask": true,
+        "label_mask_value": -100,
+        "whiten": false,
+        "adjust_scaling_factors": true
+    })
+}
+
+/// PEFT's `CordaConfig()` defaults.
+pub fn default_corda_config() -> Value {
+    serde_json::json!({
+        "cache_file": null,
+        "covariance_file": null,
+        "corda_method": "ipm",
+        "verbose": false,
+        "use_float16_for_covariance": false,
+        "prune_temporary_fields": true
+    })
 }
 
 /// PEFT 0.21.2's `LoraConfig`, field for field.
@@ -296,7 +334,7 @@ impl LoraConfig {
                 "DoRA does not support megatron_core, please set `use_dora=False`",
             ));
         }
-        if self.init_lora_weights.is_scheme("loftq") {
+        if self.init_lora_weights.is_exactly("loftq") {
             if self.loftq_config.as_object().is_none_or(Map::is_empty) {
                 return Err(inconsistent(
                     location,
@@ -308,15 +346,35 @@ impl LoraConfig {
                 "{location}: `loftq_config` specified but will be ignored when `init_lora_weights` is not 'loftq'"
             ));
             self.loftq_config = Value::Object(Map::new());
-        }
-        if !self.init_lora_weights.is_scheme("eva") && self.eva_config.is_some() {
+        } else if self.init_lora_weights.is_exactly("eva") && self.eva_config.is_none() {
+            warnings.push(format!(
+                "{location}: `init_lora_weights` is 'eva' but `eva_config` is not specified. Using default EVA config."
+            ));
+            self.eva_config = Some(default_eva_config());
+        } else if !self.init_lora_weights.is_exactly("eva") && self.eva_config.is_some() {
             warnings.push(format!(
                 "{location}: `eva_config` specified but will be ignored when `init_lora_weights` is not 'eva'"
             ));
-        }
-        if !self.init_lora_weights.is_scheme("corda") && self.corda_config.is_some() {
+        } else if self.init_lora_weights.is_exactly("corda") && self.corda_config.is_none() {
+            warnings.push(format!(
+                "{location}: `init_lora_weights` is 'corda' but `corda_config` is not specified. Using default CorDA \
+                 config."
+            ));
+            self.corda_config = Some(default_corda_config());
+        } else if !self.init_lora_weights.is_exactly("corda") && self.corda_config.is_some() {
             warnings.push(format!(
                 "{location}: `corda_config` specified but will be ignored when `init_lora_weights` is not 'corda'"
+            ));
+        }
+        if self.use_rslora
+            && (!self.rank_pattern.is_empty() || !self.alpha_pattern.is_empty())
+            && self.init_lora_weights.mutates_base()
+        {
+            warnings.push(format!(
+                "{location}: Using Rank-Stabilized LoRA with rank_pattern/alpha_pattern and post-training conversion of \
+                 modified base weights PiSSA/CorDA/OLoRA/LoRA-GA means that you won't be able to pass \
+                 `path_initial_model_for_weight_conversion` to `save_pretrained` to restore the initial values of the \
+                 base weights; if you intend to do this, please ensure not to use rslora or rank_pattern/alpha_pattern."
             ));
         }
         if self.lora_bias {
@@ -424,11 +482,16 @@ impl AdapterConfig for LoraConfig {
                 self.lora_dropout
             )));
         }
-        match &self.init_lora_weights {
-            InitLoraWeights::Bool(_) => {}
-            InitLoraWeights::Scheme(s) if s.eq_ignore_ascii_case("gaussian") => {}
-            InitLoraWeights::Scheme(s) => {
-                return Err(reject("init_lora_weights", s, "implemented: true, false, \"gaussian\""));
+        if let InitLoraWeights::Scheme(s) = &self.init_lora_weights {
+            if s == "loftq" {
+                return Err(reject("init_lora_weights", s, "LoftQ comes with peft-quant"));
+            }
+            if s.starts_with("corda") {
+                return Err(reject(
+                    "init_lora_weights",
+                    s,
+                    "CorDA needs its data preprocessing, not implemented yet",
+                ));
             }
         }
         if let Some(t) = &self.trainable_token_indices {
@@ -482,6 +545,18 @@ impl AdapterConfig for LoraConfig {
             LoraBias::All => BiasMode::All,
             LoraBias::LoraOnly => BiasMode::AdaptedOnly,
         }
+    }
+
+    fn config_for_initial_weights(&self) -> Option<Box<dyn AdapterConfig>> {
+        Some(Box::new(LoraConfig { init_lora_weights: InitLoraWeights::Bool(true), ..self.clone() }))
+    }
+
+    fn convert_for_original_base(
+        &self,
+        trained: peft_core::config::NamedTensors,
+        initial: &std::collections::BTreeMap<String, tch::Tensor>,
+    ) -> Result<peft_core::config::ConvertedAdapter> {
+        crate::convert::to_original_base(self, trained, initial)
     }
 
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {

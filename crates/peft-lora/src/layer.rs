@@ -12,11 +12,11 @@
 //! groups. The delta weights (for merging) and DoRA (see [`crate::dora`]) follow PEFT op for op, so
 //! results are bit-identical on the same libtorch.
 
-use crate::config::{InitLoraWeights, LoraConfig, PEFT_TYPE};
+use crate::config::{LoraConfig, PEFT_TYPE};
 use crate::dora::Dora;
+use crate::init::{self, Scheme};
 use peft_core::config::LayerInit;
 use peft_core::error::{PeftError, Result};
-use peft_core::init;
 use peft_core::layer::{
     all_finite, conv_nd_t, BaseLayer, ConvGeometry, ForwardCtx, MergeCtx, TunerLayer, WeightLike,
 };
@@ -103,6 +103,8 @@ pub struct LoraLayer {
     pub lora_b_bias: Option<Tensor>,
     /// DoRA's magnitude and caches, with `use_dora`.
     pub dora: Option<Dora>,
+    /// MiCA keeps B frozen while A trains.
+    pub frozen_b: bool,
     in_features: i64,
     out_features: i64,
 }
@@ -177,8 +179,36 @@ impl LoraLayer {
                 ctx.module_name
             ));
         }
+        let scheme = Scheme::resolve(&kind, &config.init_lora_weights)?;
+        if let Scheme::Unsupported(name) = &scheme {
+            return Err(peft_core::config::unsupported_option(
+                PEFT_TYPE,
+                "init_lora_weights",
+                &serde_json::Value::String(name.clone()),
+                if name == "loftq" { "LoftQ comes with peft-quant" } else { "" },
+            ));
+        }
+        let frozen_b = matches!(scheme, Scheme::Mica { frozen_b: true });
+        if frozen_b && config.use_dora {
+            return Err(PeftError::Invalid(
+                "Invalid or unsupported variant combination: ('mica', 'use_dora')".into(),
+            ));
+        }
         let (mut a, mut b, mut b_bias) = Self::draw(&kind, r, in_features, out_features, config.lora_bias)?;
-        Self::reset(&kind, &config.init_lora_weights, r, &mut a, &mut b, b_bias.as_mut())?;
+        let scaling = config.scaling_for(r, lora_alpha);
+        match &scheme {
+            Scheme::Keep => {}
+            Scheme::Reset { gaussian } => init::reset(&kind, *gaussian, r, &mut a, &mut b, b_bias.as_mut())?,
+            Scheme::Eva => peft_core::init::zeros_(&mut b)?,
+            other => {
+                if let Some((na, nb)) =
+                    init::apply(other, &kind, ctx.base, r, scaling, in_features, out_features)?
+                {
+                    a = na;
+                    b = nb;
+                }
+            }
+        }
         // _move_adapter_to_device_of_base_layer, then autocast_adapter_dtype.
         let target_kind = match base_kind {
             Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double => base_kind,
@@ -220,12 +250,13 @@ impl LoraLayer {
             r,
             lora_alpha,
             use_rslora: config.use_rslora,
-            scaling: config.scaling_for(r, lora_alpha),
+            scaling,
             dropout: config.lora_dropout,
             lora_a,
             lora_b,
             lora_b_bias,
             dora: None,
+            frozen_b,
             in_features,
             out_features,
         };
@@ -301,9 +332,9 @@ impl LoraLayer {
             LoraKind::Linear { .. } => (vec![r, in_features], vec![out_features, r]),
             LoraKind::Embedding { .. } => {
                 let mut a = alloc(&[r, in_features])?;
-                init::normal_(&mut a, 0.0, 1.0)?;
+                peft_core::init::normal_(&mut a, 0.0, 1.0)?;
                 let mut b = alloc(&[out_features, r])?;
-                init::normal_(&mut b, 0.0, 1.0)?;
+                peft_core::init::normal_(&mut b, 0.0, 1.0)?;
                 return Ok((a, b, None));
             }
             LoraKind::Conv { geometry } => {
@@ -315,56 +346,17 @@ impl LoraLayer {
             }
         };
         let mut a = alloc(&a_shape)?;
-        init::kaiming_uniform_(&mut a, sqrt5)?;
+        peft_core::init::kaiming_uniform_(&mut a, sqrt5)?;
         let mut b = alloc(&b_shape)?;
-        init::kaiming_uniform_(&mut b, sqrt5)?;
+        peft_core::init::kaiming_uniform_(&mut b, sqrt5)?;
         let b_bias = if lora_bias {
             let mut bb = alloc(&[out_features])?;
-            init::bias_uniform_(&mut bb, init::fan_in(&b))?;
+            peft_core::init::bias_uniform_(&mut bb, peft_core::init::fan_in(&b))?;
             Some(bb)
         } else {
             None
         };
         Ok((a, b, b_bias))
-    }
-
-    /// `reset_lora_parameters`.
-    fn reset(
-        kind: &LoraKind,
-        scheme: &InitLoraWeights,
-        r: i64,
-        a: &mut Tensor,
-        b: &mut Tensor,
-        b_bias: Option<&mut Tensor>,
-    ) -> Result<()> {
-        let gaussian = match scheme {
-            InitLoraWeights::Bool(false) => return Ok(()),
-            InitLoraWeights::Bool(true) => false,
-            InitLoraWeights::Scheme(s) if s.eq_ignore_ascii_case("gaussian") => true,
-            InitLoraWeights::Scheme(s) => {
-                return Err(peft_core::config::unsupported_option(
-                    PEFT_TYPE,
-                    "init_lora_weights",
-                    &serde_json::Value::String(s.clone()),
-                    "",
-                ))
-            }
-        };
-        if let LoraKind::Embedding { .. } = kind {
-            // A to zeros, B like nn.Embedding, whatever the scheme.
-            init::zeros_(a)?;
-            return init::normal_(b, 0.0, 1.0);
-        }
-        if gaussian {
-            init::normal_(a, 0.0, 1.0 / r as f64)?;
-        } else {
-            init::kaiming_uniform_(a, 5f64.sqrt())?;
-        }
-        init::zeros_(b)?;
-        if let Some(bb) = b_bias {
-            init::zeros_(bb)?;
-        }
-        Ok(())
     }
 
     /// The adapter's name.
@@ -532,6 +524,10 @@ impl TunerLayer for LoraLayer {
             v.push((format!("lora_magnitude_vector.{}.weight", self.adapter), d.magnitude.shallow_clone()));
         }
         v
+    }
+
+    fn is_trainable_tensor(&self, name: &str) -> bool {
+        !(self.frozen_b && (name.starts_with("lora_B.") || name.starts_with("lora_embedding_B.")))
     }
 
     fn checkpoint_key(&self, key: &str, adapter: &str) -> String {

@@ -68,7 +68,9 @@
 //! ```
 
 pub mod config;
+pub mod convert;
 pub mod dora;
+pub mod init;
 pub mod layer;
 
 pub use config::{Alpha, InitLoraWeights, LoraBias, LoraConfig, PEFT_TYPE};

@@ -157,7 +157,11 @@ fn save_puts_non_default_adapters_in_subfolders_and_selected_adapters_limits_it(
     assert!(cfg.contains("\"inference_mode\": true"), "PEFT always saves inference_mode=true");
 
     let only = tempfile::tempdir().unwrap();
-    p.save_pretrained(only.path(), &SaveOptions { selected_adapters: Some(vec!["default".into()]) }).unwrap();
+    p.save_pretrained(
+        only.path(),
+        &SaveOptions { selected_adapters: Some(vec!["default".into()]), ..Default::default() },
+    )
+    .unwrap();
     assert!(!only.path().join("other").exists());
 
     // Both load back, the second from its subfolder.

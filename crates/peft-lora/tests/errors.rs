@@ -186,7 +186,7 @@ fn options_not_implemented_yet_are_rejected_by_name() {
         ),
         (
             "init_lora_weights",
-            LoraConfig { init_lora_weights: InitLoraWeights::Scheme("pissa".into()), ..config(&["lin0"]) },
+            LoraConfig { init_lora_weights: InitLoraWeights::Scheme("loftq".into()), ..config(&["lin0"]) },
         ),
         (
             "target_parameters",
@@ -267,7 +267,7 @@ fn unknown_adapters_are_errors_listing_the_available_ones() {
     assert!(p.merge_adapter(Some(&["nope"]), false).is_err());
     let err = p.save_pretrained(
         tempfile::tempdir().unwrap().path(),
-        &SaveOptions { selected_adapters: Some(vec!["x".into()]) },
+        &SaveOptions { selected_adapters: Some(vec!["x".into()]), ..Default::default() },
     );
     assert!(err.is_err());
 }

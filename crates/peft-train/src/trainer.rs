@@ -498,7 +498,7 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
         }
         self.peft.save_pretrained(
             &self.args.output_dir,
-            &SaveOptions { selected_adapters: Some(vec![self.adapter.clone()]) },
+            &SaveOptions { selected_adapters: Some(vec![self.adapter.clone()]), ..Default::default() },
         )?;
         crate::plot::loss_curve(&self.args.output_dir.join("loss.png"), &self.state.log)?;
         let summary = TrainSummary {
@@ -555,8 +555,10 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
     /// # Errors
     /// I/O failures.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
-        self.peft
-            .save_pretrained(dir, &SaveOptions { selected_adapters: Some(vec![self.adapter.clone()]) })?;
+        self.peft.save_pretrained(
+            dir,
+            &SaveOptions { selected_adapters: Some(vec![self.adapter.clone()]), ..Default::default() },
+        )?;
         peft_core::io::write_safetensors(
             &dir.join("optimizer.safetensors"),
             &self.optimizer.state_tensors(),
