@@ -301,6 +301,87 @@ CONVERSION_CASES = [
     ),
 ]
 
+# add_weighted_adapter: every combination type on several layer kinds. Each combo runs under
+# torch.manual_seed(100 + index) (DARE draws random masks).
+_PAIR = ["a", "b"]
+WEIGHTED_CASES = [
+    dict(
+        name="mlp",
+        model="MLP",
+        adapters={
+            # r <= 2: lin1 has 2 outputs (PEFT's SVD types break above a layer's smaller dimension).
+            "a": dict(target_modules=["lin0", "lin1"], r=2, lora_alpha=8),
+            "b": dict(target_modules=["lin0"], r=2, lora_alpha=16),
+        },
+        combos=[
+            dict(adapters=_PAIR, weights=[0.7, 0.5], combination_type="svd"),
+            dict(adapters=_PAIR, weights=[1.0, -0.4], combination_type="linear"),
+            dict(adapters=_PAIR, weights=[0.6, 0.8], combination_type="cat"),
+            dict(adapters=_PAIR, weights=[1.0, 1.0], combination_type="ties", density=0.5),
+            dict(adapters=_PAIR, weights=[0.9, 0.3], combination_type="ties_svd", density=0.6, majority_sign_method="frequency"),
+            dict(adapters=_PAIR, weights=[1.0, 0.5], combination_type="dare_linear", density=0.5),
+            dict(adapters=_PAIR, weights=[0.5, 1.5], combination_type="dare_ties", density=0.7),
+            dict(adapters=_PAIR, weights=[1.0, 1.0], combination_type="dare_linear_svd", density=0.5, svd_rank=1),
+            dict(adapters=_PAIR, weights=[1.2, -0.7], combination_type="dare_ties_svd", density=0.4),
+            dict(adapters=_PAIR, weights=[1.0, 0.25], combination_type="magnitude_prune", density=0.5),
+            dict(adapters=_PAIR, weights=[0.8, 0.8], combination_type="magnitude_prune_svd", density=0.3, svd_clamp=0.95),
+            dict(adapters=["a"], weights=[2.0], combination_type="svd"),
+        ],
+    ),
+    dict(
+        name="different_ranks",
+        model="DeepMLP",
+        adapters={
+            "a": dict(target_modules=["lin0", "lin1"], r=4, rank_pattern={"layers.0.lin0": 6}),
+            "b": dict(target_modules=["lin0"], r=2, lora_alpha=4),
+        },
+        combos=[
+            dict(adapters=_PAIR, weights=[0.5, 0.5], combination_type="cat"),
+            dict(adapters=_PAIR, weights=[1.0, 2.0], combination_type="svd", svd_rank=5),
+            dict(adapters=_PAIR, weights=[1.0, 2.0], combination_type="svd", svd_full_matrices=False),
+        ],
+    ),
+    dict(
+        name="fan_in_fan_out",
+        model="MLPConv1D",
+        adapters={
+            "a": dict(target_modules=["c_fc", "c_proj"], r=2),
+            "b": dict(target_modules=["c_fc", "c_proj"], r=2, lora_alpha=6),
+        },
+        combos=[
+            dict(adapters=_PAIR, weights=[0.5, 1.0], combination_type="svd"),
+            dict(adapters=_PAIR, weights=[0.5, 1.0], combination_type="linear"),
+            dict(adapters=_PAIR, weights=[0.5, 1.0], combination_type="cat"),
+        ],
+    ),
+    dict(
+        name="embedding",
+        model="EmbMLP",
+        adapters={
+            "a": dict(target_modules=["emb", "lin0"], r=4),
+            "b": dict(target_modules=["emb"], r=4, lora_alpha=2),
+        },
+        combos=[
+            dict(adapters=_PAIR, weights=[1.0, 0.5], combination_type="svd"),
+            dict(adapters=_PAIR, weights=[1.0, 0.5], combination_type="ties", density=0.8),
+            dict(adapters=_PAIR, weights=[1.0, 0.5], combination_type="cat"),
+        ],
+    ),
+    dict(
+        name="conv2d",
+        model="ConvNet",
+        adapters={
+            "a": dict(target_modules=["conv2d", "conv1x1"], r=4),
+            "b": dict(target_modules=["conv2d"], r=4, lora_alpha=4),
+        },
+        combos=[
+            dict(adapters=_PAIR, weights=[1.0, 0.5], combination_type="svd"),
+            dict(adapters=_PAIR, weights=[1.0, 0.5], combination_type="dare_linear", density=0.6),
+            dict(adapters=_PAIR, weights=[1.0, 0.5], combination_type="cat"),
+        ],
+    ),
+]
+
 # Training cases: the same optimizer steps in PEFT and in Rust.
 TRAIN_CONFIG = dict(target_modules=["lin0", "lin1"], r=4, lora_alpha=8, lora_dropout=0.1)
 TRAIN_CASES = [
@@ -575,6 +656,42 @@ def gen_conversion(root, case):
     return case["name"]
 
 
+def gen_weighted(root, case):
+    from peft import get_peft_model_state_dict
+
+    d = os.path.join(root, "weighted", case["name"])
+    os.makedirs(d)
+    base = models.build(case["model"])
+    base.eval()
+    save_file(tensors(base.state_dict()), os.path.join(d, "base.safetensors"))
+    names = list(case["adapters"])
+    torch.manual_seed(1)
+    model = get_peft_model(base, lora_config(case["adapters"][names[0]]), adapter_name=names[0])
+    for n in names[1:]:
+        model.add_adapter(n, lora_config(case["adapters"][n]))
+    model.save_pretrained(os.path.join(d, "adapters"))
+    x = model_input(case["model"])
+    save_file(tensors({"x": x}), os.path.join(d, "input.safetensors"))
+    for i, combo in enumerate(case["combos"]):
+        new = f"w{i}"
+        kwargs = {k: v for k, v in combo.items() if k not in ("adapters", "weights")}
+        torch.manual_seed(100 + i)
+        model.add_weighted_adapter(combo["adapters"], combo["weights"], new, **kwargs)
+        state = get_peft_model_state_dict(model, adapter_name=new)
+        model.set_adapter(new)
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+        save_file(tensors(dict(state, __output__=out)), os.path.join(d, f"{new}.safetensors"))
+        with open(os.path.join(d, f"{new}.json"), "w") as f:
+            json.dump(dict(combo, config=model.peft_config[new].to_dict()), f, indent=2, default=sorted)
+        model.set_adapter(names[0])
+        model.delete_adapter(new)
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(dict(name=case["name"], model=case["model"], adapters=names, combos=len(case["combos"])), f, indent=2)
+    return case["name"]
+
+
 def gen_configs(root):
     for name, kwargs in CONFIG_CASES.items():
         LoraConfig(**kwargs).save_pretrained(os.path.join(root, "configs", name))
@@ -611,6 +728,7 @@ def main():
         init=[gen_init(root, c) for c in INIT_CASES],
         train=[gen_train(root, c) for c in TRAIN_CASES],
         conversion=[gen_conversion(root, c) for c in CONVERSION_CASES],
+        weighted=[gen_weighted(root, c) for c in WEIGHTED_CASES],
         configs=gen_configs(root),
     )
     gen_matching(root)

@@ -611,3 +611,112 @@ fn conversion_keeps_embedding_factors_and_modules_to_save_that_peft_drops() {
         PeftModel::from_pretrained(pristine, &original, &converted, LoadOptions::default()).unwrap();
     assert_close(&forward(loaded.model(), &x), &trained, 1e-4, "converted on the original base");
 }
+
+#[test]
+fn add_weighted_adapter_matches_peft_for_every_combination_type() {
+    use peft_lora::{Combination, LoraModelExt, WeightedAdapterOptions};
+    let _rng = oracle::rng_guard();
+    let root = fixtures();
+    let mut seen = std::collections::BTreeSet::new();
+    for case in manifest_list("weighted") {
+        let d = root.join("weighted").join(&case);
+        let meta = read_json(&d.join("case.json"));
+        let (vs, model) = base_model(&d, meta["model"].as_str().unwrap());
+        let names = strings(&meta["adapters"]);
+        let adir = d.join("adapters");
+        let (mut peft, _) = PeftModel::from_pretrained(
+            model,
+            &vs,
+            &adir,
+            LoadOptions { subfolder: Some(names[0].clone()), ..LoadOptions::named(names[0].clone()) },
+        )
+        .unwrap();
+        for n in &names[1..] {
+            peft.load_adapter(
+                &adir,
+                LoadOptions { subfolder: Some(n.clone()), ..LoadOptions::named(n.clone()) },
+            )
+            .unwrap();
+        }
+        let x = read_tensor(&d.join("input.safetensors"), "x");
+        for i in 0..meta["combos"].as_i64().unwrap() {
+            let new = format!("w{i}");
+            let combo = read_json(&d.join(format!("{new}.json")));
+            let what = format!("{case}/{new} ({})", combo["combination_type"]);
+            let options = WeightedAdapterOptions {
+                combination: Combination::parse(combo["combination_type"].as_str().unwrap()).unwrap(),
+                svd_rank: combo["svd_rank"].as_i64(),
+                svd_clamp: combo["svd_clamp"].as_f64(),
+                svd_full_matrices: combo["svd_full_matrices"].as_bool().unwrap_or(true),
+                density: combo["density"].as_f64(),
+                majority_sign: peft_core::merge_utils::MajoritySign::parse(
+                    combo["majority_sign_method"].as_str().unwrap_or("total"),
+                )
+                .unwrap(),
+                ..Default::default()
+            };
+            seen.insert(options.combination.name());
+            let adapters = strings(&combo["adapters"]);
+            let adapters: Vec<&str> = adapters.iter().map(String::as_str).collect();
+            let weights: Vec<f64> =
+                combo["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()).collect();
+            tch::manual_seed(100 + i);
+            peft.add_weighted_adapter(&adapters, &weights, &new, &options).unwrap();
+            let mut expected = read_all(&d.join(format!("{new}.safetensors")));
+            let out = expected.remove("__output__").unwrap();
+            let ours: BTreeMap<String, Tensor> = peft.adapter_state_dict(&new).unwrap().into_iter().collect();
+            assert_eq!(ours.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "{what}: keys");
+            for (k, v) in &expected {
+                assert_close(&ours[k], v, 1e-6, &format!("{what}: {k}"));
+            }
+            let config = peft.config(&new).unwrap().to_json();
+            for key in ["r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern"] {
+                let norm = |v: &Value| match v {
+                    Value::Array(a) => {
+                        let mut s: Vec<String> = a.iter().map(|x| x.to_string()).collect();
+                        s.sort();
+                        Value::from(s)
+                    }
+                    Value::Number(n) => Value::from(n.as_f64().unwrap()),
+                    other => other.clone(),
+                };
+                assert_eq!(norm(&config[key]), norm(&combo["config"][key]), "{what}: config {key}");
+            }
+            peft.set_adapter(&new).unwrap();
+            assert_close(&forward(peft.model(), &x), &out, ATOL, &format!("{what}: output"));
+            peft.set_adapter(&names[0]).unwrap();
+            peft.delete_adapter(&new).unwrap();
+            oracle::record("weighted", &what);
+        }
+    }
+    assert_eq!(seen.len(), Combination::ALL.len(), "every combination type is covered: {seen:?}");
+}
+
+#[test]
+fn svd_combinations_of_conv1d_and_conv3d_need_the_flatten_option() {
+    use peft_lora::{LoraLayer, LoraModelExt, WeightedAdapterOptions};
+    let _rng = oracle::rng_guard();
+    let vs = VarStore::new(Device::Cpu);
+    let model = TestModel::build("ConvNet", &vs).unwrap();
+    let cfg = |alpha: i64| LoraConfig {
+        r: 2,
+        lora_alpha: alpha.into(),
+        target_modules: Some(peft_core::peft_config::TargetModules::list(["conv1d", "conv3d"])),
+        init_lora_weights: peft_lora::InitLoraWeights::Bool(false),
+        ..LoraConfig::default()
+    };
+    let mut peft = PeftModel::new(model, &vs, cfg(4).boxed(), "a").unwrap();
+    peft.add_adapter("b", cfg(8).boxed()).unwrap();
+    let err = peft.add_weighted_adapter(&["a", "b"], &[1.0, 0.5], "w", &Default::default()).unwrap_err();
+    assert!(err.to_string().contains("flatten_all_convs"), "{err}");
+    let opts = WeightedAdapterOptions { flatten_all_convs: true, svd_rank: Some(4), ..Default::default() };
+    peft.add_weighted_adapter(&["a", "b"], &[1.0, 0.5], "w", &opts).unwrap();
+    let TestModel::Conv(net) = peft.model() else { unreachable!() };
+    for slots in [net.conv1d.slots(), net.conv3d.slots()] {
+        let d = |a: &str| {
+            slots.get(a).unwrap().as_any().downcast_ref::<LoraLayer>().unwrap().delta_weight().unwrap()
+        };
+        // Rank 4 holds the sum of two rank-2 deltas exactly.
+        assert_close(&d("w"), &(d("a") + d("b") * 0.5), 1e-5, "flattened SVD combination");
+    }
+}

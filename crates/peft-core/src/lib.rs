@@ -22,6 +22,7 @@ pub mod init;
 pub mod io;
 pub mod layer;
 pub mod linalg;
+pub mod merge_utils;
 pub mod model;
 pub mod modules_to_save;
 pub mod nn;

@@ -72,9 +72,11 @@ pub mod convert;
 pub mod dora;
 pub mod init;
 pub mod layer;
+pub mod weighted;
 
 pub use config::{Alpha, InitLoraWeights, LoraBias, LoraConfig, PEFT_TYPE};
 pub use dora::Dora;
 pub use layer::{LoraKind, LoraLayer};
+pub use weighted::{Combination, LoraModelExt, WeightedAdapterOptions};
 
 peft_core::register_method!(config::PEFT_TYPE, "peft-lora", config::parse_boxed);
