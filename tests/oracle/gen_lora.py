@@ -382,6 +382,61 @@ WEIGHTED_CASES = [
     ),
 ]
 
+# Hotswapping: adapters swapped in turn into the first one, after padding to rank 8.
+HOTSWAP_ADAPTERS = {
+    "h0": dict(target_modules=["lin0", "lin1"], r=4, lora_alpha=8),
+    "h1": dict(target_modules=["lin0", "lin1"], r=4, lora_alpha=16),
+    "h2": dict(target_modules=["lin0"], r=2, lora_alpha=4),
+    "h3": dict(target_modules=["lin0", "lin1"], r=8, lora_alpha=8, use_rslora=False),
+}
+
+# Mixed batches: one adapter per row (`adapter_names`), "__base__" for none.
+MIXED_CASES = [
+    dict(
+        name="linear",
+        model="MLP",
+        adapters={
+            "a": dict(target_modules=["lin0", "lin1"], r=4),
+            "b": dict(target_modules=["lin0"], r=2, lora_alpha=16, lora_bias=True),
+            "c": dict(target_modules=["lin1"], r=8, use_rslora=True),
+        },
+        rows=["a", "__base__", "b", "c", "a", "b", "__base__", "c", "c"],
+    ),
+    dict(
+        name="fan_in_fan_out",
+        model="MLPConv1D",
+        adapters={"a": dict(target_modules=["c_fc", "c_proj"], r=2), "b": dict(target_modules=["c_fc"], r=4)},
+        rows=["b", "a", "a", "__base__", "b", "b", "a", "__base__", "a"],
+    ),
+    dict(
+        name="embedding",
+        model="EmbMLP",
+        adapters={"a": dict(target_modules=["emb", "lin0"], r=4), "b": dict(target_modules=["emb"], r=2, lora_alpha=3)},
+        rows=["a", "b", "__base__", "a", "b", "a", "a", "__base__", "b"],
+    ),
+    dict(
+        name="conv",
+        model="ConvNet",
+        adapters={
+            "a": dict(target_modules=["conv2d", "conv1x1", "grouped", "conv3d", "conv1d"], r=4),
+            "b": dict(target_modules=["conv2d", "grouped", "conv1d"], r=2, lora_bias=True),
+        },
+        rows=["__base__", "a", "b", "b", "a", "__base__", "a", "b", "a"],
+    ),
+    dict(
+        name="modules_to_save",
+        model="MLP",
+        perturb="modules_to_save",
+        adapters={
+            # PEFT 0.21.2 fails (KeyError) when a row's adapter has no copy of a modules_to_save module,
+            # so both adapters have one here.
+            "a": dict(target_modules=["lin0"], modules_to_save=["lin1"]),
+            "b": dict(target_modules=["lin0"], r=4, modules_to_save=["lin1"]),
+        },
+        rows=["a", "b", "__base__", "a", "b", "a", "b", "a", "__base__"],
+    ),
+]
+
 # Training cases: the same optimizer steps in PEFT and in Rust.
 TRAIN_CONFIG = dict(target_modules=["lin0", "lin1"], r=4, lora_alpha=8, lora_dropout=0.1)
 TRAIN_CASES = [
@@ -692,6 +747,60 @@ def gen_weighted(root, case):
     return case["name"]
 
 
+def gen_hotswap(root):
+    from peft.utils.hotswap import hotswap_adapter, prepare_model_for_compiled_hotswap
+
+    d = os.path.join(root, "hotswap")
+    os.makedirs(d)
+    base = models.build("MLP")
+    save_file(tensors(base.state_dict()), os.path.join(d, "base.safetensors"))
+    x = model_input("MLP")
+    outputs = {"x": x}
+    torch.manual_seed(5)
+    for name, cfg in HOTSWAP_ADAPTERS.items():
+        m = get_peft_model(copy.deepcopy(base), lora_config(cfg))
+        m.save_pretrained(os.path.join(d, name))
+        m.eval()
+        with torch.no_grad():
+            outputs[f"direct_{name}"] = m(x)
+    model = PeftModel.from_pretrained(copy.deepcopy(base), os.path.join(d, "h0"))
+    prepare_model_for_compiled_hotswap(model, target_rank=8)
+    model.eval()
+    for name in list(HOTSWAP_ADAPTERS)[1:]:
+        hotswap_adapter(model, os.path.join(d, name), adapter_name="default", torch_device="cpu")
+        with torch.no_grad():
+            outputs[f"swapped_{name}"] = model(x)
+    save_file(tensors(outputs), os.path.join(d, "outputs.safetensors"))
+    return list(HOTSWAP_ADAPTERS)
+
+
+def gen_mixed(root, case):
+    d = os.path.join(root, "mixed", case["name"])
+    os.makedirs(d)
+    base = models.build(case["model"])
+    base.eval()
+    save_file(tensors(base.state_dict()), os.path.join(d, "base.safetensors"))
+    names = list(case["adapters"])
+    torch.manual_seed(1)
+    model = get_peft_model(base, lora_config(case["adapters"][names[0]]), adapter_name=names[0])
+    for n in names[1:]:
+        model.add_adapter(n, lora_config(case["adapters"][n]))
+    if case.get("perturb") == "modules_to_save":
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if ".modules_to_save." in n:
+                    p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(os.path.join(d, "adapters"))
+    x = model_input(case["model"])
+    model.eval()
+    with torch.no_grad():
+        out = model(x, adapter_names=case["rows"])
+    save_file(tensors({"x": x, "mixed": out}), os.path.join(d, "outputs.safetensors"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(dict(name=case["name"], model=case["model"], adapters=names, rows=case["rows"]), f, indent=2)
+    return case["name"]
+
+
 def gen_configs(root):
     for name, kwargs in CONFIG_CASES.items():
         LoraConfig(**kwargs).save_pretrained(os.path.join(root, "configs", name))
@@ -729,6 +838,8 @@ def main():
         train=[gen_train(root, c) for c in TRAIN_CASES],
         conversion=[gen_conversion(root, c) for c in CONVERSION_CASES],
         weighted=[gen_weighted(root, c) for c in WEIGHTED_CASES],
+        hotswap=gen_hotswap(root),
+        mixed=[gen_mixed(root, c) for c in MIXED_CASES],
         configs=gen_configs(root),
     )
     gen_matching(root)

@@ -1,7 +1,7 @@
 //! Rust twins of `tests/oracle/models.py`: same module names, same registration order, same init.
 
 use peft_core::nn::{self as pnn, Conv, ConvConfig, Embedding, EmbeddingConfig, Linear};
-use peft_core::{Adaptable, AdaptableLayer, Result};
+use peft_core::{Adaptable, AdaptableLayer, ForwardCtx, Result};
 use std::path::Path;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Kind, Tensor};
@@ -26,10 +26,17 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// The forward pass with per-call options (mixed batches).
+    pub fn forward_ctx(&self, x: &Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
+        let x = self.lin0.forward_ctx(&x.to_kind(Kind::Float), ctx).relu().dropout(0.5, ctx.train);
+        self.lin1.forward_ctx(&x, ctx).log_softmax(-1, None::<Kind>)
+    }
+}
+
 impl ModuleT for Mlp {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = self.lin0.forward_t(&x.to_kind(Kind::Float), train).relu().dropout(0.5, train);
-        self.lin1.forward_t(&x, train).log_softmax(-1, None::<Kind>)
+        self.forward_ctx(x, &ForwardCtx::from_train(train))
     }
 }
 
@@ -68,14 +75,21 @@ impl DeepMlp {
     }
 }
 
-impl ModuleT for DeepMlp {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+impl DeepMlp {
+    /// The forward pass with per-call options (mixed batches).
+    pub fn forward_ctx(&self, x: &Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
         let mut x = x.to_kind(Kind::Float);
         for b in &self.layers {
-            let h = b.lin0.forward_t(&x, train).relu().dropout(0.5, train);
-            x = b.lin1.forward_t(&h, train);
+            let h = b.lin0.forward_ctx(&x, ctx).relu().dropout(0.5, ctx.train);
+            x = b.lin1.forward_ctx(&h, ctx);
         }
-        self.out.forward_t(&x, train).log_softmax(-1, None::<Kind>)
+        self.out.forward_ctx(&x, ctx).log_softmax(-1, None::<Kind>)
+    }
+}
+
+impl ModuleT for DeepMlp {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_ctx(x, &ForwardCtx::from_train(train))
     }
 }
 
@@ -99,10 +113,17 @@ impl MlpConv1D {
     }
 }
 
+impl MlpConv1D {
+    /// The forward pass with per-call options (mixed batches).
+    pub fn forward_ctx(&self, x: &Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
+        let h = self.c_fc.forward_ctx(&x.to_kind(Kind::Float), ctx).relu();
+        self.c_proj.forward_ctx(&h, ctx).log_softmax(-1, None::<Kind>)
+    }
+}
+
 impl ModuleT for MlpConv1D {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.c_fc.forward_t(&x.to_kind(Kind::Float), train).relu();
-        self.c_proj.forward_t(&h, train).log_softmax(-1, None::<Kind>)
+        self.forward_ctx(x, &ForwardCtx::from_train(train))
     }
 }
 
@@ -129,10 +150,17 @@ impl EmbMlp {
     }
 }
 
+impl EmbMlp {
+    /// The forward pass with per-call options (mixed batches).
+    pub fn forward_ctx(&self, x: &Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
+        let h = self.lin0.forward_ctx(&self.emb.forward_ctx(x, ctx), ctx).relu();
+        self.lin1.forward_ctx(&h, ctx).log_softmax(-1, None::<Kind>)
+    }
+}
+
 impl ModuleT for EmbMlp {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.lin0.forward_t(&self.emb.forward_t(x, train), train).relu();
-        self.lin1.forward_t(&h, train).log_softmax(-1, None::<Kind>)
+        self.forward_ctx(x, &ForwardCtx::from_train(train))
     }
 }
 
@@ -182,19 +210,27 @@ impl ConvNet {
     }
 }
 
+impl ConvNet {
+    /// The forward pass with per-call options (mixed batches).
+    pub fn forward_ctx(&self, x: &Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
+        let h = self.conv2d.forward_ctx(&x.to_kind(Kind::Float), ctx).relu();
+        let h = self.conv1x1.forward_ctx(&h, ctx).relu();
+        let h = self.grouped.forward_ctx(&h, ctx);
+        let h = self.conv3d.forward_ctx(&h.unsqueeze(-1), ctx).relu().squeeze_dim(-1);
+        let h = self.conv1d.forward_ctx(&h.flatten(2, -1), ctx);
+        self.lin.forward_ctx(&h.flatten(1, -1), ctx).log_softmax(-1, None::<Kind>)
+    }
+}
+
 impl ModuleT for ConvNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.conv2d.forward_t(&x.to_kind(Kind::Float), train).relu();
-        let h = self.conv1x1.forward_t(&h, train).relu();
-        let h = self.grouped.forward_t(&h, train);
-        let h = self.conv3d.forward_t(&h.unsqueeze(-1), train).relu().squeeze_dim(-1);
-        let h = self.conv1d.forward_t(&h.flatten(2, -1), train);
-        self.lin.forward_t(&h.flatten(1, -1), train).log_softmax(-1, None::<Kind>)
+        self.forward_ctx(x, &ForwardCtx::from_train(train))
     }
 }
 
 /// Any of the test models, by the name the oracle uses.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // test models, built a few at a time
 pub enum TestModel {
     /// `MLP`.
     Mlp(Mlp),
@@ -254,15 +290,22 @@ impl Adaptable for TestModel {
     }
 }
 
+impl TestModel {
+    /// The forward pass with per-call options (mixed batches).
+    pub fn forward_ctx(&self, x: &Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
+        match self {
+            TestModel::Mlp(m) => m.forward_ctx(x, ctx),
+            TestModel::Deep(m) => m.forward_ctx(x, ctx),
+            TestModel::Conv1D(m) => m.forward_ctx(x, ctx),
+            TestModel::Emb(m) => m.forward_ctx(x, ctx),
+            TestModel::Conv(m) => m.forward_ctx(x, ctx),
+        }
+    }
+}
+
 impl ModuleT for TestModel {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        match self {
-            TestModel::Mlp(m) => m.forward_t(x, train),
-            TestModel::Deep(m) => m.forward_t(x, train),
-            TestModel::Conv1D(m) => m.forward_t(x, train),
-            TestModel::Emb(m) => m.forward_t(x, train),
-            TestModel::Conv(m) => m.forward_t(x, train),
-        }
+        self.forward_ctx(x, &ForwardCtx::from_train(train))
     }
 }
 

@@ -720,3 +720,229 @@ fn svd_combinations_of_conv1d_and_conv3d_need_the_flatten_option() {
         assert_close(&d("w"), &(d("a") + d("b") * 0.5), 1e-5, "flattened SVD combination");
     }
 }
+
+#[test]
+fn hotswap_matches_peft_without_reallocating() {
+    let _rng = oracle::rng_guard();
+    let d = fixtures().join("hotswap");
+    let names = manifest_list("hotswap");
+    let outputs = read_all(&d.join("outputs.safetensors"));
+    let x = &outputs["x"];
+    let (vs, model) = base_model(&d, "MLP");
+    let (mut peft, _) =
+        PeftModel::from_pretrained(model, &vs, d.join(&names[0]), LoadOptions::default()).unwrap();
+    peft.prepare_for_hotswap(8).unwrap();
+    let TestModel::Mlp(mlp) = peft.model() else { unreachable!() };
+    let a_ptr = mlp.lin0.slots().get("default").unwrap().named_tensors()[0].1.data_ptr();
+    assert_close(
+        &forward(peft.model(), x),
+        &outputs[&format!("direct_{}", names[0])],
+        ATOL,
+        "padding keeps outputs",
+    );
+    for name in &names[1..] {
+        peft.hotswap_adapter(d.join(name), "default").unwrap();
+        let out = forward(peft.model(), x);
+        assert_close(
+            &out,
+            &outputs[&format!("swapped_{name}")],
+            ATOL,
+            &format!("{name}: PEFT after hotswap"),
+        );
+        assert_close(
+            &out,
+            &outputs[&format!("direct_{name}")],
+            ATOL,
+            &format!("{name}: as if loaded directly"),
+        );
+        // Saving writes the swapped-in adapter at its own rank, as it was saved.
+        let dir = tempfile::tempdir().unwrap();
+        peft.save_pretrained(dir.path(), &SaveOptions::default()).unwrap();
+        let ours = read_all(&dir.path().join("adapter_model.safetensors"));
+        let theirs = read_all(&d.join(name).join("adapter_model.safetensors"));
+        for (k, v) in &ours {
+            match theirs.get(k) {
+                Some(t) => assert_identical(v, t, &format!("{name}: saved {k}")),
+                // Layers the new adapter does not target hold zeros.
+                None => assert_eq!(v.abs().sum(Kind::Float).double_value(&[]), 0.0, "{name}: {k}"),
+            }
+        }
+        oracle::record("hotswap", name);
+    }
+    let TestModel::Mlp(mlp) = peft.model() else { unreachable!() };
+    let lin0 = mlp.lin0.slots().get("default").unwrap().named_tensors();
+    assert_eq!(lin0[0].1.data_ptr(), a_ptr, "hotswapping never reallocates");
+    assert_eq!(lin0[0].1.size(), [8, 10]);
+    // Without padding, a larger adapter is refused and nothing changes.
+    let (vs2, model2) = base_model(&d, "MLP");
+    let (mut small, _) =
+        PeftModel::from_pretrained(model2, &vs2, d.join(&names[0]), LoadOptions::default()).unwrap();
+    let before = forward(small.model(), x);
+    let err = small.hotswap_adapter(d.join(&names[3]), "default").unwrap_err();
+    assert!(err.to_string().contains("prepare_for_hotswap"), "{err}");
+    assert_identical(&forward(small.model(), x), &before, "a refused hotswap changes nothing");
+}
+
+#[test]
+fn hotswap_uses_rank_patterns_dora_and_grouped_convolutions_correctly() {
+    let _rng = oracle::rng_guard();
+    let work = tempfile::tempdir().unwrap();
+    tch::manual_seed(3);
+    let vs = VarStore::new(Device::Cpu);
+    let model = TestModel::build("ConvNet", &vs).unwrap();
+    let base_file = work.path().join("base.safetensors");
+    let named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    peft_core::io::write_safetensors(&base_file, &named).unwrap();
+    let cfg = |r: i64, pattern: Option<(&str, i64)>, dora: bool| {
+        let mut c = LoraConfig {
+            r,
+            lora_alpha: 8.into(),
+            use_dora: dora,
+            target_modules: Some(peft_core::peft_config::TargetModules::list(["conv2d", "grouped", "lin"])),
+            init_lora_weights: peft_lora::InitLoraWeights::Bool(false),
+            ..LoraConfig::default()
+        };
+        if let Some((k, v)) = pattern {
+            c.rank_pattern.insert(k.into(), v);
+        }
+        c
+    };
+    // PEFT 0.21.2's hotswap ignores rank_pattern when it recomputes the scaling; here the pattern counts.
+    let variants = [
+        ("first", cfg(4, None, false)),
+        ("patterned", cfg(4, Some(("grouped", 2)), false)),
+        ("big", cfg(6, None, false)),
+    ];
+    let x = Tensor::randn([3, 2, 6, 6], (Kind::Float, Device::Cpu));
+    let mut direct = BTreeMap::new();
+    for (name, c) in &variants {
+        let vs_i = VarStore::new(Device::Cpu);
+        let m = TestModel::build("ConvNet", &vs_i).unwrap();
+        load_var_store(&vs_i, &base_file);
+        let p = PeftModel::new(m, &vs_i, c.clone().boxed(), "default").unwrap();
+        p.save_pretrained(work.path().join(name), &SaveOptions::default()).unwrap();
+        direct.insert(*name, forward(p.model(), &x));
+    }
+    drop((vs, model));
+    let vs2 = VarStore::new(Device::Cpu);
+    let m = TestModel::build("ConvNet", &vs2).unwrap();
+    load_var_store(&vs2, &base_file);
+    let (mut peft, _) =
+        PeftModel::from_pretrained(m, &vs2, work.path().join("first"), LoadOptions::default()).unwrap();
+    peft.prepare_for_hotswap(6).unwrap();
+    assert_close(&forward(peft.model(), &x), &direct["first"], 1e-5, "padded grouped conv");
+    for name in ["patterned", "big", "first"] {
+        peft.hotswap_adapter(work.path().join(name), "default").unwrap();
+        assert_close(&forward(peft.model(), &x), &direct[name], 1e-5, &format!("hotswapped {name}"));
+    }
+    // DoRA adapters swap their magnitude too.
+    let dvs = VarStore::new(Device::Cpu);
+    let dm = TestModel::build("ConvNet", &dvs).unwrap();
+    load_var_store(&dvs, &base_file);
+    let dora_a = PeftModel::new(dm, &dvs, cfg(4, None, true).boxed(), "default").unwrap();
+    dora_a.save_pretrained(work.path().join("dora_a"), &SaveOptions::default()).unwrap();
+    let dvs2 = VarStore::new(Device::Cpu);
+    let dm2 = TestModel::build("ConvNet", &dvs2).unwrap();
+    load_var_store(&dvs2, &base_file);
+    let dora_b = PeftModel::new(dm2, &dvs2, cfg(4, None, true).boxed(), "default").unwrap();
+    for (k, mut t) in dora_b.adapter_var_store().variables() {
+        if k.contains("magnitude") {
+            let _ = tch::no_grad(|| t.f_mul_scalar_(1.3)).unwrap();
+        }
+    }
+    dora_b.save_pretrained(work.path().join("dora_b"), &SaveOptions::default()).unwrap();
+    let want = forward(dora_b.model(), &x);
+    let dvs3 = VarStore::new(Device::Cpu);
+    let dm3 = TestModel::build("ConvNet", &dvs3).unwrap();
+    load_var_store(&dvs3, &base_file);
+    let (mut swapped, _) =
+        PeftModel::from_pretrained(dm3, &dvs3, work.path().join("dora_a"), LoadOptions::default()).unwrap();
+    let _ = forward(swapped.model(), &x); // fills the DoRA eval cache
+    swapped.hotswap_adapter(work.path().join("dora_b"), "default").unwrap();
+    assert_close(&forward(swapped.model(), &x), &want, 1e-5, "DoRA hotswap");
+    let err = swapped.hotswap_adapter(work.path().join("first"), "default").unwrap_err();
+    assert!(err.to_string().contains("use_dora"), "{err}");
+}
+
+#[test]
+fn mixed_batches_match_peft_and_each_row_alone() {
+    let _rng = oracle::rng_guard();
+    let root = fixtures();
+    for case in manifest_list("mixed") {
+        let d = root.join("mixed").join(&case);
+        let meta = read_json(&d.join("case.json"));
+        let (vs, model) = base_model(&d, meta["model"].as_str().unwrap());
+        let names = strings(&meta["adapters"]);
+        let adir = d.join("adapters");
+        let sub = |n: &String| LoadOptions { subfolder: Some(n.clone()), ..LoadOptions::named(n.clone()) };
+        let (mut peft, _) = PeftModel::from_pretrained(model, &vs, &adir, sub(&names[0])).unwrap();
+        for n in &names[1..] {
+            peft.load_adapter(&adir, sub(n)).unwrap();
+        }
+        let outputs = read_all(&d.join("outputs.safetensors"));
+        let x = &outputs["x"];
+        let rows = strings(&meta["rows"]);
+        let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
+        let ra = peft.row_adapters(&rows).unwrap();
+        let ctx = peft_core::ForwardCtx::eval().with_rows(&ra);
+        let mixed = tch::no_grad(|| peft.model().forward_ctx(x, &ctx));
+        assert_close(&mixed, &outputs["mixed"], ATOL, &format!("{case}: mixed batch vs PEFT"));
+        // The cached stack gives the same numbers on a second pass.
+        assert_identical(
+            &tch::no_grad(|| peft.model().forward_ctx(x, &ctx)),
+            &mixed,
+            &format!("{case}: cached"),
+        );
+        // Each row equals the row run alone with its adapter.
+        for (i, name) in rows.iter().enumerate() {
+            let xi = x.narrow(0, i as i64, 1);
+            let alone = if *name == peft_core::mixed::BASE {
+                let disabled = peft.disable_adapters().unwrap();
+                forward(&disabled, &xi)
+            } else {
+                peft.set_adapter(name).unwrap();
+                forward(peft.model(), &xi)
+            };
+            assert_close(&mixed.narrow(0, i as i64, 1), &alone, ATOL, &format!("{case}: row {i} ({name})"));
+        }
+        oracle::record("mixed", &case);
+    }
+    // Unknown names and merged adapters are refused.
+    let d = root.join("mixed").join("linear");
+    let (vs, model) = base_model(&d, "MLP");
+    let opts = LoadOptions { subfolder: Some("a".into()), ..LoadOptions::named("a") };
+    let (mut peft, _) = PeftModel::from_pretrained(model, &vs, d.join("adapters"), opts).unwrap();
+    assert!(peft.row_adapters(&["a", "zz"]).unwrap_err().to_string().contains("zz"));
+    peft.merge_adapter(None, false).unwrap();
+    assert!(peft.row_adapters(&["a"]).unwrap_err().to_string().contains("merged"));
+}
+
+#[test]
+fn mixed_batches_with_dora_adapters_take_the_per_adapter_path() {
+    let _rng = oracle::rng_guard();
+    let vs = VarStore::new(Device::Cpu);
+    let model = TestModel::build("EmbMLP", &vs).unwrap();
+    let cfg = |dora: bool, r: i64| LoraConfig {
+        r,
+        use_dora: dora,
+        target_modules: Some(peft_core::peft_config::TargetModules::list(["emb", "lin0", "lin1"])),
+        init_lora_weights: peft_lora::InitLoraWeights::Bool(false),
+        ..LoraConfig::default()
+    };
+    let mut peft = PeftModel::new(model, &vs, cfg(true, 4).boxed(), "dora").unwrap();
+    peft.add_adapter("plain", cfg(false, 2).boxed()).unwrap();
+    let x = Tensor::randint(30, [4, 5], (Kind::Int64, Device::Cpu));
+    let rows = ["plain", "dora", peft_core::mixed::BASE, "dora"];
+    let ra = peft.row_adapters(&rows).unwrap();
+    let mixed = tch::no_grad(|| peft.model().forward_ctx(&x, &peft_core::ForwardCtx::eval().with_rows(&ra)));
+    for (i, name) in rows.iter().enumerate() {
+        let xi = x.narrow(0, i as i64, 1);
+        let alone = if *name == peft_core::mixed::BASE {
+            forward(&peft.disable_adapters().unwrap(), &xi)
+        } else {
+            peft.set_adapter(name).unwrap();
+            forward(peft.model(), &xi)
+        };
+        assert_close(&mixed.narrow(0, i as i64, 1), &alone, ATOL, &format!("row {i} ({name})"));
+    }
+}

@@ -179,7 +179,7 @@ struct ModelArgs {
 struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// One adapter name per batch row (`__base__` for none); rows run separately.
+    /// One adapter name per batch row (`__base__` for none), run as one mixed batch.
     #[arg(long, value_delimiter = ',')]
     row_adapters: Vec<String>,
     /// Input safetensors: `input_ids` int64 [B, T], optional `attention_mask`, `token_type_ids`,
@@ -392,7 +392,12 @@ fn read_inputs(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     Ok(tensors)
 }
 
-fn forward(model: &HfModel, t: &BTreeMap<String, Tensor>, device: Device) -> Result<Tensor> {
+fn forward(
+    model: &HfModel,
+    t: &BTreeMap<String, Tensor>,
+    device: Device,
+    ctx: &ForwardCtx<'_>,
+) -> Result<Tensor> {
     let on = |k: &str| t.get(k).map(|x| x.to_device(device));
     let (ids, mask, types, dec) =
         (on("input_ids"), on("attention_mask"), on("token_type_ids"), on("decoder_input_ids"));
@@ -403,17 +408,15 @@ fn forward(model: &HfModel, t: &BTreeMap<String, Tensor>, device: Device) -> Res
         decoder_input_ids: dec.as_ref(),
         ..ModelInputs::default()
     };
-    Ok(tch::no_grad(|| model.forward(&inputs, &ForwardCtx::eval()))?
-        .to_kind(Kind::Float)
-        .to_device(Device::Cpu))
+    Ok(tch::no_grad(|| model.forward(&inputs, ctx))?.to_kind(Kind::Float).to_device(Device::Cpu))
 }
 
 fn run(args: RunArgs) -> Result<()> {
     let inputs = read_inputs(&args.input)?;
     let device = parse_device(&args.model.device)?;
-    let (mut peft, _vs, names) = load(&args.model)?;
+    let (peft, _vs, names) = load(&args.model)?;
     let logits = if args.row_adapters.is_empty() {
-        forward(peft.model(), &inputs, device)?
+        forward(peft.model(), &inputs, device, &ForwardCtx::eval())?
     } else {
         let batch = inputs["input_ids"].size()[0];
         if args.row_adapters.len() as i64 != batch {
@@ -422,22 +425,15 @@ fn run(args: RunArgs) -> Result<()> {
         if args.model.merge {
             bail!("--row-adapters cannot be combined with --merge");
         }
-        let mut rows = Vec::new();
-        for (i, name) in args.row_adapters.iter().enumerate() {
-            let row: BTreeMap<String, Tensor> =
-                inputs.iter().map(|(k, v)| (k.clone(), v.narrow(0, i as i64, 1))).collect();
-            if name == "__base__" {
-                let disabled = peft.disable_adapters()?;
-                rows.push(forward(&disabled, &row, device)?);
-            } else {
-                if !names.contains(name) {
-                    bail!("--row-adapters: no adapter named {name:?} (loaded: {names:?})");
-                }
-                peft.set_adapter(name)?;
-                rows.push(forward(peft.model(), &row, device)?);
+        for name in &args.row_adapters {
+            if name != peft_core::mixed::BASE && !names.contains(name) {
+                bail!("--row-adapters: no adapter named {name:?} (loaded: {names:?})");
             }
         }
-        Tensor::cat(&rows, 0)
+        // One mixed batch: every layer gathers each row's adapter (see peft_core::mixed).
+        let rows: Vec<&str> = args.row_adapters.iter().map(String::as_str).collect();
+        let rows = peft.row_adapters(&rows)?;
+        forward(peft.model(), &inputs, device, &ForwardCtx::eval().with_rows(&rows))?
     };
     Tensor::write_safetensors(&[("logits", &logits)], &args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;

@@ -87,6 +87,16 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         ))
     }
 
+    /// Whether an adapter with config `other` can be hotswapped into one with this config: PEFT checks
+    /// the options that change the output beyond the weights.
+    ///
+    /// # Errors
+    /// [`PeftError::Invalid`] naming the differing option; methods without hotswapping.
+    fn check_hotswap_compatible(&self, other: &dyn AdapterConfig) -> Result<()> {
+        let _ = other;
+        Err(PeftError::Invalid(format!("{} adapters cannot be hotswapped", self.common().peft_type)))
+    }
+
     /// Creates this method's adapter for one targeted layer.
     ///
     /// The config is mutable because PEFT corrects some options while injecting (e.g. LoRA's

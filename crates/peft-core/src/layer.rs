@@ -17,6 +17,7 @@
 //!   hand to [`crate::PeftModel`].
 
 use crate::error::{PeftError, Result};
+use crate::mixed::{MixedCache, RowAdapters};
 use indexmap::IndexMap;
 use std::any::Any;
 use std::fmt;
@@ -209,18 +210,25 @@ pub trait EmbeddingLike: WeightLike {
 pub struct ForwardCtx<'a> {
     /// Training mode: dropout is active.
     pub train: bool,
+    /// Per-row adapters (a mixed batch); `None`: the active adapters for every row.
+    pub rows: Option<&'a RowAdapters>,
     _borrow: PhantomData<&'a ()>,
 }
 
-impl ForwardCtx<'_> {
+impl<'a> ForwardCtx<'a> {
     /// Evaluation: no dropout.
     pub fn eval() -> Self {
-        ForwardCtx { train: false, _borrow: PhantomData }
+        ForwardCtx { train: false, rows: None, _borrow: PhantomData }
     }
 
     /// Training: dropout active.
     pub fn train() -> Self {
-        ForwardCtx { train: true, _borrow: PhantomData }
+        ForwardCtx { train: true, rows: None, _borrow: PhantomData }
+    }
+
+    /// The same options with one adapter per batch row (see [`crate::mixed`]).
+    pub fn with_rows(self, rows: &'a RowAdapters) -> ForwardCtx<'a> {
+        ForwardCtx { rows: Some(rows), ..self }
     }
 
     /// `train` or `eval` from a flag (tch's `ModuleT` convention).
@@ -294,6 +302,73 @@ pub trait TunerLayer: fmt::Debug + Send + 'static {
     /// A method-specific reason the unmerge is impossible.
     fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()>;
 
+    /// True for tuners that compute the layer instead of the base (`modules_to_save` copies): in mixed
+    /// batches their rows get [`TunerLayer::replace_base`] instead of the base output.
+    fn replaces_base(&self) -> bool {
+        false
+    }
+
+    /// The output update for a mixed batch, for all rows at once: `group` are the adapters of this
+    /// method on this layer (this one first), `index[i]` the position in `group` of row `i`'s adapter
+    /// (-1: none). `y` is the base output. `cache` may hold what the method prepared for this group.
+    /// `None` (the default): the layer runs each adapter's [`TunerLayer::transform_output`] on its rows.
+    #[allow(clippy::too_many_arguments)]
+    fn mixed_batch_output(
+        &self,
+        base: &dyn BaseLayer,
+        x: &Tensor,
+        y: &Tensor,
+        group: &[&dyn TunerLayer],
+        index: &Tensor,
+        cache: &MixedCache,
+        ctx: &ForwardCtx<'_>,
+    ) -> Option<Tensor> {
+        let _ = (base, x, y, group, index, cache, ctx);
+        None
+    }
+
+    /// The tensors that make up the adapter's state dict (saving, loading, checkpoints). The default is
+    /// [`TunerLayer::named_tensors`]; methods whose tensors are padded for hotswapping return views of the
+    /// part in use, so files keep the adapter's own shapes.
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.named_tensors()
+    }
+
+    /// Grows the adapter's tensors to `target_rank` with zeros, once, so that adapters of any rank up to
+    /// it can later be hotswapped in without reallocating (PEFT's `prepare_model_for_compiled_hotswap`).
+    /// Returns `false` for methods without ranks.
+    ///
+    /// # Errors
+    /// A target below the current rank.
+    fn pad_rank(&mut self, target_rank: i64) -> Result<bool> {
+        let _ = target_rank;
+        Ok(false)
+    }
+
+    /// Checks that [`TunerLayer::hotswap`] can take `tensors` (this layer's part of another adapter's
+    /// state dict, keyed like [`TunerLayer::named_tensors`]) without reallocating.
+    ///
+    /// # Errors
+    /// [`PeftError::Invalid`] naming the tensor and both shapes; methods without hotswapping.
+    fn hotswap_check(&self, tensors: &std::collections::BTreeMap<String, Tensor>) -> Result<()> {
+        let _ = tensors;
+        Err(PeftError::Invalid(format!("{} adapters cannot be hotswapped", self.peft_type())))
+    }
+
+    /// Replaces the adapter's values in place with another adapter's (`config` is that adapter's): tensors
+    /// absent from `tensors` become zero, derived values (LoRA's scaling) are recomputed.
+    ///
+    /// # Errors
+    /// As [`TunerLayer::hotswap_check`].
+    fn hotswap(
+        &mut self,
+        tensors: &std::collections::BTreeMap<String, Tensor>,
+        config: &dyn crate::config::AdapterConfig,
+    ) -> Result<()> {
+        let _ = (tensors, config);
+        Err(PeftError::Invalid(format!("{} adapters cannot be hotswapped", self.peft_type())))
+    }
+
     /// Called after the adapter's tensors were overwritten in place (loading, hotswapping): drop anything
     /// derived from them.
     fn weights_changed(&mut self) {}
@@ -333,6 +408,7 @@ pub struct AdapterSlots {
     active: Vec<String>,
     merged: Vec<String>,
     disabled: bool,
+    mixed_cache: MixedCache,
 }
 
 impl AdapterSlots {
@@ -372,10 +448,12 @@ impl AdapterSlots {
     }
 
     pub(crate) fn insert(&mut self, name: String, layer: Box<dyn TunerLayer>) {
+        self.mixed_cache.clear();
         self.adapters.insert(name, layer);
     }
 
     pub(crate) fn remove(&mut self, name: &str) -> Option<Box<dyn TunerLayer>> {
+        self.mixed_cache.clear();
         self.active.retain(|a| a != name);
         self.adapters.shift_remove(name)
     }
@@ -402,6 +480,9 @@ impl AdapterSlots {
         if self.disabled || !self.merged.is_empty() || self.adapters.is_empty() {
             return base.forward(x);
         }
+        if let Some(rows) = ctx.rows {
+            return self.forward_mixed(base, x, rows, ctx);
+        }
         let active: Vec<&dyn TunerLayer> =
             self.active.iter().filter_map(|name| self.adapters.get(name)).map(|b| b.as_ref()).collect();
         if active.is_empty() {
@@ -427,6 +508,70 @@ impl AdapterSlots {
             y = y.to_kind(kind);
         }
         y
+    }
+
+    /// A mixed batch: the base output, replaced on the rows of `modules_to_save`-style adapters, plus each
+    /// row's adapter contribution, batched per method where the method can, else adapter by adapter on
+    /// its rows (PEFT's `_mixed_batch_forward`).
+    fn forward_mixed(
+        &self,
+        base: &dyn BaseLayer,
+        x: &Tensor,
+        rows: &RowAdapters,
+        ctx: &ForwardCtx<'_>,
+    ) -> Tensor {
+        let mut y = base.forward(x);
+        let kind = y.kind();
+        let present: Vec<(usize, &dyn TunerLayer)> = rows
+            .names()
+            .iter()
+            .enumerate()
+            .filter_map(|(k, n)| self.adapters.get(n).map(|t| (k, t.as_ref())))
+            .collect();
+        for (k, t) in present.iter().filter(|(_, t)| t.replaces_base()) {
+            if let Some(r) = rows.rows(*k) {
+                if let Some(ys) = t.replace_base(base, &x.index_select(0, r), ctx) {
+                    y = y.index_copy(0, r, &ys.to_kind(kind));
+                }
+            }
+        }
+        let mut types: Vec<&'static str> = Vec::new();
+        for (_, t) in present.iter().filter(|(_, t)| !t.replaces_base()) {
+            if !types.contains(&t.peft_type()) {
+                types.push(t.peft_type());
+            }
+        }
+        for ty in types {
+            let group: Vec<(usize, &dyn TunerLayer)> =
+                present.iter().filter(|(_, t)| !t.replaces_base() && t.peft_type() == ty).copied().collect();
+            let mut slots_of = vec![None; rows.names().len()];
+            for (pos, (k, _)) in group.iter().enumerate() {
+                slots_of[*k] = Some(pos);
+            }
+            let tuners: Vec<&dyn TunerLayer> = group.iter().map(|(_, t)| *t).collect();
+            let index = rows.local_index(&slots_of);
+            match tuners[0].mixed_batch_output(base, x, &y, &tuners, &index, &self.mixed_cache, ctx) {
+                Some(out) => y = out,
+                None => {
+                    for (k, t) in &group {
+                        if let Some(r) = rows.rows(*k) {
+                            let ys =
+                                t.transform_output(base, &x.index_select(0, r), y.index_select(0, r), ctx);
+                            y = y.index_copy(0, r, &ys.to_kind(kind));
+                        }
+                    }
+                }
+            }
+        }
+        if y.kind() != kind {
+            y = y.to_kind(kind);
+        }
+        y
+    }
+
+    /// Drops caches derived from adapter weights (after weights changed in place).
+    pub(crate) fn clear_caches(&self) {
+        self.mixed_cache.clear();
     }
 
     /// Merges `names` (default: the active adapters that are not merged yet) into the base.

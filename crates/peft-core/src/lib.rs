@@ -23,6 +23,7 @@ pub mod io;
 pub mod layer;
 pub mod linalg;
 pub mod merge_utils;
+pub mod mixed;
 pub mod model;
 pub mod modules_to_save;
 pub mod nn;

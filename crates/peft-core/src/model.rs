@@ -789,7 +789,7 @@ impl<M: Adaptable> PeftModel<M> {
         let mut out = Vec::new();
         self.model.visit_layers(&mut |layer| {
             if let Some(tuner) = layer.slots().get(adapter) {
-                for (rel, t) in tuner.named_tensors() {
+                for (rel, t) in tuner.state_tensors() {
                     let full = format!("{PEFT_PREFIX}{}.{rel}", layer.name());
                     out.push((tuner.checkpoint_key(&full, adapter), t));
                 }
@@ -877,6 +877,123 @@ impl<M: Adaptable> PeftModel<M> {
         Ok(converted)
     }
 
+    /// PEFT's `prepare_model_for_compiled_hotswap(model, target_rank=…)`: pads every adapter's tensors
+    /// to `target_rank` with zeros (outputs unchanged), once, so that [`PeftModel::hotswap_adapter`] can
+    /// later swap in adapters of any rank up to it without reallocating. Saving still writes each adapter
+    /// with its own rank.
+    ///
+    /// # Errors
+    /// No adapter with ranks in the model, or a target below an adapter's rank.
+    pub fn prepare_for_hotswap(&mut self, target_rank: i64) -> Result<()> {
+        let mut found = false;
+        self.model.visit_layers_mut(&mut |layer| {
+            let (_, slots) = layer.parts_mut();
+            let names: Vec<String> = slots.adapters().keys().cloned().collect();
+            for n in names {
+                if let Some(t) = slots.get_mut(&n) {
+                    found |= t.pad_rank(target_rank)?;
+                }
+            }
+            Ok(())
+        })?;
+        if !found {
+            return Err(PeftError::Invalid(
+                "No adapter layers found on the model, make sure to call `prepare_for_hotswap` after loading the \
+                 first adapter"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// PEFT's `hotswap_adapter`: replaces the weights of the loaded adapter `adapter_name` in place with
+    /// those of the adapter saved in `dir` (same method, same targeted layers; layers the new adapter does
+    /// not target get zero weights), recomputing the scaling, without reallocating any tensor. Adapters of
+    /// a higher rank than the loaded one need [`PeftModel::prepare_for_hotswap`] first. The adapter keeps
+    /// its name; its config becomes the new one. Nothing changes if any check fails.
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`]; [`PeftError::AdapterMerged`]; a config of another method or with
+    /// options that change the output beyond the weights (PEFT's list); keys the loaded adapter does not
+    /// have ([`PeftError::UnexpectedKeys`]); tensors larger than the allocated ones.
+    pub fn hotswap_adapter(&mut self, dir: impl AsRef<Path>, adapter_name: &str) -> Result<()> {
+        let dir = dir.as_ref();
+        let old = self.configs.get(adapter_name).ok_or_else(|| self.unknown(adapter_name))?;
+        let mut merged = false;
+        self.model.visit_layers(&mut |l| merged |= l.slots().merged().iter().any(|m| m == adapter_name));
+        if merged {
+            return Err(PeftError::AdapterMerged { adapter: adapter_name.to_string() });
+        }
+        let mut warnings = Vec::new();
+        let mut config = crate::registry::load_config(dir, &mut warnings)?;
+        if config.common().peft_type != old.common().peft_type {
+            return Err(PeftError::MixedPeftTypes {
+                existing: old.common().peft_type.clone(),
+                new: config.common().peft_type.clone(),
+            });
+        }
+        old.check_hotswap_compatible(config.as_ref())?;
+        if config.bias() != BiasMode::None {
+            return Err(PeftError::Invalid(
+                "hotswapping an adapter that trains base biases would overwrite the base model".into(),
+            ));
+        }
+        // Where each checkpoint key lives: (module, tensor name relative to the layer).
+        let mut places: BTreeMap<String, (String, String)> = BTreeMap::new();
+        self.model.visit_layers(&mut |layer| {
+            if let Some(tuner) = layer.slots().get(adapter_name) {
+                for (rel, _) in tuner.named_tensors() {
+                    let full = format!("{PEFT_PREFIX}{}.{rel}", layer.name());
+                    places.insert(tuner.checkpoint_key(&full, adapter_name), (layer.name().to_string(), rel));
+                }
+            }
+        });
+        let path = dir.join(SAFETENSORS_WEIGHTS_NAME);
+        let mut per_layer: BTreeMap<String, BTreeMap<String, Tensor>> = BTreeMap::new();
+        let mut unexpected = Vec::new();
+        for lt in io::read_safetensors(&path)? {
+            let key = if lt.key.starts_with(PEFT_PREFIX) {
+                lt.key.clone()
+            } else {
+                format!("{PEFT_PREFIX}{}", lt.key)
+            };
+            match places.get(&key) {
+                Some((module, rel)) => {
+                    per_layer.entry(module.clone()).or_default().insert(rel.clone(), lt.tensor);
+                }
+                None => unexpected.push(lt.key),
+            }
+        }
+        if !unexpected.is_empty() {
+            return Err(PeftError::UnexpectedKeys { path, keys: unexpected });
+        }
+        let empty = BTreeMap::new();
+        let mut refused: Option<PeftError> = None;
+        self.model.visit_layers(&mut |layer| {
+            if let Some(tuner) = layer.slots().get(adapter_name) {
+                if let Err(e) = tuner.hotswap_check(per_layer.get(layer.name()).unwrap_or(&empty)) {
+                    refused.get_or_insert(e);
+                }
+            }
+        });
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        self.model.visit_layers_mut(&mut |layer| {
+            let name = layer.name().to_string();
+            let slots = layer.parts_mut().1;
+            slots.clear_caches();
+            if let Some(tuner) = slots.get_mut(adapter_name) {
+                tuner.hotswap(per_layer.get(&name).unwrap_or(&empty), config.as_ref())?;
+            }
+            Ok(())
+        })?;
+        config.common_mut().inference_mode = old.common().inference_mode;
+        self.configs.insert(adapter_name.to_string(), config);
+        self.warnings.extend(warnings);
+        Ok(())
+    }
+
     /// PEFT's `load_adapter`: adds the adapter saved in `dir` under `options.adapter_name`, inactive
     /// (activate it with [`PeftModel::set_adapter`]). On error the model is unchanged.
     ///
@@ -934,6 +1051,23 @@ impl<M: Adaptable> PeftModel<M> {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("no such file{hint}")),
             });
         }
+        let mut padded = Vec::new();
+        self.model.visit_layers(&mut |layer| {
+            if let Some(t) = layer.slots().get(name) {
+                let full: Vec<Vec<i64>> = t.named_tensors().iter().map(|(_, t)| t.size()).collect();
+                let used: Vec<Vec<i64>> = t.state_tensors().iter().map(|(_, t)| t.size()).collect();
+                if full != used {
+                    padded.push(layer.name().to_string());
+                }
+            }
+        });
+        if !padded.is_empty() {
+            return Err(PeftError::Invalid(format!(
+                "adapter `{name}` is padded for hotswapping (layers {}); load weights into it with \
+                 `hotswap_adapter`",
+                abbreviate(&padded)
+            )));
+        }
         let file = io::read_safetensors(path)?;
         let mut expected: BTreeMap<String, Tensor> = self.adapter_state_dict(name)?.into_iter().collect();
         // Check everything before writing anything, so a bad file leaves the adapter as it was.
@@ -986,11 +1120,35 @@ impl<M: Adaptable> PeftModel<M> {
     /// are dropped).
     fn weights_changed(&mut self, name: &str) {
         let _ = self.model.visit_layers_mut(&mut |layer| {
-            if let Some(t) = layer.parts_mut().1.get_mut(name) {
+            let slots = layer.parts_mut().1;
+            slots.clear_caches();
+            if let Some(t) = slots.get_mut(name) {
                 t.weights_changed();
             }
             Ok(())
         });
+    }
+
+    /// The per-row adapters of a mixed batch (PEFT's `adapter_names=[…]`): `per_row[i]` names the adapter
+    /// of row `i`, [`crate::mixed::BASE`] (`"__base__"`) for the base model. Pass the result with
+    /// [`ForwardCtx::with_rows`](crate::ForwardCtx::with_rows) to the model's forward. Any adapter may be
+    /// named, active or not; disabled adapters give the base output for every row.
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`]; [`PeftError::Invalid`] while adapters are merged (as PEFT).
+    pub fn row_adapters(&self, per_row: &[&str]) -> Result<crate::mixed::RowAdapters> {
+        for n in per_row {
+            if *n != crate::mixed::BASE && !self.configs.contains_key(*n) {
+                return Err(self.unknown(n));
+            }
+        }
+        if self.is_merged() {
+            return Err(PeftError::Invalid(
+                "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first."
+                    .into(),
+            ));
+        }
+        Ok(crate::mixed::RowAdapters::new(per_row, self.adapter_vs.device()))
     }
 
     /// Every parameter under PEFT's in-memory name, in the order PEFT's `named_parameters()` lists the

@@ -74,6 +74,10 @@ impl TunerLayer for ModulesToSave {
         key.replacen(&format!(".modules_to_save.{adapter}."), ".", 1)
     }
 
+    fn replaces_base(&self) -> bool {
+        true
+    }
+
     fn replace_base(&self, _base: &dyn BaseLayer, x: &Tensor, _ctx: &ForwardCtx<'_>) -> Option<Tensor> {
         Some(self.copy.forward(x))
     }
@@ -111,6 +115,43 @@ impl TunerLayer for ModulesToSave {
         if let Some(saved) = self.original.take() {
             for ((_, mut dst), src) in base.named_parameters().into_iter().zip(saved) {
                 tch::no_grad(|| dst.f_copy_(&src)).map_err(PeftError::torch("unmerging modules_to_save"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn hotswap_check(&self, tensors: &std::collections::BTreeMap<String, Tensor>) -> Result<()> {
+        let mine: std::collections::BTreeMap<String, Tensor> = self.named_tensors().into_iter().collect();
+        for (k, t) in tensors {
+            match mine.get(k) {
+                Some(m) if m.size() == t.size() => {}
+                Some(m) => {
+                    return Err(PeftError::Invalid(format!(
+                        "hotswap: `{}.{k}` has shape {:?}, the loaded adapter {:?}",
+                        self.module,
+                        m.size(),
+                        t.size()
+                    )))
+                }
+                None => {
+                    return Err(PeftError::Invalid(format!("hotswap: `{}` has no tensor `{k}`", self.module)))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the new adapter's trained module in place; absent tensors keep their values (a
+    /// modules_to_save copy has no neutral value to fall back to).
+    fn hotswap(
+        &mut self,
+        tensors: &std::collections::BTreeMap<String, Tensor>,
+        _config: &dyn crate::config::AdapterConfig,
+    ) -> Result<()> {
+        self.hotswap_check(tensors)?;
+        for (k, mut dst) in self.named_tensors() {
+            if let Some(src) = tensors.get(&k) {
+                tch::no_grad(|| dst.f_copy_(src)).map_err(PeftError::torch("hotswapping modules_to_save"))?;
             }
         }
         Ok(())

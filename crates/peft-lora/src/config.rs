@@ -547,6 +547,24 @@ impl AdapterConfig for LoraConfig {
         }
     }
 
+    fn check_hotswap_compatible(&self, other: &dyn AdapterConfig) -> Result<()> {
+        let other = other
+            .as_any()
+            .downcast_ref::<LoraConfig>()
+            .ok_or_else(|| PeftError::Invalid("hotswapping needs two LoRA configs".into()))?;
+        // PEFT's CONFIG_KEYS_TO_CHECK for LoRA.
+        let (a, b) = (self.to_json(), other.to_json());
+        for key in ["use_rslora", "lora_dropout", "alpha_pattern", "use_dora"] {
+            if a[key] != b[key] {
+                return Err(PeftError::Invalid(format!(
+                    "Configs are incompatible: for {key}, {} != {}",
+                    a[key], b[key]
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn config_for_initial_weights(&self) -> Option<Box<dyn AdapterConfig>> {
         Some(Box::new(LoraConfig { init_lora_weights: InitLoraWeights::Bool(true), ..self.clone() }))
     }

@@ -105,6 +105,8 @@ pub struct LoraLayer {
     pub dora: Option<Dora>,
     /// MiCA keeps B frozen while A trains.
     pub frozen_b: bool,
+    /// Bumped whenever the adapter's values or scaling change (caches compare it).
+    pub version: u64,
     in_features: i64,
     out_features: i64,
 }
@@ -257,6 +259,7 @@ impl LoraLayer {
             lora_b_bias,
             dora: None,
             frozen_b,
+            version: 0,
             in_features,
             out_features,
         };
@@ -472,6 +475,44 @@ impl LoraLayer {
         }
     }
 
+    /// The convolution groups (1 for other layers).
+    fn groups(&self) -> i64 {
+        match &self.kind {
+            LoraKind::Conv { geometry } => geometry.groups,
+            _ => 1,
+        }
+    }
+
+    /// Copies the rows of `src` (rank `src.size(0)`) into `dst` (allocated rank `allocated`): the first
+    /// rows, or for grouped convolutions the first rows of each group's block (B reads its group's block).
+    fn place_rows(&self, dst: &Tensor, src: &Tensor, allocated: i64) -> TchResult<()> {
+        let g = self.groups();
+        let src_rank = src.size()[0];
+        if g == 1 {
+            return dst.f_narrow(0, 0, src_rank)?.f_copy_(src).map(drop);
+        }
+        let (dst_block, src_block) = (allocated / g, src_rank / g);
+        for k in 0..g {
+            dst.f_narrow(0, k * dst_block, src_block)?.f_copy_(&src.f_narrow(
+                0,
+                k * src_block,
+                src_block,
+            )?)?;
+        }
+        Ok(())
+    }
+
+    /// The rows of a padded A that hold the adapter in use (a view, or a copy for grouped convolutions).
+    fn rows_in_use(&self, a: &Tensor, allocated: i64) -> Tensor {
+        let g = self.groups();
+        if g == 1 {
+            return a.narrow(0, 0, self.r);
+        }
+        let (block, used) = (allocated / g, self.r / g);
+        let parts: Vec<Tensor> = (0..g).map(|k| a.narrow(0, k * block, used)).collect();
+        Tensor::cat(&parts, 0)
+    }
+
     /// Recomputes `scaling` from `r`, `lora_alpha` and rsLoRA, times `scale` (PEFT's `set_scale`).
     pub fn set_scale(&mut self, scale: f64) {
         let base = if self.use_rslora {
@@ -480,6 +521,7 @@ impl LoraLayer {
             self.lora_alpha / self.r as f64
         };
         self.scaling = scale * base;
+        self.version += 1;
         if let Some(d) = &self.dora {
             d.clear_cache();
         }
@@ -648,7 +690,164 @@ impl TunerLayer for LoraLayer {
         Ok(())
     }
 
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let allocated = self.lora_a.size()[0];
+        // Padded for hotswapping when A has more rows than the rank in use (PiSSA/OLoRA can leave fewer).
+        if allocated <= self.r {
+            return self.named_tensors();
+        }
+        let g = self.groups();
+        let (a_name, b_name, _) = self.kind.tensor_names(&self.adapter);
+        self.named_tensors()
+            .into_iter()
+            .map(|(n, t)| {
+                let t = if n == a_name {
+                    self.rows_in_use(&t, allocated)
+                } else if n == b_name {
+                    t.narrow(1, 0, self.r / g)
+                } else {
+                    t
+                };
+                (n, t)
+            })
+            .collect()
+    }
+
+    fn pad_rank(&mut self, target_rank: i64) -> Result<bool> {
+        let allocated = self.lora_a.size()[0];
+        if target_rank < allocated {
+            return Err(PeftError::Invalid(format!(
+                "Trying to pad the adapter `{}` on `{}` to the target rank {target_rank}, but its rank is larger \
+                 ({allocated}). This is not possible.",
+                self.adapter, self.module
+            )));
+        }
+        let g = self.groups();
+        if target_rank % g != 0 {
+            return Err(PeftError::Invalid(format!(
+                "Trying to pad a {} LoRA adapter with groups={g} to target rank {target_rank}, but the target rank is \
+                 not divisible by {g}",
+                self.kind.class_name()
+            )));
+        }
+        if target_rank == allocated {
+            return Ok(true);
+        }
+        let f = || -> TchResult<(Tensor, Tensor)> {
+            let mut a_shape = self.lora_a.size();
+            a_shape[0] = target_rank;
+            let a = Tensor::f_zeros(a_shape.as_slice(), (self.lora_a.kind(), self.lora_a.device()))?;
+            self.place_rows(&a, &self.lora_a, target_rank)?;
+            let mut b_shape = self.lora_b.size();
+            b_shape[1] = target_rank / g;
+            let b = Tensor::f_zeros(b_shape.as_slice(), (self.lora_b.kind(), self.lora_b.device()))?;
+            b.f_narrow(1, 0, self.lora_b.size()[1])?.f_copy_(&self.lora_b)?;
+            Ok((a, b))
+        };
+        let (a, b) = tch::no_grad(f).map_err(PeftError::torch("padding LoRA weights"))?;
+        // set_data keeps the tensors' identity: the var store and every shallow clone see the padding.
+        self.lora_a.f_set_data(&a).map_err(PeftError::torch("padding LoRA A"))?;
+        self.lora_b.f_set_data(&b).map_err(PeftError::torch("padding LoRA B"))?;
+        self.version += 1;
+        Ok(true)
+    }
+
+    fn hotswap_check(&self, tensors: &std::collections::BTreeMap<String, Tensor>) -> Result<()> {
+        let mine: std::collections::BTreeMap<String, Tensor> = self.named_tensors().into_iter().collect();
+        let (a_name, _, _) = self.kind.tensor_names(&self.adapter);
+        for (k, t) in tensors {
+            let Some(m) = mine.get(k) else {
+                return Err(PeftError::Invalid(format!(
+                    "hotswap: the loaded adapter has `{k}` on `{}`, which the current one does not",
+                    self.module
+                )));
+            };
+            let (ms, ts) = (m.size(), t.size());
+            let fits = ms.len() == ts.len() && ms.iter().zip(&ts).all(|(a, b)| b <= a);
+            if !fits {
+                return Err(PeftError::Invalid(format!(
+                    "hotswap: `{}.{k}` is allocated as {ms:?} but the loaded adapter has {ts:?}; pad the adapter to \
+                     the largest rank first (`prepare_for_hotswap`)",
+                    self.module
+                )));
+            }
+            if k == &a_name && self.groups() > 1 && ts[0] % self.groups() != 0 {
+                return Err(PeftError::Invalid(format!(
+                    "hotswap: rank {} of `{}.{k}` is not divisible by the convolution's groups",
+                    ts[0], self.module
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn hotswap(
+        &mut self,
+        tensors: &std::collections::BTreeMap<String, Tensor>,
+        config: &dyn peft_core::AdapterConfig,
+    ) -> Result<()> {
+        self.hotswap_check(tensors)?;
+        let config = config
+            .as_any()
+            .downcast_ref::<LoraConfig>()
+            .ok_or_else(|| PeftError::Invalid("hotswapping a LoRA adapter needs a LoRA config".into()))?;
+        let (r, alpha) = config.rank_and_alpha(&self.module)?;
+        let (a_name, b_name, bias_name) = self.kind.tensor_names(&self.adapter);
+        let new_r = tensors.get(&a_name).map(|a| a.size()[0]).unwrap_or(r);
+        let allocated = self.lora_a.size()[0];
+        let f = || -> TchResult<()> {
+            let _ = self.lora_a.f_zero_()?;
+            let _ = self.lora_b.f_zero_()?;
+            if let Some(a) = tensors.get(&a_name) {
+                self.place_rows(&self.lora_a, &a.f_to_kind(self.lora_a.kind())?, allocated)?;
+            }
+            if let Some(b) = tensors.get(&b_name) {
+                self.lora_b.f_narrow(1, 0, b.size()[1])?.f_copy_(b)?;
+            }
+            if let Some(bb) = &self.lora_b_bias {
+                let mut bb = bb.shallow_clone();
+                match tensors.get(&bias_name) {
+                    Some(src) => bb.f_copy_(src)?,
+                    None => drop(bb.f_zero_()?),
+                };
+            }
+            if let Some(d) = &self.dora {
+                let mut m = d.magnitude.shallow_clone();
+                match tensors.get(&format!("lora_magnitude_vector.{}.weight", self.adapter)) {
+                    Some(src) => m.f_copy_(src)?,
+                    None => drop(m.f_zero_()?),
+                };
+            }
+            Ok(())
+        };
+        tch::no_grad(f).map_err(PeftError::torch("hotswapping LoRA weights"))?;
+        self.r = new_r;
+        self.lora_alpha = alpha;
+        self.use_rslora = config.use_rslora;
+        self.dropout = config.lora_dropout;
+        self.scaling = config.scaling_for(r, alpha);
+        self.version += 1;
+        if let Some(d) = &self.dora {
+            d.clear_cache();
+        }
+        Ok(())
+    }
+
+    fn mixed_batch_output(
+        &self,
+        _base: &dyn BaseLayer,
+        x: &Tensor,
+        y: &Tensor,
+        group: &[&dyn TunerLayer],
+        index: &Tensor,
+        cache: &peft_core::mixed::MixedCache,
+        ctx: &ForwardCtx<'_>,
+    ) -> Option<Tensor> {
+        crate::mixed::output(self, x, y, group, index, cache, ctx)
+    }
+
     fn weights_changed(&mut self) {
+        self.version += 1;
         if let Some(d) = &self.dora {
             d.clear_cache();
         }

@@ -72,6 +72,7 @@ pub mod convert;
 pub mod dora;
 pub mod init;
 pub mod layer;
+pub mod mixed;
 pub mod weighted;
 
 pub use config::{Alpha, InitLoraWeights, LoraBias, LoraConfig, PEFT_TYPE};
