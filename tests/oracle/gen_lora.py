@@ -15,6 +15,7 @@ The Rust harness caches OUT_DIR keyed by a hash of this directory's files.
 """
 
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -564,6 +565,19 @@ def outputs_of(model, x, active, merge=True):
     return out
 
 
+def status_of(model, active):
+    """PEFT's get_layer_status / get_model_status with `active` set, as JSON."""
+    from peft import get_layer_status, get_model_status
+
+    if len(active) == 1:
+        model.set_adapter(active[0])
+    else:
+        model.base_model.set_adapter(active)
+    layers = [dataclasses.asdict(s) for s in get_layer_status(model)]
+    status = dataclasses.asdict(get_model_status(model))
+    return dict(layers=layers, model=status)
+
+
 def gen_case(root, case):
     d = os.path.join(root, "cases", case["name"])
     os.makedirs(d)
@@ -599,6 +613,7 @@ def gen_case(root, case):
                     p.add_(0.1 * torch.randn_like(p))
     active = case.get("active", [names[0]])
     merge = case.get("merge", True)
+    status = status_of(model, active)
     out = outputs_of(model, x, active, merge)
     out["base"] = base_out
     model.save_pretrained(os.path.join(d, "adapter"))
@@ -611,6 +626,7 @@ def gen_case(root, case):
         active=active,
         perturb=perturb,
         merge=merge,
+        status=status,
         configs={n: dict(case["adapters"][n], init_lora_weights=False) for n in names},
     )
     with open(os.path.join(d, "case.json"), "w") as f:

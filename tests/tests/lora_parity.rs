@@ -232,6 +232,7 @@ fn peft_rs_saves_peft_loads_same_outputs() {
         std::fs::copy(d.join("base.safetensors"), out_dir.join("base.safetensors")).unwrap();
         std::fs::copy(d.join("input.safetensors"), out_dir.join("input.safetensors")).unwrap();
         let merge = meta["merge"].as_bool().unwrap_or(true);
+        assert_same_status(&mut peft, &active, &meta["status"], &case);
         let case_json =
             serde_json::json!({"model": model_name, "adapters": names, "active": active, "merge": merge});
         std::fs::write(out_dir.join("case.json"), case_json.to_string()).unwrap();
@@ -274,6 +275,28 @@ fn peft_rs_saves_peft_loads_same_outputs() {
         assert_same_config(&config.to_json(), &peft_configs[*name], false, &format!("config {name}"));
         oracle::record("rs->peft config", name);
     }
+}
+
+/// Compares `get_layer_status` / `get_model_status` with PEFT's for the same adapters, `active` set.
+fn assert_same_status(peft: &mut PeftModel<TestModel>, active: &[String], expected: &Value, case: &str) {
+    let names: Vec<&str> = active.iter().map(String::as_str).collect();
+    peft.set_adapters(&names).unwrap();
+    let layers: Vec<Value> = peft
+        .layer_status()
+        .iter()
+        .map(|l| {
+            let mut v = l.to_json();
+            v["name"] = Value::from(format!("model.{}", l.name)); // PEFT names modules from the tuner
+            v
+        })
+        .collect();
+    assert_eq!(Value::from(layers), expected["layers"], "{case}: get_layer_status");
+    let mut model = peft.model_status().to_json();
+    let mut theirs = expected["model"].clone();
+    // The base model's type is a Python class there, a Rust type here.
+    model["base_model_type"] = Value::Null;
+    theirs["base_model_type"] = Value::Null;
+    assert_eq!(model, theirs, "{case}: get_model_status");
 }
 
 /// Compares our config JSON with PEFT's `to_dict()` of the same config. Lists are sets in PEFT.

@@ -1270,7 +1270,8 @@ impl<M: Adaptable> PeftModel<M> {
                 name: l.name().to_string(),
                 module_type,
                 enabled: !slots.disabled(),
-                active_adapters: slots.active().iter().filter(|a| slots.get(a).is_some()).cloned().collect(),
+                // The model-wide active adapters, as PEFT's layers report them.
+                active_adapters: slots.active().to_vec(),
                 merged_adapters: slots.merged().to_vec(),
                 requires_grad,
                 available_adapters: {
@@ -1279,6 +1280,7 @@ impl<M: Adaptable> PeftModel<M> {
                     v
                 },
                 devices,
+                quantization_backend: None,
             });
         });
         out
@@ -1351,6 +1353,7 @@ impl<M: Adaptable> PeftModel<M> {
             requires_grad,
             available_adapters: self.adapter_names(),
             devices: devices.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect(),
+            quantization_backend: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Adapter status reports (PEFT's `get_layer_status` / `get_model_status`).
 
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// Whether an adapter's tensors require gradients.
@@ -62,6 +63,50 @@ pub struct LayerStatus {
     pub available_adapters: Vec<String>,
     /// Device types of each adapter's tensors.
     pub devices: BTreeMap<String, Vec<String>>,
+    /// The quantization backend of the base (`None` for dense bases).
+    pub quantization_backend: Option<String>,
+}
+
+impl RequiresGrad {
+    fn to_json(self) -> Value {
+        match self {
+            RequiresGrad::True => Value::Bool(true),
+            RequiresGrad::False => Value::Bool(false),
+            RequiresGrad::Irregular => Value::from("irregular"),
+        }
+    }
+}
+
+impl Tristate {
+    fn to_json(self) -> Value {
+        match self {
+            Tristate::True => Value::Bool(true),
+            Tristate::False => Value::Bool(false),
+            Tristate::Irregular => Value::from("irregular"),
+        }
+    }
+}
+
+fn grads_json(m: &BTreeMap<String, RequiresGrad>) -> Value {
+    Value::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+}
+
+impl LayerStatus {
+    /// The status as PEFT's `TunerLayerStatus` serialises (`dataclasses.asdict`); `name` is the module
+    /// name (PEFT's is relative to the tuner, i.e. `model.` + this).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "module_type": self.module_type,
+            "enabled": self.enabled,
+            "active_adapters": self.active_adapters,
+            "merged_adapters": self.merged_adapters,
+            "requires_grad": grads_json(&self.requires_grad),
+            "available_adapters": self.available_adapters,
+            "devices": self.devices,
+            "quantization_backend": self.quantization_backend,
+        })
+    }
 }
 
 /// The state of the whole model.
@@ -91,4 +136,30 @@ pub struct ModelStatus {
     pub available_adapters: Vec<String>,
     /// Device types per adapter.
     pub devices: BTreeMap<String, Vec<String>>,
+    /// The quantization backends of the adapted layers, if all agree.
+    pub quantization_backend: Option<String>,
+}
+
+impl ModelStatus {
+    /// The status as PEFT's `TunerModelStatus` serialises (`"irregular"` where layers disagree).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "base_model_type": self.base_model_type,
+            "adapter_model_type": self.adapter_model_type,
+            "peft_types": self.peft_types,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "num_adapter_layers": self.num_adapter_layers,
+            "enabled": self.enabled.to_json(),
+            "active_adapters": self.active_adapters,
+            "merged_adapters": match &self.merged_adapters {
+                Some(m) => json!(m),
+                None => Value::from("irregular"),
+            },
+            "requires_grad": grads_json(&self.requires_grad),
+            "available_adapters": self.available_adapters,
+            "devices": self.devices,
+            "quantization_backend": self.quantization_backend,
+        })
+    }
 }
