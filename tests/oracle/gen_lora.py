@@ -198,6 +198,25 @@ CASES += [
     ),
 ]
 
+CASES += [
+    dict(
+        name="trainable_tokens",
+        model="EmbMLP",
+        perturb="tokens",
+        adapters={"default": dict(target_modules=["lin0"], trainable_token_indices={"emb": [0, 3, 7, 29]})},
+    ),
+    dict(
+        name="trainable_tokens_two_adapters",
+        model="EmbMLP",
+        perturb="tokens",
+        adapters={
+            "default": dict(target_modules=["lin0"], trainable_token_indices={"emb": [1, 2]}),
+            "other": dict(target_modules=["lin1"], r=2, trainable_token_indices={"emb": [5]}),
+        },
+        active=["other"],
+    ),
+]
+
 # Same-seed initialisation cases: torch.manual_seed(0); build the model; get_peft_model.
 INIT_CASES = [
     dict(name="mlp_default_init", model="MLP", config=dict(target_modules=["lin0", "lin1"])),
@@ -598,6 +617,11 @@ def gen_case(root, case):
             for n, p in model.named_parameters():
                 if ".modules_to_save." in n:
                     p.add_(0.1 * torch.randn_like(p))
+    elif perturb == "tokens":
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "trainable_tokens_delta" in n:
+                    p.add_(0.3 * torch.randn_like(p))
     elif perturb == "dora":
         # A trained magnitude differs from the initial weight norm.
         with torch.no_grad():

@@ -39,7 +39,13 @@ CASES = {
     "llama_causal": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM",
                      {"qv": dict(target_modules=["q_proj", "v_proj"]), "all": dict(target_modules="all-linear", r=2)}),
     "llama3_rope_tied": (tf.LlamaConfig, dict(LLAMA, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True),
-                         tf.LlamaForCausalLM, "CAUSAL_LM", {"mlp": dict(target_modules=["gate_proj", "down_proj"])}),
+                         tf.LlamaForCausalLM, "CAUSAL_LM", {
+                             "mlp": dict(target_modules=["gate_proj", "down_proj"]),
+                             # Trainable tokens on the input embedding follow into the tied lm_head.
+                             "tokens": dict(target_modules=["q_proj"], trainable_token_indices=[3, 10, 50]),
+                             # LoRA on the embedding: PEFT saves the embedding's base weights too.
+                             "emb": dict(target_modules=["embed_tokens", "q_proj"]),
+                         }),
     "llama_default_targets": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM", {"defaults": dict()}),
     "mistral_sliding": (tf.MistralConfig, dict(LLAMA, sliding_window=3), tf.MistralForCausalLM, "CAUSAL_LM",
                         {"qkvo": dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])}),
@@ -55,7 +61,8 @@ CASES = {
                        {"o": dict(target_modules=["o_proj"])}),
     "gpt2_causal": (tf.GPT2Config, dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                         pad_token_id=0, bos_token_id=1, eos_token_id=2), tf.GPT2LMHeadModel, "CAUSAL_LM",
-                    {"attn": dict(target_modules=["c_attn"]), "mlp": dict(target_modules=["c_fc", "mlp.c_proj"], r=2)}),
+                    {"attn": dict(target_modules=["c_attn"]), "mlp": dict(target_modules=["c_fc", "mlp.c_proj"], r=2),
+                     "tokens": dict(target_modules=["c_attn"], trainable_token_indices={"wte": [5, 6, 7]})}),
     "gpt2_seqcls": (tf.GPT2Config, dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                         pad_token_id=0, num_labels=2), tf.GPT2ForSequenceClassification, "SEQ_CLS",
                     {"attn": dict(target_modules=["c_attn"])}),
@@ -143,7 +150,7 @@ def gen_case(root, name, spec):
         peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(task_type=task, init_lora_weights=False, r=akw.pop("r", 4), **akw))
         with torch.no_grad():
             for n, p in peft_model.named_parameters():
-                if ".modules_to_save." in n:
+                if ".modules_to_save." in n or "trainable_tokens_delta" in n:
                     p.add_(0.1 * torch.randn_like(p))
         peft_model.eval()
         outputs[f"{aname}/unmerged"] = run(peft_model, inputs, task)

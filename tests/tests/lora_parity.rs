@@ -124,11 +124,12 @@ fn peft_saves_peft_rs_loads_same_outputs() {
 /// Adds 0.1·N(0,1) where PEFT's generator does: biases ("all", or the adapted layers' only), or the
 /// `modules_to_save` copies; or scales DoRA magnitudes by 1 + 0.2·N(0,1).
 fn perturb(vs: &VarStore, peft: &PeftModel<TestModel>, mode: &str) {
-    if mode == "dora" {
+    if mode == "dora" || mode == "tokens" {
+        let pattern = if mode == "dora" { "lora_magnitude_vector" } else { "trainable_tokens_delta" };
         let mut vars: Vec<(String, Tensor)> = peft.adapter_var_store().variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, mut t) in vars {
-            if name.contains("lora_magnitude_vector") {
+            if name.contains(pattern) {
                 let noise = Tensor::randn_like(&t) * 0.2 + 1.0;
                 let _ = tch::no_grad(|| t.f_mul_(&noise)).unwrap();
             }

@@ -4,11 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use peft_core::peft_config::TaskType;
-use peft_core::{ForwardCtx, LoadOptions, PeftModel};
+use peft_core::{ForwardCtx, LoadOptions, PeftModel, SaveOptions};
 use peft_lora as _;
 use peft_models::generate::{generate, GenerationConfig};
 use peft_models::{HfModel, ModelInputs, Task};
-use peft_parity::compare::{assert_close, assert_differs};
+use peft_parity::compare::{assert_close, assert_differs, assert_identical};
 use peft_parity::models::read_all;
 use peft_parity::oracle::{self, read_json};
 use std::collections::BTreeMap;
@@ -83,6 +83,20 @@ fn logits_match_transformers_and_peft_for_every_architecture() {
                 LoadOptions::default(),
             )
             .unwrap();
+            // Saving what was loaded gives PEFT's file back (keys and values, embedding base weights and
+            // trainable tokens included).
+            let resaved = tempfile::tempdir().unwrap();
+            peft.save_pretrained(resaved.path(), &SaveOptions::default()).unwrap();
+            let ours = read_all(&resaved.path().join("adapter_model.safetensors"));
+            let theirs = read_all(&d.join("adapters").join(a).join("adapter_model.safetensors"));
+            assert_eq!(
+                ours.keys().collect::<Vec<_>>(),
+                theirs.keys().collect::<Vec<_>>(),
+                "{case}/{a}: saved keys"
+            );
+            for (k, v) in &theirs {
+                assert_identical(&ours[k], v, &format!("{case}/{a}: saved {k}"));
+            }
             let unmerged = run(peft.model(), &inputs);
             let want = &expected[&format!("{a}/unmerged")];
             assert_differs(

@@ -62,6 +62,17 @@ pub trait Adaptable {
         None
     }
 
+    /// The module name of the input embedding (transformers' `get_input_embeddings()`), which list-form
+    /// `trainable_token_indices` train. `None`: PEFT's fallback name `embed_tokens`.
+    fn input_embedding(&self) -> Option<String> {
+        None
+    }
+
+    /// Modules whose weight is the input embedding's (a tied `lm_head`), when the model ties them.
+    fn tied_with_input_embedding(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// PEFT's `auto_mapping` for models with a Python counterpart (`{"base_model_class": "LlamaForCausalLM",
     /// "parent_library": "transformers.models.llama.modeling_llama"}`), written into saved configs whose
     /// `task_type` is null so that `AutoPeftModel` can rebuild the base model. `None` for models that
@@ -140,6 +151,12 @@ impl<T: Adaptable + ?Sized> Adaptable for Box<T> {
     }
     fn model_type(&self) -> Option<String> {
         (**self).model_type()
+    }
+    fn input_embedding(&self) -> Option<String> {
+        (**self).input_embedding()
+    }
+    fn tied_with_input_embedding(&self) -> Vec<String> {
+        (**self).tied_with_input_embedding()
     }
 }
 

@@ -55,6 +55,21 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         false
     }
 
+    /// `trainable_token_indices`: embedding rows trained in full alongside the method (see
+    /// [`crate::trainable_tokens`]).
+    ///
+    /// # Errors
+    /// A malformed value.
+    fn trainable_token_indices(&self) -> Result<Option<crate::trainable_tokens::TokenIndices>> {
+        Ok(None)
+    }
+
+    /// `ensure_weight_tying`: keep heads tied to the input embedding tied through the adapter even when
+    /// the token lists differ (an error then).
+    fn ensure_weight_tying(&self) -> bool {
+        false
+    }
+
     /// The `bias` option: which base biases train with this adapter and are saved with it.
     fn bias(&self) -> BiasMode {
         BiasMode::None

@@ -373,6 +373,12 @@ pub trait TunerLayer: fmt::Debug + Send + 'static {
     /// derived from them.
     fn weights_changed(&mut self) {}
 
+    /// Where PEFT's status reports this adapter, relative to the layer: `Some("token_adapter")` for
+    /// adapters that live in a sub-module of PEFT's wrapper (trainable tokens).
+    fn status_submodule(&self) -> Option<&'static str> {
+        None
+    }
+
     /// A PEFT-style description (`lora.Linear(in_features=10, out_features=20, r=8)`).
     fn describe(&self) -> String;
 

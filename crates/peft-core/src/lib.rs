@@ -29,6 +29,7 @@ pub mod modules_to_save;
 pub mod nn;
 pub mod registry;
 pub mod status;
+pub mod trainable_tokens;
 
 pub use adaptable::Adaptable;
 pub use config::{AdapterConfig, BiasMode, LayerInit};

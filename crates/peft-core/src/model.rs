@@ -97,6 +97,10 @@ pub struct SaveOptions {
     /// converted into one that applies to the original base model (for LoRA: rank doubled,
     /// `[A; A₀]` and `[B, −B₀]`), and that directory's config gets the init scheme reset, as PEFT does.
     pub convert_initial_adapter: Option<std::path::PathBuf>,
+    /// PEFT's `save_embedding_layers`: also save the base weights of the input/output embeddings.
+    /// `None` (PEFT's `"auto"`): when the config targets `embed_tokens` or `lm_head` by name and does not
+    /// use trainable tokens, the adapted embedding layers are saved.
+    pub save_embedding_layers: Option<bool>,
 }
 
 /// A model with PEFT adapters.
@@ -379,7 +383,9 @@ impl<M: Adaptable> PeftModel<M> {
             Ok(())
         });
         self.warnings.extend(warnings);
-        let result = result.and_then(|()| self.attach_modules_to_save(name, config.as_ref()));
+        let result = result
+            .and_then(|()| self.attach_modules_to_save(name, config.as_ref()))
+            .and_then(|()| self.attach_trainable_tokens(name, config.as_ref()));
         if let Err(e) = result {
             self.remove_layers(name);
             return Err(e);
@@ -459,6 +465,120 @@ impl<M: Adaptable> PeftModel<M> {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `trainable_token_indices`: trained embedding rows for `name`, and tied heads reading them (PEFT's
+    /// `set_additional_trainable_modules`).
+    fn attach_trainable_tokens(&mut self, name: &str, config: &dyn AdapterConfig) -> Result<()> {
+        use crate::trainable_tokens::{TokenIndices, TrainableTokens};
+        let Some(indices) = config.trainable_token_indices()? else {
+            return Ok(());
+        };
+        let input = self.model.input_embedding();
+        let targets: Vec<(String, Vec<i64>)> = match indices {
+            TokenIndices::PerModule(m) => m,
+            TokenIndices::List(l) => vec![(input.clone().unwrap_or_else(|| "embed_tokens".into()), l)],
+        };
+        if let Some(mts) = config.target_spec().modules_to_save {
+            if let Some((t, _)) = targets.iter().find(|(t, _)| mts.contains(t)) {
+                return Err(PeftError::Invalid(format!(
+                    "The embedding layer is already marked to be trained fully, either specify \
+                     `modules_to_save=[..., \"{t}\", ...]` or `trainable_tokens={{'{t}': x}}` but not both."
+                )));
+            }
+        }
+        let tied = self.model.tied_with_input_embedding();
+        let ensure = config.ensure_weight_tying();
+        // Several targets on tied weights: the tied heads follow the embedding only with equal indices.
+        let mut skip: BTreeSet<String> = BTreeSet::new();
+        let mut mismatch = false;
+        if targets.len() > 1 && !tied.is_empty() {
+            let input_name = input.clone().unwrap_or_else(|| "embed_tokens".into());
+            let tied_keys: Vec<&(String, Vec<i64>)> = targets
+                .iter()
+                .filter(|(t, _)| {
+                    input_name.ends_with(t.as_str()) || tied.iter().any(|m| m.ends_with(t.as_str()))
+                })
+                .collect();
+            if tied_keys.len() >= 2 {
+                mismatch = tied_keys.iter().any(|(_, l)| *l != tied_keys[0].1);
+                if mismatch && ensure {
+                    let info: Vec<String> = tied_keys.iter().map(|(t, l)| format!("{t}: {l:?}")).collect();
+                    return Err(PeftError::Invalid(format!(
+                        "Cannot ensure weight tying when different token indices are specified for tied layers. \
+                         Conflicting layers: {}. Please use the same indices for all tied layers or set \
+                         ensure_weight_tying=False.",
+                        info.join(", ")
+                    )));
+                }
+                if !mismatch {
+                    skip = tied_keys.iter().map(|(t, _)| t.clone()).filter(|t| tied.contains(t)).collect();
+                }
+            }
+        }
+        if tied.is_empty() && ensure {
+            self.warn(
+                "ensure_weight_tying=True but the model does not have tied weights (tie_word_embeddings=False). \
+                 Weight tying will not be applied for trainable_token_indices."
+                    .into(),
+            );
+        }
+        let vs_root = self.adapter_vs.root();
+        let mut input_adapter: Option<TrainableTokens> = None;
+        for (target, idx) in targets.iter().filter(|(t, _)| !skip.contains(t)) {
+            let mut found = false;
+            self.model.visit_layers_mut(&mut |layer| {
+                if !layer.name().ends_with(target.as_str()) {
+                    return Ok(());
+                }
+                let module = layer.name().to_string();
+                let mut path = &vs_root / "base_model" / "model";
+                for seg in module.split('.') {
+                    path = &path / seg;
+                }
+                let (base, slots) = layer.parts_mut();
+                if slots.get(name).is_some() {
+                    return Err(PeftError::Invalid(format!(
+                        "`{module}` already has adapter `{name}`; trainable tokens cannot be added on top of it"
+                    )));
+                }
+                let tt = TrainableTokens::new(base, &module, name, idx, &path)?;
+                for (_, t) in tt.named_tensors() {
+                    set_requires_grad(&t, false);
+                }
+                if input.as_deref() == Some(module.as_str()) || (input.is_none() && module.ends_with("embed_tokens")) {
+                    input_adapter = Some(TrainableTokens::tied_to(&tt, &module));
+                }
+                slots.insert(name.to_string(), Box::new(tt));
+                found = true;
+                Ok(())
+            })?;
+            if !found {
+                return Err(PeftError::Invalid(format!(
+                    "trainable_token_indices: no module matches `{target}` (the input embedding is {})",
+                    input.as_deref().unwrap_or("not declared by the model")
+                )));
+            }
+        }
+        if let Some(source) = input_adapter.filter(|_| !tied.is_empty() && (ensure || !mismatch)) {
+            self.model.visit_layers_mut(&mut |layer| {
+                if !tied.iter().any(|t| layer.name() == t) {
+                    return Ok(());
+                }
+                let module = layer.name().to_string();
+                let (_, slots) = layer.parts_mut();
+                if slots.get(name).is_none() {
+                    slots.insert(name.to_string(), Box::new(TrainableTokens::tied_to(&source, &module)));
+                }
+                Ok(())
+            })?;
+        }
+        let active = self.active.clone();
+        self.model.visit_layers_mut(&mut |layer| {
+            layer.parts_mut().1.set_active(&active);
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -833,6 +953,9 @@ impl<M: Adaptable> PeftModel<M> {
                 source,
             })?;
             let mut tensors = self.adapter_state_dict(&name)?;
+            tensors.extend(
+                self.embedding_layers_to_save(self.configs[&name].as_ref(), options.save_embedding_layers)?,
+            );
             let mut config = self.configs[&name].clone_box();
             if let Some(initial_dir) = &options.convert_initial_adapter {
                 let (converted, converted_config) =
@@ -851,6 +974,71 @@ impl<M: Adaptable> PeftModel<M> {
             io::atomic_write(&target.join(CONFIG_NAME), text.as_bytes())?;
         }
         Ok(())
+    }
+
+    /// The base weights of the input and output embeddings under PEFT's keys, and whether each layer is
+    /// adapted (its keys then carry `base_layer`).
+    fn embedding_base_params(&self) -> Vec<(String, Tensor, bool)> {
+        let layers: Vec<String> =
+            [self.model.input_embedding(), self.model.output_embedding()].into_iter().flatten().collect();
+        let mut adapted = BTreeSet::new();
+        self.model.visit_layers(&mut |l| {
+            if layers.iter().any(|n| n == l.name()) && !l.slots().is_empty() {
+                adapted.insert(l.name().to_string());
+            }
+        });
+        self.named_parameters()
+            .into_iter()
+            .filter_map(|(key, t)| {
+                let rest = key.strip_prefix(PEFT_PREFIX)?;
+                let module = layers.iter().find(|m| rest.starts_with(&format!("{m}.")))?;
+                let is_base =
+                    rest == format!("{module}.base_layer.weight") || rest == format!("{module}.weight");
+                is_base.then(|| (key.clone(), t, adapted.contains(module)))
+            })
+            .collect()
+    }
+
+    /// What [`SaveOptions::save_embedding_layers`] adds to an adapter's file (PEFT's rules).
+    fn embedding_layers_to_save(
+        &self,
+        config: &dyn AdapterConfig,
+        option: Option<bool>,
+    ) -> Result<Vec<(String, Tensor)>> {
+        const NAMES: [&str; 2] = ["embed_tokens", "lm_head"];
+        let targeted = match config.target_spec().target_modules {
+            Some(TargetModules::List(v)) => v.iter().any(|t| NAMES.contains(&t.as_str())),
+            Some(TargetModules::Regex(r)) => {
+                let re = fancy_regex::Regex::new(&format!("^(?:{r})$"))
+                    .map_err(|e| PeftError::Invalid(format!("target_modules regex: {e}")))?;
+                let mut any = false;
+                self.model.visit_layers(&mut |l| {
+                    let last = l.name().rsplit('.').next().unwrap_or("");
+                    any |= NAMES.contains(&last) && re.is_match(l.name()).unwrap_or(false);
+                });
+                any
+            }
+            None => false,
+        };
+        let save = match option {
+            Some(v) => v,
+            None => targeted && config.trainable_token_indices()?.is_none(),
+        };
+        if !save {
+            return Ok(Vec::new());
+        }
+        if self.model.input_embedding().is_none() {
+            log::warn!(
+                "Could not identify embedding layer(s) because the model declares no input embedding."
+            );
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .embedding_base_params()
+            .into_iter()
+            .filter(|(_, _, adapted)| !targeted || *adapted)
+            .map(|(k, t, _)| (k, t))
+            .collect())
     }
 
     /// The conversion of [`SaveOptions::convert_initial_adapter`].
@@ -1070,6 +1258,10 @@ impl<M: Adaptable> PeftModel<M> {
         }
         let file = io::read_safetensors(path)?;
         let mut expected: BTreeMap<String, Tensor> = self.adapter_state_dict(name)?.into_iter().collect();
+        // Base embedding weights PEFT saves with `save_embedding_layers` are loaded into the base, as PEFT does.
+        let embeddings: BTreeMap<String, Tensor> =
+            self.embedding_base_params().into_iter().map(|(k, t, _)| (k, t)).collect();
+        let mut base_weights_loaded = Vec::new();
         // Check everything before writing anything, so a bad file leaves the adapter as it was.
         let mut unexpected = Vec::new();
         let mut pairs = Vec::with_capacity(file.len());
@@ -1081,10 +1273,14 @@ impl<M: Adaptable> PeftModel<M> {
             } else {
                 format!("{PEFT_PREFIX}{}", lt.key)
             };
-            let Some(dst) = expected.remove(&key) else {
+            let Some(dst) = expected.remove(&key).or_else(|| embeddings.get(&key).map(Tensor::shallow_clone))
+            else {
                 unexpected.push(lt.key);
                 continue;
             };
+            if embeddings.contains_key(&key) {
+                base_weights_loaded.push(key.clone());
+            }
             if dst.size() != lt.tensor.size() {
                 return Err(PeftError::ShapeMismatch {
                     path: path.to_path_buf(),
@@ -1105,6 +1301,13 @@ impl<M: Adaptable> PeftModel<M> {
             });
         }
         let count = pairs.len();
+        if !base_weights_loaded.is_empty() {
+            self.warn(format!(
+                "{}: loading base embedding weights saved with the adapter (save_embedding_layers): {}",
+                path.display(),
+                base_weights_loaded.join(", ")
+            ));
+        }
         for (mut dst, lt) in pairs {
             tch::no_grad(|| dst.f_copy_(&lt.tensor)).map_err(PeftError::torch(format!(
                 "loading `{}` from {}",
@@ -1250,6 +1453,7 @@ impl<M: Adaptable> PeftModel<M> {
             let mut requires_grad = BTreeMap::new();
             let mut devices = BTreeMap::new();
             let mut module_type = String::new();
+            let mut status_name = l.name().to_string();
             for (name, tuner) in slots.adapters() {
                 let flags: BTreeSet<bool> =
                     tuner.named_tensors().iter().map(|(_, t)| t.requires_grad()).collect();
@@ -1264,10 +1468,13 @@ impl<M: Adaptable> PeftModel<M> {
                 devices.insert(name.clone(), devs.into_iter().collect());
                 if module_type.is_empty() {
                     module_type = tuner.describe().split('(').next().unwrap_or_default().to_string();
+                    if let Some(sub) = tuner.status_submodule() {
+                        status_name = format!("{status_name}.{sub}");
+                    }
                 }
             }
             out.push(LayerStatus {
-                name: l.name().to_string(),
+                name: status_name,
                 module_type,
                 enabled: !slots.disabled(),
                 // The model-wide active adapters, as PEFT's layers report them.

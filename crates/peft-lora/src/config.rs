@@ -495,7 +495,7 @@ impl AdapterConfig for LoraConfig {
             }
         }
         if let Some(t) = &self.trainable_token_indices {
-            return Err(reject("trainable_token_indices", t, ""));
+            peft_core::trainable_tokens::TokenIndices::from_json(t)?;
         }
         if let Some(t) = self.target_parameters.as_ref().filter(|t| !t.is_empty()) {
             return Err(reject("target_parameters", t, ""));
@@ -512,8 +512,12 @@ impl AdapterConfig for LoraConfig {
         if self.use_qalora {
             return Err(reject("use_qalora", &true, "QA-LoRA needs a GPTQ-quantized base"));
         }
-        if self.ensure_weight_tying {
-            return Err(reject("ensure_weight_tying", &true, ""));
+        if self.ensure_weight_tying && self.trainable_token_indices.is_none() {
+            return Err(reject(
+                "ensure_weight_tying",
+                &true,
+                "implemented for trainable_token_indices; tying modules_to_save / LoRA on tied layers is not yet",
+            ));
         }
         for (name, v) in [
             ("arrow_config", &self.arrow_config),
@@ -532,6 +536,17 @@ impl AdapterConfig for LoraConfig {
 
     fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
         default_target_modules(model_type)
+    }
+
+    fn trainable_token_indices(&self) -> Result<Option<peft_core::trainable_tokens::TokenIndices>> {
+        self.trainable_token_indices
+            .as_ref()
+            .map(peft_core::trainable_tokens::TokenIndices::from_json)
+            .transpose()
+    }
+
+    fn ensure_weight_tying(&self) -> bool {
+        self.ensure_weight_tying
     }
 
     fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {

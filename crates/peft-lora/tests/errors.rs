@@ -180,10 +180,7 @@ fn options_not_implemented_yet_are_rejected_by_name() {
             "layer_replication",
             LoraConfig { layer_replication: Some(serde_json::json!([[0, 1]])), ..config(&["lin0"]) },
         ),
-        (
-            "trainable_token_indices",
-            LoraConfig { trainable_token_indices: Some(serde_json::json!([0, 1])), ..config(&["lin0"]) },
-        ),
+        ("ensure_weight_tying", LoraConfig { ensure_weight_tying: true, ..config(&["lin0"]) }),
         (
             "init_lora_weights",
             LoraConfig { init_lora_weights: InitLoraWeights::Scheme("loftq".into()), ..config(&["lin0"]) },

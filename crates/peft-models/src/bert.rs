@@ -3,9 +3,10 @@
 use crate::attention::{attend_dropout, dropout, merge_heads, padding_mask, split_heads};
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::{self, Activation, Embedding, LayerNorm};
+use crate::layers::{self, Activation, LayerNorm};
 use crate::task::{Heads, Task};
 use crate::weights::LoadSpec;
+use peft_core::nn::Embedding;
 use peft_core::nn::Linear;
 use peft_core::{Adaptable, ForwardCtx};
 use tch::nn::Path;
@@ -102,11 +103,8 @@ pub struct Layer {
 /// BERT with its task head.
 #[derive(Debug, Adaptable)]
 pub struct Bert {
-    #[peft(skip)]
     word_embeddings: Embedding,
-    #[peft(skip)]
     position_embeddings: Embedding,
-    #[peft(skip)]
     token_type_embeddings: Embedding,
     #[peft(skip)]
     embeddings_norm: LayerNorm,
@@ -208,13 +206,17 @@ impl Bert {
             _ => {}
         }
         Ok(Self {
-            word_embeddings: Embedding::new(&emb / "word_embeddings", args.vocab_size, h)?,
-            position_embeddings: Embedding::new(
+            word_embeddings: layers::embedding(&emb / "word_embeddings", args.vocab_size, h)?,
+            position_embeddings: layers::embedding(
                 &emb / "position_embeddings",
                 args.max_position_embeddings,
                 h,
             )?,
-            token_type_embeddings: Embedding::new(&emb / "token_type_embeddings", args.type_vocab_size, h)?,
+            token_type_embeddings: layers::embedding(
+                &emb / "token_type_embeddings",
+                args.type_vocab_size,
+                h,
+            )?,
             embeddings_norm: LayerNorm::new(&emb / "LayerNorm", h, eps)?,
             layers,
             heads,
@@ -242,8 +244,9 @@ impl Bert {
                 &zeros
             }
         };
-        let e = self.word_embeddings.forward(input_ids) + self.token_type_embeddings.forward(types);
-        let e = e + self.position_embeddings.forward(&positions);
+        let e = self.word_embeddings.forward_ctx(input_ids, ctx)
+            + self.token_type_embeddings.forward_ctx(types, ctx);
+        let e = e + self.position_embeddings.forward_ctx(&positions, ctx);
         let mut h = dropout(&self.embeddings_norm.forward(&e), self.args.hidden_dropout_prob, ctx);
         let mask = attention_mask.map(|m| padding_mask(m, h.kind()));
         let heads = self.args.num_attention_heads;

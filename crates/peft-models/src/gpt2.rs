@@ -4,7 +4,7 @@
 use crate::attention::{attend, causal_mask, merge_heads, split_heads, KvCache, LayerCache};
 use crate::config::HfConfig;
 use crate::error::Result;
-use crate::layers::{self, Activation, Embedding, LayerNorm};
+use crate::layers::{self, Activation, LayerNorm};
 use crate::task::{DecoderModel, Heads, Task};
 use peft_core::nn::Linear;
 use peft_core::{Adaptable, ForwardCtx};
@@ -95,10 +95,8 @@ pub struct Block {
 /// `GPT2Model`.
 #[derive(Debug, Adaptable)]
 pub struct Backbone {
-    #[peft(skip)]
-    wte: Embedding,
-    #[peft(skip)]
-    wpe: Embedding,
+    wte: peft_core::nn::Embedding,
+    wpe: peft_core::nn::Embedding,
     /// The blocks.
     pub h: Vec<Block>,
     #[peft(skip)]
@@ -148,8 +146,8 @@ impl Gpt2 {
         };
         let e = args.n_embd;
         let eps = args.layer_norm_epsilon;
-        let wte = Embedding::new(&base / "wte", args.vocab_size, e)?;
-        let wpe = Embedding::new(&base / "wpe", args.n_positions, e)?;
+        let wte = layers::embedding(&base / "wte", args.vocab_size, e)?;
+        let wpe = layers::embedding(&base / "wpe", args.n_positions, e)?;
         let h = (0..args.n_layer)
             .map(|i| {
                 let p = &base / "h" / i;
@@ -170,7 +168,7 @@ impl Gpt2 {
         let ln_f = LayerNorm::new(&base / "ln_f", e, eps)?;
         let mut heads = Heads::none();
         match task {
-            Task::CausalLm => heads.lm_head = Some(layers::tied_linear("lm_head", &wte.weight)),
+            Task::CausalLm => heads.lm_head = Some(layers::tied_linear("lm_head", &wte.base().weight)),
             Task::SequenceClassification => {
                 heads.score = Some(layers::linear(root / "score", e, num_labels, false)?)
             }
@@ -201,7 +199,8 @@ impl DecoderModel for Gpt2 {
                 .unsqueeze(0)
                 .expand([b, t], false),
         };
-        let mut h = self.transformer.wte.forward(input_ids) + self.transformer.wpe.forward(&positions);
+        let mut h = self.transformer.wte.forward_ctx(input_ids, ctx)
+            + self.transformer.wpe.forward_ctx(&positions, ctx);
         let mask = causal_mask(attention_mask, b, t, past, None, h.kind(), h.device());
         let hd = self.args.n_embd / self.args.n_head;
         for (i, block) in self.transformer.h.iter().enumerate() {

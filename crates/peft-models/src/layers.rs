@@ -40,7 +40,17 @@ pub fn tied_linear(name: &str, weight: &Tensor) -> peft_core::nn::Linear {
     AdaptedLayer::new(name, LinearBase { weight: weight.shallow_clone(), bias: None, fan_in_fan_out: false })
 }
 
-/// `nn.Embedding`.
+/// An adaptable `nn.Embedding` whose weight comes from a checkpoint (LoRA, trainable tokens and
+/// modules_to_save can target it).
+///
+/// # Errors
+/// A libtorch failure.
+pub fn embedding(p: Path<'_>, num: i64, dim: i64) -> Result<peft_core::nn::Embedding> {
+    let cfg = peft_core::nn::EmbeddingConfig { padding_idx: None, init: false };
+    Ok(peft_core::nn::embedding(p, num, dim, cfg)?)
+}
+
+/// A plain `nn.Embedding` for tables PEFT never adapts in practice (T5's relative attention buckets).
 #[derive(Debug)]
 pub struct Embedding {
     /// `(num_embeddings, dim)`.

@@ -87,10 +87,10 @@ impl Default for LoadOptions {
 
 #[derive(Debug)]
 enum Arch {
-    Llama(llama::Llama),
-    Gpt2(gpt2::Gpt2),
-    Bert(bert::Bert),
-    T5(t5::T5),
+    Llama(Box<llama::Llama>),
+    Gpt2(Box<gpt2::Gpt2>),
+    Bert(Box<bert::Bert>),
+    T5(Box<t5::T5>),
 }
 
 /// An HF model for one task, loaded from a checkpoint.
@@ -150,22 +150,28 @@ impl HfModel {
                 let args = llama::LlamaArgs::from_config(&config)?;
                 let tied = args.tie_word_embeddings;
                 let m = llama::Llama::new(&root, args, task, num_labels)?;
-                (Arch::Llama(m), decoder_spec(llama::prefix(task), tied, task, llama::IGNORED_SUFFIXES))
+                (
+                    Arch::Llama(Box::new(m)),
+                    decoder_spec(llama::prefix(task), tied, task, llama::IGNORED_SUFFIXES),
+                )
             }
             "gpt2" => {
                 let args = gpt2::Gpt2Args::from_config(&config)?;
                 let m = gpt2::Gpt2::new(&root, args, task, num_labels)?;
-                (Arch::Gpt2(m), decoder_spec(gpt2::prefix(task), true, task, gpt2::IGNORED_SUFFIXES))
+                (
+                    Arch::Gpt2(Box::new(m)),
+                    decoder_spec(gpt2::prefix(task), true, task, gpt2::IGNORED_SUFFIXES),
+                )
             }
             "bert" => {
                 let args = bert::BertArgs::from_config(&config)?;
                 let m = bert::Bert::new(&root, args, task, num_labels)?;
-                (Arch::Bert(m), bert::load_spec(task))
+                (Arch::Bert(Box::new(m)), bert::load_spec(task))
             }
             "t5" => {
                 let args = t5::T5Args::from_config(&config)?;
                 let m = t5::T5::new(&root, args, task, ckpt_keys.contains("lm_head.weight"))?;
-                (Arch::T5(m), t5::load_spec())
+                (Arch::T5(Box::new(m)), t5::load_spec())
             }
             other => {
                 return Err(ModelError::UnsupportedModelType {
@@ -228,8 +234,8 @@ impl HfModel {
     /// The decoder-only view (Llama family, GPT-2).
     pub fn decoder(&self) -> Option<&dyn DecoderModel> {
         match &self.arch {
-            Arch::Llama(m) => Some(m),
-            Arch::Gpt2(m) => Some(m),
+            Arch::Llama(m) => Some(m.as_ref()),
+            Arch::Gpt2(m) => Some(m.as_ref()),
             _ => None,
         }
     }
@@ -274,7 +280,7 @@ impl HfModel {
     /// The T5 model, for seq2seq generation.
     pub fn as_t5(&self) -> Option<&t5::T5> {
         match &self.arch {
-            Arch::T5(m) => Some(m),
+            Arch::T5(m) => Some(m.as_ref()),
             _ => None,
         }
     }
@@ -364,6 +370,35 @@ impl Adaptable for HfModel {
 
     fn model_type(&self) -> Option<String> {
         self.config.model_type().ok().map(str::to_string)
+    }
+
+    fn input_embedding(&self) -> Option<String> {
+        let suffix = match &self.arch {
+            Arch::Llama(_) => "embed_tokens",
+            Arch::Gpt2(_) => "wte",
+            Arch::Bert(_) => "word_embeddings",
+            Arch::T5(_) => "shared",
+        };
+        let mut found = None;
+        self.visit_layers(&mut |l| {
+            if found.is_none() && (l.name() == suffix || l.name().ends_with(&format!(".{suffix}"))) {
+                found = Some(l.name().to_string());
+            }
+        });
+        found
+    }
+
+    fn tied_with_input_embedding(&self) -> Vec<String> {
+        // A head is tied when it computes with the embedding's very storage.
+        let Some(input) = self.input_embedding() else { return Vec::new() };
+        let mut ptrs: Vec<(String, usize)> = Vec::new();
+        self.visit_layers(&mut |l| {
+            if let Some(w) = l.base().as_weighted() {
+                ptrs.push((l.name().to_string(), w.weight().data_ptr() as usize));
+            }
+        });
+        let Some(&(_, emb)) = ptrs.iter().find(|(n, _)| *n == input) else { return Vec::new() };
+        ptrs.into_iter().filter(|(n, p)| *p == emb && *n != input).map(|(n, _)| n).collect()
     }
 
     fn auto_mapping(&self) -> Option<serde_json::Value> {

@@ -6,7 +6,7 @@
 use crate::attention::{attend, causal_mask, merge_heads, split_heads, KvCache, LayerCache};
 use crate::config::HfConfig;
 use crate::error::Result;
-use crate::layers::{self, Activation, Embedding, RmsNorm, RopeParameters, Rotary};
+use crate::layers::{self, Activation, RmsNorm, RopeParameters, Rotary};
 use crate::task::{DecoderModel, Heads, Task};
 use peft_core::nn::Linear;
 use peft_core::{Adaptable, ForwardCtx};
@@ -161,8 +161,7 @@ pub struct Layer {
 /// The backbone (`LlamaModel`).
 #[derive(Debug, Adaptable)]
 pub struct Backbone {
-    #[peft(skip)]
-    embed_tokens: Embedding,
+    embed_tokens: peft_core::nn::Embedding,
     /// The layers.
     pub layers: Vec<Layer>,
     #[peft(skip)]
@@ -204,7 +203,7 @@ impl Llama {
             None => root.clone(),
         };
         let (h, a) = (args.hidden_size, &args);
-        let embed_tokens = Embedding::new(&base / "embed_tokens", a.vocab_size, h)?;
+        let embed_tokens = layers::embedding(&base / "embed_tokens", a.vocab_size, h)?;
         let layers = (0..a.num_hidden_layers)
             .map(|i| {
                 let p = &base / "layers" / i;
@@ -241,7 +240,7 @@ impl Llama {
         match task {
             Task::CausalLm => {
                 heads.lm_head = Some(if a.tie_word_embeddings {
-                    layers::tied_linear("lm_head", &embed_tokens.weight)
+                    layers::tied_linear("lm_head", &embed_tokens.base().weight)
                 } else {
                     layers::linear(root / "lm_head", h, a.vocab_size, false)?
                 })
@@ -288,7 +287,7 @@ impl DecoderModel for Llama {
     ) -> Tensor {
         let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let mut h = self.model.embed_tokens.forward(input_ids);
+        let mut h = self.model.embed_tokens.forward_ctx(input_ids, ctx);
         let kind = h.kind();
         let positions = match position_ids {
             Some(p) => p.shallow_clone(),

@@ -145,8 +145,7 @@ pub struct Block {
 /// T5 for conditional generation.
 #[derive(Debug, Adaptable)]
 pub struct T5 {
-    #[peft(skip)]
-    shared: Embedding,
+    shared: peft_core::nn::Embedding,
     /// Encoder blocks.
     pub encoder: Vec<Block>,
     #[peft(skip)]
@@ -312,7 +311,7 @@ impl T5 {
         }
         let a = &args;
         let eps = a.layer_norm_epsilon;
-        let shared = Embedding::new(root / "shared", a.vocab_size, a.d_model)?;
+        let shared = layers::embedding(root / "shared", a.vocab_size, a.d_model)?;
         let encoder = (0..a.num_layers)
             .map(|i| {
                 let p = root / "encoder" / "block" / i / "layer";
@@ -345,7 +344,7 @@ impl T5 {
         heads.lm_head = Some(if own_lm_head {
             layers::linear(root / "lm_head", a.d_model, a.vocab_size, false)?
         } else {
-            layers::tied_linear("lm_head", &shared.weight)
+            layers::tied_linear("lm_head", &shared.base().weight)
         });
         Ok(Self { shared, encoder, encoder_norm, decoder, decoder_norm, heads, args })
     }
@@ -363,7 +362,7 @@ impl T5 {
         ctx: &ForwardCtx<'_>,
     ) -> Tensor {
         let a = &self.args;
-        let mut h = dropout(&self.shared.forward(input_ids), a.dropout_rate, ctx);
+        let mut h = dropout(&self.shared.forward_ctx(input_ids, ctx), a.dropout_rate, ctx);
         let kind = h.kind();
         let t = input_ids.size()[1];
         let mut bias = self.encoder[0].self_attention.position_bias(0..t, t, true, a, &h);
@@ -393,7 +392,7 @@ impl T5 {
         let a = &self.args;
         let (b, t) = (decoder_input_ids.size()[0], decoder_input_ids.size()[1]);
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let mut h = dropout(&self.shared.forward(decoder_input_ids), a.dropout_rate, ctx);
+        let mut h = dropout(&self.shared.forward_ctx(decoder_input_ids, ctx), a.dropout_rate, ctx);
         let (kind, dev) = (h.kind(), h.device());
         let s = past + t;
         let mut self_bias = self.decoder[0].self_attention.position_bias(past..past + t, s, false, a, &h);

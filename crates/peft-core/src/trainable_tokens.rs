@@ -1,0 +1,238 @@
+//! Trainable tokens: a few rows of an embedding matrix trained in full (PEFT's `TrainableTokensLayer`
+//! behind `TrainableTokensWrapper`, used by LoRA's `trainable_token_indices` and by the
+//! `TRAINABLE_TOKENS` method).
+//!
+//! The adapter stores the trained rows (`trainable_tokens_delta`, initialised from the embedding's current
+//! rows) and the original rows; the forward pass uses the embedding matrix with those rows replaced, so a
+//! resized, freshly initialised embedding cannot leak random values. With tied weights (an `lm_head`
+//! sharing the input embedding), the head gets a *tied* adapter reading the same rows; it owns no tensors
+//! and saves nothing, as in PEFT.
+//!
+//! Keys: in memory `base_model.model.<module>.token_adapter.trainable_tokens_delta.<adapter>`, on disk
+//! without the adapter name.
+
+use crate::error::{PeftError, Result};
+use crate::layer::{all_finite, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
+use std::any::Any;
+use tch::Tensor;
+
+/// The `peft_type` trainable tokens report inside other methods' adapters.
+pub const TRAINABLE_TOKENS: &str = "TRAINABLE_TOKENS";
+
+/// `trainable_token_indices`: a list for the input embedding, or a list per module.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenIndices {
+    /// Rows of the model's input embedding.
+    List(Vec<i64>),
+    /// Rows per module name (matched as a suffix).
+    PerModule(Vec<(String, Vec<i64>)>),
+}
+
+impl TokenIndices {
+    /// Parses PEFT's JSON form (`[1, 2]` or `{"embed_tokens": [1, 2]}`).
+    ///
+    /// # Errors
+    /// Anything else, naming the value.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let list = |v: &serde_json::Value| -> Option<Vec<i64>> {
+            v.as_array()?.iter().map(|x| x.as_i64()).collect()
+        };
+        if let Some(l) = list(v) {
+            return Ok(TokenIndices::List(l));
+        }
+        if let Some(m) = v.as_object() {
+            let mut out = Vec::new();
+            for (k, vals) in m {
+                let l = list(vals).ok_or_else(|| {
+                    PeftError::Invalid(format!(
+                        "trainable_token_indices[{k:?}] must be a list of integers, got {vals}"
+                    ))
+                })?;
+                out.push((k.clone(), l));
+            }
+            return Ok(TokenIndices::PerModule(out));
+        }
+        Err(PeftError::Invalid(format!(
+            "trainable_token_indices must be a list of token ids or a mapping module → list, got {v}"
+        )))
+    }
+}
+
+/// The trained rows of one embedding (or of a head tied to it) for one adapter.
+#[derive(Debug)]
+pub struct TrainableTokens {
+    adapter: String,
+    module: String,
+    indices: Vec<i64>,
+    /// `(len(indices), dim)`: the rows in use.
+    pub delta: Tensor,
+    /// The rows as they were when the adapter was created (restored on unmerge).
+    original: Tensor,
+    /// A head reading the input embedding's rows: owns no tensors.
+    tied: bool,
+}
+
+fn index_tensor(indices: &[i64], device: tch::Device) -> Result<Tensor> {
+    Tensor::from_slice(indices).f_to_device(device).map_err(PeftError::torch("placing token indices"))
+}
+
+impl TrainableTokens {
+    /// Creates the adapter on an embedding (or linear) base: the rows `indices` of its weight become a
+    /// trainable tensor at `path/token_adapter/trainable_tokens_delta/<adapter>`.
+    ///
+    /// # Errors
+    /// A base without a weight, or indices outside the vocabulary.
+    pub fn new(
+        base: &dyn BaseLayer,
+        module: &str,
+        adapter: &str,
+        indices: &[i64],
+        path: &tch::nn::Path<'_>,
+    ) -> Result<Self> {
+        let weight = base
+            .as_weighted()
+            .ok_or_else(|| {
+                PeftError::Invalid(format!("trainable tokens on `{module}`, a {} layer", base.kind()))
+            })?
+            .weight();
+        let vocab = weight.size()[0];
+        if let Some(bad) = indices.iter().find(|&&i| i < 0 || i >= vocab) {
+            return Err(PeftError::Invalid(format!(
+                "trainable token index {bad} is outside the {vocab} rows of `{module}`"
+            )));
+        }
+        let idx = index_tensor(indices, weight.device())?;
+        let original = tch::no_grad(|| weight.f_index_select(0, &idx))
+            .map_err(PeftError::torch("reading token rows"))?;
+        let delta = original.f_detach_copy().map_err(PeftError::torch("copying token rows"))?;
+        let delta = (path / "token_adapter" / "trainable_tokens_delta").add(adapter, delta, true);
+        Ok(Self {
+            adapter: adapter.into(),
+            module: module.into(),
+            indices: indices.to_vec(),
+            delta,
+            original,
+            tied: false,
+        })
+    }
+
+    /// A head tied to `source` (same rows, same tensor).
+    pub fn tied_to(source: &TrainableTokens, module: &str) -> Self {
+        Self {
+            adapter: source.adapter.clone(),
+            module: module.into(),
+            indices: source.indices.clone(),
+            delta: source.delta.shallow_clone(),
+            original: source.original.shallow_clone(),
+            tied: true,
+        }
+    }
+
+    /// The trained token ids.
+    pub fn indices(&self) -> &[i64] {
+        &self.indices
+    }
+
+    /// True for a head tied to the input embedding's adapter.
+    pub fn is_tied(&self) -> bool {
+        self.tied
+    }
+
+    /// The base weight with the trained rows in place (PEFT's `get_merged_weights`).
+    fn merged_weight(&self, weight: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
+        let idx = Tensor::from_slice(&self.indices).f_to_device(weight.device())?;
+        weight.f_index_copy(0, &idx, &self.delta.f_to_kind(weight.kind())?)
+    }
+}
+
+impl TunerLayer for TrainableTokens {
+    fn peft_type(&self) -> &'static str {
+        TRAINABLE_TOKENS
+    }
+
+    fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        if self.tied {
+            return Vec::new();
+        }
+        vec![(format!("token_adapter.trainable_tokens_delta.{}", self.adapter), self.delta.shallow_clone())]
+    }
+
+    fn replaces_base(&self) -> bool {
+        true
+    }
+
+    fn replace_base(&self, base: &dyn BaseLayer, x: &Tensor, _ctx: &ForwardCtx<'_>) -> Option<Tensor> {
+        let weight = base.as_weighted()?.weight();
+        let merged = self.merged_weight(&weight).ok()?;
+        if let Some(emb) = base.as_embedding() {
+            let y = Tensor::embedding(&merged, x, emb.padding_idx().unwrap_or(-1), false, false);
+            return Some(match emb.embed_scale() {
+                Some(s) => &y * Tensor::from(s).to_kind(y.kind()),
+                None => y,
+            });
+        }
+        // A head tied to the embedding: F.linear(x, W), without the head's bias, as PEFT.
+        Some(x.linear::<&Tensor>(&merged, None))
+    }
+
+    fn transform_output(
+        &self,
+        _base: &dyn BaseLayer,
+        _x: &Tensor,
+        y: Tensor,
+        _ctx: &ForwardCtx<'_>,
+    ) -> Tensor {
+        y
+    }
+
+    fn merge(&mut self, base: &mut dyn BaseLayer, ctx: &MergeCtx<'_>) -> Result<()> {
+        if self.tied {
+            // The weight is shared with the input embedding, whose adapter writes it.
+            return Ok(());
+        }
+        let target = base.as_weighted_mut().ok_or_else(|| {
+            PeftError::Invalid(format!("trainable tokens on `{}` without a weight", self.module))
+        })?;
+        let merged = tch::no_grad(|| self.merged_weight(&target.weight()))
+            .map_err(PeftError::torch("merging tokens"))?;
+        if ctx.safe && !all_finite(&merged)? {
+            return Err(PeftError::NonFiniteMerge {
+                adapter: self.adapter.clone(),
+                module: self.module.clone(),
+            });
+        }
+        target.set_weight(&merged)
+    }
+
+    fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()> {
+        if self.tied {
+            return Ok(());
+        }
+        let target = base.as_weighted_mut().ok_or_else(|| {
+            PeftError::Invalid(format!("trainable tokens on `{}` without a weight", self.module))
+        })?;
+        let w = target.weight();
+        let f = || -> std::result::Result<Tensor, tch::TchError> {
+            let idx = Tensor::from_slice(&self.indices).f_to_device(w.device())?;
+            w.f_index_copy(0, &idx, &self.original.f_to_kind(w.kind())?)
+        };
+        let restored = tch::no_grad(f).map_err(PeftError::torch("unmerging tokens"))?;
+        target.set_weight(&restored)
+    }
+
+    fn status_submodule(&self) -> Option<&'static str> {
+        Some("token_adapter")
+    }
+
+    fn describe(&self) -> String {
+        format!("TrainableTokensLayer(tokens={}, tied={})", self.indices.len(), self.tied)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
