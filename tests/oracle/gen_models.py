@@ -46,6 +46,9 @@ CASES = {
                              # LoRA on the embedding: PEFT saves the embedding's base weights too.
                              "emb": dict(target_modules=["embed_tokens", "q_proj"]),
                          }),
+    # layer_replication: layers [0, 1, 1] sharing weights, each with its own adapter.
+    "llama_replicated": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM",
+                         {"rep": dict(target_modules=["q_proj", "v_proj"], layer_replication=[[0, 2], [1, 2]])}),
     "llama_default_targets": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM", {"defaults": dict()}),
     "mistral_sliding": (tf.MistralConfig, dict(LLAMA, sliding_window=3), tf.MistralForCausalLM, "CAUSAL_LM",
                         {"qkvo": dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])}),
@@ -70,6 +73,10 @@ CASES = {
                                         intermediate_size=64, max_position_embeddings=64, num_labels=3),
                     tf.BertForSequenceClassification, "SEQ_CLS",
                     {"qv": dict(target_modules=["query", "value"]), "dense": dict(target_modules=["dense"], r=2)}),
+    "bert_replicated": (tf.BertConfig, dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                            intermediate_size=64, max_position_embeddings=64, num_labels=2),
+                        tf.BertForSequenceClassification, "SEQ_CLS",
+                        {"rep": dict(target_modules=["query", "value"], layer_replication=[[1, 2], [0, 2]])}),
     "bert_tokcls": (tf.BertConfig, dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                         intermediate_size=64, max_position_embeddings=64, num_labels=4),
                     tf.BertForTokenClassification, "TOKEN_CLS", {"qv": dict(target_modules=["query", "value"])}),
@@ -154,9 +161,11 @@ def gen_case(root, name, spec):
                     p.add_(0.1 * torch.randn_like(p))
         peft_model.eval()
         outputs[f"{aname}/unmerged"] = run(peft_model, inputs, task)
-        peft_model.merge_adapter()
-        outputs[f"{aname}/merged"] = run(peft_model, inputs, task)
-        peft_model.unmerge_adapter()
+        if not akw.get("layer_replication"):
+            # (PEFT means to refuse merging replicated layers, which share their weights.)
+            peft_model.merge_adapter()
+            outputs[f"{aname}/merged"] = run(peft_model, inputs, task)
+            peft_model.unmerge_adapter()
         peft_model.save_pretrained(os.path.join(d, "adapters", aname))
     save_file(tensors(inputs), os.path.join(d, "inputs.safetensors"))
     save_file(tensors(outputs), os.path.join(d, "outputs.safetensors"))

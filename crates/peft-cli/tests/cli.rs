@@ -91,6 +91,9 @@ fn run_reproduces_transformers_and_peft_logits_for_every_architecture() {
         for a in meta["adapters"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()) {
             let adapter = d.join("adapters").join(a);
             for (merge, state) in [(false, "unmerged"), (true, "merged")] {
+                let Some(want) = expected.get(&format!("{a}/{state}")) else {
+                    continue; // replicated layers cannot be merged
+                };
                 let mut args = vec![
                     "run",
                     "--model",
@@ -108,7 +111,7 @@ fn run_reproduces_transformers_and_peft_logits_for_every_architecture() {
                 ok(&peft(&args, &[]));
                 compare(
                     &logits(&out),
-                    &expected[&format!("{a}/{state}")],
+                    want,
                     &inputs,
                     task,
                     &format!("peft run {case} --adapter {a} ({state})"),

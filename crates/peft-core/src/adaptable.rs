@@ -73,6 +73,21 @@ pub trait Adaptable {
         Vec::new()
     }
 
+    /// PEFT's `replicate_layers` (LoRA's `layer_replication`): rebuilds the model's layer list from the
+    /// `[start, end)` ranges of `map`, the copies sharing their weights with the originals, and names
+    /// them by their new positions.
+    ///
+    /// # Errors
+    /// The default: the model has no replicable layer list.
+    fn replicate_layers(&mut self, map: &[(usize, usize)]) -> Result<()> {
+        let _ = map;
+        Err(crate::PeftError::Invalid(
+            "Could not locate the layers attribute in the model. Expected Llama, Bert or Falcon compatible \
+             architectures."
+                .into(),
+        ))
+    }
+
     /// PEFT's `auto_mapping` for models with a Python counterpart (`{"base_model_class": "LlamaForCausalLM",
     /// "parent_library": "transformers.models.llama.modeling_llama"}`), written into saved configs whose
     /// `task_type` is null so that `AutoPeftModel` can rebuild the base model. `None` for models that
@@ -154,6 +169,9 @@ impl<T: Adaptable + ?Sized> Adaptable for Box<T> {
     }
     fn input_embedding(&self) -> Option<String> {
         (**self).input_embedding()
+    }
+    fn replicate_layers(&mut self, map: &[(usize, usize)]) -> Result<()> {
+        (**self).replicate_layers(map)
     }
     fn tied_with_input_embedding(&self) -> Vec<String> {
         (**self).tied_with_input_embedding()

@@ -64,6 +64,15 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         Ok(None)
     }
 
+    /// `layer_replication`: `[start, end)` ranges the model's layers are rebuilt from before the adapter
+    /// is added (LoRA).
+    ///
+    /// # Errors
+    /// A malformed value.
+    fn layer_replication(&self) -> Result<Option<Vec<(usize, usize)>>> {
+        Ok(None)
+    }
+
     /// `ensure_weight_tying`: keep heads tied to the input embedding tied through the adapter even when
     /// the token lists differ (an error then).
     fn ensure_weight_tying(&self) -> bool {

@@ -129,6 +129,8 @@ pub struct PeftModel<M: Adaptable> {
     adapter_vs: nn::VarStore,
     base_params: Vec<(String, Tensor)>,
     warnings: Vec<String>,
+    /// The `layer_replication` map applied to the model, if any.
+    replicated: Option<Vec<(usize, usize)>>,
 }
 
 impl<M: Adaptable + fmt::Debug> fmt::Debug for PeftModel<M> {
@@ -239,6 +241,7 @@ impl<M: Adaptable> PeftModel<M> {
             adapter_vs: nn::VarStore::new(base.device()),
             base_params,
             warnings: Vec::new(),
+            replicated: None,
         })
     }
 
@@ -342,6 +345,21 @@ impl<M: Adaptable> PeftModel<M> {
             return Err(PeftError::Invalid(format!(
                 "adapter `{name}`: only one adapter of a model may have a `bias` other than \"none\""
             )));
+        }
+        if let Some(map) = config.layer_replication()? {
+            // PEFT replicates in `_prepare_model` for every adapter; once is what is meant.
+            match &self.replicated {
+                Some(done) if *done == map => {}
+                Some(done) => {
+                    return Err(PeftError::Invalid(format!(
+                        "the model's layers are already replicated as {done:?}; adapter `{name}` asks for {map:?}"
+                    )))
+                }
+                None => {
+                    self.model.replicate_layers(&map)?;
+                    self.replicated = Some(map);
+                }
+            }
         }
         let report = resolve_targets(&self.model, config.as_mut(), name, options)?;
         for entry in &report.unused_excludes {
@@ -756,6 +774,13 @@ impl<M: Adaptable> PeftModel<M> {
     /// [`PeftError::UnknownAdapter`], [`PeftError::NonFiniteMerge`], or the method's reason; the model is
     /// left unmerged-as-before on error.
     pub fn merge_adapter(&mut self, names: Option<&[&str]>, safe: bool) -> Result<()> {
+        if self.replicated.is_some() {
+            // Replicated layers share their base weights: merging one copy's adapter would change the others.
+            // (PEFT 0.21.2 means to refuse too, but its check looks the option up in the wrong dict.)
+            return Err(PeftError::Invalid(
+                "Cannot merge LORA layers when base model layers are replicated".into(),
+            ));
+        }
         let names: Option<Vec<String>> = names.map(|n| n.iter().map(|s| s.to_string()).collect());
         if let Some(ns) = &names {
             for n in ns {

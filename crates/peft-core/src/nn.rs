@@ -143,6 +143,67 @@ fn copy_var(path: &Path<'_>, name: &str, t: &Tensor, what: &'static str) -> Resu
     Ok(path.add(name, copy, true))
 }
 
+/// Bases that can be duplicated with shared weights (PEFT's `clone_module(share_weights=True)`, used by
+/// `layer_replication`).
+pub trait ShareWeights {
+    /// A base computing with the same tensors.
+    fn share(&self) -> Self;
+}
+
+impl ShareWeights for LinearBase {
+    fn share(&self) -> Self {
+        LinearBase {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.as_ref().map(Tensor::shallow_clone),
+            fan_in_fan_out: self.fan_in_fan_out,
+        }
+    }
+}
+
+impl ShareWeights for ConvBase {
+    fn share(&self) -> Self {
+        ConvBase {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.as_ref().map(Tensor::shallow_clone),
+            geometry: self.geometry.clone(),
+        }
+    }
+}
+
+impl ShareWeights for EmbeddingBase {
+    fn share(&self) -> Self {
+        EmbeddingBase {
+            weight: self.weight.shallow_clone(),
+            padding_idx: self.padding_idx,
+            embed_scale: self.embed_scale,
+        }
+    }
+}
+
+impl<B: BaseLayer + ShareWeights> AdaptedLayer<B> {
+    /// A copy named `name` that shares this layer's base weights and has no adapters (a replicated layer
+    /// gets its own adapters).
+    pub fn replicate(&self, name: impl Into<String>) -> Self {
+        AdaptedLayer::new(name, self.base().share())
+    }
+
+    /// [`AdaptedLayer::replicate`] with the index after `list.` in the name replaced (`model.layers.2.q`
+    /// → `model.layers.5.q`).
+    pub fn replicate_at(&self, list: &str, from: usize, to: usize) -> Self {
+        self.replicate(reindex(self.name(), list, from, to))
+    }
+}
+
+/// Replaces the list index `from` after the segment `list` in a module name by `to`.
+pub fn reindex(name: &str, list: &str, from: usize, to: usize) -> String {
+    let old = format!("{list}.{from}");
+    let new = format!("{list}.{to}");
+    if let Some(rest) = name.strip_prefix(&old) {
+        return format!("{new}{rest}");
+    }
+    name.replacen(&format!(".{old}."), &format!(".{new}."), 1)
+}
+
 /// An adaptable `nn.Linear` (or `Conv1D`, see [`transformers_conv1d`]).
 pub type Linear = AdaptedLayer<LinearBase>;
 

@@ -500,9 +500,7 @@ impl AdapterConfig for LoraConfig {
         if let Some(t) = self.target_parameters.as_ref().filter(|t| !t.is_empty()) {
             return Err(reject("target_parameters", t, ""));
         }
-        if let Some(v) = &self.layer_replication {
-            return Err(reject("layer_replication", v, ""));
-        }
+        self.layer_replication()?;
         if let Some(v) = &self.megatron_config {
             return Err(reject("megatron_config", v, ""));
         }
@@ -543,6 +541,27 @@ impl AdapterConfig for LoraConfig {
             .as_ref()
             .map(peft_core::trainable_tokens::TokenIndices::from_json)
             .transpose()
+    }
+
+    fn layer_replication(&self) -> Result<Option<Vec<(usize, usize)>>> {
+        let Some(v) = self.layer_replication.as_ref().filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let bad =
+            || PeftError::Invalid(format!("layer_replication must be a list of [start, end] pairs, got {v}"));
+        let ranges = v.as_array().ok_or_else(bad)?;
+        ranges
+            .iter()
+            .map(|r| {
+                let pair = r.as_array().filter(|p| p.len() == 2).ok_or_else(bad)?;
+                let (a, b) = (pair[0].as_u64().ok_or_else(bad)?, pair[1].as_u64().ok_or_else(bad)?);
+                if a >= b {
+                    return Err(bad());
+                }
+                Ok((a as usize, b as usize))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     fn ensure_weight_tying(&self) -> bool {

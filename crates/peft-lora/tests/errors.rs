@@ -176,10 +176,7 @@ fn a_duplicate_adapter_name_is_rejected_without_side_effects() {
 #[test]
 fn options_not_implemented_yet_are_rejected_by_name() {
     let cases: Vec<(&str, LoraConfig)> = vec![
-        (
-            "layer_replication",
-            LoraConfig { layer_replication: Some(serde_json::json!([[0, 1]])), ..config(&["lin0"]) },
-        ),
+        ("megatron_config", LoraConfig { megatron_config: Some(serde_json::json!({})), ..config(&["lin0"]) }),
         ("ensure_weight_tying", LoraConfig { ensure_weight_tying: true, ..config(&["lin0"]) }),
         (
             "init_lora_weights",

@@ -100,6 +100,25 @@ pub struct Layer {
     output_norm: LayerNorm,
 }
 
+impl Layer {
+    /// Layer `from` as layer `to`, sharing its weights (`layer_replication`).
+    pub fn replicate(&self, from: usize, to: usize) -> Self {
+        let l = |x: &Linear| x.replicate_at("layer", from, to);
+        Layer {
+            attention_self: SelfAttention {
+                query: l(&self.attention_self.query),
+                key: l(&self.attention_self.key),
+                value: l(&self.attention_self.value),
+            },
+            attention_output_dense: l(&self.attention_output_dense),
+            attention_output_norm: self.attention_output_norm.share(),
+            intermediate_dense: l(&self.intermediate_dense),
+            output_dense: l(&self.output_dense),
+            output_norm: self.output_norm.share(),
+        }
+    }
+}
+
 /// BERT with its task head.
 #[derive(Debug, Adaptable)]
 pub struct Bert {
@@ -158,6 +177,12 @@ pub fn load_spec(task: Task) -> LoadSpec {
 }
 
 impl Bert {
+    /// PEFT's `replicate_layers` on `encoder.layer`.
+    pub fn replicate_blocks(&mut self, map: &[(usize, usize)]) -> peft_core::Result<()> {
+        self.layers = crate::replicate(&self.layers, map, Layer::replicate)?;
+        Ok(())
+    }
+
     /// Allocates the model for `task` (weights come from a checkpoint).
     ///
     /// # Errors

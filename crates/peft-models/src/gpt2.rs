@@ -92,6 +92,19 @@ pub struct Block {
     pub mlp: Mlp,
 }
 
+impl Block {
+    /// Block `from` as block `to`, sharing its weights (`layer_replication`).
+    pub fn replicate(&self, from: usize, to: usize) -> Self {
+        let l = |x: &Linear| x.replicate_at("h", from, to);
+        Block {
+            ln_1: self.ln_1.share(),
+            attn: Attention { c_attn: l(&self.attn.c_attn), c_proj: l(&self.attn.c_proj) },
+            ln_2: self.ln_2.share(),
+            mlp: Mlp { c_fc: l(&self.mlp.c_fc), c_proj: l(&self.mlp.c_proj) },
+        }
+    }
+}
+
 /// `GPT2Model`.
 #[derive(Debug, Adaptable)]
 pub struct Backbone {
@@ -234,6 +247,14 @@ impl DecoderModel for Gpt2 {
 
     fn num_layers(&self) -> usize {
         self.transformer.h.len()
+    }
+}
+
+impl Gpt2 {
+    /// PEFT's `replicate_layers` on `transformer.h` (its "falcon" branch).
+    pub fn replicate_blocks(&mut self, map: &[(usize, usize)]) -> peft_core::Result<()> {
+        self.transformer.h = crate::replicate(&self.transformer.h, map, Block::replicate)?;
+        Ok(())
     }
 }
 

@@ -84,6 +84,11 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// The same norm, sharing its tensors (layer replication).
+    pub fn share(&self) -> Self {
+        Self { weight: self.weight.shallow_clone(), bias: self.bias.shallow_clone(), eps: self.eps }
+    }
+
     /// Allocates `p/weight` and `p/bias`.
     ///
     /// # Errors
@@ -108,6 +113,11 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// The same norm, sharing its tensor (layer replication).
+    pub fn share(&self) -> Self {
+        Self { weight: self.weight.shallow_clone(), eps: self.eps }
+    }
+
     /// Allocates `p/weight`.
     ///
     /// # Errors

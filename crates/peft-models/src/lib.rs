@@ -342,6 +342,28 @@ fn init_new_heads(vs: &VarStore, names: &[String], std: f64) -> Result<()> {
     Ok(())
 }
 
+/// PEFT's `replicate_layers`: the layers of `map`'s `[start, end)` ranges, in order, each a weight-sharing
+/// copy named by its new index.
+pub(crate) fn replicate<L>(
+    layers: &[L],
+    map: &[(usize, usize)],
+    copy: impl Fn(&L, usize, usize) -> L,
+) -> peft_core::Result<Vec<L>> {
+    let mut out = Vec::new();
+    for &(start, end) in map {
+        if end > layers.len() || start >= end {
+            return Err(peft_core::PeftError::Invalid(format!(
+                "layer_replication range [{start}, {end}) does not fit the model's {} layers",
+                layers.len()
+            )));
+        }
+        for (i, layer) in layers.iter().enumerate().take(end).skip(start) {
+            out.push(copy(layer, i, out.len()));
+        }
+    }
+    Ok(out)
+}
+
 impl Adaptable for HfModel {
     fn visit_layers(&self, f: &mut dyn FnMut(&dyn AdaptableLayer)) {
         match &self.arch {
@@ -386,6 +408,19 @@ impl Adaptable for HfModel {
             }
         });
         found
+    }
+
+    fn replicate_layers(&mut self, map: &[(usize, usize)]) -> peft_core::Result<()> {
+        match &mut self.arch {
+            Arch::Llama(m) => m.replicate_blocks(map),
+            Arch::Gpt2(m) => m.replicate_blocks(map),
+            Arch::Bert(m) => m.replicate_blocks(map),
+            Arch::T5(_) => Err(peft_core::PeftError::Invalid(
+                "Could not locate the layers attribute in the model. Expected Llama, Bert or Falcon compatible \
+                 architectures (T5 has none)."
+                    .into(),
+            )),
+        }
     }
 
     fn tied_with_input_embedding(&self) -> Vec<String> {

@@ -158,6 +158,31 @@ pub struct Layer {
     post_attention_layernorm: RmsNorm,
 }
 
+impl Layer {
+    /// Layer `from` as layer `to`, sharing its weights (`layer_replication`).
+    pub fn replicate(&self, from: usize, to: usize) -> Self {
+        let l = |x: &Linear| x.replicate_at("layers", from, to);
+        Layer {
+            self_attn: Attention {
+                q_proj: l(&self.self_attn.q_proj),
+                k_proj: l(&self.self_attn.k_proj),
+                v_proj: l(&self.self_attn.v_proj),
+                o_proj: l(&self.self_attn.o_proj),
+                heads: self.self_attn.heads,
+                sliding_window: self.self_attn.sliding_window,
+            },
+            mlp: Mlp {
+                gate_proj: l(&self.mlp.gate_proj),
+                up_proj: l(&self.mlp.up_proj),
+                down_proj: l(&self.mlp.down_proj),
+                act: self.mlp.act,
+            },
+            input_layernorm: self.input_layernorm.share(),
+            post_attention_layernorm: self.post_attention_layernorm.share(),
+        }
+    }
+}
+
 /// The backbone (`LlamaModel`).
 #[derive(Debug, Adaptable)]
 pub struct Backbone {
@@ -181,6 +206,14 @@ pub struct Llama {
     args: LlamaArgs,
     #[peft(skip)]
     task: Task,
+}
+
+impl Llama {
+    /// PEFT's `replicate_layers` on `model.layers`.
+    pub fn replicate_blocks(&mut self, map: &[(usize, usize)]) -> peft_core::Result<()> {
+        self.model.layers = crate::replicate(&self.model.layers, map, Layer::replicate)?;
+        Ok(())
+    }
 }
 
 /// transformers' `base_model_prefix` for a task (QA keeps the historical `transformer`).
