@@ -841,6 +841,43 @@ def gen_mixed(root, case):
     return case["name"]
 
 
+def gen_alora(root):
+    """Activated LoRA on the embedding model: offsets from the invocation tokens, plain and mixed batches."""
+    from peft.tuners.lora.variants import calculate_alora_offsets
+
+    d = os.path.join(root, "alora")
+    os.makedirs(d)
+    base = models.build("EmbMLP")
+    base.eval()
+    save_file(tensors(base.state_dict()), os.path.join(d, "base.safetensors"))
+    torch.manual_seed(1)
+    cfg_a = dict(target_modules=["lin0", "lin1"], r=4, alora_invocation_tokens=[3, 4], lora_dropout=0.1)
+    model = get_peft_model(base, lora_config(cfg_a), adapter_name="a")
+    model.add_adapter("b", lora_config(dict(target_modules=["lin0"], r=2)))
+    model.save_pretrained(os.path.join(d, "adapters"))
+    torch.manual_seed(2)
+    x = torch.randint(5, 30, (6, 8))
+    x[0, 2:4] = torch.tensor([3, 4])  # invocation in the middle
+    x[1, 6:8] = torch.tensor([3, 4])  # at the end
+    x[2, 1:3] = torch.tensor([3, 4])
+    x[2, 4:6] = torch.tensor([3, 4])  # twice: the last one counts
+    x[3, 7] = 3  # cut off: not found
+    x[5, 0:2] = torch.tensor([3, 4])  # at the start
+    model.set_adapter("a")
+    model.eval()
+    offsets = calculate_alora_offsets(model.peft_config, "a", x)
+    rows = ["a", "b", "a", "__base__", "b", "a"]
+    mixed_offsets = calculate_alora_offsets(model.peft_config, "a", x, adapter_names=rows)
+    with torch.no_grad():
+        out = model(x, alora_offsets=offsets)
+        mixed = model(x, adapter_names=rows, alora_offsets=mixed_offsets)
+        no_offsets = model(x)
+    save_file(tensors({"x": x, "alora": out, "mixed": mixed, "no_offsets": no_offsets}), os.path.join(d, "outputs.safetensors"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(dict(offsets=offsets, rows=rows, mixed_offsets=mixed_offsets), f, indent=2)
+    return "alora"
+
+
 def gen_configs(root):
     for name, kwargs in CONFIG_CASES.items():
         LoraConfig(**kwargs).save_pretrained(os.path.join(root, "configs", name))
@@ -880,6 +917,7 @@ def main():
         weighted=[gen_weighted(root, c) for c in WEIGHTED_CASES],
         hotswap=gen_hotswap(root),
         mixed=[gen_mixed(root, c) for c in MIXED_CASES],
+        alora=gen_alora(root),
         configs=gen_configs(root),
     )
     gen_matching(root)

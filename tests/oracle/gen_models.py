@@ -49,6 +49,9 @@ CASES = {
     # layer_replication: layers [0, 1, 1] sharing weights, each with its own adapter.
     "llama_replicated": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM",
                          {"rep": dict(target_modules=["q_proj", "v_proj"], layer_replication=[[0, 2], [1, 2]])}),
+    # Activated LoRA: the adapter applies from the invocation tokens on (inputs contain them).
+    "llama_alora": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM",
+                    {"alora": dict(target_modules=["q_proj", "v_proj", "down_proj"], alora_invocation_tokens=[5, 6])}),
     "llama_default_targets": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM", {"defaults": dict()}),
     "mistral_sliding": (tf.MistralConfig, dict(LLAMA, sliding_window=3), tf.MistralForCausalLM, "CAUSAL_LM",
                         {"qkvo": dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])}),
@@ -111,6 +114,9 @@ def make_inputs(name, task):
     # Row 1 is right-padded with the pad token (0): classification picks its last real token.
     ids[1, -2:] = 0
     mask[1, -2:] = 0
+    if "alora" in name:
+        ids[0, 2:4] = torch.tensor([5, 6])  # row 1 has no invocation: the base model there
+
     inputs = {"input_ids": ids, "attention_mask": mask}
     if task == "SEQ_2_SEQ_LM":
         inputs["decoder_input_ids"] = torch.randint(3, VOCAB, (2, 5), generator=g)
@@ -161,7 +167,7 @@ def gen_case(root, name, spec):
                     p.add_(0.1 * torch.randn_like(p))
         peft_model.eval()
         outputs[f"{aname}/unmerged"] = run(peft_model, inputs, task)
-        if not akw.get("layer_replication"):
+        if not akw.get("layer_replication") and not akw.get("alora_invocation_tokens"):
             # (PEFT means to refuse merging replicated layers, which share their weights.)
             peft_model.merge_adapter()
             outputs[f"{aname}/merged"] = run(peft_model, inputs, task)

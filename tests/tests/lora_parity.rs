@@ -970,3 +970,45 @@ fn mixed_batches_with_dora_adapters_take_the_per_adapter_path() {
         assert_close(&mixed.narrow(0, i as i64, 1), &alone, ATOL, &format!("row {i} ({name})"));
     }
 }
+
+#[test]
+fn activated_lora_matches_peft_offsets_and_outputs() {
+    let _rng = oracle::rng_guard();
+    let d = fixtures().join("alora");
+    let meta = read_json(&d.join("case.json"));
+    let outputs = read_all(&d.join("outputs.safetensors"));
+    let x = &outputs["x"];
+    let (vs, model) = base_model(&d, "EmbMLP");
+    let sub = |n: &str| LoadOptions { subfolder: Some(n.into()), ..LoadOptions::named(n) };
+    let (mut peft, _) = PeftModel::from_pretrained(model, &vs, d.join("adapters"), sub("a")).unwrap();
+    peft.load_adapter(d.join("adapters"), sub("b")).unwrap();
+    let as_offsets =
+        |v: &Value| -> Vec<Option<i64>> { v.as_array().unwrap().iter().map(Value::as_i64).collect() };
+    let offsets = peft.alora_offsets(x, None).unwrap().unwrap();
+    assert_eq!(offsets, as_offsets(&meta["offsets"]), "calculate_alora_offsets");
+    let ctx = peft_core::ForwardCtx::eval().with_alora_offsets(&offsets);
+    assert_close(
+        &tch::no_grad(|| peft.model().forward_ctx(x, &ctx)),
+        &outputs["alora"],
+        ATOL,
+        "aLoRA forward",
+    );
+    // Without offsets the adapter does nothing, as in PEFT.
+    assert_close(&forward(peft.model(), x), &outputs["no_offsets"], ATOL, "no offsets");
+    // A mixed batch: each aLoRA row from its own invocation, the LoRA rows everywhere.
+    let rows = strings(&meta["rows"]);
+    let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
+    let ra = peft.row_adapters(&rows).unwrap();
+    let mixed_offsets = peft.alora_offsets(x, Some(&ra)).unwrap().unwrap();
+    assert_eq!(mixed_offsets, as_offsets(&meta["mixed_offsets"]), "offsets per row adapter");
+    let ctx = peft_core::ForwardCtx::eval().with_rows(&ra).with_alora_offsets(&mixed_offsets);
+    assert_close(
+        &tch::no_grad(|| peft.model().forward_ctx(x, &ctx)),
+        &outputs["mixed"],
+        ATOL,
+        "aLoRA mixed batch",
+    );
+    let err = peft.merge_adapter(None, false).unwrap_err();
+    assert!(err.to_string().contains("aLoRA"), "{err}");
+    oracle::record("alora", "embedding model");
+}

@@ -186,3 +186,35 @@ fn evaluation_runs_during_training_and_a_bf16_base_trains_fp32_adapters() {
         }
     }
 }
+
+#[test]
+fn activated_lora_trains_only_from_its_invocation_tokens_on() {
+    let _rng = oracle::rng_guard();
+    let data = dataset();
+    let train = |tokens: Vec<i64>| {
+        let d = fixture().join("model");
+        let loaded = HfModel::load_dir(&d, Some(Task::CausalLm), &Default::default()).unwrap();
+        let cfg = peft_lora::LoraConfig {
+            r: 4,
+            target_modules: Some(peft_core::peft_config::TargetModules::list(["q_proj", "v_proj"])),
+            alora_invocation_tokens: Some(tokens),
+            ..Default::default()
+        };
+        tch::manual_seed(1);
+        let mut peft = PeftModel::new(loaded.model, &loaded.vs, cfg.boxed(), "default").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        Trainer::new(&mut peft, args(out.path(), 2))
+            .unwrap()
+            .train(&data, None, &peft_train::hf_loss, 0)
+            .unwrap();
+        let b = peft.adapter_var_store().variables()
+            ["base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"]
+            .shallow_clone();
+        b.abs().sum(tch::Kind::Float).double_value(&[])
+    };
+    // An invocation that occurs in the data: the adapter gets gradients from the positions after it.
+    let ex = &data.examples[0].input_ids;
+    assert!(train(ex[1..3].to_vec()) > 0.0, "the aLoRA adapter trained");
+    // One that never occurs: nothing after it, no gradient, B stays at its zero init.
+    assert_eq!(train(vec![-5, -6]), 0.0, "an aLoRA adapter without invocations does not train");
+}

@@ -9,7 +9,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use peft_core::{ForwardCtx, LoadOptions, PeftModel};
-use peft_models::generate::{generate, GenerationConfig};
+use peft_models::generate::{generate_ctx, GenerationConfig};
 use peft_models::{HfModel, ModelInputs, Task};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -416,7 +416,12 @@ fn run(args: RunArgs) -> Result<()> {
     let device = parse_device(&args.model.device)?;
     let (peft, _vs, names) = load(&args.model)?;
     let logits = if args.row_adapters.is_empty() {
-        forward(peft.model(), &inputs, device, &ForwardCtx::eval())?
+        let offsets = peft.alora_offsets(&inputs["input_ids"], None)?;
+        let ctx = match &offsets {
+            Some(o) => ForwardCtx::eval().with_alora_offsets(o),
+            None => ForwardCtx::eval(),
+        };
+        forward(peft.model(), &inputs, device, &ctx)?
     } else {
         let batch = inputs["input_ids"].size()[0];
         if args.row_adapters.len() as i64 != batch {
@@ -433,7 +438,13 @@ fn run(args: RunArgs) -> Result<()> {
         // One mixed batch: every layer gathers each row's adapter (see peft_core::mixed).
         let rows: Vec<&str> = args.row_adapters.iter().map(String::as_str).collect();
         let rows = peft.row_adapters(&rows)?;
-        forward(peft.model(), &inputs, device, &ForwardCtx::eval().with_rows(&rows))?
+        let offsets = peft.alora_offsets(&inputs["input_ids"], Some(&rows))?;
+        let ctx = ForwardCtx::eval().with_rows(&rows);
+        let ctx = match &offsets {
+            Some(o) => ctx.with_alora_offsets(o),
+            None => ctx,
+        };
+        forward(peft.model(), &inputs, device, &ctx)?
     };
     Tensor::write_safetensors(&[("logits", &logits)], &args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
@@ -548,7 +559,13 @@ fn generate_cmd(args: GenerateArgs) -> Result<()> {
     if let Some(s) = args.seed {
         tch::manual_seed(s);
     }
-    let out = generate(model, &input, None, &cfg)?;
+    // Activated LoRA: offsets from the prompt, as PEFT's generate computes them.
+    let offsets = peft.alora_offsets(&input, None)?;
+    let ctx = match &offsets {
+        Some(o) => ForwardCtx::eval().with_alora_offsets(o),
+        None => ForwardCtx::eval(),
+    };
+    let out = generate_ctx(model, &input, None, &cfg, &ctx)?;
     let all: Vec<i64> = Vec::<i64>::try_from(out.select(0, 0).to_device(Device::Cpu))?;
     let new: Vec<i64> =
         if model.task() == Task::CausalLm { all[ids.len()..].to_vec() } else { all[1..].to_vec() };

@@ -64,6 +64,12 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Activated LoRA's `alora_invocation_tokens`: the adapter applies from the last occurrence of this
+    /// token sequence on.
+    fn alora_invocation_tokens(&self) -> Option<&[i64]> {
+        None
+    }
+
     /// `layer_replication`: `[start, end)` ranges the model's layers are rebuilt from before the adapter
     /// is added (LoRA).
     ///

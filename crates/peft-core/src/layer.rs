@@ -212,18 +212,26 @@ pub struct ForwardCtx<'a> {
     pub train: bool,
     /// Per-row adapters (a mixed batch); `None`: the active adapters for every row.
     pub rows: Option<&'a RowAdapters>,
+    /// Activated LoRA: per row, how many trailing positions (from the invocation sequence on) the adapter
+    /// applies to (`None`: none). See [`crate::PeftModel::alora_offsets`].
+    pub alora_offsets: Option<&'a [Option<i64>]>,
     _borrow: PhantomData<&'a ()>,
 }
 
 impl<'a> ForwardCtx<'a> {
     /// Evaluation: no dropout.
     pub fn eval() -> Self {
-        ForwardCtx { train: false, rows: None, _borrow: PhantomData }
+        ForwardCtx { train: false, rows: None, alora_offsets: None, _borrow: PhantomData }
     }
 
     /// Training: dropout active.
     pub fn train() -> Self {
-        ForwardCtx { train: true, rows: None, _borrow: PhantomData }
+        ForwardCtx { train: true, rows: None, alora_offsets: None, _borrow: PhantomData }
+    }
+
+    /// The same options with activated-LoRA offsets (one per batch row).
+    pub fn with_alora_offsets(self, offsets: &'a [Option<i64>]) -> ForwardCtx<'a> {
+        ForwardCtx { alora_offsets: Some(offsets), ..self }
     }
 
     /// The same options with one adapter per batch row (see [`crate::mixed`]).
@@ -561,8 +569,14 @@ impl AdapterSlots {
                 None => {
                     for (k, t) in &group {
                         if let Some(r) = rows.rows(*k) {
+                            // The sub-batch sees its own rows' aLoRA offsets.
+                            let picked: Vec<i64> = Vec::<i64>::try_from(r).unwrap_or_default();
+                            let offsets: Option<Vec<Option<i64>>> = ctx.alora_offsets.map(|o| {
+                                picked.iter().map(|&i| o.get(i as usize).copied().flatten()).collect()
+                            });
+                            let sub = ForwardCtx { rows: None, alora_offsets: offsets.as_deref(), ..*ctx };
                             let ys =
-                                t.transform_output(base, &x.index_select(0, r), y.index_select(0, r), ctx);
+                                t.transform_output(base, &x.index_select(0, r), y.index_select(0, r), &sub);
                             y = y.index_copy(0, r, &ys.to_kind(kind));
                         }
                     }

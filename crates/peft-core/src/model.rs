@@ -1357,6 +1357,55 @@ impl<M: Adaptable> PeftModel<M> {
         });
     }
 
+    /// Activated LoRA offsets for `input_ids` `(B, T)` (PEFT's `calculate_alora_offsets`): for each row
+    /// whose adapter (the row's in `rows`, else the first active one) has `alora_invocation_tokens`, the
+    /// number of trailing positions from the last occurrence of that sequence; `None` where it does not
+    /// occur or the adapter is not an aLoRA. Pass them with
+    /// [`ForwardCtx::with_alora_offsets`](crate::ForwardCtx::with_alora_offsets). Returns `None` when no
+    /// row's adapter is an aLoRA (nothing to pass).
+    ///
+    /// # Errors
+    /// Input ids that are not a 2-d integer tensor.
+    pub fn alora_offsets(
+        &self,
+        input_ids: &Tensor,
+        rows: Option<&crate::mixed::RowAdapters>,
+    ) -> Result<Option<Vec<Option<i64>>>> {
+        let active = self.active.first().cloned();
+        let batch = input_ids.size().first().copied().unwrap_or(0) as usize;
+        let per_row: Vec<Option<String>> = match rows {
+            Some(r) => {
+                r.positions().iter().map(|&p| (p >= 0).then(|| r.names()[p as usize].clone())).collect()
+            }
+            None => vec![active; batch],
+        };
+        let relevant = per_row
+            .iter()
+            .flatten()
+            .any(|n| self.configs.get(n).is_some_and(|c| c.alora_invocation_tokens().is_some()));
+        if !relevant {
+            return Ok(None);
+        }
+        let ids: Vec<Vec<i64>> =
+            Vec::<Vec<i64>>::try_from(&input_ids.to_device(tch::Device::Cpu).to_kind(tch::Kind::Int64))
+                .map_err(PeftError::torch("reading input ids for aLoRA offsets"))?;
+        Ok(Some(
+            per_row
+                .iter()
+                .zip(&ids)
+                .map(|(name, seq)| {
+                    let tokens = name
+                        .as_ref()
+                        .and_then(|n| self.configs.get(n))
+                        .and_then(|c| c.alora_invocation_tokens())?;
+                    let start = (0..seq.len()).rev().find(|&i| seq[i..].starts_with(tokens))?;
+                    let offset = (seq.len() - start) as i64;
+                    (offset > 0).then_some(offset)
+                })
+                .collect(),
+        ))
+    }
+
     /// The per-row adapters of a mixed batch (PEFT's `adapter_names=[…]`): `per_row[i]` names the adapter
     /// of row `i`, [`crate::mixed::BASE`] (`"__base__"`) for the base model. Pass the result with
     /// [`ForwardCtx::with_rows`](crate::ForwardCtx::with_rows) to the model's forward. Any adapter may be

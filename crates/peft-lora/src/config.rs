@@ -366,6 +366,11 @@ impl LoraConfig {
                 "{location}: `corda_config` specified but will be ignored when `init_lora_weights` is not 'corda'"
             ));
         }
+        if self.alora_invocation_tokens.is_some()
+            && self.common.task_type != Some(peft_core::peft_config::TaskType::CausalLm)
+        {
+            warnings.push(format!("{location}: aLoRA is currently only supported for CAUSAL_LM task."));
+        }
         if self.use_rslora
             && (!self.rank_pattern.is_empty() || !self.alpha_pattern.is_empty())
             && self.init_lora_weights.mutates_base()
@@ -505,7 +510,9 @@ impl AdapterConfig for LoraConfig {
             return Err(reject("megatron_config", v, ""));
         }
         if let Some(v) = &self.alora_invocation_tokens {
-            return Err(reject("alora_invocation_tokens", v, ""));
+            if v.is_empty() {
+                return Err(PeftError::Invalid("alora_invocation_tokens must not be empty".into()));
+            }
         }
         if self.use_qalora {
             return Err(reject("use_qalora", &true, "QA-LoRA needs a GPTQ-quantized base"));
@@ -541,6 +548,10 @@ impl AdapterConfig for LoraConfig {
             .as_ref()
             .map(peft_core::trainable_tokens::TokenIndices::from_json)
             .transpose()
+    }
+
+    fn alora_invocation_tokens(&self) -> Option<&[i64]> {
+        self.alora_invocation_tokens.as_deref()
     }
 
     fn layer_replication(&self) -> Result<Option<Vec<(usize, usize)>>> {

@@ -105,6 +105,8 @@ pub struct LoraLayer {
     pub dora: Option<Dora>,
     /// MiCA keeps B frozen while A trains.
     pub frozen_b: bool,
+    /// Activated LoRA: applies only from each row's invocation offset on (`ForwardCtx::alora_offsets`).
+    pub alora: bool,
     /// Bumped whenever the adapter's values or scaling change (caches compare it).
     pub version: u64,
     in_features: i64,
@@ -191,6 +193,19 @@ impl LoraLayer {
             ));
         }
         let frozen_b = matches!(scheme, Scheme::Mica { frozen_b: true });
+        if config.alora_invocation_tokens.is_some() {
+            let variants = match (config.use_dora, frozen_b) {
+                (true, _) => Some("('alora_invocation_tokens', 'use_dora')"),
+                (_, true) => Some("('alora_invocation_tokens', 'mica')"),
+                _ => None,
+            };
+            if let Some(v) = variants {
+                return Err(PeftError::Invalid(format!("Invalid or unsupported variant combination: {v}")));
+            }
+            if !matches!(kind, LoraKind::Linear { .. }) {
+                return Err(ctx.unsupported(PEFT_TYPE, "aLoRA adapts linear layers only"));
+            }
+        }
         if frozen_b && config.use_dora {
             return Err(PeftError::Invalid(
                 "Invalid or unsupported variant combination: ('mica', 'use_dora')".into(),
@@ -259,6 +274,7 @@ impl LoraLayer {
             lora_b_bias,
             dora: None,
             frozen_b,
+            alora: config.alora_invocation_tokens.is_some(),
             version: 0,
             in_features,
             out_features,
@@ -475,6 +491,35 @@ impl LoraLayer {
         }
     }
 
+    /// Activated LoRA (PEFT's `ALoraLinearVariant.forward`): the update only on each row's last `offset`
+    /// positions; no offsets at all means none.
+    fn alora_forward(&self, x: &Tensor, y: Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
+        let shape = y.size();
+        let rows = shape[0];
+        let t = if shape.len() == 3 { shape[1] } else { 1 };
+        let d = *shape.last().unwrap_or(&1);
+        let dx = *x.size().last().unwrap_or(&1);
+        let dev = y.device();
+        let mask = match ctx.alora_offsets {
+            None => Tensor::zeros([rows, t], (Kind::Bool, dev)),
+            Some(offsets) => {
+                let clipped: Vec<i64> = (0..rows as usize)
+                    .map(|i| offsets.get(i).copied().flatten().unwrap_or(0).min(t))
+                    .collect();
+                let off = Tensor::from_slice(&clipped).to_device(dev);
+                let pos = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0);
+                pos.ge_tensor(&(-off + t).unsqueeze(1))
+            }
+        };
+        let x_flat = x.reshape([-1, dx]);
+        let res_flat = y.reshape([-1, d]);
+        let mask_flat = mask.reshape([-1]);
+        let sel = x_flat.index(&[Some(&mask_flat)]);
+        let sel = if self.dropout > 0.0 && ctx.train { sel.dropout(self.dropout, true) } else { sel };
+        let update = res_flat.index(&[Some(&mask_flat)]) + self.lora_path(&sel) * self.scaling;
+        res_flat.index_put(&[Some(&mask_flat)], &update, false).reshape(shape.as_slice())
+    }
+
     /// The convolution groups (1 for other layers).
     fn groups(&self) -> i64 {
         match &self.kind {
@@ -586,6 +631,9 @@ impl TunerLayer for LoraLayer {
         if let Some(dora) = &self.dora {
             return dora.forward(self, base, &x, y, ctx);
         }
+        if self.alora {
+            return self.alora_forward(&x, y, ctx);
+        }
         let x = match self.kind {
             LoraKind::Embedding { .. } => x,
             _ if self.dropout > 0.0 && ctx.train => x.dropout(self.dropout, true),
@@ -599,6 +647,12 @@ impl TunerLayer for LoraLayer {
     }
 
     fn merge(&mut self, base: &mut dyn BaseLayer, ctx: &MergeCtx<'_>) -> Result<()> {
+        if self.alora {
+            return Err(PeftError::Invalid(format!(
+                "aLoRA does not support merging (adapter `{}` on `{}`)",
+                self.adapter, self.module
+            )));
+        }
         if let LoraKind::Conv { geometry } = &self.kind {
             if geometry.groups > 1 {
                 return Err(PeftError::Invalid(format!(

@@ -123,9 +123,25 @@ pub fn generate(
     attention_mask: Option<&Tensor>,
     cfg: &GenerationConfig,
 ) -> Result<Tensor> {
+    generate_ctx(model, input_ids, attention_mask, cfg, &ForwardCtx::eval())
+}
+
+/// [`generate`] with per-call options: a mixed batch (one adapter per row) or activated-LoRA offsets
+/// computed from the prompt (`PeftModel::alora_offsets`; every generated token lies after the invocation).
+///
+/// # Errors
+/// As [`generate`].
+pub fn generate_ctx(
+    model: &HfModel,
+    input_ids: &Tensor,
+    attention_mask: Option<&Tensor>,
+    cfg: &GenerationConfig,
+    ctx: &ForwardCtx<'_>,
+) -> Result<Tensor> {
     let inputs = crate::ModelInputs::with_mask(input_ids, attention_mask);
     inputs.checked_ids()?;
-    let ctx = ForwardCtx::eval();
+    let mut ctx = *ctx;
+    ctx.train = false;
     tch::no_grad(|| match model.task() {
         Task::CausalLm => generate_causal(model, input_ids, attention_mask, cfg, &ctx),
         Task::Seq2SeqLm => generate_seq2seq(model, input_ids, attention_mask, cfg, &ctx),

@@ -342,6 +342,12 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
         for idx in epoch_batches(&lengths, self.args.per_device_eval_batch_size, 0, 0, false, false) {
             let exs: Vec<_> = idx.iter().map(|&i| &data.examples[i]).collect();
             let batch = collate(&exs, pad_id, self.device);
+            // Activated LoRA: offsets from each batch's ids, as PEFT's forward computes them.
+            let offsets = self.peft.alora_offsets(&batch.input_ids, None)?;
+            let ctx = match &offsets {
+                Some(o) => ctx.with_alora_offsets(o),
+                None => ctx,
+            };
             let (loss, logits) = tch::no_grad(|| loss_fn(self.peft.model(), &batch, &ctx))?;
             loss_sum += loss.double_value(&[]) * exs.len() as f64;
             n += exs.len();
@@ -421,6 +427,11 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
             for (bi, idx) in batches.iter().enumerate().skip(skip) {
                 let exs: Vec<_> = idx.iter().map(|&i| &train.examples[i]).collect();
                 let batch = collate(&exs, pad_id, self.device);
+                let offsets = self.peft.alora_offsets(&batch.input_ids, None)?;
+                let ctx = match &offsets {
+                    Some(o) => ctx.with_alora_offsets(o),
+                    None => ctx,
+                };
                 let (loss, _) = loss_fn(self.peft.model(), &batch, &ctx)?;
                 let lv = loss.double_value(&[]);
                 let lr_now = self.args.learning_rate
