@@ -878,6 +878,68 @@ def gen_alora(root):
     return "alora"
 
 
+def gen_eva(root):
+    """EVA on a custom model (all positions) and on a tiny Llama (q/k/v share inputs; language-modeling mask)."""
+    from peft.tuners.lora.eva import get_eva_state_dict, initialize_lora_eva_weights
+    import transformers as tf
+
+    out = []
+    # 1. DeepMLP, inputs flattened.
+    d = os.path.join(root, "eva", "deep_mlp")
+    os.makedirs(d)
+    base = models.build("DeepMLP")
+    save_file(tensors(base.state_dict()), os.path.join(d, "base.safetensors"))
+    torch.manual_seed(1)
+    cfg = LoraConfig(target_modules=["lin0", "lin1", "out"], r=2, init_lora_weights="eva")
+    model = get_peft_model(base, cfg)
+    torch.manual_seed(3)
+    batches = [torch.randn(64, 10) for _ in range(6)]
+    eva = get_eva_state_dict(
+        model, batches, forward_fn=lambda m, x: m(x), prepare_model_inputs_fn=None, prepare_layer_inputs_fn=None,
+        show_progress_bar=False,
+    )
+    eva_copy = {k.removeprefix("base_model.model."): v.clone() for k, v in eva.items()}
+    initialize_lora_eva_weights(model, eva_state_dict=eva, show_progress_bar=False)
+    model.save_pretrained(os.path.join(d, "adapter"))
+    save_file(tensors(eva_copy), os.path.join(d, "eva.safetensors"))
+    save_file(tensors({f"batch{i}": b for i, b in enumerate(batches)}), os.path.join(d, "batches.safetensors"))
+    out.append("deep_mlp")
+    # 2. A tiny Llama, language-modeling mask (padding and -100 labels ignored).
+    d = os.path.join(root, "eva", "llama")
+    os.makedirs(d)
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32, pad_token_id=0)
+    llama = tf.LlamaForCausalLM(config)
+    llama.eval()
+    llama.save_pretrained(os.path.join(d, "model"))
+    torch.manual_seed(1)
+    cfg = LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj", "k_proj", "v_proj", "down_proj"], r=2,
+                     init_lora_weights="eva")
+    model = get_peft_model(llama, cfg)
+    torch.manual_seed(4)
+    batches = []
+    for _ in range(5):
+        ids = torch.randint(1, 64, (4, 12))
+        mask = torch.ones(4, 12, dtype=torch.long)
+        mask[1, -3:] = 0
+        ids[1, -3:] = 0
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, :2] = -100
+        batches.append(dict(input_ids=ids, attention_mask=mask, labels=labels))
+    eva = get_eva_state_dict(model, batches, show_progress_bar=False)
+    eva_copy = {k.removeprefix("base_model.model."): v.clone() for k, v in eva.items()}
+    initialize_lora_eva_weights(model, eva_state_dict=eva, show_progress_bar=False)
+    model.save_pretrained(os.path.join(d, "adapter"))
+    save_file(tensors(eva_copy), os.path.join(d, "eva.safetensors"))
+    flat = {}
+    for i, b in enumerate(batches):
+        flat.update({f"{k}{i}": v for k, v in b.items()})
+    save_file(tensors(flat), os.path.join(d, "batches.safetensors"))
+    out.append("llama")
+    return out
+
+
 def gen_configs(root):
     for name, kwargs in CONFIG_CASES.items():
         LoraConfig(**kwargs).save_pretrained(os.path.join(root, "configs", name))
@@ -918,6 +980,7 @@ def main():
         hotswap=gen_hotswap(root),
         mixed=[gen_mixed(root, c) for c in MIXED_CASES],
         alora=gen_alora(root),
+        eva=gen_eva(root),
         configs=gen_configs(root),
     )
     gen_matching(root)

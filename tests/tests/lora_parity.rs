@@ -1012,3 +1012,105 @@ fn activated_lora_matches_peft_offsets_and_outputs() {
     assert!(err.to_string().contains("aLoRA"), "{err}");
     oracle::record("alora", "embedding model");
 }
+
+#[test]
+fn eva_finds_peft_components_ranks_and_config() {
+    use peft_lora::eva::{self, EvaConfig};
+    let _rng = oracle::rng_guard();
+    let root = fixtures().join("eva");
+    let check = |case: &str, ours: &BTreeMap<String, Tensor>, peft_dir: &Path| {
+        let expected = read_all(&peft_dir.join("eva.safetensors"));
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>(),
+            "{case}: EVA layers"
+        );
+        for (k, v) in &expected {
+            assert_close(&ours[k], v, 1e-6, &format!("{case}: EVA components of {k}"));
+        }
+    };
+    // 1. DeepMLP, every position.
+    let d = root.join("deep_mlp");
+    let (vs, model) = base_model(&d, "DeepMLP");
+    let cfg = lora_config(
+        &serde_json::json!({"target_modules": ["lin0", "lin1", "out"], "r": 2, "init_lora_weights": "eva"}),
+    );
+    tch::manual_seed(1);
+    let mut peft = PeftModel::new(model, &vs, cfg.boxed(), "default").unwrap();
+    let batches: Vec<Tensor> =
+        (0..6).map(|i| read_tensor(&d.join("batches.safetensors"), &format!("batch{i}"))).collect();
+    let state = eva::get_eva_state_dict(
+        &mut peft,
+        "default",
+        &batches,
+        |m: &TestModel, x: &Tensor| {
+            let _ = m.forward_ctx(x, &peft_core::ForwardCtx::eval());
+            Ok(())
+        },
+        |_| None,
+        1000,
+    )
+    .unwrap();
+    check("deep_mlp", &state, &d);
+    eva::initialize_lora_eva_weights(&mut peft, "default", state).unwrap();
+    compare_saved(&peft, &d.join("adapter"), "deep_mlp");
+    oracle::record("eva", "deep_mlp");
+
+    // 2. A tiny Llama: q/k/v share their input (one PCA), padding and -100 labels are ignored.
+    let d = root.join("llama");
+    let loaded = peft_models::HfModel::load_dir(
+        &d.join("model"),
+        Some(peft_models::Task::CausalLm),
+        &Default::default(),
+    )
+    .unwrap();
+    let cfg = lora_config(&serde_json::json!({
+        "task_type": "CAUSAL_LM", "target_modules": ["q_proj", "k_proj", "v_proj", "down_proj"], "r": 2,
+        "init_lora_weights": "eva"
+    }));
+    let eva_cfg = EvaConfig::from_config(&cfg).unwrap();
+    tch::manual_seed(1);
+    let mut peft = PeftModel::new(loaded.model, &loaded.vs, cfg.boxed(), "default").unwrap();
+    let file = read_all(&d.join("batches.safetensors"));
+    let batches: Vec<(Tensor, Tensor, Tensor)> = (0..5)
+        .map(|i| {
+            let g = |k: &str| file[&format!("{k}{i}")].shallow_clone();
+            (g("input_ids"), g("attention_mask"), g("labels"))
+        })
+        .collect();
+    let state = eva::get_eva_state_dict(
+        &mut peft,
+        "default",
+        &batches,
+        |m: &peft_models::HfModel, (ids, mask, _): &(Tensor, Tensor, Tensor)| {
+            m.forward(&peft_models::ModelInputs::with_mask(ids, Some(mask)), &peft_core::ForwardCtx::eval())
+                .map(drop)
+                .map_err(|e| peft_core::PeftError::Invalid(e.to_string()))
+        },
+        |(_, mask, labels)| Some(eva::language_modeling_mask(mask, Some(labels), &eva_cfg)),
+        1000,
+    )
+    .unwrap();
+    check("llama", &state, &d);
+    eva::initialize_lora_eva_weights(&mut peft, "default", state).unwrap();
+    compare_saved(&peft, &d.join("adapter"), "llama");
+    oracle::record("eva", "llama");
+}
+
+/// Saves `peft` and compares tensors and config with the adapter PEFT saved in `dir`.
+fn compare_saved<M: peft_core::Adaptable>(peft: &PeftModel<M>, dir: &Path, what: &str) {
+    let out = tempfile::tempdir().unwrap();
+    peft.save_pretrained(out.path(), &SaveOptions::default()).unwrap();
+    let ours = read_all(&out.path().join("adapter_model.safetensors"));
+    let theirs = read_all(&dir.join("adapter_model.safetensors"));
+    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "{what}: adapter keys");
+    for (k, v) in &theirs {
+        assert_close(&ours[k], v, 1e-6, &format!("{what}: {k}"));
+    }
+    let mut ours = read_json(&out.path().join("adapter_config.json"));
+    let mut theirs = read_json(&dir.join("adapter_config.json"));
+    // auto_mapping names the Python class; the rest must agree.
+    ours["auto_mapping"] = Value::Null;
+    theirs["auto_mapping"] = Value::Null;
+    assert_same_config(&ours, &theirs, false, &format!("{what}: saved config"));
+}

@@ -590,3 +590,64 @@ mod tests {
         assert_eq!(l, LayerIndices::Many(vec![0, 2]));
     }
 }
+
+/// PEFT's `MIN_TARGET_MODULES_FOR_OPTIMIZATION`: from this many `target_modules` entries on, PEFT
+/// condenses the list to the suffixes that suffice (and saves the condensed list).
+pub const MIN_TARGET_MODULES_FOR_OPTIMIZATION: usize = 20;
+
+/// PEFT's `_find_minimal_target_modules`: the smallest set of dotted suffixes that selects every name in
+/// `targets` and no name in `others` (shortest suffixes first, targets in the order of their suffix lists).
+/// Returns the targets unchanged when no suffix qualifies.
+pub fn find_minimal_target_modules(
+    targets: &[String],
+    others: &[String],
+) -> std::collections::BTreeSet<String> {
+    use std::collections::BTreeSet;
+    fn suffixes(s: &str) -> Vec<String> {
+        let parts: Vec<&str> = s.split('.').collect();
+        let mut v: Vec<String> = (0..parts.len()).map(|i| parts[i..].join(".")).collect();
+        v.reverse();
+        v
+    }
+    let other_suffixes: BTreeSet<String> = others.iter().flat_map(|o| suffixes(o)).collect();
+    let unique: BTreeSet<&String> = targets.iter().collect();
+    let mut items: Vec<(&String, Vec<String>)> = unique.into_iter().map(|t| (t, suffixes(t))).collect();
+    // Python sorts (item, suffixes) pairs by the suffix lists.
+    items.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut required: BTreeSet<String> = BTreeSet::new();
+    for (item, sufs) in items {
+        for suffix in sufs {
+            if required.contains(&suffix) || other_suffixes.contains(&suffix) {
+                continue;
+            }
+            if !required.iter().any(|r| item.ends_with(&format!(".{r}"))) {
+                required.insert(suffix);
+                break;
+            }
+        }
+    }
+    if required.is_empty() {
+        return targets.iter().cloned().collect();
+    }
+    required
+}
+
+#[cfg(test)]
+mod minimal_tests {
+    use super::find_minimal_target_modules;
+
+    #[test]
+    fn condenses_to_distinguishing_suffixes() {
+        let mut targets: Vec<String> =
+            (0..100).map(|i| format!("model.decoder.layers.{i}.self_attn.q_proj")).collect();
+        targets.extend((0..100).map(|i| format!("model.decoder.layers.{i}.self_attn.v_proj")));
+        let others: Vec<String> =
+            (0..100).map(|i| format!("model.encoder.layers.{i}.self_attn.k_proj")).collect();
+        let got: Vec<String> = find_minimal_target_modules(&targets, &others).into_iter().collect();
+        assert_eq!(got, ["q_proj", "v_proj"]);
+        // A suffix shared with another module is not enough (PEFT's answer for the same input).
+        let others = vec!["model.encoder.layers.0.self_attn.q_proj".to_string()];
+        let got: Vec<String> = find_minimal_target_modules(&targets[..2], &others).into_iter().collect();
+        assert_eq!(got, ["1.self_attn.q_proj", "decoder.layers.0.self_attn.q_proj"]);
+    }
+}

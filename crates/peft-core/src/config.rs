@@ -141,6 +141,9 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
 
     /// The concrete config type.
     fn as_any(&self) -> &dyn Any;
+
+    /// The concrete config type, mutably (data-driven inits record what they chose).
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 impl Clone for Box<dyn AdapterConfig> {

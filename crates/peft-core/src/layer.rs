@@ -423,7 +423,23 @@ pub struct AdapterSlots {
     merged: Vec<String>,
     disabled: bool,
     mixed_cache: MixedCache,
+    hook: HookSlot,
 }
+
+/// An optional forward hook (printed as whether one is set).
+#[derive(Default)]
+struct HookSlot(Option<ForwardHook>);
+
+impl fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", if self.0.is_some() { "Some(hook)" } else { "None" })
+    }
+}
+
+/// Called after a layer's forward pass with `(module name, input, output)` — PyTorch's forward hooks, for
+/// data-driven initialisations (EVA, CorDA, LoRA-GA) that look at layer inputs. Set them with
+/// [`crate::PeftModel::set_forward_hook`].
+pub type ForwardHook = std::sync::Arc<dyn Fn(&str, &Tensor, &Tensor) + Send + Sync>;
 
 impl AdapterSlots {
     /// The adapters on this layer, in the order they were added.
@@ -589,6 +605,11 @@ impl AdapterSlots {
         y
     }
 
+    /// Sets (or with `None` removes) the forward hook of this layer.
+    pub(crate) fn set_hook(&mut self, hook: Option<ForwardHook>) {
+        self.hook = HookSlot(hook);
+    }
+
     /// Drops caches derived from adapter weights (after weights changed in place).
     pub(crate) fn clear_caches(&self) {
         self.mixed_cache.clear();
@@ -725,7 +746,11 @@ impl<B: BaseLayer> AdaptedLayer<B> {
 
     /// Forward with explicit per-call options.
     pub fn forward_ctx(&self, x: &Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
-        self.slots.forward(&self.base, x, ctx)
+        let y = self.slots.forward(&self.base, x, ctx);
+        if let Some(hook) = &self.slots.hook.0 {
+            hook(&self.name, x, &y);
+        }
+        y
     }
 
     /// Forward in evaluation mode (no dropout).

@@ -36,7 +36,7 @@ pub use config::{AdapterConfig, BiasMode, LayerInit};
 pub use error::{PeftError, Result};
 pub use layer::{
     AdaptableLayer, AdaptedLayer, AdapterSlots, BaseLayer, ConvGeometry, ConvLike, EmbeddingLike, ForwardCtx,
-    LinearLike, MergeCtx, TunerLayer, WeightLike,
+    ForwardHook, LinearLike, MergeCtx, TunerLayer, WeightLike,
 };
 pub use model::{
     inspect_targets, AdapterOptions, AdaptersDisabled, LoadOptions, LoadReport, PeftModel, SaveOptions,

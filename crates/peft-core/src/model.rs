@@ -607,8 +607,16 @@ impl<M: Adaptable> PeftModel<M> {
 
     /// Removes `name` from every layer and its tensors from the adapter var store.
     fn remove_layers(&mut self, name: &str) {
+        self.remove_from(name, None);
+    }
+
+    /// Removes adapter `name` from every layer, or only from `module`, with its tensors.
+    fn remove_from(&mut self, name: &str, module: Option<&str>) {
         let mut var_names = BTreeSet::new();
         let _ = self.model.visit_layers_mut(&mut |layer| {
+            if module.is_some_and(|m| m != layer.name()) {
+                return Ok(());
+            }
             let module = layer.name().to_string();
             if let Some(tuner) = layer.parts_mut().1.remove(name) {
                 for (rel, _) in tuner.named_tensors() {
@@ -617,12 +625,78 @@ impl<M: Adaptable> PeftModel<M> {
             }
             Ok(())
         });
+        self.drop_vars(&var_names);
+    }
+
+    /// Removes adapter `adapter` from the layer `module` (its tensors leave the adapter var store); with
+    /// `config`, creates it there again from that config — PEFT's `update_layer` on an existing adapter,
+    /// used by data-driven inits that change ranks (EVA). The adapter keeps its active/trainable state.
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`], an unknown module, or the method's creation errors.
+    pub fn recreate_adapter_layer(
+        &mut self,
+        module: &str,
+        adapter: &str,
+        config: Option<&mut dyn AdapterConfig>,
+    ) -> Result<()> {
+        if !self.configs.contains_key(adapter) {
+            return Err(self.unknown(adapter));
+        }
+        let mut found = false;
+        self.model.visit_layers(&mut |l| found |= l.name() == module);
+        if !found {
+            return Err(PeftError::Invalid(format!("no adaptable layer named `{module}`")));
+        }
+        self.remove_from(adapter, Some(module));
+        let Some(config) = config else { return Ok(()) };
+        let trainable = !config.common().inference_mode;
+        let vs_root = self.adapter_vs.root();
+        let mut warnings = Vec::new();
+        let active = self.active.clone();
+        self.model.visit_layers_mut(&mut |layer| {
+            if layer.name() != module {
+                return Ok(());
+            }
+            let mut path = &vs_root / "base_model" / "model";
+            for seg in module.split('.') {
+                path = &path / seg;
+            }
+            let (base, slots) = layer.parts_mut();
+            let mut init = LayerInit {
+                module_name: module,
+                adapter_name: adapter,
+                base,
+                path,
+                autocast_adapter_dtype: true,
+                trainable,
+                warnings: &mut warnings,
+            };
+            let tuner = config.create_layer(&mut init)?;
+            let on = trainable && active.iter().any(|a| a == adapter);
+            for (rel, t) in tuner.named_tensors() {
+                set_requires_grad(&t, on && tuner.is_trainable_tensor(&rel));
+            }
+            slots.insert(adapter.to_string(), tuner);
+            slots.set_active(&active);
+            Ok(())
+        })?;
+        self.warnings.extend(warnings);
+        Ok(())
+    }
+
+    /// Mutable access to an adapter's config (data-driven inits record the ranks they chose).
+    pub fn config_mut(&mut self, adapter: &str) -> Option<&mut Box<dyn AdapterConfig>> {
+        self.configs.get_mut(adapter)
+    }
+
+    fn drop_vars(&mut self, var_names: &BTreeSet<String>) {
         let mut vars = match self.adapter_vs.variables_.lock() {
             Ok(v) => v,
             Err(poisoned) => poisoned.into_inner(),
         };
         let mut removed_ptrs = BTreeSet::new();
-        for n in &var_names {
+        for n in var_names {
             if let Some(t) = vars.named_variables.remove(n) {
                 removed_ptrs.insert(t.data_ptr() as usize);
             }
@@ -1406,6 +1480,29 @@ impl<M: Adaptable> PeftModel<M> {
         ))
     }
 
+    /// Sets `hook` on the layers named in `modules` (PyTorch's `register_forward_hook`), or removes the
+    /// hooks of those layers with `None`. Every later forward pass calls it with `(module, input, output)`.
+    ///
+    /// # Errors
+    /// A name that is no adaptable layer of the model.
+    pub fn set_forward_hook(
+        &mut self,
+        modules: &[String],
+        hook: Option<crate::layer::ForwardHook>,
+    ) -> Result<()> {
+        let mut missing: BTreeSet<&str> = modules.iter().map(String::as_str).collect();
+        self.model.visit_layers_mut(&mut |layer| {
+            if missing.remove(layer.name()) {
+                layer.parts_mut().1.set_hook(hook.clone());
+            }
+            Ok(())
+        })?;
+        if !missing.is_empty() {
+            return Err(PeftError::Invalid(format!("no adaptable layers named {missing:?} to hook")));
+        }
+        Ok(())
+    }
+
     /// The per-row adapters of a mixed batch (PEFT's `adapter_names=[…]`): `per_row[i]` names the adapter
     /// of row `i`, [`crate::mixed::BASE`] (`"__base__"`) for the base model. Pass the result with
     /// [`ForwardCtx::with_rows`](crate::ForwardCtx::with_rows) to the model's forward. Any adapter may be
@@ -1707,6 +1804,30 @@ fn resolve_targets<M: Adaptable>(
                         .map_or("(none: not a transformers-style model)".to_string(), |t| format!("{t:?}")),
                     abbreviate(&names)
                 )));
+            }
+        }
+    }
+    // PEFT condenses long explicit lists to distinguishing suffixes (and saves them so).
+    if let Some(TargetModules::List(list)) = config.target_spec().target_modules {
+        if list.len() >= peft_config::targets::MIN_TARGET_MODULES_FOR_OPTIMIZATION
+            && config.common().peft_type != "IA3"
+        {
+            let list = list.clone();
+            let mut all: BTreeSet<String> = BTreeSet::new();
+            for n in &names {
+                let parts: Vec<&str> = n.split('.').collect();
+                for i in 1..=parts.len() {
+                    all.insert(parts[..i].join("."));
+                }
+            }
+            let dotted: Vec<String> = list.iter().map(|t| format!(".{t}")).collect();
+            let others: Vec<String> = all
+                .into_iter()
+                .filter(|n| !list.contains(n) && !dotted.iter().any(|d| n.ends_with(d.as_str())))
+                .collect();
+            let condensed = peft_config::targets::find_minimal_target_modules(&list, &others);
+            if condensed.len() < list.len() {
+                config.set_target_modules(TargetModules::List(condensed.into_iter().collect()));
             }
         }
     }

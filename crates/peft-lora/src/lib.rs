@@ -70,6 +70,7 @@
 pub mod config;
 pub mod convert;
 pub mod dora;
+pub mod eva;
 pub mod init;
 pub mod layer;
 pub mod mixed;
