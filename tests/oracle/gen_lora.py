@@ -940,6 +940,48 @@ def gen_eva(root):
     return out
 
 
+LORA_GA_CASES = [
+    # 2r must not exceed a layer's smaller dimension (PEFT slices past the singular values otherwise).
+    dict(name="arb2r_stable", model="MLP", config=dict(target_modules=["lin0"], r=2), ga=dict()),
+    dict(name="a2rbr_weight_svd", model="DeepMLP", config=dict(target_modules=["lin0", "lin1"], r=2, lora_alpha=4),
+         ga=dict(direction="A2rBr", scale="weight_svd")),
+    dict(name="random_gd_scale_fifo", model="MLPConv1D", config=dict(target_modules=["c_fc", "c_proj"], r=1),
+         ga=dict(direction="random", scale="gd_scale")),
+    dict(name="arbr_unit", model="MLP", config=dict(target_modules=["lin0"], r=3, use_rslora=True),
+         ga=dict(direction="ArBr", scale="unit")),
+]
+
+
+def gen_lora_ga(root, case):
+    """LoRA-GA: gradients from two training steps (dropout on), then the adapter from them."""
+    from peft.tuners.lora.config import LoraGAConfig
+    from peft.tuners.lora.loraga import preprocess_loraga
+
+    d = os.path.join(root, "lora_ga", case["name"])
+    os.makedirs(d)
+    model = models.build(case["model"], seed=0)
+    save_file(tensors(model.state_dict()), os.path.join(d, "base.safetensors"))
+    config = LoraConfig(init_lora_weights="lora_ga", lora_ga_config=LoraGAConfig(**case["ga"]), **case["config"])
+    x = model_input(case["model"])
+    y = torch.arange(9) % 2
+
+    def train_step():
+        for _ in range(2):
+            F.nll_loss(model(x), y).backward()
+
+    torch.manual_seed(5)
+    preprocess_loraga(model, config, train_step)
+    torch.manual_seed(6)
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(os.path.join(d, "adapter"))
+    save_file(base_state(peft_model), os.path.join(d, "base_after.safetensors"))
+    save_file(tensors({"x": x, "y": y}), os.path.join(d, "data.safetensors"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(dict(case, config=dict(case["config"], init_lora_weights="lora_ga",
+                                         lora_ga_config=dataclasses.asdict(LoraGAConfig(**case["ga"])))), f, indent=2)
+    return case["name"]
+
+
 def gen_configs(root):
     for name, kwargs in CONFIG_CASES.items():
         LoraConfig(**kwargs).save_pretrained(os.path.join(root, "configs", name))
@@ -981,6 +1023,7 @@ def main():
         mixed=[gen_mixed(root, c) for c in MIXED_CASES],
         alora=gen_alora(root),
         eva=gen_eva(root),
+        lora_ga=[gen_lora_ga(root, c) for c in LORA_GA_CASES],
         configs=gen_configs(root),
     )
     gen_matching(root)

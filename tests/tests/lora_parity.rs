@@ -1114,3 +1114,39 @@ fn compare_saved<M: peft_core::Adaptable>(peft: &PeftModel<M>, dir: &Path, what:
     theirs["auto_mapping"] = Value::Null;
     assert_same_config(&ours, &theirs, false, &format!("{what}: saved config"));
 }
+
+#[test]
+fn lora_ga_matches_peft_from_the_same_training_steps() {
+    use peft_lora::loraga;
+    let _rng = oracle::rng_guard();
+    let root = fixtures().join("lora_ga");
+    let cases = manifest_list("lora_ga");
+    assert!(cases.len() >= 4);
+    for case in cases {
+        let d = root.join(&case);
+        let meta = read_json(&d.join("case.json"));
+        let model_name = meta["model"].as_str().unwrap();
+        tch::manual_seed(0);
+        let vs = VarStore::new(Device::Cpu);
+        let mut model = TestModel::build(model_name, &vs).unwrap();
+        let mut config = lora_config(&meta["config"]);
+        let data = read_all(&d.join("data.safetensors"));
+        let (x, y) = (&data["x"], &data["y"]);
+        tch::manual_seed(5);
+        let grads = loraga::estimate_gradients(&mut model, &vs, &config, |m| {
+            for _ in 0..2 {
+                m.forward_t(x, true).nll_loss(y).backward();
+            }
+            Ok(())
+        })
+        .unwrap();
+        config.init_data = grads;
+        tch::manual_seed(6);
+        let peft = PeftModel::new(model, &vs, config.boxed(), "default").unwrap();
+        for (k, v) in read_all(&d.join("base_after.safetensors")) {
+            assert_close(&vs.variables()[&k], &v, 1e-6, &format!("{case}: residual {k}"));
+        }
+        compare_saved(&peft, &d.join("adapter"), &case);
+        oracle::record("lora_ga", &case);
+    }
+}

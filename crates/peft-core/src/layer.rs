@@ -605,8 +605,9 @@ impl AdapterSlots {
         y
     }
 
-    /// Sets (or with `None` removes) the forward hook of this layer.
-    pub(crate) fn set_hook(&mut self, hook: Option<ForwardHook>) {
+    /// Sets (or with `None` removes) the forward hook of this layer (see
+    /// [`crate::PeftModel::set_forward_hook`]; this is the same on a bare model).
+    pub fn set_hook(&mut self, hook: Option<ForwardHook>) {
         self.hook = HookSlot(hook);
     }
 

@@ -210,6 +210,32 @@ pub struct LoraConfig {
     pub kasa_config: Option<Value>,
     /// BD-LoRA settings.
     pub use_bdlora: Option<Value>,
+    /// Data computed by a preprocessing pass for data-driven inits (LoRA-GA gradients, CorDA
+    /// decompositions), per module; never saved. See [`crate::loraga`].
+    #[serde(skip)]
+    pub init_data: InitData,
+}
+
+/// Per-module results of a preprocessing pass, consumed when the adapter is created.
+#[derive(Clone, Debug, Default)]
+pub enum InitData {
+    /// Nothing precomputed.
+    #[default]
+    None,
+    /// LoRA-GA: the estimated gradient of each target module's weight.
+    LoraGa(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, tch::Tensor>>>),
+    /// CorDA: `(U, S, V)` of each target module's weight times its input covariance.
+    Corda(std::sync::Arc<std::sync::Mutex<CordaEigens>>),
+}
+
+/// CorDA's decomposition per module: `(U, S, V)`.
+pub type CordaEigens = std::collections::BTreeMap<String, (tch::Tensor, tch::Tensor, tch::Tensor)>;
+
+impl PartialEq for InitData {
+    /// Configs compare by what is saved; preprocessing results are not.
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
 }
 
 impl Default for LoraConfig {
@@ -250,6 +276,7 @@ impl Default for LoraConfig {
             monteclora_config: None,
             kasa_config: None,
             use_bdlora: None,
+            init_data: InitData::None,
         }
     }
 }
@@ -530,7 +557,6 @@ impl AdapterConfig for LoraConfig {
             ("monteclora_config", &self.monteclora_config),
             ("kasa_config", &self.kasa_config),
             ("use_bdlora", &self.use_bdlora),
-            ("lora_ga_config", &self.lora_ga_config),
         ] {
             if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
                 return Err(reject(name, v, ""));

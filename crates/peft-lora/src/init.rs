@@ -43,6 +43,8 @@ pub(crate) enum Scheme {
     Mica { frozen_b: bool },
     /// EVA: B zero, A filled later from data.
     Eva,
+    /// LoRA-GA: from the estimated gradient when the config carries one for the layer, else the default.
+    LoraGa,
     /// Not implemented here (LoftQ belongs to peft-quant; CorDA needs its preprocessing).
     Unsupported(String),
 }
@@ -84,7 +86,7 @@ impl Scheme {
                 } else if s == "lora_ga" {
                     // Without `preprocess_loraga` gradients PEFT falls back to the default init (a saved
                     // LoRA-GA adapter loads this way).
-                    Scheme::Reset { gaussian: false }
+                    Scheme::LoraGa
                 } else if lower == "gaussian" {
                     Scheme::Reset { gaussian: true }
                 } else {

@@ -217,6 +217,34 @@ impl LoraLayer {
             Scheme::Keep => {}
             Scheme::Reset { gaussian } => init::reset(&kind, *gaussian, r, &mut a, &mut b, b_bias.as_mut())?,
             Scheme::Eva => peft_core::init::zeros_(&mut b)?,
+            Scheme::LoraGa => {
+                let grad = match &config.init_data {
+                    crate::config::InitData::LoraGa(g) => {
+                        g.lock().ok().and_then(|mut g| g.remove(ctx.module_name))
+                    }
+                    _ => None,
+                };
+                match (grad, ctx.base.as_linear()) {
+                    (Some(grad), Some(lin)) => {
+                        let ga = crate::loraga::LoraGaConfig::from_config(config)?;
+                        let (na, nb, residual) = crate::loraga::init_from_gradient(
+                            &grad,
+                            &lin.weight(),
+                            lin.fan_in_fan_out(),
+                            r,
+                            scaling,
+                            &ga,
+                        )?;
+                        a = na;
+                        b = nb;
+                        match ctx.base.as_weighted_mut() {
+                            Some(w) => w.set_weight(&residual)?,
+                            None => return Err(PeftError::Invalid("LoRA-GA needs a base weight".into())),
+                        }
+                    }
+                    _ => init::reset(&kind, false, r, &mut a, &mut b, b_bias.as_mut())?,
+                }
+            }
             other => {
                 if let Some((na, nb)) =
                     init::apply(other, &kind, ctx.base, r, scaling, in_features, out_features)?

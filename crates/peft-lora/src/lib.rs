@@ -73,6 +73,7 @@ pub mod dora;
 pub mod eva;
 pub mod init;
 pub mod layer;
+pub mod loraga;
 pub mod mixed;
 pub mod weighted;
 
