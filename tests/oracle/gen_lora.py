@@ -982,6 +982,43 @@ def gen_lora_ga(root, case):
     return case["name"]
 
 
+CORDA_CASES = [
+    dict(name="ipm", model="MLP", config=dict(target_modules=["lin0", "lin1"], r=2), method="ipm"),
+    dict(name="kpm_patterns", model="DeepMLP", config=dict(target_modules=["lin0", "out"], r=2, rank_pattern={"out": 1}, lora_alpha=4), method="kpm"),
+    dict(name="fan_in_fan_out", model="MLPConv1D", config=dict(target_modules=["c_fc"], r=3), method="ipm"),
+]
+
+
+def gen_corda(root, case):
+    """CorDA: input covariances over a few samples, then the decomposed adapter and residual base."""
+    from peft.tuners.lora.config import CordaConfig
+    from peft.tuners.lora.corda import preprocess_corda
+
+    d = os.path.join(root, "corda", case["name"])
+    os.makedirs(d)
+    model = models.build(case["model"], seed=0)
+    model.eval()
+    save_file(tensors(model.state_dict()), os.path.join(d, "base.safetensors"))
+    config = LoraConfig(init_lora_weights="corda", corda_config=CordaConfig(corda_method=case["method"]), **case["config"])
+    torch.manual_seed(8)
+    samples = [torch.randn(9, 10) * 2 for _ in range(3)]
+
+    def run_model():
+        for x in samples:
+            model(x)
+
+    preprocess_corda(model, config, run_model)
+    torch.manual_seed(9)
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(os.path.join(d, "adapter"))
+    save_file(base_state(peft_model), os.path.join(d, "base_after.safetensors"))
+    save_file(tensors({f"x{i}": x for i, x in enumerate(samples)}), os.path.join(d, "samples.safetensors"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(dict(case, config=dict(case["config"], init_lora_weights="corda",
+                                         corda_config=dataclasses.asdict(CordaConfig(corda_method=case["method"])))), f, indent=2)
+    return case["name"]
+
+
 def gen_configs(root):
     for name, kwargs in CONFIG_CASES.items():
         LoraConfig(**kwargs).save_pretrained(os.path.join(root, "configs", name))
@@ -1024,6 +1061,7 @@ def main():
         alora=gen_alora(root),
         eva=gen_eva(root),
         lora_ga=[gen_lora_ga(root, c) for c in LORA_GA_CASES],
+        corda=[gen_corda(root, c) for c in CORDA_CASES],
         configs=gen_configs(root),
     )
     gen_matching(root)

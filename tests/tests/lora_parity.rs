@@ -1150,3 +1150,36 @@ fn lora_ga_matches_peft_from_the_same_training_steps() {
         oracle::record("lora_ga", &case);
     }
 }
+
+#[test]
+fn corda_matches_peft_from_the_same_samples() {
+    use peft_lora::corda;
+    let _rng = oracle::rng_guard();
+    let root = fixtures().join("corda");
+    let cases = manifest_list("corda");
+    assert!(cases.len() >= 3);
+    for case in cases {
+        let d = root.join(&case);
+        let meta = read_json(&d.join("case.json"));
+        let model_name = meta["model"].as_str().unwrap();
+        tch::manual_seed(0);
+        let vs = VarStore::new(Device::Cpu);
+        let mut model = TestModel::build(model_name, &vs).unwrap();
+        let mut config = lora_config(&meta["config"]);
+        let samples = read_all(&d.join("samples.safetensors"));
+        config.init_data = corda::preprocess_corda(&mut model, &config, |m| {
+            for i in 0..3 {
+                let _ = m.forward_t(&samples[&format!("x{i}")], false);
+            }
+            Ok(())
+        })
+        .unwrap();
+        tch::manual_seed(9);
+        let peft = PeftModel::new(model, &vs, config.boxed(), "default").unwrap();
+        for (k, v) in read_all(&d.join("base_after.safetensors")) {
+            assert_close(&vs.variables()[&k], &v, 1e-5, &format!("{case}: residual {k}"));
+        }
+        compare_saved(&peft, &d.join("adapter"), &case);
+        oracle::record("corda", &case);
+    }
+}

@@ -518,13 +518,6 @@ impl AdapterConfig for LoraConfig {
             if s == "loftq" {
                 return Err(reject("init_lora_weights", s, "LoftQ comes with peft-quant"));
             }
-            if s.starts_with("corda") {
-                return Err(reject(
-                    "init_lora_weights",
-                    s,
-                    "CorDA needs its data preprocessing, not implemented yet",
-                ));
-            }
         }
         if let Some(t) = &self.trainable_token_indices {
             peft_core::trainable_tokens::TokenIndices::from_json(t)?;

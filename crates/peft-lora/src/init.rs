@@ -43,6 +43,8 @@ pub(crate) enum Scheme {
     Mica { frozen_b: bool },
     /// EVA: B zero, A filled later from data.
     Eva,
+    /// CorDA: from the preprocessed decomposition (required).
+    Corda,
     /// LoRA-GA: from the estimated gradient when the config carries one for the layer, else the default.
     LoraGa,
     /// Not implemented here (LoftQ belongs to peft-quant; CorDA needs its preprocessing).
@@ -72,7 +74,7 @@ impl Scheme {
                 if s.starts_with("pissa") {
                     Scheme::Pissa { niter: pissa_niter(s)? }
                 } else if s.starts_with("corda") {
-                    Scheme::Unsupported("corda".into())
+                    Scheme::Corda
                 } else if lower == "olora" {
                     Scheme::Olora
                 } else if lower == "mica" {

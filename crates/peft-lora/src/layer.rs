@@ -217,6 +217,29 @@ impl LoraLayer {
             Scheme::Keep => {}
             Scheme::Reset { gaussian } => init::reset(&kind, *gaussian, r, &mut a, &mut b, b_bias.as_mut())?,
             Scheme::Eva => peft_core::init::zeros_(&mut b)?,
+            Scheme::Corda => {
+                let eigens = match &config.init_data {
+                    crate::config::InitData::Corda(e) => {
+                        e.lock().ok().and_then(|mut e| e.remove(ctx.module_name))
+                    }
+                    _ => None,
+                };
+                let (Some(eigens), Some(lin)) = (eigens, ctx.base.as_linear()) else {
+                    return Err(PeftError::Invalid(format!(
+                        "`{}`: no CorDA decomposition, please run `peft_lora::corda::preprocess_corda` first and pass \
+                         its result in `LoraConfig::init_data`",
+                        ctx.module_name
+                    )));
+                };
+                let (na, nb, residual) =
+                    crate::corda::init_from_eigens(&eigens, &lin.weight(), lin.fan_in_fan_out(), scaling)?;
+                a = na;
+                b = nb;
+                match ctx.base.as_weighted_mut() {
+                    Some(w) => w.set_weight(&residual)?,
+                    None => return Err(PeftError::Invalid("CorDA needs a base weight".into())),
+                }
+            }
             Scheme::LoraGa => {
                 let grad = match &config.init_data {
                     crate::config::InitData::LoraGa(g) => {

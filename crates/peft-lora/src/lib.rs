@@ -69,6 +69,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod corda;
 pub mod dora;
 pub mod eva;
 pub mod init;
