@@ -217,6 +217,15 @@ CASES += [
     ),
 ]
 
+CASES += [
+    # KaSA: the base loses its r smallest singular components; ΔW = s·B·diag(ΔΣ)·A.
+    dict(
+        name="kasa",
+        model="MLP",
+        adapters={"default": dict(target_modules=["lin0", "lin1"], r=4, rank_pattern={"lin1": 1}, kasa_config={"beta": 0.01, "gamma": 0.1})},
+    ),
+]
+
 # Same-seed initialisation cases: torch.manual_seed(0); build the model; get_peft_model.
 INIT_CASES = [
     dict(name="mlp_default_init", model="MLP", config=dict(target_modules=["lin0", "lin1"])),
@@ -279,6 +288,10 @@ INIT_CASES += [
         model="MLPConv1D",
         config=dict(target_modules=["c_fc"], use_dora=True, init_lora_weights=False),
     ),
+]
+
+INIT_CASES += [
+    dict(name="kasa_default_init", model="DeepMLP", config=dict(target_modules=["lin0", "out"], r=1, kasa_config={})),
 ]
 
 # Init schemes that read (and some rewrite) the base weights; the Rust test also compares the base after.
@@ -638,7 +651,14 @@ def gen_case(root, case):
     active = case.get("active", [names[0]])
     merge = case.get("merge", True)
     status = status_of(model, active)
+    if any(cfg.get("kasa_config") is not None for cfg in case["adapters"].values()):
+        with torch.no_grad():
+            kasa_loss = model.base_model._get_kasa_loss()
+    else:
+        kasa_loss = None
     out = outputs_of(model, x, active, merge)
+    if kasa_loss is not None:
+        out["kasa_loss"] = torch.as_tensor(kasa_loss).reshape(1)
     out["base"] = base_out
     model.save_pretrained(os.path.join(d, "adapter"))
     save_file(tensors({"x": x}), os.path.join(d, "input.safetensors"))

@@ -108,11 +108,15 @@ fn peft_saves_peft_rs_loads_same_outputs() {
             let opts = LoadOptions { subfolder: Some(n.clone()), ..LoadOptions::named(n.clone()) };
             peft.load_adapter(&adir, opts).unwrap();
         }
+        if let Some(want) = expected.get("kasa_loss") {
+            let ours = peft_lora::kasa::kasa_loss(&peft, None).reshape([1]);
+            assert_close(&ours, want, 1e-6, &format!("{case}: kasa_loss"));
+        }
         let outputs =
             rust_outputs(peft, &x, &strings(&meta["active"]), meta["merge"].as_bool().unwrap_or(true));
         assert_eq!(
             outputs.keys().collect::<Vec<_>>(),
-            expected.keys().filter(|k| *k != "base").collect::<Vec<_>>()
+            expected.keys().filter(|k| *k != "base" && *k != "kasa_loss").collect::<Vec<_>>()
         );
         for (state, ours) in &outputs {
             assert_close(ours, &expected[state], ATOL, &format!("{case}: {state}"));
@@ -197,6 +201,16 @@ fn rust_written_configs() -> Vec<(&'static str, LoraConfig)> {
                 use_rslora: true,
                 lora_dropout: 0.1,
                 init_lora_weights: InitLoraWeights::Scheme("gaussian".into()),
+                ..LoraConfig::default()
+            },
+        ),
+        (
+            // Partial sub-config dicts: written with every dataclass field, as PEFT holds them.
+            "subconfigs",
+            LoraConfig {
+                kasa_config: Some(serde_json::json!({"gamma": 0.25})),
+                eva_config: Some(serde_json::json!({"rho": 1.5})),
+                init_lora_weights: InitLoraWeights::Scheme("eva".into()),
                 ..LoraConfig::default()
             },
         ),

@@ -117,6 +117,16 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         ))
     }
 
+    /// PEFT's `_check_new_adapter_config`: refuses to add this adapter next to `existing` ones it cannot
+    /// coexist with (e.g. KaSA, which rewrites the base, with anything else).
+    ///
+    /// # Errors
+    /// [`PeftError::Invalid`] naming the conflicting adapter.
+    fn check_new_adapter(&self, existing: &[(&str, &dyn AdapterConfig)]) -> Result<()> {
+        let _ = existing;
+        Ok(())
+    }
+
     /// Whether an adapter with config `other` can be hotswapped into one with this config: PEFT checks
     /// the options that change the output beyond the weights.
     ///

@@ -322,6 +322,9 @@ impl<M: Adaptable> PeftModel<M> {
             }
         }
         config.validate()?;
+        let existing: Vec<(&str, &dyn AdapterConfig)> =
+            self.configs.iter().map(|(n, c)| (n.as_str(), c.as_ref())).collect();
+        config.check_new_adapter(&existing)?;
         // PEFT's task wrappers (PeftModelForSequenceClassification, …) add their heads to modules_to_save
         // before matching, so the heads are never targeted by the method itself.
         let heads: &[&str] = match config.common().task_type {

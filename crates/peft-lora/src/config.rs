@@ -117,6 +117,197 @@ pub fn default_corda_config() -> Value {
     })
 }
 
+/// One of `LoraConfig`'s nested dataclass sub-configs: PEFT rebuilds it from the saved dict with
+/// `_get_lora_subconfig`, which keeps only the dataclass' init fields and fills the rest with defaults.
+struct SubConfig {
+    /// The `LoraConfig` field.
+    field: &'static str,
+    /// The dataclass' fields with their defaults, as `asdict` writes them.
+    defaults: fn() -> Value,
+    /// Fields declared `init=False`: saved, but reset to their default when loading.
+    not_init: &'static [&'static str],
+    /// PEFT builds `MontecloraConfig(**dict)` directly: unknown keys are a `TypeError` there.
+    unknown_is_error: bool,
+}
+
+const SUBCONFIGS: [SubConfig; 8] = [
+    SubConfig {
+        field: "velora_config",
+        defaults: || serde_json::json!({"num_groups": 64, "scale": 1.0, "init_type": "batch_average"}),
+        not_init: &[],
+        unknown_is_error: false,
+    },
+    SubConfig {
+        field: "kasa_config",
+        defaults: || serde_json::json!({"beta": 0.0001, "gamma": 0.001}),
+        not_init: &[],
+        unknown_is_error: false,
+    },
+    SubConfig { field: "eva_config", defaults: default_eva_config, not_init: &[], unknown_is_error: false },
+    SubConfig { field: "corda_config", defaults: default_corda_config, not_init: &[], unknown_is_error: false },
+    SubConfig {
+        field: "lora_ga_config",
+        defaults: || serde_json::json!({"direction": "ArB2r", "scale": "stable", "stable_gamma": 16}),
+        not_init: &[],
+        unknown_is_error: false,
+    },
+    SubConfig {
+        field: "arrow_config",
+        defaults: || {
+            serde_json::json!({"top_k": 3, "router_temperature": 1.0, "use_gks": false,
+                "task_adapter_names": null, "gks_adapter_names": null, "rng_seed": null})
+        },
+        not_init: &["task_adapter_names", "gks_adapter_names"],
+        unknown_is_error: false,
+    },
+    SubConfig {
+        field: "use_bdlora",
+        defaults: || {
+            serde_json::json!({"target_modules_bd_a": null, "target_modules_bd_b": null, "nblocks": 1,
+                "match_strict": true})
+        },
+        not_init: &[],
+        unknown_is_error: false,
+    },
+    SubConfig {
+        field: "monteclora_config",
+        defaults: || {
+            serde_json::json!({"num_samples": 8, "use_entropy": false, "dirichlet_prior": 0.1,
+                "sample_scaler": 0.0001, "kl_loss_weight": 1e-05, "buffer_size": 150})
+        },
+        not_init: &[],
+        unknown_is_error: true,
+    },
+];
+
+impl LoraConfig {
+    fn subconfig_slot(&mut self, field: &str) -> Option<&mut Option<Value>> {
+        Some(match field {
+            "velora_config" => &mut self.velora_config,
+            "kasa_config" => &mut self.kasa_config,
+            "eva_config" => &mut self.eva_config,
+            "corda_config" => &mut self.corda_config,
+            "lora_ga_config" => &mut self.lora_ga_config,
+            "arrow_config" => &mut self.arrow_config,
+            "use_bdlora" => &mut self.use_bdlora,
+            "monteclora_config" => &mut self.monteclora_config,
+            _ => return None,
+        })
+    }
+
+    /// Each sub-config normalized as PEFT would hold it, checked; `dropped` collects unknown keys.
+    fn normalized_subconfigs(&self, dropped: &mut Vec<String>) -> Result<Vec<(&'static str, Option<Value>)>> {
+        let mut copy = self.clone();
+        SUBCONFIGS
+            .iter()
+            .map(|sc| {
+                let slot = copy.subconfig_slot(sc.field).map(|v| v.take()).unwrap_or_default();
+                let v = sc.normalize(slot.as_ref(), dropped)?;
+                if let Some(v) = &v {
+                    check_subconfig(sc.field, v)?;
+                }
+                Ok((sc.field, v))
+            })
+            .collect()
+    }
+}
+
+impl SubConfig {
+    /// The sub-config as PEFT holds it after `__post_init__`: `None`, or every field with unknown keys
+    /// dropped (named in `dropped`) and missing ones defaulted.
+    fn normalize(&self, value: Option<&Value>, dropped: &mut Vec<String>) -> Result<Option<Value>> {
+        let given = match value {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Object(m)) => m,
+            Some(other) => {
+                return Err(PeftError::Invalid(format!("`{}` must be a dict or null, got {other}", self.field)));
+            }
+        };
+        let Value::Object(mut out) = (self.defaults)() else { return Ok(None) };
+        for (k, v) in given {
+            match out.get_mut(k) {
+                Some(slot) if !self.not_init.contains(&k.as_str()) => *slot = v.clone(),
+                Some(_) => {}
+                None if self.unknown_is_error => {
+                    return Err(PeftError::Invalid(format!("`{}` has no field `{k}`", self.field)));
+                }
+                None => dropped.push(format!("{}.{k}", self.field)),
+            }
+        }
+        Ok(Some(Value::Object(out)))
+    }
+}
+
+/// The value checks of the sub-configs' own `__post_init__`s.
+fn check_subconfig(field: &str, c: &Value) -> Result<()> {
+    let num = |k: &str| c.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let fail = |m: String| Err(PeftError::Invalid(format!("{field}: {m}")));
+    match field {
+        "velora_config" => {
+            if !(num("num_groups") > 0.0) {
+                return fail(format!("`num_groups` should be positive, got {}.", c["num_groups"]));
+            }
+            if !(num("scale") > 0.0) {
+                return fail(format!("`scale` should be positive, got {}.", c["scale"]));
+            }
+            let init = c["init_type"].as_str().unwrap_or_default();
+            if !["batch_average_once", "batch_average", "random"].contains(&init) {
+                return fail(format!(
+                    "Unsupported `init_type` {}. Supported values are 'batch_average_once', 'batch_average', and \
+                     'random'.",
+                    c["init_type"]
+                ));
+            }
+        }
+        "kasa_config" => {
+            for key in ["beta", "gamma"] {
+                if !(num(key) >= 0.0) {
+                    return fail(format!("`{key}` must be non-negative, got {}.", c[key]));
+                }
+            }
+        }
+        "eva_config" => {
+            if !(num("rho") >= 1.0) {
+                return fail("`rho` must be >= 1.0".into());
+            }
+            if !(0.0..=1.0).contains(&num("tau")) {
+                return fail("`tau` must be between 0.0 and 1.0.".into());
+            }
+        }
+        "arrow_config" => {
+            if !(num("top_k") > 0.0) {
+                return fail("top_k cannot be negative.".into());
+            }
+            if !(num("router_temperature") > 0.0) {
+                return fail("router_temperature must be greater than 0.".into());
+            }
+        }
+        "use_bdlora" => {
+            let names = |k: &str| -> Vec<String> {
+                c.get(k).and_then(Value::as_array).map_or_else(Vec::new, |v| {
+                    v.iter().filter_map(Value::as_str).map(str::to_string).collect()
+                })
+            };
+            let b = names("target_modules_bd_b");
+            if names("target_modules_bd_a").iter().any(|a| b.contains(a)) {
+                return fail(format!(
+                    "Found overlapping modules in target_modules_bd lists: {} (A) and {} (B).",
+                    c["target_modules_bd_a"], c["target_modules_bd_b"]
+                ));
+            }
+        }
+        "monteclora_config" => {
+            for key in ["num_samples", "dirichlet_prior", "buffer_size"] {
+                if !(num(key) > 0.0) {
+                    return fail(format!("`{key}` must be greater than 0."));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// PEFT 0.21.2's `LoraConfig`, field for field.
 ///
 /// Build one in code with struct-update syntax, or parse PEFT's `adapter_config.json` with
@@ -361,6 +552,18 @@ impl LoraConfig {
                 "DoRA does not support megatron_core, please set `use_dora=False`",
             ));
         }
+        let mut dropped = Vec::new();
+        let normalized = self
+            .normalized_subconfigs(&mut dropped)
+            .map_err(|e| inconsistent(location, &e.to_string()))?;
+        for key in dropped {
+            warnings.push(format!("{location}: unknown key `{key}` ignored (as PEFT does)"));
+        }
+        for (field, v) in normalized {
+            if let Some(slot) = self.subconfig_slot(field) {
+                *slot = v;
+            }
+        }
         if self.init_lora_weights.is_exactly("loftq") {
             if self.loftq_config.as_object().is_none_or(Map::is_empty) {
                 return Err(inconsistent(
@@ -495,7 +698,14 @@ impl AdapterConfig for LoraConfig {
     }
 
     fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        let mut json = serde_json::to_value(self).unwrap_or(Value::Null);
+        // Sub-configs built in code are written as PEFT's `asdict` writes its dataclasses: every field.
+        if let (Ok(subs), Some(map)) = (self.normalized_subconfigs(&mut Vec::new()), json.as_object_mut()) {
+            for (field, v) in subs {
+                map.insert(field.to_string(), v.unwrap_or(Value::Null));
+            }
+        }
+        json
     }
 
     fn validate(&self) -> Result<()> {
@@ -526,6 +736,7 @@ impl AdapterConfig for LoraConfig {
             return Err(reject("target_parameters", t, ""));
         }
         self.layer_replication()?;
+        self.normalized_subconfigs(&mut Vec::new())?;
         if let Some(v) = &self.megatron_config {
             return Err(reject("megatron_config", v, ""));
         }
@@ -548,7 +759,6 @@ impl AdapterConfig for LoraConfig {
             ("arrow_config", &self.arrow_config),
             ("velora_config", &self.velora_config),
             ("monteclora_config", &self.monteclora_config),
-            ("kasa_config", &self.kasa_config),
             ("use_bdlora", &self.use_bdlora),
         ] {
             if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
@@ -609,6 +819,23 @@ impl AdapterConfig for LoraConfig {
             LoraBias::All => BiasMode::All,
             LoraBias::LoraOnly => BiasMode::AdaptedOnly,
         }
+    }
+
+    fn check_new_adapter(&self, existing: &[(&str, &dyn AdapterConfig)]) -> Result<()> {
+        let new_uses_kasa = self.kasa_config.as_ref().is_some_and(|v| !v.is_null());
+        for (name, other) in existing {
+            let Some(other) = other.as_any().downcast_ref::<LoraConfig>() else { continue };
+            let other_uses_kasa = other.kasa_config.as_ref().is_some_and(|v| !v.is_null());
+            if new_uses_kasa != other_uses_kasa {
+                return Err(PeftError::Invalid(format!(
+                    "KaSA cannot be combined with adapters that don't use KaSA, since KaSA modifies the base weights: \
+                     the new adapter {} KaSA but adapter '{name}' {}.",
+                    if new_uses_kasa { "uses" } else { "does not use" },
+                    if new_uses_kasa { "does not" } else { "does" }
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn check_hotswap_compatible(&self, other: &dyn AdapterConfig) -> Result<()> {

@@ -107,6 +107,8 @@ pub struct LoraLayer {
     pub frozen_b: bool,
     /// Activated LoRA: applies only from each row's invocation offset on (`ForwardCtx::alora_offsets`).
     pub alora: bool,
+    /// KaSA's learnable singular values `ΔΣ` (`lora_diag`), between A and B.
+    pub kasa_diag: Option<Tensor>,
     /// Bumped whenever the adapter's values or scaling change (caches compare it).
     pub version: u64,
     in_features: i64,
@@ -193,6 +195,32 @@ impl LoraLayer {
             ));
         }
         let frozen_b = matches!(scheme, Scheme::Mica { frozen_b: true });
+        let kasa = config.kasa_config.as_ref().is_some_and(|v| !v.is_null());
+        if kasa {
+            if config.use_dora || frozen_b || config.alora_invocation_tokens.is_some() {
+                return Err(PeftError::Invalid(
+                    "Invalid or unsupported variant combination: KaSA with DoRA, MiCA or aLoRA".into(),
+                ));
+            }
+            match &kind {
+                LoraKind::Linear { fan_in_fan_out: true } => {
+                    return Err(PeftError::Invalid(
+                        "KaSA does not support `fan_in_fan_out=True` layers (e.g. Conv1D). Please target nn.Linear \
+                         layers."
+                            .into(),
+                    ))
+                }
+                LoraKind::Linear { .. } => {}
+                _ => return Err(ctx.unsupported(PEFT_TYPE, "KaSA adapts nn.Linear layers only")),
+            }
+            if r >= in_features.min(out_features) {
+                return Err(PeftError::Invalid(format!(
+                    "KaSA requires `r` ({r}) to be smaller than min(in_features, out_features) ({}) so that at least \
+                     one singular component of the base weight is preserved after truncation.",
+                    in_features.min(out_features)
+                )));
+            }
+        }
         if config.alora_invocation_tokens.is_some() {
             let variants = match (config.use_dora, frozen_b) {
                 (true, _) => Some("('alora_invocation_tokens', 'use_dora')"),
@@ -326,10 +354,19 @@ impl LoraLayer {
             dora: None,
             frozen_b,
             alora: config.alora_invocation_tokens.is_some(),
+            kasa_diag: None,
             version: 0,
             in_features,
             out_features,
         };
+        if kasa {
+            // `lora_diag` ~ N(0, 1) on A's device and dtype (B is zero, so the update starts at zero), then the
+            // base keeps only its largest min(in, out) − r singular components.
+            let diag = Tensor::f_randn([r], (layer.lora_a.kind(), layer.lora_a.device()))
+                .map_err(PeftError::torch("initialising lora_diag"))?;
+            layer.kasa_diag = Some((&ctx.path / "lora_diag").add(&layer.adapter, diag, true));
+            crate::kasa::truncate_base(ctx.base, r)?;
+        }
         if config.use_dora {
             let magnitude = Dora::initial_magnitude(&layer, ctx.base)?;
             let path = &ctx.path / "lora_magnitude_vector" / &layer.adapter;
@@ -463,6 +500,12 @@ impl LoraLayer {
             };
             let d = match &self.kind {
                 LoraKind::Linear { fan_in_fan_out } => {
+                    let b = match &self.kasa_diag {
+                        Some(d) => {
+                            b.f_mul(&if cast { d.f_to_kind(Kind::Float)? } else { d.shallow_clone() })?
+                        }
+                        None => b,
+                    };
                     transpose(&b.f_matmul(&a)?, *fan_in_fan_out)?.f_mul_scalar(self.scaling)?
                 }
                 LoraKind::Embedding { .. } => b.f_matmul(&a)?.f_tr()?.f_mul_scalar(self.scaling)?,
@@ -516,7 +559,12 @@ impl LoraLayer {
     pub(crate) fn lora_path(&self, x: &Tensor) -> Tensor {
         match &self.kind {
             LoraKind::Linear { .. } => {
-                x.linear::<&Tensor>(&self.lora_a, None).linear(&self.lora_b, self.lora_b_bias.as_ref())
+                let after_a = x.linear::<&Tensor>(&self.lora_a, None);
+                let after_a = match &self.kasa_diag {
+                    Some(d) => after_a * d,
+                    None => after_a,
+                };
+                after_a.linear(&self.lora_b, self.lora_b_bias.as_ref())
             }
             LoraKind::Embedding { padding_idx, .. } => {
                 let after_a =
@@ -660,6 +708,9 @@ impl TunerLayer for LoraLayer {
         }
         if let Some(d) = &self.dora {
             v.push((format!("lora_magnitude_vector.{}.weight", self.adapter), d.magnitude.shallow_clone()));
+        }
+        if let Some(d) = &self.kasa_diag {
+            v.push((format!("lora_diag.{}", self.adapter), d.shallow_clone()));
         }
         v
     }

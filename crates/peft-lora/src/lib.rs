@@ -73,6 +73,7 @@ pub mod corda;
 pub mod dora;
 pub mod eva;
 pub mod init;
+pub mod kasa;
 pub mod layer;
 pub mod loraga;
 pub mod mixed;

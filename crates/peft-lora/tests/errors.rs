@@ -265,3 +265,29 @@ fn unknown_adapters_are_errors_listing_the_available_ones() {
     );
     assert!(err.is_err());
 }
+
+#[test]
+fn sub_configs_are_completed_checked_and_strict_where_peft_is() {
+    use peft_core::config::AdapterConfig;
+    let mut w = Vec::new();
+    let parse = |text: &str, w: &mut Vec<String>| LoraConfig::from_json_str(text, w);
+    // Missing fields get the dataclass defaults; unknown ones are dropped with a warning naming them.
+    let c = parse(r#"{"peft_type": "LORA", "kasa_config": {"beta": 0.5, "zeta": 1}}"#, &mut w).unwrap();
+    assert_eq!(c.kasa_config, Some(serde_json::json!({"beta": 0.5, "gamma": 0.001})));
+    assert!(w.iter().any(|m| m.contains("kasa_config.zeta")), "{w:?}");
+    // Value checks of the sub-config's own __post_init__.
+    let err = parse(r#"{"peft_type": "LORA", "kasa_config": {"beta": -1}}"#, &mut w).unwrap_err();
+    assert!(err.to_string().contains("`beta` must be non-negative"), "{err}");
+    let err = parse(r#"{"peft_type": "LORA", "eva_config": {"tau": 2}}"#, &mut w).unwrap_err();
+    assert!(err.to_string().contains("`tau` must be between"), "{err}");
+    // MontecloraConfig(**dict) has no filtering in PEFT: unknown keys are errors.
+    let err = parse(r#"{"peft_type": "LORA", "monteclora_config": {"samples": 3}}"#, &mut w).unwrap_err();
+    assert!(err.to_string().contains("`monteclora_config` has no field `samples`"), "{err}");
+    let err = parse(r#"{"peft_type": "LORA", "kasa_config": [1]}"#, &mut w).unwrap_err();
+    assert!(err.to_string().contains("`kasa_config` must be a dict"), "{err}");
+    // A config built in code is checked and written complete, too.
+    let coded = LoraConfig { kasa_config: Some(serde_json::json!({"gamma": -2.0})), ..LoraConfig::default() };
+    assert!(coded.validate().unwrap_err().to_string().contains("`gamma` must be non-negative"));
+    let coded = LoraConfig { lora_ga_config: Some(serde_json::json!({})), ..LoraConfig::default() };
+    assert_eq!(coded.to_json()["lora_ga_config"]["stable_gamma"], 16);
+}
