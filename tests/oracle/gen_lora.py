@@ -226,6 +226,22 @@ CASES += [
     ),
 ]
 
+CASES += [
+    # BD-LoRA: lora_A block-diagonal on every lin0, lora_B on layers.1.lin1; the other lin1s and `out` match
+    # neither list (plain LoRA, match_strict off).
+    dict(
+        name="bdlora",
+        model="DeepMLP",
+        adapters={
+            "default": dict(
+                target_modules=["lin0", "lin1", "out"],
+                r=4,
+                use_bdlora={"target_modules_bd_a": ["lin0"], "target_modules_bd_b": ["1.lin1"], "nblocks": 2, "match_strict": False},
+            )
+        },
+    ),
+]
+
 # Same-seed initialisation cases: torch.manual_seed(0); build the model; get_peft_model.
 INIT_CASES = [
     dict(name="mlp_default_init", model="MLP", config=dict(target_modules=["lin0", "lin1"])),
@@ -291,6 +307,11 @@ INIT_CASES += [
 ]
 
 INIT_CASES += [
+    dict(
+        name="bdlora_init",
+        model="MLP",
+        config=dict(target_modules=["lin0", "lin1"], r=4, use_bdlora={"target_modules_bd_a": ["lin0"], "target_modules_bd_b": ["lin1"], "nblocks": 2}),
+    ),
     dict(name="kasa_default_init", model="DeepMLP", config=dict(target_modules=["lin0", "out"], r=1, kasa_config={})),
 ]
 
@@ -492,6 +513,20 @@ TRAIN_CASES = [
         steps=4,
         model="EmbMLP",
         config=dict(target_modules=["emb", "lin0"], r=4, use_dora=True, lora_dropout=0.1),
+    ),
+]
+TRAIN_CASES += [
+    dict(
+        name="bdlora_adamw",
+        optimizer="adamw",
+        lr=0.01,
+        steps=4,
+        config=dict(
+            target_modules=["lin0", "lin1"],
+            r=4,
+            lora_dropout=0.1,
+            use_bdlora={"target_modules_bd_a": ["lin0"], "target_modules_bd_b": ["lin1"], "nblocks": 2},
+        ),
     ),
 ]
 TRAIN_SEED = 1234

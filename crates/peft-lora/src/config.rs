@@ -144,7 +144,12 @@ const SUBCONFIGS: [SubConfig; 8] = [
         unknown_is_error: false,
     },
     SubConfig { field: "eva_config", defaults: default_eva_config, not_init: &[], unknown_is_error: false },
-    SubConfig { field: "corda_config", defaults: default_corda_config, not_init: &[], unknown_is_error: false },
+    SubConfig {
+        field: "corda_config",
+        defaults: default_corda_config,
+        not_init: &[],
+        unknown_is_error: false,
+    },
     SubConfig {
         field: "lora_ga_config",
         defaults: || serde_json::json!({"direction": "ArB2r", "scale": "stable", "stable_gamma": 16}),
@@ -220,7 +225,10 @@ impl SubConfig {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::Object(m)) => m,
             Some(other) => {
-                return Err(PeftError::Invalid(format!("`{}` must be a dict or null, got {other}", self.field)));
+                return Err(PeftError::Invalid(format!(
+                    "`{}` must be a dict or null, got {other}",
+                    self.field
+                )));
             }
         };
         let Value::Object(mut out) = (self.defaults)() else { return Ok(None) };
@@ -553,9 +561,8 @@ impl LoraConfig {
             ));
         }
         let mut dropped = Vec::new();
-        let normalized = self
-            .normalized_subconfigs(&mut dropped)
-            .map_err(|e| inconsistent(location, &e.to_string()))?;
+        let normalized =
+            self.normalized_subconfigs(&mut dropped).map_err(|e| inconsistent(location, &e.to_string()))?;
         for key in dropped {
             warnings.push(format!("{location}: unknown key `{key}` ignored (as PEFT does)"));
         }
@@ -759,7 +766,6 @@ impl AdapterConfig for LoraConfig {
             ("arrow_config", &self.arrow_config),
             ("velora_config", &self.velora_config),
             ("monteclora_config", &self.monteclora_config),
-            ("use_bdlora", &self.use_bdlora),
         ] {
             if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
                 return Err(reject(name, v, ""));

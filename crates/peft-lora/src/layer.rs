@@ -15,6 +15,7 @@
 use crate::config::{LoraConfig, PEFT_TYPE};
 use crate::dora::Dora;
 use crate::init::{self, Scheme};
+use crate::variant::Variant;
 use peft_core::config::LayerInit;
 use peft_core::error::{PeftError, Result};
 use peft_core::layer::{
@@ -109,6 +110,10 @@ pub struct LoraLayer {
     pub alora: bool,
     /// KaSA's learnable singular values `ΔΣ` (`lora_diag`), between A and B.
     pub kasa_diag: Option<Tensor>,
+    /// BD-LoRA: which factor is block-diagonal (stored as its stacked blocks).
+    pub block_diagonal: Option<crate::bdlora::BlockDiagonal>,
+    /// The LoRA variant in use (PEFT's `lora_variant[adapter]`), if any.
+    pub variant: Option<Variant>,
     /// Bumped whenever the adapter's values or scaling change (caches compare it).
     pub version: u64,
     in_features: i64,
@@ -194,24 +199,15 @@ impl LoraLayer {
                 if name == "loftq" { "LoftQ comes with peft-quant" } else { "" },
             ));
         }
+        let variant = crate::variant::resolve(config, &kind)?;
         let frozen_b = matches!(scheme, Scheme::Mica { frozen_b: true });
-        let kasa = config.kasa_config.as_ref().is_some_and(|v| !v.is_null());
+        let kasa = variant == Some(Variant::Kasa);
         if kasa {
-            if config.use_dora || frozen_b || config.alora_invocation_tokens.is_some() {
+            if let LoraKind::Linear { fan_in_fan_out: true } = kind {
                 return Err(PeftError::Invalid(
-                    "Invalid or unsupported variant combination: KaSA with DoRA, MiCA or aLoRA".into(),
+                    "KaSA does not support `fan_in_fan_out=True` layers (e.g. Conv1D). Please target nn.Linear layers."
+                        .into(),
                 ));
-            }
-            match &kind {
-                LoraKind::Linear { fan_in_fan_out: true } => {
-                    return Err(PeftError::Invalid(
-                        "KaSA does not support `fan_in_fan_out=True` layers (e.g. Conv1D). Please target nn.Linear \
-                         layers."
-                            .into(),
-                    ))
-                }
-                LoraKind::Linear { .. } => {}
-                _ => return Err(ctx.unsupported(PEFT_TYPE, "KaSA adapts nn.Linear layers only")),
             }
             if r >= in_features.min(out_features) {
                 return Err(PeftError::Invalid(format!(
@@ -221,23 +217,28 @@ impl LoraLayer {
                 )));
             }
         }
-        if config.alora_invocation_tokens.is_some() {
-            let variants = match (config.use_dora, frozen_b) {
-                (true, _) => Some("('alora_invocation_tokens', 'use_dora')"),
-                (_, true) => Some("('alora_invocation_tokens', 'mica')"),
-                _ => None,
-            };
-            if let Some(v) = variants {
-                return Err(PeftError::Invalid(format!("Invalid or unsupported variant combination: {v}")));
+        let block_diagonal = match variant {
+            Some(Variant::BdLora) if matches!(kind, LoraKind::Linear { fan_in_fan_out: true }) => {
+                // PEFT 0.21.2 fails here with an AttributeError (it reads `in_features` off the base).
+                return Err(
+                    ctx.unsupported(PEFT_TYPE, "BD-LoRA adapts nn.Linear layers, not transformers' Conv1D")
+                );
             }
-            if !matches!(kind, LoraKind::Linear { .. }) {
-                return Err(ctx.unsupported(PEFT_TYPE, "aLoRA adapts linear layers only"));
-            }
-        }
-        if frozen_b && config.use_dora {
-            return Err(PeftError::Invalid(
-                "Invalid or unsupported variant combination: ('mica', 'use_dora')".into(),
-            ));
+            Some(Variant::BdLora) => crate::bdlora::BlockDiagonal::for_module(
+                config,
+                ctx.module_name,
+                r,
+                in_features,
+                out_features,
+            )?,
+            _ => None,
+        };
+        if config.lora_bias && block_diagonal.as_ref().is_some_and(|bd| bd.side == crate::bdlora::Side::B) {
+            return Err(PeftError::Invalid(format!(
+                "`{}`: lora_bias=True cannot be combined with a block-diagonal lora_B (PEFT's block-diagonal layer has \
+                 no bias, so the bias would silently be dropped)",
+                ctx.module_name
+            )));
         }
         let (mut a, mut b, mut b_bias) = Self::draw(&kind, r, in_features, out_features, config.lora_bias)?;
         let scaling = config.scaling_for(r, lora_alpha);
@@ -305,6 +306,13 @@ impl LoraLayer {
                 }
             }
         }
+        // Variant init (after the LoRA init, as PEFT's update_layer): a block-diagonal factor is redrawn.
+        if let Some(bd) = &block_diagonal {
+            match bd.side {
+                crate::bdlora::Side::A => a = bd.draw(in_features, r)?,
+                crate::bdlora::Side::B => b = bd.draw(r, out_features)?,
+            }
+        }
         // _move_adapter_to_device_of_base_layer, then autocast_adapter_dtype.
         let target_kind = match base_kind {
             Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double => base_kind,
@@ -353,8 +361,10 @@ impl LoraLayer {
             lora_b_bias,
             dora: None,
             frozen_b,
-            alora: config.alora_invocation_tokens.is_some(),
+            alora: variant == Some(Variant::Alora),
             kasa_diag: None,
+            block_diagonal,
+            variant,
             version: 0,
             in_features,
             out_features,
@@ -500,6 +510,11 @@ impl LoraLayer {
             };
             let d = match &self.kind {
                 LoraKind::Linear { fan_in_fan_out } => {
+                    let (a, b) = match &self.block_diagonal {
+                        Some(bd) if bd.side == crate::bdlora::Side::A => (bd.dense(&a)?, b),
+                        Some(bd) => (a, bd.dense(&b)?),
+                        None => (a, b),
+                    };
                     let b = match &self.kasa_diag {
                         Some(d) => {
                             b.f_mul(&if cast { d.f_to_kind(Kind::Float)? } else { d.shallow_clone() })?
@@ -559,12 +574,18 @@ impl LoraLayer {
     pub(crate) fn lora_path(&self, x: &Tensor) -> Tensor {
         match &self.kind {
             LoraKind::Linear { .. } => {
-                let after_a = x.linear::<&Tensor>(&self.lora_a, None);
+                let after_a = match &self.block_diagonal {
+                    Some(bd) if bd.side == crate::bdlora::Side::A => bd.apply(x, &self.lora_a),
+                    _ => x.linear::<&Tensor>(&self.lora_a, None),
+                };
                 let after_a = match &self.kasa_diag {
                     Some(d) => after_a * d,
                     None => after_a,
                 };
-                after_a.linear(&self.lora_b, self.lora_b_bias.as_ref())
+                match &self.block_diagonal {
+                    Some(bd) if bd.side == crate::bdlora::Side::B => bd.apply(&after_a, &self.lora_b),
+                    _ => after_a.linear(&self.lora_b, self.lora_b_bias.as_ref()),
+                }
             }
             LoraKind::Embedding { padding_idx, .. } => {
                 let after_a =
@@ -578,6 +599,16 @@ impl LoraLayer {
                 let h = conv_nd_t(x, &self.lora_a, None, &geometry.stride, &geometry.padding, &ones, 1);
                 conv_nd_t(&h, &self.lora_b, self.lora_b_bias.as_ref(), &ones, &zeros, &ones, geometry.groups)
             }
+        }
+    }
+
+    /// Whether a mixed batch must take this adapter's own forward (variants whose computation the
+    /// stacked factors cannot express).
+    pub(crate) fn needs_own_path(&self, train: bool) -> bool {
+        match self.variant {
+            None | Some(Variant::Mica) => false,
+            Some(Variant::Velora | Variant::MonteClora) => train,
+            Some(_) => true,
         }
     }
 
@@ -870,6 +901,12 @@ impl TunerLayer for LoraLayer {
     }
 
     fn pad_rank(&mut self, target_rank: i64) -> Result<bool> {
+        if self.block_diagonal.is_some() {
+            return Err(PeftError::Invalid(format!(
+                "`{}`: a BD-LoRA adapter's block-diagonal factor cannot be padded for hotswapping",
+                self.module
+            )));
+        }
         let allocated = self.lora_a.size()[0];
         if target_rank < allocated {
             return Err(PeftError::Invalid(format!(

@@ -67,6 +67,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bdlora;
 pub mod config;
 pub mod convert;
 pub mod corda;
@@ -77,6 +78,7 @@ pub mod kasa;
 pub mod layer;
 pub mod loraga;
 pub mod mixed;
+pub mod variant;
 pub mod weighted;
 
 pub use config::{Alpha, InitLoraWeights, LoraBias, LoraConfig, PEFT_TYPE};

@@ -189,6 +189,19 @@ fn new_config<M: Adaptable>(
                 "adapter `{a}` uses DoRA: add_weighted_adapter combines only A and B, not the magnitude"
             )));
         }
+        // Variants whose update is not B·A (KaSA's ΔΣ, BD-LoRA's blocks, Arrow's routing, aLoRA's offsets)
+        // would be combined wrongly; VeLoRA, MonteCLoRA and MiCA adapters are plain B·A at inference.
+        use crate::variant::Variant;
+        let variants = crate::variant::requested(c);
+        if let Some(v) = variants
+            .iter()
+            .find(|v| matches!(v, Variant::Kasa | Variant::BdLora | Variant::Arrow | Variant::Alora))
+        {
+            return Err(PeftError::Invalid(format!(
+                "adapter `{a}` uses `{}`: add_weighted_adapter combines plain B·A updates only",
+                v.field()
+            )));
+        }
     }
     // modules_to_save copies of several combined adapters on one module cannot be merged.
     let mut shared = 0;

@@ -291,3 +291,30 @@ fn sub_configs_are_completed_checked_and_strict_where_peft_is() {
     let coded = LoraConfig { lora_ga_config: Some(serde_json::json!({})), ..LoraConfig::default() };
     assert_eq!(coded.to_json()["lora_ga_config"]["stable_gamma"], 16);
 }
+
+#[test]
+fn variant_combinations_and_bdlora_layouts_are_checked_like_peft() {
+    let try_new = |cfg: LoraConfig| {
+        let (vs, m) = model();
+        PeftModel::new(m, &vs, cfg.boxed(), "default").map(|_| ()).unwrap_err().to_string()
+    };
+    let bd = |v: serde_json::Value| LoraConfig { use_bdlora: Some(v), ..config(&["lin0", "lin1"]) };
+    // Two variants at once.
+    let err =
+        try_new(LoraConfig { use_dora: true, kasa_config: Some(serde_json::json!({})), ..config(&["lin1"]) });
+    assert!(err.contains("Invalid or unsupported variant combination: ('kasa_config', 'use_dora')"), "{err}");
+    // A module in both lists, in neither (strict), and blocks that do not divide the features.
+    let err =
+        try_new(bd(serde_json::json!({"target_modules_bd_a": ["lin"], "target_modules_bd_b": ["lin1"]})));
+    assert!(err.contains("Target lin1 matches both A and B"), "{err}");
+    let err = try_new(bd(serde_json::json!({"target_modules_bd_a": ["lin0"]})));
+    assert!(err.contains("Target lin1 matches neither A nor B"), "{err}");
+    let err = try_new(bd(
+        serde_json::json!({"target_modules_bd_a": ["lin0"], "target_modules_bd_b": ["lin1"], "nblocks": 3}),
+    ));
+    assert!(err.contains("`lin0`") && err.contains("not divisible by nblocks=3"), "{err}");
+    // Overlapping lists are a config error before any layer is touched.
+    let err =
+        try_new(bd(serde_json::json!({"target_modules_bd_a": ["lin0"], "target_modules_bd_b": ["lin0"]})));
+    assert!(err.contains("overlapping modules"), "{err}");
+}
