@@ -242,6 +242,15 @@ CASES += [
     ),
 ]
 
+CASES += [
+    # VeLoRA: plain LoRA at inference; the projection buffer is saved with the adapter.
+    dict(
+        name="velora",
+        model="MLP",
+        adapters={"default": dict(target_modules=["lin0", "lin1"], r=4, velora_config={"num_groups": 3, "init_type": "random"})},
+    ),
+]
+
 # Same-seed initialisation cases: torch.manual_seed(0); build the model; get_peft_model.
 INIT_CASES = [
     dict(name="mlp_default_init", model="MLP", config=dict(target_modules=["lin0", "lin1"])),
@@ -312,6 +321,7 @@ INIT_CASES += [
         model="MLP",
         config=dict(target_modules=["lin0", "lin1"], r=4, use_bdlora={"target_modules_bd_a": ["lin0"], "target_modules_bd_b": ["lin1"], "nblocks": 2}),
     ),
+    dict(name="velora_random_init", model="MLP", config=dict(target_modules=["lin0", "lin1"], velora_config={"num_groups": 3, "init_type": "random"})),
     dict(name="kasa_default_init", model="DeepMLP", config=dict(target_modules=["lin0", "out"], r=1, kasa_config={})),
 ]
 
@@ -527,6 +537,17 @@ TRAIN_CASES += [
             lora_dropout=0.1,
             use_bdlora={"target_modules_bd_a": ["lin0"], "target_modules_bd_b": ["lin1"], "nblocks": 2},
         ),
+    ),
+]
+TRAIN_CASES += [
+    # VeLoRA: lora_A's gradient comes from the compressed activations (zero-padded groups on lin0).
+    dict(name="velora_adamw", optimizer="adamw", lr=0.01, steps=4, config=dict(TRAIN_CONFIG, velora_config={"num_groups": 3, "scale": 0.5})),
+    dict(
+        name="velora_once_sgd",
+        optimizer="sgd",
+        lr=0.5,
+        steps=4,
+        config=dict(TRAIN_CONFIG, lora_dropout=0.0, velora_config={"num_groups": 4, "init_type": "batch_average_once"}),
     ),
 ]
 TRAIN_SEED = 1234

@@ -270,6 +270,14 @@ pub trait TunerLayer: fmt::Debug + Send + 'static {
         true
     }
 
+    /// Whether the tensor `name` (as in [`TunerLayer::named_tensors`]) is a buffer: saved with the
+    /// adapter but not a parameter (VeLoRA's projection, MonteCLoRA's sampler state). Buffers never
+    /// train and do not count in parameter totals or the `requires_grad` status.
+    fn is_buffer(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
+
     /// Maps a full in-memory key (`base_model.model.lin0.lora_A.default.weight`) to the key in the file
     /// (`base_model.model.lin0.lora_A.weight`). Methods with legacy key forms override it.
     fn checkpoint_key(&self, key: &str, adapter: &str) -> String {
@@ -800,4 +808,12 @@ impl<B: BaseLayer> AdaptableLayer for AdaptedLayer<B> {
 pub fn all_finite(t: &Tensor) -> Result<bool> {
     let ok = t.f_isfinite().and_then(|f| f.f_all()).map_err(PeftError::torch("checking for NaN/inf"))?;
     ok.f_int64_value(&[]).map(|v| v != 0).map_err(PeftError::torch("checking for NaN/inf"))
+}
+
+/// Whether autograd records operations on this thread (`torch.is_grad_enabled()`): false inside
+/// `tch::no_grad`. Variants that act only while a graph is built (VeLoRA) ask this.
+pub fn grad_enabled() -> bool {
+    // An op on a leaf that requires grad yields a result that requires grad exactly when grad mode is on.
+    let leaf = Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    (&leaf * 1.0).requires_grad()
 }

@@ -1579,9 +1579,19 @@ impl<M: Adaptable> PeftModel<M> {
     pub fn num_parameters(&self) -> (i64, i64) {
         let mut trainable = 0i64;
         let mut total = 0i64;
+        let mut buffers = std::collections::HashSet::new();
+        self.model.visit_layers(&mut |l| {
+            for (_, tuner) in l.slots().adapters() {
+                for (n, t) in tuner.named_tensors() {
+                    if tuner.is_buffer(&n) {
+                        buffers.insert(t.data_ptr() as usize);
+                    }
+                }
+            }
+        });
         let base = self.base_params.iter().map(|(_, t)| t.shallow_clone());
         let adapters = self.adapter_vs.variables().into_values();
-        for t in base.chain(adapters) {
+        for t in base.chain(adapters).filter(|t| !buffers.contains(&(t.data_ptr() as usize))) {
             let n = t.numel() as i64;
             total += n;
             if t.requires_grad() {
@@ -1629,8 +1639,12 @@ impl<M: Adaptable> PeftModel<M> {
             let mut module_type = String::new();
             let mut status_name = l.name().to_string();
             for (name, tuner) in slots.adapters() {
-                let flags: BTreeSet<bool> =
-                    tuner.named_tensors().iter().map(|(_, t)| t.requires_grad()).collect();
+                let flags: BTreeSet<bool> = tuner
+                    .named_tensors()
+                    .iter()
+                    .filter(|(n, _)| !tuner.is_buffer(n))
+                    .map(|(_, t)| t.requires_grad())
+                    .collect();
                 let rg = match (flags.contains(&true), flags.contains(&false)) {
                     (true, false) => RequiresGrad::True,
                     (false, _) => RequiresGrad::False,

@@ -762,11 +762,9 @@ impl AdapterConfig for LoraConfig {
                 "implemented for trainable_token_indices; tying modules_to_save / LoRA on tied layers is not yet",
             ));
         }
-        for (name, v) in [
-            ("arrow_config", &self.arrow_config),
-            ("velora_config", &self.velora_config),
-            ("monteclora_config", &self.monteclora_config),
-        ] {
+        for (name, v) in
+            [("arrow_config", &self.arrow_config), ("monteclora_config", &self.monteclora_config)]
+        {
             if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
                 return Err(reject(name, v, ""));
             }

@@ -114,6 +114,8 @@ pub struct LoraLayer {
     pub block_diagonal: Option<crate::bdlora::BlockDiagonal>,
     /// The LoRA variant in use (PEFT's `lora_variant[adapter]`), if any.
     pub variant: Option<Variant>,
+    /// VeLoRA's projection state.
+    pub velora: Option<crate::velora::Velora>,
     /// Bumped whenever the adapter's values or scaling change (caches compare it).
     pub version: u64,
     in_features: i64,
@@ -365,6 +367,7 @@ impl LoraLayer {
             kasa_diag: None,
             block_diagonal,
             variant,
+            velora: None,
             version: 0,
             in_features,
             out_features,
@@ -376,6 +379,11 @@ impl LoraLayer {
                 .map_err(PeftError::torch("initialising lora_diag"))?;
             layer.kasa_diag = Some((&ctx.path / "lora_diag").add(&layer.adapter, diag, true));
             crate::kasa::truncate_base(ctx.base, r)?;
+        }
+        if variant == Some(Variant::Velora) {
+            let (state, embed) = crate::velora::Velora::create(config, in_features, (target_kind, device))?;
+            let embed = (&ctx.path / "lora_velora_embed").add(&layer.adapter, embed, false);
+            layer.velora = Some(state.with_embed(embed));
         }
         if config.use_dora {
             let magnitude = Dora::initial_magnitude(&layer, ctx.base)?;
@@ -743,10 +751,20 @@ impl TunerLayer for LoraLayer {
         if let Some(d) = &self.kasa_diag {
             v.push((format!("lora_diag.{}", self.adapter), d.shallow_clone()));
         }
+        if let Some(vl) = &self.velora {
+            v.push((format!("lora_velora_embed.{}", self.adapter), vl.embed.shallow_clone()));
+        }
         v
     }
 
+    fn is_buffer(&self, name: &str) -> bool {
+        name.starts_with("lora_velora_embed.")
+    }
+
     fn is_trainable_tensor(&self, name: &str) -> bool {
+        if self.is_buffer(name) {
+            return false;
+        }
         !(self.frozen_b && (name.starts_with("lora_B.") || name.starts_with("lora_embedding_B.")))
     }
 
@@ -766,6 +784,11 @@ impl TunerLayer for LoraLayer {
         }
         if self.alora {
             return self.alora_forward(&x, y, ctx);
+        }
+        if let Some(velora) = self.velora.as_ref().filter(|_| ctx.train && peft_core::layer::grad_enabled()) {
+            let x = if self.dropout > 0.0 { x.dropout(self.dropout, true) } else { x };
+            let after_a = velora.linear(&x, &self.lora_a);
+            return y + after_a.linear(&self.lora_b, self.lora_b_bias.as_ref()) * self.scaling;
         }
         let x = match self.kind {
             LoraKind::Embedding { .. } => x,
@@ -1003,6 +1026,11 @@ impl TunerLayer for LoraLayer {
                     Some(src) => bb.f_copy_(src)?,
                     None => drop(bb.f_zero_()?),
                 };
+            }
+            if let Some(v) = &self.velora {
+                if let Some(src) = tensors.get(&format!("lora_velora_embed.{}", self.adapter)) {
+                    v.embed.shallow_clone().f_copy_(src)?;
+                }
             }
             if let Some(d) = &self.dora {
                 let mut m = d.magnitude.shallow_clone();

@@ -79,6 +79,7 @@ pub mod layer;
 pub mod loraga;
 pub mod mixed;
 pub mod variant;
+pub mod velora;
 pub mod weighted;
 
 pub use config::{Alpha, InitLoraWeights, LoraBias, LoraConfig, PEFT_TYPE};
