@@ -251,6 +251,17 @@ CASES += [
     ),
 ]
 
+CASES += [
+    # MonteCLoRA: plain LoRA at inference; one training forward first fills the sampler's buffers, and
+    # the variational parameters are perturbed, so that the saved sampler state is non-trivial.
+    dict(
+        name="monteclora",
+        model="MLP",
+        perturb="monteclora",
+        adapters={"default": dict(target_modules=["lin0", "lin1"], r=4, monteclora_config={"num_samples": 3, "buffer_size": 2, "use_entropy": True})},
+    ),
+]
+
 # Same-seed initialisation cases: torch.manual_seed(0); build the model; get_peft_model.
 INIT_CASES = [
     dict(name="mlp_default_init", model="MLP", config=dict(target_modules=["lin0", "lin1"])),
@@ -322,6 +333,11 @@ INIT_CASES += [
         config=dict(target_modules=["lin0", "lin1"], r=4, use_bdlora={"target_modules_bd_a": ["lin0"], "target_modules_bd_b": ["lin1"], "nblocks": 2}),
     ),
     dict(name="velora_random_init", model="MLP", config=dict(target_modules=["lin0", "lin1"], velora_config={"num_groups": 3, "init_type": "random"})),
+    dict(
+        name="monteclora_init",
+        model="MLP",
+        config=dict(target_modules=["lin0", "lin1"], r=3, monteclora_config={"num_samples": 4, "buffer_size": 5}),
+    ),
     dict(name="kasa_default_init", model="DeepMLP", config=dict(target_modules=["lin0", "out"], r=1, kasa_config={})),
 ]
 
@@ -550,6 +566,18 @@ TRAIN_CASES += [
         config=dict(TRAIN_CONFIG, lora_dropout=0.0, velora_config={"num_groups": 4, "init_type": "batch_average_once"}),
     ),
 ]
+TRAIN_CASES += [
+    # MonteCLoRA: perturbed A in training, KL regularizer in the loss; the noise buffer (2 samples) is
+    # redrawn after seeding and refilled twice during the 5 steps.
+    dict(
+        name="monteclora_adamw",
+        optimizer="adamw",
+        lr=0.01,
+        steps=5,
+        extra_loss="monteclora",
+        config=dict(TRAIN_CONFIG, monteclora_config={"num_samples": 3, "buffer_size": 2, "use_entropy": True, "sample_scaler": 0.05}),
+    ),
+]
 TRAIN_SEED = 1234
 
 # adapter_config.json files written by PEFT.
@@ -691,6 +719,15 @@ def gen_case(root, case):
             for n, p in model.named_parameters():
                 if "trainable_tokens_delta" in n:
                     p.add_(0.3 * torch.randn_like(p))
+    elif perturb == "monteclora":
+        model.train()
+        with torch.no_grad():
+            # (under no_grad: PEFT stores the sampled covariance with its graph in a buffer, after which
+            # copy.deepcopy of the model fails)
+            model(model_input(case["model"]))
+            for n, p in model.named_parameters():
+                if "_prior" in n:
+                    p.add_(0.3 * torch.randn_like(p))
     elif perturb == "dora":
         # A trained magnitude differs from the initial weight norm.
         with torch.no_grad():
@@ -707,6 +744,14 @@ def gen_case(root, case):
     active = case.get("active", [names[0]])
     merge = case.get("merge", True)
     status = status_of(model, active)
+    if perturb == "monteclora":
+        # PEFT computes the regularizer in training mode only.
+        with torch.no_grad():
+            model.train()
+            out_extra = {"monteclora_loss": torch.as_tensor(model.base_model._get_monteclora_loss()).reshape(1)}
+            model.eval()
+    else:
+        out_extra = {}
     if any(cfg.get("kasa_config") is not None for cfg in case["adapters"].values()):
         with torch.no_grad():
             kasa_loss = model.base_model._get_kasa_loss()
@@ -715,6 +760,7 @@ def gen_case(root, case):
     out = outputs_of(model, x, active, merge)
     if kasa_loss is not None:
         out["kasa_loss"] = torch.as_tensor(kasa_loss).reshape(1)
+    out.update(out_extra)
     out["base"] = base_out
     model.save_pretrained(os.path.join(d, "adapter"))
     save_file(tensors({"x": x}), os.path.join(d, "input.safetensors"))
@@ -780,12 +826,18 @@ def gen_train(root, case):
     else:
         opt = torch.optim.AdamW(params, lr=case["lr"])
     torch.manual_seed(TRAIN_SEED)
+    if case.get("extra_loss") == "monteclora":
+        for m in model.modules():
+            for sampler in getattr(m, "lora_monteclora_sampler", {}).values():
+                sampler.sampler._refill_buffer()
     model.train()
     losses = []
     for _ in range(case["steps"]):
         opt.zero_grad()
         out = model(x)
         loss = F.nll_loss(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        if case.get("extra_loss") == "monteclora":
+            loss = loss + model.base_model._get_monteclora_loss()
         loss.backward()
         opt.step()
         losses.append(loss.item())

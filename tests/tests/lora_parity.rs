@@ -108,6 +108,10 @@ fn peft_saves_peft_rs_loads_same_outputs() {
             let opts = LoadOptions { subfolder: Some(n.clone()), ..LoadOptions::named(n.clone()) };
             peft.load_adapter(&adir, opts).unwrap();
         }
+        if let Some(want) = expected.get("monteclora_loss") {
+            let ours = peft_lora::monteclora::monteclora_loss(&peft, None).unwrap().reshape([1]);
+            assert_close(&ours, want, 1e-6, &format!("{case}: monteclora_loss"));
+        }
         if let Some(want) = expected.get("kasa_loss") {
             let ours = peft_lora::kasa::kasa_loss(&peft, None).reshape([1]);
             assert_close(&ours, want, 1e-6, &format!("{case}: kasa_loss"));
@@ -116,7 +120,10 @@ fn peft_saves_peft_rs_loads_same_outputs() {
             rust_outputs(peft, &x, &strings(&meta["active"]), meta["merge"].as_bool().unwrap_or(true));
         assert_eq!(
             outputs.keys().collect::<Vec<_>>(),
-            expected.keys().filter(|k| *k != "base" && *k != "kasa_loss").collect::<Vec<_>>()
+            expected
+                .keys()
+                .filter(|k| !["base", "kasa_loss", "monteclora_loss"].contains(&k.as_str()))
+                .collect::<Vec<_>>()
         );
         for (state, ours) in &outputs {
             assert_close(ours, &expected[state], ATOL, &format!("{case}: {state}"));
@@ -130,9 +137,7 @@ fn peft_saves_peft_rs_loads_same_outputs() {
 fn perturb(vs: &VarStore, peft: &PeftModel<TestModel>, mode: &str) {
     if mode == "dora" || mode == "tokens" {
         let pattern = if mode == "dora" { "lora_magnitude_vector" } else { "trainable_tokens_delta" };
-        let mut vars: Vec<(String, Tensor)> = peft.adapter_var_store().variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, mut t) in vars {
+        for (name, mut t) in sorted_vars(peft.adapter_var_store()) {
             if name.contains(pattern) {
                 let noise = Tensor::randn_like(&t) * 0.2 + 1.0;
                 let _ = tch::no_grad(|| t.f_mul_(&noise)).unwrap();
@@ -140,10 +145,20 @@ fn perturb(vs: &VarStore, peft: &PeftModel<TestModel>, mode: &str) {
         }
         return;
     }
+    if mode == "monteclora" {
+        // One training forward fills the sampler's buffers; then the variational parameters move.
+        let x = Tensor::randn([3, 10], (tch::Kind::Float, Device::Cpu));
+        tch::no_grad(|| peft.forward_t(&x, true));
+        for (name, mut t) in sorted_vars(peft.adapter_var_store()) {
+            if name.contains("_prior") {
+                let noise = Tensor::randn_like(&t) * 0.3;
+                let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
+            }
+        }
+        return;
+    }
     if mode == "modules_to_save" {
-        let mut vars: Vec<(String, Tensor)> = peft.adapter_var_store().variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, mut t) in vars {
+        for (name, mut t) in sorted_vars(peft.adapter_var_store()) {
             if name.contains(".modules_to_save.") {
                 let noise = Tensor::randn_like(&t) * 0.1;
                 let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
@@ -152,15 +167,19 @@ fn perturb(vs: &VarStore, peft: &PeftModel<TestModel>, mode: &str) {
         return;
     }
     let adapted: Vec<String> = peft.adapter_names().iter().flat_map(|a| peft.targeted_modules(a)).collect();
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, mut t) in vars {
+    for (name, mut t) in sorted_vars(vs) {
         let Some(module) = name.strip_suffix(".bias") else { continue };
         if mode == "all" || adapted.iter().any(|a| a == module) {
             let noise = Tensor::randn_like(&t) * 0.1;
             let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
         }
     }
+}
+
+fn sorted_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
 }
 
 /// Configs built in Rust code (not parsed from PEFT) that PEFT must load back identically.
@@ -481,12 +500,19 @@ fn training_steps_give_peft_identical_adapter_weights() {
             other => panic!("unknown optimizer {other}"),
         };
         tch::manual_seed(meta["seed"].as_i64().unwrap());
+        let monteclora = meta["extra_loss"].as_str() == Some("monteclora");
+        if monteclora {
+            peft_lora::monteclora::redraw_noise(&peft).unwrap();
+        }
         let mut losses = vec![];
         for _ in 0..meta["steps"].as_i64().unwrap() {
             opt.zero_grad();
             let out = peft.forward_t(&x, true);
             let classes = *out.size().last().unwrap();
-            let loss = out.reshape([-1, classes]).nll_loss(&y.reshape([-1]));
+            let mut loss = out.reshape([-1, classes]).nll_loss(&y.reshape([-1]));
+            if monteclora {
+                loss = loss + peft_lora::monteclora::monteclora_loss(&peft, None).unwrap();
+            }
             loss.backward();
             opt.step();
             losses.push(loss.double_value(&[]));

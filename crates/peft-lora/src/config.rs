@@ -249,13 +249,16 @@ impl SubConfig {
 /// The value checks of the sub-configs' own `__post_init__`s.
 fn check_subconfig(field: &str, c: &Value) -> Result<()> {
     let num = |k: &str| c.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    // NaN (missing or not a number) fails every check.
+    let gt = |k: &str, v: f64| num(k) > v;
+    let ge = |k: &str, v: f64| num(k) >= v;
     let fail = |m: String| Err(PeftError::Invalid(format!("{field}: {m}")));
     match field {
         "velora_config" => {
-            if !(num("num_groups") > 0.0) {
+            if !gt("num_groups", 0.0) {
                 return fail(format!("`num_groups` should be positive, got {}.", c["num_groups"]));
             }
-            if !(num("scale") > 0.0) {
+            if !gt("scale", 0.0) {
                 return fail(format!("`scale` should be positive, got {}.", c["scale"]));
             }
             let init = c["init_type"].as_str().unwrap_or_default();
@@ -269,13 +272,13 @@ fn check_subconfig(field: &str, c: &Value) -> Result<()> {
         }
         "kasa_config" => {
             for key in ["beta", "gamma"] {
-                if !(num(key) >= 0.0) {
+                if !ge(key, 0.0) {
                     return fail(format!("`{key}` must be non-negative, got {}.", c[key]));
                 }
             }
         }
         "eva_config" => {
-            if !(num("rho") >= 1.0) {
+            if !ge("rho", 1.0) {
                 return fail("`rho` must be >= 1.0".into());
             }
             if !(0.0..=1.0).contains(&num("tau")) {
@@ -283,10 +286,10 @@ fn check_subconfig(field: &str, c: &Value) -> Result<()> {
             }
         }
         "arrow_config" => {
-            if !(num("top_k") > 0.0) {
+            if !gt("top_k", 0.0) {
                 return fail("top_k cannot be negative.".into());
             }
-            if !(num("router_temperature") > 0.0) {
+            if !gt("router_temperature", 0.0) {
                 return fail("router_temperature must be greater than 0.".into());
             }
         }
@@ -306,7 +309,7 @@ fn check_subconfig(field: &str, c: &Value) -> Result<()> {
         }
         "monteclora_config" => {
             for key in ["num_samples", "dirichlet_prior", "buffer_size"] {
-                if !(num(key) > 0.0) {
+                if !gt(key, 0.0) {
                     return fail(format!("`{key}` must be greater than 0."));
                 }
             }
@@ -762,9 +765,7 @@ impl AdapterConfig for LoraConfig {
                 "implemented for trainable_token_indices; tying modules_to_save / LoRA on tied layers is not yet",
             ));
         }
-        for (name, v) in
-            [("arrow_config", &self.arrow_config), ("monteclora_config", &self.monteclora_config)]
-        {
+        for (name, v) in [("arrow_config", &self.arrow_config)] {
             if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
                 return Err(reject(name, v, ""));
             }

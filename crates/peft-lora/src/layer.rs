@@ -116,6 +116,8 @@ pub struct LoraLayer {
     pub variant: Option<Variant>,
     /// VeLoRA's projection state.
     pub velora: Option<crate::velora::Velora>,
+    /// MonteCLoRA's sampler.
+    pub monteclora: Option<crate::monteclora::MonteClora>,
     /// Bumped whenever the adapter's values or scaling change (caches compare it).
     pub version: u64,
     in_features: i64,
@@ -368,6 +370,7 @@ impl LoraLayer {
             block_diagonal,
             variant,
             velora: None,
+            monteclora: None,
             version: 0,
             in_features,
             out_features,
@@ -384,6 +387,18 @@ impl LoraLayer {
             let (state, embed) = crate::velora::Velora::create(config, in_features, (target_kind, device))?;
             let embed = (&ctx.path / "lora_velora_embed").add(&layer.adapter, embed, false);
             layer.velora = Some(state.with_embed(embed));
+        }
+        if variant == Some(Variant::MonteClora) {
+            let (c, [std, ewp, var, ew], buffer) =
+                crate::monteclora::MonteClora::create(config, in_features, r, (target_kind, device))?;
+            let p = &ctx.path / "lora_monteclora_sampler" / &layer.adapter;
+            let tensors = [
+                p.add("std_prior", place(std)?, true),
+                p.add("expert_weights_prior", place(ewp)?, true),
+                p.add("gaussian_var_prior", var, false),
+                p.add("expert_weights", ew, false),
+            ];
+            layer.monteclora = Some(crate::monteclora::MonteClora::new(c, tensors, buffer));
         }
         if config.use_dora {
             let magnitude = Dora::initial_magnitude(&layer, ctx.base)?;
@@ -754,11 +769,20 @@ impl TunerLayer for LoraLayer {
         if let Some(vl) = &self.velora {
             v.push((format!("lora_velora_embed.{}", self.adapter), vl.embed.shallow_clone()));
         }
+        if let Some(mc) = &self.monteclora {
+            let p = format!("lora_monteclora_sampler.{}", self.adapter);
+            v.push((format!("{p}.std_prior"), mc.std_prior.shallow_clone()));
+            v.push((format!("{p}.expert_weights_prior"), mc.expert_weights_prior.shallow_clone()));
+            v.push((format!("{p}.gaussian_var_prior"), mc.gaussian_var_prior.shallow_clone()));
+            v.push((format!("{p}.expert_weights"), mc.expert_weights.shallow_clone()));
+        }
         v
     }
 
     fn is_buffer(&self, name: &str) -> bool {
         name.starts_with("lora_velora_embed.")
+            || (name.starts_with("lora_monteclora_sampler.")
+                && (name.ends_with(".gaussian_var_prior") || name.ends_with(".expert_weights")))
     }
 
     fn is_trainable_tensor(&self, name: &str) -> bool {
@@ -788,6 +812,11 @@ impl TunerLayer for LoraLayer {
         if let Some(velora) = self.velora.as_ref().filter(|_| ctx.train && peft_core::layer::grad_enabled()) {
             let x = if self.dropout > 0.0 { x.dropout(self.dropout, true) } else { x };
             let after_a = velora.linear(&x, &self.lora_a);
+            return y + after_a.linear(&self.lora_b, self.lora_b_bias.as_ref()) * self.scaling;
+        }
+        if let Some(mc) = self.monteclora.as_ref().filter(|_| ctx.train) {
+            let x = if self.dropout > 0.0 { x.dropout(self.dropout, true) } else { x };
+            let after_a = x.linear::<&Tensor>(&mc.perturbed_a(&self.lora_a), None);
             return y + after_a.linear(&self.lora_b, self.lora_b_bias.as_ref()) * self.scaling;
         }
         let x = match self.kind {
@@ -1027,9 +1056,14 @@ impl TunerLayer for LoraLayer {
                     None => drop(bb.f_zero_()?),
                 };
             }
-            if let Some(v) = &self.velora {
-                if let Some(src) = tensors.get(&format!("lora_velora_embed.{}", self.adapter)) {
-                    v.embed.shallow_clone().f_copy_(src)?;
+            // The variants' own tensors (KaSA's diagonal, VeLoRA's projection, MonteCLoRA's sampler).
+            let magnitude = format!("lora_magnitude_vector.{}.weight", self.adapter);
+            for (name, t) in self.named_tensors() {
+                if [&a_name, &b_name, &bias_name, &magnitude].contains(&&name) {
+                    continue;
+                }
+                if let Some(src) = tensors.get(&name) {
+                    t.shallow_clone().f_copy_(src)?;
                 }
             }
             if let Some(d) = &self.dora {

@@ -78,6 +78,7 @@ pub mod kasa;
 pub mod layer;
 pub mod loraga;
 pub mod mixed;
+pub mod monteclora;
 pub mod variant;
 pub mod velora;
 pub mod weighted;
