@@ -148,7 +148,7 @@ fn perturb(vs: &VarStore, peft: &PeftModel<TestModel>, mode: &str) {
     if mode == "monteclora" {
         // One training forward fills the sampler's buffers; then the variational parameters move.
         let x = Tensor::randn([3, 10], (tch::Kind::Float, Device::Cpu));
-        tch::no_grad(|| peft.forward_t(&x, true));
+        let _ = tch::no_grad(|| peft.forward_t(&x, true));
         for (name, mut t) in sorted_vars(peft.adapter_var_store()) {
             if name.contains("_prior") {
                 let noise = Tensor::randn_like(&t) * 0.3;
@@ -511,7 +511,7 @@ fn training_steps_give_peft_identical_adapter_weights() {
             let classes = *out.size().last().unwrap();
             let mut loss = out.reshape([-1, classes]).nll_loss(&y.reshape([-1]));
             if monteclora {
-                loss = loss + peft_lora::monteclora::monteclora_loss(&peft, None).unwrap();
+                loss += peft_lora::monteclora::monteclora_loss(&peft, None).unwrap();
             }
             loss.backward();
             opt.step();
