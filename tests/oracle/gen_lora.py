@@ -1006,6 +1006,49 @@ def gen_alora(root):
     return "alora"
 
 
+ARROW_CASES = [
+    dict(name="plain", seed=5, arrow_config=dict(top_k=2, router_temperature=0.5)),
+    dict(name="gks_seeded", seed=6, arrow_config=dict(top_k=1, use_gks=True, rng_seed=123)),
+]
+
+
+def gen_arrow(root, case):
+    """Arrow: PEFT's create_arrow_model over saved task (and general) adapters; outputs before and after
+    another task adapter is loaded (prototypes rebuilt, GKS applied to the new adapter)."""
+    from peft import ArrowConfig, create_arrow_model
+
+    d = os.path.join(root, "arrow", case["name"])
+    os.makedirs(d)
+    base = models.build("MLP")
+    base.eval()
+    save_file(tensors(base.state_dict()), os.path.join(d, "base.safetensors"))
+    torch.manual_seed(case["seed"])
+    dirs = {}
+    for name in ["task_a", "task_b", "task_c", "task_late", "general_a", "general_b"]:
+        m = get_peft_model(copy.deepcopy(base), lora_config(dict(target_modules=["lin0", "lin1"], r=2, lora_alpha=4)))
+        dirs[name] = os.path.join(d, name)
+        m.save_pretrained(dirs[name])
+    tasks = [dirs["task_a"], dirs["task_b"], dirs["task_c"]]
+    general = [dirs["general_a"], dirs["general_b"]]
+    x = model_input("MLP")  # (reseeds the generator: before the seed the router draws from)
+    torch.manual_seed(11)
+    model = create_arrow_model(
+        copy.deepcopy(base), tasks, ArrowConfig(**case["arrow_config"]), general_adapter_paths=general
+    )
+    model.eval()
+    with torch.no_grad():
+        first = model(x)
+        again = model(x)
+    model.save_pretrained(os.path.join(d, "saved"), selected_adapters=["arrow_router"])
+    model.load_adapter(dirs["task_late"], adapter_name="task_3")
+    with torch.no_grad():
+        late = model(x)
+    save_file(tensors({"x": x, "first": first, "again": again, "late": late}), os.path.join(d, "outputs.safetensors"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(case, f, indent=2)
+    return case["name"]
+
+
 def gen_eva(root):
     """EVA on a custom model (all positions) and on a tiny Llama (q/k/v share inputs; language-modeling mask)."""
     from peft.tuners.lora.eva import get_eva_state_dict, initialize_lora_eva_weights
@@ -1187,6 +1230,7 @@ def main():
         hotswap=gen_hotswap(root),
         mixed=[gen_mixed(root, c) for c in MIXED_CASES],
         alora=gen_alora(root),
+        arrow=[gen_arrow(root, c) for c in ARROW_CASES],
         eva=gen_eva(root),
         lora_ga=[gen_lora_ga(root, c) for c in LORA_GA_CASES],
         corda=[gen_corda(root, c) for c in CORDA_CASES],

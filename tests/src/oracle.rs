@@ -125,6 +125,7 @@ pub fn record(direction: &str, case: &str) {
         .unwrap_or_default();
     let path = dir.join(format!("{exe}-{}.tsv", std::process::id()));
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(f, "{direction}\t{case}");
+        // One write per line: tests run on several threads, and formatted writes would interleave.
+        let _ = f.write_all(format!("{direction}\t{case}\n").as_bytes());
     }
 }

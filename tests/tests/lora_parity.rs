@@ -1012,6 +1012,61 @@ fn mixed_batches_with_dora_adapters_take_the_per_adapter_path() {
 }
 
 #[test]
+fn arrow_routes_like_peft_and_follows_added_task_adapters() {
+    let _rng = oracle::rng_guard();
+    for case in manifest_list("arrow") {
+        let d = fixtures().join("arrow").join(&case);
+        let meta = read_json(&d.join("case.json"));
+        let outputs = read_all(&d.join("outputs.safetensors"));
+        let x = &outputs["x"];
+        let (vs, model) = base_model(&d, "MLP");
+        let tasks = [d.join("task_a"), d.join("task_b"), d.join("task_c")];
+        let general = [d.join("general_a"), d.join("general_b")];
+        tch::manual_seed(11);
+        let mut peft =
+            peft_lora::arrow::create_arrow_model(model, &vs, &tasks, meta["arrow_config"].clone(), &general)
+                .unwrap();
+        assert_eq!(peft.active_adapters(), ["arrow_router".to_string()]);
+        assert_differs(
+            &outputs["late"],
+            &outputs["again"],
+            1e-4,
+            &format!("{case}: the added adapter routes"),
+        );
+        assert_close(&forward(peft.model(), x), &outputs["first"], ATOL, &format!("{case}: first forward"));
+        assert_close(
+            &forward(peft.model(), x),
+            &outputs["again"],
+            ATOL,
+            &format!("{case}: cached prototypes"),
+        );
+        // The router's saved config (task and general adapter names included) equals PEFT's.
+        let out = tempfile::tempdir().unwrap();
+        let only_router =
+            SaveOptions { selected_adapters: Some(vec!["arrow_router".into()]), ..Default::default() };
+        peft.save_pretrained(out.path(), &only_router).unwrap();
+        let config_of =
+            |dir: &std::path::Path| read_json(&dir.join("arrow_router").join("adapter_config.json"));
+        assert_same_config(
+            &config_of(out.path()),
+            &config_of(&d.join("saved")),
+            false,
+            &format!("{case}: router config"),
+        );
+        peft.load_adapter(d.join("task_late"), LoadOptions::named("task_3")).unwrap();
+        assert_close(
+            &forward(peft.model(), x),
+            &outputs["late"],
+            ATOL,
+            &format!("{case}: after adding task_3"),
+        );
+        let err = peft.merge_adapter(None, false).unwrap_err();
+        assert!(err.to_string().contains("Cannot merge an active Arrow router"), "{err}");
+        oracle::record("arrow", &case);
+    }
+}
+
+#[test]
 fn activated_lora_matches_peft_offsets_and_outputs() {
     let _rng = oracle::rng_guard();
     let d = fixtures().join("alora");

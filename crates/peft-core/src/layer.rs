@@ -215,18 +215,21 @@ pub struct ForwardCtx<'a> {
     /// Activated LoRA: per row, how many trailing positions (from the invocation sequence on) the adapter
     /// applies to (`None`: none). See [`crate::PeftModel::alora_offsets`].
     pub alora_offsets: Option<&'a [Option<i64>]>,
+    /// Every adapter on the layer being run (set by the layer for its adapters): methods that combine
+    /// other adapters of the layer (LoRA's Arrow router) read them here.
+    pub siblings: Option<&'a IndexMap<String, Box<dyn TunerLayer>>>,
     _borrow: PhantomData<&'a ()>,
 }
 
 impl<'a> ForwardCtx<'a> {
     /// Evaluation: no dropout.
     pub fn eval() -> Self {
-        ForwardCtx { train: false, rows: None, alora_offsets: None, _borrow: PhantomData }
+        ForwardCtx { train: false, rows: None, alora_offsets: None, siblings: None, _borrow: PhantomData }
     }
 
     /// Training: dropout active.
     pub fn train() -> Self {
-        ForwardCtx { train: true, rows: None, alora_offsets: None, _borrow: PhantomData }
+        ForwardCtx { train: true, rows: None, alora_offsets: None, siblings: None, _borrow: PhantomData }
     }
 
     /// The same options with activated-LoRA offsets (one per batch row).
@@ -518,6 +521,7 @@ impl AdapterSlots {
         if self.disabled || !self.merged.is_empty() || self.adapters.is_empty() {
             return base.forward(x);
         }
+        let ctx = &ForwardCtx { siblings: Some(&self.adapters), ..*ctx };
         if let Some(rows) = ctx.rows {
             return self.forward_mixed(base, x, rows, ctx);
         }

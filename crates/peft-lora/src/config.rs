@@ -201,13 +201,19 @@ impl LoraConfig {
     }
 
     /// Each sub-config normalized as PEFT would hold it, checked; `dropped` collects unknown keys.
-    fn normalized_subconfigs(&self, dropped: &mut Vec<String>) -> Result<Vec<(&'static str, Option<Value>)>> {
+    /// `loading`: as `_get_lora_subconfig` rebuilds them from a file (`init=False` fields reset); else as
+    /// held in memory and written by `asdict` (every field kept).
+    fn normalized_subconfigs(
+        &self,
+        loading: bool,
+        dropped: &mut Vec<String>,
+    ) -> Result<Vec<(&'static str, Option<Value>)>> {
         let mut copy = self.clone();
         SUBCONFIGS
             .iter()
             .map(|sc| {
                 let slot = copy.subconfig_slot(sc.field).map(|v| v.take()).unwrap_or_default();
-                let v = sc.normalize(slot.as_ref(), dropped)?;
+                let v = sc.normalize(slot.as_ref(), loading, dropped)?;
                 if let Some(v) = &v {
                     check_subconfig(sc.field, v)?;
                 }
@@ -220,7 +226,12 @@ impl LoraConfig {
 impl SubConfig {
     /// The sub-config as PEFT holds it after `__post_init__`: `None`, or every field with unknown keys
     /// dropped (named in `dropped`) and missing ones defaulted.
-    fn normalize(&self, value: Option<&Value>, dropped: &mut Vec<String>) -> Result<Option<Value>> {
+    fn normalize(
+        &self,
+        value: Option<&Value>,
+        loading: bool,
+        dropped: &mut Vec<String>,
+    ) -> Result<Option<Value>> {
         let given = match value {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::Object(m)) => m,
@@ -234,7 +245,7 @@ impl SubConfig {
         let Value::Object(mut out) = (self.defaults)() else { return Ok(None) };
         for (k, v) in given {
             match out.get_mut(k) {
-                Some(slot) if !self.not_init.contains(&k.as_str()) => *slot = v.clone(),
+                Some(slot) if !loading || !self.not_init.contains(&k.as_str()) => *slot = v.clone(),
                 Some(_) => {}
                 None if self.unknown_is_error => {
                     return Err(PeftError::Invalid(format!("`{}` has no field `{k}`", self.field)));
@@ -564,8 +575,9 @@ impl LoraConfig {
             ));
         }
         let mut dropped = Vec::new();
-        let normalized =
-            self.normalized_subconfigs(&mut dropped).map_err(|e| inconsistent(location, &e.to_string()))?;
+        let normalized = self
+            .normalized_subconfigs(true, &mut dropped)
+            .map_err(|e| inconsistent(location, &e.to_string()))?;
         for key in dropped {
             warnings.push(format!("{location}: unknown key `{key}` ignored (as PEFT does)"));
         }
@@ -710,7 +722,9 @@ impl AdapterConfig for LoraConfig {
     fn to_json(&self) -> Value {
         let mut json = serde_json::to_value(self).unwrap_or(Value::Null);
         // Sub-configs built in code are written as PEFT's `asdict` writes its dataclasses: every field.
-        if let (Ok(subs), Some(map)) = (self.normalized_subconfigs(&mut Vec::new()), json.as_object_mut()) {
+        if let (Ok(subs), Some(map)) =
+            (self.normalized_subconfigs(false, &mut Vec::new()), json.as_object_mut())
+        {
             for (field, v) in subs {
                 map.insert(field.to_string(), v.unwrap_or(Value::Null));
             }
@@ -746,7 +760,7 @@ impl AdapterConfig for LoraConfig {
             return Err(reject("target_parameters", t, ""));
         }
         self.layer_replication()?;
-        self.normalized_subconfigs(&mut Vec::new())?;
+        self.normalized_subconfigs(false, &mut Vec::new())?;
         if let Some(v) = &self.megatron_config {
             return Err(reject("megatron_config", v, ""));
         }
@@ -764,11 +778,6 @@ impl AdapterConfig for LoraConfig {
                 &true,
                 "implemented for trainable_token_indices; tying modules_to_save / LoRA on tied layers is not yet",
             ));
-        }
-        for (name, v) in [("arrow_config", &self.arrow_config)] {
-            if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
-                return Err(reject(name, v, ""));
-            }
         }
         Ok(())
     }

@@ -118,6 +118,8 @@ pub struct LoraLayer {
     pub velora: Option<crate::velora::Velora>,
     /// MonteCLoRA's sampler.
     pub monteclora: Option<crate::monteclora::MonteClora>,
+    /// Arrow's router state (this adapter routes over the layer's task adapters).
+    pub arrow: Option<crate::arrow::Arrow>,
     /// Bumped whenever the adapter's values or scaling change (caches compare it).
     pub version: u64,
     in_features: i64,
@@ -371,6 +373,7 @@ impl LoraLayer {
             variant,
             velora: None,
             monteclora: None,
+            arrow: (variant == Some(Variant::Arrow)).then(|| crate::arrow::Arrow::from_config(config)),
             version: 0,
             in_features,
             out_features,
@@ -809,6 +812,14 @@ impl TunerLayer for LoraLayer {
         if self.alora {
             return self.alora_forward(&x, y, ctx);
         }
+        if let Some(arrow) = &self.arrow {
+            // The router adds the routed mixture of the layer's task adapters (none: nothing).
+            let delta = ctx.siblings.and_then(|s| arrow.forward(&x, s, self.dropout, ctx.train));
+            return match delta {
+                Some(d) => y + d,
+                None => y,
+            };
+        }
         if let Some(velora) = self.velora.as_ref().filter(|_| ctx.train && peft_core::layer::grad_enabled()) {
             let x = if self.dropout > 0.0 { x.dropout(self.dropout, true) } else { x };
             let after_a = velora.linear(&x, &self.lora_a);
@@ -832,6 +843,12 @@ impl TunerLayer for LoraLayer {
     }
 
     fn merge(&mut self, base: &mut dyn BaseLayer, ctx: &MergeCtx<'_>) -> Result<()> {
+        if self.arrow.is_some() {
+            return Err(PeftError::Invalid(format!(
+                "Cannot merge an active Arrow router adapter (`{}` on `{}`). Remove it first.",
+                self.adapter, self.module
+            )));
+        }
         if self.alora {
             return Err(PeftError::Invalid(format!(
                 "aLoRA does not support merging (adapter `{}` on `{}`)",
