@@ -3,6 +3,9 @@
 //! * `cargo xtask setup` — provide libtorch 2.13.0 and the Python oracle (PEFT 0.21.2) with no manual step.
 //! * `cargo xtask test [ARGS]` — setup, then every test of the workspace; prints the parity cases that ran.
 //! * `cargo xtask demo` — setup, then the main job (inject LoRA, train, save, reload, compare).
+//! * `cargo xtask bench [--quick] [--gpu] [--only NAME]` — setup, then every workload in peft-rs and in
+//!   Python PEFT side by side (interleaved, same libtorch and threads), the ratio table, the targets; the
+//!   full run also updates `docs/BENCHMARKS.md` and runs the criterion micro-benchmarks.
 //! * `cargo xtask lint` — `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` with warnings denied.
 //! * `cargo xtask ci` — what `.ci/run` runs: test, then lint.
 //!
@@ -33,6 +36,7 @@ fn main() -> Result<()> {
         "setup" => setup().map(|env| env.describe()),
         "test" => test(&rest),
         "demo" => demo(&rest),
+        "bench" => bench(&rest),
         "lint" => lint(),
         "ci" => {
             test(&rest)?;
@@ -52,6 +56,8 @@ tasks:
   setup        provide libtorch 2.13.0 and the PEFT 0.21.2 oracle (idempotent)
   test [ARGS]  setup, then run every test (ARGS go to `cargo test`)
   demo [ARGS]  setup, then run the main job
+  bench [--quick] [--gpu] [--only NAME]
+               peft-rs vs Python PEFT, side by side (full run: also docs/BENCHMARKS.md, criterion)
   lint         cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings
   ci           test, then lint (what .ci/run does)
 
@@ -280,6 +286,41 @@ fn demo(args: &[OsString]) -> Result<()> {
         .args(args))?;
     if !status.success() {
         bail!("the demo failed ({status})");
+    }
+    Ok(())
+}
+
+fn bench(args: &[OsString]) -> Result<()> {
+    let env = setup()?;
+    let root = root();
+    let flags: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let full = !flags.iter().any(|f| f == "--quick" || f == "--only" || f == "--gpu");
+    run_ok(Command::new(cargo()).current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "peft-bench",
+        "--bins",
+    ]))?;
+    let mut driver = Command::new(root.join("target").join("release").join("peft-bench"));
+    driver.arg("--python").arg(&env.python).args(args);
+    if full {
+        driver.arg("--docs").arg(root.join("docs").join("BENCHMARKS.md"));
+    }
+    run_ok(&mut driver)?;
+    if full {
+        run_ok(Command::new(cargo()).current_dir(&root).args([
+            "bench",
+            "--package",
+            "peft-bench",
+            "--bench",
+            "hot_paths",
+            "--",
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "3",
+        ]))?;
     }
     Ok(())
 }

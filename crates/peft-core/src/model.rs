@@ -725,6 +725,17 @@ impl<M: Adaptable> PeftModel<M> {
         self.activate(&names, true)
     }
 
+    /// [`PeftModel::set_adapters`] with PEFT's `inference_mode=True`: the adapters become active but stay
+    /// frozen (and every other adapter too), which is what serving wants — frozen adapters take the
+    /// cached inference paths (DoRA's norm, in-place low-rank updates).
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`].
+    pub fn set_adapters_for_inference(&mut self, names: &[&str]) -> Result<()> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        self.activate(&names, false)
+    }
+
     fn activate(&mut self, names: &[String], trainable: bool) -> Result<()> {
         for n in names {
             if !self.configs.contains_key(n) {

@@ -36,6 +36,8 @@ pub struct Dora {
     merged_norm: Option<Tensor>,
     /// `(BA in the weight layout, weight norm)` while frozen and evaluating.
     cache: Mutex<Option<(Tensor, Tensor)>>,
+    /// `(g, g·s·B, (1 − g)·bias)` for the in-place inference path, with the cache.
+    fused: Mutex<Option<(Tensor, Tensor, Option<Tensor>)>>,
 }
 
 /// The per-output-unit L2 norm of `weight + scaling · lora_weight`, in the layer class's layout, as
@@ -62,7 +64,7 @@ fn weight_norm(kind: &LoraKind, weight: &Tensor, lora_weight: &Tensor, scaling: 
 impl Dora {
     /// Wraps a registered magnitude tensor.
     pub fn new(magnitude: Tensor) -> Self {
-        Self { magnitude, merged_norm: None, cache: Mutex::new(None) }
+        Self { magnitude, merged_norm: None, cache: Mutex::new(None), fused: Mutex::new(None) }
     }
 
     /// The initial magnitude: the weight norm of the base plus the initial LoRA update (PEFT's
@@ -102,6 +104,9 @@ impl Dora {
         if let Ok(mut c) = self.cache.lock() {
             *c = None;
         }
+        if let Ok(mut c) = self.fused.lock() {
+            *c = None;
+        }
     }
 
     /// `BA` oriented like the weight (PEFT's `get_lora_weight`), and the detached weight norm; cached
@@ -116,6 +121,9 @@ impl Dora {
         let mut guard = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if !cacheable {
             *guard = None;
+            if let Ok(mut f) = self.fused.lock() {
+                *f = None;
+            }
         } else if let Some((lw, n)) = guard.as_ref() {
             return (lw.shallow_clone(), n.shallow_clone());
         }
@@ -136,6 +144,45 @@ impl Dora {
             *guard = Some((lora_weight.shallow_clone(), norm.shallow_clone()));
         }
         (lora_weight, norm)
+    }
+
+    /// Inference on a frozen linear adapter, in place: with `g = m/‖W + sBA‖`,
+    /// `y + (g − 1)·(y − b) + g·s·BA·x = g·y + (1 − g)·b + (g·s·B)·A·x`. `g·s·B` and `(1 − g)·b` are cached
+    /// with the norm, so this costs one scaling pass over `y` plus the low-rank product accumulated into
+    /// it — against five passes for the formula as PEFT evaluates it. `None` when `y` cannot be
+    /// written in place (see [`crate::layer::add_low_rank_in_place`]).
+    fn cached_linear(
+        &self,
+        layer: &LoraLayer,
+        weighted: &dyn peft_core::layer::WeightLike,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Option<Tensor> {
+        if y.requires_grad() || x.requires_grad() || y.kind() != layer.lora_b.kind() {
+            return None;
+        }
+        let (g, gb, bias_term) = {
+            let mut fused = self.fused.lock().unwrap_or_else(|p| p.into_inner());
+            if fused.is_none() {
+                let weight = weighted.weight().to_kind(x.kind());
+                let (_, norm) = self.lora_weight_and_norm(layer, &weight, x.kind(), true);
+                let g = &self.magnitude / norm;
+                let gb = layer.lora_b.f_mul(&(&g * layer.scaling).unsqueeze(1)).ok()?;
+                let bias_term = weighted.bias().map(|b| (g.ones_like() - &g) * b);
+                *fused = Some((g, gb, bias_term));
+            }
+            let (g, gb, bt) = fused.as_ref()?;
+            (g.shallow_clone(), gb.shallow_clone(), bt.as_ref().map(Tensor::shallow_clone))
+        };
+        if !y.is_contiguous() {
+            return None;
+        }
+        let mut y = y.shallow_clone();
+        let _ = y.f_mul_(&g).ok()?;
+        if let Some(bt) = &bias_term {
+            let _ = y.f_add_(bt).ok()?;
+        }
+        crate::layer::add_low_rank_in_place(x, &layer.lora_a, &gb, &y)
     }
 
     /// The forward pass of one DoRA adapter: `y` is the output so far, `x` the input already cast to the
@@ -168,6 +215,11 @@ impl Dora {
                 &mag * y + dora
             }
             LoraKind::Linear { fan_in_fan_out } => {
+                if cacheable && layer.plain_linear() {
+                    if let Some(out) = self.cached_linear(layer, weighted, x, &y) {
+                        return out;
+                    }
+                }
                 let (x, base_result) = if layer.dropout > 0.0 && ctx.train {
                     (x.dropout(layer.dropout, true), None)
                 } else {

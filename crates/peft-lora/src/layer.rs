@@ -130,6 +130,25 @@ fn alloc(shape: &[i64]) -> Result<Tensor> {
     Tensor::f_empty(shape, (Kind::Float, Device::Cpu)).map_err(PeftError::torch("allocating LoRA weights"))
 }
 
+/// `y += (x·Aᵀ)·Bᵀ` written into `y` with one accumulating matrix product, for inference: only when no
+/// autograd graph can involve `y` (nothing here requires grad) and `y` is a contiguous tensor of the
+/// factors' dtype; `None` otherwise (the caller takes the out-of-place path). Saves the two full passes
+/// over the output (`· s`, `+`) of the PEFT formula; `b` carries the scaling.
+pub(crate) fn add_low_rank_in_place(x: &Tensor, a: &Tensor, b: &Tensor, y: &Tensor) -> Option<Tensor> {
+    if y.requires_grad() || x.requires_grad() || a.requires_grad() || b.requires_grad() {
+        return None;
+    }
+    if y.kind() != b.kind() || x.kind() != a.kind() || !y.is_contiguous() || y.device() != b.device() {
+        return None;
+    }
+    let out = *y.size().last()?;
+    let r = a.size()[0];
+    let h = x.f_linear::<&Tensor>(a, None).ok()?.f_reshape([-1, r]).ok()?;
+    let mut y2 = y.f_view([-1, out]).ok()?;
+    let _ = y2.f_addmm_(&h, &b.f_tr().ok()?).ok()?;
+    Some(y.shallow_clone())
+}
+
 /// `peft.utils.other.transpose`.
 pub(crate) fn transpose(w: &Tensor, fan_in_fan_out: bool) -> TchResult<Tensor> {
     if fan_in_fan_out {
@@ -628,6 +647,14 @@ impl LoraLayer {
         }
     }
 
+    /// A linear adapter whose update is exactly `B·A` (no bias, KaSA diagonal or block layout).
+    pub(crate) fn plain_linear(&self) -> bool {
+        matches!(self.kind, LoraKind::Linear { .. })
+            && self.lora_b_bias.is_none()
+            && self.kasa_diag.is_none()
+            && self.block_diagonal.is_none()
+    }
+
     /// Whether a mixed batch must take this adapter's own forward (variants whose computation the
     /// stacked factors cannot express).
     pub(crate) fn needs_own_path(&self, train: bool) -> bool {
@@ -726,6 +753,34 @@ impl LoraLayer {
         if let Some(d) = &self.dora {
             d.clear_cache();
         }
+    }
+
+    /// `W ± s·B·A` accumulated into the base weight by one matrix product, without materialising the
+    /// full-size delta twice as `W += (B·A)·s` does (PEFT's merge); `false` when this layer needs the
+    /// general path (another update shape, mixed dtypes, fp16/bf16 on the CPU where PEFT multiplies in
+    /// fp32).
+    fn accumulate_into_weight(&self, base: &mut dyn BaseLayer, sign: f64) -> Result<bool> {
+        let LoraKind::Linear { fan_in_fan_out } = self.kind else { return Ok(false) };
+        if !self.plain_linear() {
+            return Ok(false);
+        }
+        let w = self.weighted(base)?.weight();
+        let reduced_on_cpu = w.device() == Device::Cpu && matches!(w.kind(), Kind::Half | Kind::BFloat16);
+        if w.kind() != self.lora_b.kind() || w.device() != self.lora_b.device() || reduced_on_cpu {
+            return Ok(false);
+        }
+        let f = || -> TchResult<()> {
+            let bs = self.lora_b.f_mul_scalar(sign * self.scaling)?;
+            let mut w = w.shallow_clone();
+            if fan_in_fan_out {
+                let _ = w.f_addmm_(&self.lora_a.f_tr()?, &bs.f_tr()?)?;
+            } else {
+                let _ = w.f_addmm_(&bs, &self.lora_a)?;
+            }
+            Ok(())
+        };
+        tch::no_grad(f).map_err(PeftError::torch("merging a LoRA adapter"))?;
+        Ok(true)
     }
 
     fn weighted<'a>(&self, base: &'a mut dyn BaseLayer) -> Result<&'a mut dyn WeightLike> {
@@ -835,6 +890,11 @@ impl TunerLayer for LoraLayer {
             _ if self.dropout > 0.0 && ctx.train => x.dropout(self.dropout, true),
             _ => x,
         };
+        if self.plain_linear() {
+            if let Some(out) = add_low_rank_in_place(&x, &self.lora_a, &(&self.lora_b * self.scaling), &y) {
+                return out;
+            }
+        }
         let mut h = self.lora_path(&x) * self.scaling;
         if let LoraKind::Embedding { embed_scale: Some(s), .. } = self.kind {
             h = &h * Tensor::from(s).to_kind(h.kind());
@@ -863,6 +923,9 @@ impl TunerLayer for LoraLayer {
                     self.module
                 )));
             }
+        }
+        if !ctx.safe && self.dora.is_none() && self.accumulate_into_weight(base, 1.0)? {
+            return Ok(());
         }
         let delta = self.delta_weight()?;
         let bias_delta = self.bias_delta()?;
@@ -922,6 +985,9 @@ impl TunerLayer for LoraLayer {
     }
 
     fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()> {
+        if self.dora.is_none() && self.accumulate_into_weight(base, -1.0)? {
+            return Ok(());
+        }
         let delta = self.delta_weight()?;
         let bias_delta = self.bias_delta()?;
         let w = self.weighted(base)?.weight();

@@ -44,6 +44,26 @@ pub fn causal_mask(
     additive(&allowed, kind)
 }
 
+/// [`causal_mask`], or `None` when plain causal attention (`is_causal`) computes the same thing: no
+/// cached prefix, no padding (`attention_mask` absent or all ones) and no sliding window narrower than
+/// the sequence. transformers skips the mask in the same cases (`_ignore_causal_mask_sdpa`), and the
+/// fused kernels then skip the masked-out blocks instead of adding a mask to them.
+pub fn causal_mask_or_none(
+    attention_mask: Option<&Tensor>,
+    batch: i64,
+    t: i64,
+    past: i64,
+    sliding_window: Option<i64>,
+    kind: Kind,
+    device: Device,
+) -> Option<Tensor> {
+    let unpadded = attention_mask.is_none_or(|m| m.numel() == 0 || m.gt(0).all().int64_value(&[]) != 0);
+    if past == 0 && unpadded && sliding_window.is_none_or(|w| w >= t) {
+        return None;
+    }
+    Some(causal_mask(attention_mask, batch, t, past, sliding_window, kind, device))
+}
+
 /// A `(B, 1, 1, S)` additive padding mask from `attention_mask` `(B, S)` (bidirectional attention).
 pub fn padding_mask(attention_mask: &Tensor, kind: Kind) -> Tensor {
     let (b, s) = (attention_mask.size()[0], attention_mask.size()[1]);
@@ -81,6 +101,22 @@ pub fn attend_dropout(
         (k.shallow_clone(), v.shallow_clone())
     };
     Tensor::scaled_dot_product_attention(q, &k, &v, mask, dropout, false, scale, false)
+}
+
+/// Causal self-attention of `q` over `k`/`v` with `mask`, or with `is_causal` when `mask` is `None`
+/// (see [`causal_mask_or_none`]).
+pub fn attend_causal(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
+    if mask.is_some() {
+        return attend(q, k, v, mask, scale);
+    }
+    let (h, kv) = (q.size()[1], k.size()[1]);
+    let (k, v) = if h != kv {
+        let rep = h / kv;
+        (k.repeat_interleave_self_int(rep, 1, None), v.repeat_interleave_self_int(rep, 1, None))
+    } else {
+        (k.shallow_clone(), v.shallow_clone())
+    };
+    Tensor::scaled_dot_product_attention::<&Tensor>(q, &k, &v, None, 0.0, true, scale, false)
 }
 
 /// Dropout that is active only in training.

@@ -1,7 +1,7 @@
 //! GPT-2: transformers' `Conv1D` layers (`c_attn`, `c_proj`, `c_fc`; weights stored `(in, out)`, so LoRA
 //! runs with `fan_in_fan_out`), learned positions, tied `lm_head`.
 
-use crate::attention::{attend, causal_mask, merge_heads, split_heads, KvCache, LayerCache};
+use crate::attention::{attend_causal, causal_mask_or_none, merge_heads, split_heads, KvCache, LayerCache};
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::layers::{self, Activation, LayerNorm};
@@ -214,7 +214,7 @@ impl DecoderModel for Gpt2 {
         };
         let mut h = self.transformer.wte.forward_ctx(input_ids, ctx)
             + self.transformer.wpe.forward_ctx(&positions, ctx);
-        let mask = causal_mask(attention_mask, b, t, past, None, h.kind(), h.device());
+        let mask = causal_mask_or_none(attention_mask, b, t, past, None, h.kind(), h.device());
         let hd = self.args.n_embd / self.args.n_head;
         for (i, block) in self.transformer.h.iter().enumerate() {
             let mut scale = if self.args.scale_attn_weights { (hd as f64).powf(-0.5) } else { 1.0 };
@@ -222,8 +222,14 @@ impl DecoderModel for Gpt2 {
                 scale /= (i + 1) as f64;
             }
             let layer_cache = cache.as_deref_mut().and_then(|c| c.layers.get_mut(i));
-            let x =
-                block.attn.forward(&block.ln_1.forward(&h), self.args.n_head, &mask, scale, layer_cache, ctx);
+            let x = block.attn.forward(
+                &block.ln_1.forward(&h),
+                self.args.n_head,
+                mask.as_ref(),
+                scale,
+                layer_cache,
+                ctx,
+            );
             h = x + h;
             let x = block.ln_2.forward(&h);
             let x = block.mlp.c_fc.forward_ctx(&x, ctx);
@@ -263,7 +269,7 @@ impl Attention {
         &self,
         x: &Tensor,
         heads: i64,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         scale: f64,
         cache: Option<&mut LayerCache>,
         ctx: &ForwardCtx<'_>,
@@ -276,7 +282,7 @@ impl Attention {
         let k = split_heads(&parts[1], heads, hd);
         let v = split_heads(&parts[2], heads, hd);
         let (k, v) = LayerCache::update_opt(cache, k, v);
-        let o = attend(&q, &k, &v, Some(mask), scale);
+        let o = attend_causal(&q, &k, &v, mask, scale);
         self.c_proj.forward_ctx(&merge_heads(&o), ctx)
     }
 }

@@ -3,7 +3,7 @@
 //! Parameter names equal transformers' (`model.layers.0.self_attn.q_proj.weight`, …), so checkpoints load
 //! as they are and PEFT's module names line up. Attention is grouped-query (`num_key_value_heads`).
 
-use crate::attention::{attend, causal_mask, merge_heads, split_heads, KvCache, LayerCache};
+use crate::attention::{attend_causal, causal_mask_or_none, merge_heads, split_heads, KvCache, LayerCache};
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::layers::{self, Activation, RmsNorm, RopeParameters, Rotary};
@@ -329,16 +329,16 @@ impl DecoderModel for Llama {
                 .expand([b, t], false),
         };
         let (cos, sin) = self.model.rotary.cos_sin(&positions, kind);
-        let full = causal_mask(attention_mask, b, t, past, None, kind, h.device());
+        let full = causal_mask_or_none(attention_mask, b, t, past, None, kind, h.device());
         for (i, layer) in self.model.layers.iter().enumerate() {
             let window = layer.self_attn.sliding_window;
             let mask = match window {
-                Some(w) => causal_mask(attention_mask, b, t, past, Some(w), kind, h.device()),
-                None => full.shallow_clone(),
+                Some(w) => causal_mask_or_none(attention_mask, b, t, past, Some(w), kind, h.device()),
+                None => full.as_ref().map(Tensor::shallow_clone),
             };
             let layer_cache = cache.as_deref_mut().and_then(|c| c.layers.get_mut(i));
             let x = layer.input_layernorm.forward(&h);
-            let x = layer.self_attn.forward(&x, &cos, &sin, &mask, layer_cache, ctx);
+            let x = layer.self_attn.forward(&x, &cos, &sin, mask.as_ref(), layer_cache, ctx);
             h = h + x;
             let x = layer.post_attention_layernorm.forward(&h);
             let x = layer.mlp.forward(&x, ctx);
@@ -370,7 +370,7 @@ impl Attention {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         cache: Option<&mut LayerCache>,
         ctx: &ForwardCtx<'_>,
     ) -> Tensor {
@@ -381,7 +381,7 @@ impl Attention {
         let q = layers::apply_rotary(&q, cos, sin);
         let k = layers::apply_rotary(&k, cos, sin);
         let (k, v) = LayerCache::update_opt(cache, k, v);
-        let o = attend(&q, &k, &v, Some(mask), (hd as f64).powf(-0.5));
+        let o = attend_causal(&q, &k, &v, mask, (hd as f64).powf(-0.5));
         self.o_proj.forward_ctx(&merge_heads(&o), ctx)
     }
 }

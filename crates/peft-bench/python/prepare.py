@@ -1,0 +1,70 @@
+"""Creates the benchmark fixtures: Llama checkpoints with random weights and PEFT-saved LoRA adapters.
+
+Usage: python prepare.py OUT_DIR
+
+Both workers (peft-rs and PEFT) load these same files. The xtask caches OUT_DIR keyed by a hash of this
+directory's files.
+"""
+
+import json
+import os
+import sys
+
+import torch
+import transformers as tf
+from peft import LoraConfig, get_peft_model
+
+# vocab 1024: the comparison is about the adapted layers, not a 32k-wide LM head.
+MODELS = {
+    "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
+    "medium": dict(hidden_size=1024, intermediate_size=2752, num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=16),
+    # LoRA r=32 on all linear layers of this one is the 37 MB adapter.
+    "big": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=32, num_key_value_heads=8),
+}
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# name -> (model, LoraConfig kwargs, seed)
+ADAPTERS = {
+    "medium_lora": ("medium", dict(r=16, target_modules=ALL_LINEAR), 1),
+    "medium_dora": ("medium", dict(r=16, target_modules=ALL_LINEAR, use_dora=True), 2),
+    "medium_multi_0": ("medium", dict(r=16, target_modules=["q_proj", "v_proj"]), 3),
+    "medium_multi_1": ("medium", dict(r=8, target_modules=["k_proj", "o_proj"]), 4),
+    "medium_multi_2": ("medium", dict(r=16, target_modules=["gate_proj", "down_proj"]), 5),
+    "big_a": ("big", dict(r=32, target_modules=ALL_LINEAR), 6),
+    "big_b": ("big", dict(r=32, target_modules=ALL_LINEAR), 7),
+}
+ADAPTERS.update({f"small_mixed_{i}": ("small", dict(r=16, target_modules=["q_proj", "v_proj"]), 100 + i) for i in range(32)})
+
+
+def build(name, seed=0):
+    torch.manual_seed(seed)
+    config = tf.LlamaConfig(vocab_size=1024, max_position_embeddings=512, tie_word_embeddings=False, **MODELS[name])
+    return tf.LlamaForCausalLM(config).eval()
+
+
+def main():
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    bases = {}
+    for name in MODELS:
+        model = build(name)
+        model.save_pretrained(os.path.join(out, "models", name), safe_serialization=True)
+        bases[name] = model
+    for name, (model_name, kwargs, seed) in ADAPTERS.items():
+        torch.manual_seed(seed)
+        # init_lora_weights=False: non-zero B, so the adapters change the outputs.
+        peft_model = get_peft_model(bases[model_name], LoraConfig(init_lora_weights=False, **kwargs))
+        if kwargs.get("use_dora"):
+            with torch.no_grad():
+                for n, p in peft_model.named_parameters():
+                    if "lora_magnitude_vector" in n:
+                        p.mul_(1 + 0.1 * torch.randn_like(p))
+        peft_model.save_pretrained(os.path.join(out, "adapters", name))
+        bases[model_name] = peft_model.unload()
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(dict(models=list(MODELS), adapters=list(ADAPTERS)), f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""The PEFT side of `cargo xtask bench`: a worker answering one JSON request per line on stdin.
+
+Requests (the peft-rs worker, src/main.rs, implements the same protocol):
+  {"op": "setup", "workload": {...}}  -> {"ok": true}
+  {"op": "run", "iters": n}           -> {"times_ms": [...]}   (each iteration timed on its own)
+  {"op": "teardown"}                  -> {"ok": true}
+  {"op": "memory"}                    -> {"peak_rss": bytes}
+  {"op": "quit"}
+Usage: python worker.py THREADS
+"""
+
+import gc
+import json
+import sys
+import time
+
+import os
+import warnings
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+import transformers as tf  # noqa: E402
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from peft.utils.hotswap import hotswap_adapter  # noqa: E402
+
+tf.logging.set_verbosity_error()
+tf.utils.logging.disable_progress_bar()
+
+
+def peak_rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def load_base(path):
+    return tf.LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+
+
+def random_ids(batch, seq):
+    torch.manual_seed(1234)
+    return torch.randint(0, 1024, (batch, seq))
+
+
+class Workload:
+    def __init__(self, w):
+        self.w = w
+        kind = w["kind"]
+        self.kind = kind
+        if kind == "train":
+            base = load_base(w["model"])
+            self.model = get_peft_model(base, LoraConfig(**w["lora"]))
+            self.model.train()
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            self.opt = torch.optim.AdamW(params, lr=w["lr"], weight_decay=0.01)
+            self.ids = random_ids(w["batch"], w["seq"])
+        elif kind == "forward":
+            base = load_base(w["model"])
+            adapters = w["adapters"]
+            self.model = None
+            for name, path in adapters:
+                if self.model is None:
+                    self.model = PeftModel.from_pretrained(base, path, adapter_name=name)
+                else:
+                    self.model.load_adapter(path, adapter_name=name)
+            self.model.eval()
+            active = w["active"]
+            if len(active) == 1:
+                self.model.set_adapter(active[0])
+            else:
+                self.model.base_model.set_adapter(active)
+            if w.get("merged"):
+                self.model.merge_adapter()
+            # PEFT at its best: its DoRA cache (off by default) is on for the inference workloads.
+            from peft.helpers import DoraCaching
+
+            DoraCaching()(enabled=True)
+            self.ids = random_ids(w["batch"], w["seq"])
+        elif kind == "mixed":
+            base = load_base(w["model"])
+            self.model = None
+            for name, path in w["adapters"]:
+                if self.model is None:
+                    self.model = PeftModel.from_pretrained(base, path, adapter_name=name)
+                else:
+                    self.model.load_adapter(path, adapter_name=name)
+            self.model.eval()
+            self.rows = w["rows"]
+            self.ids = random_ids(len(self.rows), w["seq"])
+        elif kind in ("load", "merge_unload"):
+            self.base = load_base(w["model"])
+            self.model = None
+        elif kind == "hotswap":
+            base = load_base(w["model"])
+            self.dirs = w["adapters"]
+            self.model = PeftModel.from_pretrained(base, self.dirs[0]).eval()
+            self.flip = 1
+        else:
+            raise ValueError(f"unknown workload kind {kind}")
+
+    def run_once(self):
+        kind = self.kind
+        if kind == "train":
+            t = time.perf_counter()
+            out = self.model(input_ids=self.ids, labels=self.ids)
+            out.loss.backward()
+            self.opt.step()
+            self.opt.zero_grad()
+            return time.perf_counter() - t
+        if kind == "forward":
+            t = time.perf_counter()
+            with torch.no_grad():
+                if self.w.get("disabled"):
+                    with self.model.disable_adapter():
+                        self.model(input_ids=self.ids)
+                else:
+                    self.model(input_ids=self.ids)
+            return time.perf_counter() - t
+        if kind == "mixed":
+            t = time.perf_counter()
+            with torch.no_grad():
+                self.model(input_ids=self.ids, adapter_names=self.rows)
+            return time.perf_counter() - t
+        if kind == "load":
+            t = time.perf_counter()
+            model = PeftModel.from_pretrained(self.base, self.w["adapter"])
+            elapsed = time.perf_counter() - t
+            self.base = model.unload()
+            return elapsed
+        if kind == "merge_unload":
+            model = PeftModel.from_pretrained(self.base, self.w["adapter"])
+            t = time.perf_counter()
+            self.base = model.merge_and_unload()
+            return time.perf_counter() - t
+        if kind == "hotswap":
+            path = self.dirs[self.flip]
+            self.flip = 1 - self.flip
+            t = time.perf_counter()
+            hotswap_adapter(self.model, path, adapter_name="default", torch_device="cpu")
+            return time.perf_counter() - t
+        raise ValueError(kind)
+
+
+# The kernels both implementations must run for the same model: matrix products and fused attention.
+ESSENTIAL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+             "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def kernel_time(workload, iters):
+    """Per iteration: the time PEFT spends inside the essential kernels (profiler self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            workload.run_once()
+    events = prof.key_averages()
+    essential = sum(e.self_cpu_time_total for e in events if e.key in ESSENTIAL) / iters / 1000.0
+    return {"essential_ms": essential}
+
+
+def main():
+    torch.set_num_threads(int(sys.argv[1]))
+    workload = None
+    for line in sys.stdin:
+        req = json.loads(line)
+        op = req["op"]
+        try:
+            if op == "setup":
+                workload = None
+                gc.collect()
+                workload = Workload(req["workload"])
+                resp = {"ok": True}
+            elif op == "run":
+                resp = {"times_ms": [1000.0 * workload.run_once() for _ in range(req["iters"])]}
+            elif op == "teardown":
+                workload = None
+                gc.collect()
+                resp = {"ok": True}
+            elif op == "kernel_time":
+                resp = kernel_time(workload, req["iters"])
+            elif op == "memory":
+                resp = {"peak_rss": peak_rss()}
+            elif op == "quit":
+                break
+            else:
+                resp = {"error": f"unknown op {op}"}
+        except Exception as e:  # reported to the driver, which stops
+            resp = {"error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(resp) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

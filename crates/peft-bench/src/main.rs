@@ -1,0 +1,255 @@
+//! The peft-rs side of `cargo xtask bench`: a worker answering one JSON request per line on stdin,
+//! with the same protocol and workloads as the PEFT worker (`python/worker.py`), so the driver can
+//! interleave the two on the same machine, libtorch and thread count.
+//!
+//! Usage: `peft-bench-worker THREADS`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use peft_core::{ForwardCtx, LoadOptions, PeftModel};
+use peft_lora::LoraConfig;
+use peft_models::{task, HfModel, ModelInputs};
+use peft_train::optim::{default_groups, AdamW, Optimizer};
+use serde_json::{json, Value};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+fn load_base(path: &str) -> Result<(HfModel, VarStore)> {
+    let loaded = HfModel::load_dir(std::path::Path::new(path), None, &peft_models::LoadOptions::default())
+        .with_context(|| format!("loading {path}"))?;
+    Ok((loaded.model, loaded.vs))
+}
+
+fn random_ids(batch: i64, seq: i64) -> Tensor {
+    tch::manual_seed(1234);
+    Tensor::randint(1024, [batch, seq], (Kind::Int64, Device::Cpu))
+}
+
+fn str_of<'a>(w: &'a Value, key: &str) -> Result<&'a str> {
+    w[key].as_str().ok_or_else(|| anyhow!("workload field `{key}` missing"))
+}
+
+fn int_of(w: &Value, key: &str) -> Result<i64> {
+    w[key].as_i64().ok_or_else(|| anyhow!("workload field `{key}` missing"))
+}
+
+/// `[[name, dir], …]`.
+fn named_dirs(w: &Value) -> Result<Vec<(String, PathBuf)>> {
+    let list = w["adapters"].as_array().ok_or_else(|| anyhow!("workload field `adapters` missing"))?;
+    list.iter()
+        .map(|p| match (p[0].as_str(), p[1].as_str()) {
+            (Some(n), Some(d)) => Ok((n.to_string(), PathBuf::from(d))),
+            _ => Err(anyhow!("`adapters` entries are [name, dir]")),
+        })
+        .collect()
+}
+
+fn load_adapters(w: &Value) -> Result<PeftModel<HfModel>> {
+    let (model, vs) = load_base(str_of(w, "model")?)?;
+    let mut peft: Option<PeftModel<HfModel>> = None;
+    let mut base = Some((model, vs));
+    for (name, dir) in named_dirs(w)? {
+        match peft.as_mut() {
+            None => {
+                let (m, vs) = base.take().ok_or_else(|| anyhow!("no base"))?;
+                let (p, _) = PeftModel::from_pretrained(m, &vs, &dir, LoadOptions::named(name.clone()))?;
+
+                peft = Some(p);
+            }
+            Some(p) => {
+                p.load_adapter(&dir, LoadOptions::named(name.clone()))?;
+            }
+        }
+    }
+    peft.ok_or_else(|| anyhow!("no adapters"))
+}
+
+enum Workload {
+    Train { peft: PeftModel<HfModel>, opt: AdamW, ids: Tensor },
+    Forward { peft: PeftModel<HfModel>, ids: Tensor, disabled: bool },
+    Mixed { peft: PeftModel<HfModel>, ids: Tensor, rows: Vec<String> },
+    Load { base: Option<HfModel>, vs: VarStore, adapter: PathBuf },
+    MergeUnload { base: Option<HfModel>, vs: VarStore, adapter: PathBuf },
+    Hotswap { peft: PeftModel<HfModel>, dirs: Vec<PathBuf>, flip: usize },
+}
+
+impl Workload {
+    fn setup(w: &Value) -> Result<Self> {
+        Ok(match str_of(w, "kind")? {
+            "train" => {
+                let (model, vs) = load_base(str_of(w, "model")?)?;
+                let mut cfg = w["lora"].clone();
+                cfg["peft_type"] = json!("LORA");
+                let mut warnings = vec![];
+                let config = LoraConfig::from_json_str(&cfg.to_string(), &mut warnings)?;
+                let peft = PeftModel::new(model, &vs, config.boxed(), "default")?;
+
+                let lr = w["lr"].as_f64().unwrap_or(1e-4);
+                let opt = AdamW::new(
+                    default_groups(peft.named_trainable_parameters(), lr, 0.01),
+                    (0.9, 0.999),
+                    1e-8,
+                );
+                let ids = random_ids(int_of(w, "batch")?, int_of(w, "seq")?);
+                Workload::Train { peft, opt, ids }
+            }
+            "forward" => {
+                let mut peft = load_adapters(w)?;
+                let active: Vec<String> = w["active"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect();
+                let active: Vec<&str> = active.iter().map(String::as_str).collect();
+                peft.set_adapters_for_inference(&active)?;
+                if w["merged"].as_bool() == Some(true) {
+                    peft.merge_adapter(None, false)?;
+                }
+                let ids = random_ids(int_of(w, "batch")?, int_of(w, "seq")?);
+                Workload::Forward { peft, ids, disabled: w["disabled"].as_bool() == Some(true) }
+            }
+            "mixed" => {
+                let peft = load_adapters(w)?;
+                let rows: Vec<String> = w["rows"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect();
+                let ids = random_ids(rows.len() as i64, int_of(w, "seq")?);
+                Workload::Mixed { peft, ids, rows }
+            }
+            "load" => {
+                let (model, vs) = load_base(str_of(w, "model")?)?;
+                Workload::Load { base: Some(model), vs, adapter: PathBuf::from(str_of(w, "adapter")?) }
+            }
+            "merge_unload" => {
+                let (model, vs) = load_base(str_of(w, "model")?)?;
+                Workload::MergeUnload { base: Some(model), vs, adapter: PathBuf::from(str_of(w, "adapter")?) }
+            }
+            "hotswap" => {
+                let (model, vs) = load_base(str_of(w, "model")?)?;
+                let dirs: Vec<PathBuf> = w["adapters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(PathBuf::from))
+                    .collect();
+                if dirs.len() != 2 {
+                    bail!("hotswap needs two adapter directories");
+                }
+                let (peft, _) = PeftModel::from_pretrained(model, &vs, &dirs[0], LoadOptions::default())?;
+
+                Workload::Hotswap { peft, dirs, flip: 1 }
+            }
+            other => bail!("unknown workload kind {other}"),
+        })
+    }
+
+    /// One timed iteration, in seconds.
+    fn run_once(&mut self) -> Result<f64> {
+        Ok(match self {
+            Workload::Train { peft, opt, ids } => {
+                let t = Instant::now();
+                let logits = peft.model().forward(&ModelInputs::ids(ids), &ForwardCtx::train())?;
+                let loss = task::causal_lm_loss(&logits, ids);
+                loss.backward();
+                opt.step(1.0)?;
+                opt.zero_grad();
+                t.elapsed().as_secs_f64()
+            }
+            Workload::Forward { peft, ids, disabled } => {
+                let t = Instant::now();
+                if *disabled {
+                    let off = peft.disable_adapters()?;
+                    let _ = tch::no_grad(|| off.forward(&ModelInputs::ids(ids), &ForwardCtx::eval()))?;
+                } else {
+                    let _ =
+                        tch::no_grad(|| peft.model().forward(&ModelInputs::ids(ids), &ForwardCtx::eval()))?;
+                }
+                t.elapsed().as_secs_f64()
+            }
+            Workload::Mixed { peft, ids, rows } => {
+                let t = Instant::now();
+                let names: Vec<&str> = rows.iter().map(String::as_str).collect();
+                let ra = peft.row_adapters(&names)?;
+                let ctx = ForwardCtx::eval().with_rows(&ra);
+                let _ = tch::no_grad(|| peft.model().forward(&ModelInputs::ids(ids), &ctx))?;
+                t.elapsed().as_secs_f64()
+            }
+            Workload::Load { base, vs, adapter } => {
+                let model = base.take().ok_or_else(|| anyhow!("base model missing"))?;
+                let t = Instant::now();
+                let (peft, _) = PeftModel::from_pretrained(model, vs, &*adapter, LoadOptions::default())?;
+                let elapsed = t.elapsed().as_secs_f64();
+                *base = Some(peft.unload());
+                elapsed
+            }
+            Workload::MergeUnload { base, vs, adapter } => {
+                let model = base.take().ok_or_else(|| anyhow!("base model missing"))?;
+                let (peft, _) = PeftModel::from_pretrained(model, vs, &*adapter, LoadOptions::default())?;
+                let t = Instant::now();
+                let model = peft.merge_and_unload(None, false)?;
+                let elapsed = t.elapsed().as_secs_f64();
+                *base = Some(model);
+                elapsed
+            }
+            Workload::Hotswap { peft, dirs, flip } => {
+                let dir = dirs[*flip].clone();
+                *flip = 1 - *flip;
+                let t = Instant::now();
+                peft.hotswap_adapter(&dir, "default")?;
+                t.elapsed().as_secs_f64()
+            }
+        })
+    }
+}
+
+fn peak_rss() -> u64 {
+    peft_train::trainer::peak_rss_bytes().unwrap_or(0)
+}
+
+fn handle(req: &Value, workload: &mut Option<Workload>) -> Result<Option<Value>> {
+    Ok(Some(match req["op"].as_str().unwrap_or_default() {
+        "setup" => {
+            *workload = None;
+            *workload = Some(Workload::setup(&req["workload"])?);
+            json!({"ok": true})
+        }
+        "run" => {
+            let w = workload.as_mut().ok_or_else(|| anyhow!("run before setup"))?;
+            let iters = req["iters"].as_u64().unwrap_or(1);
+            let times = (0..iters).map(|_| w.run_once().map(|s| s * 1000.0)).collect::<Result<Vec<f64>>>()?;
+            json!({"times_ms": times})
+        }
+        "teardown" => {
+            *workload = None;
+            json!({"ok": true})
+        }
+        "memory" => json!({"peak_rss": peak_rss()}),
+        "quit" => return Ok(None),
+        other => bail!("unknown op {other}"),
+    }))
+}
+
+fn main() -> Result<()> {
+    let threads: i32 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(2);
+    tch::set_num_threads(threads);
+    let mut workload: Option<Workload> = None;
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let req: Value = serde_json::from_str(&line?)?;
+        let resp = match handle(&req, &mut workload) {
+            Ok(Some(v)) => v,
+            Ok(None) => break,
+            Err(e) => json!({"error": format!("{e:#}")}),
+        };
+        writeln!(out, "{resp}")?;
+        out.flush()?;
+    }
+    Ok(())
+}
