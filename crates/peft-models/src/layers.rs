@@ -126,9 +126,14 @@ impl RmsNorm {
         Ok(Self { weight: param(&p, "weight", &[dim], 1.0)?, eps })
     }
 
-    /// `weight * (x / sqrt(mean(x²) + eps)).to(x.dtype)`.
+    /// `weight * (x / sqrt(mean(x²) + eps)).to(x.dtype)`. In fp32 this is libtorch's fused `rms_norm`
+    /// (the same values, one kernel instead of six in each direction).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
+        if kind == Kind::Float && self.weight.kind() == Kind::Float {
+            let dim = self.weight.size();
+            return x.rms_norm(dim.as_slice(), Some(&self.weight), self.eps);
+        }
         let h = x.to_kind(Kind::Float);
         let var = h.pow_tensor_scalar(2).mean_dim(-1, true, None::<Kind>);
         let h = &h * (var + self.eps).rsqrt();
@@ -340,6 +345,21 @@ fn rotate_half(x: &Tensor) -> Tensor {
     let x1 = x.narrow(-1, 0, d / 2);
     let x2 = x.narrow(-1, d / 2, d - d / 2);
     Tensor::cat(&[&x2.neg(), &x1], -1)
+}
+
+/// `sin` with its first half negated, for [`apply_rotary_signed`]: computed once per forward pass
+/// instead of negating half of every query and key.
+pub fn signed_sin(sin: &Tensor) -> Tensor {
+    let d = sin.size()[sin.dim() - 1];
+    Tensor::cat(&[&sin.narrow(-1, 0, d / 2).neg(), &sin.narrow(-1, d / 2, d - d / 2)], -1)
+}
+
+/// [`apply_rotary`] with [`signed_sin`]: `x·cos + swap_halves(x)·signed_sin`, bit-identical to
+/// `x·cos + rotate_half(x)·sin` (a sign moves between the factors of a product exactly).
+pub fn apply_rotary_signed(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
+    let d = x.size()[x.dim() - 1];
+    let swapped = Tensor::cat(&[&x.narrow(-1, d / 2, d - d / 2), &x.narrow(-1, 0, d / 2)], -1);
+    (x * cos.unsqueeze(1)) + (swapped * signed_sin.unsqueeze(1))
 }
 
 /// `apply_rotary_pos_emb` on `(B, H, T, D)` tensors with `(B, T, D)` cos/sin.

@@ -329,6 +329,7 @@ impl DecoderModel for Llama {
                 .expand([b, t], false),
         };
         let (cos, sin) = self.model.rotary.cos_sin(&positions, kind);
+        let sin = layers::signed_sin(&sin);
         let full = causal_mask_or_none(attention_mask, b, t, past, None, kind, h.device());
         for (i, layer) in self.model.layers.iter().enumerate() {
             let window = layer.self_attn.sliding_window;
@@ -369,7 +370,7 @@ impl Attention {
         &self,
         x: &Tensor,
         cos: &Tensor,
-        sin: &Tensor,
+        signed_sin: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<&mut LayerCache>,
         ctx: &ForwardCtx<'_>,
@@ -378,8 +379,8 @@ impl Attention {
         let q = split_heads(&self.q_proj.forward_ctx(x, ctx), nh, hd);
         let k = split_heads(&self.k_proj.forward_ctx(x, ctx), nkv, hd);
         let v = split_heads(&self.v_proj.forward_ctx(x, ctx), nkv, hd);
-        let q = layers::apply_rotary(&q, cos, sin);
-        let k = layers::apply_rotary(&k, cos, sin);
+        let q = layers::apply_rotary_signed(&q, cos, signed_sin);
+        let k = layers::apply_rotary_signed(&k, cos, signed_sin);
         let (k, v) = LayerCache::update_opt(cache, k, v);
         let o = attend_causal(&q, &k, &v, mask, (hd as f64).powf(-0.5));
         self.o_proj.forward_ctx(&merge_heads(&o), ctx)
