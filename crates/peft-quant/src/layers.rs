@@ -1,0 +1,336 @@
+//! Frozen quantized linear bases that adapters attach to: [`Linear4bit`] (bitsandbytes'
+//! `Linear4bit`, NF4/FP4) and [`Linear8bitLt`] (LLM.int8).
+//!
+//! Both implement [`BaseLayer`] with a [`LinearLike`] view, so LoRA and the other linear methods adapt
+//! them unchanged. Reading the weight dequantizes a fresh tensor; writing it (merging) re-quantizes,
+//! which loses precision — [`Linear4bit::set_weight`] logs a warning saying so.
+
+use crate::codes::QuantType4;
+use crate::error::{QuantError, Result};
+use crate::four_bit::{dequantize_4bit_trusted, quantize_4bit, QuantState4};
+use crate::int8::Int8Weight;
+use peft_core::layer::{BaseLayer, LinearLike, WeightLike};
+use peft_core::PeftError;
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tch::{Kind, Tensor};
+
+/// How to quantize a dense weight to 4 bits (transformers' `BitsAndBytesConfig` 4-bit options).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quant4Options {
+    /// NF4 or FP4 (`bnb_4bit_quant_type`).
+    pub quant_type: QuantType4,
+    /// Values per block (64 in bitsandbytes and transformers).
+    pub blocksize: i64,
+    /// Quantize the block maxima too (`bnb_4bit_use_double_quant`).
+    pub double_quant: bool,
+    /// The dtype the matmul runs in (`bnb_4bit_compute_dtype`); `None` uses the input's dtype.
+    pub compute_dtype: Option<Kind>,
+}
+
+impl Default for Quant4Options {
+    /// NF4, blocksize 64, double quantization, compute in the input's dtype: the usual QLoRA setup.
+    fn default() -> Self {
+        Self { quant_type: QuantType4::Nf4, blocksize: 64, double_quant: true, compute_dtype: None }
+    }
+}
+
+/// A frozen 4-bit linear layer: packed codes plus [`QuantState4`], and an optional dense bias.
+#[derive(Debug)]
+pub struct Linear4bit {
+    /// Packed codes, `(⌈out·in/2⌉, 1)` `uint8`.
+    pub packed: Tensor,
+    /// How to dequantize them; `state.shape` is `(out, in)`.
+    pub state: QuantState4,
+    /// The bias, `(out,)`.
+    pub bias: Option<Tensor>,
+    /// The dtype the matmul runs in (`None`: the input's).
+    pub compute_dtype: Option<Kind>,
+}
+
+impl Linear4bit {
+    /// Quantizes a dense `(out, in)` weight (what `load_in_4bit` does to each `nn.Linear`).
+    ///
+    /// # Errors
+    /// A weight that is not 2-D float, an invalid block size.
+    pub fn quantize(weight: &Tensor, bias: Option<Tensor>, opts: Quant4Options) -> Result<Self> {
+        if weight.dim() != 2 {
+            return Err(QuantError::Shape {
+                what: "linear weight to quantize".into(),
+                expected: "(out, in)".into(),
+                found: weight.size(),
+            });
+        }
+        let (packed, state) =
+            quantize_4bit(&weight.detach(), opts.blocksize, opts.quant_type, opts.double_quant)?;
+        Ok(Self { packed, state, bias: bias.map(|b| b.detach()), compute_dtype: opts.compute_dtype })
+    }
+
+    /// A layer from a packed weight and its state as read from a checkpoint.
+    ///
+    /// # Errors
+    /// A state whose shape is not 2-D or does not match the packed tensor.
+    pub fn from_parts(
+        packed: Tensor,
+        state: QuantState4,
+        bias: Option<Tensor>,
+        compute_dtype: Option<Kind>,
+    ) -> Result<Self> {
+        if state.shape.len() != 2 {
+            return Err(QuantError::Shape {
+                what: "4-bit linear quant state".into(),
+                expected: "(out, in)".into(),
+                found: state.shape.clone(),
+            });
+        }
+        let bytes = (state.numel() + 1) / 2;
+        if packed.kind() != Kind::Uint8 || packed.numel() as i64 != bytes {
+            return Err(QuantError::Shape {
+                what: format!("packed 4-bit weight ({:?}) for shape {:?}", packed.kind(), state.shape),
+                expected: format!("[{bytes}, 1] uint8"),
+                found: packed.size(),
+            });
+        }
+        Ok(Self { packed, state, bias, compute_dtype })
+    }
+
+    /// The state-dict entries bitsandbytes saves for this layer under `prefix` (`weight`, `bias`, and
+    /// the quant-state tensors).
+    ///
+    /// # Errors
+    /// A dtype bitsandbytes cannot name.
+    pub fn state_dict(&self, prefix: &str) -> Result<Vec<(String, Tensor)>> {
+        let mut v = vec![(format!("{prefix}weight"), self.packed.shallow_clone())];
+        if let Some(b) = &self.bias {
+            v.push((format!("{prefix}bias"), b.shallow_clone()));
+        }
+        v.extend(self.state.state_dict(prefix)?);
+        Ok(v)
+    }
+}
+
+impl BaseLayer for Linear4bit {
+    fn kind(&self) -> &'static str {
+        "Linear4bit"
+    }
+
+    /// `x @ dequantize(W).T + bias` in the compute dtype, cast back to `x`'s dtype (bitsandbytes'
+    /// `matmul_4bit` on CPU). The dequantized weight is a temporary of this call.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let input_kind = x.kind();
+        let kind = self.compute_dtype.unwrap_or(input_kind);
+        let x = x.to_kind(kind);
+        let w = dequantize_4bit_trusted(&self.packed, &self.state, kind);
+        let bias = self.bias.as_ref().map(|b| b.to_kind(kind));
+        x.linear(&w, bias.as_ref()).to_kind(input_kind)
+    }
+
+    fn named_parameters(&self) -> Vec<(&'static str, Tensor)> {
+        let mut v = vec![("weight", self.packed.shallow_clone())];
+        if let Some(b) = &self.bias {
+            v.push(("bias", b.shallow_clone()));
+        }
+        v
+    }
+
+    fn as_weighted(&self) -> Option<&dyn WeightLike> {
+        Some(self)
+    }
+
+    fn as_weighted_mut(&mut self) -> Option<&mut dyn WeightLike> {
+        Some(self)
+    }
+
+    fn as_linear(&self) -> Option<&dyn LinearLike> {
+        Some(self)
+    }
+
+    fn as_linear_mut(&mut self) -> Option<&mut dyn LinearLike> {
+        Some(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl WeightLike for Linear4bit {
+    fn weight(&self) -> Tensor {
+        dequantize_4bit_trusted(&self.packed, &self.state, self.state.dtype)
+    }
+
+    /// Re-quantizes `value` with this layer's type, block size and double quantization (lossy: the
+    /// merged weight is rounded to 4 bits again).
+    fn set_weight(&mut self, value: &Tensor) -> peft_core::Result<()> {
+        if value.size() != self.state.shape {
+            return Err(PeftError::Invalid(format!(
+                "cannot write a {:?} weight into a 4-bit layer of shape {:?}",
+                value.size(),
+                self.state.shape
+            )));
+        }
+        log::warn!(
+            "merging into a 4-bit base re-quantizes the merged weight: the result is rounded to {} again and \
+             differs slightly from the unmerged model",
+            self.state.quant_type.name()
+        );
+        let value = value.detach().to_kind(self.state.dtype);
+        let (packed, state) =
+            quantize_4bit(&value, self.state.blocksize, self.state.quant_type, self.state.nested.is_some())?;
+        self.packed = packed;
+        self.state = state;
+        Ok(())
+    }
+
+    fn bias(&self) -> Option<Tensor> {
+        self.bias.as_ref().map(Tensor::shallow_clone)
+    }
+
+    fn compute_kind(&self) -> Kind {
+        self.compute_dtype.unwrap_or(self.state.dtype)
+    }
+}
+
+impl LinearLike for Linear4bit {
+    fn in_features(&self) -> i64 {
+        self.state.shape[1]
+    }
+
+    fn out_features(&self) -> i64 {
+        self.state.shape[0]
+    }
+
+    fn fan_in_fan_out(&self) -> bool {
+        false
+    }
+}
+
+/// A frozen LLM.int8 linear layer (bitsandbytes' `Linear8bitLt` with `has_fp16_weights=False`).
+///
+/// Like bitsandbytes on CPU it computes differently in training and inference mode
+/// ([`Linear8bitLt::set_training`]): training dequantizes the weight and runs a dense matmul,
+/// inference quantizes the input too and runs an exact int8 matmul with outlier decomposition.
+#[derive(Debug)]
+pub struct Linear8bitLt {
+    /// `CB` and `SCB`.
+    pub weight: Int8Weight,
+    /// The bias, `(out,)`.
+    pub bias: Option<Tensor>,
+    /// The outlier threshold (`llm_int8_threshold`, 6.0 in transformers); 0 disables decomposition.
+    pub threshold: f64,
+    training: AtomicBool,
+}
+
+impl Linear8bitLt {
+    /// Quantizes a dense `(out, in)` weight.
+    ///
+    /// # Errors
+    /// A weight that is not 2-D.
+    pub fn quantize(weight: &Tensor, bias: Option<Tensor>, threshold: f64) -> Result<Self> {
+        Ok(Self::new(Int8Weight::quantize(&weight.detach())?, bias.map(|b| b.detach()), threshold))
+    }
+
+    /// A layer from loaded `CB` / `SCB`.
+    pub fn new(weight: Int8Weight, bias: Option<Tensor>, threshold: f64) -> Self {
+        Self { weight, bias, threshold, training: AtomicBool::new(false) }
+    }
+
+    /// Training mode (the dequantize-and-matmul path) or inference mode (int8 matmul).
+    pub fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
+    }
+
+    /// The state-dict entries bitsandbytes saves (`weight` int8, `bias`, `SCB`, `weight_format`).
+    pub fn state_dict(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        let mut v = vec![(format!("{prefix}weight"), self.weight.cb.shallow_clone())];
+        if let Some(b) = &self.bias {
+            v.push((format!("{prefix}bias"), b.shallow_clone()));
+        }
+        v.push((format!("{prefix}SCB"), self.weight.scb.shallow_clone()));
+        v.push((format!("{prefix}weight_format"), Tensor::from(0u8)));
+        v
+    }
+}
+
+impl BaseLayer for Linear8bitLt {
+    fn kind(&self) -> &'static str {
+        "Linear8bitLt"
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        if self.training.load(Ordering::Relaxed) {
+            self.weight.linear_dequantized(x, self.bias.as_ref())
+        } else {
+            self.weight.linear_int8(x, self.bias.as_ref(), self.threshold)
+        }
+    }
+
+    fn named_parameters(&self) -> Vec<(&'static str, Tensor)> {
+        let mut v = vec![("weight", self.weight.cb.shallow_clone())];
+        if let Some(b) = &self.bias {
+            v.push(("bias", b.shallow_clone()));
+        }
+        v
+    }
+
+    fn as_weighted(&self) -> Option<&dyn WeightLike> {
+        Some(self)
+    }
+
+    fn as_weighted_mut(&mut self) -> Option<&mut dyn WeightLike> {
+        Some(self)
+    }
+
+    fn as_linear(&self) -> Option<&dyn LinearLike> {
+        Some(self)
+    }
+
+    fn as_linear_mut(&mut self) -> Option<&mut dyn LinearLike> {
+        Some(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl WeightLike for Linear8bitLt {
+    fn weight(&self) -> Tensor {
+        self.weight.dequantize(Kind::Float)
+    }
+
+    fn set_weight(&mut self, value: &Tensor) -> peft_core::Result<()> {
+        if value.size() != self.weight.cb.size() {
+            return Err(PeftError::Invalid(format!(
+                "cannot write a {:?} weight into an int8 layer of shape {:?}",
+                value.size(),
+                self.weight.cb.size()
+            )));
+        }
+        log::warn!("merging into an int8 base re-quantizes the merged weight (lossy)");
+        self.weight = Int8Weight::quantize(&value.detach())?;
+        Ok(())
+    }
+
+    fn bias(&self) -> Option<Tensor> {
+        self.bias.as_ref().map(Tensor::shallow_clone)
+    }
+
+    fn compute_kind(&self) -> Kind {
+        Kind::Float
+    }
+}
+
+impl LinearLike for Linear8bitLt {
+    fn in_features(&self) -> i64 {
+        self.weight.cb.size()[1]
+    }
+
+    fn out_features(&self) -> i64 {
+        self.weight.cb.size()[0]
+    }
+
+    fn fan_in_fan_out(&self) -> bool {
+        false
+    }
+}

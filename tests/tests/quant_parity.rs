@@ -1,0 +1,227 @@
+//! peft-quant against bitsandbytes (pinned in tests/oracle/requirements.txt) and PEFT's LoRA on
+//! bitsandbytes 4-bit layers: formats bit for bit, both directions of a QLoRA adapter.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use peft_core::layer::AdaptedLayer;
+use peft_core::{Adaptable, ForwardCtx, LoadOptions, PeftModel, SaveOptions};
+use peft_lora::LoraConfig;
+use peft_parity::compare::{assert_close, assert_differs, assert_identical};
+use peft_parity::oracle::{self, read_json};
+use peft_quant::{
+    dequantize_4bit, dequantize_blockwise, dynamic_map, quantize_4bit, quantize_blockwise, Int8Weight,
+    Linear4bit, Quant4Options, QuantState4, QuantType4,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+fn fixtures() -> std::path::PathBuf {
+    oracle::fixtures("gen_quant.py")
+}
+
+fn read_all(path: &Path) -> BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).into_iter().collect()
+}
+
+fn names(section: &str) -> Vec<String> {
+    let m = read_json(&fixtures().join("manifest.json"));
+    m[section].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn code_books_equal_bitsandbytes() {
+    let f = read_all(&fixtures().join("codes.safetensors"));
+    assert_identical(&QuantType4::Nf4.code(), &f["nf4"], "nf4 code");
+    assert_identical(&QuantType4::Fp4.code(), &f["fp4"], "fp4 code");
+    assert_identical(&dynamic_map(), &f["dynamic"], "dynamic map");
+    oracle::record("bnb->rs", "code books");
+}
+
+#[test]
+fn blockwise_8bit_equals_bitsandbytes_cpu_kernel() {
+    let code = dynamic_map();
+    for name in names("blockwise") {
+        let f = read_all(&fixtures().join("blockwise").join(format!("{name}.safetensors")));
+        let bs = f["blocksize"].int64_value(&[]);
+        let (q, absmax) = quantize_blockwise(&f["input"], &code, bs).unwrap();
+        assert_identical(&q, &f["q"], &format!("{name}: codes"));
+        assert_identical(&absmax, &f["absmax"], &format!("{name}: absmax"));
+        let back = dequantize_blockwise(&f["q"], &f["absmax"], &code, bs, Kind::Float).unwrap();
+        assert_identical(&back, &f["dequantized"], &format!("{name}: dequantized"));
+        oracle::record("bnb->rs", &format!("blockwise {name}"));
+    }
+}
+
+#[test]
+fn four_bit_formats_equal_bitsandbytes() {
+    for name in names("4bit") {
+        let f = read_all(&fixtures().join("4bit").join(format!("{name}.safetensors")));
+        let get = |k: &str| f.get(k).map(Tensor::shallow_clone);
+        // Read bitsandbytes' state, dequantize its packed weight.
+        let theirs = QuantState4::from_state_dict(&get, "", &name).unwrap();
+        let back = dequantize_4bit(&f["weight"], &theirs).unwrap();
+        assert_identical(&back, &f["dequantized"], &format!("{name}: dequantized"));
+        // Quantize the same input: identical packed codes and quant-state tensors (JSON bytes included).
+        let (packed, ours) =
+            quantize_4bit(&f["input"], theirs.blocksize, theirs.quant_type, theirs.nested.is_some()).unwrap();
+        assert_identical(&packed, &f["weight"], &format!("{name}: packed weight"));
+        let sd: BTreeMap<String, Tensor> = ours.state_dict("").unwrap().into_iter().collect();
+        let expected: Vec<&String> = f.keys().filter(|k| k.starts_with("weight.")).collect();
+        assert_eq!(sd.keys().collect::<Vec<_>>(), expected, "{name}: quant-state keys");
+        for (k, v) in &sd {
+            assert_identical(v, &f[k], &format!("{name}: {k}"));
+        }
+        oracle::record("bnb->rs", &format!("4-bit {name}"));
+    }
+}
+
+#[test]
+fn int8_weights_and_matmuls_equal_bitsandbytes() {
+    for name in names("int8") {
+        let f = read_all(&fixtures().join("int8").join(format!("{name}.safetensors")));
+        let w = Int8Weight::quantize(&f["dense_weight"]).unwrap();
+        assert_identical(&w.cb, &f["CB"], &format!("{name}: CB"));
+        assert_identical(&w.scb, &f["SCB"], &format!("{name}: SCB"));
+        let bias = f.get("dense_bias");
+        let x = &f["input"];
+        for (threshold, tag) in [(0.0, "t0"), (6.0, "t6")] {
+            let eval = w.linear_int8(x, bias, threshold);
+            assert_close(
+                &eval,
+                &f[&format!("eval_{tag}")],
+                1e-5,
+                &format!("{name}: inference, threshold {threshold}"),
+            );
+            let train = w.linear_dequantized(x, bias);
+            assert_close(
+                &train,
+                &f[&format!("train_{tag}")],
+                1e-5,
+                &format!("{name}: training, threshold {threshold}"),
+            );
+        }
+        oracle::record("bnb->rs", &format!("int8 {name}"));
+    }
+}
+
+/// The Python `QMLP` of gen_quant.py with 4-bit bases.
+#[derive(Debug, Adaptable)]
+struct QMlp {
+    lin0: AdaptedLayer<Linear4bit>,
+    lin1: AdaptedLayer<Linear4bit>,
+}
+
+impl QMlp {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let ctx = ForwardCtx::eval();
+        tch::no_grad(|| self.lin1.forward_ctx(&self.lin0.forward_ctx(x, &ctx).relu(), &ctx))
+    }
+
+    fn from_4bit(sd: &BTreeMap<String, Tensor>, source: &str) -> Self {
+        let get = |k: &str| sd.get(k).map(Tensor::shallow_clone);
+        let layer = |name: &str| {
+            let state = QuantState4::from_state_dict(&get, &format!("{name}."), source).unwrap();
+            let base = Linear4bit::from_parts(
+                sd[&format!("{name}.weight")].shallow_clone(),
+                state,
+                get(&format!("{name}.bias")),
+                Some(Kind::Float),
+            )
+            .unwrap();
+            AdaptedLayer::new(name, base)
+        };
+        Self { lin0: layer("lin0"), lin1: layer("lin1") }
+    }
+
+    fn quantized(dense: &BTreeMap<String, Tensor>, opts: Quant4Options) -> Self {
+        let layer = |name: &str| {
+            let base = Linear4bit::quantize(
+                &dense[&format!("{name}.weight")],
+                Some(dense[&format!("{name}.bias")].shallow_clone()),
+                opts,
+            )
+            .unwrap();
+            AdaptedLayer::new(name, base)
+        };
+        Self { lin0: layer("lin0"), lin1: layer("lin1") }
+    }
+
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut v = self.lin0.base().state_dict("lin0.").unwrap();
+        v.extend(self.lin1.base().state_dict("lin1.").unwrap());
+        v
+    }
+}
+
+#[test]
+fn qlora_adapters_saved_by_peft_give_the_same_outputs() {
+    for name in names("qlora") {
+        let d = fixtures().join("qlora").join(&name);
+        let sd = read_all(&d.join("base_4bit.safetensors"));
+        let io = read_all(&d.join("io.safetensors"));
+        let model = QMlp::from_4bit(&sd, "base_4bit.safetensors");
+        assert_close(&model.forward(&io["x"]), &io["y_base"], 1e-5, &format!("{name}: 4-bit base"));
+        assert_differs(&io["y"], &io["y_base"], 1e-3, &format!("{name}: adapter effect"));
+        let vs = VarStore::new(Device::Cpu);
+        let (peft, _) =
+            PeftModel::from_pretrained(model, &vs, d.join("adapter"), LoadOptions::default()).unwrap();
+        assert_close(&peft.model().forward(&io["x"]), &io["y"], 1e-5, &format!("{name}: QLoRA output"));
+        oracle::record("peft->rs", &format!("qlora {name}"));
+    }
+}
+
+#[test]
+fn qlora_adapters_saved_by_peft_rs_load_in_peft_on_bitsandbytes() {
+    let _rng = oracle::rng_guard();
+    let root = tempfile::tempdir().unwrap();
+    let cases = names("qlora");
+    let mut ours = BTreeMap::new();
+    for (i, name) in cases.iter().enumerate() {
+        let src = fixtures().join("qlora").join(name);
+        let case = read_json(&src.join("case.json"));
+        let d = root.path().join("qlora_rs").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(src.join("dense.safetensors"), d.join("dense.safetensors")).unwrap();
+        std::fs::copy(src.join("case.json"), d.join("case.json")).unwrap();
+        let dense = read_all(&src.join("dense.safetensors"));
+        let opts = Quant4Options {
+            quant_type: QuantType4::from_name(case["quant_type"].as_str().unwrap()).unwrap(),
+            blocksize: 64,
+            double_quant: case["dq"].as_bool().unwrap(),
+            compute_dtype: Some(Kind::Float),
+        };
+        let model = QMlp::quantized(&dense, opts);
+        let sd = model.state_dict();
+        let refs: Vec<(&str, &Tensor)> = sd.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        Tensor::write_safetensors(&refs, d.join("base_4bit.safetensors")).unwrap();
+        tch::manual_seed(500 + i as i64);
+        let r = case["r"].as_i64().unwrap();
+        let config = serde_json::json!({
+            "peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": ["lin0", "lin1"],
+            "init_lora_weights": false,
+        });
+        let mut warnings = vec![];
+        let config =
+            LoraConfig::from_json_map(config.as_object().unwrap().clone(), "test", &mut warnings).unwrap();
+        let vs = VarStore::new(Device::Cpu);
+        let peft = PeftModel::new(model, &vs, config.boxed(), "default").unwrap();
+        peft.save_pretrained(d.join("adapter"), &SaveOptions::default()).unwrap();
+        let x = Tensor::randn([5, 64], (Kind::Float, Device::Cpu));
+        let y = peft.model().forward(&x);
+        Tensor::write_safetensors(&[("x", &x)], d.join("io.safetensors")).unwrap();
+        ours.insert(name.clone(), y);
+    }
+    oracle::run_script("gen_quant.py", &[Path::new("--check-rs"), root.path()]);
+    for name in &cases {
+        let d = root.path().join("qlora_rs").join(name);
+        let report = read_json(&d.join("bnb_equal.json"));
+        assert_eq!(report["keys_rs"], report["keys_bnb"], "{name}: 4-bit state-dict keys");
+        for (k, same) in report["keys_equal"].as_object().unwrap() {
+            assert_eq!(same.as_bool(), Some(true), "{name}: `{k}` differs from bitsandbytes' quantization");
+        }
+        let theirs = read_all(&d.join("peft_outputs.safetensors"));
+        assert_close(&ours[name], &theirs["y"], 1e-5, &format!("{name}: PEFT on bitsandbytes vs peft-rs"));
+        oracle::record("rs->peft", &format!("qlora {name}"));
+    }
+}
