@@ -205,6 +205,62 @@ def gen_qlora(out):
             json.dump(c, f)
 
 
+LLAMA = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=200, max_position_embeddings=128, tie_word_embeddings=False)
+
+
+def bnb_config():
+    import transformers as tf
+
+    return tf.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.float32)
+
+
+def load_llama_4bit(path):
+    import transformers as tf
+
+    m = tf.LlamaForCausalLM.from_pretrained(path, quantization_config=None if "4bit" in path else bnb_config(),
+                                            device_map="cpu")
+    return reference_kernels(m)
+
+
+def gen_llama(out):
+    """A Llama saved dense and saved 4-bit by transformers, with a PEFT LoRA adapter on the 4-bit model."""
+    import transformers as tf
+
+    d = os.path.join(out, "llama")
+    os.makedirs(d)
+    torch.manual_seed(600)
+    dense = tf.LlamaForCausalLM(tf.LlamaConfig(**LLAMA))
+    dense.save_pretrained(os.path.join(d, "dense"))
+    q = load_llama_4bit(os.path.join(d, "dense"))
+    q.save_pretrained(os.path.join(d, "4bit"))
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(q, config)
+    peft_model.eval()
+    ids = torch.randint(0, LLAMA["vocab_size"], (2, 12))
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids).logits
+        with peft_model.disable_adapter():
+            base_logits = peft_model(input_ids=ids).logits
+    peft_model.save_pretrained(os.path.join(d, "adapter"))
+    save_file({"input_ids": ids, "logits": logits, "base_logits": base_logits}, os.path.join(d, "io.safetensors"))
+
+
+def check_llama(root):
+    """Reverse direction: a QLoRA adapter peft-rs trained (ROOT/adapter) on the 4-bit Llama, loaded by PEFT
+    on transformers' own 4-bit model (quantized from ROOT/dense)."""
+    from safetensors.torch import load_file
+
+    model = load_llama_4bit(os.path.join(root, "dense"))
+    peft_model = PeftModel.from_pretrained(model, os.path.join(root, "adapter"))
+    peft_model.eval()
+    ids = load_file(os.path.join(root, "io.safetensors"))["input_ids"]
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids).logits
+    save_file({"logits": logits}, os.path.join(root, "peft_logits.safetensors"))
+
+
 def check_rs(root):
     """Reverse direction: bitsandbytes + PEFT load what peft-rs saved under ROOT/qlora_rs/<case>/."""
     base = os.path.join(root, "qlora_rs")
@@ -233,6 +289,9 @@ def main():
     if sys.argv[1] == "--check-rs":
         check_rs(sys.argv[2])
         return
+    if sys.argv[1] == "--check-llama":
+        check_llama(sys.argv[2])
+        return
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
     gen_codes(out)
@@ -240,6 +299,7 @@ def main():
     gen_four_bit(out)
     gen_int8(out)
     gen_qlora(out)
+    gen_llama(out)
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump({"blockwise": [c["name"] for c in BLOCKWISE], "4bit": [c["name"] for c in FOUR_BIT],
                    "int8": [c["name"] for c in INT8], "qlora": [c["name"] for c in QLORA]}, f, indent=1)

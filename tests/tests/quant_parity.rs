@@ -5,15 +5,16 @@
 use peft_core::layer::AdaptedLayer;
 use peft_core::{Adaptable, ForwardCtx, LoadOptions, PeftModel, SaveOptions};
 use peft_lora::LoraConfig;
+use peft_models::{HfModel, ModelInputs, Task};
 use peft_parity::compare::{assert_close, assert_differs, assert_identical};
 use peft_parity::oracle::{self, read_json};
 use peft_quant::{
-    dequantize_4bit, dequantize_blockwise, dynamic_map, quantize_4bit, quantize_blockwise, Int8Weight,
-    Linear4bit, Quant4Options, QuantState4, QuantType4,
+    dequantize_4bit, dequantize_blockwise, dynamic_map, quantize_4bit, quantize_blockwise, quantized_storage,
+    Int8Weight, Linear4bit, Quant4Options, QuantState4, QuantType4, QuantizeSpec,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
-use tch::nn::VarStore;
+use tch::nn::{OptimizerConfig, VarStore};
 use tch::{Device, Kind, Tensor};
 
 fn fixtures() -> std::path::PathBuf {
@@ -224,4 +225,95 @@ fn qlora_adapters_saved_by_peft_rs_load_in_peft_on_bitsandbytes() {
         assert_close(&ours[name], &theirs["y"], 1e-5, &format!("{name}: PEFT on bitsandbytes vs peft-rs"));
         oracle::record("rs->peft", &format!("qlora {name}"));
     }
+}
+
+fn qlora_spec() -> QuantizeSpec {
+    QuantizeSpec::FourBit(Quant4Options {
+        quant_type: QuantType4::Nf4,
+        blocksize: 64,
+        double_quant: true,
+        compute_dtype: Some(Kind::Float),
+    })
+}
+
+fn logits(model: &HfModel, ids: &Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
+    let ins = ModelInputs { input_ids: Some(ids), ..ModelInputs::default() };
+    model.forward(&ins, ctx).unwrap()
+}
+
+#[test]
+fn llama_in_4bit_matches_transformers_and_peft_quantized_on_load_or_saved_quantized() {
+    let d = fixtures().join("llama");
+    let io = read_all(&d.join("io.safetensors"));
+    let ids = &io["input_ids"];
+    let cases = [
+        ("quantized on load", d.join("dense"), Some(qlora_spec())),
+        ("saved 4-bit by transformers", d.join("4bit"), None),
+    ];
+    let mut storages = Vec::new();
+    for (what, dir, quantize) in cases {
+        let opts = peft_models::LoadOptions { quantize, ..Default::default() };
+        let loaded = HfModel::load_dir(&dir, Some(Task::CausalLm), &opts).unwrap();
+        let (bytes, layers) = quantized_storage(&loaded.model);
+        assert_eq!(layers, 14, "{what}: every linear of the 2 decoder layers, not lm_head");
+        storages.push(bytes);
+        let base = tch::no_grad(|| logits(&loaded.model, ids, &ForwardCtx::eval()));
+        assert_close(&base, &io["base_logits"], 1e-4, &format!("{what}: 4-bit base logits"));
+        let (peft, _) =
+            PeftModel::from_pretrained(loaded.model, &loaded.vs, d.join("adapter"), LoadOptions::default())
+                .unwrap();
+        let ours = tch::no_grad(|| logits(peft.model(), ids, &ForwardCtx::eval()));
+        assert_differs(&io["logits"], &io["base_logits"], 1e-3, &format!("{what}: adapter effect"));
+        assert_close(&ours, &io["logits"], 1e-4, &format!("{what}: QLoRA logits"));
+        oracle::record("peft->rs", &format!("llama 4-bit, {what}"));
+    }
+    assert_eq!(storages[0], storages[1], "the same quantized bytes either way");
+}
+
+#[test]
+fn qlora_training_lowers_the_loss_and_its_adapter_loads_in_peft_on_a_4bit_base() {
+    let _rng = oracle::rng_guard();
+    let d = fixtures().join("llama");
+    let opts = peft_models::LoadOptions { quantize: Some(qlora_spec()), ..Default::default() };
+    let loaded = HfModel::load_dir(&d.join("dense"), Some(Task::CausalLm), &opts).unwrap();
+    let config = peft_lora::LoraConfig {
+        r: 8,
+        lora_alpha: 16.into(),
+        target_modules: Some(peft_core::peft_config::TargetModules::list(["q_proj", "v_proj", "down_proj"])),
+        ..Default::default()
+    };
+    tch::manual_seed(7);
+    let peft = PeftModel::new(loaded.model, &loaded.vs, config.boxed(), "default").unwrap();
+    let ids = Tensor::randint(200, [4, 16], (Kind::Int64, Device::Cpu));
+    let mut opt = tch::nn::AdamW::default().build(peft.adapter_var_store(), 1e-2).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..8 {
+        let out = logits(peft.model(), &ids, &ForwardCtx::train());
+        let v = out.size()[2];
+        let loss = out
+            .narrow(1, 0, 15)
+            .reshape([-1, v])
+            .cross_entropy_for_logits(&ids.narrow(1, 1, 15).reshape([-1]));
+        opt.backward_step(&loss);
+        losses.push(loss.double_value(&[]));
+    }
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(losses[7] < 0.9 * losses[0], "QLoRA training lowers the loss: {losses:?}");
+
+    let root = tempfile::tempdir().unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(d.join("dense"), root.path().join("dense")).unwrap();
+    peft.save_pretrained(root.path().join("adapter"), &SaveOptions::default()).unwrap();
+    let eval_ids = read_all(&d.join("io.safetensors"))["input_ids"].shallow_clone();
+    Tensor::write_safetensors(&[("input_ids", &eval_ids)], root.path().join("io.safetensors")).unwrap();
+    let ours = tch::no_grad(|| logits(peft.model(), &eval_ids, &ForwardCtx::eval()));
+    oracle::run_script("gen_quant.py", &[Path::new("--check-llama"), root.path()]);
+    let theirs = read_all(&root.path().join("peft_logits.safetensors"));
+    assert_close(
+        &ours,
+        &theirs["logits"],
+        1e-4,
+        "trained QLoRA adapter: PEFT on transformers 4-bit vs peft-rs",
+    );
+    oracle::record("rs->peft", "llama 4-bit, QLoRA trained in peft-rs");
 }

@@ -51,6 +51,8 @@ struct TrainArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    #[command(flatten)]
+    quant: QuantArgs,
     /// An adapter_config.json to use instead of the LoRA flags.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -173,6 +175,44 @@ struct ModelArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    #[command(flatten)]
+    quant: QuantArgs,
+}
+
+/// Quantized frozen bases (bitsandbytes-compatible; checkpoints saved quantized load quantized anyway).
+#[derive(Args, Debug, Clone)]
+struct QuantArgs {
+    /// Quantize the linear layers to 4 bits on load (QLoRA: NF4 with double quantization).
+    #[arg(long, conflicts_with = "load_in_8bit")]
+    load_in_4bit: bool,
+    /// Quantize the linear layers to LLM.int8 on load.
+    #[arg(long)]
+    load_in_8bit: bool,
+    /// 4-bit data type: nf4 or fp4.
+    #[arg(long, default_value = "nf4")]
+    quant_type: String,
+    /// Keep the 4-bit block maxima in f32 instead of quantizing them too.
+    #[arg(long)]
+    no_double_quant: bool,
+}
+
+impl QuantArgs {
+    fn spec(&self, compute: tch::Kind) -> Result<Option<peft_quant::QuantizeSpec>> {
+        if self.load_in_8bit {
+            return Ok(Some(peft_quant::QuantizeSpec::load_in_8bit()));
+        }
+        if !self.load_in_4bit {
+            return Ok(None);
+        }
+        let quant_type = peft_quant::QuantType4::from_name(&self.quant_type)
+            .ok_or_else(|| anyhow::anyhow!("unknown --quant-type {:?} (nf4, fp4)", self.quant_type))?;
+        Ok(Some(peft_quant::QuantizeSpec::FourBit(peft_quant::Quant4Options {
+            quant_type,
+            blocksize: 64,
+            double_quant: !self.no_double_quant,
+            compute_dtype: Some(compute),
+        })))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -306,11 +346,13 @@ fn split_adapter(spec: &str, index: usize) -> (PathBuf, String) {
 
 /// Loads the model with its adapters; returns the model and the adapter names in order.
 fn load(args: &ModelArgs) -> Result<(PeftModel<HfModel>, tch::nn::VarStore, Vec<String>)> {
+    let kind = parse_kind(&args.dtype)?;
     let options = peft_models::LoadOptions {
-        kind: parse_kind(&args.dtype)?,
+        kind,
         device: parse_device(&args.device)?,
         revision: args.revision.clone(),
         num_labels: None,
+        quantize: args.quant.spec(kind)?,
     };
     let adapters: Vec<(PathBuf, String)> =
         args.adapters.iter().enumerate().map(|(i, s)| split_adapter(s, i)).collect();
@@ -599,11 +641,13 @@ fn train(args: TrainArgs) -> Result<()> {
     let eval_data =
         args.eval_data.as_ref().map(|p| data::load_jsonl(p, format, &tok, &eval_opts)).transpose()?;
     let task = if format == Format::Classification { Task::SequenceClassification } else { Task::CausalLm };
+    let kind = parse_kind(&args.dtype)?;
     let load = peft_models::LoadOptions {
-        kind: parse_kind(&args.dtype)?,
+        kind,
         device: parse_device(&args.device)?,
         revision: args.revision.clone(),
         num_labels: (task == Task::SequenceClassification).then_some(train_data.label_names.len() as i64),
+        quantize: args.quant.spec(kind)?,
     };
     let loaded = HfModel::load_dir(&model_dir, Some(task), &load)?;
     let pad_id = pad_id_of(&loaded.model);

@@ -79,6 +79,12 @@ pub trait BaseLayer: fmt::Debug + Send + 'static {
 
     /// The concrete type, for method crates that support only specific bases.
     fn as_any(&self) -> &dyn Any;
+
+    /// The concrete type, mutably (e.g. to install quantized storage in a [`crate::nn::LinearBase`]).
+    /// `None` for bases that do not offer it.
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        None
+    }
 }
 
 /// The dense weight of a base layer: what weight-merging methods read and write.

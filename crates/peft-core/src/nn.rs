@@ -10,10 +10,47 @@ use crate::error::{PeftError, Result};
 use crate::init;
 use crate::layer::{AdaptedLayer, BaseLayer, ConvGeometry, ConvLike, EmbeddingLike, LinearLike, WeightLike};
 use std::any::Any;
+use std::fmt;
 use tch::{nn::Path, Kind, Tensor};
 
-/// A dense linear base: `nn.Linear` (`weight` is `(out, in)`), or transformers' `Conv1D` (GPT-2; `weight`
-/// is `(in, out)`, flagged by `fan_in_fan_out`).
+/// Quantized weight storage a [`LinearBase`] computes with instead of a dense weight. peft-quant's
+/// bitsandbytes-compatible 4-bit and 8-bit layers implement it; [`LinearBase::set_quantized`] installs
+/// one and frees the dense weight.
+pub trait QuantizedLinear: fmt::Debug + Send + 'static {
+    /// The bitsandbytes class this storage mirrors (`"Linear4bit"`, `"Linear8bitLt"`).
+    fn class_name(&self) -> &'static str;
+    /// Input features.
+    fn in_features(&self) -> i64;
+    /// Output features.
+    fn out_features(&self) -> i64;
+    /// `x @ W.T + bias`, computed as the quantized layer does.
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Tensor;
+    /// A fresh dense `(out, in)` copy of the weight.
+    fn dequantize(&self) -> Tensor;
+    /// The same kind of storage holding `weight` (merging re-quantizes, which is lossy).
+    ///
+    /// # Errors
+    /// A weight the storage cannot hold.
+    fn requantize(&self, weight: &Tensor) -> Result<Box<dyn QuantizedLinear>>;
+    /// A storage computing with the same tensors (`layer_replication` shares base weights).
+    fn share(&self) -> Box<dyn QuantizedLinear>;
+    /// The dtype computations produce.
+    fn compute_kind(&self) -> Kind;
+    /// The state-dict entries bitsandbytes saves for the weight under `prefix` (`weight` and its quant
+    /// state; not the bias).
+    ///
+    /// # Errors
+    /// A state that cannot be serialized.
+    fn state_dict(&self, prefix: &str) -> Result<Vec<(String, Tensor)>>;
+    /// Bytes held by the quantized weight and its statistics.
+    fn storage_bytes(&self) -> i64;
+    /// The concrete type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A linear base: `nn.Linear` (`weight` is `(out, in)`), transformers' `Conv1D` (GPT-2; `weight` is
+/// `(in, out)`, flagged by `fan_in_fan_out`), or a quantized linear (`quantized` is set, `weight` is an
+/// empty placeholder whose storage was released).
 #[derive(Debug)]
 pub struct LinearBase {
     /// The weight, `(out, in)` or `(in, out)` when `fan_in_fan_out`.
@@ -22,11 +59,51 @@ pub struct LinearBase {
     pub bias: Option<Tensor>,
     /// True for transformers' `Conv1D` layout.
     pub fan_in_fan_out: bool,
+    /// Quantized storage replacing the dense weight (see [`LinearBase::set_quantized`]).
+    pub quantized: Option<Box<dyn QuantizedLinear>>,
+}
+
+impl LinearBase {
+    /// A dense base.
+    pub fn dense(weight: Tensor, bias: Option<Tensor>, fan_in_fan_out: bool) -> Self {
+        Self { weight, bias, fan_in_fan_out, quantized: None }
+    }
+
+    /// Computes with `q` from now on and releases the dense weight's storage (also in the var store
+    /// that registered it, which shares the tensor).
+    ///
+    /// # Errors
+    /// A `Conv1D` base (bitsandbytes layers are `(out, in)`), or shapes that differ from the weight's.
+    pub fn set_quantized(&mut self, q: Box<dyn QuantizedLinear>) -> Result<()> {
+        if self.fan_in_fan_out {
+            return Err(PeftError::Invalid(
+                "a Conv1D (fan_in_fan_out) layer cannot hold a quantized weight".into(),
+            ));
+        }
+        if self.quantized.is_none() {
+            let size = self.weight.size();
+            if size != [q.out_features(), q.in_features()] {
+                return Err(PeftError::Invalid(format!(
+                    "a quantized ({}, {}) weight does not fit a linear layer of shape {size:?}",
+                    q.out_features(),
+                    q.in_features()
+                )));
+            }
+            let empty = Tensor::f_empty([0], (self.weight.kind(), self.weight.device()))
+                .map_err(PeftError::torch("releasing a dense weight"))?;
+            tch::no_grad(|| self.weight.set_data(&empty));
+            let _ = self.weight.set_requires_grad(false);
+        }
+        self.quantized = Some(q);
+        Ok(())
+    }
 }
 
 impl BaseLayer for LinearBase {
     fn kind(&self) -> &'static str {
-        if self.fan_in_fan_out {
+        if let Some(q) = &self.quantized {
+            q.class_name()
+        } else if self.fan_in_fan_out {
             "Conv1D"
         } else {
             "Linear"
@@ -34,6 +111,9 @@ impl BaseLayer for LinearBase {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
+        if let Some(q) = &self.quantized {
+            return q.forward(x, self.bias.as_ref());
+        }
         if self.fan_in_fan_out {
             // transformers' Conv1D: addmm(bias, x.view(-1, in), weight).view(..., out)
             let mut out_shape = x.size();
@@ -75,19 +155,32 @@ impl BaseLayer for LinearBase {
     }
 
     fn copy_to(&self, path: &Path<'_>) -> Result<Box<dyn BaseLayer>> {
+        if let Some(q) = &self.quantized {
+            return Err(PeftError::Invalid(format!(
+                "a quantized {} layer cannot be copied for modules_to_save (its weight is frozen)",
+                q.class_name()
+            )));
+        }
         let what = "copying a linear layer";
         let weight = copy_var(path, "weight", &self.weight, what)?;
         let bias = self.bias.as_ref().map(|b| copy_var(path, "bias", b, what)).transpose()?;
-        Ok(Box::new(LinearBase { weight, bias, fan_in_fan_out: self.fan_in_fan_out }))
+        Ok(Box::new(LinearBase::dense(weight, bias, self.fan_in_fan_out)))
     }
 
     fn as_any(&self) -> &dyn Any {
         self
     }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
+    }
 }
 
 impl LinearLike for LinearBase {
     fn in_features(&self) -> i64 {
+        if let Some(q) = &self.quantized {
+            return q.in_features();
+        }
         let s = self.weight.size();
         if self.fan_in_fan_out {
             s[0]
@@ -97,6 +190,9 @@ impl LinearLike for LinearBase {
     }
 
     fn out_features(&self) -> i64 {
+        if let Some(q) = &self.quantized {
+            return q.out_features();
+        }
         let s = self.weight.size();
         if self.fan_in_fan_out {
             s[1]
@@ -112,11 +208,25 @@ impl LinearLike for LinearBase {
 
 impl WeightLike for LinearBase {
     fn weight(&self) -> Tensor {
-        self.weight.shallow_clone()
+        match &self.quantized {
+            Some(q) => q.dequantize(),
+            None => self.weight.shallow_clone(),
+        }
     }
 
     fn set_weight(&mut self, value: &Tensor) -> Result<()> {
-        write_in_place(&mut self.weight, value, "writing a linear weight")
+        match &self.quantized {
+            Some(q) => {
+                log::warn!(
+                    "writing into a {} base re-quantizes the weight: the merged model is rounded again and \
+                     differs slightly from the unmerged one",
+                    q.class_name()
+                );
+                self.quantized = Some(q.requantize(value)?);
+                Ok(())
+            }
+            None => write_in_place(&mut self.weight, value, "writing a linear weight"),
+        }
     }
 
     fn bias(&self) -> Option<Tensor> {
@@ -124,7 +234,10 @@ impl WeightLike for LinearBase {
     }
 
     fn compute_kind(&self) -> Kind {
-        self.weight.kind()
+        match &self.quantized {
+            Some(q) => q.compute_kind(),
+            None => self.weight.kind(),
+        }
     }
 }
 
@@ -156,6 +269,7 @@ impl ShareWeights for LinearBase {
             weight: self.weight.shallow_clone(),
             bias: self.bias.as_ref().map(Tensor::shallow_clone),
             fan_in_fan_out: self.fan_in_fan_out,
+            quantized: self.quantized.as_ref().map(|q| q.share()),
         }
     }
 }
@@ -276,7 +390,7 @@ pub fn transformers_conv1d(p: Path<'_>, nf: i64, nx: i64) -> Result<Linear> {
 /// Registers CPU-initialised tensors in the path's var store (moved to its device and kind).
 fn register(p: &Path<'_>, w: Tensor, b: Option<Tensor>, fan_in_fan_out: bool) -> Result<LinearBase> {
     let (weight, bias) = register_params(p, w, b)?;
-    Ok(LinearBase { weight, bias, fan_in_fan_out })
+    Ok(LinearBase::dense(weight, bias, fan_in_fan_out))
 }
 
 /// Registers `weight` (and `bias`) under `p`, moved to the path's device and kind.

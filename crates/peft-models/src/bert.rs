@@ -173,6 +173,7 @@ pub fn load_spec(task: Task) -> LoadSpec {
         ignore_keys,
         ignore_prefixes: vec!["cls.".into()],
         optional,
+        provided_elsewhere: vec![],
     }
 }
 

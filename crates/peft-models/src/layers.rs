@@ -32,12 +32,12 @@ pub fn conv1d(p: Path<'_>, nf: i64, nx: i64) -> Result<peft_core::nn::Linear> {
     let name = peft_core::nn::path_name(&p);
     let weight = param(&p, "weight", &[nx, nf], 0.0)?;
     let bias = Some(param(&p, "bias", &[nf], 0.0)?);
-    Ok(AdaptedLayer::new(name, LinearBase { weight, bias, fan_in_fan_out: true }))
+    Ok(AdaptedLayer::new(name, LinearBase::dense(weight, bias, true)))
 }
 
 /// A linear layer sharing an existing weight (a tied `lm_head`): no variable of its own.
 pub fn tied_linear(name: &str, weight: &Tensor) -> peft_core::nn::Linear {
-    AdaptedLayer::new(name, LinearBase { weight: weight.shallow_clone(), bias: None, fan_in_fan_out: false })
+    AdaptedLayer::new(name, LinearBase::dense(weight.shallow_clone(), None, false))
 }
 
 /// An adaptable `nn.Embedding` whose weight comes from a checkpoint (LoRA, trainable tokens and

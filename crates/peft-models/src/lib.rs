@@ -26,6 +26,7 @@ pub mod gpt2;
 pub mod hub;
 pub mod layers;
 pub mod llama;
+pub mod quantized;
 pub mod t5;
 pub mod task;
 pub mod tokenizer;
@@ -77,11 +78,14 @@ pub struct LoadOptions {
     pub revision: Option<String>,
     /// Override the number of labels of a classification head.
     pub num_labels: Option<i64>,
+    /// Quantize the linear layers on load (`load_in_4bit` / `load_in_8bit`); checkpoints saved already
+    /// quantized (a bitsandbytes `quantization_config` in config.json) are loaded quantized regardless.
+    pub quantize: Option<peft_quant::QuantizeSpec>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { kind: Kind::Float, device: Device::Cpu, revision: None, num_labels: None }
+        Self { kind: Kind::Float, device: Device::Cpu, revision: None, num_labels: None, quantize: None }
     }
 }
 
@@ -181,12 +185,25 @@ impl HfModel {
                 })
             }
         };
+        let mut spec = spec;
+        let prequantized = quantized::Prequantized::scan(dir, &config, &vs, &spec)?;
+        if let Some(pq) = &prequantized {
+            pq.adjust_spec(&mut spec);
+        }
         let info = weights::load_checkpoint(&vs, dir, &spec)?;
         if !info.newly_initialized.is_empty() {
             let std = config.f64_or("initializer_range", 0.02)?;
             init_new_heads(&vs, &info.newly_initialized, std)?;
         }
-        Ok(Loaded { model: HfModel { arch, task, config, dir: dir.to_path_buf() }, vs })
+        let mut model = HfModel { arch, task, config, dir: dir.to_path_buf() };
+        if let Some(pq) = prequantized {
+            pq.install(&mut model)?;
+        } else if let Some(q) = &options.quantize {
+            let n = peft_quant::quantize_model(&mut model, q, &[])
+                .map_err(|e| ModelError::Input(e.to_string()))?;
+            log::info!("quantized {} linear layers on load", n.len());
+        }
+        Ok(Loaded { model, vs })
     }
 
     /// The task.
@@ -321,6 +338,7 @@ fn decoder_spec(prefix: Option<&str>, tied: bool, task: Task, ignored: &[&str]) 
         ignore_keys,
         ignore_prefixes: vec![],
         optional,
+        provided_elsewhere: vec![],
     }
 }
 

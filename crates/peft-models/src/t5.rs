@@ -171,6 +171,7 @@ pub fn load_spec() -> LoadSpec {
         ignore_keys: vec!["encoder.embed_tokens.weight".into(), "decoder.embed_tokens.weight".into()],
         ignore_prefixes: vec![],
         optional: vec![],
+        provided_elsewhere: vec![],
     }
 }
 

@@ -67,6 +67,8 @@ pub struct LoadSpec {
     /// Variables allowed to be absent from the checkpoint (freshly initialised task heads, as
     /// transformers does with a warning).
     pub optional: Vec<String>,
+    /// Variables the checkpoint holds in another form (quantized weights, installed separately).
+    pub provided_elsewhere: Vec<String>,
 }
 
 /// What [`load_checkpoint`] did.
@@ -131,7 +133,7 @@ pub fn load_checkpoint(vs: &VarStore, dir: &Path, spec: &LoadSpec) -> Result<Loa
     let mut missing = Vec::new();
     let mut newly_initialized = Vec::new();
     for name in vars.keys() {
-        if filled.contains(name) {
+        if filled.contains(name) || spec.provided_elsewhere.iter().any(|p| p == name) {
             continue;
         }
         if spec.optional.iter().any(|o| o == name) {

@@ -140,6 +140,24 @@ pub fn quantize_4bit(
 }
 
 impl QuantState4 {
+    /// A state sharing this one's tensors.
+    pub fn share(&self) -> Self {
+        Self {
+            quant_type: self.quant_type,
+            absmax: self.absmax.shallow_clone(),
+            blocksize: self.blocksize,
+            code: self.code.shallow_clone(),
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            nested: self.nested.as_ref().map(|n| NestedState {
+                absmax: n.absmax.shallow_clone(),
+                code: n.code.shallow_clone(),
+                blocksize: n.blocksize,
+                offset: n.offset,
+            }),
+        }
+    }
+
     /// Number of quantized values (the product of [`QuantState4::shape`]).
     pub fn numel(&self) -> i64 {
         self.shape.iter().product()
@@ -218,17 +236,23 @@ pub fn dequantize_4bit_to(packed: &Tensor, state: &QuantState4, kind: Kind) -> R
 /// [`dequantize_4bit_to`] for a state validated when its layer was built: the per-block maxima are
 /// decoded without checks (a mismatch would panic inside libtorch, like any tch module).
 pub(crate) fn dequantize_4bit_trusted(packed: &Tensor, state: &QuantState4, kind: Kind) -> Tensor {
-    let absmax = match &state.nested {
-        None => state.absmax.to_kind(Kind::Float),
-        Some(n) => {
-            let values = n
-                .code
-                .to_device(state.absmax.device())
-                .index_select(0, &state.absmax.reshape([-1]).to_kind(Kind::Int64));
-            scale_blocks(&values, &n.absmax.reshape([-1]), n.blocksize) + f64::from(n.offset)
+    decode_4bit(packed, &state.trusted_absmax(), state, kind)
+}
+
+impl QuantState4 {
+    /// [`QuantState4::block_absmax`] for a validated state (no checks).
+    pub(crate) fn trusted_absmax(&self) -> Tensor {
+        match &self.nested {
+            None => self.absmax.to_kind(Kind::Float),
+            Some(n) => {
+                let values = n
+                    .code
+                    .to_device(self.absmax.device())
+                    .index_select(0, &self.absmax.reshape([-1]).to_kind(Kind::Int64));
+                scale_blocks(&values, &n.absmax.reshape([-1]), n.blocksize) + f64::from(n.offset)
+            }
         }
-    };
-    decode_4bit(packed, &absmax, state, kind)
+    }
 }
 
 /// Unpacks the nibbles, looks up the code and scales by the block maxima.

@@ -115,14 +115,11 @@ impl BaseLayer for Linear4bit {
     }
 
     /// `x @ dequantize(W).T + bias` in the compute dtype, cast back to `x`'s dtype (bitsandbytes'
-    /// `matmul_4bit` on CPU). The dequantized weight is a temporary of this call.
+    /// `matmul_4bit` on CPU). The dequantized weight is a temporary of this call: when a gradient flows
+    /// to `x` (training adapters below this layer), the matmul runs as [`crate::autograd::linear_4bit`],
+    /// which re-dequantizes in backward instead of keeping the dense weight alive.
     fn forward(&self, x: &Tensor) -> Tensor {
-        let input_kind = x.kind();
-        let kind = self.compute_dtype.unwrap_or(input_kind);
-        let x = x.to_kind(kind);
-        let w = dequantize_4bit_trusted(&self.packed, &self.state, kind);
-        let bias = self.bias.as_ref().map(|b| b.to_kind(kind));
-        x.linear(&w, bias.as_ref()).to_kind(input_kind)
+        self.forward_with(x, self.bias.as_ref())
     }
 
     fn named_parameters(&self) -> Vec<(&'static str, Tensor)> {
@@ -151,6 +148,37 @@ impl BaseLayer for Linear4bit {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+impl Linear4bit {
+    /// The forward pass with an explicit bias (a [`peft_core::nn::LinearBase`] holding this storage
+    /// keeps the bias itself).
+    pub fn forward_with(&self, x: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        let input_kind = x.kind();
+        let kind = self.compute_dtype.unwrap_or(input_kind);
+        let x = x.to_kind(kind);
+        let bias = bias.map(|b| b.to_kind(kind));
+        if peft_core::layer::grad_enabled() && x.requires_grad() {
+            let absmax = tch::no_grad(|| self.state.trusted_absmax());
+            let (out, inp) = (self.state.shape[0], self.state.shape[1]);
+            let y = crate::autograd::linear_4bit(
+                &x,
+                &self.packed,
+                &self.state.code,
+                &absmax,
+                bias.as_ref(),
+                self.state.blocksize,
+                out,
+                inp,
+            );
+            match y {
+                Ok(y) => return y.to_kind(input_kind),
+                Err(e) => log::warn!("{e}; falling back to a dense matmul"),
+            }
+        }
+        let w = dequantize_4bit_trusted(&self.packed, &self.state, kind);
+        x.linear(&w, bias.as_ref()).to_kind(input_kind)
     }
 }
 
@@ -240,6 +268,20 @@ impl Linear8bitLt {
         self.training.store(training, Ordering::Relaxed);
     }
 
+    /// Whether the layer is in training mode.
+    pub fn is_training(&self) -> bool {
+        self.training.load(Ordering::Relaxed)
+    }
+
+    /// The forward pass with an explicit bias.
+    pub fn forward_with(&self, x: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        if self.is_training() {
+            self.weight.linear_dequantized(x, bias)
+        } else {
+            self.weight.linear_int8(x, bias, self.threshold)
+        }
+    }
+
     /// The state-dict entries bitsandbytes saves (`weight` int8, `bias`, `SCB`, `weight_format`).
     pub fn state_dict(&self, prefix: &str) -> Vec<(String, Tensor)> {
         let mut v = vec![(format!("{prefix}weight"), self.weight.cb.shallow_clone())];
@@ -258,11 +300,7 @@ impl BaseLayer for Linear8bitLt {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        if self.training.load(Ordering::Relaxed) {
-            self.weight.linear_dequantized(x, self.bias.as_ref())
-        } else {
-            self.weight.linear_int8(x, self.bias.as_ref(), self.threshold)
-        }
+        self.forward_with(x, self.bias.as_ref())
     }
 
     fn named_parameters(&self) -> Vec<(&'static str, Tensor)> {
@@ -332,5 +370,34 @@ impl LinearLike for Linear8bitLt {
 
     fn fan_in_fan_out(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// The autograd function gives the same output and input gradient as plain ops on the dequantized
+    /// weight (which keep that weight alive until backward).
+    #[test]
+    fn autograd_matmul_equals_dense_ops() {
+        tch::manual_seed(3);
+        let w = Tensor::randn([48, 128], (Kind::Float, Device::Cpu));
+        let bias = Tensor::randn([48], (Kind::Float, Device::Cpu));
+        for double_quant in [false, true] {
+            let opts = Quant4Options { double_quant, ..Default::default() };
+            let layer = Linear4bit::quantize(&w, Some(bias.shallow_clone()), opts).unwrap();
+            let x = Tensor::randn([3, 7, 128], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            let y = layer.forward(&x);
+            let g = Tensor::randn([3, 7, 48], (Kind::Float, Device::Cpu));
+            let gx = Tensor::run_backward(&[(&y * &g).sum(Kind::Float)], &[&x], false, false);
+            let x2 = x.detach().set_requires_grad(true);
+            let dense = layer.weight();
+            let y2 = x2.linear(&dense, Some(&bias));
+            let gx2 = Tensor::run_backward(&[(&y2 * &g).sum(Kind::Float)], &[&x2], false, false);
+            assert!(y.equal(&y2), "outputs (double_quant {double_quant})");
+            assert!(gx[0].equal(&gx2[0]), "input gradients (double_quant {double_quant})");
+        }
     }
 }

@@ -23,12 +23,14 @@
 //! assert_eq!(back.size(), [2048, 2048]);
 //! ```
 
+pub mod autograd;
 pub mod blockwise;
 pub mod codes;
 pub mod error;
 pub mod four_bit;
 pub mod int8;
 pub mod layers;
+pub mod model;
 
 pub use blockwise::{dequantize_blockwise, quantize_blockwise};
 pub use codes::{dynamic_map, QuantType4};
@@ -36,3 +38,4 @@ pub use error::{QuantError, Result};
 pub use four_bit::{dequantize_4bit, dequantize_4bit_to, quantize_4bit, NestedState, QuantState4};
 pub use int8::{vectorwise_quant, Int8Weight};
 pub use layers::{Linear4bit, Linear8bitLt, Quant4Options};
+pub use model::{quantize_model, quantized_storage, set_int8_training, QuantizeSpec};

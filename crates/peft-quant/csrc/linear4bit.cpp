@@ -1,0 +1,94 @@
+// A libtorch autograd function for linear layers on a frozen 4-bit weight (QLoRA's matmul).
+//
+// Plain tensor ops would save the dequantized weight for the backward pass, so every 4-bit layer would
+// hold a dense copy of its weight until backward — the memory QLoRA exists to save. This function saves
+// only the packed codes and the per-block maxima, and dequantizes again in backward. The arithmetic is
+// the same as bitsandbytes' CPU path: code[nibble] * absmax[block] in f32, cast, then F.linear.
+//
+// C ABI: tensors cross as `at::Tensor*` (what tch's `C_tensor` is); results are heap-allocated tensors
+// owned by the caller; errors are returned as a malloc'ed message (free with peft_quant_free_error).
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor dequantize(const at::Tensor& packed, const at::Tensor& code, const at::Tensor& absmax,
+                      int64_t blocksize, int64_t out_features, int64_t in_features, at::ScalarType kind) {
+  const int64_t n = out_features * in_features;
+  at::Tensor flat = packed.reshape({-1}).to(at::kLong);
+  at::Tensor idx = at::stack({flat.bitwise_right_shift(4), flat.bitwise_and(15)}, 1).view({-1}).narrow(0, 0, n);
+  at::Tensor values = code.to(at::kFloat).index_select(0, idx);
+  const int64_t rem = n % blocksize;
+  const int64_t full = n - rem;
+  const int64_t blocks = full / blocksize;
+  at::Tensor a = absmax.reshape({-1});
+  at::Tensor out = (values.narrow(0, 0, full).view({blocks, blocksize}) * a.narrow(0, 0, blocks).view({-1, 1})).view({full});
+  if (rem != 0) {
+    out = at::cat({out, values.narrow(0, full, rem) * a[blocks]}, 0);
+  }
+  return out.to(kind).view({out_features, in_features});
+}
+
+struct Linear4bitFunction : public torch::autograd::Function<Linear4bitFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& packed, const at::Tensor& code,
+                            const at::Tensor& absmax, const at::Tensor& bias, int64_t blocksize, int64_t out_features,
+                            int64_t in_features) {
+    at::Tensor w = dequantize(packed, code, absmax, blocksize, out_features, in_features, x.scalar_type());
+    ctx->save_for_backward({packed, code, absmax});
+    ctx->saved_data["blocksize"] = blocksize;
+    ctx->saved_data["out_features"] = out_features;
+    ctx->saved_data["in_features"] = in_features;
+    std::optional<at::Tensor> b;
+    if (bias.defined()) b = bias.to(x.scalar_type());
+    return at::linear(x, w, b);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor& grad = grad_outputs[0];
+    at::Tensor w = dequantize(saved[0], saved[1], saved[2], ctx->saved_data["blocksize"].toInt(),
+                              ctx->saved_data["out_features"].toInt(), ctx->saved_data["in_features"].toInt(),
+                              grad.scalar_type());
+    at::Tensor grad_x = at::matmul(grad, w);
+    return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+char* error_message(const char* what) {
+  const size_t len = std::strlen(what);
+  char* msg = static_cast<char*>(std::malloc(len + 1));
+  if (msg != nullptr) std::memcpy(msg, what, len + 1);
+  return msg;
+}
+
+}  // namespace
+
+extern "C" {
+
+// `x @ dequantize(packed).T + bias` with a backward that re-dequantizes. `bias` may be null; `absmax` holds
+// the f32 per-block maxima (double quantization already undone). On success writes a new tensor to `*out`
+// and returns null; on failure returns the error message.
+char* peft_quant_linear4bit(const at::Tensor* x, const at::Tensor* packed, const at::Tensor* code,
+                            const at::Tensor* absmax, const at::Tensor* bias, int64_t blocksize, int64_t out_features,
+                            int64_t in_features, at::Tensor** out) {
+  try {
+    at::Tensor b = bias != nullptr ? *bias : at::Tensor();
+    at::Tensor y = Linear4bitFunction::apply(*x, *packed, *code, *absmax, b, blocksize, out_features, in_features);
+    *out = new at::Tensor(std::move(y));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error_message(e.what());
+  }
+}
+
+void peft_quant_free_error(char* msg) { std::free(msg); }
+
+}  // extern "C"
