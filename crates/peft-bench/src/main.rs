@@ -17,7 +17,29 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 fn load_base(path: &str) -> Result<(HfModel, VarStore)> {
-    let loaded = HfModel::load_dir(std::path::Path::new(path), None, &peft_models::LoadOptions::default())
+    load_base_with(path, &Value::Null)
+}
+
+/// Loads the base model, in `w["dtype"]` (`"bf16"`) and quantized to `w["quantize"]` (`"nf4"`: QLoRA's
+/// NF4 with double quantization, computing in the base dtype).
+fn load_base_with(path: &str, w: &Value) -> Result<(HfModel, VarStore)> {
+    let kind = match w["dtype"].as_str() {
+        Some("bf16") => Kind::BFloat16,
+        Some("f32") | None => Kind::Float,
+        Some(other) => bail!("unknown dtype {other}"),
+    };
+    let quantize = match w["quantize"].as_str() {
+        None => None,
+        Some(name) => Some(peft_quant::QuantizeSpec::FourBit(peft_quant::Quant4Options {
+            quant_type: peft_quant::QuantType4::from_name(name)
+                .ok_or_else(|| anyhow!("unknown quant type {name}"))?,
+            blocksize: 64,
+            double_quant: true,
+            compute_dtype: Some(kind),
+        })),
+    };
+    let opts = peft_models::LoadOptions { kind, quantize, ..Default::default() };
+    let loaded = HfModel::load_dir(std::path::Path::new(path), None, &opts)
         .with_context(|| format!("loading {path}"))?;
     Ok((loaded.model, loaded.vs))
 }
@@ -79,7 +101,7 @@ impl Workload {
     fn setup(w: &Value) -> Result<Self> {
         Ok(match str_of(w, "kind")? {
             "train" => {
-                let (model, vs) = load_base(str_of(w, "model")?)?;
+                let (model, vs) = load_base_with(str_of(w, "model")?, w)?;
                 let mut cfg = w["lora"].clone();
                 cfg["peft_type"] = json!("LORA");
                 let mut warnings = vec![];
@@ -212,6 +234,33 @@ fn peak_rss() -> u64 {
     peft_train::trainer::peak_rss_bytes().unwrap_or(0)
 }
 
+/// The current resident set size (`VmRSS`), in bytes.
+fn current_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    kb * 1024
+}
+
+/// Bytes held by quantized weights and the number of parameters they represent.
+fn quantized_params(model: &HfModel) -> (i64, i64) {
+    use peft_core::Adaptable;
+    let (bytes, _) = peft_quant::quantized_storage(model);
+    let mut params = 0;
+    model.visit_layers(&mut |l| {
+        if let Some(q) =
+            l.base().as_any().downcast_ref::<peft_core::nn::LinearBase>().and_then(|b| b.quantized.as_ref())
+        {
+            params += q.in_features() * q.out_features();
+        }
+    });
+    (bytes, params)
+}
+
 fn handle(req: &Value, workload: &mut Option<Workload>) -> Result<Option<Value>> {
     Ok(Some(match req["op"].as_str().unwrap_or_default() {
         "setup" => {
@@ -230,6 +279,19 @@ fn handle(req: &Value, workload: &mut Option<Workload>) -> Result<Option<Value>>
             json!({"ok": true})
         }
         "memory" => json!({"peak_rss": peak_rss()}),
+        "rss" => json!({"rss": current_rss()}),
+        "reset_peak" => {
+            // Linux: writing 5 to clear_refs resets VmHWM to the current RSS.
+            let ok = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+            json!({"ok": ok, "rss": current_rss()})
+        }
+        "storage" => {
+            let (bytes, params) = match workload.as_ref() {
+                Some(Workload::Train { peft, .. }) => quantized_params(peft.model()),
+                _ => (0, 0),
+            };
+            json!({"quantized_bytes": bytes, "quantized_params": params})
+        }
         "quit" => return Ok(None),
         other => bail!("unknown op {other}"),
     }))

@@ -80,7 +80,7 @@ impl LinearBase {
                 "a Conv1D (fan_in_fan_out) layer cannot hold a quantized weight".into(),
             ));
         }
-        if self.quantized.is_none() {
+        if self.quantized.is_none() && self.weight.numel() > 0 {
             let size = self.weight.size();
             if size != [q.out_features(), q.in_features()] {
                 return Err(PeftError::Invalid(format!(
@@ -326,8 +326,10 @@ pub type Linear = AdaptedLayer<LinearBase>;
 pub struct LinearConfig {
     /// Whether the layer has a bias.
     pub bias: bool,
-    /// Initialise like PyTorch (drawing random numbers). `false` allocates zeros without touching the
-    /// RNG, for layers whose weights a checkpoint will overwrite.
+    /// Initialise like PyTorch (drawing random numbers). `false` allocates uninitialised memory without
+    /// touching the RNG, for layers whose weights a checkpoint will overwrite (the pages are committed
+    /// only when the checkpoint is copied in, so a loader that quantizes layer by layer never holds the
+    /// whole dense model).
     pub init: bool,
 }
 
@@ -351,7 +353,7 @@ pub fn path_name(p: &Path<'_>) -> String {
 pub fn linear(p: Path<'_>, in_features: i64, out_features: i64, cfg: LinearConfig) -> Result<Linear> {
     if !cfg.init {
         let zeros = |shape: &[i64]| {
-            Tensor::f_zeros(shape, (p.kind(), p.device()))
+            Tensor::f_empty(shape, (p.kind(), p.device()))
                 .map_err(PeftError::torch("allocating a linear layer"))
         };
         let b = if cfg.bias { Some(zeros(&[out_features])?) } else { None };

@@ -190,18 +190,34 @@ impl HfModel {
         if let Some(pq) = &prequantized {
             pq.adjust_spec(&mut spec);
         }
-        let info = weights::load_checkpoint(&vs, dir, &spec)?;
+        let mut model = HfModel { arch, task, config, dir: dir.to_path_buf() };
+        // Quantize on load layer by layer: each weight is converted and its dense storage released right
+        // after it is read, so the dense model never exists in full.
+        let quantize = options.quantize.filter(|_| prequantized.is_none());
+        let targets = match &quantize {
+            Some(_) => quantized::quantizable_weights(&model),
+            None => Default::default(),
+        };
+        let mut storages = std::collections::BTreeMap::new();
+        let info = weights::load_checkpoint_with(&vs, dir, &spec, &mut |name, var| {
+            let (Some(q), Some(layer)) = (&quantize, targets.get(name)) else { return Ok(()) };
+            let storage = q
+                .quantize(&var.detach())
+                .map_err(|e| ModelError::Input(format!("quantizing `{name}`: {e}")))?;
+            quantized::release(var)?;
+            storages.insert(layer.clone(), storage);
+            Ok(())
+        })?;
         if !info.newly_initialized.is_empty() {
-            let std = config.f64_or("initializer_range", 0.02)?;
+            let std = model.config.f64_or("initializer_range", 0.02)?;
             init_new_heads(&vs, &info.newly_initialized, std)?;
         }
-        let mut model = HfModel { arch, task, config, dir: dir.to_path_buf() };
         if let Some(pq) = prequantized {
             pq.install(&mut model)?;
-        } else if let Some(q) = &options.quantize {
-            let n = peft_quant::quantize_model(&mut model, q, &[])
-                .map_err(|e| ModelError::Input(e.to_string()))?;
-            log::info!("quantized {} linear layers on load", n.len());
+        } else if quantize.is_some() {
+            let n = storages.len();
+            quantized::install(&mut model, storages)?;
+            log::info!("quantized {n} linear layers on load");
         }
         Ok(Loaded { model, vs })
     }

@@ -186,3 +186,47 @@ impl Prequantized {
         Ok(())
     }
 }
+
+/// `<layer>.weight` variable name → layer name, for every dense `nn.Linear` that quantize-on-load
+/// converts (all but the output embedding, as transformers does).
+pub(crate) fn quantizable_weights<M: Adaptable + ?Sized>(model: &M) -> BTreeMap<String, String> {
+    let output = model.output_embedding();
+    let mut out = BTreeMap::new();
+    model.visit_layers(&mut |layer| {
+        let name = layer.name();
+        if output.as_deref() == Some(name) {
+            return;
+        }
+        if let Some(lin) = layer.base().as_any().downcast_ref::<LinearBase>() {
+            if !lin.fan_in_fan_out && lin.quantized.is_none() {
+                out.insert(format!("{name}.weight"), name.to_string());
+            }
+        }
+    });
+    out
+}
+
+/// Releases a variable's storage (the layer holding a shallow clone sees the same empty tensor).
+pub(crate) fn release(var: &Tensor) -> Result<()> {
+    let empty =
+        Tensor::f_empty([0], (var.kind(), var.device())).map_err(ModelError::torch("releasing a weight"))?;
+    let mut v = var.shallow_clone();
+    tch::no_grad(|| v.set_data(&empty));
+    Ok(())
+}
+
+/// Installs quantized storage (by layer name) into the model's linear layers.
+pub(crate) fn install<M: Adaptable + ?Sized>(
+    model: &mut M,
+    mut storages: BTreeMap<String, Box<dyn QuantizedLinear>>,
+) -> Result<()> {
+    model.visit_layers_mut(&mut |layer| {
+        let Some(q) = storages.remove(layer.name()) else { return Ok(()) };
+        let (base, _) = layer.parts_mut();
+        match base.as_any_mut().and_then(|a| a.downcast_mut::<LinearBase>()) {
+            Some(lin) => lin.set_quantized(q),
+            None => Ok(()),
+        }
+    })?;
+    Ok(())
+}

@@ -88,6 +88,20 @@ pub struct LoadInfo {
 /// [`ModelError::ShapeMismatch`], [`ModelError::MissingWeights`], [`ModelError::UnexpectedWeights`], or
 /// a corrupt file.
 pub fn load_checkpoint(vs: &VarStore, dir: &Path, spec: &LoadSpec) -> Result<LoadInfo> {
+    load_checkpoint_with(vs, dir, spec, &mut |_, _| Ok(()))
+}
+
+/// [`load_checkpoint`] calling `after(variable_name, variable)` right after each variable is filled
+/// (a quantizing loader converts and releases each weight before the next one is read).
+///
+/// # Errors
+/// As [`load_checkpoint`], or the first error of `after`.
+pub fn load_checkpoint_with(
+    vs: &VarStore,
+    dir: &Path,
+    spec: &LoadSpec,
+    after: &mut dyn FnMut(&str, &tch::Tensor) -> Result<()>,
+) -> Result<LoadInfo> {
     let vars = vs.variables();
     let mut filled = BTreeSet::new();
     let mut unexpected = Vec::new();
@@ -123,6 +137,7 @@ pub fn load_checkpoint(vs: &VarStore, dir: &Path, spec: &LoadSpec) -> Result<Loa
             let mut dst = var.shallow_clone();
             tch::no_grad(|| dst.f_copy_(&tensor))
                 .map_err(ModelError::torch(format!("loading `{key}` from {}", file.display())))?;
+            after(&name, var)?;
             filled.insert(name);
             Ok(())
         })?;

@@ -255,8 +255,28 @@ impl QuantState4 {
     }
 }
 
-/// Unpacks the nibbles, looks up the code and scales by the block maxima.
+/// Unpacks the nibbles, looks up the code and scales by the block maxima (the fused C++ pass for 2-D
+/// weights, tensor ops otherwise).
 fn decode_4bit(packed: &Tensor, absmax: &Tensor, state: &QuantState4, kind: Kind) -> Tensor {
+    if let [out_f, in_f] = state.shape[..] {
+        let fused = crate::autograd::dequantize_4bit_fused(
+            packed,
+            &state.code,
+            absmax,
+            state.blocksize,
+            out_f,
+            in_f,
+            kind,
+        );
+        if let Ok(w) = fused {
+            return w;
+        }
+    }
+    decode_4bit_ops(packed, absmax, state, kind)
+}
+
+/// [`decode_4bit`] with tensor ops.
+fn decode_4bit_ops(packed: &Tensor, absmax: &Tensor, state: &QuantState4, kind: Kind) -> Tensor {
     let n = state.numel();
     let flat = packed.reshape([-1]).to_kind(Kind::Int64);
     let high = flat.bitwise_right_shift_tensor_scalar(4);
@@ -480,6 +500,20 @@ mod tests {
             (f64::from(0.1f32), "0.10000000149011612"),
         ] {
             assert_eq!(py_float_repr(x), s, "{x}");
+        }
+    }
+
+    #[test]
+    fn fused_dequantization_equals_tensor_ops() {
+        tch::manual_seed(2);
+        let w = Tensor::randn([40, 130], (Kind::Float, tch::Device::Cpu));
+        for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
+            let (packed, state) = quantize_4bit(&w.to_kind(kind), 64, QuantType4::Nf4, true).unwrap();
+            let absmax = state.block_absmax().unwrap();
+            let fused =
+                crate::autograd::dequantize_4bit_fused(&packed, &state.code, &absmax, 64, 40, 130, kind)
+                    .unwrap();
+            assert!(fused.equal(&decode_4bit_ops(&packed, &absmax, &state, kind)), "{kind:?}");
         }
     }
 

@@ -394,6 +394,32 @@ mod tests {
             let gx = Tensor::run_backward(&[(&y * &g).sum(Kind::Float)], &[&x], false, false);
             let x2 = x.detach().set_requires_grad(true);
             let dense = layer.weight();
+            // The autograd function itself runs (no silent fallback to dense ops).
+            let absmax = layer.state.block_absmax().unwrap();
+            let direct = crate::autograd::linear_4bit(
+                &x,
+                &layer.packed,
+                &layer.state.code,
+                &absmax,
+                Some(&bias),
+                64,
+                48,
+                128,
+            )
+            .unwrap();
+            assert!(direct.equal(&y));
+            let nobias = crate::autograd::linear_4bit(
+                &x,
+                &layer.packed,
+                &layer.state.code,
+                &absmax,
+                None,
+                64,
+                48,
+                128,
+            )
+            .unwrap();
+            assert!(nobias.equal(&x.linear(&dense, None::<&Tensor>)));
             let y2 = x2.linear(&dense, Some(&bias));
             let gx2 = Tensor::run_backward(&[(&y2 * &g).sum(Kind::Float)], &[&x2], false, false);
             assert!(y.equal(&y2), "outputs (double_quant {double_quant})");

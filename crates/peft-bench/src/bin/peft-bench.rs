@@ -103,11 +103,15 @@ impl Drop for Worker {
     }
 }
 
-fn spawn_workers(args: &Args) -> Result<(Worker, Worker)> {
+fn rs_command(args: &Args) -> Result<Command> {
     let exe = std::env::current_exe()?;
-    let rs = exe.with_file_name("peft-bench-worker");
-    let mut rs_cmd = Command::new(rs);
-    rs_cmd.arg(args.threads.to_string());
+    let mut cmd = Command::new(exe.with_file_name("peft-bench-worker"));
+    cmd.arg(args.threads.to_string()).env("OMP_NUM_THREADS", args.threads.to_string());
+    Ok(cmd)
+}
+
+fn spawn_workers(args: &Args) -> Result<(Worker, Worker)> {
+    let mut rs_cmd = rs_command(args)?;
     let mut py_cmd = Command::new(&args.python);
     py_cmd.arg(Path::new(CRATE_DIR).join("python").join("worker.py")).arg(args.threads.to_string());
     for cmd in [&mut rs_cmd, &mut py_cmd] {
@@ -292,6 +296,97 @@ fn measure(spec: &Spec, rs: &mut Worker, py: &mut Worker) -> Result<Measured> {
         py: median(&mut b),
         essential,
     })
+}
+
+/// One QLoRA-comparison run in a fresh peft-rs worker.
+struct QloraRun {
+    step_ms: f64,
+    /// Peak RSS minus the RSS before loading (libtorch's own footprint), in bytes.
+    train_bytes: u64,
+    /// Bits per quantized parameter at rest (quantized runs).
+    bits: Option<f64>,
+    /// Bytes of the quantized weights and the number of parameters they hold (quantized runs).
+    quantized: (f64, f64),
+}
+
+fn qlora_run(args: &Args, workload: &Value, reps: usize) -> Result<QloraRun> {
+    let mut cmd = rs_command(args)?;
+    // glibc keeps freed blocks of up to 32 MiB in its heap once it has seen one (its dynamic mmap
+    // threshold), so RSS would count transient dequantization buffers long after they are freed. A fixed
+    // 1 MiB threshold returns large blocks to the system on free: RSS then measures live memory, for
+    // both runs alike.
+    cmd.env("MALLOC_MMAP_THRESHOLD_", "1048576").env("MALLOC_TRIM_THRESHOLD_", "1048576");
+    let mut rs = Worker::spawn("peft-rs", cmd)?;
+    let base = rs.request(&json!({"op": "rss"}))?["rss"].as_u64().unwrap_or(0);
+    rs.request(&json!({"op": "setup", "workload": workload}))?;
+    // Loading streams the checkpoint through memory; the training footprint is measured from here on.
+    let loaded = rs.request(&json!({"op": "reset_peak"}))?["rss"].as_u64().unwrap_or(0);
+    rs.times(1)?;
+    let mut t = rs.times(reps)?;
+    let peak = rs.request(&json!({"op": "memory"}))?["peak_rss"].as_u64().unwrap_or(0);
+    let st = rs.request(&json!({"op": "storage"}))?;
+    let (bytes, params) =
+        (st["quantized_bytes"].as_f64().unwrap_or(0.0), st["quantized_params"].as_f64().unwrap_or(0.0));
+    let _ = loaded;
+    Ok(QloraRun {
+        step_ms: median(&mut t),
+        train_bytes: peak.saturating_sub(base),
+        bits: (params > 0.0).then(|| 8.0 * bytes / params),
+        quantized: (bytes, params),
+    })
+}
+
+/// QLoRA vs bf16 LoRA in peft-rs on the weights-dominated big Llama (h2048 ×8, vocab 1024), batch 1 × 64,
+/// LoRA r16 on q,v and on all-linear: `(targets, bf16 run, QLoRA run)`.
+fn qlora(args: &Args, fx: &Path) -> Result<Vec<(&'static str, QloraRun, QloraRun)>> {
+    let model = fx.join("models").join("big").display().to_string();
+    let w = |targets: &Value, quantize: Option<&str>| {
+        let mut w = json!({"kind": "train", "model": model, "dtype": "bf16", "batch": 1, "seq": 64, "lr": 1e-4,
+                           "lora": {"r": 16, "lora_alpha": 32, "target_modules": targets}});
+        if let Some(q) = quantize {
+            w["quantize"] = json!(q);
+        }
+        w
+    };
+    let reps = if args.quick { 2 } else { 3 };
+    let mut out = Vec::new();
+    for (name, targets) in [("q,v", json!(["q_proj", "v_proj"])), ("all-linear", json!("all-linear"))] {
+        let b = qlora_run(args, &w(&targets, None), reps)?;
+        let q = qlora_run(args, &w(&targets, Some("nf4")), reps)?;
+        println!(
+            "qlora ({name}): bf16 LoRA {:.0} ms / {} MiB, QLoRA {:.0} ms / {} MiB, {:.3} bits per parameter",
+            b.step_ms,
+            b.train_bytes >> 20,
+            q.step_ms,
+            q.train_bytes >> 20,
+            q.bits.unwrap_or(f64::NAN)
+        );
+        out.push((name, b, q));
+    }
+    Ok(out)
+}
+
+fn qlora_section(runs: &[(&str, QloraRun, QloraRun)]) -> String {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let mut s = String::from(
+        "\nQLoRA in peft-rs (fresh processes; Llama h2048 ×8, vocab 1024, batch 1 × 64, LoRA r16, AdamW; training \
+         memory = peak RSS during the steps (peak reset after loading) minus the RSS before loading, with glibc \
+         returning large freed blocks at once):\n\n\
+         | LoRA targets | base | step ms | training memory MiB | bits / base parameter | QLoRA / bf16 memory | QLoRA / bf16 step time |\n\
+         |---|---|---:|---:|---:|---:|---:|\n",
+    );
+    for (name, b, q) in runs {
+        s.push_str(&format!("| {name} | bf16 | {:.0} | {:.0} | 16 | | |\n", b.step_ms, mib(b.train_bytes)));
+        s.push_str(&format!(
+            "| {name} | NF4 + double quant (bf16 compute) | {:.0} | {:.0} | {:.3} | **{:.2}** | {:.2} |\n",
+            q.step_ms,
+            mib(q.train_bytes),
+            q.bits.unwrap_or(f64::NAN),
+            q.train_bytes as f64 / b.train_bytes.max(1) as f64,
+            q.step_ms / b.step_ms
+        ));
+    }
+    s
 }
 
 /// Peak RSS of a fresh worker pair running `spec` (the training workload).
@@ -484,7 +579,34 @@ fn main() -> Result<()> {
         }
         _ => None,
     };
-    let checks = checks(&measured, mem);
+    let mut checks = checks(&measured, mem);
+    let qlora_runs = if args.only.as_deref().is_none_or(|o| "qlora".contains(o)) {
+        let runs = qlora(&args, &fx)?;
+        for (name, b, q) in &runs {
+            // The floor: bf16 training memory with its linear weights (2 bytes per parameter) replaced by
+            // the 4-bit storage and nothing else changed — adapters, optimizer state, activations and
+            // libtorch's working memory are the same in both runs.
+            let (qbytes, params) = q.quantized;
+            let floor = (b.train_bytes as f64 - 2.0 * params + qbytes) / b.train_bytes.max(1) as f64;
+            checks.push(Check {
+                what: format!("QLoRA / bf16 LoRA training memory, r16 {name} (peft-rs)"),
+                value: q.train_bytes as f64 / b.train_bytes.max(1) as f64,
+                limit: 0.40,
+                floor: Some(floor),
+            });
+        }
+        if let Some((_, _, q)) = runs.first() {
+            checks.push(Check {
+                what: "bits per 4-bit base parameter at rest".into(),
+                value: q.bits.unwrap_or(f64::NAN),
+                limit: 4.13,
+                floor: None,
+            });
+        }
+        Some(runs)
+    } else {
+        None
+    };
     let header = format!(
         "Machine: {}. {} threads for both sides, f32 on CPU, medians of interleaved runs{}. libtorch 2.13.0 \
          (the venv's torch) on both sides; PEFT 0.21.2, transformers from tests/oracle/requirements.txt.",
@@ -492,7 +614,10 @@ fn main() -> Result<()> {
         args.threads,
         if args.quick { " (--quick: fewer repetitions)" } else { "" }
     );
-    let text = report(&measured, mem, &checks, &header);
+    let mut text = report(&measured, mem, &checks, &header);
+    if let Some(runs) = &qlora_runs {
+        text.push_str(&qlora_section(runs));
+    }
     println!("\n{text}");
     std::fs::write(args.out.join("results.md"), &text)?;
     let json_rows: Vec<Value> = measured
