@@ -22,47 +22,103 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// One pass over the packed bytes on CPU: code[nibble] * absmax[block] in f32, rounded once to the output
+// The per-block maxima: f32 values, or (double quantization) 8-bit codes of the maxima minus their mean,
+// with an f32 maximum per block of `nested_blocksize` codes. A block's scale is then
+// nested_code[q] * nested_absmax[b / nested_blocksize] + offset, in f32 — what bitsandbytes'
+// dequantize_blockwise followed by `absmax += offset` computes.
+struct Stats {
+  at::Tensor absmax;
+  at::Tensor nested_absmax;
+  at::Tensor nested_code;
+  bool nested = false;
+  int64_t nested_blocksize = 256;
+  double offset = 0.0;
+
+  // The f32 maxima as a tensor (for devices without the fused kernel).
+  at::Tensor dense() const {
+    if (!nested) return absmax.to(at::kFloat);
+    at::Tensor values = nested_code.to(at::kFloat).index_select(0, absmax.reshape({-1}).to(at::kLong));
+    const int64_t n = values.size(0);
+    const int64_t rem = n % nested_blocksize;
+    const int64_t full = n - rem;
+    at::Tensor na = nested_absmax.reshape({-1}).to(at::kFloat);
+    at::Tensor out =
+        (values.narrow(0, 0, full).view({full / nested_blocksize, nested_blocksize}) *
+         na.narrow(0, 0, full / nested_blocksize).view({-1, 1}))
+            .view({full});
+    if (rem != 0) out = at::cat({out, values.narrow(0, full, rem) * na[full / nested_blocksize]}, 0);
+    return out + at::scalar_tensor(offset, out.options());
+  }
+};
+
+// One pass over the packed bytes on CPU: code[nibble] * scale[block] in f32, rounded once to the output
 // dtype — the same values as the tensor-op version below, without its index and gather temporaries.
-template <typename T>
-void dequantize_cpu(const uint8_t* packed, const float* code, const float* absmax, int64_t blocksize, int64_t n,
-                    T* out) {
-  // Work in whole blocks: one scale per block, no division per element. Block sizes are even, so a
-  // block never splits a byte; only the last value of an odd-sized tensor has no partner.
-  const int64_t blocks = (n + blocksize - 1) / blocksize;
-  at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
+// Writes values [first, last) of the flattened weight to out[0 .. last - first).
+template <typename T, typename Scale>
+void dequantize_range_cpu(const uint8_t* packed, const float* code, Scale scale_of, int64_t blocksize,
+                          int64_t first, int64_t last, T* out) {
+  const int64_t b0 = first / blocksize;
+  const int64_t b1 = (last + blocksize - 1) / blocksize;
+  at::parallel_for(b0, b1, 16, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      const float scale = absmax[b];
-      const int64_t first = b * blocksize;
-      const int64_t last = std::min(n, first + blocksize);
-      int64_t j = first;
-      for (; j + 1 < last; j += 2) {
+      const float scale = scale_of(b);
+      const int64_t lo = std::max(first, b * blocksize);
+      const int64_t hi = std::min(last, (b + 1) * blocksize);
+      for (int64_t j = lo; j < hi; ++j) {
         const uint8_t byte = packed[j >> 1];
-        out[j] = static_cast<T>(code[byte >> 4] * scale);
-        out[j + 1] = static_cast<T>(code[byte & 15] * scale);
+        const uint8_t nibble = (j & 1) ? (byte & 15) : (byte >> 4);
+        out[j - first] = static_cast<T>(code[nibble] * scale);
       }
-      if (j < last) out[j] = static_cast<T>(code[packed[j >> 1] >> 4] * scale);
     }
   });
 }
 
-at::Tensor dequantize(const at::Tensor& packed, const at::Tensor& code, const at::Tensor& absmax,
-                      int64_t blocksize, int64_t out_features, int64_t in_features, at::ScalarType kind) {
+template <typename T>
+void dequantize_range_typed(const uint8_t* packed, const float* code, const Stats& st, const at::Tensor& absmax,
+                            const at::Tensor& nested_absmax, const at::Tensor& nested_code, int64_t blocksize,
+                            int64_t first, int64_t last, T* out) {
+  if (st.nested) {
+    const uint8_t* q = absmax.data_ptr<uint8_t>();
+    const float* na = nested_absmax.data_ptr<float>();
+    const float* nc = nested_code.data_ptr<float>();
+    const int64_t nbs = st.nested_blocksize;
+    const float offset = static_cast<float>(st.offset);
+    auto scale = [=](int64_t b) {
+      float s = nc[q[b]] * na[b / nbs];
+      return s + offset;
+    };
+    dequantize_range_cpu(packed, code, scale, blocksize, first, last, out);
+  } else {
+    const float* a = absmax.data_ptr<float>();
+    auto scale = [=](int64_t b) { return a[b]; };
+    dequantize_range_cpu(packed, code, scale, blocksize, first, last, out);
+  }
+}
+
+// Rows [row0, row0 + rows) of the dequantized (out_features, in_features) weight.
+at::Tensor dequantize_rows(const at::Tensor& packed, const at::Tensor& code, const Stats& st, int64_t blocksize,
+                           int64_t out_features, int64_t in_features, int64_t row0, int64_t rows,
+                           at::ScalarType kind) {
   const int64_t n = out_features * in_features;
-  if (packed.device().is_cpu() && (kind == at::kFloat || kind == at::kBFloat16 || kind == at::kHalf)) {
+  const bool cpu_kind = kind == at::kFloat || kind == at::kBFloat16 || kind == at::kHalf;
+  const bool stats_ok = st.nested ? st.absmax.scalar_type() == at::kByte : st.absmax.scalar_type() == at::kFloat;
+  if (packed.device().is_cpu() && cpu_kind && stats_ok) {
     at::Tensor p = packed.contiguous();
     at::Tensor c = code.to(at::kFloat).contiguous();
-    at::Tensor a = absmax.to(at::kFloat).contiguous();
-    at::Tensor out = at::empty({out_features, in_features}, packed.options().dtype(kind));
+    at::Tensor a = st.absmax.contiguous();
+    at::Tensor na = st.nested ? st.nested_absmax.to(at::kFloat).contiguous() : at::Tensor();
+    at::Tensor nc = st.nested ? st.nested_code.to(at::kFloat).contiguous() : at::Tensor();
+    at::Tensor out = at::empty({rows, in_features}, packed.options().dtype(kind));
     const uint8_t* pp = p.data_ptr<uint8_t>();
     const float* cp = c.data_ptr<float>();
-    const float* ap = a.data_ptr<float>();
+    const int64_t first = row0 * in_features;
+    const int64_t last = first + rows * in_features;
     if (kind == at::kFloat) {
-      dequantize_cpu(pp, cp, ap, blocksize, n, out.data_ptr<float>());
+      dequantize_range_typed(pp, cp, st, a, na, nc, blocksize, first, last, out.data_ptr<float>());
     } else if (kind == at::kBFloat16) {
-      dequantize_cpu(pp, cp, ap, blocksize, n, out.data_ptr<at::BFloat16>());
+      dequantize_range_typed(pp, cp, st, a, na, nc, blocksize, first, last, out.data_ptr<at::BFloat16>());
     } else {
-      dequantize_cpu(pp, cp, ap, blocksize, n, out.data_ptr<at::Half>());
+      dequantize_range_typed(pp, cp, st, a, na, nc, blocksize, first, last, out.data_ptr<at::Half>());
     }
     return out;
   }
@@ -72,37 +128,82 @@ at::Tensor dequantize(const at::Tensor& packed, const at::Tensor& code, const at
   const int64_t rem = n % blocksize;
   const int64_t full = n - rem;
   const int64_t blocks = full / blocksize;
-  at::Tensor a = absmax.reshape({-1});
+  at::Tensor a = st.dense().reshape({-1});
   at::Tensor out = (values.narrow(0, 0, full).view({blocks, blocksize}) * a.narrow(0, 0, blocks).view({-1, 1})).view({full});
   if (rem != 0) {
     out = at::cat({out, values.narrow(0, full, rem) * a[blocks]}, 0);
   }
-  return out.to(kind).view({out_features, in_features});
+  return out.to(kind).view({out_features, in_features}).narrow(0, row0, rows);
+}
+
+at::Tensor dequantize(const at::Tensor& packed, const at::Tensor& code, const Stats& st, int64_t blocksize,
+                      int64_t out_features, int64_t in_features, at::ScalarType kind) {
+  return dequantize_rows(packed, code, st, blocksize, out_features, in_features, 0, out_features, kind);
+}
+
+// Weights above this many values are dequantized a slice of rows at a time, so the transient dense copy
+// stays at most this big (8 MiB in bf16) however large the layer.
+constexpr int64_t kChunkValues = int64_t{1} << 22;
+
+int64_t chunk_rows(int64_t out_features, int64_t in_features) {
+  if (out_features * in_features <= kChunkValues) return out_features;
+  return std::max<int64_t>(1, kChunkValues / in_features);
 }
 
 struct Linear4bitFunction : public torch::autograd::Function<Linear4bitFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& packed, const at::Tensor& code,
-                            const at::Tensor& absmax, const at::Tensor& bias, bool has_bias, int64_t blocksize,
-                            int64_t out_features, int64_t in_features) {
-    at::Tensor w = dequantize(packed, code, absmax, blocksize, out_features, in_features, x.scalar_type());
-    ctx->save_for_backward({packed, code, absmax});
+                            const at::Tensor& absmax, const at::Tensor& nested_absmax, const at::Tensor& nested_code,
+                            bool nested, int64_t nested_blocksize, double offset, const at::Tensor& bias,
+                            bool has_bias, int64_t blocksize, int64_t out_features, int64_t in_features) {
+    // Only the packed codes and the (possibly 8-bit) statistics are kept for backward: no dense weight.
+    ctx->save_for_backward({packed, code, absmax, nested_absmax, nested_code});
+    ctx->saved_data["nested"] = nested;
+    ctx->saved_data["nested_blocksize"] = nested_blocksize;
+    ctx->saved_data["offset"] = offset;
     ctx->saved_data["blocksize"] = blocksize;
     ctx->saved_data["out_features"] = out_features;
     ctx->saved_data["in_features"] = in_features;
+    const Stats st{absmax, nested_absmax, nested_code, nested, nested_blocksize, offset};
     std::optional<at::Tensor> b;
     if (has_bias) b = bias.to(x.scalar_type());
-    return at::linear(x, w, b);
+    const int64_t step = chunk_rows(out_features, in_features);
+    if (step >= out_features) {
+      at::Tensor w = dequantize(packed, code, st, blocksize, out_features, in_features, x.scalar_type());
+      return at::linear(x, w, b);
+    }
+    auto sizes = x.sizes().vec();
+    sizes.back() = out_features;
+    at::Tensor y = at::empty(sizes, x.options());
+    for (int64_t r0 = 0; r0 < out_features; r0 += step) {
+      const int64_t rows = std::min(step, out_features - r0);
+      at::Tensor w = dequantize_rows(packed, code, st, blocksize, out_features, in_features, r0, rows, x.scalar_type());
+      std::optional<at::Tensor> bc;
+      if (b.has_value()) bc = b->narrow(0, r0, rows);
+      y.narrow(-1, r0, rows).copy_(at::linear(x, w, bc));
+    }
+    return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     auto saved = ctx->get_saved_variables();
     const at::Tensor& grad = grad_outputs[0];
-    at::Tensor w = dequantize(saved[0], saved[1], saved[2], ctx->saved_data["blocksize"].toInt(),
-                              ctx->saved_data["out_features"].toInt(), ctx->saved_data["in_features"].toInt(),
-                              grad.scalar_type());
-    at::Tensor grad_x = at::matmul(grad, w);
-    return {grad_x,       at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(),   at::Tensor(), at::Tensor()};
+    const Stats st{saved[2], saved[3], saved[4], ctx->saved_data["nested"].toBool(),
+                   ctx->saved_data["nested_blocksize"].toInt(), ctx->saved_data["offset"].toDouble()};
+    const int64_t blocksize = ctx->saved_data["blocksize"].toInt();
+    const int64_t out_features = ctx->saved_data["out_features"].toInt();
+    const int64_t in_features = ctx->saved_data["in_features"].toInt();
+    const int64_t step = chunk_rows(out_features, in_features);
+    at::Tensor grad_x;
+    for (int64_t r0 = 0; r0 < out_features; r0 += step) {
+      const int64_t rows = std::min(step, out_features - r0);
+      at::Tensor w = dequantize_rows(saved[0], saved[1], st, blocksize, out_features, in_features, r0, rows,
+                                     grad.scalar_type());
+      at::Tensor part = at::matmul(rows == out_features ? grad : grad.narrow(-1, r0, rows), w);
+      grad_x = grad_x.defined() ? grad_x.add_(part) : part;
+    }
+    variable_list grads(15);
+    grads[0] = grad_x;
+    return grads;
   }
 };
 
@@ -115,20 +216,38 @@ char* error_message(const char* what) {
 
 }  // namespace
 
+// The statistics of a 4-bit weight as they cross the C ABI: `nested_absmax` / `nested_code` are null
+// without double quantization (then `absmax` holds f32 maxima).
+struct PeftQuantStats {
+  const at::Tensor* absmax;
+  const at::Tensor* nested_absmax;
+  const at::Tensor* nested_code;
+  int64_t nested_blocksize;
+  double offset;
+};
+
+Stats stats_of(const PeftQuantStats* s, const at::TensorOptions& opts) {
+  const bool nested = s->nested_absmax != nullptr && s->nested_code != nullptr;
+  return Stats{*s->absmax, nested ? *s->nested_absmax : at::empty({0}, opts.dtype(at::kFloat)),
+               nested ? *s->nested_code : at::empty({0}, opts.dtype(at::kFloat)), nested, s->nested_blocksize,
+               s->offset};
+}
+
 extern "C" {
 
-// `x @ dequantize(packed).T + bias` with a backward that re-dequantizes. `bias` may be null; `absmax` holds
-// the f32 per-block maxima (double quantization already undone). On success writes a new tensor to `*out`
-// and returns null; on failure returns the error message.
+// `x @ dequantize(packed).T + bias` with a backward that re-dequantizes. `bias` may be null. On success
+// writes a new tensor to `*out` and returns null; on failure returns the error message.
 char* peft_quant_linear4bit(const at::Tensor* x, const at::Tensor* packed, const at::Tensor* code,
-                            const at::Tensor* absmax, const at::Tensor* bias, int64_t blocksize, int64_t out_features,
-                            int64_t in_features, at::Tensor** out) {
+                            const PeftQuantStats* stats, const at::Tensor* bias, int64_t blocksize,
+                            int64_t out_features, int64_t in_features, at::Tensor** out) {
   try {
-    // Every tensor argument of an autograd function must be defined: no bias travels as an empty tensor.
+    const Stats st = stats_of(stats, x->options());
+    // Every tensor argument of an autograd function must be defined: absent ones travel as empty tensors.
     const bool has_bias = bias != nullptr;
     at::Tensor b = has_bias ? *bias : at::empty({0}, x->options());
-    at::Tensor y =
-        Linear4bitFunction::apply(*x, *packed, *code, *absmax, b, has_bias, blocksize, out_features, in_features);
+    at::Tensor y = Linear4bitFunction::apply(*x, *packed, *code, st.absmax, st.nested_absmax, st.nested_code,
+                                             st.nested, st.nested_blocksize, st.offset, b, has_bias, blocksize,
+                                             out_features, in_features);
     *out = new at::Tensor(std::move(y));
     return nullptr;
   } catch (const std::exception& e) {
@@ -137,12 +256,13 @@ char* peft_quant_linear4bit(const at::Tensor* x, const at::Tensor* packed, const
 }
 
 // The dequantized (out_features, in_features) weight in dtype `kind` (a c10::ScalarType value).
-char* peft_quant_dequantize4bit(const at::Tensor* packed, const at::Tensor* code, const at::Tensor* absmax,
+char* peft_quant_dequantize4bit(const at::Tensor* packed, const at::Tensor* code, const PeftQuantStats* stats,
                                 int64_t blocksize, int64_t out_features, int64_t in_features, int kind,
                                 at::Tensor** out) {
   try {
+    const Stats st = stats_of(stats, packed->options());
     at::Tensor w =
-        dequantize(*packed, *code, *absmax, blocksize, out_features, in_features, static_cast<at::ScalarType>(kind));
+        dequantize(*packed, *code, st, blocksize, out_features, in_features, static_cast<at::ScalarType>(kind));
     *out = new at::Tensor(std::move(w));
     return nullptr;
   } catch (const std::exception& e) {

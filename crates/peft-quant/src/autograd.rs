@@ -7,16 +7,49 @@
 //! packed weight plus one transient dense copy at a time.
 
 use crate::error::{QuantError, Result};
+use crate::four_bit::QuantState4;
 use std::ffi::{c_char, CStr};
 use tch::Tensor;
 use torch_sys::C_tensor;
+
+/// `PeftQuantStats` of the C++ side.
+#[repr(C)]
+struct Stats {
+    absmax: *const C_tensor,
+    nested_absmax: *const C_tensor,
+    nested_code: *const C_tensor,
+    nested_blocksize: i64,
+    offset: f64,
+}
+
+impl Stats {
+    /// Borrows the statistics of `state` (valid while `state` lives).
+    fn of(state: &QuantState4) -> Self {
+        match &state.nested {
+            Some(n) => Self {
+                absmax: state.absmax.as_ptr(),
+                nested_absmax: n.absmax.as_ptr(),
+                nested_code: n.code.as_ptr(),
+                nested_blocksize: n.blocksize,
+                offset: f64::from(n.offset),
+            },
+            None => Self {
+                absmax: state.absmax.as_ptr(),
+                nested_absmax: std::ptr::null(),
+                nested_code: std::ptr::null(),
+                nested_blocksize: 0,
+                offset: 0.0,
+            },
+        }
+    }
+}
 
 extern "C" {
     fn peft_quant_linear4bit(
         x: *const C_tensor,
         packed: *const C_tensor,
         code: *const C_tensor,
-        absmax: *const C_tensor,
+        stats: *const Stats,
         bias: *const C_tensor,
         blocksize: i64,
         out_features: i64,
@@ -26,7 +59,7 @@ extern "C" {
     fn peft_quant_dequantize4bit(
         packed: *const C_tensor,
         code: *const C_tensor,
-        absmax: *const C_tensor,
+        stats: *const Stats,
         blocksize: i64,
         out_features: i64,
         in_features: i64,
@@ -48,20 +81,25 @@ fn finish(err: *mut c_char, out: *mut C_tensor, what: &str) -> Result<Tensor> {
     Ok(unsafe { Tensor::from_ptr(out) })
 }
 
-/// The dequantized `(out_features, in_features)` weight in `kind`: one fused pass over the packed bytes
-/// on CPU (`code[nibble] * absmax[block]` in f32, rounded once), tensor ops elsewhere.
+fn out_in(state: &QuantState4) -> Result<(i64, i64)> {
+    match state.shape[..] {
+        [o, i] => Ok((o, i)),
+        _ => Err(QuantError::Shape {
+            what: "4-bit linear weight".into(),
+            expected: "(out, in)".into(),
+            found: state.shape.clone(),
+        }),
+    }
+}
+
+/// The dequantized `(out, in)` weight in `kind`: one fused pass over the packed bytes on CPU
+/// (`code[nibble] * scale[block]` in f32, the scale decoded from the double-quantized statistics on the
+/// fly, rounded once), tensor ops elsewhere.
 ///
 /// # Errors
-/// Shapes or dtypes libtorch rejects.
-pub fn dequantize_4bit_fused(
-    packed: &Tensor,
-    code: &Tensor,
-    absmax: &Tensor,
-    blocksize: i64,
-    out_features: i64,
-    in_features: i64,
-    kind: tch::Kind,
-) -> Result<Tensor> {
+/// A state that is not 2-D, an unsupported dtype, or shapes libtorch rejects.
+pub fn dequantize_4bit_fused(packed: &Tensor, state: &QuantState4, kind: tch::Kind) -> Result<Tensor> {
+    let (out_features, in_features) = out_in(state)?;
     // c10::ScalarType values.
     let scalar_type = match kind {
         tch::Kind::Half => 5,
@@ -71,14 +109,16 @@ pub fn dequantize_4bit_fused(
             return Err(QuantError::Invalid(format!("4-bit dequantization to {other:?} is not supported")))
         }
     };
+    let stats = Stats::of(state);
     let mut out: *mut C_tensor = std::ptr::null_mut();
-    // SAFETY: live tch tensors borrowed for the call; see `linear_4bit`.
+    // SAFETY: live tch tensors (and `stats`, pointing into `state`) borrowed for the call; the C++ side
+    // copies what it keeps and returns a new heap tensor or an owned message.
     let err = unsafe {
         peft_quant_dequantize4bit(
             packed.as_ptr(),
-            code.as_ptr(),
-            absmax.as_ptr(),
-            blocksize,
+            state.code.as_ptr(),
+            &stats,
+            state.blocksize,
             out_features,
             in_features,
             scalar_type,
@@ -88,35 +128,32 @@ pub fn dequantize_4bit_fused(
     finish(err, out, "4-bit dequantization")
 }
 
-/// `x @ W.T + bias` for a 4-bit weight given as packed codes (`uint8`), its 16-value `code` and f32
-/// per-block maxima, computed in `x`'s dtype; the backward pass re-dequantizes instead of keeping `W`.
+/// `x @ W.T + bias` for a 4-bit weight (packed codes and their [`QuantState4`]), computed in `x`'s
+/// dtype. The backward pass re-dequantizes instead of keeping `W`, the statistics stay in their stored
+/// (8-bit when double-quantized) form, and weights above 4M values are dequantized a slice of rows at a
+/// time, so the transient dense copy stays small.
 ///
 /// # Errors
-/// Shapes or dtypes libtorch rejects (the message names the operation).
-#[allow(clippy::too_many_arguments)]
+/// A state that is not 2-D, or shapes or dtypes libtorch rejects.
 pub fn linear_4bit(
     x: &Tensor,
     packed: &Tensor,
-    code: &Tensor,
-    absmax: &Tensor,
+    state: &QuantState4,
     bias: Option<&Tensor>,
-    blocksize: i64,
-    out_features: i64,
-    in_features: i64,
 ) -> Result<Tensor> {
+    let (out_features, in_features) = out_in(state)?;
+    let stats = Stats::of(state);
     let mut out: *mut C_tensor = std::ptr::null_mut();
     let bias_ptr = bias.map_or(std::ptr::null(), Tensor::as_ptr);
-    // SAFETY: every pointer is a live tch tensor (an `at::Tensor*`) borrowed for the call; the C++ side
-    // copies what it keeps, writes a new heap tensor to `out` on success, and returns an owned message on
-    // failure.
+    // SAFETY: as in `dequantize_4bit_fused`.
     let err = unsafe {
         peft_quant_linear4bit(
             x.as_ptr(),
             packed.as_ptr(),
-            code.as_ptr(),
-            absmax.as_ptr(),
+            state.code.as_ptr(),
+            &stats,
             bias_ptr,
-            blocksize,
+            state.blocksize,
             out_features,
             in_features,
             &mut out,

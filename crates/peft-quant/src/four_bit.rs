@@ -230,13 +230,15 @@ pub fn dequantize_4bit_to(packed: &Tensor, state: &QuantState4, kind: Kind) -> R
             found: absmax.size(),
         });
     }
-    Ok(decode_4bit(packed, &absmax, state, kind))
+    Ok(crate::autograd::dequantize_4bit_fused(packed, state, kind)
+        .unwrap_or_else(|_| decode_4bit_ops(packed, &absmax, state, kind)))
 }
 
-/// [`dequantize_4bit_to`] for a state validated when its layer was built: the per-block maxima are
-/// decoded without checks (a mismatch would panic inside libtorch, like any tch module).
+/// [`dequantize_4bit_to`] for a state validated when its layer was built (the fused pass; tensor ops if
+/// it is unavailable, where a mismatch would panic inside libtorch, like any tch module).
 pub(crate) fn dequantize_4bit_trusted(packed: &Tensor, state: &QuantState4, kind: Kind) -> Tensor {
-    decode_4bit(packed, &state.trusted_absmax(), state, kind)
+    crate::autograd::dequantize_4bit_fused(packed, state, kind)
+        .unwrap_or_else(|_| decode_4bit_ops(packed, &state.trusted_absmax(), state, kind))
 }
 
 impl QuantState4 {
@@ -255,27 +257,7 @@ impl QuantState4 {
     }
 }
 
-/// Unpacks the nibbles, looks up the code and scales by the block maxima (the fused C++ pass for 2-D
-/// weights, tensor ops otherwise).
-fn decode_4bit(packed: &Tensor, absmax: &Tensor, state: &QuantState4, kind: Kind) -> Tensor {
-    if let [out_f, in_f] = state.shape[..] {
-        let fused = crate::autograd::dequantize_4bit_fused(
-            packed,
-            &state.code,
-            absmax,
-            state.blocksize,
-            out_f,
-            in_f,
-            kind,
-        );
-        if let Ok(w) = fused {
-            return w;
-        }
-    }
-    decode_4bit_ops(packed, absmax, state, kind)
-}
-
-/// [`decode_4bit`] with tensor ops.
+/// Unpacks the nibbles, looks up the code and scales by the block maxima, with tensor ops.
 fn decode_4bit_ops(packed: &Tensor, absmax: &Tensor, state: &QuantState4, kind: Kind) -> Tensor {
     let n = state.numel();
     let flat = packed.reshape([-1]).to_kind(Kind::Int64);
@@ -480,6 +462,16 @@ impl QuantState4 {
 }
 
 #[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// Tensor-op dequantization in the state's dtype.
+    pub(crate) fn dequantize_ops(packed: &Tensor, absmax: &Tensor, state: &QuantState4) -> Tensor {
+        decode_4bit_ops(packed, absmax, state, state.dtype)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -510,9 +502,7 @@ mod tests {
         for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
             let (packed, state) = quantize_4bit(&w.to_kind(kind), 64, QuantType4::Nf4, true).unwrap();
             let absmax = state.block_absmax().unwrap();
-            let fused =
-                crate::autograd::dequantize_4bit_fused(&packed, &state.code, &absmax, 64, 40, 130, kind)
-                    .unwrap();
+            let fused = crate::autograd::dequantize_4bit_fused(&packed, &state, kind).unwrap();
             assert!(fused.equal(&decode_4bit_ops(&packed, &absmax, &state, kind)), "{kind:?}");
         }
     }

@@ -159,23 +159,11 @@ impl Linear4bit {
         let kind = self.compute_dtype.unwrap_or(input_kind);
         let x = x.to_kind(kind);
         let bias = bias.map(|b| b.to_kind(kind));
-        if peft_core::layer::grad_enabled() && x.requires_grad() {
-            let absmax = tch::no_grad(|| self.state.trusted_absmax());
-            let (out, inp) = (self.state.shape[0], self.state.shape[1]);
-            let y = crate::autograd::linear_4bit(
-                &x,
-                &self.packed,
-                &self.state.code,
-                &absmax,
-                bias.as_ref(),
-                self.state.blocksize,
-                out,
-                inp,
-            );
-            match y {
-                Ok(y) => return y.to_kind(input_kind),
-                Err(e) => log::warn!("{e}; falling back to a dense matmul"),
-            }
+        // The autograd function for training and inference alike: no dense weight saved for backward, and
+        // large weights dequantized a slice at a time.
+        match crate::autograd::linear_4bit(&x, &self.packed, &self.state, bias.as_ref()) {
+            Ok(y) => return y.to_kind(input_kind),
+            Err(e) => log::warn!("{e}; falling back to a dense matmul"),
         }
         let w = dequantize_4bit_trusted(&self.packed, &self.state, kind);
         x.linear(&w, bias.as_ref()).to_kind(input_kind)
@@ -378,6 +366,28 @@ mod tests {
     use super::*;
     use tch::Device;
 
+    /// Layers above 4M values are dequantized a slice of rows at a time: same outputs and gradients as
+    /// dense ops up to summation order.
+    #[test]
+    fn chunked_autograd_matmul_matches_dense_ops() {
+        tch::manual_seed(4);
+        let (out, inp) = (2100, 2048);
+        let w = Tensor::randn([out, inp], (Kind::Float, Device::Cpu)) * 0.05;
+        let bias = Tensor::randn([out], (Kind::Float, Device::Cpu));
+        let layer = Linear4bit::quantize(&w, Some(bias.shallow_clone()), Quant4Options::default()).unwrap();
+        let x = Tensor::randn([2, 3, inp], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let y = crate::autograd::linear_4bit(&x, &layer.packed, &layer.state, Some(&bias)).unwrap();
+        let g = Tensor::randn([2, 3, out], (Kind::Float, Device::Cpu));
+        let gx = Tensor::run_backward(&[(&y * &g).sum(Kind::Float)], &[&x], false, false);
+        let dense = layer.weight();
+        let x2 = x.detach().set_requires_grad(true);
+        let y2 = x2.linear(&dense, Some(&bias));
+        let gx2 = Tensor::run_backward(&[(&y2 * &g).sum(Kind::Float)], &[&x2], false, false);
+        let close = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) < 1e-4;
+        assert!(close(&y, &y2), "outputs");
+        assert!(close(&gx[0], &gx2[0]), "input gradients");
+    }
+
     /// The autograd function gives the same output and input gradient as plain ops on the dequantized
     /// weight (which keep that weight alive until backward).
     #[test]
@@ -395,30 +405,13 @@ mod tests {
             let x2 = x.detach().set_requires_grad(true);
             let dense = layer.weight();
             // The autograd function itself runs (no silent fallback to dense ops).
-            let absmax = layer.state.block_absmax().unwrap();
-            let direct = crate::autograd::linear_4bit(
-                &x,
-                &layer.packed,
-                &layer.state.code,
-                &absmax,
-                Some(&bias),
-                64,
-                48,
-                128,
-            )
-            .unwrap();
+            let direct = crate::autograd::linear_4bit(&x, &layer.packed, &layer.state, Some(&bias)).unwrap();
             assert!(direct.equal(&y));
-            let nobias = crate::autograd::linear_4bit(
-                &x,
-                &layer.packed,
-                &layer.state.code,
-                &absmax,
-                None,
-                64,
-                48,
-                128,
-            )
-            .unwrap();
+            let nobias = crate::autograd::linear_4bit(&x, &layer.packed, &layer.state, None).unwrap();
+            // The statistics decoded inside the kernel equal the tensor-op decoding.
+            let absmax = layer.state.block_absmax().unwrap();
+            assert!(crate::four_bit::tests_support::dequantize_ops(&layer.packed, &absmax, &layer.state)
+                .equal(&dense));
             assert!(nobias.equal(&x.linear(&dense, None::<&Tensor>)));
             let y2 = x2.linear(&dense, Some(&bias));
             let gx2 = Tensor::run_backward(&[(&y2 * &g).sum(Kind::Float)], &[&x2], false, false);
