@@ -205,6 +205,63 @@ def gen_qlora(out):
             json.dump(c, f)
 
 
+LOFTQ = [
+    dict(name="nf4_iter1", bits=4, iters=1, r=8),
+    dict(name="nf4_iter3", bits=4, iters=3, r=4),
+    dict(name="int8_iter2", bits=8, iters=2, r=8),
+]
+
+
+def loftq_on_cpu():
+    """PEFT 0.21.2's loftq_init computes on "cuda" (or "xpu") unconditionally. Route those moves to the CPU so
+    that PEFT's own code runs here; the arithmetic is unchanged."""
+    orig_to = torch.Tensor.to
+    orig_p4 = bnb.nn.Params4bit.to
+
+    def cpu(args, kwargs):
+        args = tuple("cpu" if isinstance(a, str) and a.startswith(("cuda", "xpu")) else a for a in args)
+        if isinstance(kwargs.get("device"), str) and kwargs["device"].startswith(("cuda", "xpu")):
+            kwargs["device"] = "cpu"
+        return args, kwargs
+
+    def tensor_to(self, *args, **kwargs):
+        args, kwargs = cpu(args, kwargs)
+        return orig_to(self, *args, **kwargs)
+
+    def p4_to(self, *args, **kwargs):
+        args, kwargs = cpu(args, kwargs)
+        return orig_p4(self, *args, **kwargs)
+
+    torch.Tensor.to = tensor_to
+    bnb.nn.Params4bit.to = p4_to
+
+
+def gen_loftq(out):
+    from peft import LoftQConfig
+
+    loftq_on_cpu()
+    for i, c in enumerate(LOFTQ):
+        d = os.path.join(out, "loftq", c["name"])
+        os.makedirs(d)
+        torch.manual_seed(700 + i)
+        model = QMLP()
+        save_file({k: v.detach().clone() for k, v in model.state_dict().items()}, os.path.join(d, "dense.safetensors"))
+        config = LoraConfig(r=c["r"], lora_alpha=2 * c["r"], target_modules=["lin0", "lin1"], init_lora_weights="loftq",
+                            loftq_config=LoftQConfig(loftq_bits=c["bits"], loftq_iter=c["iters"]))
+        peft_model = get_peft_model(model, config)
+        peft_model.eval()
+        base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v.detach().clone()
+                for k, v in peft_model.named_parameters() if "lora_" not in k}
+        save_file(base, os.path.join(d, "base_after.safetensors"))
+        x = torch.randn(5, 64)
+        with torch.no_grad():
+            y = peft_model(x)
+        peft_model.save_pretrained(os.path.join(d, "adapter"))
+        save_file({"x": x, "y": y}, os.path.join(d, "io.safetensors"))
+        with open(os.path.join(d, "case.json"), "w") as f:
+            json.dump(c, f)
+
+
 LLAMA = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=200, max_position_embeddings=128, tie_word_embeddings=False)
 
@@ -300,9 +357,11 @@ def main():
     gen_int8(out)
     gen_qlora(out)
     gen_llama(out)
+    gen_loftq(out)
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump({"blockwise": [c["name"] for c in BLOCKWISE], "4bit": [c["name"] for c in FOUR_BIT],
-                   "int8": [c["name"] for c in INT8], "qlora": [c["name"] for c in QLORA]}, f, indent=1)
+                   "int8": [c["name"] for c in INT8], "qlora": [c["name"] for c in QLORA],
+                   "loftq": [c["name"] for c in LOFTQ]}, f, indent=1)
 
 
 if __name__ == "__main__":

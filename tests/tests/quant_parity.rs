@@ -317,3 +317,79 @@ fn qlora_training_lowers_the_loss_and_its_adapter_loads_in_peft_on_a_4bit_base()
     );
     oracle::record("rs->peft", "llama 4-bit, QLoRA trained in peft-rs");
 }
+
+/// The dense twin of gen_quant.py's `QMLP` (lin0 64→128, relu, lin1 128→64).
+#[derive(Debug, Adaptable)]
+struct DMlp {
+    lin0: peft_core::nn::Linear,
+    lin1: peft_core::nn::Linear,
+}
+
+impl DMlp {
+    fn load(vs: &VarStore, dense: &BTreeMap<String, Tensor>) -> Self {
+        let p = vs.root();
+        let cfg = peft_core::nn::LinearConfig { bias: true, init: false };
+        let m = Self {
+            lin0: peft_core::nn::linear(&p / "lin0", 64, 128, cfg).unwrap(),
+            lin1: peft_core::nn::linear(&p / "lin1", 128, 64, cfg).unwrap(),
+        };
+        tch::no_grad(|| {
+            for (k, mut v) in vs.variables() {
+                v.copy_(&dense[&k]);
+            }
+        });
+        m
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let ctx = ForwardCtx::eval();
+        tch::no_grad(|| self.lin1.forward_ctx(&self.lin0.forward_ctx(x, &ctx).relu(), &ctx))
+    }
+}
+
+#[test]
+fn loftq_initialisation_equals_peft() {
+    for name in names("loftq") {
+        let d = fixtures().join("loftq").join(&name);
+        let case = read_json(&d.join("case.json"));
+        let vs = VarStore::new(Device::Cpu);
+        let model = DMlp::load(&vs, &read_all(&d.join("dense.safetensors")));
+        let r = case["r"].as_i64().unwrap();
+        let config = serde_json::json!({
+            "peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": ["lin0", "lin1"],
+            "init_lora_weights": "loftq",
+            "loftq_config": {"loftq_bits": case["bits"], "loftq_iter": case["iters"]},
+        });
+        let mut warnings = vec![];
+        let config =
+            LoraConfig::from_json_map(config.as_object().unwrap().clone(), "test", &mut warnings).unwrap();
+        let peft = PeftModel::new(model, &vs, config.boxed(), "default").unwrap();
+        // A and B from the same quantization and SVD; the base replaced by the dequantized weight.
+        let theirs = read_all(&d.join("adapter").join("adapter_model.safetensors"));
+        let ours: BTreeMap<String, Tensor> =
+            peft.adapter_state_dict("default").unwrap().into_iter().collect();
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            theirs.keys().collect::<Vec<_>>(),
+            "{name}: adapter keys"
+        );
+        for (k, v) in &ours {
+            assert_close(v, &theirs[k], 1e-5, &format!("{name}: {k}"));
+        }
+        let after = read_all(&d.join("base_after.safetensors"));
+        for (k, v) in vs.variables() {
+            assert_identical(&v, &after[&k], &format!("{name}: base {k} after LoftQ"));
+        }
+        let io = read_all(&d.join("io.safetensors"));
+        assert_close(&peft.model().forward(&io["x"]), &io["y"], 1e-5, &format!("{name}: output"));
+        // The saved config carries the LoftQ settings as PEFT writes them.
+        let dir = tempfile::tempdir().unwrap();
+        peft.save_pretrained(dir.path(), &SaveOptions::default()).unwrap();
+        let ours_cfg = read_json(&dir.path().join("adapter_config.json"));
+        let theirs_cfg = read_json(&d.join("adapter").join("adapter_config.json"));
+        for key in ["init_lora_weights", "loftq_config", "r", "lora_alpha"] {
+            assert_eq!(ours_cfg[key], theirs_cfg[key], "{name}: saved `{key}`");
+        }
+        oracle::record("peft->rs", &format!("loftq {name}"));
+    }
+}

@@ -748,11 +748,6 @@ impl AdapterConfig for LoraConfig {
                 self.lora_dropout
             )));
         }
-        if let InitLoraWeights::Scheme(s) = &self.init_lora_weights {
-            if s == "loftq" {
-                return Err(reject("init_lora_weights", s, "LoftQ comes with peft-quant"));
-            }
-        }
         if let Some(t) = &self.trainable_token_indices {
             peft_core::trainable_tokens::TokenIndices::from_json(t)?;
         }

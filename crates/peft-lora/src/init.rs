@@ -47,13 +47,24 @@ pub(crate) enum Scheme {
     Corda,
     /// LoRA-GA: from the estimated gradient when the config carries one for the layer, else the default.
     LoraGa,
-    /// Not implemented here (LoftQ belongs to peft-quant; CorDA needs its preprocessing).
+    /// LoftQ: alternate quantization (`bits`) and a rank-r fit of the error, `iters` times.
+    Loftq {
+        /// 4 (NF4) or 8 (LLM.int8).
+        bits: i64,
+        /// Alternating iterations.
+        iters: i64,
+    },
+    /// Not available for this layer kind.
     Unsupported(String),
 }
 
 impl Scheme {
     /// PEFT's dispatch for `kind`.
-    pub(crate) fn resolve(kind: &LoraKind, init: &InitLoraWeights) -> Result<Scheme> {
+    pub(crate) fn resolve(
+        kind: &LoraKind,
+        init: &InitLoraWeights,
+        loftq: &serde_json::Value,
+    ) -> Result<Scheme> {
         let s = match init {
             InitLoraWeights::Bool(false) => return Ok(Scheme::Keep),
             InitLoraWeights::Bool(true) => return Ok(Scheme::Reset { gaussian: false }),
@@ -80,7 +91,7 @@ impl Scheme {
                 } else if lower == "mica" {
                     Scheme::Mica { frozen_b: s == "mica" }
                 } else if s == "loftq" {
-                    Scheme::Unsupported("loftq".into())
+                    loftq_scheme(loftq)?
                 } else if s == "eva" {
                     Scheme::Eva
                 } else if s == "orthogonal" {
@@ -118,6 +129,18 @@ impl Scheme {
             }
         })
     }
+}
+
+/// `loftq_config` → the scheme (PEFT reads `loftq_bits` and `loftq_iter`).
+fn loftq_scheme(cfg: &serde_json::Value) -> Result<Scheme> {
+    let get = |k: &str| {
+        cfg.get(k).and_then(serde_json::Value::as_i64).ok_or_else(|| {
+            PeftError::Invalid(format!(
+                "loftq_config needs an integer `{k}` (LoftQConfig(loftq_bits=4, loftq_iter=1))"
+            ))
+        })
+    };
+    Ok(Scheme::Loftq { bits: get("loftq_bits")?, iters: get("loftq_iter")? })
 }
 
 /// `pissa` → full SVD; `pissa_niter_N` → `N` subspace iterations.
@@ -230,6 +253,20 @@ pub(crate) fn apply(
             };
             let (a, b, residual) = tch::no_grad(f)?;
             write_weight(base, &residual)?;
+            Ok(Some((a, b)))
+        }
+        Scheme::Loftq { bits, iters } => {
+            if fifo {
+                return Err(PeftError::Invalid(
+                    "LoftQ decomposes the stored weight, which a Conv1D (fan_in_fan_out) layer keeps transposed; \
+                     PEFT 0.21.2 cannot initialise it either"
+                        .into(),
+                ));
+            }
+            let (w, dtype) = float_weight(base, "LoftQ")?;
+            let (q, a, b) = peft_quant::loftq_init(&w, *bits, r, *iters).map_err(PeftError::from)?;
+            let q = q.f_to_kind(dtype).map_err(PeftError::torch("LoftQ"))?;
+            write_weight(base, &q)?;
             Ok(Some((a, b)))
         }
         Scheme::Olora => {

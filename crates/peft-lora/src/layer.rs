@@ -215,13 +215,17 @@ impl LoraLayer {
                 ctx.module_name
             ));
         }
-        let scheme = Scheme::resolve(&kind, &config.init_lora_weights)?;
+        let scheme = Scheme::resolve(&kind, &config.init_lora_weights, &config.loftq_config)?;
         if let Scheme::Unsupported(name) = &scheme {
             return Err(peft_core::config::unsupported_option(
                 PEFT_TYPE,
                 "init_lora_weights",
                 &serde_json::Value::String(name.clone()),
-                if name == "loftq" { "LoftQ comes with peft-quant" } else { "" },
+                if name == "loftq" {
+                    "PEFT 0.21.2's LoftQ initialises lora_A/lora_B of linear layers only"
+                } else {
+                    ""
+                },
             ));
         }
         let variant = crate::variant::resolve(config, &kind)?;

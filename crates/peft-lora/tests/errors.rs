@@ -174,14 +174,18 @@ fn a_duplicate_adapter_name_is_rejected_without_side_effects() {
 }
 
 #[test]
+fn loftq_needs_its_config() {
+    let (vs, m) = model();
+    let cfg = LoraConfig { init_lora_weights: InitLoraWeights::Scheme("loftq".into()), ..config(&["lin0"]) };
+    let err = PeftModel::new(m, &vs, cfg.boxed(), "default").unwrap_err();
+    assert!(err.to_string().contains("loftq_config"), "{err}");
+}
+
+#[test]
 fn options_not_implemented_yet_are_rejected_by_name() {
     let cases: Vec<(&str, LoraConfig)> = vec![
         ("megatron_config", LoraConfig { megatron_config: Some(serde_json::json!({})), ..config(&["lin0"]) }),
         ("ensure_weight_tying", LoraConfig { ensure_weight_tying: true, ..config(&["lin0"]) }),
-        (
-            "init_lora_weights",
-            LoraConfig { init_lora_weights: InitLoraWeights::Scheme("loftq".into()), ..config(&["lin0"]) },
-        ),
         (
             "target_parameters",
             LoraConfig { target_parameters: Some(vec!["lin0.weight".into()]), ..config(&["lin0"]) },

@@ -9,7 +9,9 @@
 //!   quantization), matching bitsandbytes' CPU kernel.
 //! * [`int8`]: LLM.int8 row-wise quantization (`CB`, `SCB`) and its matmuls.
 //! * [`layers`]: [`Linear4bit`] and [`Linear8bitLt`], frozen bases LoRA and the other linear methods
-//!   attach to.
+//!   attach to; [`model`]: quantizing a model's linear layers (`load_in_4bit` / `load_in_8bit`).
+//! * [`autograd`]: the QLoRA matmul (C++ autograd function: no dense weight kept for backward).
+//! * [`loftq`]: LoftQ initialisation (`init_lora_weights="loftq"`).
 //!
 //! ```
 //! use peft_quant::{dequantize_4bit, quantize_4bit, QuantType4};
@@ -30,6 +32,7 @@ pub mod error;
 pub mod four_bit;
 pub mod int8;
 pub mod layers;
+pub mod loftq;
 pub mod model;
 
 pub use blockwise::{dequantize_blockwise, quantize_blockwise};
@@ -38,4 +41,5 @@ pub use error::{QuantError, Result};
 pub use four_bit::{dequantize_4bit, dequantize_4bit_to, quantize_4bit, NestedState, QuantState4};
 pub use int8::{vectorwise_quant, Int8Weight};
 pub use layers::{Linear4bit, Linear8bitLt, Quant4Options};
+pub use loftq::loftq_init;
 pub use model::{quantize_model, quantized_storage, set_int8_training, QuantizeSpec};
