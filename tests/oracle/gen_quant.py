@@ -150,6 +150,9 @@ def reference_kernels(m):
     for mod in m.modules():
         if isinstance(mod, bnb.nn.Linear4bit):
             mod.support_avx512bf16_for_cpu = False
+    # What transformers sets on a model loaded in 4 bits; PEFT then wraps the layers with its bitsandbytes
+    # LoRA layers (lora.bnb.Linear4bit), which merge by re-quantizing.
+    m.is_loaded_in_4bit = True
     return m
 
 
@@ -200,7 +203,13 @@ def gen_qlora(out):
             with peft_model.disable_adapter():
                 y_base = peft_model(x)
         peft_model.save_pretrained(os.path.join(d, "adapter"))
-        save_file({"x": x, "y": y, "y_base": y_base}, os.path.join(d, "io.safetensors"))
+        # Merging into a 4-bit base: dequantize, add the delta, quantize again (lossy).
+        merged = reference_kernels(peft_model.merge_and_unload())
+        with torch.no_grad():
+            y_merged = merged(x)
+        save_file({k: v.detach().contiguous() for k, v in merged.state_dict().items()},
+                  os.path.join(d, "merged_4bit.safetensors"))
+        save_file({"x": x, "y": y, "y_base": y_base, "y_merged": y_merged}, os.path.join(d, "io.safetensors"))
         with open(os.path.join(d, "case.json"), "w") as f:
             json.dump(c, f)
 

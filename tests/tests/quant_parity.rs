@@ -169,6 +169,16 @@ fn qlora_adapters_saved_by_peft_give_the_same_outputs() {
             PeftModel::from_pretrained(model, &vs, d.join("adapter"), LoadOptions::default()).unwrap();
         assert_close(&peft.model().forward(&io["x"]), &io["y"], 1e-5, &format!("{name}: QLoRA output"));
         oracle::record("peft->rs", &format!("qlora {name}"));
+        // merge_and_unload re-quantizes the merged weights exactly as PEFT does on bitsandbytes.
+        let merged = peft.merge_and_unload(None, false).unwrap();
+        let ours: BTreeMap<String, Tensor> = merged.state_dict().into_iter().collect();
+        let theirs = read_all(&d.join("merged_4bit.safetensors"));
+        assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "{name}: merged keys");
+        for (k, v) in &ours {
+            assert_identical(v, &theirs[k], &format!("{name}: merged 4-bit {k}"));
+        }
+        assert_close(&merged.forward(&io["x"]), &io["y_merged"], 1e-5, &format!("{name}: merged output"));
+        oracle::record("peft->rs", &format!("qlora merge_and_unload {name}"));
     }
 }
 
@@ -268,6 +278,21 @@ fn llama_in_4bit_matches_transformers_and_peft_quantized_on_load_or_saved_quanti
         oracle::record("peft->rs", &format!("llama 4-bit, {what}"));
     }
     assert_eq!(storages[0], storages[1], "the same quantized bytes either way");
+
+    // A 16-bit merged model: dequantize the base, merge without re-quantizing — the merged model gives the
+    // QLoRA model's logits.
+    let opts = peft_models::LoadOptions { quantize: Some(qlora_spec()), ..Default::default() };
+    let mut loaded = HfModel::load_dir(&d.join("dense"), Some(Task::CausalLm), &opts).unwrap();
+    let converted = peft_quant::dequantize_model(&mut loaded.model, Kind::Float).unwrap();
+    assert_eq!(converted.len(), 14);
+    assert_eq!(quantized_storage(&loaded.model).1, 0);
+    let (peft, _) =
+        PeftModel::from_pretrained(loaded.model, &loaded.vs, d.join("adapter"), LoadOptions::default())
+            .unwrap();
+    let merged = peft.merge_and_unload(None, false).unwrap();
+    let dense = tch::no_grad(|| logits(&merged, ids, &ForwardCtx::eval()));
+    assert_close(&dense, &io["logits"], 1e-4, "dequantized and merged");
+    oracle::record("peft->rs", "llama 4-bit, dequantized and merged");
 }
 
 #[test]

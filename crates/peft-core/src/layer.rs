@@ -102,6 +102,12 @@ pub trait WeightLike {
     fn bias(&self) -> Option<Tensor>;
     /// The dtype computations with this layer produce.
     fn compute_kind(&self) -> Kind;
+    /// True when [`WeightLike::weight`] returns the stored tensor itself (in-place updates of it change
+    /// the layer); false for quantized storage, whose weight is a fresh dequantized copy that must be
+    /// written back with [`WeightLike::set_weight`].
+    fn weight_is_storage(&self) -> bool {
+        true
+    }
 }
 
 /// What methods need from a linear base: shapes and the (dequantized) weight.

@@ -239,6 +239,10 @@ impl WeightLike for LinearBase {
             None => self.weight.kind(),
         }
     }
+
+    fn weight_is_storage(&self) -> bool {
+        self.quantized.is_none()
+    }
 }
 
 /// Copies `value` into `dst` without gradient tracking (a no-op when `value` is `dst` itself, e.g. a

@@ -765,7 +765,7 @@ impl LoraLayer {
     /// fp32).
     fn accumulate_into_weight(&self, base: &mut dyn BaseLayer, sign: f64) -> Result<bool> {
         let LoraKind::Linear { fan_in_fan_out } = self.kind else { return Ok(false) };
-        if !self.plain_linear() {
+        if !self.plain_linear() || !self.weighted(base)?.weight_is_storage() {
             return Ok(false);
         }
         let w = self.weighted(base)?.weight();

@@ -205,6 +205,10 @@ impl WeightLike for Linear4bit {
     fn compute_kind(&self) -> Kind {
         self.compute_dtype.unwrap_or(self.state.dtype)
     }
+
+    fn weight_is_storage(&self) -> bool {
+        false
+    }
 }
 
 impl LinearLike for Linear4bit {
@@ -344,6 +348,10 @@ impl WeightLike for Linear8bitLt {
 
     fn compute_kind(&self) -> Kind {
         Kind::Float
+    }
+
+    fn weight_is_storage(&self) -> bool {
+        false
     }
 }
 

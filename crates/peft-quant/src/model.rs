@@ -243,3 +243,33 @@ pub fn quantized_storage<M: Adaptable + ?Sized>(model: &M) -> (i64, usize) {
     });
     (bytes, layers)
 }
+
+/// Replaces every quantized linear of `model` by its dense dequantized weight in `kind` (the dtype the
+/// rest of the model computes in; transformers'
+/// `model.dequantize()`): the way to a 16-bit merged model — dequantize, then merge adapters without
+/// re-quantizing, then save. Returns the names of the layers converted.
+///
+/// # Errors
+/// A libtorch failure while writing a weight.
+pub fn dequantize_model<M: Adaptable + ?Sized>(model: &mut M, kind: Kind) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    model
+        .visit_layers_mut(&mut |layer| {
+            let name = layer.name().to_string();
+            let (base, _) = layer.parts_mut();
+            let Some(lin) = base.as_any_mut().and_then(|a| a.downcast_mut::<LinearBase>()) else {
+                return Ok(());
+            };
+            let Some(q) = lin.quantized.take() else { return Ok(()) };
+            let dense = q.dequantize().to_kind(kind);
+            tch::no_grad(|| lin.weight.set_data(&dense));
+            if let Some(b) = lin.bias.as_mut() {
+                let bias = b.to_kind(kind);
+                tch::no_grad(|| b.set_data(&bias));
+            }
+            done.push(name);
+            Ok(())
+        })
+        .map_err(|e| QuantError::Invalid(e.to_string()))?;
+    Ok(done)
+}
