@@ -389,6 +389,9 @@ pub trait TunerLayer: fmt::Debug + Send + 'static {
     /// Replaces the adapter's values in place with another adapter's (`config` is that adapter's): tensors
     /// absent from `tensors` become zero, derived values (LoRA's scaling) are recomputed.
     ///
+    /// `tensors` are read-only views of the adapter file's memory map, valid only during the call: copy
+    /// from them (`copy_`), never keep or modify them.
+    ///
     /// # Errors
     /// As [`TunerLayer::hotswap_check`].
     fn hotswap(

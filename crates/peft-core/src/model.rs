@@ -1250,44 +1250,50 @@ impl<M: Adaptable> PeftModel<M> {
             }
         });
         let path = dir.join(SAFETENSORS_WEIGHTS_NAME);
-        let mut per_layer: BTreeMap<String, BTreeMap<String, Tensor>> = BTreeMap::new();
-        let mut unexpected = Vec::new();
-        for lt in io::read_safetensors(&path)? {
-            let key = if lt.key.starts_with(PEFT_PREFIX) {
-                lt.key.clone()
-            } else {
-                format!("{PEFT_PREFIX}{}", lt.key)
-            };
-            match places.get(&key) {
-                Some((module, rel)) => {
-                    per_layer.entry(module.clone()).or_default().insert(rel.clone(), lt.tensor);
-                }
-                None => unexpected.push(lt.key),
-            }
-        }
-        if !unexpected.is_empty() {
-            return Err(PeftError::UnexpectedKeys { path, keys: unexpected });
-        }
-        let empty = BTreeMap::new();
-        let mut refused: Option<PeftError> = None;
-        self.model.visit_layers(&mut |layer| {
-            if let Some(tuner) = layer.slots().get(adapter_name) {
-                if let Err(e) = tuner.hotswap_check(per_layer.get(layer.name()).unwrap_or(&empty)) {
-                    refused.get_or_insert(e);
+        // The new weights are read as views of the file's memory map and copied straight into the
+        // adapter's tensors: one copy, no allocation.
+        let model = &mut self.model;
+        let config_ref = config.as_ref();
+        io::with_tensor_views(&path, |views| {
+            let mut per_layer: BTreeMap<String, BTreeMap<String, Tensor>> = BTreeMap::new();
+            let mut unexpected = Vec::new();
+            for (file_key, tensor) in views {
+                let key = if file_key.starts_with(PEFT_PREFIX) {
+                    file_key.clone()
+                } else {
+                    format!("{PEFT_PREFIX}{file_key}")
+                };
+                match places.get(&key) {
+                    Some((module, rel)) => {
+                        per_layer.entry(module.clone()).or_default().insert(rel.clone(), tensor);
+                    }
+                    None => unexpected.push(file_key),
                 }
             }
-        });
-        if let Some(e) = refused {
-            return Err(e);
-        }
-        self.model.visit_layers_mut(&mut |layer| {
-            let name = layer.name().to_string();
-            let slots = layer.parts_mut().1;
-            slots.clear_caches();
-            if let Some(tuner) = slots.get_mut(adapter_name) {
-                tuner.hotswap(per_layer.get(&name).unwrap_or(&empty), config.as_ref())?;
+            if !unexpected.is_empty() {
+                return Err(PeftError::UnexpectedKeys { path: path.clone(), keys: unexpected });
             }
-            Ok(())
+            let empty = BTreeMap::new();
+            let mut refused: Option<PeftError> = None;
+            model.visit_layers(&mut |layer| {
+                if let Some(tuner) = layer.slots().get(adapter_name) {
+                    if let Err(e) = tuner.hotswap_check(per_layer.get(layer.name()).unwrap_or(&empty)) {
+                        refused.get_or_insert(e);
+                    }
+                }
+            });
+            if let Some(e) = refused {
+                return Err(e);
+            }
+            model.visit_layers_mut(&mut |layer| {
+                let name = layer.name().to_string();
+                let slots = layer.parts_mut().1;
+                slots.clear_caches();
+                if let Some(tuner) = slots.get_mut(adapter_name) {
+                    tuner.hotswap(per_layer.get(&name).unwrap_or(&empty), config_ref)?;
+                }
+                Ok(())
+            })
         })?;
         config.common_mut().inference_mode = old.common().inference_mode;
         self.configs.insert(adapter_name.to_string(), config);

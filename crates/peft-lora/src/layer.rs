@@ -1127,9 +1127,17 @@ impl TunerLayer for LoraLayer {
         let (a_name, b_name, bias_name) = self.kind.tensor_names(&self.adapter);
         let new_r = tensors.get(&a_name).map(|a| a.size()[0]).unwrap_or(r);
         let allocated = self.lora_a.size()[0];
+        // Zero what the new tensors will not overwrite (padding rows, or a factor the file lacks); a same-size
+        // swap just overwrites.
+        let covers = |dst: &Tensor, name: &str| tensors.get(name).is_some_and(|t| t.size() == dst.size());
+        let (full_a, full_b) = (covers(&self.lora_a, &a_name), covers(&self.lora_b, &b_name));
         let f = || -> TchResult<()> {
-            let _ = self.lora_a.f_zero_()?;
-            let _ = self.lora_b.f_zero_()?;
+            if !full_a {
+                let _ = self.lora_a.f_zero_()?;
+            }
+            if !full_b {
+                let _ = self.lora_b.f_zero_()?;
+            }
             if let Some(a) = tensors.get(&a_name) {
                 self.place_rows(&self.lora_a, &a.f_to_kind(self.lora_a.kind())?, allocated)?;
             }
