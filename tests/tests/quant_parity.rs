@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use peft_core::layer::AdaptedLayer;
+use peft_core::nn::LinearBase;
 use peft_core::{Adaptable, ForwardCtx, LoadOptions, PeftModel, SaveOptions};
 use peft_lora::LoraConfig;
 use peft_models::{HfModel, ModelInputs, Task};
@@ -109,8 +110,8 @@ fn int8_weights_and_matmuls_equal_bitsandbytes() {
 /// The Python `QMLP` of gen_quant.py with 4-bit bases.
 #[derive(Debug, Adaptable)]
 struct QMlp {
-    lin0: AdaptedLayer<Linear4bit>,
-    lin1: AdaptedLayer<Linear4bit>,
+    lin0: peft_core::nn::Linear,
+    lin1: peft_core::nn::Linear,
 }
 
 impl QMlp {
@@ -119,38 +120,43 @@ impl QMlp {
         tch::no_grad(|| self.lin1.forward_ctx(&self.lin0.forward_ctx(x, &ctx).relu(), &ctx))
     }
 
+    fn layer(name: &str, q: Linear4bit, bias: Option<Tensor>) -> peft_core::nn::Linear {
+        AdaptedLayer::new(name, LinearBase::from_quantized(Box::new(q), bias))
+    }
+
     fn from_4bit(sd: &BTreeMap<String, Tensor>, source: &str) -> Self {
         let get = |k: &str| sd.get(k).map(Tensor::shallow_clone);
         let layer = |name: &str| {
             let state = QuantState4::from_state_dict(&get, &format!("{name}."), source).unwrap();
-            let base = Linear4bit::from_parts(
+            let q = Linear4bit::from_parts(
                 sd[&format!("{name}.weight")].shallow_clone(),
                 state,
-                get(&format!("{name}.bias")),
                 Some(Kind::Float),
             )
             .unwrap();
-            AdaptedLayer::new(name, base)
+            Self::layer(name, q, get(&format!("{name}.bias")))
         };
         Self { lin0: layer("lin0"), lin1: layer("lin1") }
     }
 
     fn quantized(dense: &BTreeMap<String, Tensor>, opts: Quant4Options) -> Self {
         let layer = |name: &str| {
-            let base = Linear4bit::quantize(
-                &dense[&format!("{name}.weight")],
-                Some(dense[&format!("{name}.bias")].shallow_clone()),
-                opts,
-            )
-            .unwrap();
-            AdaptedLayer::new(name, base)
+            let q = Linear4bit::quantize(&dense[&format!("{name}.weight")], opts).unwrap();
+            Self::layer(name, q, Some(dense[&format!("{name}.bias")].shallow_clone()))
         };
         Self { lin0: layer("lin0"), lin1: layer("lin1") }
     }
 
+    /// The state dict bitsandbytes' `Linear4bit` layers save: the weight with its quant state, the bias.
     fn state_dict(&self) -> Vec<(String, Tensor)> {
-        let mut v = self.lin0.base().state_dict("lin0.").unwrap();
-        v.extend(self.lin1.base().state_dict("lin1.").unwrap());
+        let mut v = Vec::new();
+        for (name, l) in [("lin0", &self.lin0), ("lin1", &self.lin1)] {
+            let base = l.base();
+            v.extend(base.quantized.as_ref().unwrap().state_dict(&format!("{name}.")).unwrap());
+            if let Some(b) = &base.bias {
+                v.push((format!("{name}.bias"), b.shallow_clone()));
+            }
+        }
         v
     }
 }

@@ -71,6 +71,23 @@ fn with_safetensors<T>(path: &Path, f: impl FnOnce(&SafeTensors<'_>) -> Result<T
     f(&st)
 }
 
+/// The view of tensor `name`, its libtorch dtype and its shape.
+fn view_of<'a>(
+    st: &SafeTensors<'a>,
+    path: &Path,
+    name: &str,
+) -> Result<(safetensors::tensor::TensorView<'a>, Kind, Vec<i64>)> {
+    let view =
+        st.tensor(name).map_err(|e| PeftError::Safetensors { path: path.into(), reason: e.to_string() })?;
+    let kind = kind_of(view.dtype()).ok_or_else(|| PeftError::UnsupportedDtype {
+        path: path.into(),
+        key: name.to_string(),
+        dtype: format!("{:?}", view.dtype()),
+    })?;
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    Ok((view, kind, shape))
+}
+
 /// Calls `f` with each tensor of a safetensors file, in key order, one at a time (each copied out of the
 /// memory map into a fresh CPU tensor), so large checkpoints never sit in memory twice.
 ///
@@ -86,15 +103,7 @@ pub fn for_each_tensor<E: From<PeftError>>(
         let mut names: Vec<&str> = st.names();
         names.sort_unstable();
         for name in names {
-            let view = st
-                .tensor(name)
-                .map_err(|e| PeftError::Safetensors { path: path.into(), reason: e.to_string() })?;
-            let kind = kind_of(view.dtype()).ok_or_else(|| PeftError::UnsupportedDtype {
-                path: path.into(),
-                key: name.to_string(),
-                dtype: format!("{:?}", view.dtype()),
-            })?;
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let (view, kind, shape) = view_of(st, path, name)?;
             let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)
                 .map_err(PeftError::torch(format!("reading `{name}` from {}", path.display())))?;
             if let Err(e) = f(name, tensor) {
@@ -124,15 +133,7 @@ pub fn with_tensor_views<T>(path: &Path, f: impl FnOnce(Vec<(String, Tensor)>) -
         names.sort_unstable();
         let mut views = Vec::with_capacity(names.len());
         for name in names {
-            let view = st
-                .tensor(name)
-                .map_err(|e| PeftError::Safetensors { path: path.into(), reason: e.to_string() })?;
-            let kind = kind_of(view.dtype()).ok_or_else(|| PeftError::UnsupportedDtype {
-                path: path.into(),
-                key: name.to_string(),
-                dtype: format!("{:?}", view.dtype()),
-            })?;
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let (view, kind, shape) = view_of(st, path, name)?;
             let data = view.data();
             let aligned = (data.as_ptr() as usize) % kind.elt_size_in_bytes() == 0;
             let what = || format!("reading `{name}` from {}", path.display());

@@ -69,6 +69,18 @@ impl LinearBase {
         Self { weight, bias, fan_in_fan_out, quantized: None }
     }
 
+    /// A base computing with quantized storage from the start (a model built by hand; HF models get theirs
+    /// from the loader). `weight` is an empty placeholder.
+    pub fn from_quantized(q: Box<dyn QuantizedLinear>, bias: Option<Tensor>) -> Self {
+        let kind = q.compute_kind();
+        Self {
+            weight: Tensor::empty([0], (kind, tch::Device::Cpu)),
+            bias,
+            fan_in_fan_out: false,
+            quantized: Some(q),
+        }
+    }
+
     /// Computes with `q` from now on and releases the dense weight's storage (also in the var store
     /// that registered it, which shares the tensor).
     ///

@@ -136,7 +136,7 @@ impl Prequantized {
             Bits::Four { compute } => {
                 let state =
                     QuantState4::from_state_dict(&get, &format!("{module}."), &source).map_err(err)?;
-                Box::new(Linear4bit::from_parts(weight, state, None, Some(compute)).map_err(err)?)
+                Box::new(Linear4bit::from_parts(weight, state, Some(compute)).map_err(err)?)
             }
             Bits::Eight { threshold } => {
                 let scb = get(&format!("{module}.SCB")).ok_or_else(|| ModelError::MissingWeights {
@@ -144,7 +144,7 @@ impl Prequantized {
                     keys: vec![format!("{module}.SCB")],
                 })?;
                 let w = Int8Weight::new(weight, scb, &format!("{source}: `{module}`")).map_err(err)?;
-                Box::new(Linear8bitLt::new(w, None, threshold))
+                Box::new(Linear8bitLt::new(w, threshold))
             }
         })
     }

@@ -1,17 +1,16 @@
-//! Frozen quantized linear bases that adapters attach to: [`Linear4bit`] (bitsandbytes'
-//! `Linear4bit`, NF4/FP4) and [`Linear8bitLt`] (LLM.int8).
+//! Quantized linear storage: [`Linear4bit`] (bitsandbytes' `Linear4bit`, NF4/FP4) and [`Linear8bitLt`]
+//! (LLM.int8).
 //!
-//! Both implement [`BaseLayer`] with a [`LinearLike`] view, so LoRA and the other linear methods adapt
-//! them unchanged. Reading the weight dequantizes a fresh tensor; writing it (merging) re-quantizes,
-//! which loses precision — [`Linear4bit::set_weight`] logs a warning saying so.
+//! Both implement peft-core's [`QuantizedLinear`](peft_core::nn::QuantizedLinear) (in [`crate::model`]),
+//! so a [`LinearBase`](peft_core::nn::LinearBase) holds them in place of its dense weight — the layers of
+//! every model, and [`LinearBase::from_quantized`](peft_core::nn::LinearBase::from_quantized) for models
+//! built by hand. LoRA and the other linear methods then adapt them unchanged; reading the weight
+//! dequantizes a fresh tensor and writing it (merging) re-quantizes, with a warning.
 
 use crate::codes::QuantType4;
 use crate::error::{QuantError, Result};
 use crate::four_bit::{dequantize_4bit_trusted, quantize_4bit, QuantState4};
 use crate::int8::Int8Weight;
-use peft_core::layer::{BaseLayer, LinearLike, WeightLike};
-use peft_core::PeftError;
-use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Kind, Tensor};
 
@@ -35,15 +34,13 @@ impl Default for Quant4Options {
     }
 }
 
-/// A frozen 4-bit linear layer: packed codes plus [`QuantState4`], and an optional dense bias.
+/// A frozen 4-bit weight: packed codes plus their [`QuantState4`].
 #[derive(Debug)]
 pub struct Linear4bit {
     /// Packed codes, `(⌈out·in/2⌉, 1)` `uint8`.
     pub packed: Tensor,
     /// How to dequantize them; `state.shape` is `(out, in)`.
     pub state: QuantState4,
-    /// The bias, `(out,)`.
-    pub bias: Option<Tensor>,
     /// The dtype the matmul runs in (`None`: the input's).
     pub compute_dtype: Option<Kind>,
 }
@@ -53,7 +50,7 @@ impl Linear4bit {
     ///
     /// # Errors
     /// A weight that is not 2-D float, an invalid block size.
-    pub fn quantize(weight: &Tensor, bias: Option<Tensor>, opts: Quant4Options) -> Result<Self> {
+    pub fn quantize(weight: &Tensor, opts: Quant4Options) -> Result<Self> {
         if weight.dim() != 2 {
             return Err(QuantError::Shape {
                 what: "linear weight to quantize".into(),
@@ -63,19 +60,14 @@ impl Linear4bit {
         }
         let (packed, state) =
             quantize_4bit(&weight.detach(), opts.blocksize, opts.quant_type, opts.double_quant)?;
-        Ok(Self { packed, state, bias: bias.map(|b| b.detach()), compute_dtype: opts.compute_dtype })
+        Ok(Self { packed, state, compute_dtype: opts.compute_dtype })
     }
 
     /// A layer from a packed weight and its state as read from a checkpoint.
     ///
     /// # Errors
     /// A state whose shape is not 2-D or does not match the packed tensor.
-    pub fn from_parts(
-        packed: Tensor,
-        state: QuantState4,
-        bias: Option<Tensor>,
-        compute_dtype: Option<Kind>,
-    ) -> Result<Self> {
+    pub fn from_parts(packed: Tensor, state: QuantState4, compute_dtype: Option<Kind>) -> Result<Self> {
         if state.shape.len() != 2 {
             return Err(QuantError::Shape {
                 what: "4-bit linear quant state".into(),
@@ -91,76 +83,17 @@ impl Linear4bit {
                 found: packed.size(),
             });
         }
-        Ok(Self { packed, state, bias, compute_dtype })
+        Ok(Self { packed, state, compute_dtype })
     }
 
-    /// The state-dict entries bitsandbytes saves for this layer under `prefix` (`weight`, `bias`, and
-    /// the quant-state tensors).
-    ///
-    /// # Errors
-    /// A dtype bitsandbytes cannot name.
-    pub fn state_dict(&self, prefix: &str) -> Result<Vec<(String, Tensor)>> {
-        let mut v = vec![(format!("{prefix}weight"), self.packed.shallow_clone())];
-        if let Some(b) = &self.bias {
-            v.push((format!("{prefix}bias"), b.shallow_clone()));
-        }
-        v.extend(self.state.state_dict(prefix)?);
-        Ok(v)
-    }
-}
-
-impl BaseLayer for Linear4bit {
-    fn kind(&self) -> &'static str {
-        "Linear4bit"
-    }
-
-    /// `x @ dequantize(W).T + bias` in the compute dtype, cast back to `x`'s dtype (bitsandbytes'
-    /// `matmul_4bit` on CPU). The dequantized weight is a temporary of this call: when a gradient flows
-    /// to `x` (training adapters below this layer), the matmul runs as [`crate::autograd::linear_4bit`],
-    /// which re-dequantizes in backward instead of keeping the dense weight alive.
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.forward_with(x, self.bias.as_ref())
-    }
-
-    fn named_parameters(&self) -> Vec<(&'static str, Tensor)> {
-        let mut v = vec![("weight", self.packed.shallow_clone())];
-        if let Some(b) = &self.bias {
-            v.push(("bias", b.shallow_clone()));
-        }
-        v
-    }
-
-    fn as_weighted(&self) -> Option<&dyn WeightLike> {
-        Some(self)
-    }
-
-    fn as_weighted_mut(&mut self) -> Option<&mut dyn WeightLike> {
-        Some(self)
-    }
-
-    fn as_linear(&self) -> Option<&dyn LinearLike> {
-        Some(self)
-    }
-
-    fn as_linear_mut(&mut self) -> Option<&mut dyn LinearLike> {
-        Some(self)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-impl Linear4bit {
-    /// The forward pass with an explicit bias (a [`peft_core::nn::LinearBase`] holding this storage
-    /// keeps the bias itself).
+    /// `x @ W.T + bias` in the compute dtype, cast back to `x`'s dtype (bitsandbytes' `matmul_4bit` on
+    /// CPU), through [`crate::autograd::linear_4bit`]: no dense weight is kept for backward, and large
+    /// weights are dequantized a slice at a time.
     pub fn forward_with(&self, x: &Tensor, bias: Option<&Tensor>) -> Tensor {
         let input_kind = x.kind();
         let kind = self.compute_dtype.unwrap_or(input_kind);
         let x = x.to_kind(kind);
         let bias = bias.map(|b| b.to_kind(kind));
-        // The autograd function for training and inference alike: no dense weight saved for backward, and
-        // large weights dequantized a slice at a time.
         match crate::autograd::linear_4bit(&x, &self.packed, &self.state, bias.as_ref()) {
             Ok(y) => return y.to_kind(input_kind),
             Err(e) => log::warn!("{e}; falling back to a dense matmul"),
@@ -168,64 +101,25 @@ impl Linear4bit {
         let w = dequantize_4bit_trusted(&self.packed, &self.state, kind);
         x.linear(&w, bias.as_ref()).to_kind(input_kind)
     }
-}
 
-impl WeightLike for Linear4bit {
-    fn weight(&self) -> Tensor {
+    /// The dequantized `(out, in)` weight in the original dtype.
+    pub fn dequantize(&self) -> Tensor {
         dequantize_4bit_trusted(&self.packed, &self.state, self.state.dtype)
     }
 
-    /// Re-quantizes `value` with this layer's type, block size and double quantization (lossy: the
-    /// merged weight is rounded to 4 bits again).
-    fn set_weight(&mut self, value: &Tensor) -> peft_core::Result<()> {
-        if value.size() != self.state.shape {
-            return Err(PeftError::Invalid(format!(
-                "cannot write a {:?} weight into a 4-bit layer of shape {:?}",
-                value.size(),
-                self.state.shape
-            )));
-        }
-        log::warn!(
-            "merging into a 4-bit base re-quantizes the merged weight: the result is rounded to {} again and \
-             differs slightly from the unmerged model",
-            self.state.quant_type.name()
-        );
-        let value = value.detach().to_kind(self.state.dtype);
-        let (packed, state) =
-            quantize_4bit(&value, self.state.blocksize, self.state.quant_type, self.state.nested.is_some())?;
-        self.packed = packed;
-        self.state = state;
-        Ok(())
-    }
-
-    fn bias(&self) -> Option<Tensor> {
-        self.bias.as_ref().map(Tensor::shallow_clone)
-    }
-
-    fn compute_kind(&self) -> Kind {
-        self.compute_dtype.unwrap_or(self.state.dtype)
-    }
-
-    fn weight_is_storage(&self) -> bool {
-        false
+    /// The state-dict entries bitsandbytes saves for this weight under `prefix` (`weight` and the
+    /// quant-state tensors; a bias is saved by its layer).
+    ///
+    /// # Errors
+    /// A dtype bitsandbytes cannot name.
+    pub fn state_dict(&self, prefix: &str) -> Result<Vec<(String, Tensor)>> {
+        let mut v = vec![(format!("{prefix}weight"), self.packed.shallow_clone())];
+        v.extend(self.state.state_dict(prefix)?);
+        Ok(v)
     }
 }
 
-impl LinearLike for Linear4bit {
-    fn in_features(&self) -> i64 {
-        self.state.shape[1]
-    }
-
-    fn out_features(&self) -> i64 {
-        self.state.shape[0]
-    }
-
-    fn fan_in_fan_out(&self) -> bool {
-        false
-    }
-}
-
-/// A frozen LLM.int8 linear layer (bitsandbytes' `Linear8bitLt` with `has_fp16_weights=False`).
+/// A frozen LLM.int8 weight (bitsandbytes' `Linear8bitLt` with `has_fp16_weights=False`).
 ///
 /// Like bitsandbytes on CPU it computes differently in training and inference mode
 /// ([`Linear8bitLt::set_training`]): training dequantizes the weight and runs a dense matmul,
@@ -234,8 +128,6 @@ impl LinearLike for Linear4bit {
 pub struct Linear8bitLt {
     /// `CB` and `SCB`.
     pub weight: Int8Weight,
-    /// The bias, `(out,)`.
-    pub bias: Option<Tensor>,
     /// The outlier threshold (`llm_int8_threshold`, 6.0 in transformers); 0 disables decomposition.
     pub threshold: f64,
     training: AtomicBool,
@@ -246,13 +138,13 @@ impl Linear8bitLt {
     ///
     /// # Errors
     /// A weight that is not 2-D.
-    pub fn quantize(weight: &Tensor, bias: Option<Tensor>, threshold: f64) -> Result<Self> {
-        Ok(Self::new(Int8Weight::quantize(&weight.detach())?, bias.map(|b| b.detach()), threshold))
+    pub fn quantize(weight: &Tensor, threshold: f64) -> Result<Self> {
+        Ok(Self::new(Int8Weight::quantize(&weight.detach())?, threshold))
     }
 
     /// A layer from loaded `CB` / `SCB`.
-    pub fn new(weight: Int8Weight, bias: Option<Tensor>, threshold: f64) -> Self {
-        Self { weight, bias, threshold, training: AtomicBool::new(false) }
+    pub fn new(weight: Int8Weight, threshold: f64) -> Self {
+        Self { weight, threshold, training: AtomicBool::new(false) }
     }
 
     /// Training mode (the dequantize-and-matmul path) or inference mode (int8 matmul).
@@ -274,98 +166,14 @@ impl Linear8bitLt {
         }
     }
 
-    /// The state-dict entries bitsandbytes saves (`weight` int8, `bias`, `SCB`, `weight_format`).
+    /// The state-dict entries bitsandbytes saves (`weight` int8, `SCB`, `weight_format`; a bias is saved
+    /// by its layer).
     pub fn state_dict(&self, prefix: &str) -> Vec<(String, Tensor)> {
-        let mut v = vec![(format!("{prefix}weight"), self.weight.cb.shallow_clone())];
-        if let Some(b) = &self.bias {
-            v.push((format!("{prefix}bias"), b.shallow_clone()));
-        }
-        v.push((format!("{prefix}SCB"), self.weight.scb.shallow_clone()));
-        v.push((format!("{prefix}weight_format"), Tensor::from(0u8)));
-        v
-    }
-}
-
-impl BaseLayer for Linear8bitLt {
-    fn kind(&self) -> &'static str {
-        "Linear8bitLt"
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.forward_with(x, self.bias.as_ref())
-    }
-
-    fn named_parameters(&self) -> Vec<(&'static str, Tensor)> {
-        let mut v = vec![("weight", self.weight.cb.shallow_clone())];
-        if let Some(b) = &self.bias {
-            v.push(("bias", b.shallow_clone()));
-        }
-        v
-    }
-
-    fn as_weighted(&self) -> Option<&dyn WeightLike> {
-        Some(self)
-    }
-
-    fn as_weighted_mut(&mut self) -> Option<&mut dyn WeightLike> {
-        Some(self)
-    }
-
-    fn as_linear(&self) -> Option<&dyn LinearLike> {
-        Some(self)
-    }
-
-    fn as_linear_mut(&mut self) -> Option<&mut dyn LinearLike> {
-        Some(self)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-impl WeightLike for Linear8bitLt {
-    fn weight(&self) -> Tensor {
-        self.weight.dequantize(Kind::Float)
-    }
-
-    fn set_weight(&mut self, value: &Tensor) -> peft_core::Result<()> {
-        if value.size() != self.weight.cb.size() {
-            return Err(PeftError::Invalid(format!(
-                "cannot write a {:?} weight into an int8 layer of shape {:?}",
-                value.size(),
-                self.weight.cb.size()
-            )));
-        }
-        log::warn!("merging into an int8 base re-quantizes the merged weight (lossy)");
-        self.weight = Int8Weight::quantize(&value.detach())?;
-        Ok(())
-    }
-
-    fn bias(&self) -> Option<Tensor> {
-        self.bias.as_ref().map(Tensor::shallow_clone)
-    }
-
-    fn compute_kind(&self) -> Kind {
-        Kind::Float
-    }
-
-    fn weight_is_storage(&self) -> bool {
-        false
-    }
-}
-
-impl LinearLike for Linear8bitLt {
-    fn in_features(&self) -> i64 {
-        self.weight.cb.size()[1]
-    }
-
-    fn out_features(&self) -> i64 {
-        self.weight.cb.size()[0]
-    }
-
-    fn fan_in_fan_out(&self) -> bool {
-        false
+        vec![
+            (format!("{prefix}weight"), self.weight.cb.shallow_clone()),
+            (format!("{prefix}SCB"), self.weight.scb.shallow_clone()),
+            (format!("{prefix}weight_format"), Tensor::from(0u8)),
+        ]
     }
 }
 
@@ -382,12 +190,12 @@ mod tests {
         let (out, inp) = (2100, 2048);
         let w = Tensor::randn([out, inp], (Kind::Float, Device::Cpu)) * 0.05;
         let bias = Tensor::randn([out], (Kind::Float, Device::Cpu));
-        let layer = Linear4bit::quantize(&w, Some(bias.shallow_clone()), Quant4Options::default()).unwrap();
+        let layer = Linear4bit::quantize(&w, Quant4Options::default()).unwrap();
         let x = Tensor::randn([2, 3, inp], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let y = crate::autograd::linear_4bit(&x, &layer.packed, &layer.state, Some(&bias)).unwrap();
         let g = Tensor::randn([2, 3, out], (Kind::Float, Device::Cpu));
         let gx = Tensor::run_backward(&[(&y * &g).sum(Kind::Float)], &[&x], false, false);
-        let dense = layer.weight();
+        let dense = layer.dequantize();
         let x2 = x.detach().set_requires_grad(true);
         let y2 = x2.linear(&dense, Some(&bias));
         let gx2 = Tensor::run_backward(&[(&y2 * &g).sum(Kind::Float)], &[&x2], false, false);
@@ -405,13 +213,13 @@ mod tests {
         let bias = Tensor::randn([48], (Kind::Float, Device::Cpu));
         for double_quant in [false, true] {
             let opts = Quant4Options { double_quant, ..Default::default() };
-            let layer = Linear4bit::quantize(&w, Some(bias.shallow_clone()), opts).unwrap();
+            let layer = Linear4bit::quantize(&w, opts).unwrap();
             let x = Tensor::randn([3, 7, 128], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-            let y = layer.forward(&x);
+            let y = layer.forward_with(&x, Some(&bias));
             let g = Tensor::randn([3, 7, 48], (Kind::Float, Device::Cpu));
             let gx = Tensor::run_backward(&[(&y * &g).sum(Kind::Float)], &[&x], false, false);
             let x2 = x.detach().set_requires_grad(true);
-            let dense = layer.weight();
+            let dense = layer.dequantize();
             // The autograd function itself runs (no silent fallback to dense ops).
             let direct = crate::autograd::linear_4bit(&x, &layer.packed, &layer.state, Some(&bias)).unwrap();
             assert!(direct.equal(&y));

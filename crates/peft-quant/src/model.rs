@@ -51,8 +51,8 @@ impl QuantizeSpec {
     /// A weight that is not a 2-D float tensor.
     pub fn quantize(&self, weight: &Tensor) -> Result<Box<dyn QuantizedLinear>> {
         Ok(match self {
-            Self::FourBit(opts) => Box::new(Linear4bit::quantize(weight, None, *opts)?),
-            Self::EightBit { threshold } => Box::new(Linear8bitLt::quantize(weight, None, *threshold)?),
+            Self::FourBit(opts) => Box::new(Linear4bit::quantize(weight, *opts)?),
+            Self::EightBit { threshold } => Box::new(Linear8bitLt::quantize(weight, *threshold)?),
         })
     }
 }
@@ -71,7 +71,7 @@ impl QuantizedLinear for Linear4bit {
         self.forward_with(x, bias)
     }
     fn dequantize(&self) -> Tensor {
-        peft_core::layer::WeightLike::weight(self)
+        Linear4bit::dequantize(self)
     }
     fn requantize(&self, weight: &Tensor) -> peft_core::Result<Box<dyn QuantizedLinear>> {
         let opts = Quant4Options {
@@ -80,7 +80,7 @@ impl QuantizedLinear for Linear4bit {
             double_quant: self.state.nested.is_some(),
             compute_dtype: self.compute_dtype,
         };
-        Ok(Box::new(Linear4bit::quantize(&weight.to_kind(self.state.dtype), None, opts)?))
+        Ok(Box::new(Linear4bit::quantize(&weight.to_kind(self.state.dtype), opts)?))
     }
     fn compute_kind(&self) -> Kind {
         self.compute_dtype.unwrap_or(self.state.dtype)
@@ -89,14 +89,11 @@ impl QuantizedLinear for Linear4bit {
         Box::new(Linear4bit {
             packed: self.packed.shallow_clone(),
             state: self.state.share(),
-            bias: self.bias.as_ref().map(Tensor::shallow_clone),
             compute_dtype: self.compute_dtype,
         })
     }
     fn state_dict(&self, prefix: &str) -> peft_core::Result<Vec<(String, Tensor)>> {
-        let mut v = vec![(format!("{prefix}weight"), self.packed.shallow_clone())];
-        v.extend(self.state.state_dict(prefix)?);
-        Ok(v)
+        Ok(Linear4bit::state_dict(self, prefix)?)
     }
     fn storage_bytes(&self) -> i64 {
         let bytes = |t: &Tensor| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
@@ -128,7 +125,7 @@ impl QuantizedLinear for Linear8bitLt {
         self.weight.dequantize(Kind::Float)
     }
     fn requantize(&self, weight: &Tensor) -> peft_core::Result<Box<dyn QuantizedLinear>> {
-        let q = Linear8bitLt::quantize(weight, None, self.threshold)?;
+        let q = Linear8bitLt::quantize(weight, self.threshold)?;
         q.set_training(self.is_training());
         Ok(Box::new(q))
     }
@@ -137,15 +134,12 @@ impl QuantizedLinear for Linear8bitLt {
     }
     fn share(&self) -> Box<dyn QuantizedLinear> {
         let w = Int8Weight { cb: self.weight.cb.shallow_clone(), scb: self.weight.scb.shallow_clone() };
-        let q = Linear8bitLt::new(w, self.bias.as_ref().map(Tensor::shallow_clone), self.threshold);
+        let q = Linear8bitLt::new(w, self.threshold);
         q.set_training(self.is_training());
         Box::new(q)
     }
     fn state_dict(&self, prefix: &str) -> peft_core::Result<Vec<(String, Tensor)>> {
-        Ok(Linear8bitLt::state_dict(self, prefix)
-            .into_iter()
-            .filter(|(k, _)| !k.ends_with(".bias") && k != "bias")
-            .collect())
+        Ok(Linear8bitLt::state_dict(self, prefix))
     }
     fn storage_bytes(&self) -> i64 {
         self.weight.cb.numel() as i64 + 4 * self.weight.scb.numel() as i64
@@ -224,8 +218,6 @@ pub fn set_int8_training<M: Adaptable + ?Sized>(model: &M, training: bool) {
             if let Some(int8) = q.as_any().downcast_ref::<Linear8bitLt>() {
                 int8.set_training(training);
             }
-        } else if let Some(int8) = base.as_any().downcast_ref::<Linear8bitLt>() {
-            int8.set_training(training);
         }
     });
 }
