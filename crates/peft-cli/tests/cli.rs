@@ -511,3 +511,29 @@ fn peft_train_matches_python_and_its_adapter_loads_in_peft() {
     );
     oracle::record("rs->peft", "peft train adapter (tiny llama)");
 }
+
+#[test]
+fn run_loads_a_4bit_base_like_transformers_and_peft() {
+    // A Llama quantized by `--load-in-4bit` (NF4, double quantization) and the same model saved 4-bit by
+    // transformers, each with an adapter PEFT trained on transformers' 4-bit model.
+    let d = oracle::fixtures("gen_quant.py").join("llama");
+    let work = tempfile::tempdir().unwrap();
+    let io = read_all(&d.join("io.safetensors"));
+    let input = work.path().join("input.safetensors");
+    Tensor::write_safetensors(&[("input_ids", &io["input_ids"])], &input).unwrap();
+    for (model, flags) in [("dense", vec!["--load-in-4bit"]), ("4bit", vec![])] {
+        let out = work.path().join(format!("{model}.safetensors"));
+        let (model_dir, adapter) = (d.join(model), d.join("adapter"));
+        let mut args = vec!["run", "--model", s(&model_dir), "--adapter", s(&adapter)];
+        args.extend(["--input", s(&input), "--output", s(&out)]);
+        args.extend(flags);
+        ok(&peft(&args, &[]));
+        assert_close(
+            &logits(&out),
+            &io["logits"],
+            1e-4,
+            &format!("peft run on the {model} checkpoint in 4 bits"),
+        );
+        oracle::record("cli peft run", &format!("llama 4-bit ({model})"));
+    }
+}
