@@ -498,35 +498,34 @@ fn report(m: &[Measured], mem: Option<(u64, u64)>, checks: &[Check], header: &st
 
 fn chart(path: &Path, m: &[Measured]) -> Result<()> {
     use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
     let n = m.len();
-    let root = BitMapBackend::new(path, (900, 60 + 28 * n as u32)).into_drawing_area();
+    let root = BitMapBackend::new(path, (900, 70 + 26 * n as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let max = m.iter().map(|x| x.rs / x.py).fold(1.2f64, f64::max) * 1.1;
+    // Numeric y so every bar gets its own label and a gap; the first workload on top.
     let mut c = ChartBuilder::on(&root)
         .caption("peft-rs time / PEFT time (lower is better)", ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(150)
-        .build_cartesian_2d(0f64..max, (0..n).into_segmented())
+        .build_cartesian_2d(0f64..max, -0.5f64..(n as f64 - 0.5))
         .map_err(|e| anyhow!("{e}"))?;
-    let names: Vec<String> = m.iter().map(|x| x.name.clone()).collect();
-    c.configure_mesh()
-        .disable_y_mesh()
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => names.get(*i).cloned().unwrap_or_default(),
-            SegmentValue::Last => String::new(),
-        })
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
+    c.configure_mesh().disable_y_mesh().y_labels(0).draw().map_err(|e| anyhow!("{e}"))?;
+    let row = |i: usize| (n - 1 - i) as f64;
     c.draw_series(m.iter().enumerate().map(|(i, x)| {
         let r = x.rs / x.py;
         let color = if r <= 1.0 { GREEN.mix(0.7) } else { RED.mix(0.7) };
-        Rectangle::new([(0.0, SegmentValue::Exact(i)), (r, SegmentValue::Exact(i + 1))], color.filled())
+        Rectangle::new([(0.0, row(i) - 0.35), (r, row(i) + 0.35)], color.filled())
     }))
     .map_err(|e| anyhow!("{e}"))?;
-    c.draw_series(LineSeries::new(vec![(1.0, SegmentValue::Exact(0)), (1.0, SegmentValue::Last)], BLACK))
-        .map_err(|e| anyhow!("{e}"))?;
+    c.draw_series(LineSeries::new(vec![(1.0, -0.5), (1.0, n as f64 - 0.5)], BLACK)).map_err(|e| anyhow!("{e}"))?;
+    let style = ("sans-serif", 14).into_font().color(&BLACK).pos(Pos::new(HPos::Right, VPos::Center));
+    for (i, x) in m.iter().enumerate() {
+        let (px, py) = c.backend_coord(&(0.0, row(i)));
+        root.draw(&Text::new(x.name.clone(), (px - 6, py), style.clone())).map_err(|e| anyhow!("{e}"))?;
+    }
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
