@@ -424,3 +424,23 @@ fn loftq_initialisation_equals_peft() {
         oracle::record("peft->rs", &format!("loftq {name}"));
     }
 }
+
+/// The weight-only formats on libtorch's packed kernels (no Python counterpart in the oracle: torchao is
+/// not pinned): a Llama quantized on load stays close to the dense model's logits.
+#[test]
+fn llama_with_weight_only_int8_and_int4_stays_close_to_dense() {
+    let d = fixtures().join("llama");
+    let ids = read_all(&d.join("io.safetensors"))["input_ids"].shallow_clone();
+    let dense = HfModel::load_dir(&d.join("dense"), Some(Task::CausalLm), &Default::default()).unwrap();
+    let want = tch::no_grad(|| logits(&dense.model, &ids, &ForwardCtx::eval()));
+    for (spec, tol) in
+        [(QuantizeSpec::Int8WeightOnly, 0.02), (QuantizeSpec::Int4WeightOnly { group_size: 64 }, 0.2)]
+    {
+        let opts = peft_models::LoadOptions { quantize: Some(spec), ..Default::default() };
+        let q = HfModel::load_dir(&d.join("dense"), Some(Task::CausalLm), &opts).unwrap();
+        assert_eq!(quantized_storage(&q.model).1, 14, "{spec:?}");
+        let got = tch::no_grad(|| logits(&q.model, &ids, &ForwardCtx::eval()));
+        let rel = (&got - &want).norm().double_value(&[]) / want.norm().double_value(&[]);
+        assert!(rel < tol && rel > 0.0, "{spec:?}: relative logit error {rel}");
+    }
+}

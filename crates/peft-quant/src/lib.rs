@@ -11,6 +11,7 @@
 //! * [`layers`]: [`Linear4bit`] and [`Linear8bitLt`], frozen bases LoRA and the other linear methods
 //!   attach to; [`model`]: quantizing a model's linear layers (`load_in_4bit` / `load_in_8bit`).
 //! * [`autograd`]: the QLoRA matmul (C++ autograd function: no dense weight kept for backward).
+//! * [`affine`]: int8 / int4 weight-only formats on libtorch's packed kernels.
 //! * [`loftq`]: LoftQ initialisation (`init_lora_weights="loftq"`).
 //!
 //! ```
@@ -25,6 +26,7 @@
 //! assert_eq!(back.size(), [2048, 2048]);
 //! ```
 
+pub mod affine;
 pub mod autograd;
 pub mod blockwise;
 pub mod codes;
@@ -35,6 +37,7 @@ pub mod layers;
 pub mod loftq;
 pub mod model;
 
+pub use affine::{Int4WeightOnly, Int8WeightOnly};
 pub use blockwise::{dequantize_blockwise, quantize_blockwise};
 pub use codes::{dynamic_map, QuantType4};
 pub use error::{QuantError, Result};

@@ -21,6 +21,15 @@ pub enum QuantizeSpec {
         /// Outlier threshold; 0 disables the decomposition.
         threshold: f64,
     },
+    /// Int8 weight-only per output channel on libtorch's `_weight_int8pack_mm` (inference; training
+    /// falls back to dense matmuls).
+    Int8WeightOnly,
+    /// Int4 weight-only per group on libtorch's int4 CPU kernel (inference; training falls back to dense
+    /// matmuls).
+    Int4WeightOnly {
+        /// Input values per group: 32, 64, 128 or 256.
+        group_size: i64,
+    },
 }
 
 impl QuantizeSpec {
@@ -53,6 +62,10 @@ impl QuantizeSpec {
         Ok(match self {
             Self::FourBit(opts) => Box::new(Linear4bit::quantize(weight, *opts)?),
             Self::EightBit { threshold } => Box::new(Linear8bitLt::quantize(weight, *threshold)?),
+            Self::Int8WeightOnly => Box::new(crate::affine::Int8WeightOnly::quantize(weight)?),
+            Self::Int4WeightOnly { group_size } => {
+                Box::new(crate::affine::Int4WeightOnly::quantize(weight, *group_size)?)
+            }
         })
     }
 }

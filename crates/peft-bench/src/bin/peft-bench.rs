@@ -520,7 +520,8 @@ fn chart(path: &Path, m: &[Measured]) -> Result<()> {
         Rectangle::new([(0.0, row(i) - 0.35), (r, row(i) + 0.35)], color.filled())
     }))
     .map_err(|e| anyhow!("{e}"))?;
-    c.draw_series(LineSeries::new(vec![(1.0, -0.5), (1.0, n as f64 - 0.5)], BLACK)).map_err(|e| anyhow!("{e}"))?;
+    c.draw_series(LineSeries::new(vec![(1.0, -0.5), (1.0, n as f64 - 0.5)], BLACK))
+        .map_err(|e| anyhow!("{e}"))?;
     let style = ("sans-serif", 14).into_font().color(&BLACK).pos(Pos::new(HPos::Right, VPos::Center));
     for (i, x) in m.iter().enumerate() {
         let (px, py) = c.backend_coord(&(0.0, row(i)));
