@@ -311,6 +311,9 @@ def gen_llama(out):
             base_logits = peft_model(input_ids=ids).logits
     peft_model.save_pretrained(os.path.join(d, "adapter"))
     save_file({"input_ids": ids, "logits": logits, "base_logits": base_logits}, os.path.join(d, "io.safetensors"))
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    with open(os.path.join(d, "params.json"), "w") as f:
+        json.dump({"trainable": trainable, "total": total}, f)
 
 
 def check_llama(root):

@@ -275,10 +275,22 @@ fn llama_in_4bit_matches_transformers_and_peft_quantized_on_load_or_saved_quanti
         storages.push(bytes);
         let base = tch::no_grad(|| logits(&loaded.model, ids, &ForwardCtx::eval()));
         assert_close(&base, &io["base_logits"], 1e-4, &format!("{what}: 4-bit base logits"));
-        let (peft, _) =
-            PeftModel::from_pretrained(loaded.model, &loaded.vs, d.join("adapter"), LoadOptions::default())
-                .unwrap();
+        let (peft, _) = PeftModel::from_pretrained(
+            loaded.model,
+            &loaded.vs,
+            d.join("adapter"),
+            LoadOptions { is_trainable: true, ..LoadOptions::default() },
+        )
+        .unwrap();
         let ours = tch::no_grad(|| logits(peft.model(), ids, &ForwardCtx::eval()));
+        // Parameter counts as PEFT reports them for a 4-bit model (packed weights count at full size).
+        let counts = read_json(&d.join("params.json"));
+        let (trainable, total) = peft.num_parameters();
+        assert_eq!(
+            (trainable, total),
+            (counts["trainable"].as_i64().unwrap(), counts["total"].as_i64().unwrap()),
+            "{what}: parameter counts"
+        );
         assert_differs(&io["logits"], &io["base_logits"], 1e-3, &format!("{what}: adapter effect"));
         assert_close(&ours, &io["logits"], 1e-4, &format!("{what}: QLoRA logits"));
         oracle::record("peft->rs", &format!("llama 4-bit, {what}"));

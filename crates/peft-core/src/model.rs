@@ -1606,6 +1606,15 @@ impl<M: Adaptable> PeftModel<M> {
                 }
             }
         });
+        // Quantized linears keep an empty placeholder in the var store; count their weights as PEFT does
+        // (a packed 4-bit tensor counts twice its bytes, an int8 one its elements: the original numel).
+        self.model.visit_layers(&mut |l| {
+            if let Some(q) =
+                l.base().as_any().downcast_ref::<crate::nn::LinearBase>().and_then(|b| b.quantized.as_ref())
+            {
+                total += q.in_features() * q.out_features();
+            }
+        });
         let base = self.base_params.iter().map(|(_, t)| t.shallow_clone());
         let adapters = self.adapter_vs.variables().into_values();
         for t in base.chain(adapters).filter(|t| !buffers.contains(&(t.data_ptr() as usize))) {
