@@ -456,3 +456,33 @@ fn llama_with_weight_only_int8_and_int4_stays_close_to_dense() {
         assert!(rel < tol && rel > 0.0, "{spec:?}: relative logit error {rel}");
     }
 }
+
+/// `quantize_model` on a hand-built model gives the layers `Linear4bit::quantize` gives, and
+/// `set_int8_training` switches LLM.int8 layers between bitsandbytes' two CPU paths.
+#[test]
+fn quantize_model_and_int8_modes_on_a_hand_built_model() {
+    let d = fixtures().join("qlora").join("nf4_dq");
+    let dense = read_all(&d.join("dense.safetensors"));
+    let x = read_all(&d.join("io.safetensors"))["x"].shallow_clone();
+    let vs = VarStore::new(Device::Cpu);
+    let mut model = DMlp::load(&vs, &dense);
+    let spec = qlora_spec();
+    let QuantizeSpec::FourBit(opts) = spec else { unreachable!() };
+    let names = peft_quant::quantize_model(&mut model, &spec, &[]).unwrap();
+    assert_eq!(names, ["lin0", "lin1"]);
+    assert!(vs.variables()["lin0.weight"].numel() == 0, "the dense weight is released");
+    assert_identical(&model.forward(&x), &QMlp::quantized(&dense, opts).forward(&x), "quantize_model");
+
+    let vs = VarStore::new(Device::Cpu);
+    let mut model = DMlp::load(&vs, &dense);
+    peft_quant::quantize_model(&mut model, &QuantizeSpec::load_in_8bit(), &[]).unwrap();
+    let w0 = Int8Weight::quantize(&dense["lin0.weight"]).unwrap();
+    let w1 = Int8Weight::quantize(&dense["lin1.weight"]).unwrap();
+    let (b0, b1) = (&dense["lin0.bias"], &dense["lin1.bias"]);
+    let inference = w1.linear_int8(&w0.linear_int8(&x, Some(b0), 6.0).relu(), Some(b1), 6.0);
+    assert_identical(&model.forward(&x), &inference, "LLM.int8 inference path");
+    peft_quant::set_int8_training(&model, true);
+    let training = w1.linear_dequantized(&w0.linear_dequantized(&x, Some(b0)).relu(), Some(b1));
+    assert_identical(&model.forward(&x), &training, "LLM.int8 training path");
+    assert_differs(&inference, &training, 1e-4, "the two paths differ");
+}
