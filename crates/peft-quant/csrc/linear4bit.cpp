@@ -57,6 +57,12 @@ struct Stats {
 template <typename T, typename Scale>
 void dequantize_range_cpu(const uint8_t* packed, const float* code, Scale scale_of, int64_t blocksize,
                           int64_t first, int64_t last, T* out) {
+  // Both values of every byte at once: pairs[byte] = {code[high nibble], code[low nibble]}.
+  float pairs[256][2];
+  for (int b = 0; b < 256; ++b) {
+    pairs[b][0] = code[b >> 4];
+    pairs[b][1] = code[b & 15];
+  }
   const int64_t b0 = first / blocksize;
   const int64_t b1 = (last + blocksize - 1) / blocksize;
   at::parallel_for(b0, b1, 16, [&](int64_t begin, int64_t end) {
@@ -64,11 +70,21 @@ void dequantize_range_cpu(const uint8_t* packed, const float* code, Scale scale_
       const float scale = scale_of(b);
       const int64_t lo = std::max(first, b * blocksize);
       const int64_t hi = std::min(last, (b + 1) * blocksize);
-      for (int64_t j = lo; j < hi; ++j) {
-        const uint8_t byte = packed[j >> 1];
-        const uint8_t nibble = (j & 1) ? (byte & 15) : (byte >> 4);
-        out[j - first] = static_cast<T>(code[nibble] * scale);
+      int64_t j = lo;
+      if ((j & 1) != 0 && j < hi) {  // a range starting on a low nibble
+        out[j - first] = static_cast<T>(pairs[packed[j >> 1]][1] * scale);
+        ++j;
       }
+      T* o = out + (j - first);
+      const uint8_t* p = packed + (j >> 1);
+      const int64_t pairs_in_block = (hi - j) / 2;
+      for (int64_t k = 0; k < pairs_in_block; ++k) {
+        const float* v = pairs[p[k]];
+        o[2 * k] = static_cast<T>(v[0] * scale);
+        o[2 * k + 1] = static_cast<T>(v[1] * scale);
+      }
+      j += 2 * pairs_in_block;
+      if (j < hi) out[j - first] = static_cast<T>(pairs[packed[j >> 1]][0] * scale);
     }
   });
 }
