@@ -486,3 +486,49 @@ fn quantize_model_and_int8_modes_on_a_hand_built_model() {
     assert_identical(&model.forward(&x), &training, "LLM.int8 training path");
     assert_differs(&inference, &training, 1e-4, "the two paths differ");
 }
+
+/// Broken quantized checkpoints are typed errors naming the file and the tensor.
+#[test]
+fn broken_quant_states_name_the_file_and_key() {
+    let d = fixtures().join("qlora").join("nf4_dq");
+    let sd = read_all(&d.join("base_4bit.safetensors"));
+    let source = "base_4bit.safetensors";
+    let without = |skip: &str| {
+        let m: BTreeMap<String, Tensor> = sd
+            .iter()
+            .filter(|(k, _)| k.as_str() != skip)
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect();
+        m
+    };
+    let missing = without("lin0.weight.absmax");
+    let get = |k: &str| missing.get(k).map(Tensor::shallow_clone);
+    let err = QuantState4::from_state_dict(&get, "lin0.", source).unwrap_err().to_string();
+    assert!(err.contains(source) && err.contains("lin0.weight.absmax"), "{err}");
+
+    let mut garbage = without("");
+    garbage.insert("lin0.weight.quant_state.bitsandbytes__nf4".into(), Tensor::from_slice(b"{not json"));
+    let get = |k: &str| garbage.get(k).map(Tensor::shallow_clone);
+    let err = QuantState4::from_state_dict(&get, "lin0.", source).unwrap_err().to_string();
+    assert!(err.contains("lin0.weight.quant_state.bitsandbytes__nf4") && err.contains(source), "{err}");
+
+    // A packed weight whose size does not fit the state's shape.
+    let get = |k: &str| sd.get(k).map(Tensor::shallow_clone);
+    let state = QuantState4::from_state_dict(&get, "lin0.", source).unwrap();
+    let err =
+        Linear4bit::from_parts(Tensor::zeros([10, 1], (Kind::Uint8, Device::Cpu)), state, None).unwrap_err();
+    assert!(err.to_string().contains("[128, 64]") || err.to_string().contains("4096"), "{err}");
+
+    // A checkpoint quantized by another method is refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let llama = fixtures().join("llama").join("4bit");
+    for f in ["model.safetensors", "generation_config.json"] {
+        std::fs::copy(llama.join(f), dir.path().join(f)).unwrap();
+    }
+    let mut config = read_json(&llama.join("config.json"));
+    config["quantization_config"]["quant_method"] = serde_json::json!("gptq");
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err =
+        HfModel::load_dir(dir.path(), Some(Task::CausalLm), &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("gptq") && err.contains("config.json"), "{err}");
+}
