@@ -537,3 +537,69 @@ fn run_loads_a_4bit_base_like_transformers_and_peft() {
         oracle::record("cli peft run", &format!("llama 4-bit ({model})"));
     }
 }
+
+#[test]
+fn peft_train_with_a_4bit_base_lowers_the_loss_and_writes_a_loadable_adapter() {
+    let d = oracle::fixtures("gen_train.py").join("trainer");
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("qlora");
+    let model = d.join("model");
+    let data = d.join("train.jsonl");
+    let args = [
+        "train",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--format",
+        "text",
+        "--load-in-4bit",
+        "--target-modules",
+        "q_proj,v_proj,down_proj",
+        "--max-steps",
+        "12",
+        "--lr",
+        "2e-2",
+        "--batch-size",
+        "4",
+        "--seed",
+        "3",
+        "--no-shuffle",
+        "--logging-steps",
+        "1",
+        "--quiet",
+        "--output",
+        s(&out),
+    ];
+    ok(&peft(&args, &[]));
+    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["loss"].as_f64())
+        .collect();
+    assert!(losses.len() >= 2 && losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(last < first, "QLoRA training through `peft train` lowers the loss: {losses:?}");
+    // The adapter runs on the 4-bit base through `peft run`.
+    let input = work.path().join("input.safetensors");
+    let ids = Tensor::from_slice(&[5i64, 17, 33, 2, 9, 4]).view([1, 6]);
+    peft_core::io::write_safetensors(&input, &[("input_ids".into(), ids)]).unwrap();
+    let logits_path = work.path().join("logits.safetensors");
+    let run = [
+        "run",
+        "--model",
+        s(&model),
+        "--adapter",
+        s(&out),
+        "--load-in-4bit",
+        "--input",
+        s(&input),
+        "--output",
+        s(&logits_path),
+    ];
+    ok(&peft(&run, &[]));
+    let l = logits(&logits_path);
+    assert_eq!(l.size()[..2], [1, 6]);
+    assert!(l.isfinite().all().int64_value(&[]) == 1);
+}
