@@ -143,11 +143,7 @@ impl BaseLayer for LinearBase {
     }
 
     fn named_parameters(&self) -> Vec<(&'static str, Tensor)> {
-        let mut v = vec![("weight", self.weight.shallow_clone())];
-        if let Some(b) = &self.bias {
-            v.push(("bias", b.shallow_clone()));
-        }
-        v
+        weight_and_bias(&self.weight, self.bias.as_ref())
     }
 
     fn as_weighted(&self) -> Option<&dyn WeightLike> {
@@ -255,6 +251,15 @@ impl WeightLike for LinearBase {
     fn weight_is_storage(&self) -> bool {
         self.quantized.is_none()
     }
+}
+
+/// `weight` (and `bias`) as shallow clones, with their PyTorch names.
+fn weight_and_bias(weight: &Tensor, bias: Option<&Tensor>) -> Vec<(&'static str, Tensor)> {
+    let mut v = vec![("weight", weight.shallow_clone())];
+    if let Some(b) = bias {
+        v.push(("bias", b.shallow_clone()));
+    }
+    v
 }
 
 /// Copies `value` into `dst` without gradient tracking (a no-op when `value` is `dst` itself, e.g. a
@@ -462,11 +467,7 @@ impl BaseLayer for ConvBase {
     }
 
     fn named_parameters(&self) -> Vec<(&'static str, Tensor)> {
-        let mut v = vec![("weight", self.weight.shallow_clone())];
-        if let Some(b) = &self.bias {
-            v.push(("bias", b.shallow_clone()));
-        }
-        v
+        weight_and_bias(&self.weight, self.bias.as_ref())
     }
 
     fn as_weighted(&self) -> Option<&dyn WeightLike> {
