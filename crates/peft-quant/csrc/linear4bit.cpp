@@ -223,6 +223,30 @@ struct Linear4bitFunction : public torch::autograd::Function<Linear4bitFunction>
   }
 };
 
+// LLM.int8's training path (bitsandbytes' MatMul8bitFp): W = CB.to(dtype) * (SCB / 127), a dense matmul,
+// and a backward that rebuilds W from the int8 codes instead of keeping it.
+at::Tensor dequantize_int8(const at::Tensor& cb, const at::Tensor& scb, at::ScalarType kind) {
+  return cb.to(kind).mul_(scb.unsqueeze(1).mul(1.0 / 127.0));
+}
+
+struct Linear8bitFunction : public torch::autograd::Function<Linear8bitFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cb, const at::Tensor& scb,
+                            const at::Tensor& bias, bool has_bias) {
+    ctx->save_for_backward({cb, scb});
+    std::optional<at::Tensor> b;
+    if (has_bias) b = bias.to(x.scalar_type());
+    return at::linear(x, dequantize_int8(cb, scb, x.scalar_type()), b);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor& grad = grad_outputs[0];
+    variable_list grads(5);
+    grads[0] = at::matmul(grad, dequantize_int8(saved[0], saved[1], grad.scalar_type()));
+    return grads;
+  }
+};
+
 char* error_message(const char* what) {
   const size_t len = std::strlen(what);
   char* msg = static_cast<char*>(std::malloc(len + 1));
@@ -280,6 +304,20 @@ char* peft_quant_dequantize4bit(const at::Tensor* packed, const at::Tensor* code
     at::Tensor w =
         dequantize(*packed, *code, st, blocksize, out_features, in_features, static_cast<at::ScalarType>(kind));
     *out = new at::Tensor(std::move(w));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error_message(e.what());
+  }
+}
+
+// LLM.int8 training-path linear: `x @ (CB * SCB / 127).T + bias`, re-dequantizing in backward.
+char* peft_quant_linear8bit(const at::Tensor* x, const at::Tensor* cb, const at::Tensor* scb, const at::Tensor* bias,
+                            at::Tensor** out) {
+  try {
+    const bool has_bias = bias != nullptr;
+    at::Tensor b = has_bias ? *bias : at::empty({0}, x->options());
+    at::Tensor y = Linear8bitFunction::apply(*x, *cb, *scb, b, has_bias);
+    *out = new at::Tensor(std::move(y));
     return nullptr;
   } catch (const std::exception& e) {
     return error_message(e.what());

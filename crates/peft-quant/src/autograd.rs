@@ -66,6 +66,13 @@ extern "C" {
         kind: std::ffi::c_int,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn peft_quant_linear8bit(
+        x: *const C_tensor,
+        cb: *const C_tensor,
+        scb: *const C_tensor,
+        bias: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn peft_quant_free_error(msg: *mut c_char);
 }
 
@@ -160,4 +167,17 @@ pub fn linear_4bit(
         )
     };
     finish(err, out, "4-bit linear")
+}
+
+/// LLM.int8's training-path linear (bitsandbytes' `MatMul8bitFp`): `x @ (CB · SCB / 127).T + bias` in `x`'s
+/// dtype, with a backward that rebuilds the weight from the int8 codes instead of keeping it.
+///
+/// # Errors
+/// Shapes or dtypes libtorch rejects.
+pub fn linear_8bit(x: &Tensor, cb: &Tensor, scb: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    let bias_ptr = bias.map_or(std::ptr::null(), Tensor::as_ptr);
+    // SAFETY: as in `dequantize_4bit_fused`.
+    let err = unsafe { peft_quant_linear8bit(x.as_ptr(), cb.as_ptr(), scb.as_ptr(), bias_ptr, &mut out) };
+    finish(err, out, "int8 linear")
 }

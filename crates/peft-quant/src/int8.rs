@@ -99,13 +99,23 @@ impl Int8Weight {
     /// bitsandbytes' CPU path (`MatMul8bitFp`).
     pub fn dequantize(&self, kind: Kind) -> Tensor {
         let scale = self.scb.unsqueeze(1) * (1.0 / 127.0);
-        self.cb.to_kind(kind) * scale
+        // In place, as bitsandbytes does: the product stays in `kind`.
+        let mut w = self.cb.to_kind(kind);
+        let _ = w.g_mul_(&scale);
+        w
     }
 
     /// `x @ W.T + bias` as bitsandbytes computes it in training mode on CPU (dequantize, then a dense
-    /// matmul in `x`'s dtype).
+    /// matmul in `x`'s dtype), through [`crate::autograd::linear_8bit`]: the dense weight is not kept for
+    /// backward.
     pub fn linear_dequantized(&self, x: &Tensor, bias: Option<&Tensor>) -> Tensor {
-        x.linear(&self.dequantize(x.kind()), bias.map(|b| b.to_kind(x.kind())).as_ref())
+        match crate::autograd::linear_8bit(x, &self.cb, &self.scb, bias) {
+            Ok(y) => y,
+            Err(e) => {
+                log::warn!("{e}; falling back to dense ops");
+                x.linear(&self.dequantize(x.kind()), bias.map(|b| b.to_kind(x.kind())).as_ref())
+            }
+        }
     }
 
     /// `x @ W.T + bias` as bitsandbytes' inference path computes it (`MatMul8bitLt`): `x` rounded to
@@ -136,5 +146,30 @@ impl Int8Weight {
         }
         shape.push(self.cb.size()[0]);
         out.view(shape.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// The training path's autograd function equals dense ops on the dequantized weight, outputs and
+    /// input gradients alike, without falling back.
+    #[test]
+    fn training_path_autograd_equals_dense_ops() {
+        tch::manual_seed(9);
+        let w = Int8Weight::quantize(&Tensor::randn([24, 40], (Kind::Float, Device::Cpu))).unwrap();
+        let bias = Tensor::randn([24], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([3, 40], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let y = crate::autograd::linear_8bit(&x, &w.cb, &w.scb, Some(&bias)).unwrap();
+        let g = Tensor::randn([3, 24], (Kind::Float, Device::Cpu));
+        let gx = Tensor::run_backward(&[(&y * &g).sum(Kind::Float)], &[&x], false, false);
+        let x2 = x.detach().set_requires_grad(true);
+        let y2 = x2.linear(&w.dequantize(Kind::Float), Some(&bias));
+        let gx2 = Tensor::run_backward(&[(&y2 * &g).sum(Kind::Float)], &[&x2], false, false);
+        assert!(y.equal(&y2));
+        assert!(gx[0].equal(&gx2[0]));
+        assert_eq!(w.dequantize(Kind::BFloat16).kind(), Kind::BFloat16);
     }
 }
