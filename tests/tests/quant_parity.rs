@@ -512,6 +512,13 @@ fn broken_quant_states_name_the_file_and_key() {
     let err = QuantState4::from_state_dict(&get, "lin0.", source).unwrap_err().to_string();
     assert!(err.contains("lin0.weight.quant_state.bitsandbytes__nf4") && err.contains(source), "{err}");
 
+    // Statistics that do not fit the shape (the kernels index them without bounds checks).
+    let mut short = without("");
+    short.insert("lin0.weight.nested_absmax".into(), Tensor::zeros([0], (Kind::Float, Device::Cpu)));
+    let get = |k: &str| short.get(k).map(Tensor::shallow_clone);
+    let err = QuantState4::from_state_dict(&get, "lin0.", source).unwrap_err().to_string();
+    assert!(err.contains(source) && err.contains("nested absmax"), "{err}");
+
     // A packed weight whose size does not fit the state's shape.
     let get = |k: &str| sd.get(k).map(Tensor::shallow_clone);
     let state = QuantState4::from_state_dict(&get, "lin0.", source).unwrap();

@@ -140,6 +140,47 @@ pub fn quantize_4bit(
 }
 
 impl QuantState4 {
+    /// Checks that the statistics fit the shape and block sizes (one maximum per block, codes of the
+    /// right size and dtype, one nested maximum per block of the nested level), so that the kernels,
+    /// which index them without bounds checks, stay inside them.
+    ///
+    /// # Errors
+    /// The first tensor that does not fit, with its expected and actual shape.
+    pub fn validate(&self) -> Result<()> {
+        let shape_err = |what: &str, expected: String, t: &Tensor| QuantError::Shape {
+            what: format!("{what} ({:?}) for shape {:?}, blocksize {}", t.kind(), self.shape, self.blocksize),
+            expected,
+            found: t.size(),
+        };
+        if self.blocksize <= 0 || self.shape.iter().any(|&d| d < 0) {
+            return Err(QuantError::Invalid(format!(
+                "4-bit state: blocksize {} / shape {:?}",
+                self.blocksize, self.shape
+            )));
+        }
+        let blocks = (self.numel() + self.blocksize - 1) / self.blocksize;
+        let want_kind = if self.nested.is_some() { Kind::Uint8 } else { Kind::Float };
+        if self.absmax.numel() as i64 != blocks || self.absmax.kind() != want_kind {
+            return Err(shape_err("4-bit absmax", format!("{blocks} {want_kind:?} values"), &self.absmax));
+        }
+        if self.code.numel() != 16 {
+            return Err(shape_err("4-bit quant_map", "16 values".into(), &self.code));
+        }
+        if let Some(n) = &self.nested {
+            if n.blocksize <= 0 {
+                return Err(QuantError::Invalid(format!("nested blocksize {}", n.blocksize)));
+            }
+            let nested_blocks = (blocks + n.blocksize - 1) / n.blocksize;
+            if n.absmax.numel() as i64 != nested_blocks || n.absmax.kind() != Kind::Float {
+                return Err(shape_err("nested absmax", format!("{nested_blocks} float32 values"), &n.absmax));
+            }
+            if n.code.numel() != 256 {
+                return Err(shape_err("nested quant_map", "256 values".into(), &n.code));
+            }
+        }
+        Ok(())
+    }
+
     /// A state sharing this one's tensors.
     pub fn share(&self) -> Self {
         Self {
@@ -221,17 +262,8 @@ pub fn dequantize_4bit_to(packed: &Tensor, state: &QuantState4, kind: Kind) -> R
             found: packed.size(),
         });
     }
-    let blocks = (n + state.blocksize - 1) / state.blocksize;
-    let absmax = state.block_absmax()?;
-    if absmax.numel() as i64 != blocks {
-        return Err(QuantError::Shape {
-            what: format!("4-bit absmax for shape {:?} and blocksize {}", state.shape, state.blocksize),
-            expected: format!("{blocks} values"),
-            found: absmax.size(),
-        });
-    }
-    Ok(crate::autograd::dequantize_4bit_fused(packed, state, kind)
-        .unwrap_or_else(|_| decode_4bit_ops(packed, &absmax, state, kind)))
+    state.validate()?;
+    Ok(dequantize_4bit_trusted(packed, state, kind))
 }
 
 /// [`dequantize_4bit_to`] for a state validated when its layer was built (the fused pass; tensor ops if
@@ -457,7 +489,13 @@ impl QuantState4 {
             }
             None
         };
-        Ok(Self { quant_type, absmax, blocksize, code, dtype, shape, nested })
+        let state = Self { quant_type, absmax, blocksize, code, dtype, shape, nested };
+        state.validate().map_err(|e| QuantError::BadQuantState {
+            source_name: source.into(),
+            key: format!("{prefix}weight.*"),
+            reason: e.to_string(),
+        })?;
+        Ok(state)
     }
 }
 

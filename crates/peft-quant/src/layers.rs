@@ -75,6 +75,7 @@ impl Linear4bit {
                 found: state.shape.clone(),
             });
         }
+        state.validate()?;
         let bytes = (state.numel() + 1) / 2;
         if packed.kind() != Kind::Uint8 || packed.numel() as i64 != bytes {
             return Err(QuantError::Shape {
