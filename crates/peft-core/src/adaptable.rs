@@ -103,6 +103,31 @@ pub trait Adaptable {
     }
 }
 
+/// Sets `hook` on the layers of `model` named in `modules` (PyTorch's `register_forward_hook`), or removes
+/// their hooks with `None`; every later forward pass calls it with `(module, input, output)`. Data-driven
+/// initialisations (CorDA, LoRA-GA) use it on the bare model; [`crate::PeftModel::set_forward_hook`] on an
+/// adapted one.
+///
+/// # Errors
+/// A name that is no adaptable layer of the model.
+pub fn set_forward_hook<M: Adaptable + ?Sized>(
+    model: &mut M,
+    modules: &[String],
+    hook: Option<crate::layer::ForwardHook>,
+) -> Result<()> {
+    let mut missing: std::collections::BTreeSet<&str> = modules.iter().map(String::as_str).collect();
+    model.visit_layers_mut(&mut |layer| {
+        if missing.remove(layer.name()) {
+            layer.parts_mut().1.set_hook(hook.clone());
+        }
+        Ok(())
+    })?;
+    if !missing.is_empty() {
+        return Err(crate::PeftError::Invalid(format!("no adaptable layers named {missing:?} to hook")));
+    }
+    Ok(())
+}
+
 /// The names of all adaptable layers of a model, in module order.
 pub fn layer_names<M: Adaptable + ?Sized>(model: &M) -> Vec<String> {
     let mut names = Vec::new();

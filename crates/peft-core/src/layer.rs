@@ -311,7 +311,16 @@ pub trait TunerLayer: fmt::Debug + Send + 'static {
     }
 
     /// Updates the output: `x` is the layer input, `y` the output so far (base plus earlier adapters).
-    fn transform_output(&self, base: &dyn BaseLayer, x: &Tensor, y: Tensor, ctx: &ForwardCtx<'_>) -> Tensor;
+    /// The default leaves it unchanged (tuners that only replace the base computation).
+    fn transform_output(
+        &self,
+        _base: &dyn BaseLayer,
+        _x: &Tensor,
+        y: Tensor,
+        _ctx: &ForwardCtx<'_>,
+    ) -> Tensor {
+        y
+    }
 
     /// Merges this adapter into the base weights. With `ctx.safe`, the result is computed on a copy and
     /// refused (nothing written) if it is not finite.

@@ -377,10 +377,7 @@ impl<M: Adaptable> PeftModel<M> {
                 return Ok(());
             }
             let module_name = layer.name().to_string();
-            let mut path = &vs_root / "base_model" / "model";
-            for seg in module_name.split('.') {
-                path = &path / seg;
-            }
+            let path = module_path(&vs_root, &module_name);
             let (base, slots) = layer.parts_mut();
             if !slots.merged().is_empty() {
                 return Err(PeftError::Invalid(format!(
@@ -412,11 +409,7 @@ impl<M: Adaptable> PeftModel<M> {
             return Err(e);
         }
         self.configs.insert(name.to_string(), config);
-        let active = self.active.clone();
-        self.model.visit_layers_mut(&mut |layer| {
-            layer.parts_mut().1.set_active(&active);
-            Ok(())
-        })?;
+        self.sync_active()?;
         Ok(())
     }
 
@@ -443,10 +436,7 @@ impl<M: Adaptable> PeftModel<M> {
                 return Ok(());
             };
             let module = layer.name().to_string();
-            let mut path = &vs_root / "base_model" / "model";
-            for seg in module.split('.') {
-                path = &path / seg;
-            }
+            let path = module_path(&vs_root, &module);
             let (base, slots) = layer.parts_mut();
             for (p, _) in base.named_parameters() {
                 covered.insert(format!("{module}.{p}"));
@@ -459,11 +449,7 @@ impl<M: Adaptable> PeftModel<M> {
             containers.insert(container);
             Ok(())
         })?;
-        let active = self.active.clone();
-        self.model.visit_layers_mut(&mut |layer| {
-            layer.parts_mut().1.set_active(&active);
-            Ok(())
-        })?;
+        self.sync_active()?;
         // A container holding parameters outside adaptable layers cannot be copied faithfully.
         for c in &containers {
             let outside: Vec<&str> = self
@@ -554,10 +540,7 @@ impl<M: Adaptable> PeftModel<M> {
                     return Ok(());
                 }
                 let module = layer.name().to_string();
-                let mut path = &vs_root / "base_model" / "model";
-                for seg in module.split('.') {
-                    path = &path / seg;
-                }
+                let path = module_path(&vs_root, &module);
                 let (base, slots) = layer.parts_mut();
                 if slots.get(name).is_some() {
                     return Err(PeftError::Invalid(format!(
@@ -595,11 +578,7 @@ impl<M: Adaptable> PeftModel<M> {
                 Ok(())
             })?;
         }
-        let active = self.active.clone();
-        self.model.visit_layers_mut(&mut |layer| {
-            layer.parts_mut().1.set_active(&active);
-            Ok(())
-        })?;
+        self.sync_active()?;
         Ok(())
     }
 
@@ -661,10 +640,7 @@ impl<M: Adaptable> PeftModel<M> {
             if layer.name() != module {
                 return Ok(());
             }
-            let mut path = &vs_root / "base_model" / "model";
-            for seg in module.split('.') {
-                path = &path / seg;
-            }
+            let path = module_path(&vs_root, module);
             let (base, slots) = layer.parts_mut();
             let mut init = LayerInit {
                 module_name: module,
@@ -747,14 +723,10 @@ impl<M: Adaptable> PeftModel<M> {
             self.unmerge_adapter()?;
         }
         self.active = names.to_vec();
-        let active = self.active.clone();
-        self.model.visit_layers_mut(&mut |layer| {
-            layer.parts_mut().1.set_active(&active);
-            Ok(())
-        })?;
+        self.sync_active()?;
         let all = self.adapter_names();
         for n in &all {
-            let on = trainable && active.contains(n);
+            let on = trainable && self.active.contains(n);
             self.set_requires_grad(&[n.as_str()], on)?;
         }
         Ok(())
@@ -1500,6 +1472,15 @@ impl<M: Adaptable> PeftModel<M> {
         ))
     }
 
+    /// Tells every layer which adapters are active (after `self.active` or the layers changed).
+    fn sync_active(&mut self) -> Result<()> {
+        let active = self.active.clone();
+        self.model.visit_layers_mut(&mut |layer| {
+            layer.parts_mut().1.set_active(&active);
+            Ok(())
+        })
+    }
+
     /// Sets `hook` on the layers named in `modules` (PyTorch's `register_forward_hook`), or removes the
     /// hooks of those layers with `None`. Every later forward pass calls it with `(module, input, output)`.
     ///
@@ -1510,17 +1491,7 @@ impl<M: Adaptable> PeftModel<M> {
         modules: &[String],
         hook: Option<crate::layer::ForwardHook>,
     ) -> Result<()> {
-        let mut missing: BTreeSet<&str> = modules.iter().map(String::as_str).collect();
-        self.model.visit_layers_mut(&mut |layer| {
-            if missing.remove(layer.name()) {
-                layer.parts_mut().1.set_hook(hook.clone());
-            }
-            Ok(())
-        })?;
-        if !missing.is_empty() {
-            return Err(PeftError::Invalid(format!("no adaptable layers named {missing:?} to hook")));
-        }
-        Ok(())
+        crate::adaptable::set_forward_hook(&mut self.model, modules, hook)
     }
 
     /// The per-row adapters of a mixed batch (PEFT's `adapter_names=[…]`): `per_row[i]` names the adapter
@@ -1961,4 +1932,9 @@ impl<M: Adaptable + ModuleT> ModuleT for PeftModel<M> {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.model.forward_t(xs, train)
     }
+}
+
+/// The var-store path of `module`'s adapter tensors: `base_model.model.<module>` (PEFT's in-memory names).
+fn module_path<'a>(root: &tch::nn::Path<'a>, module: &str) -> tch::nn::Path<'a> {
+    module.split('.').fold(root / "base_model" / "model", |path, seg| &path / seg)
 }

@@ -82,16 +82,6 @@ impl TunerLayer for ModulesToSave {
         Some(self.copy.forward(x))
     }
 
-    fn transform_output(
-        &self,
-        _base: &dyn BaseLayer,
-        _x: &Tensor,
-        y: Tensor,
-        _ctx: &ForwardCtx<'_>,
-    ) -> Tensor {
-        y
-    }
-
     /// Writes the trained copy into the base (what PEFT's `merge_and_unload` leaves in place of the wrapper).
     fn merge(&mut self, base: &mut dyn BaseLayer, _ctx: &MergeCtx<'_>) -> Result<()> {
         let params = base.named_parameters();

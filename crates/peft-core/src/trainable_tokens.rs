@@ -175,16 +175,6 @@ impl TunerLayer for TrainableTokens {
         Some(x.linear::<&Tensor>(&merged, None))
     }
 
-    fn transform_output(
-        &self,
-        _base: &dyn BaseLayer,
-        _x: &Tensor,
-        y: Tensor,
-        _ctx: &ForwardCtx<'_>,
-    ) -> Tensor {
-        y
-    }
-
     fn merge(&mut self, base: &mut dyn BaseLayer, ctx: &MergeCtx<'_>) -> Result<()> {
         if self.tied {
             // The weight is shared with the input embedding, whose adapter writes it.

@@ -112,17 +112,9 @@ pub fn preprocess_corda<M: Adaptable>(
         }
     });
     let names: Vec<String> = targets.iter().map(|(n, _, _)| n.clone()).collect();
-    let set_hooks = |model: &mut M, hook: Option<peft_core::ForwardHook>| -> Result<()> {
-        model.visit_layers_mut(&mut |l| {
-            if names.iter().any(|n| n == l.name()) {
-                l.parts_mut().1.set_hook(hook.clone());
-            }
-            Ok(())
-        })
-    };
-    set_hooks(model, Some(hook))?;
+    peft_core::adaptable::set_forward_hook(model, &names, Some(hook))?;
     let result = tch::no_grad(|| run_model(model));
-    set_hooks(model, None)?;
+    peft_core::adaptable::set_forward_hook(model, &names, None)?;
     result?;
     if let Some(e) = error.lock().ok().and_then(|mut e| e.take()) {
         return Err(e);

@@ -121,17 +121,9 @@ pub fn estimate_gradients<M: Adaptable>(
         }
     });
     let names: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();
-    let set_hooks = |model: &mut M, hook: Option<peft_core::ForwardHook>| -> Result<()> {
-        model.visit_layers_mut(&mut |l| {
-            if names.iter().any(|n| n == l.name()) {
-                l.parts_mut().1.set_hook(hook.clone());
-            }
-            Ok(())
-        })
-    };
-    set_hooks(model, Some(hook))?;
+    peft_core::adaptable::set_forward_hook(model, &names, Some(hook))?;
     let result = tch::with_grad(|| train_step(model));
-    set_hooks(model, None)?;
+    peft_core::adaptable::set_forward_hook(model, &names, None)?;
     for (t, rg) in &original {
         let _ = t.set_requires_grad(*rg);
     }

@@ -216,7 +216,8 @@ impl HfModel {
             pq.install(&mut model)?;
         } else if quantize.is_some() {
             let n = storages.len();
-            quantized::install(&mut model, storages)?;
+            peft_quant::install_quantized(&mut model, storages)
+                .map_err(|e| ModelError::Input(e.to_string()))?;
             log::info!("quantized {n} linear layers on load");
         }
         Ok(Loaded { model, vs })

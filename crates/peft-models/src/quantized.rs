@@ -5,7 +5,7 @@
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
 use crate::weights::{checkpoint_files, LoadSpec};
-use peft_core::nn::{LinearBase, QuantizedLinear};
+use peft_core::nn::QuantizedLinear;
 use peft_core::Adaptable;
 use peft_quant::{Int8Weight, Linear4bit, Linear8bitLt, QuantState4};
 use std::collections::BTreeMap;
@@ -151,59 +151,20 @@ impl Prequantized {
 
     /// Installs the quantized storage in the model's linear layers.
     pub(crate) fn install<M: Adaptable + ?Sized>(self, model: &mut M) -> Result<()> {
-        let mut pending: BTreeMap<&str, &str> =
-            self.modules.iter().map(|(m, l)| (l.as_str(), m.as_str())).collect();
-        let mut failure = None;
-        let _ = model.visit_layers_mut(&mut |layer| {
-            let Some(module) = pending.get(layer.name()).copied() else { return Ok(()) };
-            let name = layer.name().to_string();
-            let (base, _) = layer.parts_mut();
-            let result = match base.as_any_mut().and_then(|a| a.downcast_mut::<LinearBase>()) {
-                Some(lin) => {
-                    self.storage(module).and_then(|q| lin.set_quantized(q).map_err(ModelError::from))
-                }
-                None => Err(ModelError::Input(format!(
-                    "`{name}` is quantized in the checkpoint but is not a linear layer"
-                ))),
-            };
-            if let Err(e) = result {
-                failure = Some(e);
-                return Err(peft_core::PeftError::Invalid(String::new()));
-            }
-            pending.remove(name.as_str());
-            Ok(())
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        if !pending.is_empty() {
-            return Err(ModelError::Input(format!(
-                "{}: quantized weights for modules the model does not have as linear layers: {:?}",
-                self.source.display(),
-                pending.values().collect::<Vec<_>>()
-            )));
-        }
-        Ok(())
+        let storages = self
+            .modules
+            .iter()
+            .map(|(module, layer)| Ok((layer.clone(), self.storage(module)?)))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        peft_quant::install_quantized(model, storages)
+            .map_err(|e| ModelError::Input(format!("{}: {e}", self.source.display())))
     }
 }
 
-/// `<layer>.weight` variable name → layer name, for every dense `nn.Linear` that quantize-on-load
-/// converts (all but the output embedding, as transformers does).
+/// `<layer>.weight` variable name → layer name, for every layer quantize-on-load converts
+/// ([`peft_quant::quantization_targets`]).
 pub(crate) fn quantizable_weights<M: Adaptable + ?Sized>(model: &M) -> BTreeMap<String, String> {
-    let output = model.output_embedding();
-    let mut out = BTreeMap::new();
-    model.visit_layers(&mut |layer| {
-        let name = layer.name();
-        if output.as_deref() == Some(name) {
-            return;
-        }
-        if let Some(lin) = layer.base().as_any().downcast_ref::<LinearBase>() {
-            if !lin.fan_in_fan_out && lin.quantized.is_none() {
-                out.insert(format!("{name}.weight"), name.to_string());
-            }
-        }
-    });
-    out
+    peft_quant::quantization_targets(model, &[]).into_iter().map(|l| (format!("{l}.weight"), l)).collect()
 }
 
 /// Releases a variable's storage (the layer holding a shallow clone sees the same empty tensor).
@@ -212,21 +173,5 @@ pub(crate) fn release(var: &Tensor) -> Result<()> {
         Tensor::f_empty([0], (var.kind(), var.device())).map_err(ModelError::torch("releasing a weight"))?;
     let mut v = var.shallow_clone();
     tch::no_grad(|| v.set_data(&empty));
-    Ok(())
-}
-
-/// Installs quantized storage (by layer name) into the model's linear layers.
-pub(crate) fn install<M: Adaptable + ?Sized>(
-    model: &mut M,
-    mut storages: BTreeMap<String, Box<dyn QuantizedLinear>>,
-) -> Result<()> {
-    model.visit_layers_mut(&mut |layer| {
-        let Some(q) = storages.remove(layer.name()) else { return Ok(()) };
-        let (base, _) = layer.parts_mut();
-        match base.as_any_mut().and_then(|a| a.downcast_mut::<LinearBase>()) {
-            Some(lin) => lin.set_quantized(q),
-            None => Ok(()),
-        }
-    })?;
     Ok(())
 }

@@ -45,4 +45,7 @@ pub use four_bit::{dequantize_4bit, dequantize_4bit_to, quantize_4bit, NestedSta
 pub use int8::{vectorwise_quant, Int8Weight};
 pub use layers::{Linear4bit, Linear8bitLt, Quant4Options};
 pub use loftq::loftq_init;
-pub use model::{dequantize_model, quantize_model, quantized_storage, set_int8_training, QuantizeSpec};
+pub use model::{
+    dequantize_model, install_quantized, quantization_targets, quantize_model, quantized_storage,
+    set_int8_training, QuantizeSpec,
+};

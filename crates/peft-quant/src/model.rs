@@ -168,6 +168,54 @@ fn skipped(name: &str, output_embedding: Option<&str>, skip: &[String]) -> bool 
     output_embedding == Some(name) || skip.iter().any(|s| name == s || name.ends_with(&format!(".{s}")))
 }
 
+/// The layers `quantize_model` (and quantize-on-load) convert: every dense `nn.Linear` (not a `Conv1D`,
+/// not already quantized) except the output embedding and the modules in `skip`, in module order.
+pub fn quantization_targets<M: Adaptable + ?Sized>(model: &M, skip: &[String]) -> Vec<String> {
+    let output = model.output_embedding();
+    let mut out = Vec::new();
+    model.visit_layers(&mut |layer| {
+        let name = layer.name();
+        let dense_linear = layer
+            .base()
+            .as_any()
+            .downcast_ref::<LinearBase>()
+            .is_some_and(|l| !l.fan_in_fan_out && l.quantized.is_none());
+        if dense_linear && !skipped(name, output.as_deref(), skip) {
+            out.push(name.to_string());
+        }
+    });
+    out
+}
+
+/// Installs quantized storage (by layer name) into the model's linear layers, releasing their dense
+/// weights.
+///
+/// # Errors
+/// A name that is no linear layer of the model, or storage whose shape does not fit the layer.
+pub fn install_quantized<M: Adaptable + ?Sized>(
+    model: &mut M,
+    mut storages: std::collections::BTreeMap<String, Box<dyn QuantizedLinear>>,
+) -> Result<()> {
+    model
+        .visit_layers_mut(&mut |layer| {
+            let Some(q) = storages.remove(layer.name()) else { return Ok(()) };
+            let name = layer.name().to_string();
+            let (base, _) = layer.parts_mut();
+            match base.as_any_mut().and_then(|a| a.downcast_mut::<LinearBase>()) {
+                Some(lin) => lin.set_quantized(q),
+                None => Err(peft_core::PeftError::Invalid(format!("`{name}` is not a linear layer"))),
+            }
+        })
+        .map_err(|e| QuantError::Invalid(e.to_string()))?;
+    if !storages.is_empty() {
+        return Err(QuantError::Invalid(format!(
+            "quantized weights for modules the model does not have: {:?}",
+            storages.keys().collect::<Vec<_>>()
+        )));
+    }
+    Ok(())
+}
+
 /// Quantizes every dense `nn.Linear` of `model` in place (releasing the dense weights), except the
 /// output embedding and the modules in `skip` — what `from_pretrained(..., quantization_config=
 /// BitsAndBytesConfig(load_in_4bit=True))` does. Returns the names of the quantized layers.
@@ -181,45 +229,31 @@ pub fn quantize_model<M: Adaptable + ?Sized>(
     spec: &QuantizeSpec,
     skip: &[String],
 ) -> Result<Vec<String>> {
-    let output = model.output_embedding();
-    let mut done = Vec::new();
+    let targets = quantization_targets(model, skip);
+    let mut storages = std::collections::BTreeMap::new();
     let mut failure = None;
-    let _ = model.visit_layers_mut(&mut |layer| {
-        let name = layer.name().to_string();
-        if skipped(&name, output.as_deref(), skip) {
-            return Ok(());
+    model.visit_layers(&mut |layer| {
+        let name = layer.name();
+        if failure.is_some() || !targets.iter().any(|t| t == name) {
+            return;
         }
-        let has_adapters = !layer.slots().is_empty();
-        let (base, _) = layer.parts_mut();
-        let Some(lin) = base.as_any_mut().and_then(|a| a.downcast_mut::<LinearBase>()) else { return Ok(()) };
-        if lin.fan_in_fan_out || lin.quantized.is_some() {
-            return Ok(());
-        }
-        if has_adapters {
+        if !layer.slots().is_empty() {
             failure = Some(QuantError::Invalid(format!(
                 "`{name}` already has adapters; quantize the base model before attaching them"
             )));
-            return Err(peft_core::PeftError::Invalid(String::new()));
+            return;
         }
-        let result = spec
-            .quantize(&lin.weight.detach())
-            .map_err(|e| QuantError::Invalid(format!("quantizing `{name}`: {e}")))
-            .and_then(|q| lin.set_quantized(q).map_err(|e| QuantError::Invalid(format!("`{name}`: {e}"))));
-        match result {
-            Ok(()) => {
-                done.push(name);
-                Ok(())
-            }
-            Err(e) => {
-                failure = Some(e);
-                Err(peft_core::PeftError::Invalid(String::new()))
-            }
+        let Some(lin) = layer.base().as_any().downcast_ref::<LinearBase>() else { return };
+        match spec.quantize(&lin.weight.detach()) {
+            Ok(q) => drop(storages.insert(name.to_string(), q)),
+            Err(e) => failure = Some(QuantError::Invalid(format!("quantizing `{name}`: {e}"))),
         }
     });
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(done),
+    if let Some(e) = failure {
+        return Err(e);
     }
+    install_quantized(model, storages)?;
+    Ok(targets)
 }
 
 /// Switches every LLM.int8 layer of `model` between training mode (dequantize and matmul, as
