@@ -20,11 +20,17 @@ struct Stats {
     nested_code: *const C_tensor,
     nested_blocksize: i64,
     offset: f64,
+    /// 0: NF4, 1: FP4 (which of bitsandbytes' CUDA kernels applies).
+    quant_type: i32,
 }
 
 impl Stats {
     /// Borrows the statistics of `state` (valid while `state` lives).
     fn of(state: &QuantState4) -> Self {
+        let quant_type = match state.quant_type {
+            crate::codes::QuantType4::Nf4 => 0,
+            crate::codes::QuantType4::Fp4 => 1,
+        };
         match &state.nested {
             Some(n) => Self {
                 absmax: state.absmax.as_ptr(),
@@ -32,6 +38,7 @@ impl Stats {
                 nested_code: n.code.as_ptr(),
                 nested_blocksize: n.blocksize,
                 offset: f64::from(n.offset),
+                quant_type,
             },
             None => Self {
                 absmax: state.absmax.as_ptr(),
@@ -39,6 +46,7 @@ impl Stats {
                 nested_code: std::ptr::null(),
                 nested_blocksize: 0,
                 offset: 0.0,
+                quant_type,
             },
         }
     }
@@ -116,6 +124,7 @@ pub fn dequantize_4bit_fused(packed: &Tensor, state: &QuantState4, kind: tch::Ki
             return Err(QuantError::Invalid(format!("4-bit dequantization to {other:?} is not supported")))
         }
     };
+    crate::cuda::prepare_for(packed);
     let stats = Stats::of(state);
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: live tch tensors (and `stats`, pointing into `state`) borrowed for the call; the C++ side
@@ -137,8 +146,9 @@ pub fn dequantize_4bit_fused(packed: &Tensor, state: &QuantState4, kind: tch::Ki
 
 /// `x @ W.T + bias` for a 4-bit weight (packed codes and their [`QuantState4`]), computed in `x`'s
 /// dtype. The backward pass re-dequantizes instead of keeping `W`, the statistics stay in their stored
-/// (8-bit when double-quantized) form, and weights above 4M values are dequantized a slice of rows at a
-/// time, so the transient dense copy stays small.
+/// (8-bit when double-quantized) form, and on CPU weights above 4M values are dequantized a slice of rows
+/// at a time, so the transient dense copy stays small. On CUDA, bitsandbytes' kernels dequantize (and, for
+/// inference on at most 4 rows, multiply) when its library is available (see [`crate::cuda`]).
 ///
 /// # Errors
 /// A state that is not 2-D, or shapes or dtypes libtorch rejects.
@@ -149,6 +159,7 @@ pub fn linear_4bit(
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (out_features, in_features) = out_in(state)?;
+    crate::cuda::prepare_for(packed);
     let stats = Stats::of(state);
     let mut out: *mut C_tensor = std::ptr::null_mut();
     let bias_ptr = bias.map_or(std::ptr::null(), Tensor::as_ptr);

@@ -199,6 +199,24 @@ impl QuantState4 {
         }
     }
 
+    /// A copy of this state on `device` (bitsandbytes' `QuantState.to`).
+    pub fn to_device(&self, device: tch::Device) -> Self {
+        Self {
+            quant_type: self.quant_type,
+            absmax: self.absmax.to_device(device),
+            blocksize: self.blocksize,
+            code: self.code.to_device(device),
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            nested: self.nested.as_ref().map(|n| NestedState {
+                absmax: n.absmax.to_device(device),
+                code: n.code.to_device(device),
+                blocksize: n.blocksize,
+                offset: n.offset,
+            }),
+        }
+    }
+
     /// Number of quantized values (the product of [`QuantState4::shape`]).
     pub fn numel(&self) -> i64 {
         self.shape.iter().product()

@@ -87,6 +87,16 @@ impl Linear4bit {
         Ok(Self { packed, state, compute_dtype })
     }
 
+    /// A copy of this layer on `device` (packed codes and statistics moved; bitsandbytes'
+    /// `Linear4bit.to(device)`).
+    pub fn to_device(&self, device: tch::Device) -> Self {
+        Self {
+            packed: self.packed.to_device(device),
+            state: self.state.to_device(device),
+            compute_dtype: self.compute_dtype,
+        }
+    }
+
     /// `x @ W.T + bias` in the compute dtype, cast back to `x`'s dtype (bitsandbytes' `matmul_4bit` on
     /// CPU), through [`crate::autograd::linear_4bit`]: no dense weight is kept for backward, and large
     /// weights are dequantized a slice at a time.

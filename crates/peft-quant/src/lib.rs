@@ -11,6 +11,8 @@
 //! * [`layers`]: [`Linear4bit`] and [`Linear8bitLt`], frozen bases LoRA and the other linear methods
 //!   attach to; [`model`]: quantizing a model's linear layers (`load_in_4bit` / `load_in_8bit`).
 //! * [`autograd`]: the QLoRA matmul (C++ autograd function: no dense weight kept for backward).
+//! * [`cuda`]: bitsandbytes' CUDA kernels for 4-bit layers on GPUs (loaded at run time from its wheel,
+//!   probed, with a clean fallback), and the CUDA caching allocator's memory counters.
 //! * [`affine`]: int8 / int4 weight-only formats on libtorch's packed kernels.
 //! * [`loftq`]: LoftQ initialisation (`init_lora_weights="loftq"`).
 //!
@@ -30,6 +32,7 @@ pub mod affine;
 pub mod autograd;
 pub mod blockwise;
 pub mod codes;
+pub mod cuda;
 pub mod error;
 pub mod four_bit;
 pub mod int8;
