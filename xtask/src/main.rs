@@ -6,6 +6,9 @@
 //! * `cargo xtask bench [--quick] [--gpu] [--only NAME]` — setup, then every workload in peft-rs and in
 //!   Python PEFT side by side (interleaved, same libtorch and threads), the ratio table, the targets; the
 //!   full run also updates `docs/BENCHMARKS.md` and runs the criterion micro-benchmarks.
+//! * `cargo xtask gpu-check [--device cpu]` — setup, then peft-quant's 4-bit layers on the GPU against the
+//!   CPU reference and bitsandbytes, and their speed beside bitsandbytes and PEFT (`--device cpu`: a dry
+//!   run on the CPU).
 //! * `cargo xtask lint` — `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` with warnings denied.
 //! * `cargo xtask ci` — what `.ci/run` runs: test, then lint.
 //!
@@ -37,6 +40,7 @@ fn main() -> Result<()> {
         "test" => test(&rest),
         "demo" => demo(&rest),
         "bench" => bench(&rest),
+        "gpu-check" => gpu_check(&rest),
         "lint" => lint(),
         "ci" => {
             test(&rest)?;
@@ -56,8 +60,11 @@ tasks:
   setup        provide libtorch 2.13.0 and the PEFT 0.21.2 oracle (idempotent)
   test [ARGS]  setup, then run every test (ARGS go to `cargo test`)
   demo [ARGS]  setup, then run the main job
-  bench [--quick] [--gpu] [--only NAME]
-               peft-rs vs Python PEFT, side by side (full run: also docs/BENCHMARKS.md, criterion)
+  bench [--quick] [--gpu [--device cpu]] [--only NAME]
+               peft-rs vs Python PEFT, side by side (full run: also docs/BENCHMARKS.md, criterion;
+               --gpu: the CUDA bf16 suite, --device cpu: its dry run on the CPU)
+  gpu-check [--device cpu]
+               4-bit CUDA kernels vs the CPU reference and bitsandbytes, and their speed
   lint         cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings
   ci           test, then lint (what .ci/run does)
 
@@ -295,6 +302,9 @@ fn bench(args: &[OsString]) -> Result<()> {
     let root = root();
     let flags: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let full = !flags.iter().any(|f| f == "--quick" || f == "--only" || f == "--gpu");
+    // A full GPU run (not its CPU dry run) records its table in docs/BENCHMARKS.md too.
+    let gpu_docs =
+        flags.iter().any(|f| f == "--gpu") && !flags.iter().any(|f| f == "--device" || f == "--only");
     run_ok(Command::new(cargo()).current_dir(&root).args([
         "build",
         "--release",
@@ -304,7 +314,7 @@ fn bench(args: &[OsString]) -> Result<()> {
     ]))?;
     let mut driver = Command::new(root.join("target").join("release").join("peft-bench"));
     driver.arg("--python").arg(&env.python).args(args);
-    if full {
+    if full || gpu_docs {
         driver.arg("--docs").arg(root.join("docs").join("BENCHMARKS.md"));
     }
     run_ok(&mut driver)?;
@@ -323,6 +333,25 @@ fn bench(args: &[OsString]) -> Result<()> {
         ]))?;
     }
     Ok(())
+}
+
+fn gpu_check(args: &[OsString]) -> Result<()> {
+    let env = setup()?;
+    let root = root();
+    run_ok(Command::new(cargo()).current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "peft-bench",
+        "--bin",
+        "peft-gpu-check",
+    ]))?;
+    run_ok(
+        Command::new(root.join("target").join("release").join("peft-gpu-check"))
+            .arg("--python")
+            .arg(&env.python)
+            .args(args),
+    )
 }
 
 fn lint() -> Result<()> {

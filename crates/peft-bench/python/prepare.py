@@ -1,6 +1,9 @@
 """Creates the benchmark fixtures: Llama checkpoints with random weights and PEFT-saved LoRA adapters.
 
-Usage: python prepare.py OUT_DIR
+Usage: python prepare.py OUT_DIR            the CPU fixtures (below)
+       python prepare.py OUT_DIR --llama3b  only a Llama-3.2-3B-shaped checkpoint with random bf16 weights
+                                            (built on the GPU), for the method_comparison workload of
+                                            `cargo xtask bench --gpu`
 
 Both workers (peft-rs and PEFT) load these same files. The xtask caches OUT_DIR keyed by a hash of this
 directory's files.
@@ -43,9 +46,30 @@ def build(name, seed=0):
     return tf.LlamaForCausalLM(config).eval()
 
 
+# Llama-3.2-3B's shape (PEFT's method_comparison base model), with a 2048-position table.
+LLAMA3B = dict(
+    vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+    num_key_value_heads=8, max_position_embeddings=2048, rope_theta=500000.0, tie_word_embeddings=True,
+)
+
+
+def llama3b(out):
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(**LLAMA3B)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = tf.LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    model.save_pretrained(os.path.join(out, "models", "llama3b"), safe_serialization=True)
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(dict(models=["llama3b"], adapters=[]), f, indent=2)
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
+    if sys.argv[2:] == ["--llama3b"]:
+        llama3b(out)
+        return
     bases = {}
     for name in MODELS:
         model = build(name)

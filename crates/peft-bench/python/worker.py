@@ -38,13 +38,44 @@ def peak_rss():
     return 0
 
 
-def load_base(path):
-    return tf.LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, None: torch.float32}
 
 
-def random_ids(batch, seq):
+def device_of(w):
+    return "cuda" if w.get("device") == "cuda" else "cpu"
+
+
+def load_base(w):
+    """The base model in w["dtype"] on w["device"]; with w["quantize"] ("nf4", "fp4"), transformers'
+    4-bit loading (double quantization, computing in the base dtype), as QLoRA users load it."""
+    dtype = DTYPES[w.get("dtype")]
+    device = device_of(w)
+    if w.get("quantize"):
+        bnb_config = tf.BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=w["quantize"],
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        return tf.LlamaForCausalLM.from_pretrained(
+            w["model"], dtype=dtype, quantization_config=bnb_config, device_map={"": device}
+        ).eval()
+    return tf.LlamaForCausalLM.from_pretrained(w["model"], dtype=dtype).to(device).eval()
+
+
+def random_ids(w, batch, seq):
     torch.manual_seed(1234)
-    return torch.randint(0, 1024, (batch, seq))
+    return torch.randint(0, 1024, (batch, seq)).to(device_of(w))
+
+
+def sync():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def elapsed(t):
+    sync()
+    return time.perf_counter() - t
 
 
 class Workload:
@@ -53,14 +84,14 @@ class Workload:
         kind = w["kind"]
         self.kind = kind
         if kind == "train":
-            base = load_base(w["model"])
+            base = load_base(w)
             self.model = get_peft_model(base, LoraConfig(**w["lora"]))
             self.model.train()
             params = [p for p in self.model.parameters() if p.requires_grad]
             self.opt = torch.optim.AdamW(params, lr=w["lr"], weight_decay=0.01)
-            self.ids = random_ids(w["batch"], w["seq"])
+            self.ids = random_ids(w, w["batch"], w["seq"])
         elif kind == "forward":
-            base = load_base(w["model"])
+            base = load_base(w)
             adapters = w["adapters"]
             self.model = None
             for name, path in adapters:
@@ -80,9 +111,9 @@ class Workload:
             from peft.helpers import DoraCaching
 
             DoraCaching()(enabled=True)
-            self.ids = random_ids(w["batch"], w["seq"])
+            self.ids = random_ids(w, w["batch"], w["seq"])
         elif kind == "mixed":
-            base = load_base(w["model"])
+            base = load_base(w)
             self.model = None
             for name, path in w["adapters"]:
                 if self.model is None:
@@ -91,12 +122,12 @@ class Workload:
                     self.model.load_adapter(path, adapter_name=name)
             self.model.eval()
             self.rows = w["rows"]
-            self.ids = random_ids(len(self.rows), w["seq"])
+            self.ids = random_ids(w, len(self.rows), w["seq"])
         elif kind in ("load", "merge_unload"):
-            self.base = load_base(w["model"])
+            self.base = load_base(w)
             self.model = None
         elif kind == "hotswap":
-            base = load_base(w["model"])
+            base = load_base(w)
             self.dirs = w["adapters"]
             self.model = PeftModel.from_pretrained(base, self.dirs[0]).eval()
             self.flip = 1
@@ -111,7 +142,7 @@ class Workload:
             out.loss.backward()
             self.opt.step()
             self.opt.zero_grad()
-            return time.perf_counter() - t
+            return elapsed(t)
         if kind == "forward":
             t = time.perf_counter()
             with torch.no_grad():
@@ -120,29 +151,29 @@ class Workload:
                         self.model(input_ids=self.ids)
                 else:
                     self.model(input_ids=self.ids)
-            return time.perf_counter() - t
+            return elapsed(t)
         if kind == "mixed":
             t = time.perf_counter()
             with torch.no_grad():
                 self.model(input_ids=self.ids, adapter_names=self.rows)
-            return time.perf_counter() - t
+            return elapsed(t)
         if kind == "load":
             t = time.perf_counter()
             model = PeftModel.from_pretrained(self.base, self.w["adapter"])
-            elapsed = time.perf_counter() - t
+            took = elapsed(t)
             self.base = model.unload()
-            return elapsed
+            return took
         if kind == "merge_unload":
             model = PeftModel.from_pretrained(self.base, self.w["adapter"])
             t = time.perf_counter()
             self.base = model.merge_and_unload()
-            return time.perf_counter() - t
+            return elapsed(t)
         if kind == "hotswap":
             path = self.dirs[self.flip]
             self.flip = 1 - self.flip
             t = time.perf_counter()
-            hotswap_adapter(self.model, path, adapter_name="default", torch_device="cpu")
-            return time.perf_counter() - t
+            hotswap_adapter(self.model, path, adapter_name="default", torch_device=device_of(self.w))
+            return elapsed(t)
         raise ValueError(kind)
 
 
@@ -185,6 +216,11 @@ def main():
                 resp = kernel_time(workload, req["iters"])
             elif op == "memory":
                 resp = {"peak_rss": peak_rss()}
+            elif op == "gpu_memory":
+                resp = {"peak_allocated": torch.cuda.max_memory_allocated(0)}
+            elif op == "reset_gpu_peak":
+                torch.cuda.reset_peak_memory_stats(0)
+                resp = {"ok": True}
             elif op == "quit":
                 break
             else:

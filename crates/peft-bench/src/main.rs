@@ -16,8 +16,28 @@ use std::time::Instant;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-fn load_base(path: &str) -> Result<(HfModel, VarStore)> {
-    load_base_with(path, &Value::Null)
+/// The device of the current workload: CUDA runs are synchronised before a timer is read.
+static ON_CUDA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Seconds since `t`, after the GPU finished the queued work.
+fn done(t: Instant) -> f64 {
+    if ON_CUDA.load(std::sync::atomic::Ordering::Relaxed) {
+        tch::Cuda::synchronize(0);
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// `w["device"]`: `"cuda"` (device 0) or the CPU.
+fn device_of(w: &Value) -> Device {
+    match w["device"].as_str() {
+        Some("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    }
+}
+
+fn load_base(w: &Value) -> Result<(HfModel, VarStore)> {
+    let dtype_only = json!({"dtype": w["dtype"], "device": w["device"]});
+    load_base_with(str_of(w, "model")?, &dtype_only)
 }
 
 /// Loads the base model, in `w["dtype"]` (`"bf16"`) and quantized to `w["quantize"]` (`"nf4"`: QLoRA's
@@ -38,15 +58,15 @@ fn load_base_with(path: &str, w: &Value) -> Result<(HfModel, VarStore)> {
             compute_dtype: Some(kind),
         })),
     };
-    let opts = peft_models::LoadOptions { kind, quantize, ..Default::default() };
+    let opts = peft_models::LoadOptions { kind, quantize, device: device_of(w), ..Default::default() };
     let loaded = HfModel::load_dir(std::path::Path::new(path), None, &opts)
         .with_context(|| format!("loading {path}"))?;
     Ok((loaded.model, loaded.vs))
 }
 
-fn random_ids(batch: i64, seq: i64) -> Tensor {
+fn random_ids(w: &Value, batch: i64, seq: i64) -> Tensor {
     tch::manual_seed(1234);
-    Tensor::randint(1024, [batch, seq], (Kind::Int64, Device::Cpu))
+    Tensor::randint(1024, [batch, seq], (Kind::Int64, Device::Cpu)).to_device(device_of(w))
 }
 
 fn str_of<'a>(w: &'a Value, key: &str) -> Result<&'a str> {
@@ -69,7 +89,7 @@ fn named_dirs(w: &Value) -> Result<Vec<(String, PathBuf)>> {
 }
 
 fn load_adapters(w: &Value) -> Result<PeftModel<HfModel>> {
-    let (model, vs) = load_base(str_of(w, "model")?)?;
+    let (model, vs) = load_base(w)?;
     let mut peft: Option<PeftModel<HfModel>> = None;
     let mut base = Some((model, vs));
     for (name, dir) in named_dirs(w)? {
@@ -114,7 +134,7 @@ impl Workload {
                     (0.9, 0.999),
                     1e-8,
                 );
-                let ids = random_ids(int_of(w, "batch")?, int_of(w, "seq")?);
+                let ids = random_ids(w, int_of(w, "batch")?, int_of(w, "seq")?);
                 Workload::Train { peft, opt, ids }
             }
             "forward" => {
@@ -130,7 +150,7 @@ impl Workload {
                 if w["merged"].as_bool() == Some(true) {
                     peft.merge_adapter(None, false)?;
                 }
-                let ids = random_ids(int_of(w, "batch")?, int_of(w, "seq")?);
+                let ids = random_ids(w, int_of(w, "batch")?, int_of(w, "seq")?);
                 Workload::Forward { peft, ids, disabled: w["disabled"].as_bool() == Some(true) }
             }
             "mixed" => {
@@ -141,19 +161,19 @@ impl Workload {
                     .flatten()
                     .filter_map(|v| v.as_str().map(String::from))
                     .collect();
-                let ids = random_ids(rows.len() as i64, int_of(w, "seq")?);
+                let ids = random_ids(w, rows.len() as i64, int_of(w, "seq")?);
                 Workload::Mixed { peft, ids, rows }
             }
             "load" => {
-                let (model, vs) = load_base(str_of(w, "model")?)?;
+                let (model, vs) = load_base(w)?;
                 Workload::Load { base: Some(model), vs, adapter: PathBuf::from(str_of(w, "adapter")?) }
             }
             "merge_unload" => {
-                let (model, vs) = load_base(str_of(w, "model")?)?;
+                let (model, vs) = load_base(w)?;
                 Workload::MergeUnload { base: Some(model), vs, adapter: PathBuf::from(str_of(w, "adapter")?) }
             }
             "hotswap" => {
-                let (model, vs) = load_base(str_of(w, "model")?)?;
+                let (model, vs) = load_base(w)?;
                 let dirs: Vec<PathBuf> = w["adapters"]
                     .as_array()
                     .into_iter()
@@ -181,7 +201,7 @@ impl Workload {
                 loss.backward();
                 opt.step(1.0)?;
                 opt.zero_grad();
-                t.elapsed().as_secs_f64()
+                done(t)
             }
             Workload::Forward { peft, ids, disabled } => {
                 let t = Instant::now();
@@ -192,7 +212,7 @@ impl Workload {
                     let _ =
                         tch::no_grad(|| peft.model().forward(&ModelInputs::ids(ids), &ForwardCtx::eval()))?;
                 }
-                t.elapsed().as_secs_f64()
+                done(t)
             }
             Workload::Mixed { peft, ids, rows } => {
                 let t = Instant::now();
@@ -200,13 +220,13 @@ impl Workload {
                 let ra = peft.row_adapters(&names)?;
                 let ctx = ForwardCtx::eval().with_rows(&ra);
                 let _ = tch::no_grad(|| peft.model().forward(&ModelInputs::ids(ids), &ctx))?;
-                t.elapsed().as_secs_f64()
+                done(t)
             }
             Workload::Load { base, vs, adapter } => {
                 let model = base.take().ok_or_else(|| anyhow!("base model missing"))?;
                 let t = Instant::now();
                 let (peft, _) = PeftModel::from_pretrained(model, vs, &*adapter, LoadOptions::default())?;
-                let elapsed = t.elapsed().as_secs_f64();
+                let elapsed = done(t);
                 *base = Some(peft.unload());
                 elapsed
             }
@@ -215,7 +235,7 @@ impl Workload {
                 let (peft, _) = PeftModel::from_pretrained(model, vs, &*adapter, LoadOptions::default())?;
                 let t = Instant::now();
                 let model = peft.merge_and_unload(None, false)?;
-                let elapsed = t.elapsed().as_secs_f64();
+                let elapsed = done(t);
                 *base = Some(model);
                 elapsed
             }
@@ -224,7 +244,7 @@ impl Workload {
                 *flip = 1 - *flip;
                 let t = Instant::now();
                 peft.hotswap_adapter(&dir, "default")?;
-                t.elapsed().as_secs_f64()
+                done(t)
             }
         })
     }
@@ -265,6 +285,11 @@ fn handle(req: &Value, workload: &mut Option<Workload>) -> Result<Option<Value>>
     Ok(Some(match req["op"].as_str().unwrap_or_default() {
         "setup" => {
             *workload = None;
+            let on_cuda = device_of(&req["workload"]).is_cuda();
+            if on_cuda && !tch::Cuda::is_available() {
+                bail!("the workload asks for CUDA, which libtorch does not see here");
+            }
+            ON_CUDA.store(on_cuda, std::sync::atomic::Ordering::Relaxed);
             *workload = Some(Workload::setup(&req["workload"])?);
             json!({"ok": true})
         }
@@ -279,6 +304,12 @@ fn handle(req: &Value, workload: &mut Option<Workload>) -> Result<Option<Value>>
             json!({"ok": true})
         }
         "memory" => json!({"peak_rss": peak_rss()}),
+        // The CUDA caching allocator's peak since the last reset (torch.cuda.max_memory_allocated).
+        "gpu_memory" => json!({"peak_allocated": peft_quant::cuda::memory(0)?.peak_allocated}),
+        "reset_gpu_peak" => {
+            peft_quant::cuda::reset_peak_memory(0)?;
+            json!({"ok": true})
+        }
         "rss" => json!({"rss": current_rss()}),
         "reset_peak" => {
             // Linux: writing 5 to clear_refs resets VmHWM to the current RSS.

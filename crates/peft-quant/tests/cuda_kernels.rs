@@ -1,6 +1,7 @@
 //! Finding, probing and falling back from bitsandbytes' CUDA library. These run on any machine: loading
 //! the library and resolving its symbols needs the CUDA runtime libtorch loads, not a GPU; the kernels
 //! themselves are checked on a GPU by `cargo xtask gpu-check`.
+#![allow(clippy::expect_used)]
 
 use peft_quant::{cuda, quantize_4bit, Linear4bit, QuantType4};
 use std::path::PathBuf;

@@ -2,7 +2,12 @@
 //! thread count, interleaved (peft-rs, PEFT, peft-rs, PEFT, …) after warm-up; prints medians, the ratio
 //! peft-rs / PEFT and the targets, and writes `target/bench/results.{json,md,png}`.
 //!
-//! Usage: `peft-bench --python PY [--quick] [--gpu] [--threads N] [--only SUBSTR] [--docs FILE]`.
+//! Usage: `peft-bench --python PY [--quick] [--gpu [--device cpu]] [--threads N] [--only SUBSTR] [--docs FILE]`.
+//!
+//! `--gpu` runs the same workloads on CUDA in bf16, QLoRA against PEFT on bitsandbytes, and a shortened
+//! version of PEFT's method_comparison recipe (LoRA r32 on q,v of a Llama-3B-shaped model with random
+//! weights, batch 4 × 768 tokens: tokens/s and peak CUDA memory of both); `--gpu --device cpu` is a dry
+//! run of that suite on the CPU with small models.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -19,6 +24,8 @@ struct Args {
     python: PathBuf,
     quick: bool,
     gpu: bool,
+    /// `--device cpu` with `--gpu`: the GPU suite on the CPU, shrunk (a dry run).
+    dry_run: bool,
     threads: usize,
     only: Option<String>,
     docs: Option<PathBuf>,
@@ -32,6 +39,7 @@ fn parse_args() -> Result<Args> {
         python: PathBuf::from("python3"),
         quick: false,
         gpu: false,
+        dry_run: false,
         threads: 2,
         only: None,
         docs: None,
@@ -43,6 +51,11 @@ fn parse_args() -> Result<Args> {
             "--python" => args.python = PathBuf::from(value()?),
             "--quick" => args.quick = true,
             "--gpu" => args.gpu = true,
+            "--device" => match value()?.as_str() {
+                "cpu" => args.dry_run = true,
+                "cuda" => args.dry_run = false,
+                other => bail!("--device cuda|cpu, not {other}"),
+            },
             "--threads" => args.threads = value()?.parse()?,
             "--only" => args.only = Some(value()?),
             "--docs" => args.docs = Some(PathBuf::from(value()?)),
@@ -552,7 +565,7 @@ fn machine() -> String {
 fn main() -> Result<()> {
     let args = parse_args()?;
     if args.gpu {
-        bail!("--gpu: no CUDA device here (the GPU workloads run where `tch::Cuda::is_available()`)");
+        return gpu::main(&args);
     }
     std::fs::create_dir_all(&args.out)?;
     let started = Instant::now();
@@ -647,16 +660,25 @@ fn main() -> Result<()> {
 /// Replaces the generated part of docs/BENCHMARKS.md (between the markers) and copies the chart next
 /// to it.
 fn update_docs(docs: &Path, table: &str, png: &Path) -> Result<()> {
-    const BEGIN: &str = "<!-- bench:begin -->";
-    const END: &str = "<!-- bench:end -->";
-    let text = std::fs::read_to_string(docs).with_context(|| format!("reading {}", docs.display()))?;
-    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
-        bail!("{} lacks the {BEGIN} / {END} markers", docs.display());
-    };
-    let new = format!("{}{BEGIN}\n{table}\n![ratios](benchmarks.png)\n{}", &text[..a], &text[b..]);
-    std::fs::write(docs, new)?;
+    replace_section(docs, "bench", &format!("{table}\n![ratios](benchmarks.png)"))?;
     if let Some(dir) = docs.parent() {
         std::fs::copy(png, dir.join("benchmarks.png"))?;
     }
     Ok(())
 }
+
+/// Replaces the text between `<!-- {tag}:begin -->` and `<!-- {tag}:end -->` in `docs`.
+fn replace_section(docs: &Path, tag: &str, body: &str) -> Result<()> {
+    let begin = format!("<!-- {tag}:begin -->");
+    let end = format!("<!-- {tag}:end -->");
+    let text = std::fs::read_to_string(docs).with_context(|| format!("reading {}", docs.display()))?;
+    let (Some(a), Some(b)) = (text.find(&begin), text.find(&end)) else {
+        bail!("{} lacks the {begin} / {end} markers", docs.display());
+    };
+    let new = format!("{}{begin}\n{body}\n{}", &text[..a], &text[b..]);
+    std::fs::write(docs, new)?;
+    Ok(())
+}
+
+#[path = "../gpu_suite.rs"]
+mod gpu;
