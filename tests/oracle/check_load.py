@@ -41,7 +41,9 @@ def check_case(d):
     x = load_file(os.path.join(d, "input.safetensors"))["x"].clone()
     adir = os.path.join(d, "adapter")
     names = case["adapters"]
-    model = PeftModel.from_pretrained(base, adir, adapter_name=names[0])
+    # The adapter named "default" is saved at the top, the others in subfolders.
+    first = adir if names[0] == "default" else os.path.join(adir, names[0])
+    model = PeftModel.from_pretrained(base, first, adapter_name=names[0])
     for n in names[1:]:
         model.load_adapter(os.path.join(adir, n), adapter_name=n)
     configs = {n: jsonable(model.peft_config[n].to_dict()) for n in names}

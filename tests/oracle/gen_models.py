@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 import transformers as tf
 from peft import LoraConfig, get_peft_model
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
 VOCAB = 128
 LLAMA = dict(
@@ -34,10 +35,13 @@ LLAMA3_ROPE = dict(
     original_max_position_embeddings=16,
 )
 
-# name -> (config class, kwargs, model class, task_type, adapters {name: LoraConfig kwargs})
+# name -> (config class, kwargs, model class, task_type, adapters {name: LoraConfig kwargs}); an adapter with
+# a `method` key is of that peft_type instead (its config class's kwargs; PEFT's per-architecture defaults
+# when it names no targets), with every adapter tensor perturbed.
 CASES = {
     "llama_causal": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM",
-                     {"qv": dict(target_modules=["q_proj", "v_proj"]), "all": dict(target_modules="all-linear", r=2)}),
+                     {"qv": dict(target_modules=["q_proj", "v_proj"]), "all": dict(target_modules="all-linear", r=2),
+                     "ia3": dict(method="IA3")}),
     "llama3_rope_tied": (tf.LlamaConfig, dict(LLAMA, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True),
                          tf.LlamaForCausalLM, "CAUSAL_LM", {
                              "mlp": dict(target_modules=["gate_proj", "down_proj"]),
@@ -68,14 +72,16 @@ CASES = {
     "gpt2_causal": (tf.GPT2Config, dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                         pad_token_id=0, bos_token_id=1, eos_token_id=2), tf.GPT2LMHeadModel, "CAUSAL_LM",
                     {"attn": dict(target_modules=["c_attn"]), "mlp": dict(target_modules=["c_fc", "mlp.c_proj"], r=2),
-                     "tokens": dict(target_modules=["c_attn"], trainable_token_indices={"wte": [5, 6, 7]})}),
+                     "tokens": dict(target_modules=["c_attn"], trainable_token_indices={"wte": [5, 6, 7]}),
+                     "ia3": dict(method="IA3")}),
     "gpt2_seqcls": (tf.GPT2Config, dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                         pad_token_id=0, num_labels=2), tf.GPT2ForSequenceClassification, "SEQ_CLS",
                     {"attn": dict(target_modules=["c_attn"])}),
     "bert_seqcls": (tf.BertConfig, dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                         intermediate_size=64, max_position_embeddings=64, num_labels=3),
                     tf.BertForSequenceClassification, "SEQ_CLS",
-                    {"qv": dict(target_modules=["query", "value"]), "dense": dict(target_modules=["dense"], r=2)}),
+                    {"qv": dict(target_modules=["query", "value"]), "dense": dict(target_modules=["dense"], r=2),
+                     "ia3": dict(method="IA3")}),
     "bert_replicated": (tf.BertConfig, dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                             intermediate_size=64, max_position_embeddings=64, num_labels=2),
                         tf.BertForSequenceClassification, "SEQ_CLS",
@@ -93,7 +99,8 @@ CASES = {
                                      num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
                                      decoder_start_token_id=0),
                    tf.T5ForConditionalGeneration, "SEQ_2_SEQ_LM",
-                   {"qv": dict(target_modules=["q", "v"]), "ff": dict(target_modules=["wi", "wo"], r=2)}),
+                   {"qv": dict(target_modules=["q", "v"]), "ff": dict(target_modules=["wi", "wo"], r=2),
+                    "ia3": dict(method="IA3")}),
     "t5_gated": (tf.T5Config, dict(vocab_size=VOCAB, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=1,
                                    num_heads=4, feed_forward_proj="gated-gelu", relative_attention_num_buckets=8,
                                    relative_attention_max_distance=16, decoder_start_token_id=0),
@@ -158,13 +165,23 @@ def gen_case(root, name, spec):
         with torch.no_grad():
             outputs["loss"] = model(**inputs, labels=labels).loss
         inputs["labels"] = labels
+    base_keys = set(model.state_dict())
     for aname, akw in adapters.items():
+        akw = dict(akw)
+        method = akw.pop("method", "LORA")
         torch.manual_seed(1)
-        peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(task_type=task, init_lora_weights=False, r=akw.pop("r", 4), **akw))
+        if method == "LORA":
+            config = LoraConfig(task_type=task, init_lora_weights=False, r=akw.pop("r", 4), **akw)
+        else:
+            config = PEFT_TYPE_TO_CONFIG_MAPPING[method](task_type=task, **akw)
+        peft_model = get_peft_model(copy.deepcopy(model), config)
         with torch.no_grad():
             for n, p in peft_model.named_parameters():
                 if ".modules_to_save." in n or "trainable_tokens_delta" in n:
                     p.add_(0.1 * torch.randn_like(p))
+                elif method != "LORA" and "base_layer" not in n and ".original_module." not in n:
+                    if n.removeprefix("base_model.model.") not in base_keys:
+                        p.add_(0.2 * torch.randn_like(p))
         peft_model.eval()
         outputs[f"{aname}/unmerged"] = run(peft_model, inputs, task)
         if not akw.get("layer_replication") and not akw.get("alora_invocation_tokens"):

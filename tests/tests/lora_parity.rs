@@ -8,6 +8,9 @@ use peft_core::peft_config::{TargetMatch, TargetMatcher};
 use peft_core::{AdapterConfig, LoadOptions, PeftModel, SaveOptions};
 use peft_lora::LoraConfig;
 use peft_parity::compare::{assert_close, assert_differs, assert_identical};
+use peft_parity::harness::{
+    self, assert_same_config, assert_same_status, base_model, forward, rust_outputs, sorted_vars, strings,
+};
 use peft_parity::models::{load_var_store, read_all, read_tensor, TestModel};
 use peft_parity::oracle::{self, read_json};
 use serde_json::Value;
@@ -24,12 +27,7 @@ fn fixtures() -> std::path::PathBuf {
 }
 
 fn manifest_list(key: &str) -> Vec<String> {
-    let m = read_json(&fixtures().join("manifest.json"));
-    m[key].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    harness::manifest_list(&fixtures(), key)
 }
 
 /// A LoraConfig from the kwargs the oracle passed to `LoraConfig(**kwargs)`.
@@ -38,49 +36,6 @@ fn lora_config(kwargs: &Value) -> LoraConfig {
     map.insert("peft_type".into(), "LORA".into());
     let mut warnings = vec![];
     LoraConfig::from_json_map(map, "<oracle kwargs>", &mut warnings).unwrap()
-}
-
-fn forward(m: &TestModel, x: &Tensor) -> Tensor {
-    tch::no_grad(|| m.forward_t(x, false))
-}
-
-/// The outputs in every state PEFT's `outputs_of` records; consumes the model (merge_and_unload last).
-/// Without `merge` (adapters PEFT cannot merge), the unmerged states only — and merging must fail.
-fn rust_outputs(
-    mut peft: PeftModel<TestModel>,
-    x: &Tensor,
-    active: &[String],
-    merge: bool,
-) -> BTreeMap<String, Tensor> {
-    let names: Vec<&str> = active.iter().map(String::as_str).collect();
-    peft.set_adapters(&names).unwrap();
-    let mut out = BTreeMap::new();
-    out.insert("unmerged".to_string(), forward(peft.model(), x));
-    {
-        let disabled = peft.disable_adapters().unwrap();
-        out.insert("disabled".to_string(), forward(&disabled, x));
-    }
-    if !merge {
-        let err = peft.merge_adapter(None, false).unwrap_err();
-        assert!(err.to_string().contains("not supported"), "{err}");
-        // Nothing was merged: the model still computes the unmerged output.
-        assert_close(&forward(peft.model(), x), &out["unmerged"], 0.0, "after a refused merge");
-        return out;
-    }
-    peft.merge_adapter(None, false).unwrap();
-    out.insert("merged".to_string(), forward(peft.model(), x));
-    peft.unmerge_adapter().unwrap();
-    out.insert("unmerged_after_merge".to_string(), forward(peft.model(), x));
-    let bare = peft.merge_and_unload(None, false).unwrap();
-    out.insert("merge_and_unload".to_string(), forward(&bare, x));
-    out
-}
-
-fn base_model(case_dir: &Path, model: &str) -> (VarStore, TestModel) {
-    let vs = VarStore::new(Device::Cpu);
-    let m = TestModel::build(model, &vs).unwrap();
-    load_var_store(&vs, &case_dir.join("base.safetensors"));
-    (vs, m)
 }
 
 #[test]
@@ -174,12 +129,6 @@ fn perturb(vs: &VarStore, peft: &PeftModel<TestModel>, mode: &str) {
             let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
         }
     }
-}
-
-fn sorted_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
 }
 
 /// Configs built in Rust code (not parsed from PEFT) that PEFT must load back identically.
@@ -308,56 +257,6 @@ fn peft_rs_saves_peft_loads_same_outputs() {
     for (name, config) in &written {
         assert_same_config(&config.to_json(), &peft_configs[*name], false, &format!("config {name}"));
         oracle::record("rs->peft config", name);
-    }
-}
-
-/// Compares `get_layer_status` / `get_model_status` with PEFT's for the same adapters, `active` set.
-fn assert_same_status(peft: &mut PeftModel<TestModel>, active: &[String], expected: &Value, case: &str) {
-    let names: Vec<&str> = active.iter().map(String::as_str).collect();
-    peft.set_adapters(&names).unwrap();
-    let layers: Vec<Value> = peft
-        .layer_status()
-        .iter()
-        .map(|l| {
-            let mut v = l.to_json();
-            v["name"] = Value::from(format!("model.{}", l.name)); // PEFT names modules from the tuner
-            v
-        })
-        .collect();
-    assert_eq!(Value::from(layers), expected["layers"], "{case}: get_layer_status");
-    let mut model = peft.model_status().to_json();
-    let mut theirs = expected["model"].clone();
-    // The base model's type is a Python class there, a Rust type here.
-    model["base_model_type"] = Value::Null;
-    theirs["base_model_type"] = Value::Null;
-    assert_eq!(model, theirs, "{case}: get_model_status");
-}
-
-/// Compares our config JSON with PEFT's `to_dict()` of the same config. Lists are sets in PEFT.
-/// `saved`: PEFT read it back from a saved adapter, so `inference_mode` is true there.
-fn assert_same_config(ours: &Value, peft: &Value, saved: bool, what: &str) {
-    let ours = ours.as_object().unwrap();
-    let peft = peft.as_object().unwrap_or_else(|| panic!("{what}: PEFT config missing"));
-    let norm = |k: &str, v: &Value| -> Value {
-        match (k, v) {
-            ("target_modules" | "exclude_modules", Value::Array(a)) => {
-                let mut s: Vec<String> = a.iter().map(|x| x.as_str().unwrap().to_string()).collect();
-                s.sort();
-                Value::from(s)
-            }
-            ("lora_alpha" | "lora_dropout", Value::Number(n)) => Value::from(n.as_f64().unwrap()),
-            _ => v.clone(),
-        }
-    };
-    let keys: std::collections::BTreeSet<&String> = ours.keys().chain(peft.keys()).collect();
-    for k in keys {
-        if k == "inference_mode" && saved {
-            assert_eq!(peft[k], Value::Bool(true), "{what}: PEFT loads saved adapters for inference");
-            continue;
-        }
-        let a = ours.get(k).map(|v| norm(k, v));
-        let b = peft.get(k).map(|v| norm(k, v));
-        assert_eq!(a, b, "{what}: key `{k}` differs (ours vs PEFT)");
     }
 }
 

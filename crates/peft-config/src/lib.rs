@@ -7,6 +7,7 @@
 //! * [`json`]: reading `adapter_config.json` as PEFT does (unknown keys dropped with a warning) and
 //!   writing it byte-for-byte as PEFT does.
 //! * [`common`]: the fields shared by every method's config.
+//! * [`defaults`]: PEFT's per-architecture default target modules, for every method.
 //! * [`targets`]: `target_modules` / `exclude_modules` / `layers_to_transform` / `layers_pattern`
 //!   matching, exactly as PEFT 0.21.2 does it, with a report of entries that matched nothing.
 //! * [`patterns`]: `rank_pattern` / `alpha_pattern` lookups.
@@ -25,6 +26,7 @@
 //! ```
 
 pub mod common;
+pub mod defaults;
 pub mod error;
 pub mod json;
 pub mod keys;

@@ -135,6 +135,38 @@ fn compile_full(field: &str, pattern: &str) -> Result<Regex, ConfigError> {
     compile(field, pattern, &format!("^(?:{pattern})$"))
 }
 
+/// Python's `re.fullmatch(pattern, key)`: whether the whole of `key` matches `pattern`. `field` names the
+/// option in errors.
+///
+/// # Errors
+/// [`ConfigError::InvalidRegex`] for a pattern that does not compile.
+pub fn full_match(field: &str, pattern: &str, key: &str) -> Result<bool, ConfigError> {
+    Ok(is_match(&compile_full(field, pattern)?, key))
+}
+
+/// Whether a module-name option (a regex string or a list) selects `key` the way most of PEFT's per-layer
+/// options do (IA³'s `feedforward_modules`, …): a string must match all of `key`; a list entry matches when
+/// `key` ends with it (a plain suffix, not a dotted one).
+///
+/// # Errors
+/// [`ConfigError::InvalidRegex`] for a pattern that does not compile.
+pub fn selects_by_suffix(field: &str, modules: &TargetModules, key: &str) -> Result<bool, ConfigError> {
+    match modules {
+        TargetModules::Regex(p) => full_match(field, p, key),
+        TargetModules::List(v) => Ok(v.iter().any(|m| key.ends_with(m.as_str()))),
+    }
+}
+
+/// Removes repeated entries of list-valued options, keeping the first (PEFT turns them into sets).
+pub fn dedupe_lists<'a>(options: impl IntoIterator<Item = &'a mut Option<TargetModules>>) {
+    for t in options.into_iter().flatten() {
+        if let TargetModules::List(v) = t {
+            let mut seen = std::collections::BTreeSet::new();
+            v.retain(|x| seen.insert(x.clone()));
+        }
+    }
+}
+
 fn compile(field: &str, pattern: &str, full: &str) -> Result<Regex, ConfigError> {
     Regex::new(full).map_err(|e| ConfigError::InvalidRegex {
         field: field.to_string(),

@@ -64,6 +64,23 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         Ok(None)
     }
 
+    /// PEFT's `_prepare_adapter_config`: fills defaults that depend on the model architecture besides
+    /// `target_modules` (IA³'s `feedforward_modules`). Called before target matching with the model's
+    /// transformers `model_type` (`None` for models that are not transformers-style).
+    ///
+    /// # Errors
+    /// A default that is needed but unknown for the model, naming the option.
+    fn prepare_for_model(&mut self, model_type: Option<&str>) -> Result<()> {
+        let _ = model_type;
+        Ok(())
+    }
+
+    /// Whether a batch may route each row to its own adapter of this method (PEFT's `adapter_names`
+    /// forward argument; LoRA). PEFT silently ignores the argument for other methods; peft-rs refuses.
+    fn supports_mixed_batches(&self) -> bool {
+        false
+    }
+
     /// Activated LoRA's `alora_invocation_tokens`: the adapter applies from the last occurrence of this
     /// token sequence on.
     fn alora_invocation_tokens(&self) -> Option<&[i64]> {
@@ -182,6 +199,9 @@ pub struct LayerInit<'p, 'b> {
     pub adapter_name: &'b str,
     /// The base layer (mutable: some inits, e.g. PiSSA, rewrite the base weights).
     pub base: &'b mut dyn BaseLayer,
+    /// The adapters already on this layer (methods whose layer-level state the first adapter decides,
+    /// like IA³'s feed-forward flag, read it here).
+    pub siblings: &'b indexmap::IndexMap<String, Box<dyn TunerLayer>>,
     /// Where the adapter's trainable tensors go: the adapter var store at `base_model.model.<module>`.
     /// Create tensors as `path / "lora_A" / adapter` → `weight`, mirroring PEFT's in-memory names.
     pub path: Path<'p>,
@@ -214,6 +234,46 @@ impl LayerInit<'_, '_> {
         }
     }
 
+    /// Where the adapter's tensors live, as PEFT places them: the base weight's device, and its
+    /// floating-point dtype (f32 for integer or quantized storage), upcast from fp16/bf16 to f32 when
+    /// `autocast_adapter_dtype` (`_move_adapter_to_device_of_base_layer`, then `_cast_adapter_dtype`).
+    /// Returns `(base kind, final kind, device)`.
+    ///
+    /// # Errors
+    /// A base with no weight.
+    pub fn placement(&self) -> Result<(tch::Kind, tch::Kind, tch::Device)> {
+        let w = self.base.as_weighted().ok_or_else(|| {
+            PeftError::Invalid(format!("`{}`: a {} layer has no weight", self.module_name, self.base.kind()))
+        })?;
+        let weight = w.weight();
+        let base_kind = match weight.kind() {
+            k @ (tch::Kind::Half | tch::Kind::BFloat16 | tch::Kind::Float | tch::Kind::Double) => k,
+            _ => w.compute_kind(),
+        };
+        let base_kind = match base_kind {
+            k @ (tch::Kind::Half | tch::Kind::BFloat16 | tch::Kind::Float | tch::Kind::Double) => k,
+            _ => tch::Kind::Float,
+        };
+        let final_kind = match base_kind {
+            tch::Kind::Half | tch::Kind::BFloat16 if self.autocast_adapter_dtype => tch::Kind::Float,
+            k => k,
+        };
+        Ok((base_kind, final_kind, weight.device()))
+    }
+
+    /// Moves a freshly initialised (CPU, f32) adapter tensor to where [`LayerInit::placement`] says,
+    /// rounding through the base dtype first as PEFT does.
+    ///
+    /// # Errors
+    /// As [`LayerInit::placement`], or a libtorch failure.
+    pub fn place(&self, t: tch::Tensor) -> Result<tch::Tensor> {
+        let (base_kind, final_kind, device) = self.placement()?;
+        t.f_to_device(device)
+            .and_then(|t| t.f_to_kind(base_kind))
+            .and_then(|t| t.f_to_kind(final_kind))
+            .map_err(PeftError::torch("moving adapter weights to the base layer's device"))
+    }
+
     /// Records a warning.
     pub fn warn(&mut self, message: impl Into<String>) {
         let message = message.into();
@@ -230,6 +290,67 @@ pub fn unsupported_option(peft_type: &str, option: &str, value: &serde_json::Val
         value: value.to_string(),
         hint: if hint.is_empty() { String::new() } else { format!("; {hint}") },
     }
+}
+
+/// Parses a method's config object: unknown keys dropped with a warning (as PEFT does), `peft_type`
+/// checked, `peft_version` filled. The method then mirrors its `__post_init__`.
+///
+/// # Errors
+/// [`PeftError::Config`] for invalid values or another `peft_type`.
+pub fn parse_method_config<T>(
+    map: serde_json::Map<String, serde_json::Value>,
+    peft_type: &str,
+    location: &str,
+    warnings: &mut Vec<String>,
+    common: impl Fn(&mut T) -> &mut PeftConfigCommon,
+) -> Result<T>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + Default,
+{
+    let mut config: T = peft_config::json::from_json_object(map, location, warnings)?;
+    let c = common(&mut config);
+    if c.peft_type != peft_type {
+        return Err(peft_config::ConfigError::InvalidField {
+            location: location.to_string(),
+            field: "peft_type".into(),
+            message: format!("expected {peft_type:?}, found {:?}", c.peft_type),
+        }
+        .into());
+    }
+    if c.peft_version.is_none() {
+        c.peft_version = Some(peft_config::PEFT_VERSION.to_string());
+    }
+    Ok(config)
+}
+
+/// The `AdapterConfig` methods that are the same for every method config with a `common` field and
+/// `Clone`: `common`, `common_mut`, `clone_box`, `as_any`, `as_any_mut`. Use it inside the impl block:
+///
+/// ```ignore
+/// impl AdapterConfig for Ia3Config {
+///     peft_core::adapter_config_boilerplate!();
+///     // ... the method's own items ...
+/// }
+/// ```
+#[macro_export]
+macro_rules! adapter_config_boilerplate {
+    () => {
+        fn common(&self) -> &$crate::peft_config::PeftConfigCommon {
+            &self.common
+        }
+        fn common_mut(&mut self) -> &mut $crate::peft_config::PeftConfigCommon {
+            &mut self.common
+        }
+        fn clone_box(&self) -> Box<dyn $crate::AdapterConfig> {
+            Box::new(self.clone())
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+            self
+        }
+    };
 }
 
 /// Writes `config` as `adapter_config.json` text exactly as PEFT would (sorted keys, two-space indent).

@@ -230,18 +230,36 @@ pub struct ForwardCtx<'a> {
     /// Every adapter on the layer being run (set by the layer for its adapters): methods that combine
     /// other adapters of the layer (LoRA's Arrow router) read them here.
     pub siblings: Option<&'a IndexMap<String, Box<dyn TunerLayer>>>,
+    /// The model-wide active adapters, in order (set by the layer; names absent from
+    /// [`ForwardCtx::siblings`] are skipped). Methods whose active adapters act together rather than one
+    /// after another (IA³ multiplies their vectors first) read it.
+    pub active: Option<&'a [String]>,
     _borrow: PhantomData<&'a ()>,
 }
 
 impl<'a> ForwardCtx<'a> {
     /// Evaluation: no dropout.
     pub fn eval() -> Self {
-        ForwardCtx { train: false, rows: None, alora_offsets: None, siblings: None, _borrow: PhantomData }
+        ForwardCtx {
+            train: false,
+            rows: None,
+            alora_offsets: None,
+            siblings: None,
+            active: None,
+            _borrow: PhantomData,
+        }
     }
 
     /// Training: dropout active.
     pub fn train() -> Self {
-        ForwardCtx { train: true, rows: None, alora_offsets: None, siblings: None, _borrow: PhantomData }
+        ForwardCtx {
+            train: true,
+            rows: None,
+            alora_offsets: None,
+            siblings: None,
+            active: None,
+            _borrow: PhantomData,
+        }
     }
 
     /// The same options with activated-LoRA offsets (one per batch row).
@@ -252,6 +270,18 @@ impl<'a> ForwardCtx<'a> {
     /// The same options with one adapter per batch row (see [`crate::mixed`]).
     pub fn with_rows(self, rows: &'a RowAdapters) -> ForwardCtx<'a> {
         ForwardCtx { rows: Some(rows), ..self }
+    }
+
+    /// The active adapters present on the layer being run, in activation order (empty outside a layer's
+    /// forward pass).
+    pub fn active_siblings(&self) -> Vec<(&'a str, &'a dyn TunerLayer)> {
+        match (self.active, self.siblings) {
+            (Some(active), Some(siblings)) => active
+                .iter()
+                .filter_map(|n| siblings.get_key_value(n).map(|(k, t)| (k.as_str(), t.as_ref())))
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// `train` or `eval` from a flag (tch's `ModuleT` convention).
@@ -545,7 +575,7 @@ impl AdapterSlots {
         if self.disabled || !self.merged.is_empty() || self.adapters.is_empty() {
             return base.forward(x);
         }
-        let ctx = &ForwardCtx { siblings: Some(&self.adapters), ..*ctx };
+        let ctx = &ForwardCtx { siblings: Some(&self.adapters), active: Some(&self.active), ..*ctx };
         if let Some(rows) = ctx.rows {
             return self.forward_mixed(base, x, rows, ctx);
         }

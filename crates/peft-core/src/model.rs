@@ -388,6 +388,7 @@ impl<M: Adaptable> PeftModel<M> {
                 module_name: &module_name,
                 adapter_name: name,
                 base,
+                siblings: slots.adapters(),
                 path,
                 autocast_adapter_dtype: options.autocast_adapter_dtype,
                 trainable,
@@ -646,6 +647,7 @@ impl<M: Adaptable> PeftModel<M> {
                 module_name: module,
                 adapter_name: adapter,
                 base,
+                siblings: slots.adapters(),
                 path,
                 autocast_adapter_dtype: true,
                 trainable,
@@ -1507,6 +1509,12 @@ impl<M: Adaptable> PeftModel<M> {
                 return Err(self.unknown(n));
             }
         }
+        if let Some((name, config)) = self.configs.iter().find(|(_, c)| !c.supports_mixed_batches()) {
+            return Err(PeftError::Invalid(format!(
+                "mixed batches (a different adapter per row) are not supported for {} adapters (`{name}`); PEFT                  ignores `adapter_names` for them and runs every row with the active adapters",
+                config.common().peft_type
+            )));
+        }
         if self.is_merged() {
             return Err(PeftError::Invalid(
                 "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first."
@@ -1730,7 +1738,10 @@ impl<M: Adaptable> PeftModel<M> {
         let adapter_model_type = self
             .configs
             .first()
-            .map(|(_, c)| format!("{}Model", method_display(&c.common().peft_type)))
+            .map(|(_, c)| {
+                let t = &c.common().peft_type;
+                crate::registry::tuner_class(t).map_or_else(|| format!("{t}Model"), str::to_string)
+            })
             .unwrap_or_default();
         ModelStatus {
             base_model_type: std::any::type_name::<M>().rsplit("::").next().unwrap_or_default().to_string(),
@@ -1751,15 +1762,6 @@ impl<M: Adaptable> PeftModel<M> {
 }
 
 /// PEFT's class-name casing for the model type (`LORA` → `Lora`, as in `LoraModel`).
-fn method_display(peft_type: &str) -> String {
-    let lower = peft_type.to_ascii_lowercase();
-    let mut c = lower.chars();
-    match c.next() {
-        Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
-        None => String::new(),
-    }
-}
-
 fn device_type(d: tch::Device) -> String {
     match d {
         tch::Device::Cpu => "cpu".into(),
@@ -1793,6 +1795,7 @@ fn resolve_targets<M: Adaptable>(
     options: AdapterOptions,
 ) -> Result<MatchReport> {
     let names = layer_names(model);
+    config.prepare_for_model(model.model_type().as_deref())?;
     if config.target_spec().target_modules.is_some_and(TargetModules::is_all_linear) {
         let output = model.output_embedding();
         let mut linear = Vec::new();

@@ -49,7 +49,7 @@ macro_rules! register_method {
     };
 }
 
-/// Every `peft_type` of PEFT 0.21.2, with the crate that provides (or will provide) it.
+/// Every `peft_type` of PEFT 0.21.2 (45), with the crate that provides (or will provide) it.
 pub const PEFT_TYPES: &[&str] = &[
     "PROMPT_TUNING",
     "MULTITASK_PROMPT_TUNING",
@@ -95,10 +95,64 @@ pub const PEFT_TYPES: &[&str] = &[
     "PEANUT",
     "SUPERTUNING",
     "DEFT",
+    "SHADOW",
 ];
 
+/// PEFT's tuner class for each `peft_type` (`PEFT_TYPE_TO_TUNER_MAPPING`), which its model status reports
+/// as `adapter_model_type` (`"IA3"` → `"IA3Model"`).
+pub fn tuner_class(peft_type: &str) -> Option<&'static str> {
+    Some(match peft_type {
+        "ADALORA" => "AdaLoraModel",
+        "ADAMSS" => "AdamssModel",
+        "ADAPTION_PROMPT" => "AdaptionPromptModel",
+        "BEFT" => "BeftModel",
+        "BOFT" => "BOFTModel",
+        "C3A" => "C3AModel",
+        "CARTRIDGE" => "CartridgeEncoder",
+        "CPT" => "CPTEmbedding",
+        "DEFT" => "DeftModel",
+        "DELORA" => "DeloraModel",
+        "FOURIERFT" => "FourierFTModel",
+        "FROD" => "FrodModel",
+        "GLORA" => "GloraModel",
+        "GRALORA" => "GraloraModel",
+        "HIRA" => "HiraModel",
+        "HRA" => "HRAModel",
+        "IA3" => "IA3Model",
+        "LILY" => "LilyModel",
+        "LN_TUNING" => "LNTuningModel",
+        "LOHA" => "LoHaModel",
+        "LOKR" => "LoKrModel",
+        "LORA" => "LoraModel",
+        "MISS" => "MissModel",
+        "MULTITASK_PROMPT_TUNING" => "MultitaskPromptEmbedding",
+        "OFT" => "OFTModel",
+        "OSF" => "OSFModel",
+        "PEANUT" => "PeanutModel",
+        "POLY" => "PolyModel",
+        "PREFIX_TUNING" => "PrefixEncoder",
+        "PROMPT_TUNING" => "PromptEmbedding",
+        "PSOFT" => "PsoftModel",
+        "PVERA" => "PveraModel",
+        "P_TUNING" => "PromptEncoder",
+        "RANDLORA" => "RandLoraModel",
+        "ROAD" => "RoadModel",
+        "SHADOW" => "ShadowModel",
+        "SHIRA" => "ShiraModel",
+        "SUPERTUNING" => "SupertuningModel",
+        "TINYLORA" => "TinyLoraModel",
+        "TRAINABLE_TOKENS" => "TrainableTokensModel",
+        "UNILORA" => "UniLoraModel",
+        "VBLORA" => "VBLoRAModel",
+        "VERA" => "VeraModel",
+        "WAVEFT" => "WaveFTModel",
+        "XLORA" => "XLoraModel",
+        _ => return None,
+    })
+}
+
 /// The methods peft-rs ships (their crates exist).
-pub const SHIPPED: &[&str] = &["LORA"];
+pub const SHIPPED: &[&str] = &["LORA", "IA3"];
 
 /// The crate name for a method: `peft-` + the lower-cased type with `_` → `-` (`TRAINABLE_TOKENS` →
 /// `peft-trainable-tokens`).

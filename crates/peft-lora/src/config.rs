@@ -781,6 +781,10 @@ impl AdapterConfig for LoraConfig {
         default_target_modules(model_type)
     }
 
+    fn supports_mixed_batches(&self) -> bool {
+        true
+    }
+
     fn trainable_token_indices(&self) -> Result<Option<peft_core::trainable_tokens::TokenIndices>> {
         self.trainable_token_indices
             .as_ref()
@@ -895,31 +899,9 @@ impl AdapterConfig for LoraConfig {
 }
 
 /// PEFT's `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`: the modules LoRA adapts when a config
-/// names none, by transformers `model_type`.
+/// names none, by transformers `model_type` (see [`peft_core::peft_config::defaults`]).
 pub fn default_target_modules(model_type: &str) -> Option<TargetModules> {
-    let names: &[&str] = match model_type {
-        "t5" | "mt5" => &["q", "v"],
-        "bart" | "opt" | "gptj" | "gpt_neo" | "llama" | "llama4" | "mistral" | "mixtral" | "stablelm"
-        | "gemma" | "gemma2" | "gemma3_text" | "qwen2" | "qwen3" => &["q_proj", "v_proj"],
-        "gpt2" | "gpt_bigcode" => &["c_attn"],
-        "bloom" | "gpt_neox" | "chatglm" | "falcon" | "RefinedWeb" | "RefinedWebModel" => {
-            &["query_key_value"]
-        }
-        "blip-2" => &["q", "v", "q_proj", "v_proj"],
-        "bert" | "roberta" | "xlm-roberta" | "electra" | "layoutlm" => &["query", "value"],
-        "deberta-v2" => &["query_proj", "value_proj"],
-        "deberta" => &["in_proj"],
-        "mpt" => &["Wqkv"],
-        "btlm" => &["c_proj", "c_attn"],
-        "codegen" => &["qkv_proj"],
-        "phi" => &["q_proj", "v_proj", "fc1", "fc2"],
-        "nemotron_h" => &["q_proj", "k_proj", "v_proj", "o_proj"],
-        "rwkv" => &["key", "value", "receptance", "output"],
-        "rwkv7" => &["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"],
-        "gemma4" => return Some(TargetModules::Regex(r".*language_model\..*\.(q_proj|v_proj)".into())),
-        _ => return None,
-    };
-    Some(TargetModules::list(names.iter().copied()))
+    peft_core::peft_config::defaults::lora(model_type)
 }
 
 /// The registry's parser for `peft_type: "LORA"`.
