@@ -1,7 +1,7 @@
 """Fixture generator for the methods other than LoRA: the pinned PEFT (0.21.2) creates, perturbs, saves,
 evaluates and trains adapters of each method on the test models (models.py).
 
-Usage: python gen_methods.py OUT_DIR
+Usage: python gen_methods.py OUT_DIR METHOD_FILE_STEM   (e.g. method_ia3)
 
 Sections (each listed in OUT_DIR/manifest.json):
   cases/<name>/    PEFT creates adapters, perturbs every adapter tensor (so that no adapter is the
@@ -12,10 +12,16 @@ Sections (each listed in OUT_DIR/manifest.json):
   train/<name>/    a few optimizer steps from a saved initial adapter                     -> Rust repeats them
   configs/<name>/  adapter_config.json files written by PEFT                               -> parse/write parity
 
-Each row names its `method` (PEFT's peft_type); the config class is PEFT's own for that type. Add a row to a
-table to extend the matrix; the Rust tests (tests/tests/methods_parity.rs) iterate over the manifest.
+The rows live in one file per method, `method_<name>.py` next to this script, with the tables CASES,
+INIT_CASES, TRAIN_CASES and CONFIG_CASES; each row names its `method` (PEFT's peft_type), and the config
+class is PEFT's own for that type. Output parity cases: `adapters` maps adapter name -> config kwargs;
+`perturb` is the scale of the N(0, 1) noise added to every adapter tensor (0: keep PEFT's init; default
+0.3); `merge`: whether the method merges; `atol`: the tolerance of the comparison (default 0:
+bit-identical). The Rust tests (tests/tests/methods_parity.rs) generate each method file's fixtures
+separately (cached by a hash of the shared oracle files and that method file) and iterate over them.
 """
 
+import importlib
 import json
 import os
 import sys
@@ -35,127 +41,12 @@ def make_config(method, kwargs):
     return PEFT_TYPE_TO_CONFIG_MAPPING[method](**kwargs)
 
 
-# Output parity cases. `adapters` maps adapter name -> config kwargs; `perturb` is the scale of the
-# N(0, 1) noise added to every adapter tensor (0: keep PEFT's init); `merge`: whether the method merges;
-# `atol`: the tolerance of the comparison (default 0: bit-identical).
-CASES = []
-
-# (IA)³: output scaling, input scaling on feed-forward layers, Conv1D, convolutions (grouped, 3-D), several
-# active adapters (their vectors multiply), exclusions, modules_to_save, a random init.
-CASES += [
-    dict(
-        name="ia3_mlp",
-        method="IA3",
-        model="MLP",
-        adapters={"default": dict(target_modules=["lin0", "lin1"], feedforward_modules=["lin1"])},
-    ),
-    dict(
-        name="ia3_mlp_regex",
-        method="IA3",
-        model="MLP",
-        adapters={"default": dict(target_modules=r"lin\d", feedforward_modules=r"lin0")},
-    ),
-    dict(
-        name="ia3_conv1d",
-        method="IA3",
-        model="MLPConv1D",
-        adapters={"default": dict(target_modules=["c_fc", "c_proj"], feedforward_modules=["c_proj"])},
-    ),
-    dict(
-        name="ia3_convnet",
-        method="IA3",
-        model="ConvNet",
-        adapters={
-            "default": dict(
-                target_modules=["conv2d", "conv1x1", "grouped", "conv3d", "lin"],
-                feedforward_modules=["grouped", "conv3d"],
-            )
-        },
-    ),
-    dict(
-        name="ia3_two_active",
-        method="IA3",
-        model="MLP",
-        adapters={
-            "alpha": dict(target_modules=["lin0", "lin1"], feedforward_modules=["lin1"]),
-            "beta": dict(target_modules=["lin0"], feedforward_modules=[]),
-        },
-        active=["alpha", "beta"],
-    ),
-    dict(
-        name="ia3_second_active",
-        method="IA3",
-        model="MLP",
-        adapters={
-            "alpha": dict(target_modules=["lin0"], feedforward_modules=["lin0"]),
-            "beta": dict(target_modules=["lin0", "lin1"], feedforward_modules=["lin1"]),
-        },
-        active=["beta"],
-    ),
-    dict(
-        name="ia3_deep_exclude",
-        method="IA3",
-        model="DeepMLP",
-        adapters={
-            "default": dict(
-                target_modules=["lin0", "lin1", "out"], exclude_modules=["layers.0.lin0"], feedforward_modules=["lin1"]
-            )
-        },
-    ),
-    dict(
-        name="ia3_modules_to_save",
-        method="IA3",
-        model="MLP",
-        adapters={"default": dict(target_modules=["lin0"], feedforward_modules=[], modules_to_save=["lin1"])},
-    ),
-    dict(
-        name="ia3_random_init",
-        method="IA3",
-        model="MLP",
-        perturb=0.0,
-        adapters={"default": dict(target_modules=["lin0", "lin1"], feedforward_modules=["lin0"], init_ia3_weights=False)},
-    ),
-]
-
-# Same-seed initialisation: base model and adapter created under torch.manual_seed(0).
-INIT_CASES = [
-    dict(name="ia3_default", method="IA3", model="MLP", config=dict(target_modules=["lin0", "lin1"], feedforward_modules=["lin1"])),
-    dict(
-        name="ia3_random",
-        method="IA3",
-        model="ConvNet",
-        config=dict(target_modules=["conv2d", "grouped", "conv3d", "lin"], feedforward_modules=["grouped"], init_ia3_weights=False),
-    ),
-    dict(name="ia3_all_linear", method="IA3", model="DeepMLP", config=dict(target_modules="all-linear", feedforward_modules=["lin1"])),
-]
-
-# Training: the same optimizer steps in PEFT and in Rust (dropout of the test models active).
-TRAIN_CASES = [
-    dict(name="ia3_sgd", method="IA3", model="MLP", optimizer="sgd", lr=0.5, steps=5,
-         config=dict(target_modules=["lin0", "lin1"], feedforward_modules=["lin1"])),
-    dict(name="ia3_conv_adamw", method="IA3", model="ConvNet", optimizer="adamw", lr=0.01, steps=4,
-         config=dict(target_modules=["conv2d", "grouped", "lin"], feedforward_modules=["grouped"])),
-]
 TRAIN_SEED = 1234
 
-# adapter_config.json files written by PEFT.
-CONFIG_CASES = [
-    dict(name="ia3_defaults", method="IA3", kwargs=dict()),
-    dict(
-        name="ia3_full",
-        method="IA3",
-        kwargs=dict(
-            target_modules=["k", "v", "wo"],
-            feedforward_modules=["wo"],
-            exclude_modules=r".*\.0\..*",
-            fan_in_fan_out=True,
-            modules_to_save=["head"],
-            init_ia3_weights=False,
-            task_type="SEQ_2_SEQ_LM",
-            base_model_name_or_path="org/t5",
-        ),
-    ),
-]
+
+def tables(stem):
+    """The rows of one method file (`method_<name>.py`: CASES, INIT_CASES, TRAIN_CASES, CONFIG_CASES)."""
+    return importlib.import_module(stem)
 
 
 def adapter_tensor(name, base_keys):
@@ -280,13 +171,14 @@ def gen_config(root, case):
 
 
 def main():
-    root = sys.argv[1]
+    root, stem = sys.argv[1], sys.argv[2]
     os.makedirs(root, exist_ok=True)
+    t = tables(stem)
     manifest = dict(
-        cases=[gen_case(root, c) for c in CASES],
-        init=[gen_init(root, c) for c in INIT_CASES],
-        train=[gen_train(root, c) for c in TRAIN_CASES],
-        configs=[gen_config(root, c) for c in CONFIG_CASES],
+        cases=[gen_case(root, c) for c in getattr(t, "CASES", [])],
+        init=[gen_init(root, c) for c in getattr(t, "INIT_CASES", [])],
+        train=[gen_train(root, c) for c in getattr(t, "TRAIN_CASES", [])],
+        configs=[gen_config(root, c) for c in getattr(t, "CONFIG_CASES", [])],
     )
     with open(os.path.join(root, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)

@@ -4,11 +4,11 @@
 
 use crate::compare::assert_close;
 use crate::models::{load_var_store, TestModel};
-use crate::oracle::{self, read_json};
+use crate::oracle::read_json;
 use peft_core::{AdapterConfig, PeftModel};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Tensor};
 
@@ -144,9 +144,4 @@ pub fn sorted_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
-}
-
-/// The directory of a generator's fixtures (generated on first use).
-pub fn fixtures(generator: &str) -> PathBuf {
-    oracle::fixtures(generator)
 }

@@ -49,12 +49,20 @@ pub fn run_script(script: &str, args: &[&Path]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The hash the generators' caches are keyed by: every oracle file but the method parity rows (those key
+/// their own fixtures, see [`method_fixtures`]).
 fn oracle_hash() -> String {
+    hash_of(|n| !n.starts_with("method_"))
+}
+
+/// A hash of the oracle files `keep` selects (by file name).
+fn hash_of(keep: impl Fn(&str) -> bool) -> String {
     let mut files: Vec<PathBuf> = std::fs::read_dir(oracle_dir())
         .expect("tests/oracle exists")
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "py" || e == "txt"))
+        .filter(|p| p.file_name().is_some_and(|n| keep(&n.to_string_lossy())))
         .collect();
     files.sort();
     let mut h = Sha256::new();
@@ -70,19 +78,47 @@ fn oracle_hash() -> String {
 /// Generation happens once per hash of the oracle files: a temporary directory is filled and renamed
 /// into place, so concurrent test processes never see a half-written cache.
 pub fn fixtures(script: &str) -> PathBuf {
+    let stem = script.trim_end_matches(".py").to_string();
+    cached(script, &stem, &[], oracle_hash)
+}
+
+/// The method files of the method parity matrix (`tests/oracle/method_<name>.py`), as stems, sorted.
+pub fn method_files() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(oracle_dir())
+        .expect("tests/oracle exists")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter(|n| n.starts_with("method_") && n.ends_with(".py"))
+        .map(|n| n.trim_end_matches(".py").to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The fixtures `gen_methods.py` makes for one method file (`method_ia3`), cached by a hash of the shared
+/// oracle files and that method file only, so editing one method's rows regenerates only its fixtures.
+pub fn method_fixtures(stem: &str) -> PathBuf {
+    let key = format!("gen_methods-{stem}");
+    let own = format!("{stem}.py");
+    cached("gen_methods.py", &key, &[stem], || hash_of(|n| !n.starts_with("method_") || n == own))
+}
+
+fn cached(script: &str, key: &str, args: &[&str], hash: impl Fn() -> String) -> PathBuf {
     static CACHE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     let mut guard = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(p) = guard.get(script) {
+    if let Some(p) = guard.get(key) {
         return p.clone();
     }
-    let stem = script.trim_end_matches(".py");
-    let dir = workspace_root().join("target").join("oracle-cache").join(format!("{stem}-{}", oracle_hash()));
+    let stem = key;
+    let dir = workspace_root().join("target").join("oracle-cache").join(format!("{stem}-{}", hash()));
     if !dir.join("manifest.json").exists() {
         let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(tmp.parent().unwrap()).unwrap();
-        run_script(script, &[&tmp]);
+        let mut all: Vec<&Path> = vec![&tmp];
+        all.extend(args.iter().map(Path::new));
+        run_script(script, &all);
         if std::fs::rename(&tmp, &dir).is_err() {
             // Another process finished first; its output is equivalent.
             let _ = std::fs::remove_dir_all(&tmp);
@@ -95,7 +131,7 @@ pub fn fixtures(script: &str) -> PathBuf {
         #[cfg(unix)]
         let _ = std::os::unix::fs::symlink(&dir, &stable);
     }
-    guard.insert(script.to_string(), dir.clone());
+    guard.insert(key.to_string(), dir.clone());
     dir
 }
 

@@ -1,6 +1,6 @@
 //! Parity with the pinned PEFT 0.21.2 for every method other than LoRA, in both directions, on the matrix
-//! `tests/oracle/gen_methods.py` defines (one block of rows per method). Adding a row there adds a case
-//! here; a new method crate only needs to be linked below.
+//! the method files `tests/oracle/method_<name>.py` define (`gen_methods.py` turns each into fixtures).
+//! Adding a row there adds a case here; a new method crate only needs to be linked below.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use peft_core::config::to_config_file_text;
@@ -18,7 +18,7 @@ use tch::nn::{ModuleT, OptimizerConfig, VarStore};
 use tch::{Device, Tensor};
 
 // The method crates under test (linking registers their peft_types).
-use peft_ia3 as _;
+use peft as _;
 
 /// Outputs must be bit-identical (the same ATen ops in the same order) unless a case of the generator
 /// says otherwise (`atol`, for methods whose PEFT ops have no bit-exact counterpart).
@@ -26,14 +26,17 @@ fn atol(meta: &Value) -> f64 {
     meta["atol"].as_f64().unwrap_or(0.0)
 }
 
-const GENERATOR: &str = "gen_methods.py";
-
-fn fixtures() -> std::path::PathBuf {
-    harness::fixtures(GENERATOR)
-}
-
-fn manifest_list(key: &str) -> Vec<String> {
-    harness::manifest_list(&fixtures(), key)
+/// Every `(fixtures root, case)` of one section (`cases`, `init`, `train`, `configs`) over all method files
+/// (`tests/oracle/method_*.py`), each generated and cached on its own.
+fn each_case(section: &str) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    for stem in oracle::method_files() {
+        let root = oracle::method_fixtures(&stem);
+        for case in harness::manifest_list(&root, section) {
+            out.push((root.join(section).join(&case), case));
+        }
+    }
+    out
 }
 
 /// The case's method, for the parity report (`IA3 peft->rs`, …).
@@ -44,11 +47,9 @@ fn record(direction: &str, method: &str, case: &str) {
 #[test]
 fn peft_saves_peft_rs_loads_same_outputs() {
     let _rng = oracle::rng_guard();
-    let root = fixtures();
-    let cases = manifest_list("cases");
+    let cases = each_case("cases");
     assert!(!cases.is_empty(), "the oracle matrix is empty");
-    for case in cases {
-        let d = root.join("cases").join(&case);
+    for (d, case) in cases {
         let meta = read_json(&d.join("case.json"));
         let (vs, model) = base_model(&d, meta["model"].as_str().unwrap());
         let x = read_tensor(&d.join("input.safetensors"), "x");
@@ -94,13 +95,11 @@ fn perturb(peft: &PeftModel<TestModel>, scale: f64) {
 #[test]
 fn peft_rs_saves_peft_loads_same_outputs() {
     let _rng = oracle::rng_guard();
-    let root = fixtures();
     let work = tempfile::tempdir().unwrap();
-    // case -> (method, our outputs per state, our saved config per adapter)
+    // case -> (its case.json, our outputs per state, our saved config per adapter)
     type Ours = (Value, BTreeMap<String, Tensor>, BTreeMap<String, Value>);
     let mut ours: BTreeMap<String, Ours> = BTreeMap::new();
-    for case in manifest_list("cases") {
-        let d = root.join("cases").join(&case);
+    for (d, case) in each_case("cases") {
         let meta = read_json(&d.join("case.json"));
         let method = meta["method"].as_str().unwrap().to_string();
         let model_name = meta["model"].as_str().unwrap();
@@ -160,9 +159,7 @@ fn peft_rs_saves_peft_loads_same_outputs() {
 #[test]
 fn same_seed_gives_peft_identical_adapter_init() {
     let _rng = oracle::rng_guard();
-    let root = fixtures();
-    for case in manifest_list("init") {
-        let d = root.join("init").join(&case);
+    for (d, case) in each_case("init") {
         let meta = read_json(&d.join("case.json"));
         let method = meta["method"].as_str().unwrap();
         tch::manual_seed(0);
@@ -201,9 +198,7 @@ fn same_seed_gives_peft_identical_adapter_init() {
 #[test]
 fn training_steps_give_peft_identical_adapter_weights() {
     let _rng = oracle::rng_guard();
-    let root = fixtures();
-    for case in manifest_list("train") {
-        let d = root.join("train").join(&case);
+    for (d, case) in each_case("train") {
         let meta = read_json(&d.join("case.json"));
         let (vs, model) = base_model(&d, meta["model"].as_str().unwrap());
         let (peft, report) =
@@ -246,9 +241,7 @@ fn training_steps_give_peft_identical_adapter_weights() {
 
 #[test]
 fn peft_written_configs_parse_and_rewrite_byte_identical() {
-    let root = fixtures();
-    for name in manifest_list("configs") {
-        let dir = root.join("configs").join(&name);
+    for (dir, name) in each_case("configs") {
         let meta = read_json(&dir.join("case.json"));
         let text = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
         let mut warnings = vec![];

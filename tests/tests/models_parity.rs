@@ -5,8 +5,7 @@
 
 use peft_core::peft_config::TaskType;
 use peft_core::{ForwardCtx, LoadOptions, PeftModel, SaveOptions};
-use peft_ia3 as _;
-use peft_lora as _;
+use peft as _;
 use peft_models::generate::{generate, GenerationConfig};
 use peft_models::{HfModel, ModelInputs, Task};
 use peft_parity::compare::{assert_close, assert_differs, assert_identical};

@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 // Linking the method crates registers their peft_types.
-use peft_ia3 as _;
-use peft_lora as _;
+use peft as _;
 
 #[derive(Parser, Debug)]
 #[command(name = "peft", version, about = "Run HF models with PEFT adapters (peft-rs)")]

@@ -1,0 +1,27 @@
+//! peft-rs in one dependency: [`peft_core`] (re-exported as [`core`]) and every method crate, each behind a
+//! cargo feature named after it (all on by default), re-exported under the method's short name.
+//!
+//! Depending on this crate links every enabled method, so `PeftModel::from_pretrained` loads adapters of
+//! any of them by file alone (a method crate registers its `peft_type` only when it is linked).
+//!
+//! ```
+//! // Every enabled method is registered.
+//! let linked = peft::linked_methods();
+//! assert!(linked.contains(&"LORA") && linked.contains(&"IA3"));
+//! ```
+
+pub use peft_core as core;
+#[cfg(feature = "ia3")]
+pub use peft_ia3 as ia3;
+#[cfg(feature = "lora")]
+pub use peft_lora as lora;
+
+/// The `peft_type`s of the methods linked into this program, sorted.
+pub fn linked_methods() -> Vec<&'static str> {
+    // Referencing each crate keeps it (and its registration) linked.
+    #[cfg(feature = "lora")]
+    let _ = peft_lora::config::PEFT_TYPE;
+    #[cfg(feature = "ia3")]
+    let _ = peft_ia3::PEFT_TYPE;
+    peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
+}
