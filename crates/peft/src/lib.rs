@@ -13,8 +13,22 @@
 pub use peft_core as core;
 #[cfg(feature = "ia3")]
 pub use peft_ia3 as ia3;
+#[cfg(feature = "loha")]
+pub use peft_loha as loha;
+#[cfg(feature = "lokr")]
+pub use peft_lokr as lokr;
+#[cfg(feature = "beft")]
+pub use peft_beft as beft;
+#[cfg(feature = "road")]
+pub use peft_road as road;
+#[cfg(feature = "hra")]
+pub use peft_hra as hra;
+#[cfg(feature = "adalora")]
+pub use peft_adalora as adalora;
 #[cfg(feature = "lora")]
 pub use peft_lora as lora;
+#[cfg(feature = "oft")]
+pub use peft_oft as oft;
 
 /// The `peft_type`s of the methods linked into this program, sorted.
 pub fn linked_methods() -> Vec<&'static str> {
@@ -23,5 +37,19 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_lora::config::PEFT_TYPE;
     #[cfg(feature = "ia3")]
     let _ = peft_ia3::PEFT_TYPE;
+    #[cfg(feature = "loha")]
+    let _ = peft_loha::PEFT_TYPE;
+    #[cfg(feature = "lokr")]
+    let _ = peft_lokr::PEFT_TYPE;
+    #[cfg(feature = "beft")]
+    let _ = peft_beft::PEFT_TYPE;
+    #[cfg(feature = "road")]
+    let _ = peft_road::PEFT_TYPE;
+    #[cfg(feature = "hra")]
+    let _ = peft_hra::PEFT_TYPE;
+    #[cfg(feature = "adalora")]
+    let _ = peft_adalora::PEFT_TYPE;
+    #[cfg(feature = "oft")]
+    let _ = peft_oft::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }

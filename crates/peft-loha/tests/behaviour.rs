@@ -1,0 +1,342 @@
+//! LoHa behaviour beyond the parity matrix: identity at init, merging (flat and CP forms), the dropouts
+//! in training, the options and layers PEFT refuses, bad files — each an error naming what is wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use peft_core::nn::{self as pnn, ConvConfig};
+use peft_core::peft_config::TargetModules;
+use peft_core::{Adaptable, AdapterConfig, LoadOptions, PeftError, PeftModel, SaveOptions};
+use peft_loha::LohaConfig;
+use peft_lycoris::LycorisOptions;
+use std::collections::BTreeMap;
+use tch::nn::{ModuleT, VarStore};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Adaptable)]
+struct Net {
+    lin0: pnn::Linear,
+    lin1: pnn::Linear,
+    conv2d: pnn::Conv,
+    conv1x1: pnn::Conv,
+    conv1d: pnn::Conv,
+    gpt: pnn::Linear,
+    emb: pnn::Embedding,
+    conv3d: pnn::Conv,
+}
+
+impl Net {
+    fn new(vs: &VarStore) -> Self {
+        let p = vs.root();
+        let padded = ConvConfig { padding: vec![1], ..ConvConfig::default() };
+        Net {
+            lin0: pnn::linear(&p / "lin0", 10, 20, Default::default()).unwrap(),
+            lin1: pnn::linear(&p / "lin1", 20, 2, Default::default()).unwrap(),
+            conv2d: pnn::conv2d(&p / "conv2d", 2, 4, &[3], padded.clone()).unwrap(),
+            conv1x1: pnn::conv2d(&p / "conv1x1", 4, 4, &[1], ConvConfig::default()).unwrap(),
+            conv1d: pnn::conv1d(&p / "conv1d", 2, 4, 3, ConvConfig { stride: vec![2], ..padded }).unwrap(),
+            gpt: pnn::transformers_conv1d(&p / "gpt", 4, 10).unwrap(),
+            emb: pnn::embedding(&p / "emb", 5, 10, Default::default()).unwrap(),
+            conv3d: pnn::conv3d(&p / "conv3d", 2, 2, &[1], ConvConfig::default()).unwrap(),
+        }
+    }
+}
+
+impl ModuleT for Net {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.lin1.forward_t(&self.lin0.forward_t(x, train).relu(), train)
+    }
+}
+
+fn config(targets: &[&str], r: i64) -> LohaConfig {
+    LohaConfig {
+        lycoris: LycorisOptions {
+            r,
+            alpha: 6.into(),
+            target_modules: Some(TargetModules::list(targets.iter().copied())),
+            ..LycorisOptions::default()
+        },
+        ..LohaConfig::default()
+    }
+}
+
+/// Tests of this binary run on parallel threads and share libtorch's global generator.
+fn rng() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn net() -> (VarStore, Net) {
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    let n = Net::new(&vs);
+    (vs, n)
+}
+
+fn randomize(peft: &PeftModel<Net>) {
+    for (_, mut t) in peft.adapter_var_store().variables() {
+        let noise = Tensor::randn_like(&t) * 0.5;
+        let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
+    }
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+/// Outputs of every adapted layer kind: the MLP, the 3x3 and 1x1 Conv2d, the strided Conv1d.
+fn outputs(m: &Net) -> Vec<Tensor> {
+    tch::manual_seed(5);
+    let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
+    let img = Tensor::randn([2, 2, 5, 5], (Kind::Float, Device::Cpu));
+    let img4 = Tensor::randn([2, 4, 5, 5], (Kind::Float, Device::Cpu));
+    let seq = Tensor::randn([2, 2, 9], (Kind::Float, Device::Cpu));
+    tch::no_grad(|| {
+        vec![m.forward_t(&x, false), m.conv2d.forward(&img), m.conv1x1.forward(&img4), m.conv1d.forward(&seq)]
+    })
+}
+
+fn shapes(peft: &PeftModel<Net>) -> BTreeMap<String, Vec<i64>> {
+    peft.adapter_state_dict("default").unwrap().into_iter().map(|(k, t)| (k, t.size())).collect()
+}
+
+#[test]
+fn starts_as_the_identity_and_merges_to_the_same_outputs_in_both_forms() {
+    let _rng = rng();
+    for effective in [false, true] {
+        let (vs, n) = net();
+        let mut cfg = config(&["lin0", "lin1", "conv2d", "conv1x1", "conv1d"], 3);
+        cfg.lycoris.use_effective_conv2d = effective;
+        let mut peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
+        let base = outputs(&peft.disable_adapters().unwrap());
+        for (a, b) in outputs(peft.model()).iter().zip(&base) {
+            assert!(a.equal(b), "effective={effective}: hada_w2_b = 0 makes the adapter the identity");
+        }
+        randomize(&peft);
+        let unmerged = outputs(peft.model());
+        for (a, b) in unmerged.iter().zip(&base) {
+            assert!(max_diff(a, b) > 1e-3, "effective={effective}: the adapter acts");
+        }
+        peft.merge_adapter(None, true).unwrap();
+        for (a, b) in outputs(peft.model()).iter().zip(&unmerged) {
+            assert!(max_diff(a, b) < 1e-4, "effective={effective}: merged {}", max_diff(a, b));
+        }
+        peft.unmerge_adapter().unwrap();
+        for (a, b) in outputs(peft.model()).iter().zip(&unmerged) {
+            assert!(max_diff(a, b) < 1e-4, "effective={effective}: unmerged again");
+        }
+    }
+}
+
+#[test]
+fn the_cp_form_has_cores_except_for_kernels_of_size_one() {
+    let _rng = rng();
+    let (vs, n) = net();
+    let mut cfg = config(&["conv2d", "conv1x1", "conv1d", "lin0"], 3);
+    cfg.lycoris.use_effective_conv2d = true;
+    let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
+    let s = shapes(&peft);
+    let key = |m: &str, t: &str| format!("base_model.model.{m}.{t}");
+    assert_eq!(s[&key("conv2d", "hada_t1")], [3, 3, 3, 3]);
+    assert_eq!(s[&key("conv2d", "hada_w1_a")], [3, 4]);
+    assert_eq!(s[&key("conv2d", "hada_w2_b")], [3, 2]);
+    assert_eq!(s[&key("conv1d", "hada_t2")], [3, 3, 3, 1], "Conv1d cores get a trailing kernel dim of 1");
+    assert!(!s.contains_key(&key("conv1x1", "hada_t1")), "1x1 convolutions stay flat");
+    assert_eq!(s[&key("conv1x1", "hada_w1_b")], [3, 4]);
+    assert_eq!(s[&key("lin0", "hada_w1_a")], [20, 3]);
+    assert_eq!(s.len(), 6 + 4 + 6 + 4);
+    let types: Vec<String> = peft.layer_status().iter().map(|l| l.module_type.clone()).collect();
+    assert_eq!(types, ["loha.Linear", "loha.Conv2d", "loha.Conv2d", "loha.Conv1d"]);
+}
+
+#[test]
+fn a_non_finite_safe_merge_is_refused_and_changes_nothing() {
+    let _rng = rng();
+    let (vs, n) = net();
+    let mut peft = PeftModel::new(n, &vs, config(&["lin0"], 2).boxed(), "default").unwrap();
+    randomize(&peft);
+    let base = outputs(&peft.disable_adapters().unwrap());
+    for (name, mut t) in peft.adapter_var_store().variables() {
+        if name.contains("hada_w1_a") {
+            let _ = tch::no_grad(|| t.f_fill_(f64::INFINITY)).unwrap();
+        }
+    }
+    let err = peft.merge_adapter(None, true).unwrap_err();
+    assert!(matches!(err, PeftError::NonFiniteMerge { ref module, .. } if module == "lin0"), "{err:?}");
+    assert!(peft.model().lin0.slots().merged().is_empty());
+    assert!(outputs(&peft.disable_adapters().unwrap())[0].equal(&base[0]), "the base weight is untouched");
+}
+
+#[test]
+fn module_dropout_draws_once_per_layer_in_training_and_never_in_evaluation() {
+    let _rng = rng();
+    let (vs, n) = net();
+    let mut cfg = config(&["lin0", "lin1"], 2);
+    cfg.lycoris.module_dropout = 0.0;
+    let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
+    randomize(&peft);
+    let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
+    let rand1 = || Tensor::rand([1], (Kind::Float, Device::Cpu));
+    let eval = tch::no_grad(|| peft.forward_t(&x, false));
+    tch::manual_seed(3);
+    let train = tch::no_grad(|| peft.forward_t(&x, true));
+    let after_train = rand1();
+    tch::manual_seed(3);
+    let _ = (rand1(), rand1());
+    assert!(after_train.equal(&rand1()), "one torch.rand(1) per adapted layer");
+    assert!(train.equal(&eval), "module_dropout = 0 keeps every adapter");
+    tch::manual_seed(3);
+    let _ = tch::no_grad(|| peft.forward_t(&x, false));
+    let after_eval = rand1();
+    tch::manual_seed(3);
+    assert!(after_eval.equal(&rand1()), "evaluation draws nothing");
+
+    let (vs, n) = net();
+    let mut cfg = config(&["lin0", "lin1"], 2);
+    cfg.lycoris.module_dropout = 1.0;
+    let mut peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
+    randomize(&peft);
+    let train = tch::no_grad(|| peft.forward_t(&x, true));
+    let adapted = tch::no_grad(|| peft.forward_t(&x, false));
+    let base = tch::no_grad(|| peft.disable_adapters().unwrap().forward_t(&x, false));
+    assert!(train.equal(&base), "module_dropout = 1 skips every adapter in training");
+    assert!(max_diff(&adapted, &base) > 1e-3, "but not in evaluation");
+}
+
+#[test]
+fn rank_dropout_acts_in_training_only() {
+    let _rng = rng();
+    let (vs, n) = net();
+    let mut cfg = config(&["lin0"], 3);
+    cfg.lycoris.rank_dropout = 0.5;
+    let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
+    randomize(&peft);
+    let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
+    let eval = tch::no_grad(|| peft.forward_t(&x, false));
+    assert!(eval.equal(&tch::no_grad(|| peft.forward_t(&x, false))));
+    tch::manual_seed(9);
+    let train = tch::no_grad(|| peft.forward_t(&x, true));
+    assert!(max_diff(&train, &eval) > 1e-4, "rows of the delta are dropped and the rest rescaled");
+    tch::manual_seed(9);
+    assert!(
+        train.equal(&tch::no_grad(|| peft.forward_t(&x, true))),
+        "the draws come from the seeded generator"
+    );
+}
+
+#[test]
+fn layers_loha_cannot_adapt_are_refused_by_name() {
+    let _rng = rng();
+    for target in ["gpt", "emb", "conv3d"] {
+        let (vs, n) = net();
+        let err = PeftModel::new(n, &vs, config(&[target], 2).boxed(), "default").unwrap_err();
+        match &err {
+            PeftError::UnsupportedLayer { module, peft_type, .. } => {
+                assert_eq!(module, target);
+                assert_eq!(peft_type, "LOHA");
+            }
+            other => panic!("{target}: expected UnsupportedLayer, got {other:?}"),
+        }
+        assert!(err.to_string().contains("Conv2d, Conv1d, Linear"), "{err}");
+    }
+}
+
+#[derive(Debug, Adaptable)]
+struct Quantized {
+    proj: pnn::Linear,
+}
+
+#[test]
+fn quantized_linears_are_refused() {
+    let _rng = rng();
+    tch::manual_seed(1);
+    let w = Tensor::randn([16, 64], (Kind::Float, Device::Cpu)) * 0.1;
+    let q = peft_quant::Linear4bit::quantize(&w, peft_quant::Quant4Options::default()).unwrap();
+    let vs = VarStore::new(Device::Cpu);
+    let model = Quantized {
+        proj: peft_core::AdaptedLayer::new("proj", pnn::LinearBase::from_quantized(Box::new(q), None)),
+    };
+    let err = PeftModel::new(model, &vs, config(&["proj"], 2).boxed(), "default").unwrap_err();
+    assert!(matches!(&err, PeftError::UnsupportedLayer { kind, .. } if kind == "Linear4bit"), "{err:?}");
+    assert!(err.to_string().contains("quantized"), "{err}");
+}
+
+#[test]
+fn ranks_must_be_positive_after_the_rank_pattern() {
+    let _rng = rng();
+    let (vs, n) = net();
+    let err = PeftModel::new(n, &vs, config(&["lin0"], 0).boxed(), "default").unwrap_err();
+    assert!(
+        err.to_string().contains("`r` should be a positive integer value but the value passed is 0"),
+        "{err}"
+    );
+    let (vs, n) = net();
+    let mut cfg = config(&["lin0", "lin1"], 4);
+    cfg.lycoris.rank_pattern.insert("lin1".into(), -2);
+    let err = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap_err();
+    assert!(err.to_string().contains("the value passed is -2"), "{err}");
+    // A zero default rank is fine when the pattern covers every target.
+    let (vs, n) = net();
+    let mut cfg = config(&["lin0"], 0);
+    cfg.lycoris.rank_pattern.insert("lin0".into(), 2);
+    let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
+    assert_eq!(shapes(&peft)["base_model.model.lin0.hada_w1_a"], [20, 2]);
+}
+
+#[test]
+fn invalid_configs_name_the_key() {
+    let _rng = rng();
+    let mut warnings = vec![];
+    let err =
+        LohaConfig::from_json_str(r#"{"peft_type": "LOHA", "layers_pattern": "layers"}"#, &mut warnings)
+            .unwrap_err();
+    assert!(err.to_string().contains("`layers_to_transform` must also be specified"), "{err}");
+    let err =
+        LohaConfig::from_json_str(r#"{"peft_type": "LOHA", "rank_pattern": {"lin(": 2}}"#, &mut warnings)
+            .unwrap_err();
+    assert!(err.to_string().contains("rank_pattern"), "{err}");
+    let err = LohaConfig::from_json_str(r#"{"peft_type": "LOHA", "init_weights": "lycoris"}"#, &mut warnings)
+        .unwrap_err();
+    assert!(err.to_string().contains("init_weights"), "{err}");
+    let err = LohaConfig::from_json_str(r#"{"peft_type": "LOHA", "r": "8"}"#, &mut warnings).unwrap_err();
+    assert!(err.to_string().contains("invalid value for `r`"), "{err}");
+    let cfg = LohaConfig::from_json_str(
+        r#"{"peft_type": "LOHA", "target_modules": ["a", "b", "a"], "alpha": 2.5, "future_key": 1}"#,
+        &mut warnings,
+    )
+    .unwrap();
+    assert_eq!(cfg.lycoris.target_modules, Some(TargetModules::list(["a", "b"])));
+    assert_eq!(cfg.to_json()["alpha"], 2.5);
+    assert!(warnings.iter().any(|w| w.contains("future_key")), "{warnings:?}");
+}
+
+#[test]
+fn architecture_defaults_and_mixed_batches() {
+    let _rng = rng();
+    let cfg = LohaConfig::default();
+    assert_eq!(cfg.default_target_modules("llama"), Some(TargetModules::list(["q_proj", "v_proj"])));
+    let (vs, n) = net();
+    let peft = PeftModel::new(n, &vs, config(&["lin0"], 2).boxed(), "default").unwrap();
+    let err = peft.row_adapters(&["default", "__base__"]).unwrap_err();
+    assert!(err.to_string().contains("not supported for LOHA"), "{err}");
+}
+
+#[test]
+fn a_file_of_another_rank_fails_naming_key_and_shapes() {
+    let _rng = rng();
+    let (vs, n) = net();
+    let peft = PeftModel::new(n, &vs, config(&["lin0"], 4).boxed(), "default").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    peft.save_pretrained(dir.path(), &SaveOptions::default()).unwrap();
+    let cfg = dir.path().join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("\"r\": 4", "\"r\": 2")).unwrap();
+    let (vs2, n2) = net();
+    let err = PeftModel::from_pretrained(n2, &vs2, dir.path(), LoadOptions::default()).unwrap_err();
+    match &err {
+        PeftError::ShapeMismatch { key, expected, found, .. } => {
+            assert!(key.starts_with("base_model.model.lin0.hada_"), "{key}");
+            assert_ne!(expected, found);
+            assert!(expected.contains(&2) && found.contains(&4), "{expected:?} vs {found:?}");
+        }
+        other => panic!("expected a shape mismatch, got {other:?}"),
+    }
+}

@@ -1,0 +1,379 @@
+//! LoKr behaviour beyond the parity matrix: identity at init, merging in every factor form, the dropouts
+//! in training, the options and layers PEFT refuses, bad files — each an error naming what is wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use peft_core::nn::{self as pnn, ConvConfig};
+use peft_core::peft_config::TargetModules;
+use peft_core::{Adaptable, AdapterConfig, LoadOptions, PeftError, PeftModel, SaveOptions};
+use peft_lokr::{factorization, LokrConfig, LokrInitScheme, LokrInitWeights, LokrLayer};
+use peft_lycoris::LycorisOptions;
+use std::collections::BTreeMap;
+use tch::nn::{ModuleT, VarStore};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Adaptable)]
+struct Net {
+    lin0: pnn::Linear,
+    lin1: pnn::Linear,
+    conv2d: pnn::Conv,
+    conv1x1: pnn::Conv,
+    conv1d: pnn::Conv,
+    gpt: pnn::Linear,
+    emb: pnn::Embedding,
+    conv3d: pnn::Conv,
+}
+
+impl Net {
+    fn new(vs: &VarStore) -> Self {
+        let p = vs.root();
+        let padded = ConvConfig { padding: vec![1], ..ConvConfig::default() };
+        Net {
+            lin0: pnn::linear(&p / "lin0", 10, 20, Default::default()).unwrap(),
+            lin1: pnn::linear(&p / "lin1", 20, 2, Default::default()).unwrap(),
+            conv2d: pnn::conv2d(&p / "conv2d", 2, 4, &[3], padded.clone()).unwrap(),
+            conv1x1: pnn::conv2d(&p / "conv1x1", 4, 4, &[1], ConvConfig::default()).unwrap(),
+            conv1d: pnn::conv1d(&p / "conv1d", 2, 4, 3, ConvConfig { stride: vec![2], ..padded }).unwrap(),
+            gpt: pnn::transformers_conv1d(&p / "gpt", 4, 10).unwrap(),
+            emb: pnn::embedding(&p / "emb", 5, 10, Default::default()).unwrap(),
+            conv3d: pnn::conv3d(&p / "conv3d", 2, 2, &[1], ConvConfig::default()).unwrap(),
+        }
+    }
+}
+
+impl ModuleT for Net {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.lin1.forward_t(&self.lin0.forward_t(x, train).relu(), train)
+    }
+}
+
+fn config(targets: &[&str], r: i64) -> LokrConfig {
+    LokrConfig {
+        lycoris: LycorisOptions {
+            r,
+            alpha: 6.into(),
+            target_modules: Some(TargetModules::list(targets.iter().copied())),
+            ..LycorisOptions::default()
+        },
+        ..LokrConfig::default()
+    }
+}
+
+/// Tests of this binary run on parallel threads and share libtorch's global generator.
+fn rng() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn net() -> (VarStore, Net) {
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    let n = Net::new(&vs);
+    (vs, n)
+}
+
+fn randomize(peft: &PeftModel<Net>) {
+    for (_, mut t) in peft.adapter_var_store().variables() {
+        let noise = Tensor::randn_like(&t) * 0.5;
+        let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
+    }
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+/// Outputs of every adapted layer kind: the MLP, the 3x3 and 1x1 Conv2d, the strided Conv1d.
+fn outputs(m: &Net) -> Vec<Tensor> {
+    tch::manual_seed(5);
+    let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
+    let img = Tensor::randn([2, 2, 5, 5], (Kind::Float, Device::Cpu));
+    let img4 = Tensor::randn([2, 4, 5, 5], (Kind::Float, Device::Cpu));
+    let seq = Tensor::randn([2, 2, 9], (Kind::Float, Device::Cpu));
+    tch::no_grad(|| {
+        vec![m.forward_t(&x, false), m.conv2d.forward(&img), m.conv1x1.forward(&img4), m.conv1d.forward(&seq)]
+    })
+}
+
+fn shapes(peft: &PeftModel<Net>) -> BTreeMap<String, Vec<i64>> {
+    peft.adapter_state_dict("default").unwrap().into_iter().map(|(k, t)| (k, t.size())).collect()
+}
+
+/// Variants that between them take every factor form: full `lokr_w1`/`lokr_w2` (a 3-D one on the
+/// Conv1d), low-rank `w1` (`decompose_both`) and `w2`, the CP core on Conv2d and Conv1d.
+fn variants() -> Vec<(&'static str, LokrConfig)> {
+    let all = ["lin0", "lin1", "conv2d", "conv1x1", "conv1d"];
+    let full = config(&all, 8);
+    let mut r1 = config(&all, 1);
+    r1.decompose_both = true;
+    let mut low = config(&all, 1);
+    low.decompose_both = true;
+    low.decompose_factor = 1;
+    low.lycoris.use_effective_conv2d = true;
+    vec![("full", full), ("r1", r1), ("low-rank/cp", low)]
+}
+
+#[test]
+fn starts_as_the_identity_and_merges_to_the_same_outputs_in_every_form() {
+    for (what, cfg) in variants() {
+        for init in [LokrInitWeights::Bool(true), LokrInitWeights::Scheme(LokrInitScheme::Lycoris)] {
+            let (vs, n) = net();
+            let cfg = LokrConfig { init_weights: init.clone(), ..cfg.clone() };
+            let mut peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
+            let base = outputs(&peft.disable_adapters().unwrap());
+            for (a, b) in outputs(peft.model()).iter().zip(&base) {
+                assert!(a.equal(b), "{what} {init:?}: a zero factor makes the adapter the identity");
+            }
+            randomize(&peft);
+            let unmerged = outputs(peft.model());
+            for (a, b) in unmerged.iter().zip(&base) {
+                assert!(max_diff(a, b) > 1e-3, "{what}: the adapter acts");
+            }
+            peft.merge_adapter(None, true).unwrap();
+            for (a, b) in outputs(peft.model()).iter().zip(&unmerged) {
+                assert!(max_diff(a, b) < 1e-4, "{what}: merged {}", max_diff(a, b));
+            }
+            peft.unmerge_adapter().unwrap();
+            for (a, b) in outputs(peft.model()).iter().zip(&unmerged) {
+                assert!(max_diff(a, b) < 1e-4, "{what}: unmerged again");
+            }
+        }
+    }
+}
+
+#[test]
+fn factor_shapes_follow_the_factorization_and_the_rank() {
+    let key = |m: &str, t: &str| format!("base_model.model.{m}.{t}");
+    let v = variants();
+    let (vs, n) = net();
+    let s = shapes(&PeftModel::new(n, &vs, v[0].1.clone().boxed(), "default").unwrap());
+    // lin0: 20 = 4·5 outputs, 10 = 2·5 inputs.
+    assert_eq!(s[&key("lin0", "lokr_w1")], [4, 2]);
+    assert_eq!(s[&key("lin0", "lokr_w2")], [5, 5]);
+    assert_eq!(s[&key("conv2d", "lokr_w2")], [2, 2, 3, 3]);
+    let (vs, n) = net();
+    let s = shapes(&PeftModel::new(n, &vs, v[1].1.clone().boxed(), "default").unwrap());
+    assert_eq!(s[&key("lin0", "lokr_w2_a")], [5, 1], "r < max(b, d) / 2: a low-rank w2");
+    assert_eq!(s[&key("lin0", "lokr_w1_a")], [4, 1], "decompose_both with r < max(a, c) / 2: a low-rank w1");
+    assert_eq!(s[&key("conv1d", "lokr_w2")], [2, 2, 3], "a 3-D w2 on the Conv1d");
+    let (vs, n) = net();
+    let peft = PeftModel::new(n, &vs, v[2].1.clone().boxed(), "default").unwrap();
+    let s = shapes(&peft);
+    assert_eq!(s[&key("lin0", "lokr_w1")], [1, 1], "decompose_factor 1: 1·20 and 1·10; w1 stays full");
+    assert_eq!(s[&key("lin0", "lokr_w2_b")], [1, 10]);
+    assert_eq!(s[&key("conv2d", "lokr_t2")], [1, 1, 3, 3]);
+    assert_eq!(s[&key("conv2d", "lokr_w2_a")], [1, 4]);
+    assert_eq!(s[&key("conv1d", "lokr_t2")], [1, 1, 3, 1]);
+    assert!(!s.contains_key(&key("conv1x1", "lokr_t2")), "1x1 convolutions take no core");
+    assert_eq!(s[&key("conv1x1", "lokr_w2_b")], [1, 4]);
+    let types: Vec<String> = peft.layer_status().iter().map(|l| l.module_type.clone()).collect();
+    assert_eq!(types, ["lokr.Linear", "lokr.Linear", "lokr.Conv2d", "lokr.Conv2d", "lokr.Conv1d"]);
+    assert_eq!(factorization(20, 3), (2, 10));
+    assert_eq!(
+        factorization(7, 0),
+        (1, 7),
+        "a factor that is neither positive nor -1 bounds the search at it"
+    );
+}
+
+#[test]
+fn a_non_finite_safe_merge_is_refused_and_changes_nothing() {
+    let _rng = rng();
+    let (vs, n) = net();
+    let mut peft = PeftModel::new(n, &vs, config(&["lin0"], 2).boxed(), "default").unwrap();
+    randomize(&peft);
+    let base = outputs(&peft.disable_adapters().unwrap());
+    for (name, mut t) in peft.adapter_var_store().variables() {
+        if name.contains("lokr_w1") {
+            let _ = tch::no_grad(|| t.f_fill_(f64::INFINITY)).unwrap();
+        }
+    }
+    let err = peft.merge_adapter(None, true).unwrap_err();
+    assert!(matches!(err, PeftError::NonFiniteMerge { ref module, .. } if module == "lin0"), "{err:?}");
+    assert!(peft.model().lin0.slots().merged().is_empty());
+    assert!(outputs(&peft.disable_adapters().unwrap())[0].equal(&base[0]), "the base weight is untouched");
+}
+
+#[test]
+fn module_dropout_draws_once_per_layer_in_training_and_never_in_evaluation() {
+    let _rng = rng();
+    let (vs, n) = net();
+    let mut cfg = config(&["lin0", "lin1"], 2);
+    cfg.lycoris.module_dropout = 0.0;
+    let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
+    randomize(&peft);
+    let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
+    let rand1 = || Tensor::rand([1], (Kind::Float, Device::Cpu));
+    let eval = tch::no_grad(|| peft.forward_t(&x, false));
+    tch::manual_seed(3);
+    let train = tch::no_grad(|| peft.forward_t(&x, true));
+    let after_train = rand1();
+    tch::manual_seed(3);
+    let _ = (rand1(), rand1());
+    assert!(after_train.equal(&rand1()), "one torch.rand(1) per adapted layer");
+    assert!(train.equal(&eval), "module_dropout = 0 keeps every adapter");
+    tch::manual_seed(3);
+    let _ = tch::no_grad(|| peft.forward_t(&x, false));
+    let after_eval = rand1();
+    tch::manual_seed(3);
+    assert!(after_eval.equal(&rand1()), "evaluation draws nothing");
+
+    let (vs, n) = net();
+    let mut cfg = config(&["lin0", "lin1"], 2);
+    cfg.lycoris.module_dropout = 1.0;
+    let mut peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
+    randomize(&peft);
+    let train = tch::no_grad(|| peft.forward_t(&x, true));
+    let adapted = tch::no_grad(|| peft.forward_t(&x, false));
+    let base = tch::no_grad(|| peft.disable_adapters().unwrap().forward_t(&x, false));
+    assert!(train.equal(&base), "module_dropout = 1 skips every adapter in training");
+    assert!(max_diff(&adapted, &base) > 1e-3, "but not in evaluation");
+}
+
+#[test]
+fn rank_dropout_zeroes_rows_and_rescales_only_with_rank_dropout_scale() {
+    let _rng = rng();
+    for scale in [false, true] {
+        let (vs, n) = net();
+        let mut cfg = config(&["lin0"], 3);
+        cfg.lycoris.rank_dropout = 0.5;
+        cfg.rank_dropout_scale = scale;
+        let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
+        randomize(&peft);
+        let layer =
+            peft.model().lin0.slots().get("default").unwrap().as_any().downcast_ref::<LokrLayer>().unwrap();
+        let full = tch::no_grad(|| layer.delta_weight(false));
+        tch::manual_seed(9);
+        let dropped = tch::no_grad(|| layer.delta_weight(true));
+        tch::manual_seed(9);
+        let keep = Tensor::rand([20], (Kind::Float, Device::Cpu)).gt(0.5).to_kind(Kind::Float);
+        let factor = if scale { 1.0 / keep.mean(None::<Kind>).double_value(&[]) } else { 1.0 };
+        assert!(
+            keep.sum(None::<Kind>).double_value(&[]) > 0.0 && keep.sum(None::<Kind>).double_value(&[]) < 20.0
+        );
+        let want = &full * keep.view([-1, 1]) * factor;
+        assert!(max_diff(&dropped, &want) < 1e-6, "scale={scale}: {}", max_diff(&dropped, &want));
+        let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
+        let eval = tch::no_grad(|| peft.forward_t(&x, false));
+        tch::manual_seed(9);
+        assert!(max_diff(&tch::no_grad(|| peft.forward_t(&x, true)), &eval) > 1e-4, "training drops rows");
+    }
+}
+
+#[test]
+fn layers_lokr_cannot_adapt_are_refused_by_name() {
+    let _rng = rng();
+    for target in ["gpt", "emb", "conv3d"] {
+        let (vs, n) = net();
+        let err = PeftModel::new(n, &vs, config(&[target], 2).boxed(), "default").unwrap_err();
+        match &err {
+            PeftError::UnsupportedLayer { module, peft_type, .. } => {
+                assert_eq!(module, target);
+                assert_eq!(peft_type, "LOKR");
+            }
+            other => panic!("{target}: expected UnsupportedLayer, got {other:?}"),
+        }
+        assert!(err.to_string().contains("Conv2d, Conv1d, Linear"), "{err}");
+    }
+}
+
+#[derive(Debug, Adaptable)]
+struct Quantized {
+    proj: pnn::Linear,
+}
+
+#[test]
+fn quantized_linears_are_refused() {
+    let _rng = rng();
+    tch::manual_seed(1);
+    let w = Tensor::randn([16, 64], (Kind::Float, Device::Cpu)) * 0.1;
+    let q = peft_quant::Linear4bit::quantize(&w, peft_quant::Quant4Options::default()).unwrap();
+    let vs = VarStore::new(Device::Cpu);
+    let model = Quantized {
+        proj: peft_core::AdaptedLayer::new("proj", pnn::LinearBase::from_quantized(Box::new(q), None)),
+    };
+    let err = PeftModel::new(model, &vs, config(&["proj"], 2).boxed(), "default").unwrap_err();
+    assert!(matches!(&err, PeftError::UnsupportedLayer { kind, .. } if kind == "Linear4bit"), "{err:?}");
+    assert!(err.to_string().contains("quantized"), "{err}");
+}
+
+#[test]
+fn ranks_must_be_positive_after_the_rank_pattern() {
+    let _rng = rng();
+    let (vs, n) = net();
+    let err = PeftModel::new(n, &vs, config(&["lin0"], 0).boxed(), "default").unwrap_err();
+    assert!(
+        err.to_string().contains("`r` should be a positive integer value but the value passed is 0"),
+        "{err}"
+    );
+    let (vs, n) = net();
+    let mut cfg = config(&["lin0", "lin1"], 4);
+    cfg.lycoris.rank_pattern.insert("lin1".into(), -2);
+    let err = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap_err();
+    assert!(err.to_string().contains("the value passed is -2"), "{err}");
+    // A zero default rank is fine when the pattern covers every target.
+    let (vs, n) = net();
+    let mut cfg = config(&["lin0"], 0);
+    cfg.lycoris.rank_pattern.insert("lin0".into(), 2);
+    let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
+    assert_eq!(shapes(&peft)["base_model.model.lin0.lokr_w2_a"], [5, 2]);
+}
+
+#[test]
+fn invalid_configs_name_the_key() {
+    let _rng = rng();
+    let mut warnings = vec![];
+    let err =
+        LokrConfig::from_json_str(r#"{"peft_type": "LOKR", "layers_pattern": "layers"}"#, &mut warnings)
+            .unwrap_err();
+    assert!(err.to_string().contains("`layers_to_transform` must also be specified"), "{err}");
+    let err =
+        LokrConfig::from_json_str(r#"{"peft_type": "LOKR", "rank_pattern": {"lin(": 2}}"#, &mut warnings)
+            .unwrap_err();
+    assert!(err.to_string().contains("rank_pattern"), "{err}");
+    let err =
+        LokrConfig::from_json_str(r#"{"peft_type": "LOKR", "init_weights": "gaussian"}"#, &mut warnings)
+            .unwrap_err();
+    assert!(err.to_string().contains("init_weights"), "{err}");
+    let err = LokrConfig::from_json_str(r#"{"peft_type": "LOKR", "r": "8"}"#, &mut warnings).unwrap_err();
+    assert!(err.to_string().contains("invalid value for `r`"), "{err}");
+    let cfg = LokrConfig::from_json_str(
+        r#"{"peft_type": "LOKR", "target_modules": ["a", "b", "a"], "alpha": 2.5, "future_key": 1}"#,
+        &mut warnings,
+    )
+    .unwrap();
+    assert_eq!(cfg.lycoris.target_modules, Some(TargetModules::list(["a", "b"])));
+    assert_eq!(cfg.to_json()["alpha"], 2.5);
+    assert!(warnings.iter().any(|w| w.contains("future_key")), "{warnings:?}");
+}
+
+#[test]
+fn architecture_defaults_and_mixed_batches() {
+    let _rng = rng();
+    let cfg = LokrConfig::default();
+    assert_eq!(cfg.default_target_modules("llama"), Some(TargetModules::list(["q_proj", "v_proj"])));
+    let (vs, n) = net();
+    let peft = PeftModel::new(n, &vs, config(&["lin0"], 2).boxed(), "default").unwrap();
+    let err = peft.row_adapters(&["default", "__base__"]).unwrap_err();
+    assert!(err.to_string().contains("not supported for LOKR"), "{err}");
+}
+
+#[test]
+fn a_file_of_another_rank_fails_naming_key_and_shapes() {
+    let _rng = rng();
+    let (vs, n) = net();
+    let peft = PeftModel::new(n, &vs, config(&["lin0"], 4).boxed(), "default").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    peft.save_pretrained(dir.path(), &SaveOptions::default()).unwrap();
+    let cfg = dir.path().join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("\"decompose_factor\": -1", "\"decompose_factor\": 2")).unwrap();
+    let (vs2, n2) = net();
+    let err = PeftModel::from_pretrained(n2, &vs2, dir.path(), LoadOptions::default()).unwrap_err();
+    match &err {
+        PeftError::ShapeMismatch { key, expected, found, .. } => {
+            assert_eq!(key, "base_model.model.lin0.lokr_w1");
+            assert_eq!((expected.as_slice(), found.as_slice()), (&[2, 2][..], &[4, 2][..]));
+        }
+        other => panic!("expected a shape mismatch, got {other:?}"),
+    }
+}
