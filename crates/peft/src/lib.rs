@@ -15,6 +15,8 @@ pub use peft_core as core;
 pub use peft_ia3 as ia3;
 #[cfg(feature = "lora")]
 pub use peft_lora as lora;
+#[cfg(feature = "vera")]
+pub use peft_vera as vera;
 
 /// The `peft_type`s of the methods linked into this program, sorted.
 pub fn linked_methods() -> Vec<&'static str> {
@@ -23,5 +25,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_lora::config::PEFT_TYPE;
     #[cfg(feature = "ia3")]
     let _ = peft_ia3::PEFT_TYPE;
+    #[cfg(feature = "vera")]
+    let _ = peft_vera::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
