@@ -241,6 +241,36 @@ impl TargetLayer {
     }
 }
 
+/// The `bias` option of methods other than LoRA, as PEFT reads it: `"none"`, `"all"`, or any
+/// `"<method>_only"` (`"vera_only"`, `"fourier_only"`, …: the biases of the adapted layers). Kept as written,
+/// so configs round-trip; [`BiasOption::mode`] interprets it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct BiasOption(pub String);
+
+impl Default for BiasOption {
+    fn default() -> Self {
+        Self("none".into())
+    }
+}
+
+impl BiasOption {
+    /// What the option selects.
+    ///
+    /// # Errors
+    /// Any other string (PEFT's "Requested bias: …, is not implemented.").
+    pub fn mode(&self) -> Result<BiasMode> {
+        match self.0.as_str() {
+            "none" => Ok(BiasMode::None),
+            "all" => Ok(BiasMode::All),
+            s if s.ends_with("_only") => Ok(BiasMode::AdaptedOnly),
+            s => Err(PeftError::Invalid(format!(
+                "Requested bias: {s}, is not implemented (use \"none\", \"all\" or \"<method>_only\")"
+            ))),
+        }
+    }
+}
+
 /// PEFT's `bias` option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum BiasMode {

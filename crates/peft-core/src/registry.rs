@@ -6,9 +6,9 @@
 //!
 //! ```
 //! let mut warnings = Vec::new();
-//! let err = peft_core::registry::config_from_str(r#"{"peft_type": "FOURIERFT", "n_frequency": 1000}"#, &mut warnings)
+//! let err = peft_core::registry::config_from_str(r#"{"peft_type": "HRA", "r": 8}"#, &mut warnings)
 //!     .unwrap_err();
-//! assert!(err.to_string().contains("peft-fourierft"));
+//! assert!(err.to_string().contains("peft-hra"));
 //! ```
 
 use crate::config::AdapterConfig;
@@ -152,7 +152,7 @@ pub fn tuner_class(peft_type: &str) -> Option<&'static str> {
 }
 
 /// The methods peft-rs ships (their crates exist).
-pub const SHIPPED: &[&str] = &["LORA", "IA3", "VERA"];
+pub const SHIPPED: &[&str] = &["LORA", "IA3", "VERA", "FOURIERFT"];
 
 /// The crate name for a method: `peft-` + the lower-cased type with `_` → `-` (`TRAINABLE_TOKENS` →
 /// `peft-trainable-tokens`).

@@ -1,6 +1,8 @@
 //! `VeraConfig`: PEFT 0.21.2's keys, defaults and checks, and the projections shared by an adapter's layers.
 
-use peft_core::config::{parse_method_config, unsupported_option, LayerInit, TargetLayer, TargetView};
+use peft_core::config::{
+    parse_method_config, unsupported_option, BiasOption, LayerInit, TargetLayer, TargetView,
+};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{
     defaults, ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
@@ -14,21 +16,6 @@ use tch::{Device, Kind, Tensor};
 
 /// `peft_type` of VeRA.
 pub const PEFT_TYPE: &str = "VERA";
-
-/// VeRA's `bias` option.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum VeraBias {
-    /// `"none"`.
-    #[default]
-    #[serde(rename = "none")]
-    None,
-    /// `"all"`: every bias of the model trains and is saved.
-    #[serde(rename = "all")]
-    All,
-    /// `"vera_only"`: the biases of the adapted layers.
-    #[serde(rename = "vera_only")]
-    VeraOnly,
-}
 
 /// PEFT 0.21.2's `VeraConfig`, field for field.
 ///
@@ -63,8 +50,8 @@ pub struct VeraConfig {
     pub d_initial: f64,
     /// The base weight is stored `(in, out)` (GPT-2's `Conv1D`); corrected from the layer type on injection.
     pub fan_in_fan_out: bool,
-    /// Which biases train with the adapter.
-    pub bias: VeraBias,
+    /// Which biases train with the adapter: `"none"`, `"all"` or `"vera_only"`.
+    pub bias: BiasOption,
     /// Extra modules trained and saved in full.
     pub modules_to_save: Option<Vec<String>>,
     /// PEFT's default init (`vera_lambda_b = 0`, `vera_lambda_d = d_initial`: the identity); `false` keeps
@@ -117,7 +104,7 @@ impl Default for VeraConfig {
             vera_dropout: 0.0,
             d_initial: 0.1,
             fan_in_fan_out: false,
-            bias: VeraBias::None,
+            bias: BiasOption::default(),
             modules_to_save: None,
             init_weights: true,
             layers_to_transform: None,
@@ -230,6 +217,7 @@ impl AdapterConfig for VeraConfig {
                 self.vera_dropout
             )));
         }
+        self.bias.mode()?;
         if self.projection_prng_key < 0 {
             return Err(unsupported_option(
                 PEFT_TYPE,
@@ -251,11 +239,7 @@ impl AdapterConfig for VeraConfig {
     }
 
     fn bias(&self) -> BiasMode {
-        match self.bias {
-            VeraBias::None => BiasMode::None,
-            VeraBias::All => BiasMode::All,
-            VeraBias::VeraOnly => BiasMode::AdaptedOnly,
-        }
+        self.bias.mode().unwrap_or(BiasMode::None)
     }
 
     fn check_new_adapter(&self, existing: &[(&str, &dyn AdapterConfig)]) -> Result<()> {

@@ -7,7 +7,7 @@
 
 use crate::config::{VeraConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
-use peft_core::layer::{all_finite, BaseLayer, ForwardCtx, MergeCtx, TunerLayer, WeightLike};
+use peft_core::layer::{merge_delta, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use peft_core::{PeftError, Result};
 use std::any::Any;
 use tch::{Device, Kind, Tensor};
@@ -184,13 +184,6 @@ impl VeraLayer {
         };
         tch::no_grad(f).map_err(torch("computing VeRA's delta weight"))
     }
-
-    fn weighted<'b>(&self, base: &'b mut dyn BaseLayer) -> Result<&'b mut dyn WeightLike> {
-        let module = self.module.clone();
-        base.as_weighted_mut().ok_or_else(|| {
-            PeftError::Invalid(format!("`{module}`: the base layer has no weight to merge VeRA into"))
-        })
-    }
 }
 
 impl TunerLayer for VeraLayer {
@@ -238,41 +231,11 @@ impl TunerLayer for VeraLayer {
     }
 
     fn merge(&mut self, base: &mut dyn BaseLayer, ctx: &MergeCtx<'_>) -> Result<()> {
-        let delta = self.delta_weight()?;
-        let w = self.weighted(base)?;
-        let weight = w.weight();
-        let merged = tch::no_grad(|| {
-            if ctx.safe || !w.weight_is_storage() {
-                weight.f_add(&delta)
-            } else {
-                let mut inplace = weight.shallow_clone();
-                inplace.f_add_(&delta).map(|_| inplace)
-            }
-        })
-        .map_err(torch("merging a VeRA adapter"))?;
-        if ctx.safe && !all_finite(&merged)? {
-            return Err(PeftError::NonFiniteMerge {
-                adapter: self.adapter.clone(),
-                module: self.module.clone(),
-            });
-        }
-        w.set_weight(&merged)
+        merge_delta(base, &self.delta_weight()?, ctx.safe, &self.adapter, &self.module)
     }
 
     fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()> {
-        let delta = self.delta_weight()?;
-        let w = self.weighted(base)?;
-        let weight = w.weight();
-        let restored = tch::no_grad(|| {
-            if w.weight_is_storage() {
-                let mut inplace = weight.shallow_clone();
-                inplace.f_sub_(&delta).map(|_| inplace)
-            } else {
-                weight.f_sub(&delta)
-            }
-        })
-        .map_err(torch("unmerging a VeRA adapter"))?;
-        w.set_weight(&restored)
+        unmerge_delta(base, &self.delta_weight()?, &self.module)
     }
 
     fn describe(&self) -> String {

@@ -61,7 +61,7 @@
 pub mod config;
 pub mod layer;
 
-pub use config::{Projections, SharedProjections, VeraBias, VeraConfig, PEFT_TYPE};
+pub use config::{Projections, SharedProjections, VeraConfig, PEFT_TYPE};
 pub use layer::VeraLayer;
 
 peft_core::register_method!(config::PEFT_TYPE, "peft-vera", config::parse_boxed);

@@ -11,6 +11,8 @@
 //! ```
 
 pub use peft_core as core;
+#[cfg(feature = "fourierft")]
+pub use peft_fourierft as fourierft;
 #[cfg(feature = "ia3")]
 pub use peft_ia3 as ia3;
 #[cfg(feature = "lora")]
@@ -27,5 +29,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_ia3::PEFT_TYPE;
     #[cfg(feature = "vera")]
     let _ = peft_vera::PEFT_TYPE;
+    #[cfg(feature = "fourierft")]
+    let _ = peft_fourierft::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
