@@ -152,7 +152,7 @@ pub fn tuner_class(peft_type: &str) -> Option<&'static str> {
 }
 
 /// The methods peft-rs ships (their crates exist).
-pub const SHIPPED: &[&str] = &["LORA", "IA3", "VERA", "FOURIERFT"];
+pub const SHIPPED: &[&str] = &["LORA", "IA3", "VERA", "FOURIERFT", "SHIRA"];
 
 /// The crate name for a method: `peft-` + the lower-cased type with `_` → `-` (`TRAINABLE_TOKENS` →
 /// `peft-trainable-tokens`).

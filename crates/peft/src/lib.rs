@@ -17,6 +17,8 @@ pub use peft_fourierft as fourierft;
 pub use peft_ia3 as ia3;
 #[cfg(feature = "lora")]
 pub use peft_lora as lora;
+#[cfg(feature = "shira")]
+pub use peft_shira as shira;
 #[cfg(feature = "vera")]
 pub use peft_vera as vera;
 
@@ -31,5 +33,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_vera::PEFT_TYPE;
     #[cfg(feature = "fourierft")]
     let _ = peft_fourierft::PEFT_TYPE;
+    #[cfg(feature = "shira")]
+    let _ = peft_shira::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
