@@ -1,5 +1,7 @@
-//! Gives this package's binaries, tests and examples an rpath to libtorch (see `peft-build`).
+//! Compiles `csrc/` (random draws from explicit generators) against the libtorch headers tch links, and
+//! gives this package's binaries, tests and examples an rpath to libtorch (see `peft-build`).
 
-fn main() {
+fn main() -> Result<(), String> {
     peft_build::link_libtorch();
+    peft_build::compile_cpp("peft_core_csrc", &["csrc/generator.cpp"])
 }

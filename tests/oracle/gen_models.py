@@ -41,7 +41,8 @@ LLAMA3_ROPE = dict(
 CASES = {
     "llama_causal": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM",
                      {"qv": dict(target_modules=["q_proj", "v_proj"]), "all": dict(target_modules="all-linear", r=2),
-                     "ia3": dict(method="IA3")}),
+                     "ia3": dict(method="IA3"), "vera": dict(method="VERA", r=8),
+                     "fourierft": dict(method="FOURIERFT", n_frequency=64, scaling=10.0)}),
     "llama3_rope_tied": (tf.LlamaConfig, dict(LLAMA, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True),
                          tf.LlamaForCausalLM, "CAUSAL_LM", {
                              "mlp": dict(target_modules=["gate_proj", "down_proj"]),
@@ -73,7 +74,8 @@ CASES = {
                                         pad_token_id=0, bos_token_id=1, eos_token_id=2), tf.GPT2LMHeadModel, "CAUSAL_LM",
                     {"attn": dict(target_modules=["c_attn"]), "mlp": dict(target_modules=["c_fc", "mlp.c_proj"], r=2),
                      "tokens": dict(target_modules=["c_attn"], trainable_token_indices={"wte": [5, 6, 7]}),
-                     "ia3": dict(method="IA3")}),
+                     "ia3": dict(method="IA3"), "vera": dict(method="VERA", r=8, target_modules=["c_attn", "c_fc"]),
+                     "fourierft": dict(method="FOURIERFT", n_frequency=64, scaling=10.0)}),
     "gpt2_seqcls": (tf.GPT2Config, dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                         pad_token_id=0, num_labels=2), tf.GPT2ForSequenceClassification, "SEQ_CLS",
                     {"attn": dict(target_modules=["c_attn"])}),

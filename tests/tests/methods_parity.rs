@@ -87,6 +87,9 @@ fn peft_saves_peft_rs_loads_same_outputs() {
 /// Adds `scale`·N(0, 1) to every adapter tensor (the `modules_to_save` copies included), in name order.
 fn perturb(peft: &PeftModel<TestModel>, scale: f64) {
     for (_, mut t) in sorted_vars(peft.adapter_var_store()) {
+        if !t.is_floating_point() {
+            continue; // positions (SHiRA's indices)
+        }
         let noise = Tensor::randn_like(&t) * scale;
         let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
     }
@@ -231,10 +234,17 @@ fn training_steps_give_peft_identical_adapter_weights() {
         }
         let final_weights = read_all(&d.join("final").join("adapter_model.safetensors"));
         let initial = read_all(&d.join("initial").join("adapter_model.safetensors"));
+        let mut trained = 0;
         for (k, v) in peft.adapter_state_dict("default").unwrap() {
-            assert_differs(&final_weights[&k], &initial[&k], 1e-6, &format!("{case}: {k} trained"));
+            // Frozen tensors saved with the adapter (VeRA's projections) stay as they were, in both.
+            if final_weights[&k].equal(&initial[&k]) {
+                assert_identical(&v, &initial[&k], &format!("{case}: frozen {k}"));
+                continue;
+            }
+            trained += 1;
             assert_close(&v, &final_weights[&k], 1e-6, &format!("{case}: trained {k}"));
         }
+        assert!(trained > 0, "{case}: nothing trained");
         record("train", meta["method"].as_str().unwrap(), &case);
     }
 }
@@ -246,7 +256,8 @@ fn peft_written_configs_parse_and_rewrite_byte_identical() {
         let text = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
         let mut warnings = vec![];
         let config = peft_core::registry::load_config(&dir, &mut warnings).unwrap();
-        assert!(warnings.is_empty(), "{name}: {warnings:?}");
+        // PEFT's own warnings (VeRA without saved projections, …) are expected; a dropped key is not.
+        assert!(warnings.iter().all(|w| !w.contains("unknown key")), "{name}: {warnings:?}");
         assert_eq!(
             to_config_file_text(config.as_ref()),
             text,

@@ -72,6 +72,35 @@ pub fn link_libtorch() {
     }
 }
 
+/// Compiles C++ sources against the libtorch headers tch links (C++17, the pip wheel's CXX11 ABI unless
+/// `LIBTORCH_CXX11_ABI` says otherwise) into a static library `name` linked into the calling package.
+/// Sources talk to Rust through a C ABI (tensors cross as `at::Tensor*`, which is tch's `C_tensor`).
+///
+/// # Errors
+/// libtorch's headers cannot be found.
+pub fn compile_cpp(name: &str, sources: &[&str]) -> Result<(), String> {
+    let lib = libtorch_lib_dir().ok_or("libtorch not found (run `cargo xtask setup`)")?;
+    let root = lib.parent().map(PathBuf::from).unwrap_or_default();
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .include(root.join("include"))
+        .include(root.join("include").join("torch").join("csrc").join("api").join("include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false);
+    for s in sources {
+        println!("cargo:rerun-if-changed={s}");
+        build.file(s);
+    }
+    build.compile(name);
+    Ok(())
+}
+
 fn has_lib(dir: &Path, name: &str) -> bool {
     dir.join(format!("lib{name}.so")).exists()
 }

@@ -75,6 +75,24 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// PEFT's `_pre_injection_hook`: called once per adapter after target matching and before any layer is
+    /// created, with every targeted layer and the adapters already on the model. Methods whose tensors
+    /// are shared by all their layers (VeRA's projections, sized by the largest targeted layer, made once
+    /// for the first adapter and reused by later ones) create or find them here and hand them to
+    /// [`AdapterConfig::create_layer`].
+    ///
+    /// # Errors
+    /// The method's reason (no compatible layer among the targets, …).
+    fn before_layers(
+        &mut self,
+        adapter: &str,
+        targets: &[TargetLayer],
+        existing: &[(&str, &dyn AdapterConfig)],
+    ) -> Result<()> {
+        let _ = (adapter, targets, existing);
+        Ok(())
+    }
+
     /// Whether a batch may route each row to its own adapter of this method (PEFT's `adapter_names`
     /// forward argument; LoRA). PEFT silently ignores the argument for other methods; peft-rs refuses.
     fn supports_mixed_batches(&self) -> bool {
@@ -176,6 +194,80 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
 impl Clone for Box<dyn AdapterConfig> {
     fn clone(&self) -> Self {
         self.clone_box()
+    }
+}
+
+/// A layer an adapter is about to be created on, as [`AdapterConfig::before_layers`] sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetLayer {
+    /// The PEFT module name.
+    pub name: String,
+    /// The PyTorch class name of the base (`"Linear"`, `"Conv1D"`, `"Conv2d"`, `"Embedding"`, …).
+    pub class: &'static str,
+    /// Which capability view the base offers.
+    pub view: TargetView,
+    /// Input features (channels, vocabulary size).
+    pub in_features: i64,
+    /// Output features (channels, embedding width).
+    pub out_features: i64,
+}
+
+/// The capability view of a [`TargetLayer`]'s base.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetView {
+    /// A linear layer (dense, GPT-2's `Conv1D` or quantized).
+    Linear,
+    /// A convolution.
+    Conv,
+    /// An embedding.
+    Embedding,
+    /// Something else.
+    Other,
+}
+
+impl TargetLayer {
+    /// The description of a base layer.
+    pub fn of(name: &str, base: &dyn BaseLayer) -> Self {
+        let (view, i, o) = if let Some(l) = base.as_linear() {
+            (TargetView::Linear, l.in_features(), l.out_features())
+        } else if let Some(c) = base.as_conv() {
+            (TargetView::Conv, c.in_channels(), c.out_channels())
+        } else if let Some(e) = base.as_embedding() {
+            (TargetView::Embedding, e.num_embeddings(), e.embedding_dim())
+        } else {
+            (TargetView::Other, 0, 0)
+        };
+        Self { name: name.to_string(), class: base.kind(), view, in_features: i, out_features: o }
+    }
+}
+
+/// The `bias` option of methods other than LoRA, as PEFT reads it: `"none"`, `"all"`, or any
+/// `"<method>_only"` (`"vera_only"`, `"fourier_only"`, …: the biases of the adapted layers). Kept as written,
+/// so configs round-trip; [`BiasOption::mode`] interprets it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct BiasOption(pub String);
+
+impl Default for BiasOption {
+    fn default() -> Self {
+        Self("none".into())
+    }
+}
+
+impl BiasOption {
+    /// What the option selects.
+    ///
+    /// # Errors
+    /// Any other string (PEFT's "Requested bias: …, is not implemented.").
+    pub fn mode(&self) -> Result<BiasMode> {
+        match self.0.as_str() {
+            "none" => Ok(BiasMode::None),
+            "all" => Ok(BiasMode::All),
+            s if s.ends_with("_only") => Ok(BiasMode::AdaptedOnly),
+            s => Err(PeftError::Invalid(format!(
+                "Requested bias: {s}, is not implemented (use \"none\", \"all\" or \"<method>_only\")"
+            ))),
+        }
     }
 }
 

@@ -868,6 +868,59 @@ pub fn all_finite(t: &Tensor) -> Result<bool> {
     ok.f_int64_value(&[]).map(|v| v != 0).map_err(PeftError::torch("checking for NaN/inf"))
 }
 
+/// Merges an additive update `delta` (in the base weight's layout and dtype) into the base weight, as PEFT's
+/// additive methods do (`weight.data += delta`): in place for dense weights; through
+/// [`WeightLike::set_weight`] for quantized storage (re-quantizing). With `safe`, the sum is computed on a
+/// copy and refused if it is not finite, leaving the weight as it was.
+///
+/// # Errors
+/// A base without a weight, [`PeftError::NonFiniteMerge`], a libtorch failure.
+pub fn merge_delta(
+    base: &mut dyn BaseLayer,
+    delta: &Tensor,
+    safe: bool,
+    adapter: &str,
+    module: &str,
+) -> Result<()> {
+    let kind = base.kind();
+    let w = base.as_weighted_mut().ok_or_else(|| {
+        PeftError::Invalid(format!("`{module}`: a {kind} layer has no weight to merge into"))
+    })?;
+    let weight = w.weight();
+    let merged = if safe || !w.weight_is_storage() {
+        tch::no_grad(|| weight.f_add(delta))
+    } else {
+        let mut inplace = weight.shallow_clone();
+        tch::no_grad(|| inplace.f_add_(delta)).map(|_| inplace)
+    }
+    .map_err(PeftError::torch("merging an adapter into the base weight"))?;
+    if safe && !all_finite(&merged)? {
+        return Err(PeftError::NonFiniteMerge { adapter: adapter.to_string(), module: module.to_string() });
+    }
+    w.set_weight(&merged)
+}
+
+/// The inverse of [`merge_delta`] (`weight.data -= delta`).
+///
+/// # Errors
+/// A base without a weight, a libtorch failure.
+pub fn unmerge_delta(base: &mut dyn BaseLayer, delta: &Tensor, module: &str) -> Result<()> {
+    let kind = base.kind();
+    let w = base.as_weighted_mut().ok_or_else(|| {
+        PeftError::Invalid(format!("`{module}`: a {kind} layer has no weight to unmerge from"))
+    })?;
+    let weight = w.weight();
+    let torch = PeftError::torch("unmerging an adapter from the base weight");
+    let restored = if w.weight_is_storage() {
+        let mut inplace = weight.shallow_clone();
+        let _ = tch::no_grad(|| inplace.f_sub_(delta)).map_err(torch)?;
+        inplace
+    } else {
+        tch::no_grad(|| weight.f_sub(delta)).map_err(torch)?
+    };
+    w.set_weight(&restored)
+}
+
 /// Whether autograd records operations on this thread (`torch.is_grad_enabled()`): false inside
 /// `tch::no_grad`. Variants that act only while a graph is built (VeLoRA) ask this.
 pub fn grad_enabled() -> bool {

@@ -28,11 +28,12 @@ pub mod model;
 pub mod modules_to_save;
 pub mod nn;
 pub mod registry;
+pub mod rng;
 pub mod status;
 pub mod trainable_tokens;
 
 pub use adaptable::Adaptable;
-pub use config::{AdapterConfig, BiasMode, LayerInit};
+pub use config::{AdapterConfig, BiasMode, LayerInit, TargetLayer, TargetView};
 pub use error::{PeftError, Result};
 pub use layer::{
     AdaptableLayer, AdaptedLayer, AdapterSlots, BaseLayer, ConvGeometry, ConvLike, EmbeddingLike, ForwardCtx,

@@ -369,6 +369,15 @@ impl<M: Adaptable> PeftModel<M> {
             self.warn(format!("adapter `{name}`: exclude_modules entry {entry:?} excluded nothing"));
         }
         let targeted: BTreeSet<String> = report.targeted.into_iter().collect();
+        let mut target_layers = Vec::new();
+        self.model.visit_layers(&mut |l| {
+            if targeted.contains(l.name()) {
+                target_layers.push(crate::config::TargetLayer::of(l.name(), l.base()));
+            }
+        });
+        let existing: Vec<(&str, &dyn AdapterConfig)> =
+            self.configs.iter().map(|(n, c)| (n.as_str(), c.as_ref())).collect();
+        config.before_layers(name, &target_layers, &existing)?;
         let trainable = !config.common().inference_mode;
         let mut warnings = Vec::new();
         let vs_root = self.adapter_vs.root();
@@ -1232,7 +1241,8 @@ impl<M: Adaptable> PeftModel<M> {
             let mut per_layer: BTreeMap<String, BTreeMap<String, Tensor>> = BTreeMap::new();
             let mut unexpected = Vec::new();
             for (file_key, tensor) in views {
-                let key = if file_key.starts_with(PEFT_PREFIX) {
+                // Model-level keys (`base_model.vera_A`) are kept as they are.
+                let key = if file_key.starts_with(PEFT_PREFIX) || places.contains_key(file_key.as_str()) {
                     file_key.clone()
                 } else {
                     format!("{PEFT_PREFIX}{file_key}")
@@ -1361,7 +1371,8 @@ impl<M: Adaptable> PeftModel<M> {
         for lt in file {
             // Files written by `inject_adapter_in_model` (transformers/diffusers integrations) lack the
             // `base_model.model.` prefix.
-            let key = if lt.key.starts_with(PEFT_PREFIX) {
+            // Model-level keys (`base_model.vera_A`) are kept as they are.
+            let key = if lt.key.starts_with(PEFT_PREFIX) || expected.contains_key(&lt.key) {
                 lt.key.clone()
             } else {
                 format!("{PEFT_PREFIX}{}", lt.key)

@@ -6,9 +6,9 @@
 //!
 //! ```
 //! let mut warnings = Vec::new();
-//! let err = peft_core::registry::config_from_str(r#"{"peft_type": "VERA", "r": 256}"#, &mut warnings)
+//! let err = peft_core::registry::config_from_str(r#"{"peft_type": "BOFT", "boft_block_size": 4}"#, &mut warnings)
 //!     .unwrap_err();
-//! assert!(err.to_string().contains("peft-vera"));
+//! assert!(err.to_string().contains("peft-boft"));
 //! ```
 
 use crate::config::AdapterConfig;
@@ -152,7 +152,8 @@ pub fn tuner_class(peft_type: &str) -> Option<&'static str> {
 }
 
 /// The methods peft-rs ships (their crates exist).
-pub const SHIPPED: &[&str] = &["LORA", "IA3", "OFT", "ADALORA", "HRA", "ROAD", "BEFT", "LOHA", "LOKR"];
+pub const SHIPPED: &[&str] =
+    &["LORA", "IA3", "OFT", "ADALORA", "HRA", "ROAD", "BEFT", "LOHA", "LOKR", "VERA", "FOURIERFT", "SHIRA"];
 
 /// The crate name for a method: `peft-` + the lower-cased type with `_` → `-` (`TRAINABLE_TOKENS` →
 /// `peft-trainable-tokens`).

@@ -10,25 +10,31 @@
 //! assert!(linked.contains(&"LORA") && linked.contains(&"IA3"));
 //! ```
 
+#[cfg(feature = "adalora")]
+pub use peft_adalora as adalora;
+#[cfg(feature = "beft")]
+pub use peft_beft as beft;
 pub use peft_core as core;
+#[cfg(feature = "fourierft")]
+pub use peft_fourierft as fourierft;
+#[cfg(feature = "hra")]
+pub use peft_hra as hra;
 #[cfg(feature = "ia3")]
 pub use peft_ia3 as ia3;
 #[cfg(feature = "loha")]
 pub use peft_loha as loha;
 #[cfg(feature = "lokr")]
 pub use peft_lokr as lokr;
-#[cfg(feature = "beft")]
-pub use peft_beft as beft;
-#[cfg(feature = "road")]
-pub use peft_road as road;
-#[cfg(feature = "hra")]
-pub use peft_hra as hra;
-#[cfg(feature = "adalora")]
-pub use peft_adalora as adalora;
 #[cfg(feature = "lora")]
 pub use peft_lora as lora;
 #[cfg(feature = "oft")]
 pub use peft_oft as oft;
+#[cfg(feature = "road")]
+pub use peft_road as road;
+#[cfg(feature = "shira")]
+pub use peft_shira as shira;
+#[cfg(feature = "vera")]
+pub use peft_vera as vera;
 
 /// The `peft_type`s of the methods linked into this program, sorted.
 pub fn linked_methods() -> Vec<&'static str> {
@@ -51,5 +57,11 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_adalora::PEFT_TYPE;
     #[cfg(feature = "oft")]
     let _ = peft_oft::PEFT_TYPE;
+    #[cfg(feature = "vera")]
+    let _ = peft_vera::PEFT_TYPE;
+    #[cfg(feature = "fourierft")]
+    let _ = peft_fourierft::PEFT_TYPE;
+    #[cfg(feature = "shira")]
+    let _ = peft_shira::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }

@@ -1,0 +1,78 @@
+// Random draws from an explicit CPU generator (PyTorch's `torch.Generator().manual_seed(seed)`), which tch
+// does not expose. Methods that seed their own generator (VeRA's projections, FourierFT's frequency
+// locations, ...) draw exactly the numbers PEFT draws without touching libtorch's global generator.
+//
+// C ABI: tensors cross as `at::Tensor*` (tch's `C_tensor`); results are heap-allocated tensors owned by
+// the caller; errors come back as a malloc'ed message freed with peft_core_free_error.
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+
+namespace {
+
+char* rng_error(const char* what) {
+  const size_t len = std::strlen(what);
+  char* msg = static_cast<char*>(std::malloc(len + 1));
+  if (msg != nullptr) std::memcpy(msg, what, len + 1);
+  return msg;
+}
+
+at::Generator& gen_of(void* g) { return *static_cast<at::Generator*>(g); }
+
+template <typename F>
+char* guarded(F&& f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return rng_error(e.what());
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// A fresh CPU generator seeded with `seed` (the state torch.Generator().manual_seed(seed) has).
+void* peft_core_generator_new(uint64_t seed) {
+  try {
+    return new at::Generator(at::make_generator<at::CPUGeneratorImpl>(seed));
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void peft_core_generator_free(void* g) { delete static_cast<at::Generator*>(g); }
+
+// tensor.uniform_(from, to, generator=g)
+char* peft_core_uniform_(at::Tensor* t, double from, double to, void* g) {
+  return guarded([&] { t->uniform_(from, to, gen_of(g)); });
+}
+
+// tensor.normal_(mean, std, generator=g)
+char* peft_core_normal_(at::Tensor* t, double mean, double std, void* g) {
+  return guarded([&] { t->normal_(mean, std, gen_of(g)); });
+}
+
+// torch.randperm(n, generator=g) (int64, CPU)
+char* peft_core_randperm(int64_t n, void* g, at::Tensor** out) {
+  return guarded([&] { *out = new at::Tensor(at::randperm(n, gen_of(g), at::TensorOptions().dtype(at::kLong))); });
+}
+
+// torch.rand(shape, generator=g) (f32, CPU)
+char* peft_core_rand(const int64_t* shape, size_t ndim, void* g, at::Tensor** out) {
+  return guarded([&] { *out = new at::Tensor(at::rand(at::IntArrayRef(shape, ndim), gen_of(g), at::TensorOptions())); });
+}
+
+// torch.randn(shape, generator=g) (f32, CPU)
+char* peft_core_randn(const int64_t* shape, size_t ndim, void* g, at::Tensor** out) {
+  return guarded([&] { *out = new at::Tensor(at::randn(at::IntArrayRef(shape, ndim), gen_of(g), at::TensorOptions())); });
+}
+
+void peft_core_free_error(char* msg) { std::free(msg); }
+
+}  // extern "C"

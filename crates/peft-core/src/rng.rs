@@ -1,0 +1,158 @@
+//! Random draws from an explicit, seeded CPU generator — PyTorch's `torch.Generator().manual_seed(seed)`.
+//!
+//! Several PEFT methods seed a generator of their own instead of the global one: VeRA and RandLoRA draw
+//! their shared projections from `projection_prng_key`, FourierFT and WaveFT their coefficient locations
+//! from `random_loc_seed`, SHiRA its mask from `random_seed`. tch exposes only the global generator, so
+//! this module calls libtorch's own generator through a small C++ shim (`csrc/generator.cpp`): the numbers
+//! are PyTorch's, and libtorch's global generator is left untouched, as in Python.
+//!
+//! ```
+//! use peft_core::rng::Generator;
+//! use tch::{Device, Kind, Tensor};
+//!
+//! let mut g = Generator::new(0)?;
+//! let a = g.randperm(10)?;
+//! let b = Generator::new(0)?.randperm(10)?;
+//! assert!(a.equal(&b)); // same seed, same permutation
+//! let mut t = Tensor::zeros([3, 4], (Kind::Float, Device::Cpu));
+//! g.uniform_(&mut t, -1.0, 1.0)?;
+//! # Ok::<(), peft_core::PeftError>(())
+//! ```
+
+use crate::error::{PeftError, Result};
+use std::ffi::{c_char, c_void, CStr};
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn peft_core_generator_new(seed: u64) -> *mut c_void;
+    fn peft_core_generator_free(g: *mut c_void);
+    fn peft_core_uniform_(t: *mut C_tensor, from: f64, to: f64, g: *mut c_void) -> *mut c_char;
+    fn peft_core_normal_(t: *mut C_tensor, mean: f64, std: f64, g: *mut c_void) -> *mut c_char;
+    fn peft_core_randperm(n: i64, g: *mut c_void, out: *mut *mut C_tensor) -> *mut c_char;
+    fn peft_core_rand(shape: *const i64, ndim: usize, g: *mut c_void, out: *mut *mut C_tensor) -> *mut c_char;
+    fn peft_core_randn(shape: *const i64, ndim: usize, g: *mut c_void, out: *mut *mut C_tensor) -> *mut c_char;
+    fn peft_core_free_error(msg: *mut c_char);
+}
+
+/// A libtorch CPU generator (`torch.Generator`), seeded once.
+#[derive(Debug)]
+pub struct Generator {
+    ptr: *mut c_void,
+}
+
+// SAFETY: the generator is owned by this value and libtorch locks it during each draw.
+unsafe impl Send for Generator {}
+
+fn check(err: *mut c_char, what: &str) -> Result<()> {
+    if err.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a NUL-terminated string allocated by the C++ side, freed exactly once here.
+    let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    unsafe { peft_core_free_error(err) };
+    Err(PeftError::Invalid(format!("{what}: {msg}")))
+}
+
+impl Generator {
+    /// `torch.Generator(device="cpu").manual_seed(seed)`.
+    ///
+    /// # Errors
+    /// libtorch could not create the generator.
+    pub fn new(seed: u64) -> Result<Self> {
+        // SAFETY: returns an owned generator or null.
+        let ptr = unsafe { peft_core_generator_new(seed) };
+        if ptr.is_null() {
+            return Err(PeftError::Invalid("libtorch could not create a CPU generator".into()));
+        }
+        Ok(Self { ptr })
+    }
+
+    /// `t.uniform_(from, to, generator=self)` in place.
+    ///
+    /// # Errors
+    /// libtorch's error (e.g. a tensor that is not on the CPU).
+    pub fn uniform_(&mut self, t: &mut Tensor, from: f64, to: f64) -> Result<()> {
+        // SAFETY: a live tensor and generator for the duration of the call.
+        check(unsafe { peft_core_uniform_(t.as_mut_ptr(), from, to, self.ptr) }, "uniform_ with a generator")
+    }
+
+    /// `t.normal_(mean, std, generator=self)` in place.
+    ///
+    /// # Errors
+    /// libtorch's error.
+    pub fn normal_(&mut self, t: &mut Tensor, mean: f64, std: f64) -> Result<()> {
+        // SAFETY: as above.
+        check(unsafe { peft_core_normal_(t.as_mut_ptr(), mean, std, self.ptr) }, "normal_ with a generator")
+    }
+
+    fn make(&mut self, what: &str, f: impl FnOnce(*mut c_void, *mut *mut C_tensor) -> *mut c_char) -> Result<Tensor> {
+        let mut out: *mut C_tensor = std::ptr::null_mut();
+        check(f(self.ptr, &mut out), what)?;
+        // SAFETY: on success `out` is a fresh `at::Tensor*` whose ownership passes to the Rust tensor.
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+
+    /// `torch.randperm(n, generator=self)` (int64).
+    ///
+    /// # Errors
+    /// libtorch's error (a negative `n`).
+    pub fn randperm(&mut self, n: i64) -> Result<Tensor> {
+        // SAFETY: the C++ side writes a new tensor or returns an error.
+        self.make("randperm with a generator", |g, out| unsafe { peft_core_randperm(n, g, out) })
+    }
+
+    /// `torch.rand(shape, generator=self)` (f32).
+    ///
+    /// # Errors
+    /// libtorch's error.
+    pub fn rand(&mut self, shape: &[i64]) -> Result<Tensor> {
+        // SAFETY: `shape` outlives the call.
+        self.make("rand with a generator", |g, out| unsafe {
+            peft_core_rand(shape.as_ptr(), shape.len(), g, out)
+        })
+    }
+
+    /// `torch.randn(shape, generator=self)` (f32).
+    ///
+    /// # Errors
+    /// libtorch's error.
+    pub fn randn(&mut self, shape: &[i64]) -> Result<Tensor> {
+        // SAFETY: `shape` outlives the call.
+        self.make("randn with a generator", |g, out| unsafe {
+            peft_core_randn(shape.as_ptr(), shape.len(), g, out)
+        })
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        // SAFETY: owned, freed once.
+        unsafe { peft_core_generator_free(self.ptr) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// Values printed by PyTorch 2.13 for `g = torch.Generator().manual_seed(7)`: `torch.randperm(8,
+    /// generator=g)`, then `torch.empty(3).uniform_(-1, 1, generator=g)`, then `torch.randn(3, generator=g)`.
+    #[test]
+    fn draws_equal_pytorchs_for_the_same_seed_and_leave_the_global_generator_alone() {
+        tch::manual_seed(0);
+        let mut g = Generator::new(7).unwrap();
+        let p: Vec<i64> = Vec::try_from(g.randperm(8).unwrap()).unwrap();
+        assert_eq!(p, [7, 0, 3, 4, 1, 5, 2, 6]);
+        let mut u = Tensor::empty([3], (Kind::Float, Device::Cpu));
+        g.uniform_(&mut u, -1.0, 1.0).unwrap();
+        let u: Vec<f32> = Vec::try_from(u).unwrap();
+        assert_eq!(u, [0.259_472_73, -0.269_367_7, 0.702_536_7]);
+        let n: Vec<f32> = Vec::try_from(g.randn(&[3]).unwrap()).unwrap();
+        assert_eq!(n, [0.445_742_4, -0.706_832_47, -1.574_967_7]);
+        // torch.manual_seed(0); torch.rand(2): the global generator did not move.
+        let r: Vec<f32> = Vec::try_from(Tensor::rand([2], (Kind::Float, Device::Cpu))).unwrap();
+        assert_eq!(r, [0.496_256_6, 0.768_221_8]);
+    }
+}

@@ -1,0 +1,225 @@
+//! `FourierFTConfig`: PEFT 0.21.2's keys, defaults and checks.
+
+use indexmap::IndexMap;
+use peft_core::config::{parse_method_config, unsupported_option, BiasOption, LayerInit};
+use peft_core::peft_config::targets::{dedupe_lists, full_match};
+use peft_core::peft_config::{
+    defaults, ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
+};
+use peft_core::{AdapterConfig, BiasMode, PeftError, Result, TunerLayer};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// `peft_type` of FourierFT.
+pub const PEFT_TYPE: &str = "FOURIERFT";
+
+/// PEFT 0.21.2's `FourierFTConfig`, field for field.
+///
+/// ```
+/// use peft_core::peft_config::TargetModules;
+/// use peft_fourierft::FourierFtConfig;
+///
+/// let config = FourierFtConfig {
+///     n_frequency: 200,
+///     target_modules: Some(TargetModules::list(["q_proj", "v_proj"])),
+///     ..FourierFtConfig::default()
+/// };
+/// assert_eq!((config.scaling, config.random_loc_seed), (150.0, Some(777)));
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FourierFtConfig {
+    /// `peft_type`, `task_type`, `base_model_name_or_path`, `revision`, `inference_mode`, …
+    #[serde(flatten)]
+    pub common: PeftConfigCommon,
+    /// Learned spectral coefficients per layer.
+    pub n_frequency: i64,
+    /// The factor the inverse FFT is multiplied by.
+    pub scaling: f64,
+    /// The seed of the generator that picks the coefficients' locations (they are not saved: the same seed
+    /// gives the same locations).
+    pub random_loc_seed: Option<i64>,
+    /// The base weight is stored `(in, out)` (GPT-2's `Conv1D`); corrected from the layer type on injection.
+    pub fan_in_fan_out: bool,
+    /// Modules to adapt: names / dotted suffixes, a full-match regex, or `"all-linear"`.
+    pub target_modules: Option<TargetModules>,
+    /// Modules never to adapt.
+    pub exclude_modules: Option<TargetModules>,
+    /// Which biases train with the adapter: `"none"`, `"all"` or `"fourier_only"`.
+    pub bias: BiasOption,
+    /// Extra modules trained and saved in full.
+    pub modules_to_save: Option<Vec<String>>,
+    /// Only adapt layers with these indices.
+    pub layers_to_transform: Option<LayerIndices>,
+    /// The name of the layer list `layers_to_transform` indexes into.
+    pub layers_pattern: Option<LayersPattern>,
+    /// Per-module `n_frequency`: `{name: n}`; an entry applies to a module whose name ends with `.<name>`
+    /// (the first such entry in order), or whose full name is `<name>`.
+    pub n_frequency_pattern: IndexMap<String, i64>,
+    /// Start the spectrum at zero (the identity); `false` (PEFT's default) keeps the N(0, 1) draw.
+    pub init_weights: bool,
+}
+
+impl Default for FourierFtConfig {
+    fn default() -> Self {
+        Self {
+            common: PeftConfigCommon::new(PEFT_TYPE),
+            n_frequency: 1000,
+            scaling: 150.0,
+            random_loc_seed: Some(777),
+            fan_in_fan_out: false,
+            target_modules: None,
+            exclude_modules: None,
+            bias: BiasOption::default(),
+            modules_to_save: None,
+            layers_to_transform: None,
+            layers_pattern: None,
+            n_frequency_pattern: IndexMap::new(),
+            init_weights: false,
+        }
+    }
+}
+
+impl FourierFtConfig {
+    /// Parses PEFT's JSON with `FourierFTConfig.__post_init__`'s checks.
+    ///
+    /// # Errors
+    /// Invalid values or option combinations PEFT rejects.
+    pub fn from_json_map(
+        map: Map<String, Value>,
+        location: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<Self> {
+        let mut config: Self =
+            parse_method_config(map, PEFT_TYPE, location, warnings, |c: &mut Self| &mut c.common)?;
+        dedupe_lists([&mut config.target_modules, &mut config.exclude_modules]);
+        config.check(location)?;
+        Ok(config)
+    }
+
+    /// Parses `adapter_config.json` text.
+    ///
+    /// # Errors
+    /// As [`FourierFtConfig::from_json_map`].
+    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
+        let location = peft_core::peft_config::error::IN_MEMORY;
+        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
+        Self::from_json_map(map, location, warnings)
+    }
+
+    fn check(&self, location: &str) -> Result<()> {
+        let bad = |message: &str| -> PeftError {
+            ConfigError::Inconsistent { location: location.to_string(), message: message.to_string() }.into()
+        };
+        if matches!(self.target_modules, Some(TargetModules::Regex(_))) {
+            if self.layers_to_transform.is_some() {
+                return Err(bad("`layers_to_transform` cannot be used when `target_modules` is a str."));
+            }
+            if self.layers_pattern.is_some() {
+                return Err(bad("`layers_pattern` cannot be used when `target_modules` is a str."));
+            }
+        }
+        let pattern_set = match &self.layers_pattern {
+            Some(LayersPattern::One(s)) => !s.is_empty(),
+            Some(LayersPattern::Many(v)) => !v.is_empty(),
+            None => false,
+        };
+        if pattern_set && self.layers_to_transform.is_none() {
+            return Err(bad(
+                "When `layers_pattern` is specified, `layers_to_transform` must also be specified.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The number of coefficients for module `key`, as PEFT picks it: the first `n_frequency_pattern`
+    /// entry `p` with `re.match(".*\.p$", key)`, else the entry named exactly `key`, else `n_frequency`.
+    ///
+    /// # Errors
+    /// An entry that is not a valid regex.
+    pub fn n_frequency_for(&self, key: &str) -> Result<i64> {
+        for (pattern, n) in &self.n_frequency_pattern {
+            if full_match("n_frequency_pattern", &format!(r".*\.{pattern}"), key)? {
+                return Ok(*n);
+            }
+        }
+        Ok(self.n_frequency_pattern.get(key).copied().unwrap_or(self.n_frequency))
+    }
+
+    /// Boxes the config for [`peft_core::PeftModel`].
+    pub fn boxed(self) -> Box<dyn AdapterConfig> {
+        Box::new(self)
+    }
+}
+
+impl AdapterConfig for FourierFtConfig {
+    peft_core::adapter_config_boilerplate!();
+
+    fn target_spec(&self) -> TargetSpec<'_> {
+        TargetSpec {
+            target_modules: self.target_modules.as_ref(),
+            exclude_modules: self.exclude_modules.as_ref(),
+            layers_to_transform: self.layers_to_transform.as_ref(),
+            layers_pattern: self.layers_pattern.as_ref(),
+            modules_to_save: self.modules_to_save.as_deref(),
+            ..TargetSpec::default()
+        }
+    }
+
+    fn set_target_modules(&mut self, targets: TargetModules) {
+        self.target_modules = Some(targets);
+    }
+
+    fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.check(peft_core::peft_config::error::IN_MEMORY)?;
+        self.bias.mode()?;
+        match self.random_loc_seed {
+            None => {
+                return Err(unsupported_option(
+                    PEFT_TYPE,
+                    "random_loc_seed",
+                    &Value::Null,
+                    "the coefficient locations are drawn from a generator seeded with it (PEFT fails without one)",
+                ))
+            }
+            Some(s) if s < 0 => {
+                return Err(unsupported_option(PEFT_TYPE, "random_loc_seed", &Value::from(s), "a negative seed"))
+            }
+            Some(_) => {}
+        }
+        for p in self.n_frequency_pattern.keys() {
+            full_match("n_frequency_pattern", &format!(r".*\.{p}"), "")?;
+        }
+        Ok(())
+    }
+
+    fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
+        defaults::target_modules(PEFT_TYPE, model_type)
+    }
+
+    fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
+        self.modules_to_save = Some(modules);
+        true
+    }
+
+    fn bias(&self) -> BiasMode {
+        self.bias.mode().unwrap_or(BiasMode::None)
+    }
+
+    fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
+        crate::layer::FourierFtLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
+    }
+}
+
+/// The registry's parser for `peft_type: "FOURIERFT"`.
+pub(crate) fn parse_boxed(
+    map: Map<String, Value>,
+    location: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Box<dyn AdapterConfig>> {
+    FourierFtConfig::from_json_map(map, location, warnings).map(FourierFtConfig::boxed)
+}

@@ -1,0 +1,255 @@
+//! VeRA on one linear layer: `y = base(x) + λ_b ⊙ (B_s · (λ_d ⊙ (A_s · dropout(x))))`, with `A_s = vera_A[:, :in]`
+//! `(r, in)` and `B_s = vera_B[:out, :]` `(out, r)` slices of projections shared by all the adapter's layers
+//! (frozen, random), and the trained vectors `vera_lambda_d` `(r)` and `vera_lambda_b` `(out)`.
+//!
+//! The delta weight is `(λ_b · B_s) @ (λ_d · A_s)` (transposed for `fan_in_fan_out`), computed in f32 on
+//! the CPU for half-precision adapters, as PEFT does.
+
+use crate::config::{VeraConfig, PEFT_TYPE};
+use peft_core::config::LayerInit;
+use peft_core::layer::{merge_delta, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
+use peft_core::{PeftError, Result};
+use std::any::Any;
+use tch::{Device, Kind, Tensor};
+
+/// One VeRA adapter on one layer (PEFT's `vera.Linear`, also for GPT-2's `Conv1D`).
+#[derive(Debug)]
+pub struct VeraLayer {
+    adapter: String,
+    module: String,
+    fan_in_fan_out: bool,
+    in_features: i64,
+    out_features: i64,
+    r: i64,
+    dropout: f64,
+    lambda_b: Tensor,
+    lambda_d: Tensor,
+    /// The shared projections (shallow clones of one tensor per adapter).
+    vera_a: Tensor,
+    vera_b: Tensor,
+    /// This layer holds the shared projections in the var store and saves them (the first layer of the
+    /// adapter, with `save_projection`).
+    owns_projections: bool,
+}
+
+fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
+    PeftError::torch(what)
+}
+
+impl VeraLayer {
+    /// Creates the adapter as PEFT's `update_layer`: `vera_lambda_b = ones(out)`, `vera_lambda_d = randn(r)`
+    /// (drawn from the global generator in that order), reset to `0` / `d_initial` with `init_weights`,
+    /// then moved to the base layer's device and dtype; the shared projections are placed by the first
+    /// layer and reused by the others.
+    ///
+    /// # Errors
+    /// [`PeftError::UnsupportedLayer`] for anything but linear layers and `Conv1D`; projections too small
+    /// for the layer.
+    pub fn create(config: &mut VeraConfig, ctx: &mut LayerInit<'_, '_>) -> Result<Self> {
+        let Some(lin) = ctx.base.as_linear() else {
+            return Err(ctx.unsupported(
+                PEFT_TYPE,
+                "only `torch.nn.Linear` (optionally quantized) and `transformers.pytorch_utils.Conv1D` are supported",
+            ));
+        };
+        let (in_features, out_features, fifo) = (lin.in_features(), lin.out_features(), lin.fan_in_fan_out());
+        if config.fan_in_fan_out != fifo {
+            ctx.warn(if fifo {
+                "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True."
+            } else {
+                "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False."
+            });
+            config.fan_in_fan_out = fifo;
+        }
+        let r = config.r;
+        let shared = config.projections.0.clone().ok_or_else(|| {
+            PeftError::Invalid("VeRA's projections were not created before its layers".into())
+        })?;
+        let mut lambda_b = Tensor::f_ones([out_features], (Kind::Float, Device::Cpu))
+            .map_err(torch("initialising vera_lambda_b"))?;
+        let mut lambda_d =
+            Tensor::f_randn([r], (Kind::Float, Device::Cpu)).map_err(torch("initialising vera_lambda_d"))?;
+        if config.init_weights {
+            tch::no_grad(|| -> std::result::Result<(), tch::TchError> {
+                let _ = lambda_d.f_zero_()?.f_fill_(config.d_initial)?;
+                let _ = lambda_b.f_zero_()?;
+                Ok(())
+            })
+            .map_err(torch("initialising VeRA's vectors"))?;
+        }
+        let adapter = ctx.adapter_name.to_string();
+        let lambda_b = (&ctx.path / "vera_lambda_b").add(&adapter, ctx.place(lambda_b)?, true);
+        let lambda_d = (&ctx.path / "vera_lambda_d").add(&adapter, ctx.place(lambda_d)?, true);
+        let mut p =
+            shared.lock().map_err(|_| PeftError::Invalid("VeRA's projections are poisoned".into()))?;
+        let (a_size, b_size) = (p.a.size(), p.b.size());
+        let too_small = |name: &str, has: i64, needs: i64, why: &str| {
+            PeftError::Invalid(format!(
+                "`{}`: {name} has a size of {has} but {needs} or greater is required; this probably happened because \
+                 an additional VeRA adapter {why} was added after the first one",
+                ctx.module_name
+            ))
+        };
+        if a_size[1] < in_features {
+            return Err(too_small("vera_A", a_size[1], in_features, "with incompatible shapes"));
+        }
+        if b_size[0] < out_features {
+            return Err(too_small("vera_B", b_size[0], out_features, "with incompatible shapes"));
+        }
+        if a_size[0] != r || b_size[1] != r {
+            // PEFT refuses a higher rank here and fails in the forward pass for a lower one.
+            return Err(PeftError::Invalid(format!(
+                "`{}`: the VeRA adapters of a model share the projections of the first one, of rank {}; adapter `{}` \
+                 asks for r={r}",
+                ctx.module_name, a_size[0], ctx.adapter_name
+            )));
+        }
+        if !p.placed {
+            p.a = ctx.place(p.a.shallow_clone())?;
+            p.b = ctx.place(p.b.shallow_clone())?;
+            p.placed = true;
+        }
+        // The first layer of each adapter saves the projections for it (with `save_projection`).
+        let owns_projections = config.save_projection && !p.owners.iter().any(|o| o == ctx.adapter_name);
+        if owns_projections {
+            p.owners.push(ctx.adapter_name.to_string());
+        }
+        let (vera_a, vera_b) = if owns_projections {
+            // Registered (frozen) once, under the owning layer, so the var store holds them once.
+            (
+                (&ctx.path / "vera_A").add(&adapter, p.a.shallow_clone(), false),
+                (&ctx.path / "vera_B").add(&adapter, p.b.shallow_clone(), false),
+            )
+        } else {
+            (p.a.shallow_clone(), p.b.shallow_clone())
+        };
+        Ok(Self {
+            adapter,
+            module: ctx.module_name.to_string(),
+            fan_in_fan_out: fifo,
+            in_features,
+            out_features,
+            r,
+            dropout: config.vera_dropout,
+            lambda_b,
+            lambda_d,
+            vera_a,
+            vera_b,
+            owns_projections,
+        })
+    }
+
+    /// `vera_lambda_b`, `(out)`.
+    pub fn lambda_b(&self) -> &Tensor {
+        &self.lambda_b
+    }
+
+    /// `vera_lambda_d`, `(r)`.
+    pub fn lambda_d(&self) -> &Tensor {
+        &self.lambda_d
+    }
+
+    /// The shared projections `(vera_A, vera_B)` (the whole tensors, not this layer's slices).
+    pub fn projections(&self) -> (&Tensor, &Tensor) {
+        (&self.vera_a, &self.vera_b)
+    }
+
+    fn sliced(&self) -> (Tensor, Tensor) {
+        (self.vera_a.narrow(1, 0, self.in_features), self.vera_b.narrow(0, 0, self.out_features))
+    }
+
+    /// PEFT's `get_delta_weight`: `(λ_b · B_s) @ (λ_d · A_s)` in the base weight's layout.
+    ///
+    /// # Errors
+    /// A libtorch failure.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        let kind = self.vera_b.kind();
+        let cast = self.vera_b.device() == Device::Cpu && matches!(kind, Kind::Half | Kind::BFloat16);
+        let f = || -> std::result::Result<Tensor, tch::TchError> {
+            let (mut a, mut b) = self.sliced();
+            let (mut ld, mut lb) = (self.lambda_d.shallow_clone(), self.lambda_b.shallow_clone());
+            if cast {
+                a = a.f_to_kind(Kind::Float)?;
+                b = b.f_to_kind(Kind::Float)?;
+                ld = ld.f_to_kind(Kind::Float)?;
+                lb = lb.f_to_kind(Kind::Float)?;
+            }
+            let out = lb.f_unsqueeze(-1)?.f_mul(&b)?.f_matmul(&ld.f_unsqueeze(-1)?.f_mul(&a)?)?;
+            let out = if self.fan_in_fan_out { out.f_transpose(0, 1)? } else { out };
+            if cast {
+                out.f_to_kind(kind)
+            } else {
+                Ok(out)
+            }
+        };
+        tch::no_grad(f).map_err(torch("computing VeRA's delta weight"))
+    }
+}
+
+impl TunerLayer for VeraLayer {
+    fn peft_type(&self) -> &'static str {
+        PEFT_TYPE
+    }
+
+    fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![
+            (format!("vera_lambda_b.{}", self.adapter), self.lambda_b.shallow_clone()),
+            (format!("vera_lambda_d.{}", self.adapter), self.lambda_d.shallow_clone()),
+        ];
+        if self.owns_projections {
+            v.push((format!("vera_A.{}", self.adapter), self.vera_a.shallow_clone()));
+            v.push((format!("vera_B.{}", self.adapter), self.vera_b.shallow_clone()));
+        }
+        v
+    }
+
+    fn is_buffer(&self, name: &str) -> bool {
+        name.starts_with("vera_A.") || name.starts_with("vera_B.")
+    }
+
+    fn is_trainable_tensor(&self, name: &str) -> bool {
+        !self.is_buffer(name)
+    }
+
+    /// The shared projections are saved once, at the model level: `base_model.vera_A` / `base_model.vera_B`.
+    fn checkpoint_key(&self, key: &str, adapter: &str) -> String {
+        for name in ["vera_A", "vera_B"] {
+            if key.ends_with(&format!(".{name}.{adapter}")) {
+                return format!("base_model.{name}");
+            }
+        }
+        peft_core::peft_config::keys::remove_adapter_name(key, adapter)
+    }
+
+    fn transform_output(&self, _base: &dyn BaseLayer, x: &Tensor, y: Tensor, ctx: &ForwardCtx<'_>) -> Tensor {
+        let (a, b) = self.sliced();
+        let x = x.to_kind(self.lambda_d.kind());
+        let x = if self.dropout > 0.0 { x.dropout(self.dropout, ctx.train) } else { x };
+        let kind = y.kind();
+        let h = x.linear::<Tensor>(&a, None) * &self.lambda_d;
+        (y + &self.lambda_b * h.linear::<Tensor>(&b, None)).to_kind(kind)
+    }
+
+    fn merge(&mut self, base: &mut dyn BaseLayer, ctx: &MergeCtx<'_>) -> Result<()> {
+        merge_delta(base, &self.delta_weight()?, ctx.safe, &self.adapter, &self.module)
+    }
+
+    fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()> {
+        unmerge_delta(base, &self.delta_weight()?, &self.module)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "vera.Linear(in_features={}, out_features={}, r={})",
+            self.in_features, self.out_features, self.r
+        )
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
