@@ -7,7 +7,8 @@ fn main() -> Result<(), String> {
     peft_build::link_libtorch();
     // bitsandbytes' wheel next to the torch package (the project venv): its CUDA library is where
     // `peft_quant::cuda` looks at run time.
-    let root = peft_build::libtorch_lib_dir().and_then(|lib| lib.parent().map(PathBuf::from)).unwrap_or_default();
+    let root =
+        peft_build::libtorch_lib_dir().and_then(|lib| lib.parent().map(PathBuf::from)).unwrap_or_default();
     if let Some(bnb) = std::fs::canonicalize(&root)
         .ok()
         .and_then(|torch| torch.parent().map(|p| p.join("bitsandbytes")))

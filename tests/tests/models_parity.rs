@@ -3,9 +3,9 @@
 //! weights; greedy generation. `tests/oracle/gen_models.py` defines the matrix.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use peft as _;
 use peft_core::peft_config::TaskType;
 use peft_core::{ForwardCtx, LoadOptions, PeftModel, SaveOptions};
-use peft as _;
 use peft_models::generate::{generate, GenerationConfig};
 use peft_models::{HfModel, ModelInputs, Task};
 use peft_parity::compare::{assert_close, assert_differs, assert_identical};

@@ -258,7 +258,11 @@ fn test(args: &[OsString]) -> Result<()> {
     let report = parity_report_dir(&root);
     let _ = fs::remove_dir_all(&report);
     fs::create_dir_all(&report)?;
-    let status = run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]).args(args))?;
+    // `--no-fail-fast`: one failing test binary must not hide the results of the others.
+    let status = run(Command::new(cargo())
+        .current_dir(&root)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(args))?;
     let summary = summarize_parity(&report)?;
     println!("{summary}");
     if !status.success() {

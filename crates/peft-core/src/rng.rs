@@ -30,8 +30,14 @@ extern "C" {
     fn peft_core_uniform_(t: *mut C_tensor, from: f64, to: f64, g: *mut c_void) -> *mut c_char;
     fn peft_core_normal_(t: *mut C_tensor, mean: f64, std: f64, g: *mut c_void) -> *mut c_char;
     fn peft_core_randperm(n: i64, g: *mut c_void, out: *mut *mut C_tensor) -> *mut c_char;
-    fn peft_core_rand(shape: *const i64, ndim: usize, g: *mut c_void, out: *mut *mut C_tensor) -> *mut c_char;
-    fn peft_core_randn(shape: *const i64, ndim: usize, g: *mut c_void, out: *mut *mut C_tensor) -> *mut c_char;
+    fn peft_core_rand(shape: *const i64, ndim: usize, g: *mut c_void, out: *mut *mut C_tensor)
+        -> *mut c_char;
+    fn peft_core_randn(
+        shape: *const i64,
+        ndim: usize,
+        g: *mut c_void,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn peft_core_free_error(msg: *mut c_char);
 }
 
@@ -86,7 +92,11 @@ impl Generator {
         check(unsafe { peft_core_normal_(t.as_mut_ptr(), mean, std, self.ptr) }, "normal_ with a generator")
     }
 
-    fn make(&mut self, what: &str, f: impl FnOnce(*mut c_void, *mut *mut C_tensor) -> *mut c_char) -> Result<Tensor> {
+    fn make(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(*mut c_void, *mut *mut C_tensor) -> *mut c_char,
+    ) -> Result<Tensor> {
         let mut out: *mut C_tensor = std::ptr::null_mut();
         check(f(self.ptr, &mut out), what)?;
         // SAFETY: on success `out` is a fresh `at::Tensor*` whose ownership passes to the Rust tensor.

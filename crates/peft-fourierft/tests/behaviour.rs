@@ -68,7 +68,10 @@ fn positions_come_from_the_seed_and_merging_gives_the_same_outputs() {
     assert!((&unmerged - &base).abs().max().double_value(&[]) > 1e-3, "the default init is random: it acts");
     peft.merge_adapter(None, true).unwrap();
     let merged = tch::no_grad(|| peft.forward_t(&x, false));
-    assert!((&merged - &unmerged).abs().max().double_value(&[]) < 1e-4);
+    // FourierFT's default scaling (150) makes outputs of magnitude ~1e3: compare relative to them.
+    let d = (&merged - &unmerged).abs().max().double_value(&[]);
+    let scale = unmerged.abs().max().double_value(&[]);
+    assert!(d <= 1e-5 * scale.max(1.0), "merged vs unmerged: {d} (outputs up to {scale})");
 }
 
 #[test]

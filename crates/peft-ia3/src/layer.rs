@@ -153,7 +153,7 @@ impl Ia3Layer {
         };
         let mut scaling = flat(&group[0].ia3_l) * 1.0;
         for other in &group[1..] {
-            scaling = scaling * flat(&other.ia3_l);
+            scaling *= flat(&other.ia3_l);
         }
         let kind = group[group.len() - 1].ia3_l.kind();
         Some((scaling, kind))

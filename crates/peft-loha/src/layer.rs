@@ -121,7 +121,7 @@ impl LycorisAdapter for LohaFactors {
 /// moved to the base layer's device and dtype.
 ///
 /// # Errors
-/// [`PeftError::UnsupportedLayer`] for anything but dense `nn.Linear`, `nn.Conv1d` and `nn.Conv2d`;
+/// [`peft_core::PeftError::UnsupportedLayer`] for anything but dense `nn.Linear`, `nn.Conv1d` and `nn.Conv2d`;
 /// a rank that is not positive.
 pub fn create(config: &LohaConfig, ctx: &mut LayerInit<'_, '_>) -> Result<LohaLayer> {
     let target = LycorisTarget::of(ctx, PEFT_TYPE)?;

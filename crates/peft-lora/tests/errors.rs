@@ -108,9 +108,15 @@ fn unknown_and_unavailable_peft_types_say_what_to_do() {
     let err = peft_core::registry::config_from_str(r#"{"peft_type": "NOT_A_METHOD"}"#, &mut w).unwrap_err();
     assert!(matches!(err, PeftError::UnknownPeftType { .. }), "{err:?}");
     assert!(err.to_string().contains("LORA"), "lists the known types: {err}");
+    // VeRA ships in its own crate, which this test binary does not link: the error says which crate to add.
     let err = peft_core::registry::config_from_str(r#"{"peft_type": "VERA", "r": 256}"#, &mut w).unwrap_err();
-    assert!(matches!(err, PeftError::MethodNotImplemented { .. }), "{err:?}");
+    assert!(matches!(err, PeftError::MethodNotLinked { .. }), "{err:?}");
     assert!(err.to_string().contains("peft-vera"), "{err}");
+    // A PEFT method peft-rs does not implement yet is named as such, with the crate it would live in.
+    assert!(!peft_core::registry::SHIPPED.contains(&"XLORA"));
+    let err = peft_core::registry::config_from_str(r#"{"peft_type": "XLORA"}"#, &mut w).unwrap_err();
+    assert!(matches!(err, PeftError::MethodNotImplemented { .. }), "{err:?}");
+    assert!(err.to_string().contains("peft-xlora"), "{err}");
     let err = peft_core::registry::config_from_str(r#"{"r": 8}"#, &mut w).unwrap_err();
     assert!(err.to_string().contains("peft_type"), "{err}");
     // LORA is linked (this test uses peft-lora), so it parses.

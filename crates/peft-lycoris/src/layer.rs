@@ -13,7 +13,9 @@
 //!   `rank_dropout_scale` for LoKr).
 
 use peft_core::config::LayerInit;
-use peft_core::layer::{all_finite, BaseLayer, ConvGeometry, ForwardCtx, MergeCtx, TunerLayer, WeightLike};
+use peft_core::layer::{
+    merge_delta, unmerge_delta, BaseLayer, ConvGeometry, ForwardCtx, MergeCtx, TunerLayer,
+};
 use peft_core::{PeftError, Result};
 use std::any::Any;
 use std::fmt;
@@ -192,10 +194,6 @@ pub struct LycorisLayer<A: LycorisAdapter> {
     factors: A,
 }
 
-fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
-    PeftError::torch(what)
-}
-
 impl<A: LycorisAdapter> LycorisLayer<A> {
     /// Wraps the registered factors of adapter `ctx.adapter_name` on `ctx.module_name`.
     pub fn new(ctx: &LayerInit<'_, '_>, target: LycorisTarget, params: LycorisParams, factors: A) -> Self {
@@ -254,37 +252,6 @@ impl<A: LycorisAdapter> LycorisLayer<A> {
             out
         }
     }
-
-    fn weighted<'b>(&self, base: &'b mut dyn BaseLayer) -> Result<&'b mut dyn WeightLike> {
-        let module = self.module.clone();
-        let w = base.as_weighted_mut().ok_or_else(|| {
-            PeftError::Invalid(format!("`{module}`: the base layer has no weight to merge into"))
-        })?;
-        if !w.weight_is_storage() {
-            return Err(PeftError::Invalid(format!("`{module}`: cannot merge into a quantized weight")));
-        }
-        Ok(w)
-    }
-
-    /// `W ± ΔW` written into the base (PEFT's `weight.data += / -= get_delta_weight(...)`).
-    fn write_delta(&self, base: &mut dyn BaseLayer, sign: f64, safe: bool) -> Result<()> {
-        let delta = tch::no_grad(|| self.delta_weight(false));
-        let w = self.weighted(base)?;
-        let weight = w.weight();
-        let kind = weight.kind();
-        let updated = tch::no_grad(|| {
-            if sign > 0.0 { weight.f_add(&delta) } else { weight.f_sub(&delta) }
-                .and_then(|t| t.f_to_kind(kind))
-        })
-        .map_err(torch("merging a LyCORIS delta weight"))?;
-        if safe && !all_finite(&updated)? {
-            return Err(PeftError::NonFiniteMerge {
-                adapter: self.adapter.clone(),
-                module: self.module.clone(),
-            });
-        }
-        w.set_weight(&updated)
-    }
 }
 
 impl<A: LycorisAdapter> TunerLayer for LycorisLayer<A> {
@@ -316,12 +283,16 @@ impl<A: LycorisAdapter> TunerLayer for LycorisLayer<A> {
         y + out
     }
 
+    /// `weight.data += get_delta_weight(adapter)` (on a copy checked for NaN/inf with `safe`).
     fn merge(&mut self, base: &mut dyn BaseLayer, ctx: &MergeCtx<'_>) -> Result<()> {
-        self.write_delta(base, 1.0, ctx.safe)
+        let delta = tch::no_grad(|| self.delta_weight(false));
+        merge_delta(base, &delta, ctx.safe, &self.adapter, &self.module)
     }
 
+    /// `weight.data -= get_delta_weight(adapter)`.
     fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()> {
-        self.write_delta(base, -1.0, false)
+        let delta = tch::no_grad(|| self.delta_weight(false));
+        unmerge_delta(base, &delta, &self.module)
     }
 
     fn describe(&self) -> String {

@@ -65,10 +65,11 @@ fn addcdiv_(
     param.f_add_(&upd).map(drop)
 }
 
-/// `t += value * a * b` as ATen's `addcmul_` computes it.
+/// `t += value * a * b` as ATen's `addcmul_` computes it: its kernel multiplies `value · a` by `b` and adds
+/// `t` in one fused multiply-add, so a separate product and sum would round differently on some entries.
+/// tch's `addcmul_` has no `value`; folding it into the first factor gives the kernel the same operands.
 fn addcmul_(t: &mut Tensor, a: &Tensor, b: &Tensor, value: f64) -> std::result::Result<(), tch::TchError> {
-    let upd = a.f_mul_scalar(value)?.f_mul(b)?;
-    t.f_add_(&upd).map(drop)
+    t.f_addcmul_(&a.f_mul_scalar(value)?, b).map(drop)
 }
 
 #[derive(Debug)]

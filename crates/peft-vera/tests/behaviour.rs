@@ -128,7 +128,8 @@ fn projections_not_saved_are_drawn_again_and_a_file_without_them_is_refused_othe
     vs2.copy(&vs).unwrap(); // (tests run on parallel threads: the global seed alone does not fix the base)
     let (reloaded, _) = PeftModel::from_pretrained(n2, &vs2, dir.path(), LoadOptions::default()).unwrap();
     let (pa, _) = layer(&peft, "lin0", "default").projections();
-    let rl = reloaded.model().lin0.slots().get("default").unwrap().as_any().downcast_ref::<VeraLayer>().unwrap();
+    let rl =
+        reloaded.model().lin0.slots().get("default").unwrap().as_any().downcast_ref::<VeraLayer>().unwrap();
     assert!(rl.projections().0.equal(pa), "same seed, same projections");
     assert!(rl.lambda_d().equal(layer(&peft, "lin0", "default").lambda_d()), "loaded lambda_d");
     assert!(reloaded.forward_t(&x, false).equal(&peft.forward_t(&x, false)), "same outputs");
