@@ -5,6 +5,7 @@
 use peft_core::config::to_config_file_text;
 use peft_core::peft_config::patterns::PatternMap;
 use peft_core::peft_config::{TargetMatch, TargetMatcher};
+use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, LoadOptions, PeftModel, SaveOptions};
 use peft_lora::LoraConfig;
 use peft_parity::compare::{assert_close, assert_differs, assert_identical};

@@ -4,6 +4,7 @@
 
 use peft_core::layer::AdaptedLayer;
 use peft_core::nn::LinearBase;
+use peft_core::MethodConfig;
 use peft_core::{Adaptable, ForwardCtx, LoadOptions, PeftModel, SaveOptions};
 use peft_lora::LoraConfig;
 use peft_models::{HfModel, ModelInputs, Task};

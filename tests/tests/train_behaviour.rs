@@ -3,6 +3,7 @@
 //! is an error naming the line.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use peft_core::MethodConfig;
 use peft_core::PeftModel;
 use peft_lora as _;
 use peft_models::{HfModel, Task};

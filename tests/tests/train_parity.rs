@@ -3,6 +3,7 @@
 //! weights as the same steps in Python. `tests/oracle/gen_train.py` defines the runs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use peft_core::MethodConfig;
 use peft_core::{LoadOptions, PeftModel};
 use peft_lora as _;
 use peft_parity::compare::{assert_close, assert_differs};

@@ -2,56 +2,19 @@
 //! value forms and `__post_init__` checks.
 
 use indexmap::IndexMap;
-use peft_core::config::{parse_method_config, unsupported_option, AdapterConfig, BiasMode, LayerInit};
+use peft_core::config::{unsupported_option, AdapterConfig, BiasMode, BiasOption, LayerInit};
 use peft_core::peft_config::{
     ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
 };
+use peft_core::MethodConfig;
 use peft_core::{PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 /// `peft_type` of AdaLoRA.
 pub const PEFT_TYPE: &str = "ADALORA";
 
-/// A JSON number that keeps its form (`8` stays an integer, `0.5` a float), so a config PEFT wrote is
-/// written back to the same text.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Num(pub Number);
-
-impl Num {
-    /// The value.
-    pub fn value(&self) -> f64 {
-        self.0.as_f64().unwrap_or(f64::NAN)
-    }
-}
-
-impl From<i64> for Num {
-    fn from(v: i64) -> Self {
-        Num(Number::from(v))
-    }
-}
-
-impl From<f64> for Num {
-    fn from(v: f64) -> Self {
-        Num(Number::from_f64(v).unwrap_or_else(|| Number::from(0)))
-    }
-}
-
-/// `bias`: which base biases train (and are saved) with the adapter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum AdaLoraBias {
-    /// `"none"`.
-    #[default]
-    #[serde(rename = "none")]
-    None,
-    /// `"all"`: every bias of the model.
-    #[serde(rename = "all")]
-    All,
-    /// `"lora_only"`: the biases of the adapted layers.
-    #[serde(rename = "lora_only")]
-    LoraOnly,
-}
+pub use peft_core::peft_config::Num;
 
 /// `init_lora_weights`: a bool, or (inherited from LoRA) the name of a LoRA init scheme.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +115,7 @@ pub struct AdaLoraConfig {
     /// The base weight is stored `(in, out)` (GPT-2's `Conv1D`); corrected from the layer type on injection.
     pub fan_in_fan_out: bool,
     /// Which base biases train with the adapter.
-    pub bias: AdaLoraBias,
+    pub bias: BiasOption,
     /// rsLoRA (LoRA only; PEFT's AdaLoRA ignores it, peft-rs rejects `true`).
     pub use_rslora: bool,
     /// Extra modules trained and saved in full.
@@ -227,7 +190,7 @@ impl Default for AdaLoraConfig {
             lora_alpha: Num::from(8i64),
             lora_dropout: Num::from(0.0),
             fan_in_fan_out: false,
-            bias: AdaLoraBias::None,
+            bias: BiasOption::default(),
             use_rslora: false,
             modules_to_save: None,
             init_lora_weights: InitLoraWeights::default(),
@@ -282,108 +245,9 @@ fn reject(option: &str, value: &impl Serialize, hint: &str) -> PeftError {
 }
 
 impl AdaLoraConfig {
-    /// Parses PEFT's JSON with `AdaLoraConfig.__post_init__`'s normalisation, errors and warnings (which
-    /// first runs `LoraConfig.__post_init__`).
-    ///
-    /// # Errors
-    /// Invalid values or option combinations PEFT rejects (`use_dora`, a LoftQ config, a missing or
-    /// non-positive `total_step`, a negative `orth_reg_weight`, a schedule without a budgeting phase, …).
-    pub fn from_json_map(
-        map: Map<String, Value>,
-        location: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Self> {
-        let mut config: Self =
-            parse_method_config(map, PEFT_TYPE, location, warnings, |c: &mut Self| &mut c.common)?;
-        config.post_init(location, warnings)?;
-        Ok(config)
-    }
-
-    /// Parses `adapter_config.json` text.
-    ///
-    /// # Errors
-    /// As [`AdaLoraConfig::from_json_map`].
-    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
-        let location = peft_core::peft_config::error::IN_MEMORY;
-        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
-        Self::from_json_map(map, location, warnings)
-    }
-
-    /// Boxes the config for [`peft_core::PeftModel`].
-    pub fn boxed(self) -> Box<dyn AdapterConfig> {
-        Box::new(self)
-    }
-
-    /// `LoraConfig.__post_init__` then `AdaLoraConfig.__post_init__`: normalisation and warnings, then
-    /// the hard errors of [`AdaLoraConfig::check`].
-    fn post_init(&mut self, location: &str, warnings: &mut Vec<String>) -> Result<()> {
-        peft_core::peft_config::targets::dedupe_lists([&mut self.target_modules, &mut self.exclude_modules]);
-        self.check_lora(location)?;
-        let loftq_given = non_empty(&self.loftq_config);
-        let init_is = |name: &str| matches!(&self.init_lora_weights, InitLoraWeights::Scheme(s) if s == name);
-        if init_is("loftq") {
-            if !loftq_given {
-                return Err(inconsistent(
-                    location,
-                    "`loftq_config` must be specified when `init_lora_weights` is 'loftq'.",
-                ));
-            }
-        } else if loftq_given {
-            warnings.push(format!(
-                "{location}: `loftq_config` specified but will be ignored when `init_lora_weights` is not 'loftq'."
-            ));
-            self.loftq_config = Value::Object(Map::new());
-        } else if !init_is("eva") && is_set(&self.eva_config) {
-            warnings.push(format!(
-                "{location}: `eva_config` specified but will be ignored when `init_lora_weights` is not 'eva'."
-            ));
-        } else if !init_is("corda") && is_set(&self.corda_config) {
-            warnings.push(format!(
-                "{location}: `corda_config` specified but will be ignored when `init_lora_weights` is not 'corda'."
-            ));
-        }
-        if self.lora_bias && !matches!(self.init_lora_weights, InitLoraWeights::Bool(_)) {
-            return Err(inconsistent(
-                location,
-                "The argument lora_bias=True is only supported with init_lora_weights=True or False",
-            ));
-        }
-        if self.r != 8 {
-            // PEFT's message, missing space included.
-            warnings.push(format!(
-                "{location}: Note that `r` is not used in AdaLora and will be ignored.If you intended to set the \
-                 initial rank, use `init_r` instead."
-            ));
-        }
-        self.check(location)
-    }
-
     /// The checks `LoraConfig.__post_init__` makes that still apply.
     fn check_lora(&self, location: &str) -> Result<()> {
-        let regex_targets = matches!(self.target_modules, Some(TargetModules::Regex(_)));
-        if regex_targets && self.layers_to_transform.is_some() {
-            return Err(inconsistent(
-                location,
-                "`layers_to_transform` cannot be used when `target_modules` is a str.",
-            ));
-        }
-        if regex_targets && self.layers_pattern.is_some() {
-            return Err(inconsistent(
-                location,
-                "`layers_pattern` cannot be used when `target_modules` is a str.",
-            ));
-        }
-        let pattern_set = match &self.layers_pattern {
-            Some(LayersPattern::One(s)) => !s.is_empty(),
-            Some(LayersPattern::Many(v)) => !v.is_empty(),
-            None => false,
-        };
-        if pattern_set && self.layers_to_transform.is_none() {
-            return Err(inconsistent(
-                location,
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified. ",
-            ));
-        }
+        self.target_spec().check_layer_selection(location)?;
         if self.use_dora && is_set(&self.megatron_config) {
             return Err(inconsistent(
                 location,
@@ -520,53 +384,58 @@ impl AdaLoraConfig {
     }
 }
 
-/// PEFT's `TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING`: the modules AdaLoRA adapts when a
-/// config names none, by transformers `model_type`. It differs from LoRA's table (all attention and MLP
-/// projections for T5 / BART / OPT / RoBERTa, no entry for Mistral, …).
-pub fn default_target_modules(model_type: &str) -> Option<TargetModules> {
-    let names: &[&str] = match model_type {
-        "t5" => &["q", "k", "v", "o", "wi", "wo"],
-        "mt5" => &["q", "k", "v", "o", "wi_0", "wi_1", "wo"],
-        "bart" | "opt" => &["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-        "gpt2" | "gpt_bigcode" => &["c_attn"],
-        "bloom" | "gpt_neox" => &["query_key_value"],
-        "gptj" | "gpt_neo" | "llama" | "llama4" | "gemma" | "gemma2" | "gemma3_text" | "qwen2" | "qwen3" => {
-            &["q_proj", "v_proj"]
+impl MethodConfig for AdaLoraConfig {
+    const PEFT_TYPE: &'static str = PEFT_TYPE;
+
+    /// `LoraConfig.__post_init__` then `AdaLoraConfig.__post_init__`: normalisation and warnings, then the hard errors of [`AdaLoraConfig::check`].
+    fn post_init(&mut self, location: &str, warnings: &mut Vec<String>) -> Result<()> {
+        peft_core::peft_config::targets::dedupe_lists([&mut self.target_modules, &mut self.exclude_modules]);
+        self.check_lora(location)?;
+        let loftq_given = non_empty(&self.loftq_config);
+        let init_is = |name: &str| matches!(&self.init_lora_weights, InitLoraWeights::Scheme(s) if s == name);
+        if init_is("loftq") {
+            if !loftq_given {
+                return Err(inconsistent(
+                    location,
+                    "`loftq_config` must be specified when `init_lora_weights` is 'loftq'.",
+                ));
+            }
+        } else if loftq_given {
+            warnings.push(format!(
+                "{location}: `loftq_config` specified but will be ignored when `init_lora_weights` is not 'loftq'."
+            ));
+            self.loftq_config = Value::Object(Map::new());
+        } else if !init_is("eva") && is_set(&self.eva_config) {
+            warnings.push(format!(
+                "{location}: `eva_config` specified but will be ignored when `init_lora_weights` is not 'eva'."
+            ));
+        } else if !init_is("corda") && is_set(&self.corda_config) {
+            warnings.push(format!(
+                "{location}: `corda_config` specified but will be ignored when `init_lora_weights` is not 'corda'."
+            ));
         }
-        "bert" => &["query", "value"],
-        "roberta" => &["query", "key", "value", "dense"],
-        "deberta-v2" => &["query_proj", "key_proj", "value_proj", "dense"],
-        "deberta" => &["in_proj"],
-        "nemotron_h" => &["q_proj", "k_proj", "v_proj", "o_proj"],
-        "gemma4" => return Some(TargetModules::Regex(r".*language_model\..*\.(q_proj|v_proj)".into())),
-        _ => return None,
-    };
-    Some(TargetModules::list(names.iter().copied()))
+        if self.lora_bias && !matches!(self.init_lora_weights, InitLoraWeights::Bool(_)) {
+            return Err(inconsistent(
+                location,
+                "The argument lora_bias=True is only supported with init_lora_weights=True or False",
+            ));
+        }
+        if self.r != 8 {
+            // PEFT's message, missing space included.
+            warnings.push(format!(
+                "{location}: Note that `r` is not used in AdaLora and will be ignored.If you intended to set the \
+                 initial rank, use `init_r` instead."
+            ));
+        }
+        self.check(location)
+    }
 }
 
 impl AdapterConfig for AdaLoraConfig {
     peft_core::adapter_config_boilerplate!();
 
-    fn target_spec(&self) -> TargetSpec<'_> {
-        TargetSpec {
-            target_modules: self.target_modules.as_ref(),
-            exclude_modules: self.exclude_modules.as_ref(),
-            layers_to_transform: self.layers_to_transform.as_ref(),
-            layers_pattern: self.layers_pattern.as_ref(),
-            modules_to_save: self.modules_to_save.as_deref(),
-            has_target_parameters: false,
-        }
-    }
-
-    fn set_target_modules(&mut self, targets: TargetModules) {
-        self.target_modules = Some(targets);
-    }
-
-    fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
     fn validate(&self) -> Result<()> {
+        self.bias.mode()?;
         self.check(peft_core::peft_config::error::IN_MEMORY)?;
         self.reject_unimplemented()?;
         if self.init_r < 0 {
@@ -613,8 +482,23 @@ impl AdapterConfig for AdaLoraConfig {
         Ok(())
     }
 
+    fn target_spec(&self) -> TargetSpec<'_> {
+        TargetSpec {
+            target_modules: self.target_modules.as_ref(),
+            exclude_modules: self.exclude_modules.as_ref(),
+            layers_to_transform: self.layers_to_transform.as_ref(),
+            layers_pattern: self.layers_pattern.as_ref(),
+            modules_to_save: self.modules_to_save.as_deref(),
+            has_target_parameters: false,
+        }
+    }
+
+    fn set_target_modules(&mut self, targets: TargetModules) {
+        self.target_modules = Some(targets);
+    }
+
     fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
-        default_target_modules(model_type)
+        peft_core::peft_config::defaults::target_modules(PEFT_TYPE, model_type)
     }
 
     fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
@@ -655,11 +539,7 @@ impl AdapterConfig for AdaLoraConfig {
     }
 
     fn bias(&self) -> BiasMode {
-        match self.bias {
-            AdaLoraBias::None => BiasMode::None,
-            AdaLoraBias::All => BiasMode::All,
-            AdaLoraBias::LoraOnly => BiasMode::AdaptedOnly,
-        }
+        self.bias.mode().unwrap_or(BiasMode::None)
     }
 
     fn check_new_adapter(&self, existing: &[(&str, &dyn AdapterConfig)]) -> Result<()> {
@@ -678,13 +558,4 @@ impl AdapterConfig for AdaLoraConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::AdaLoraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
-}
-
-/// The registry's parser for `peft_type: "ADALORA"`.
-pub(crate) fn parse_boxed(
-    map: Map<String, Value>,
-    location: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Box<dyn AdapterConfig>> {
-    AdaLoraConfig::from_json_map(map, location, warnings).map(AdaLoraConfig::boxed)
 }

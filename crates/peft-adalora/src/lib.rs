@@ -19,7 +19,7 @@
 //! alone with `PeftModel::from_pretrained`.
 //!
 //! ```
-//! use peft_adalora::{orthogonal_regularization, AdaLoraConfig, RankAllocator};
+//! use peft_adalora::{orthogonal_regularization, AdaLoraConfig, RankAllocator, MethodConfig};
 //! use peft_core::{nn, Adaptable, LoadOptions, PeftModel, SaveOptions};
 //! use peft_core::peft_config::TargetModules;
 //! use tch::nn::{ModuleT, OptimizerConfig, VarStore};
@@ -95,7 +95,8 @@ pub use allocator::{
     orthogonal_regularization, rank_pattern_key, regularized_loss, set_rank_pattern, trainable_adapter,
     Allocation, RankAllocator,
 };
-pub use config::{AdaLoraBias, AdaLoraConfig, InitLoraWeights, Num, RankPattern, PEFT_TYPE};
+pub use config::{AdaLoraConfig, InitLoraWeights, Num, RankPattern, PEFT_TYPE};
 pub use layer::{AdaLoraLayer, SvdKind};
+pub use peft_core::MethodConfig;
 
-peft_core::register_method!(config::PEFT_TYPE, "peft-adalora", config::parse_boxed);
+peft_core::register_method!(config::AdaLoraConfig, "peft-adalora");

@@ -8,7 +8,9 @@ use peft_adalora::{
 };
 use peft_core::nn::{self as pnn, ConvConfig};
 use peft_core::peft_config::TargetModules;
+use peft_core::MethodConfig;
 use peft_core::{Adaptable, AdapterConfig, LoadOptions, PeftError, PeftModel, SaveOptions};
+use peft_testkit::{assert_unsupported_layer, load_error, max_diff};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -71,10 +73,6 @@ fn randomize(peft: &PeftModel<Net>) {
     }
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
-}
-
 #[test]
 fn starts_as_the_identity_and_merges_to_the_same_outputs() {
     let (vs, n) = net();
@@ -120,14 +118,7 @@ fn layers_adalora_cannot_adapt_are_refused_by_name() {
     for (target, hint) in [("conv1d", "Conv2d"), ("emb", "Conv2d"), ("grouped", "groups=2")] {
         let (vs, n) = net();
         let err = PeftModel::new(n, &vs, config(&[target]).boxed(), "default").unwrap_err();
-        match &err {
-            PeftError::UnsupportedLayer { module, peft_type, .. } => {
-                assert_eq!(module, target);
-                assert_eq!(peft_type, "ADALORA");
-            }
-            other => panic!("{target}: expected UnsupportedLayer, got {other:?}"),
-        }
-        assert!(err.to_string().contains(hint), "{err}");
+        assert_unsupported_layer(&err, target, "ADALORA", hint);
     }
 }
 
@@ -264,7 +255,7 @@ fn a_file_of_another_rank_fails_naming_key_and_shapes() {
     let text = std::fs::read_to_string(&path).unwrap().replace("\"init_r\": 4", "\"init_r\": 3");
     std::fs::write(&path, text).unwrap();
     let (vs2, n2) = net();
-    let err = PeftModel::from_pretrained(n2, &vs2, dir.path(), LoadOptions::default()).unwrap_err();
+    let err = load_error(n2, &vs2, dir.path());
     match &err {
         PeftError::ShapeMismatch { key, expected, found, .. } => {
             assert!(key.starts_with("base_model.model.lin0.lora_"), "{key}");
@@ -309,7 +300,7 @@ fn a_rank_pattern_truncates_saves_and_resizes_loads() {
     let text = text.replacen("true,\n      false,\n      true,\n      false", "true,\n      false", 1);
     std::fs::write(dir.path().join("adapter_config.json"), text).unwrap();
     let (vs3, n3) = net();
-    let err = PeftModel::from_pretrained(n3, &vs3, dir.path(), LoadOptions::default()).unwrap_err();
+    let err = load_error(n3, &vs3, dir.path());
     assert!(err.to_string().contains("lin0.lora_E") && err.to_string().contains("init_r = 4"), "{err}");
 }
 

@@ -1,11 +1,11 @@
 //! `BeftConfig`: PEFT 0.21.2's keys, defaults and checks.
 
-use peft_core::config::{parse_method_config, LayerInit};
+use peft_core::config::LayerInit;
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{PeftConfigCommon, TargetModules, TargetSpec};
+use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 /// `peft_type` of BEFT.
 pub const PEFT_TYPE: &str = "BEFT";
@@ -51,54 +51,22 @@ impl Default for BeftConfig {
     }
 }
 
-impl BeftConfig {
-    /// Parses PEFT's JSON with `BeftConfig.__post_init__`'s normalisation (it has no checks).
-    ///
-    /// # Errors
-    /// Invalid values.
-    pub fn from_json_map(
-        map: Map<String, Value>,
-        location: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Self> {
-        let mut config: Self =
-            parse_method_config(map, PEFT_TYPE, location, warnings, |c: &mut Self| &mut c.common)?;
-        dedupe_lists([&mut config.target_modules]);
-        Ok(config)
-    }
+impl MethodConfig for BeftConfig {
+    const PEFT_TYPE: &'static str = PEFT_TYPE;
 
-    /// Parses `adapter_config.json` text.
-    ///
-    /// # Errors
-    /// As [`BeftConfig::from_json_map`].
-    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
-        let location = peft_core::peft_config::error::IN_MEMORY;
-        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
-        Self::from_json_map(map, location, warnings)
+    /// `BeftConfig.__post_init__`: the target list becomes a set (it has no checks).
+    fn post_init(&mut self, _location: &str, _warnings: &mut Vec<String>) -> Result<()> {
+        dedupe_lists([&mut self.target_modules]);
+        Ok(())
     }
-
-    /// Boxes the config for [`peft_core::PeftModel`].
-    pub fn boxed(self) -> Box<dyn AdapterConfig> {
-        Box::new(self)
-    }
-}
-
-/// PEFT's `TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING` (its own table, not a copy of LoRA's):
-/// the value projection of each architecture.
-pub fn default_targets(model_type: &str) -> Option<TargetModules> {
-    let name = match model_type {
-        "t5" | "mt5" => "v",
-        "roberta" | "bert" => "value",
-        "deberta-v2" => "value_proj",
-        "opt" | "gptj" | "gpt_neo" | "bart" | "llama" | "llama4" | "mistral" | "mixtral" | "phi"
-        | "gemma" | "gemma2" | "gemma3_text" | "qwen2" | "qwen3" => "v_proj",
-        _ => return None,
-    };
-    Some(TargetModules::list([name]))
 }
 
 impl AdapterConfig for BeftConfig {
     peft_core::adapter_config_boilerplate!();
+
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
 
     fn target_spec(&self) -> TargetSpec<'_> {
         TargetSpec {
@@ -112,18 +80,8 @@ impl AdapterConfig for BeftConfig {
         self.target_modules = Some(targets);
     }
 
-    fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
-    fn validate(&self) -> Result<()> {
-        Ok(())
-    }
-
     fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
-        // `peft_config::defaults::target_modules` has no BEFT table yet; PEFT's lives here until it does.
         peft_core::peft_config::defaults::target_modules(PEFT_TYPE, model_type)
-            .or_else(|| default_targets(model_type))
     }
 
     fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
@@ -134,13 +92,4 @@ impl AdapterConfig for BeftConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::BeftLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
-}
-
-/// The registry's parser for `peft_type: "BEFT"`.
-pub(crate) fn parse_boxed(
-    map: Map<String, Value>,
-    location: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Box<dyn AdapterConfig>> {
-    BeftConfig::from_json_map(map, location, warnings).map(BeftConfig::boxed)
 }

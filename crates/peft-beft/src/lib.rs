@@ -13,7 +13,7 @@
 //! alone with `PeftModel::from_pretrained`.
 //!
 //! ```
-//! use peft_beft::BeftConfig;
+//! use peft_beft::{BeftConfig, MethodConfig};
 //! use peft_core::{nn, Adaptable, LoadOptions, PeftModel, SaveOptions};
 //! use peft_core::peft_config::TargetModules;
 //! use tch::nn::{ModuleT, VarStore};
@@ -68,5 +68,6 @@ pub mod layer;
 
 pub use config::{BeftConfig, PEFT_TYPE};
 pub use layer::BeftLayer;
+pub use peft_core::MethodConfig;
 
-peft_core::register_method!(config::PEFT_TYPE, "peft-beft", config::parse_boxed);
+peft_core::register_method!(config::BeftConfig, "peft-beft");

@@ -6,7 +6,11 @@
 use peft_beft::{BeftConfig, BeftLayer};
 use peft_core::nn::{self as pnn, ConvConfig, EmbeddingConfig, LinearConfig};
 use peft_core::peft_config::TargetModules;
-use peft_core::{Adaptable, AdapterConfig, LoadOptions, PeftError, PeftModel, SaveOptions};
+use peft_core::MethodConfig;
+use peft_core::{Adaptable, AdapterConfig, PeftError, PeftModel, SaveOptions};
+use peft_testkit::{
+    assert_mixed_batches_refused, assert_shape_mismatch, load_error, max_diff, randomize, rng_lock as rng,
+};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -42,13 +46,6 @@ impl ModuleT for Net {
     }
 }
 
-/// Tests run on parallel threads and share libtorch's global RNG: every test holds this lock.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn net() -> (VarStore, Net) {
     tch::manual_seed(0);
     let vs = VarStore::new(Device::Cpu);
@@ -58,17 +55,6 @@ fn net() -> (VarStore, Net) {
 
 fn config(targets: &[&str]) -> BeftConfig {
     BeftConfig { target_modules: Some(TargetModules::list(targets.iter().copied())), ..BeftConfig::default() }
-}
-
-fn randomize(peft: &PeftModel<Net>, scale: f64) {
-    for (_, mut t) in peft.adapter_var_store().variables() {
-        let noise = Tensor::randn_like(&t) * scale;
-        let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
-    }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
 }
 
 fn beft<'a>(layer: &'a peft_core::AdapterSlots, adapter: &str) -> &'a BeftLayer {
@@ -270,14 +256,8 @@ fn a_file_for_another_layer_size_fails_to_load_naming_key_and_shapes() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, text.replace("\"lin1\"", "\"lin0\"")).unwrap();
     let (vs2, n2) = net();
-    let err = PeftModel::from_pretrained(n2, &vs2, dir.path(), LoadOptions::default()).unwrap_err();
-    match &err {
-        PeftError::ShapeMismatch { key, expected, found, .. } => {
-            assert_eq!(key, "base_model.model.lin0.beft_bias");
-            assert_eq!((expected.as_slice(), found.as_slice()), (&[1, 20][..], &[1, 2][..]));
-        }
-        other => panic!("expected a shape mismatch, got {other:?}"),
-    }
+    let err = load_error(n2, &vs2, dir.path());
+    assert_shape_mismatch(&err, "base_model.model.lin0.beft_bias", &[1, 20], &[1, 2]);
 }
 
 #[test]
@@ -285,6 +265,5 @@ fn mixed_batches_are_refused_rather_than_ignored() {
     let _rng = rng();
     let (vs, n) = net();
     let peft = PeftModel::new(n, &vs, config(&["lin0"]).boxed(), "default").unwrap();
-    let err = peft.row_adapters(&["default", "__base__"]).unwrap_err();
-    assert!(err.to_string().contains("not supported for BEFT"), "{err}");
+    assert_mixed_batches_refused(&peft, "BEFT");
 }

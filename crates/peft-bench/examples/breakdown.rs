@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
 
 use peft_core::peft_config::TargetModules;
+use peft_core::MethodConfig;
 use peft_core::{ForwardCtx, PeftModel};
 use peft_lora::LoraConfig;
 use peft_models::{task, HfModel, ModelInputs};

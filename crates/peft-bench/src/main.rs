@@ -5,6 +5,7 @@
 //! Usage: `peft-bench-worker THREADS`.
 
 use anyhow::{anyhow, bail, Context, Result};
+use peft_core::MethodConfig;
 use peft_core::{ForwardCtx, LoadOptions, PeftModel};
 use peft_lora::LoraConfig;
 use peft_models::{task, HfModel, ModelInputs};

@@ -8,6 +8,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use peft_core::MethodConfig;
 use peft_core::{ForwardCtx, LoadOptions, PeftModel};
 use peft_models::generate::{generate_ctx, GenerationConfig};
 use peft_models::{HfModel, ModelInputs, Task};

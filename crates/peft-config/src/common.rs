@@ -72,3 +72,38 @@ impl PeftConfigCommon {
         Self { peft_type: peft_type.to_string(), ..Self::default() }
     }
 }
+
+/// A JSON number that keeps its form: `8` stays an integer and `8.0` a float, so a config round-trips to
+/// the text PEFT wrote (PEFT declares `lora_alpha: int` and the like but keeps whatever number it was
+/// given). LoRA's `lora_alpha`, LyCORIS' `alpha`, AdaLoRA's `beta1`, … are of this type.
+///
+/// ```
+/// use peft_config::Num;
+///
+/// assert_eq!(serde_json::to_string(&Num::from(8)).unwrap(), "8");
+/// assert_eq!(serde_json::to_string(&Num::from(8.0)).unwrap(), "8.0");
+/// assert_eq!(Num::from(5.5).value(), 5.5);
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Num(pub serde_json::Number);
+
+impl Num {
+    /// The value as a float.
+    pub fn value(&self) -> f64 {
+        self.0.as_f64().unwrap_or(f64::NAN)
+    }
+}
+
+impl From<i64> for Num {
+    fn from(v: i64) -> Self {
+        Num(serde_json::Number::from(v))
+    }
+}
+
+impl From<f64> for Num {
+    /// A float (non-finite values, which JSON cannot hold, become `0`).
+    fn from(v: f64) -> Self {
+        Num(serde_json::Number::from_f64(v).unwrap_or_else(|| serde_json::Number::from(0)))
+    }
+}

@@ -47,6 +47,42 @@ pub fn lora(model_type: &str) -> Option<TargetModules> {
     list(names)
 }
 
+/// `TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING`: its own table, not a copy of LoRA's (all
+/// attention and MLP projections for T5 / BART / OPT / RoBERTa, no entry for Mistral, …).
+pub fn adalora(model_type: &str) -> Option<TargetModules> {
+    let names: &[&str] = match model_type {
+        "t5" => &["q", "k", "v", "o", "wi", "wo"],
+        "mt5" => &["q", "k", "v", "o", "wi_0", "wi_1", "wo"],
+        "bart" | "opt" => &["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+        "gpt2" | "gpt_bigcode" => &["c_attn"],
+        "bloom" | "gpt_neox" => &["query_key_value"],
+        "gptj" | "gpt_neo" | "llama" | "llama4" | "gemma" | "gemma2" | "gemma3_text" | "qwen2" | "qwen3" => {
+            &["q_proj", "v_proj"]
+        }
+        "bert" => &["query", "value"],
+        "roberta" => &["query", "key", "value", "dense"],
+        "deberta-v2" => &["query_proj", "key_proj", "value_proj", "dense"],
+        "deberta" => &["in_proj"],
+        "nemotron_h" => &["q_proj", "k_proj", "v_proj", "o_proj"],
+        "gemma4" => return Some(TargetModules::Regex(r".*language_model\..*\.(q_proj|v_proj)".into())),
+        _ => return None,
+    };
+    list(names)
+}
+
+/// `TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING`: the value projection of each architecture.
+pub fn beft(model_type: &str) -> Option<TargetModules> {
+    let name = match model_type {
+        "t5" | "mt5" => "v",
+        "roberta" | "bert" => "value",
+        "deberta-v2" => "value_proj",
+        "opt" | "gptj" | "gpt_neo" | "bart" | "llama" | "llama4" | "mistral" | "mixtral" | "phi"
+        | "gemma" | "gemma2" | "gemma3_text" | "qwen2" | "qwen3" => "v_proj",
+        _ => return None,
+    };
+    list(&[name])
+}
+
 /// `TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`.
 pub fn ia3(model_type: &str) -> Option<TargetModules> {
     list(match model_type {
@@ -97,6 +133,8 @@ pub fn ia3_feedforward(model_type: &str) -> Option<TargetModules> {
 pub fn target_modules(peft_type: &str, model_type: &str) -> Option<TargetModules> {
     match (peft_type, model_type) {
         ("IA3", m) => ia3(m),
+        ("ADALORA", m) => adalora(m),
+        ("BEFT", m) => beft(m),
         ("FOURIERFT" | "C3A", "gpt2" | "gpt_bigcode") => list(&["mlp.c_proj"]),
         ("SHIRA" | "VERA" | "FROD" | "PVERA", "phi") => list(&["q_proj", "v_proj"]),
         ("ADAMSS" | "FROD", "vit") => list(&["query", "value"]),
@@ -128,5 +166,11 @@ mod tests {
         assert_eq!(target_modules("IA3", "opt"), Some(TargetModules::list(["q_proj", "k_proj", "fc2"])));
         assert_eq!(ia3_feedforward("mt5"), Some(TargetModules::List(vec![])));
         assert_eq!(target_modules("PROMPT_TUNING", "llama"), None);
+        assert_eq!(target_modules("ADALORA", "mistral"), None);
+        assert_eq!(
+            target_modules("ADALORA", "roberta"),
+            Some(TargetModules::list(["query", "key", "value", "dense"]))
+        );
+        assert_eq!(target_modules("BEFT", "bert"), Some(TargetModules::list(["value"])));
     }
 }

@@ -33,7 +33,7 @@ pub mod keys;
 pub mod patterns;
 pub mod targets;
 
-pub use common::{PeftConfigCommon, TaskType, PEFT_VERSION};
+pub use common::{Num, PeftConfigCommon, TaskType, PEFT_VERSION};
 pub use error::ConfigError;
 pub use targets::{
     LayerIndices, LayersPattern, MatchReport, TargetMatch, TargetMatcher, TargetModules, TargetSpec,

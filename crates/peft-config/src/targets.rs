@@ -98,6 +98,14 @@ impl LayersPattern {
             LayersPattern::Many(v) => v.iter().map(String::as_str).collect(),
         }
     }
+
+    /// Whether it names nothing (`""` or `[]`: Python's falsy values, which PEFT treats as unset).
+    pub fn is_empty(&self) -> bool {
+        match self {
+            LayersPattern::One(s) => s.is_empty(),
+            LayersPattern::Many(v) => v.is_empty(),
+        }
+    }
 }
 
 /// The module-selection options of a config, borrowed from it.
@@ -115,6 +123,47 @@ pub struct TargetSpec<'a> {
     pub modules_to_save: Option<&'a [String]>,
     /// `target_parameters` is set (then `target_modules: null` matches nothing instead of failing).
     pub has_target_parameters: bool,
+}
+
+impl TargetSpec<'_> {
+    /// The `__post_init__` rule of every PEFT config with `layers_pattern`: a (non-empty) `layers_pattern`
+    /// needs `layers_to_transform`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Inconsistent`] with PEFT's message.
+    pub fn check_layers_pattern(&self, location: &str) -> Result<(), ConfigError> {
+        if self.layers_pattern.is_some_and(|p| !p.is_empty()) && self.layers_to_transform.is_none() {
+            return Err(ConfigError::Inconsistent {
+                location: location.to_string(),
+                message: "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The layer-selection rules of the configs that also refuse `layers_to_transform` and
+    /// `layers_pattern` next to a regex `target_modules` (LoRA, AdaLoRA, HRA, FourierFT, …), then
+    /// [`TargetSpec::check_layers_pattern`].
+    ///
+    /// # Errors
+    /// [`ConfigError::Inconsistent`] with PEFT's message.
+    pub fn check_layer_selection(&self, location: &str) -> Result<(), ConfigError> {
+        if let Some(TargetModules::Regex(_)) = self.target_modules {
+            for (set, option) in [
+                (self.layers_to_transform.is_some(), "layers_to_transform"),
+                (self.layers_pattern.is_some(), "layers_pattern"),
+            ] {
+                if set {
+                    return Err(ConfigError::Inconsistent {
+                        location: location.to_string(),
+                        message: format!("`{option}` cannot be used when `target_modules` is a str."),
+                    });
+                }
+            }
+        }
+        self.check_layers_pattern(location)
+    }
 }
 
 /// The verdict for one module name.
@@ -220,33 +269,8 @@ impl TargetMatcher {
     /// option combinations PEFT rejects (`layers_to_transform` or `layers_pattern` with a regex
     /// `target_modules`; `layers_pattern` without `layers_to_transform`).
     pub fn new(spec: &TargetSpec<'_>) -> Result<Self, ConfigError> {
-        let loc = crate::error::IN_MEMORY.to_string();
-        if let Some(TargetModules::Regex(_)) = spec.target_modules {
-            if spec.layers_to_transform.is_some() {
-                return Err(ConfigError::Inconsistent {
-                    location: loc,
-                    message: "`layers_to_transform` cannot be used when `target_modules` is a str".into(),
-                });
-            }
-            if spec.layers_pattern.is_some() {
-                return Err(ConfigError::Inconsistent {
-                    location: loc,
-                    message: "`layers_pattern` cannot be used when `target_modules` is a str".into(),
-                });
-            }
-        }
-        let pattern_nonempty = match spec.layers_pattern {
-            Some(LayersPattern::One(s)) => !s.is_empty(),
-            Some(LayersPattern::Many(v)) => !v.is_empty(),
-            None => false,
-        };
-        if pattern_nonempty && spec.layers_to_transform.is_none() {
-            return Err(ConfigError::Inconsistent {
-                location: loc,
-                message: "when `layers_pattern` is specified, `layers_to_transform` must also be specified"
-                    .into(),
-            });
-        }
+        spec.check_layer_selection(crate::error::IN_MEMORY)?;
+        let pattern_nonempty = spec.layers_pattern.is_some_and(|p| !p.is_empty());
         let dummy = spec.target_modules.is_some_and(TargetModules::is_dummy);
         let targets = spec.target_modules.map(|t| Names::new("target_modules", t)).transpose()?;
         let exclude = spec.exclude_modules.map(|t| Names::new("exclude_modules", t)).transpose()?;

@@ -415,8 +415,88 @@ where
     Ok(config)
 }
 
-/// The `AdapterConfig` methods that are the same for every method config with a `common` field and
-/// `Clone`: `common`, `common_mut`, `clone_box`, `as_any`, `as_any_mut`. Use it inside the impl block:
+/// The typed side of a method's config: its `peft_type`, PEFT's `__post_init__`, and parsing from PEFT's
+/// JSON. Every method config implements it (the [`AdapterConfig`] side is what [`crate::PeftModel`] sees);
+/// [`crate::register_method!`] registers its parser. Bring it into scope to call `from_json_str` or
+/// `boxed` on a method's config (every method crate re-exports it):
+/// `peft_lora::LoraConfig::from_json_str(text, &mut warnings)?.boxed()`.
+pub trait MethodConfig:
+    AdapterConfig + Clone + Default + serde::Serialize + serde::de::DeserializeOwned + Sized
+{
+    /// The method's `peft_type` (`"LORA"`, `"IA3"`, …).
+    const PEFT_TYPE: &'static str;
+
+    /// PEFT's `__post_init__`: the normalisation (lists turned into sets, …), hard errors and warnings it
+    /// applies to a config read from a file. The default does nothing.
+    ///
+    /// # Errors
+    /// The config error PEFT raises, naming `location`.
+    fn post_init(&mut self, location: &str, warnings: &mut Vec<String>) -> Result<()> {
+        let _ = (location, warnings);
+        Ok(())
+    }
+
+    /// Parses PEFT's JSON object: unknown keys dropped with a warning, `peft_type` checked,
+    /// `peft_version` filled, then [`MethodConfig::post_init`].
+    ///
+    /// # Errors
+    /// Wrongly typed values (naming the key), another `peft_type`, and the errors of `post_init`.
+    fn from_json_map(
+        map: serde_json::Map<String, serde_json::Value>,
+        location: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<Self> {
+        let mut config: Self =
+            parse_method_config(map, Self::PEFT_TYPE, location, warnings, |c: &mut Self| c.common_mut())?;
+        config.post_init(location, warnings)?;
+        Ok(config)
+    }
+
+    /// Parses `adapter_config.json` text.
+    ///
+    /// # Errors
+    /// Invalid JSON, and as [`MethodConfig::from_json_map`].
+    fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
+        let location = peft_config::error::IN_MEMORY;
+        let map = peft_config::json::parse_json_object(text, location, warnings)?;
+        Self::from_json_map(map, location, warnings)
+    }
+
+    /// Boxes the config for [`crate::PeftModel`].
+    fn boxed(self) -> Box<dyn AdapterConfig> {
+        Box::new(self)
+    }
+}
+
+/// The registry's parser for a method config (what [`crate::register_method!`] registers).
+///
+/// # Errors
+/// As [`MethodConfig::from_json_map`].
+pub fn parse_boxed<T: MethodConfig>(
+    map: serde_json::Map<String, serde_json::Value>,
+    location: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Box<dyn AdapterConfig>> {
+    T::from_json_map(map, location, warnings).map(T::boxed)
+}
+
+/// PEFT's error for a size option that must be positive (`r`, `n_frequency`, …), raised where PEFT raises
+/// it (`update_layer`, before any layer gets the adapter).
+///
+/// # Errors
+/// [`PeftError::Invalid`] when `value <= 0`.
+pub fn require_positive(option: &str, value: i64) -> Result<()> {
+    if value <= 0 {
+        return Err(PeftError::Invalid(format!(
+            "`{option}` should be a positive integer value but the value passed is {value}"
+        )));
+    }
+    Ok(())
+}
+
+/// The `AdapterConfig` methods that are the same for every method config with a `common` field,
+/// `Clone` and `Serialize`: `common`, `common_mut`, `clone_box`, `as_any`, `as_any_mut`, `to_json`.
+/// Use it inside the impl block:
 ///
 /// ```ignore
 /// impl AdapterConfig for Ia3Config {
@@ -441,6 +521,9 @@ macro_rules! adapter_config_boilerplate {
         }
         fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
             self
+        }
+        fn to_json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
         }
     };
 }

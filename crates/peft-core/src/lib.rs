@@ -33,7 +33,7 @@ pub mod status;
 pub mod trainable_tokens;
 
 pub use adaptable::Adaptable;
-pub use config::{AdapterConfig, BiasMode, LayerInit, TargetLayer, TargetView};
+pub use config::{AdapterConfig, BiasMode, LayerInit, MethodConfig, TargetLayer, TargetView};
 pub use error::{PeftError, Result};
 pub use layer::{
     AdaptableLayer, AdaptedLayer, AdapterSlots, BaseLayer, ConvGeometry, ConvLike, EmbeddingLike, ForwardCtx,

@@ -35,16 +35,21 @@ pub struct MethodRegistration {
 
 inventory::collect!(MethodRegistration);
 
-/// Registers a method with the registry. Use it once in the method crate:
+/// Registers a method with the registry: its config type (a [`crate::MethodConfig`], whose `PEFT_TYPE` is
+/// the key) and the crate that provides it. Use it once in the method crate:
 ///
 /// ```ignore
-/// peft_core::register_method!("LORA", "peft-lora", parse_lora_config);
+/// peft_core::register_method!(LoraConfig, "peft-lora");
 /// ```
 #[macro_export]
 macro_rules! register_method {
-    ($peft_type:expr, $crate_name:expr, $parse:expr) => {
+    ($config:ty, $crate_name:expr) => {
         $crate::inventory::submit! {
-            $crate::registry::MethodRegistration { peft_type: $peft_type, crate_name: $crate_name, parse: $parse }
+            $crate::registry::MethodRegistration {
+                peft_type: <$config as $crate::MethodConfig>::PEFT_TYPE,
+                crate_name: $crate_name,
+                parse: $crate::config::parse_boxed::<$config>,
+            }
         }
     };
 }

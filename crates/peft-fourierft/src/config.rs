@@ -1,14 +1,15 @@
 //! `FourierFTConfig`: PEFT 0.21.2's keys, defaults and checks.
 
 use indexmap::IndexMap;
-use peft_core::config::{parse_method_config, unsupported_option, BiasOption, LayerInit};
+use peft_core::config::{unsupported_option, BiasOption, LayerInit};
 use peft_core::peft_config::targets::{dedupe_lists, full_match};
 use peft_core::peft_config::{
-    defaults, ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
+    defaults, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
 };
-use peft_core::{AdapterConfig, BiasMode, PeftError, Result, TunerLayer};
+use peft_core::MethodConfig;
+use peft_core::{AdapterConfig, BiasMode, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// `peft_type` of FourierFT.
 pub const PEFT_TYPE: &str = "FOURIERFT";
@@ -81,55 +82,8 @@ impl Default for FourierFtConfig {
 }
 
 impl FourierFtConfig {
-    /// Parses PEFT's JSON with `FourierFTConfig.__post_init__`'s checks.
-    ///
-    /// # Errors
-    /// Invalid values or option combinations PEFT rejects.
-    pub fn from_json_map(
-        map: Map<String, Value>,
-        location: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Self> {
-        let mut config: Self =
-            parse_method_config(map, PEFT_TYPE, location, warnings, |c: &mut Self| &mut c.common)?;
-        dedupe_lists([&mut config.target_modules, &mut config.exclude_modules]);
-        config.check(location)?;
-        Ok(config)
-    }
-
-    /// Parses `adapter_config.json` text.
-    ///
-    /// # Errors
-    /// As [`FourierFtConfig::from_json_map`].
-    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
-        let location = peft_core::peft_config::error::IN_MEMORY;
-        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
-        Self::from_json_map(map, location, warnings)
-    }
-
     fn check(&self, location: &str) -> Result<()> {
-        let bad = |message: &str| -> PeftError {
-            ConfigError::Inconsistent { location: location.to_string(), message: message.to_string() }.into()
-        };
-        if matches!(self.target_modules, Some(TargetModules::Regex(_))) {
-            if self.layers_to_transform.is_some() {
-                return Err(bad("`layers_to_transform` cannot be used when `target_modules` is a str."));
-            }
-            if self.layers_pattern.is_some() {
-                return Err(bad("`layers_pattern` cannot be used when `target_modules` is a str."));
-            }
-        }
-        let pattern_set = match &self.layers_pattern {
-            Some(LayersPattern::One(s)) => !s.is_empty(),
-            Some(LayersPattern::Many(v)) => !v.is_empty(),
-            None => false,
-        };
-        if pattern_set && self.layers_to_transform.is_none() {
-            return Err(bad(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified.",
-            ));
-        }
-        Ok(())
+        Ok(self.target_spec().check_layer_selection(location)?)
     }
 
     /// The number of coefficients for module `key`, as PEFT picks it: the first `n_frequency_pattern`
@@ -145,34 +99,20 @@ impl FourierFtConfig {
         }
         Ok(self.n_frequency_pattern.get(key).copied().unwrap_or(self.n_frequency))
     }
+}
 
-    /// Boxes the config for [`peft_core::PeftModel`].
-    pub fn boxed(self) -> Box<dyn AdapterConfig> {
-        Box::new(self)
+impl MethodConfig for FourierFtConfig {
+    const PEFT_TYPE: &'static str = PEFT_TYPE;
+
+    /// `FourierFTConfig.__post_init__`: target lists become sets; the layer-selection rules.
+    fn post_init(&mut self, location: &str, _warnings: &mut Vec<String>) -> Result<()> {
+        dedupe_lists([&mut self.target_modules, &mut self.exclude_modules]);
+        self.check(location)
     }
 }
 
 impl AdapterConfig for FourierFtConfig {
     peft_core::adapter_config_boilerplate!();
-
-    fn target_spec(&self) -> TargetSpec<'_> {
-        TargetSpec {
-            target_modules: self.target_modules.as_ref(),
-            exclude_modules: self.exclude_modules.as_ref(),
-            layers_to_transform: self.layers_to_transform.as_ref(),
-            layers_pattern: self.layers_pattern.as_ref(),
-            modules_to_save: self.modules_to_save.as_deref(),
-            ..TargetSpec::default()
-        }
-    }
-
-    fn set_target_modules(&mut self, targets: TargetModules) {
-        self.target_modules = Some(targets);
-    }
-
-    fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
 
     fn validate(&self) -> Result<()> {
         self.check(peft_core::peft_config::error::IN_MEMORY)?;
@@ -197,6 +137,21 @@ impl AdapterConfig for FourierFtConfig {
         Ok(())
     }
 
+    fn target_spec(&self) -> TargetSpec<'_> {
+        TargetSpec {
+            target_modules: self.target_modules.as_ref(),
+            exclude_modules: self.exclude_modules.as_ref(),
+            layers_to_transform: self.layers_to_transform.as_ref(),
+            layers_pattern: self.layers_pattern.as_ref(),
+            modules_to_save: self.modules_to_save.as_deref(),
+            ..TargetSpec::default()
+        }
+    }
+
+    fn set_target_modules(&mut self, targets: TargetModules) {
+        self.target_modules = Some(targets);
+    }
+
     fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
         defaults::target_modules(PEFT_TYPE, model_type)
     }
@@ -213,13 +168,4 @@ impl AdapterConfig for FourierFtConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::FourierFtLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
-}
-
-/// The registry's parser for `peft_type: "FOURIERFT"`.
-pub(crate) fn parse_boxed(
-    map: Map<String, Value>,
-    location: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Box<dyn AdapterConfig>> {
-    FourierFtConfig::from_json_map(map, location, warnings).map(FourierFtConfig::boxed)
 }

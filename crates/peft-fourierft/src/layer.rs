@@ -56,11 +56,7 @@ impl FourierFtLayer {
             config.fan_in_fan_out = fifo;
         }
         let n = config.n_frequency_for(ctx.module_name)?;
-        if n <= 0 {
-            return Err(PeftError::Invalid(format!(
-                "`n_frequency` should be a positive integer value but the value passed is {n}"
-            )));
-        }
+        peft_core::config::require_positive("n_frequency", n)?;
         if n > in_features * out_features {
             return Err(PeftError::Invalid(format!(
                 "`n_frequency` should be less than or equal to the product of the input and output dimensions but the \

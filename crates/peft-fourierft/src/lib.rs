@@ -13,7 +13,7 @@
 //! ```
 //! use peft_core::{nn, Adaptable, LoadOptions, PeftModel, SaveOptions};
 //! use peft_core::peft_config::TargetModules;
-//! use peft_fourierft::FourierFtConfig;
+//! use peft_fourierft::{FourierFtConfig, MethodConfig};
 //! use tch::nn::{ModuleT, VarStore};
 //! use tch::{Device, Kind, Tensor};
 //!
@@ -62,5 +62,6 @@ pub mod layer;
 
 pub use config::{FourierFtConfig, PEFT_TYPE};
 pub use layer::FourierFtLayer;
+pub use peft_core::MethodConfig;
 
-peft_core::register_method!(config::PEFT_TYPE, "peft-fourierft", config::parse_boxed);
+peft_core::register_method!(config::FourierFtConfig, "peft-fourierft");

@@ -1,31 +1,16 @@
 //! `HRAConfig`: PEFT 0.21.2's keys, defaults and checks.
 
-use peft_core::config::{parse_method_config, BiasMode, LayerInit};
+use peft_core::config::{BiasMode, BiasOption, LayerInit};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{
-    defaults, ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
+    defaults, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
 };
+use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 /// `peft_type` of HRA.
 pub const PEFT_TYPE: &str = "HRA";
-
-/// `bias`: which base biases train (and are saved) with the adapter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HraBias {
-    /// `"none"`: no bias trains.
-    #[default]
-    #[serde(rename = "none")]
-    None,
-    /// `"all"`: every bias of the model.
-    #[serde(rename = "all")]
-    All,
-    /// `"hra_only"`: the biases of the adapted layers.
-    #[serde(rename = "hra_only")]
-    HraOnly,
-}
 
 /// PEFT 0.21.2's `HRAConfig`, field for field.
 ///
@@ -68,7 +53,7 @@ pub struct HraConfig {
     /// The name of the layer list `layers_to_transform` indexes into.
     pub layers_pattern: Option<LayersPattern>,
     /// Which biases train with the adapter.
-    pub bias: HraBias,
+    pub bias: BiasOption,
     /// Extra modules trained and saved in full.
     pub modules_to_save: Option<Vec<String>>,
 }
@@ -84,76 +69,38 @@ impl Default for HraConfig {
             init_weights: true,
             layers_to_transform: None,
             layers_pattern: None,
-            bias: HraBias::None,
+            bias: BiasOption::default(),
             modules_to_save: None,
         }
     }
 }
 
 impl HraConfig {
-    /// Parses PEFT's JSON with `HRAConfig.__post_init__`'s checks.
-    ///
-    /// # Errors
-    /// Invalid values; `layers_to_transform` or `layers_pattern` with a regex `target_modules`;
-    /// `layers_pattern` without `layers_to_transform`.
-    pub fn from_json_map(
-        map: Map<String, Value>,
-        location: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Self> {
-        let mut config: Self =
-            parse_method_config(map, PEFT_TYPE, location, warnings, |c: &mut Self| &mut c.common)?;
-        config.post_init(location)?;
-        Ok(config)
-    }
-
-    /// Parses `adapter_config.json` text.
-    ///
-    /// # Errors
-    /// As [`HraConfig::from_json_map`].
-    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
-        let location = peft_core::peft_config::error::IN_MEMORY;
-        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
-        Self::from_json_map(map, location, warnings)
-    }
-
-    fn post_init(&mut self, location: &str) -> Result<()> {
-        dedupe_lists([&mut self.target_modules, &mut self.exclude_modules]);
-        self.check(location)
-    }
-
     /// `__post_init__`'s hard errors.
     fn check(&self, location: &str) -> Result<()> {
-        let bad = |message: &str| -> Result<()> {
-            Err(ConfigError::Inconsistent { location: location.to_string(), message: message.to_string() }
-                .into())
-        };
-        let regex_targets = matches!(self.target_modules, Some(TargetModules::Regex(_)));
-        if regex_targets && self.layers_to_transform.is_some() {
-            return bad("`layers_to_transform` cannot be used when `target_modules` is a str.");
-        }
-        if regex_targets && self.layers_pattern.is_some() {
-            return bad("`layers_pattern` cannot be used when `target_modules` is a str.");
-        }
-        let pattern_set = match &self.layers_pattern {
-            Some(LayersPattern::One(s)) => !s.is_empty(),
-            Some(LayersPattern::Many(v)) => !v.is_empty(),
-            None => false,
-        };
-        if pattern_set && self.layers_to_transform.is_none() {
-            return bad("When `layers_pattern` is specified, `layers_to_transform` must also be specified. ");
-        }
-        Ok(())
+        Ok(self.target_spec().check_layer_selection(location)?)
     }
+}
 
-    /// Boxes the config for [`peft_core::PeftModel`].
-    pub fn boxed(self) -> Box<dyn AdapterConfig> {
-        Box::new(self)
+impl MethodConfig for HraConfig {
+    const PEFT_TYPE: &'static str = PEFT_TYPE;
+
+    /// `HRAConfig.__post_init__`: target lists become sets; the hard errors of its checks.
+    fn post_init(&mut self, location: &str, _warnings: &mut Vec<String>) -> Result<()> {
+        dedupe_lists([&mut self.target_modules, &mut self.exclude_modules]);
+        self.check(location)
     }
 }
 
 impl AdapterConfig for HraConfig {
     peft_core::adapter_config_boilerplate!();
+
+    fn validate(&self) -> Result<()> {
+        self.bias.mode()?;
+        self.check(peft_core::peft_config::error::IN_MEMORY)?;
+        // PEFT raises this from `update_layer`, before any layer gets the adapter.
+        peft_core::config::require_positive("r", self.r)
+    }
 
     fn target_spec(&self) -> TargetSpec<'_> {
         TargetSpec {
@@ -170,24 +117,6 @@ impl AdapterConfig for HraConfig {
         self.target_modules = Some(targets);
     }
 
-    fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
-    fn validate(&self) -> Result<()> {
-        self.check(peft_core::peft_config::error::IN_MEMORY)?;
-        if self.r <= 0 {
-            // PEFT raises this from `update_layer`, before any layer gets the adapter.
-            return Err(ConfigError::InvalidField {
-                location: peft_core::peft_config::error::IN_MEMORY.to_string(),
-                field: "r".into(),
-                message: format!("`r` should be a positive integer value but the value passed is {}", self.r),
-            }
-            .into());
-        }
-        Ok(())
-    }
-
     fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
         defaults::target_modules(PEFT_TYPE, model_type)
     }
@@ -198,23 +127,10 @@ impl AdapterConfig for HraConfig {
     }
 
     fn bias(&self) -> BiasMode {
-        match self.bias {
-            HraBias::None => BiasMode::None,
-            HraBias::All => BiasMode::All,
-            HraBias::HraOnly => BiasMode::AdaptedOnly,
-        }
+        self.bias.mode().unwrap_or(BiasMode::None)
     }
 
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::HraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
-}
-
-/// The registry's parser for `peft_type: "HRA"`.
-pub(crate) fn parse_boxed(
-    map: Map<String, Value>,
-    location: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Box<dyn AdapterConfig>> {
-    HraConfig::from_json_map(map, location, warnings).map(HraConfig::boxed)
 }

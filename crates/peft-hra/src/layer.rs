@@ -128,11 +128,7 @@ impl HraLayer {
             return Err(ctx.unsupported(PEFT_TYPE, UNSUPPORTED));
         };
         let r = config.r;
-        if r <= 0 {
-            return Err(PeftError::Invalid(format!(
-                "`r` should be a positive integer value but the value passed is {r}"
-            )));
-        }
+        peft_core::config::require_positive("r", r)?;
         let opts = (Kind::Float, Device::Cpu);
         let u = if config.init_weights && r % 2 == 0 {
             let mut half = Tensor::f_zeros([dim, r / 2], opts).map_err(torch("initialising hra_u"))?;

@@ -18,7 +18,7 @@
 //! ```
 //! use peft_core::{nn, Adaptable, LoadOptions, PeftModel, SaveOptions};
 //! use peft_core::peft_config::TargetModules;
-//! use peft_hra::HraConfig;
+//! use peft_hra::{HraConfig, MethodConfig};
 //! use tch::nn::{ModuleT, VarStore};
 //! use tch::{Device, Kind, Tensor};
 //!
@@ -72,7 +72,8 @@
 pub mod config;
 pub mod layer;
 
-pub use config::{HraBias, HraConfig, PEFT_TYPE};
+pub use config::{HraConfig, PEFT_TYPE};
 pub use layer::{HraKind, HraLayer};
+pub use peft_core::MethodConfig;
 
-peft_core::register_method!(config::PEFT_TYPE, "peft-hra", config::parse_boxed);
+peft_core::register_method!(config::HraConfig, "peft-hra");

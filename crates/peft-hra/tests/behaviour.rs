@@ -2,73 +2,17 @@
 //! adapters, the layers and options PEFT refuses, bad files — each error naming what is wrong.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use peft_core::nn::{self as pnn, ConvConfig, EmbeddingConfig};
 use peft_core::peft_config::{LayerIndices, LayersPattern, TargetModules};
-use peft_core::{Adaptable, LoadOptions, PeftError, PeftModel, SaveOptions};
+use peft_core::MethodConfig;
+use peft_core::{AdapterConfig, BiasMode, PeftError, PeftModel};
 use peft_hra::{HraConfig, HraLayer};
-use tch::nn::{ModuleT, VarStore};
+use peft_testkit::nets::{LayerZoo, Quantized};
+use peft_testkit::{
+    assert_mixed_batches_refused, assert_safe_merge_refuses_nan, assert_shape_mismatch,
+    assert_unsupported_layer, load_error, max_diff, randomize, rng_lock as rng, save_with_config_edit, tuner,
+};
+use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
-
-#[derive(Debug, Adaptable)]
-struct Net {
-    emb: pnn::Embedding,
-    lin0: pnn::Linear,
-    lin1: pnn::Linear,
-    conv1x1: pnn::Conv,
-    conv3x3: pnn::Conv,
-    grouped: pnn::Conv,
-    dilated: pnn::Conv,
-    tall: pnn::Conv,
-    conv1d: pnn::Conv,
-    conv3d: pnn::Conv,
-    gpt2: pnn::Linear,
-}
-
-impl Net {
-    fn new(vs: &VarStore) -> Self {
-        let p = vs.root();
-        let conv = |padding: i64, groups: i64, dilation: i64| ConvConfig {
-            padding: vec![padding],
-            groups,
-            dilation: vec![dilation],
-            ..ConvConfig::default()
-        };
-        Net {
-            emb: pnn::embedding(&p / "emb", 7, 10, EmbeddingConfig { padding_idx: Some(0), init: true })
-                .unwrap(),
-            lin0: pnn::linear(&p / "lin0", 10, 20, Default::default()).unwrap(),
-            lin1: pnn::linear(&p / "lin1", 20, 2, Default::default()).unwrap(),
-            conv1x1: pnn::conv2d(&p / "conv1x1", 4, 6, &[1], ConvConfig::default()).unwrap(),
-            conv3x3: pnn::conv2d(&p / "conv3x3", 4, 6, &[3], conv(1, 1, 1)).unwrap(),
-            grouped: pnn::conv2d(&p / "grouped", 4, 6, &[3], conv(1, 2, 1)).unwrap(),
-            dilated: pnn::conv2d(&p / "dilated", 4, 6, &[3], conv(2, 1, 2)).unwrap(),
-            tall: pnn::conv2d(&p / "tall", 4, 6, &[3, 1], ConvConfig::default()).unwrap(),
-            conv1d: pnn::conv1d(&p / "conv1d", 4, 4, 3, ConvConfig::default()).unwrap(),
-            conv3d: pnn::conv3d(&p / "conv3d", 4, 4, &[1], ConvConfig::default()).unwrap(),
-            gpt2: pnn::transformers_conv1d(&p / "gpt2", 4, 10).unwrap(),
-        }
-    }
-}
-
-impl ModuleT for Net {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.lin1.forward_t(&self.lin0.forward_t(x, train).relu(), train)
-    }
-}
-
-/// Tests run on parallel threads and share libtorch's global RNG: every test holds this lock.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn net() -> (VarStore, Net) {
-    tch::manual_seed(0);
-    let vs = VarStore::new(Device::Cpu);
-    let n = Net::new(&vs);
-    (vs, n)
-}
 
 fn config(targets: &[&str], r: i64) -> HraConfig {
     HraConfig {
@@ -78,23 +22,16 @@ fn config(targets: &[&str], r: i64) -> HraConfig {
     }
 }
 
-fn randomize(peft: &PeftModel<Net>, scale: f64) {
-    for (_, mut t) in peft.adapter_var_store().variables() {
-        let noise = Tensor::randn_like(&t) * scale;
-        let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
-    }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
-}
-
 fn hra<'a>(layer: &'a peft_core::AdapterSlots, adapter: &str) -> &'a HraLayer {
-    layer.get(adapter).unwrap().as_any().downcast_ref::<HraLayer>().unwrap()
+    tuner(layer, adapter)
+}
+
+fn net() -> (VarStore, LayerZoo) {
+    LayerZoo::seeded(0)
 }
 
 /// The layers HRA adapts, with an input: (name, input, output).
-fn outputs(n: &Net, x: &Tensor, img: &Tensor) -> Vec<(&'static str, Tensor)> {
+fn outputs(n: &LayerZoo, x: &Tensor, img: &Tensor) -> Vec<(&'static str, Tensor)> {
     tch::no_grad(|| {
         vec![
             ("lin0", n.lin0.forward(x)),
@@ -220,32 +157,14 @@ fn layers_hra_cannot_adapt_are_refused_by_name() {
     ] {
         let (vs, n) = net();
         let err = PeftModel::new(n, &vs, config(&[target], 2).boxed(), "default").unwrap_err();
-        match &err {
-            PeftError::UnsupportedLayer { module, peft_type, .. } => {
-                assert_eq!(module, target);
-                assert_eq!(peft_type, "HRA");
-            }
-            other => panic!("{target}: expected UnsupportedLayer, got {other:?}"),
-        }
-        assert!(err.to_string().contains(hint), "{target}: {err}");
+        assert_unsupported_layer(&err, target, "HRA", hint);
     }
-}
-
-#[derive(Debug, Adaptable)]
-struct Quantized {
-    proj: pnn::Linear,
 }
 
 #[test]
 fn quantized_linears_are_refused() {
     let _rng = rng();
-    tch::manual_seed(1);
-    let w = Tensor::randn([16, 64], (Kind::Float, Device::Cpu)) * 0.1;
-    let q = peft_quant::Linear4bit::quantize(&w, peft_quant::Quant4Options::default()).unwrap();
-    let vs = VarStore::new(Device::Cpu);
-    let model = Quantized {
-        proj: peft_core::AdaptedLayer::new("proj", pnn::LinearBase::from_quantized(Box::new(q), None)),
-    };
+    let (vs, model) = Quantized::seeded(1, None);
     let cfg = HraConfig { target_modules: Some(TargetModules::list(["proj"])), ..HraConfig::default() };
     let err = PeftModel::new(model, &vs, cfg.boxed(), "default").unwrap_err();
     assert!(
@@ -280,13 +199,7 @@ fn a_non_finite_safe_merge_is_refused() {
     let _rng = rng();
     let (vs, n) = net();
     let mut peft = PeftModel::new(n, &vs, config(&["lin0"], 2).boxed(), "default").unwrap();
-    for (_, mut t) in peft.adapter_var_store().variables() {
-        let _ = tch::no_grad(|| t.f_fill_(f64::NAN)).unwrap();
-    }
-    let w = peft.model().lin0.base().weight.copy();
-    let err = peft.merge_adapter(None, true).unwrap_err();
-    assert!(matches!(err, PeftError::NonFiniteMerge { .. }), "{err:?}");
-    assert!(peft.model().lin0.base().weight.equal(&w));
+    assert_safe_merge_refuses_nan(&mut peft, |m| m.lin0.base().weight.shallow_clone());
 }
 
 #[test]
@@ -310,8 +223,13 @@ fn config_checks_follow_peft() {
     );
     let err = parse(r#"{"peft_type": "HRA", "layers_pattern": "layers"}"#).unwrap_err();
     assert!(err.to_string().contains("`layers_to_transform` must also be specified"), "{err}");
-    let err = parse(r#"{"peft_type": "HRA", "bias": "lora_only"}"#).unwrap_err();
-    assert!(err.to_string().contains("bias"), "{err}");
+    // PEFT reads any "<method>_only" as the adapted layers' biases, and refuses other values when it
+    // builds the model.
+    assert_eq!(parse(r#"{"peft_type": "HRA", "bias": "lora_only"}"#).unwrap().bias(), BiasMode::AdaptedOnly);
+    let (vs, n) = net();
+    let cfg = parse(r#"{"peft_type": "HRA", "bias": "some", "target_modules": ["lin0"]}"#).unwrap();
+    let err = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap_err();
+    assert!(err.to_string().contains("Requested bias: some"), "{err}");
     let c = parse(r#"{"peft_type": "HRA", "apply_GS": true, "target_modules": ["a", "a", "b"]}"#).unwrap();
     assert!(c.apply_gs);
     assert_eq!(c.target_modules, Some(TargetModules::list(["a", "b"])));
@@ -338,22 +256,12 @@ fn a_file_with_another_rank_fails_to_load_naming_key_and_shapes() {
     let _rng = rng();
     let (vs, n) = net();
     let peft = PeftModel::new(n, &vs, config(&["lin0"], 4).boxed(), "default").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    peft.save_pretrained(dir.path(), &SaveOptions::default()).unwrap();
     let keys: Vec<String> = peft.adapter_state_dict("default").unwrap().into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, ["base_model.model.lin0.hra_u"]);
-    let cfg = dir.path().join("adapter_config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("\"r\": 4", "\"r\": 2")).unwrap();
+    let dir = save_with_config_edit(&peft, "\"r\": 4", "\"r\": 2");
     let (vs2, n2) = net();
-    let err = PeftModel::from_pretrained(n2, &vs2, dir.path(), LoadOptions::default()).unwrap_err();
-    match &err {
-        PeftError::ShapeMismatch { key, expected, found, .. } => {
-            assert_eq!(key, "base_model.model.lin0.hra_u");
-            assert_eq!((expected.as_slice(), found.as_slice()), (&[10, 2][..], &[10, 4][..]));
-        }
-        other => panic!("expected a shape mismatch, got {other:?}"),
-    }
+    let err = load_error(n2, &vs2, dir.path());
+    assert_shape_mismatch(&err, "base_model.model.lin0.hra_u", &[10, 2], &[10, 4]);
 }
 
 #[test]
@@ -361,8 +269,7 @@ fn mixed_batches_are_refused_rather_than_ignored() {
     let _rng = rng();
     let (vs, n) = net();
     let peft = PeftModel::new(n, &vs, config(&["lin0"], 2).boxed(), "default").unwrap();
-    let err = peft.row_adapters(&["default", "__base__"]).unwrap_err();
-    assert!(err.to_string().contains("not supported for HRA"), "{err}");
+    assert_mixed_batches_refused(&peft, "HRA");
 }
 
 #[test]

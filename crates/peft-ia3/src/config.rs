@@ -1,11 +1,11 @@
 //! `IA3Config`: PEFT 0.21.2's keys, defaults and checks.
 
-use peft_core::config::{parse_method_config, LayerInit};
+use peft_core::config::LayerInit;
 use peft_core::peft_config::targets::{dedupe_lists, selects_by_suffix};
 use peft_core::peft_config::{defaults, ConfigError, PeftConfigCommon, TargetModules, TargetSpec};
+use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 /// `peft_type` of (IA)³.
 pub const PEFT_TYPE: &str = "IA3";
@@ -62,36 +62,6 @@ impl Default for Ia3Config {
 }
 
 impl Ia3Config {
-    /// Parses PEFT's JSON with `IA3Config.__post_init__`'s checks.
-    ///
-    /// # Errors
-    /// Invalid values, or `feedforward_modules` that are not a subset of `target_modules`.
-    pub fn from_json_map(
-        map: Map<String, Value>,
-        location: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Self> {
-        let mut config: Self =
-            parse_method_config(map, PEFT_TYPE, location, warnings, |c: &mut Self| &mut c.common)?;
-        config.post_init(location)?;
-        Ok(config)
-    }
-
-    /// Parses `adapter_config.json` text.
-    ///
-    /// # Errors
-    /// As [`Ia3Config::from_json_map`].
-    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
-        let location = peft_core::peft_config::error::IN_MEMORY;
-        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
-        Self::from_json_map(map, location, warnings)
-    }
-
-    fn post_init(&mut self, location: &str) -> Result<()> {
-        dedupe_lists([&mut self.target_modules, &mut self.exclude_modules, &mut self.feedforward_modules]);
-        self.check(location)
-    }
-
     /// `__post_init__`'s hard errors.
     fn check(&self, location: &str) -> Result<()> {
         if let (Some(TargetModules::List(ff)), Some(TargetModules::List(t))) =
@@ -120,15 +90,28 @@ impl Ia3Config {
         })?;
         Ok(selects_by_suffix("feedforward_modules", ff, key)?)
     }
+}
 
-    /// Boxes the config for [`peft_core::PeftModel`].
-    pub fn boxed(self) -> Box<dyn AdapterConfig> {
-        Box::new(self)
+impl MethodConfig for Ia3Config {
+    const PEFT_TYPE: &'static str = PEFT_TYPE;
+
+    /// `IA3Config.__post_init__`: target lists become sets; `feedforward_modules` must be targets.
+    fn post_init(&mut self, location: &str, _warnings: &mut Vec<String>) -> Result<()> {
+        dedupe_lists([&mut self.target_modules, &mut self.exclude_modules, &mut self.feedforward_modules]);
+        self.check(location)
     }
 }
 
 impl AdapterConfig for Ia3Config {
     peft_core::adapter_config_boilerplate!();
+
+    fn validate(&self) -> Result<()> {
+        self.check(peft_core::peft_config::error::IN_MEMORY)?;
+        if let Some(TargetModules::Regex(p)) = &self.feedforward_modules {
+            peft_core::peft_config::targets::full_match("feedforward_modules", p, "")?;
+        }
+        Ok(())
+    }
 
     fn target_spec(&self) -> TargetSpec<'_> {
         TargetSpec {
@@ -141,18 +124,6 @@ impl AdapterConfig for Ia3Config {
 
     fn set_target_modules(&mut self, targets: TargetModules) {
         self.target_modules = Some(targets);
-    }
-
-    fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
-    fn validate(&self) -> Result<()> {
-        self.check(peft_core::peft_config::error::IN_MEMORY)?;
-        if let Some(TargetModules::Regex(p)) = &self.feedforward_modules {
-            peft_core::peft_config::targets::full_match("feedforward_modules", p, "")?;
-        }
-        Ok(())
     }
 
     fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
@@ -188,13 +159,4 @@ impl AdapterConfig for Ia3Config {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::Ia3Layer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
-}
-
-/// The registry's parser for `peft_type: "IA3"`.
-pub(crate) fn parse_boxed(
-    map: Map<String, Value>,
-    location: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Box<dyn AdapterConfig>> {
-    Ia3Config::from_json_map(map, location, warnings).map(Ia3Config::boxed)
 }

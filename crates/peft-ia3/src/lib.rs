@@ -16,7 +16,7 @@
 //! ```
 //! use peft_core::{nn, Adaptable, LoadOptions, PeftModel, SaveOptions};
 //! use peft_core::peft_config::TargetModules;
-//! use peft_ia3::Ia3Config;
+//! use peft_ia3::{Ia3Config, MethodConfig};
 //! use tch::nn::{ModuleT, VarStore};
 //! use tch::{Device, Kind, Tensor};
 //!
@@ -70,5 +70,6 @@ pub mod layer;
 
 pub use config::{Ia3Config, PEFT_TYPE};
 pub use layer::{Ia3Kind, Ia3Layer};
+pub use peft_core::MethodConfig;
 
-peft_core::register_method!(config::PEFT_TYPE, "peft-ia3", config::parse_boxed);
+peft_core::register_method!(config::Ia3Config, "peft-ia3");

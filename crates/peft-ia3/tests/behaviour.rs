@@ -4,8 +4,11 @@
 
 use peft_core::nn::{self as pnn, ConvConfig};
 use peft_core::peft_config::TargetModules;
-use peft_core::{Adaptable, AdapterConfig, LoadOptions, PeftError, PeftModel, SaveOptions};
+use peft_core::MethodConfig;
+use peft_core::{Adaptable, AdapterConfig, PeftError, PeftModel, SaveOptions};
 use peft_ia3::Ia3Config;
+use peft_testkit::nets::Quantized;
+use peft_testkit::{assert_mixed_batches_refused, assert_shape_mismatch, load_error, randomize};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -50,13 +53,6 @@ fn net() -> (VarStore, Net) {
     (vs, n)
 }
 
-fn randomize(peft: &PeftModel<Net>) {
-    for (_, mut t) in peft.adapter_var_store().variables() {
-        let noise = Tensor::randn_like(&t) * 0.5;
-        let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
-    }
-}
-
 #[test]
 fn starts_as_the_identity_and_merges_to_the_same_outputs() {
     let (vs, n) = net();
@@ -64,7 +60,7 @@ fn starts_as_the_identity_and_merges_to_the_same_outputs() {
     let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
     let base = tch::no_grad(|| peft.disable_adapters().unwrap().forward_t(&x, false));
     assert!(tch::no_grad(|| peft.forward_t(&x, false)).equal(&base), "vectors of ones change nothing");
-    randomize(&peft);
+    randomize(&peft, 0.5);
     let unmerged = tch::no_grad(|| peft.forward_t(&x, false));
     assert!((&unmerged - &base).abs().max().double_value(&[]) > 1e-3, "the adapter acts");
     peft.merge_adapter(None, true).unwrap();
@@ -129,8 +125,7 @@ fn architecture_defaults_fill_targets_and_feedforward_modules() {
 fn mixed_batches_are_refused_rather_than_ignored() {
     let (vs, n) = net();
     let peft = PeftModel::new(n, &vs, config(&["lin0"], &[]).boxed(), "default").unwrap();
-    let err = peft.row_adapters(&["default", "__base__"]).unwrap_err();
-    assert!(err.to_string().contains("not supported for IA3"), "{err}");
+    assert_mixed_batches_refused(&peft, "IA3");
 }
 
 #[test]
@@ -144,31 +139,14 @@ fn an_output_scaling_file_does_not_load_as_input_scaling() {
     std::fs::write(&cfg, text.replace("\"feedforward_modules\": []", "\"feedforward_modules\": [\"lin0\"]"))
         .unwrap();
     let (vs2, n2) = net();
-    let err = PeftModel::from_pretrained(n2, &vs2, dir.path(), LoadOptions::default()).unwrap_err();
-    match &err {
-        PeftError::ShapeMismatch { key, expected, found, .. } => {
-            assert_eq!(key, "base_model.model.lin0.ia3_l");
-            assert_eq!((expected.as_slice(), found.as_slice()), (&[1, 10][..], &[20, 1][..]));
-        }
-        other => panic!("expected a shape mismatch, got {other:?}"),
-    }
-}
-
-#[derive(Debug, Adaptable)]
-struct Quantized {
-    proj: pnn::Linear,
+    let err = load_error(n2, &vs2, dir.path());
+    assert_shape_mismatch(&err, "base_model.model.lin0.ia3_l", &[1, 10], &[20, 1]);
 }
 
 #[test]
 fn quantized_bases_scale_their_output_but_refuse_merging() {
-    tch::manual_seed(1);
-    let w = Tensor::randn([16, 64], (Kind::Float, Device::Cpu)) * 0.1;
-    let q = peft_quant::Linear4bit::quantize(&w, peft_quant::Quant4Options::default()).unwrap();
-    let dense = q.dequantize();
-    let vs = VarStore::new(Device::Cpu);
-    let model = Quantized {
-        proj: peft_core::AdaptedLayer::new("proj", pnn::LinearBase::from_quantized(Box::new(q), None)),
-    };
+    let (vs, model) = Quantized::seeded(1, None);
+    let dense = model.dequantized();
     let mut peft = PeftModel::new(model, &vs, config(&["proj"], &[]).boxed(), "default").unwrap();
     for (_, mut t) in peft.adapter_var_store().variables() {
         let _ = tch::no_grad(|| t.f_fill_(2.0)).unwrap();

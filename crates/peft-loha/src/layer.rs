@@ -22,7 +22,6 @@ use crate::config::{LohaConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::grad_enabled;
 use peft_core::Result;
-use peft_lycoris::config::invalid_rank;
 use peft_lycoris::layer::{empty, kaiming, register};
 use peft_lycoris::{LycorisAdapter, LycorisKind, LycorisLayer, LycorisParams, LycorisTarget, MaskKind};
 use tch::{Device, Kind, Tensor};
@@ -127,9 +126,7 @@ pub fn create(config: &LohaConfig, ctx: &mut LayerInit<'_, '_>) -> Result<LohaLa
     let target = LycorisTarget::of(ctx, PEFT_TYPE)?;
     let o = &config.lycoris;
     let (r, alpha) = o.rank_and_alpha(ctx.module_name)?;
-    if r <= 0 {
-        return Err(invalid_rank(r));
-    }
+    peft_core::config::require_positive("r", r)?;
     let params = LycorisParams::new(r, alpha, o.rank_dropout, o.module_dropout, false);
     let out = target.out_features;
     // The shape PEFT decomposes: the weight flattened to (out, in'·∏k), or (out, in', k…) in the CP form.

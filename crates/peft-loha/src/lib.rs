@@ -18,7 +18,7 @@
 //! ```
 //! use peft_core::{nn, Adaptable, LoadOptions, PeftModel, SaveOptions};
 //! use peft_core::peft_config::TargetModules;
-//! use peft_loha::LohaConfig;
+//! use peft_loha::{LohaConfig, MethodConfig};
 //! use peft_lycoris::LycorisOptions;
 //! use tch::nn::{ModuleT, VarStore};
 //! use tch::{Device, Kind, Tensor};
@@ -76,5 +76,6 @@ pub mod layer;
 
 pub use config::{LohaConfig, PEFT_TYPE};
 pub use layer::{LohaFactors, LohaLayer};
+pub use peft_core::MethodConfig;
 
-peft_core::register_method!(config::PEFT_TYPE, "peft-loha", config::parse_boxed);
+peft_core::register_method!(config::LohaConfig, "peft-loha");

@@ -1,11 +1,11 @@
 //! `LoKrConfig`: PEFT 0.21.2's keys, defaults and checks.
 
-use peft_core::config::{parse_method_config, LayerInit};
+use peft_core::config::LayerInit;
 use peft_core::peft_config::{defaults, PeftConfigCommon, TargetModules, TargetSpec};
+use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, Result, TunerLayer};
 use peft_lycoris::LycorisOptions;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 /// `peft_type` of LoKr.
 pub const PEFT_TYPE: &str = "LOKR";
@@ -94,41 +94,21 @@ impl Default for LokrConfig {
     }
 }
 
-impl LokrConfig {
-    /// Parses PEFT's JSON with `LoKrConfig.__post_init__`'s normalisation and checks.
-    ///
-    /// # Errors
-    /// Wrongly typed values (naming the key), `layers_pattern` without `layers_to_transform`, invalid
-    /// pattern regexes.
-    pub fn from_json_map(
-        map: Map<String, Value>,
-        location: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Self> {
-        let mut config: Self =
-            parse_method_config(map, PEFT_TYPE, location, warnings, |c: &mut Self| &mut c.common)?;
-        config.lycoris.post_init(location)?;
-        Ok(config)
-    }
+impl MethodConfig for LokrConfig {
+    const PEFT_TYPE: &'static str = PEFT_TYPE;
 
-    /// Parses `adapter_config.json` text.
-    ///
-    /// # Errors
-    /// As [`LokrConfig::from_json_map`].
-    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
-        let location = peft_core::peft_config::error::IN_MEMORY;
-        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
-        Self::from_json_map(map, location, warnings)
-    }
-
-    /// Boxes the config for [`peft_core::PeftModel`].
-    pub fn boxed(self) -> Box<dyn AdapterConfig> {
-        Box::new(self)
+    /// `LoKrConfig.__post_init__`: the LyCORIS checks.
+    fn post_init(&mut self, location: &str, _warnings: &mut Vec<String>) -> Result<()> {
+        self.lycoris.post_init(location)
     }
 }
 
 impl AdapterConfig for LokrConfig {
     peft_core::adapter_config_boilerplate!();
+
+    fn validate(&self) -> Result<()> {
+        self.lycoris.check(peft_core::peft_config::error::IN_MEMORY)
+    }
 
     fn target_spec(&self) -> TargetSpec<'_> {
         self.lycoris.target_spec()
@@ -136,14 +116,6 @@ impl AdapterConfig for LokrConfig {
 
     fn set_target_modules(&mut self, targets: TargetModules) {
         self.lycoris.target_modules = Some(targets);
-    }
-
-    fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
-    fn validate(&self) -> Result<()> {
-        self.lycoris.check(peft_core::peft_config::error::IN_MEMORY)
     }
 
     fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
@@ -158,13 +130,4 @@ impl AdapterConfig for LokrConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
-}
-
-/// The registry's parser for `peft_type: "LOKR"`.
-pub(crate) fn parse_boxed(
-    map: Map<String, Value>,
-    location: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Box<dyn AdapterConfig>> {
-    LokrConfig::from_json_map(map, location, warnings).map(LokrConfig::boxed)
 }

@@ -19,7 +19,6 @@
 use crate::config::{LokrConfig, LokrInitWeights, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::Result;
-use peft_lycoris::config::invalid_rank;
 use peft_lycoris::layer::{empty, kaiming, register};
 use peft_lycoris::{LycorisAdapter, LycorisKind, LycorisLayer, LycorisParams, LycorisTarget, MaskKind};
 use tch::Tensor;
@@ -153,9 +152,7 @@ pub fn create(config: &LokrConfig, ctx: &mut LayerInit<'_, '_>) -> Result<LokrLa
     let target = LycorisTarget::of(ctx, PEFT_TYPE)?;
     let o = &config.lycoris;
     let (r, alpha) = o.rank_and_alpha(ctx.module_name)?;
-    if r <= 0 {
-        return Err(invalid_rank(r));
-    }
+    peft_core::config::require_positive("r", r)?;
     let params = LycorisParams::new(r, alpha, o.rank_dropout, o.module_dropout, config.rank_dropout_scale);
     let (in_dim, kernel, effective) = match &target.kind {
         LycorisKind::Linear => (target.in_features, Vec::new(), false),

@@ -17,7 +17,7 @@
 //! ```
 //! use peft_core::{nn, Adaptable, LoadOptions, PeftModel, SaveOptions};
 //! use peft_core::peft_config::TargetModules;
-//! use peft_lokr::LokrConfig;
+//! use peft_lokr::{LokrConfig, MethodConfig};
 //! use peft_lycoris::LycorisOptions;
 //! use tch::nn::{ModuleT, VarStore};
 //! use tch::{Device, Kind, Tensor};
@@ -76,5 +76,6 @@ pub mod layer;
 
 pub use config::{LokrConfig, LokrInitScheme, LokrInitWeights, PEFT_TYPE};
 pub use layer::{factorization, LeftFactor, LokrFactors, LokrLayer, RightFactor};
+pub use peft_core::MethodConfig;
 
-peft_core::register_method!(config::PEFT_TYPE, "peft-lokr", config::parse_boxed);
+peft_core::register_method!(config::LokrConfig, "peft-lokr");

@@ -2,48 +2,22 @@
 //! in training, the options and layers PEFT refuses, bad files — each an error naming what is wrong.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use peft_core::nn::{self as pnn, ConvConfig};
 use peft_core::peft_config::TargetModules;
-use peft_core::{Adaptable, AdapterConfig, LoadOptions, PeftError, PeftModel, SaveOptions};
+use peft_core::MethodConfig;
+use peft_core::{AdapterConfig, PeftError, PeftModel};
 use peft_lokr::{factorization, LokrConfig, LokrInitScheme, LokrInitWeights, LokrLayer};
 use peft_lycoris::LycorisOptions;
+use peft_testkit::nets::{ConvMix, Quantized};
+use peft_testkit::{
+    assert_mixed_batches_refused, assert_shape_mismatch, load_error, max_diff, randomize, rng_lock as rng,
+    save_with_config_edit,
+};
 use std::collections::BTreeMap;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
-#[derive(Debug, Adaptable)]
-struct Net {
-    lin0: pnn::Linear,
-    lin1: pnn::Linear,
-    conv2d: pnn::Conv,
-    conv1x1: pnn::Conv,
-    conv1d: pnn::Conv,
-    gpt: pnn::Linear,
-    emb: pnn::Embedding,
-    conv3d: pnn::Conv,
-}
-
-impl Net {
-    fn new(vs: &VarStore) -> Self {
-        let p = vs.root();
-        let padded = ConvConfig { padding: vec![1], ..ConvConfig::default() };
-        Net {
-            lin0: pnn::linear(&p / "lin0", 10, 20, Default::default()).unwrap(),
-            lin1: pnn::linear(&p / "lin1", 20, 2, Default::default()).unwrap(),
-            conv2d: pnn::conv2d(&p / "conv2d", 2, 4, &[3], padded.clone()).unwrap(),
-            conv1x1: pnn::conv2d(&p / "conv1x1", 4, 4, &[1], ConvConfig::default()).unwrap(),
-            conv1d: pnn::conv1d(&p / "conv1d", 2, 4, 3, ConvConfig { stride: vec![2], ..padded }).unwrap(),
-            gpt: pnn::transformers_conv1d(&p / "gpt", 4, 10).unwrap(),
-            emb: pnn::embedding(&p / "emb", 5, 10, Default::default()).unwrap(),
-            conv3d: pnn::conv3d(&p / "conv3d", 2, 2, &[1], ConvConfig::default()).unwrap(),
-        }
-    }
-}
-
-impl ModuleT for Net {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.lin1.forward_t(&self.lin0.forward_t(x, train).relu(), train)
-    }
+fn net() -> (VarStore, ConvMix) {
+    ConvMix::seeded(0)
 }
 
 fn config(targets: &[&str], r: i64) -> LokrConfig {
@@ -58,43 +32,7 @@ fn config(targets: &[&str], r: i64) -> LokrConfig {
     }
 }
 
-/// Tests of this binary run on parallel threads and share libtorch's global generator.
-fn rng() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn net() -> (VarStore, Net) {
-    tch::manual_seed(0);
-    let vs = VarStore::new(Device::Cpu);
-    let n = Net::new(&vs);
-    (vs, n)
-}
-
-fn randomize(peft: &PeftModel<Net>) {
-    for (_, mut t) in peft.adapter_var_store().variables() {
-        let noise = Tensor::randn_like(&t) * 0.5;
-        let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
-    }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
-}
-
-/// Outputs of every adapted layer kind: the MLP, the 3x3 and 1x1 Conv2d, the strided Conv1d.
-fn outputs(m: &Net) -> Vec<Tensor> {
-    tch::manual_seed(5);
-    let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
-    let img = Tensor::randn([2, 2, 5, 5], (Kind::Float, Device::Cpu));
-    let img4 = Tensor::randn([2, 4, 5, 5], (Kind::Float, Device::Cpu));
-    let seq = Tensor::randn([2, 2, 9], (Kind::Float, Device::Cpu));
-    tch::no_grad(|| {
-        vec![m.forward_t(&x, false), m.conv2d.forward(&img), m.conv1x1.forward(&img4), m.conv1d.forward(&seq)]
-    })
-}
-
-fn shapes(peft: &PeftModel<Net>) -> BTreeMap<String, Vec<i64>> {
+fn shapes(peft: &PeftModel<ConvMix>) -> BTreeMap<String, Vec<i64>> {
     peft.adapter_state_dict("default").unwrap().into_iter().map(|(k, t)| (k, t.size())).collect()
 }
 
@@ -119,21 +57,21 @@ fn starts_as_the_identity_and_merges_to_the_same_outputs_in_every_form() {
             let (vs, n) = net();
             let cfg = LokrConfig { init_weights: init.clone(), ..cfg.clone() };
             let mut peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
-            let base = outputs(&peft.disable_adapters().unwrap());
-            for (a, b) in outputs(peft.model()).iter().zip(&base) {
+            let base = peft.disable_adapters().unwrap().outputs();
+            for (a, b) in peft.model().outputs().iter().zip(&base) {
                 assert!(a.equal(b), "{what} {init:?}: a zero factor makes the adapter the identity");
             }
-            randomize(&peft);
-            let unmerged = outputs(peft.model());
+            randomize(&peft, 0.5);
+            let unmerged = peft.model().outputs();
             for (a, b) in unmerged.iter().zip(&base) {
                 assert!(max_diff(a, b) > 1e-3, "{what}: the adapter acts");
             }
             peft.merge_adapter(None, true).unwrap();
-            for (a, b) in outputs(peft.model()).iter().zip(&unmerged) {
+            for (a, b) in peft.model().outputs().iter().zip(&unmerged) {
                 assert!(max_diff(a, b) < 1e-4, "{what}: merged {}", max_diff(a, b));
             }
             peft.unmerge_adapter().unwrap();
-            for (a, b) in outputs(peft.model()).iter().zip(&unmerged) {
+            for (a, b) in peft.model().outputs().iter().zip(&unmerged) {
                 assert!(max_diff(a, b) < 1e-4, "{what}: unmerged again");
             }
         }
@@ -180,8 +118,8 @@ fn a_non_finite_safe_merge_is_refused_and_changes_nothing() {
     let _rng = rng();
     let (vs, n) = net();
     let mut peft = PeftModel::new(n, &vs, config(&["lin0"], 2).boxed(), "default").unwrap();
-    randomize(&peft);
-    let base = outputs(&peft.disable_adapters().unwrap());
+    randomize(&peft, 0.5);
+    let base = peft.disable_adapters().unwrap().outputs();
     for (name, mut t) in peft.adapter_var_store().variables() {
         if name.contains("lokr_w1") {
             let _ = tch::no_grad(|| t.f_fill_(f64::INFINITY)).unwrap();
@@ -190,7 +128,7 @@ fn a_non_finite_safe_merge_is_refused_and_changes_nothing() {
     let err = peft.merge_adapter(None, true).unwrap_err();
     assert!(matches!(err, PeftError::NonFiniteMerge { ref module, .. } if module == "lin0"), "{err:?}");
     assert!(peft.model().lin0.slots().merged().is_empty());
-    assert!(outputs(&peft.disable_adapters().unwrap())[0].equal(&base[0]), "the base weight is untouched");
+    assert!(peft.disable_adapters().unwrap().outputs()[0].equal(&base[0]), "the base weight is untouched");
 }
 
 #[test]
@@ -200,7 +138,7 @@ fn module_dropout_draws_once_per_layer_in_training_and_never_in_evaluation() {
     let mut cfg = config(&["lin0", "lin1"], 2);
     cfg.lycoris.module_dropout = 0.0;
     let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
-    randomize(&peft);
+    randomize(&peft, 0.5);
     let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
     let rand1 = || Tensor::rand([1], (Kind::Float, Device::Cpu));
     let eval = tch::no_grad(|| peft.forward_t(&x, false));
@@ -221,7 +159,7 @@ fn module_dropout_draws_once_per_layer_in_training_and_never_in_evaluation() {
     let mut cfg = config(&["lin0", "lin1"], 2);
     cfg.lycoris.module_dropout = 1.0;
     let mut peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
-    randomize(&peft);
+    randomize(&peft, 0.5);
     let train = tch::no_grad(|| peft.forward_t(&x, true));
     let adapted = tch::no_grad(|| peft.forward_t(&x, false));
     let base = tch::no_grad(|| peft.disable_adapters().unwrap().forward_t(&x, false));
@@ -238,7 +176,7 @@ fn rank_dropout_zeroes_rows_and_rescales_only_with_rank_dropout_scale() {
         cfg.lycoris.rank_dropout = 0.5;
         cfg.rank_dropout_scale = scale;
         let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
-        randomize(&peft);
+        randomize(&peft, 0.5);
         let layer =
             peft.model().lin0.slots().get("default").unwrap().as_any().downcast_ref::<LokrLayer>().unwrap();
         let full = tch::no_grad(|| layer.delta_weight(false));
@@ -276,21 +214,10 @@ fn layers_lokr_cannot_adapt_are_refused_by_name() {
     }
 }
 
-#[derive(Debug, Adaptable)]
-struct Quantized {
-    proj: pnn::Linear,
-}
-
 #[test]
 fn quantized_linears_are_refused() {
     let _rng = rng();
-    tch::manual_seed(1);
-    let w = Tensor::randn([16, 64], (Kind::Float, Device::Cpu)) * 0.1;
-    let q = peft_quant::Linear4bit::quantize(&w, peft_quant::Quant4Options::default()).unwrap();
-    let vs = VarStore::new(Device::Cpu);
-    let model = Quantized {
-        proj: peft_core::AdaptedLayer::new("proj", pnn::LinearBase::from_quantized(Box::new(q), None)),
-    };
+    let (vs, model) = Quantized::seeded(1, None);
     let err = PeftModel::new(model, &vs, config(&["proj"], 2).boxed(), "default").unwrap_err();
     assert!(matches!(&err, PeftError::UnsupportedLayer { kind, .. } if kind == "Linear4bit"), "{err:?}");
     assert!(err.to_string().contains("quantized"), "{err}");
@@ -353,8 +280,7 @@ fn architecture_defaults_and_mixed_batches() {
     assert_eq!(cfg.default_target_modules("llama"), Some(TargetModules::list(["q_proj", "v_proj"])));
     let (vs, n) = net();
     let peft = PeftModel::new(n, &vs, config(&["lin0"], 2).boxed(), "default").unwrap();
-    let err = peft.row_adapters(&["default", "__base__"]).unwrap_err();
-    assert!(err.to_string().contains("not supported for LOKR"), "{err}");
+    assert_mixed_batches_refused(&peft, "LOKR");
 }
 
 #[test]
@@ -362,18 +288,8 @@ fn a_file_of_another_rank_fails_naming_key_and_shapes() {
     let _rng = rng();
     let (vs, n) = net();
     let peft = PeftModel::new(n, &vs, config(&["lin0"], 4).boxed(), "default").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    peft.save_pretrained(dir.path(), &SaveOptions::default()).unwrap();
-    let cfg = dir.path().join("adapter_config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("\"decompose_factor\": -1", "\"decompose_factor\": 2")).unwrap();
+    let dir = save_with_config_edit(&peft, "\"decompose_factor\": -1", "\"decompose_factor\": 2");
     let (vs2, n2) = net();
-    let err = PeftModel::from_pretrained(n2, &vs2, dir.path(), LoadOptions::default()).unwrap_err();
-    match &err {
-        PeftError::ShapeMismatch { key, expected, found, .. } => {
-            assert_eq!(key, "base_model.model.lin0.lokr_w1");
-            assert_eq!((expected.as_slice(), found.as_slice()), (&[2, 2][..], &[4, 2][..]));
-        }
-        other => panic!("expected a shape mismatch, got {other:?}"),
-    }
+    let err = load_error(n2, &vs2, dir.path());
+    assert_shape_mismatch(&err, "base_model.model.lin0.lokr_w1", &[2, 2], &[4, 2]);
 }

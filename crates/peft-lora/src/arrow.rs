@@ -15,6 +15,7 @@ use crate::config::LoraConfig;
 use crate::layer::LoraLayer;
 use peft_core::error::{PeftError, Result};
 use peft_core::layer::TunerLayer;
+use peft_core::MethodConfig;
 use peft_core::{Adaptable, LoadOptions, PeftModel};
 use serde_json::Value;
 use std::path::Path;

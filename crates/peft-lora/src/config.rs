@@ -4,41 +4,21 @@ use indexmap::IndexMap;
 use peft_core::config::{unsupported_option, AdapterConfig, BiasMode, LayerInit};
 use peft_core::error::{PeftError, Result};
 use peft_core::layer::TunerLayer;
-use peft_core::peft_config::json::from_json_object;
+use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{
-    ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec, PEFT_VERSION,
+    ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
 };
+use peft_core::MethodConfig;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 use std::any::Any;
 
 /// The method id.
 pub const PEFT_TYPE: &str = "LORA";
 
-/// A JSON number that keeps its form: `8` stays an integer, `8.0` a float, so a config round-trips to
-/// the same text PEFT wrote.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Alpha(pub Number);
-
-impl Alpha {
-    /// The value.
-    pub fn value(&self) -> f64 {
-        self.0.as_f64().unwrap_or(f64::NAN)
-    }
-}
-
-impl From<i64> for Alpha {
-    fn from(v: i64) -> Self {
-        Alpha(Number::from(v))
-    }
-}
-
-impl From<f64> for Alpha {
-    fn from(v: f64) -> Self {
-        Alpha(Number::from_f64(v).unwrap_or_else(|| Number::from(0)))
-    }
-}
+/// `lora_alpha`: a JSON number that keeps its form (`8` stays an integer, `8.0` a float), so a config
+/// round-trips to the same text PEFT wrote.
+pub use peft_core::peft_config::Num as Alpha;
 
 /// `bias`: which biases train with the adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -498,76 +478,14 @@ fn inconsistent(location: &str, message: &str) -> PeftError {
     ConfigError::Inconsistent { location: location.to_string(), message: message.to_string() }.into()
 }
 
-impl LoraConfig {
-    /// Parses PEFT's JSON, with PEFT's checks and warnings (`LoraConfig.__post_init__`).
-    ///
-    /// # Errors
-    /// Invalid values or option combinations PEFT rejects, naming the key.
-    pub fn from_json_map(
-        map: Map<String, Value>,
-        location: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Self> {
-        let mut config: LoraConfig = from_json_object(map, location, warnings)?;
-        if config.common.peft_type != PEFT_TYPE {
-            return Err(ConfigError::InvalidField {
-                location: location.to_string(),
-                field: "peft_type".into(),
-                message: format!("expected {PEFT_TYPE:?}, found {:?}", config.common.peft_type),
-            }
-            .into());
-        }
-        config.post_init(location, warnings)?;
-        Ok(config)
-    }
-
-    /// Parses `adapter_config.json` text.
-    ///
-    /// # Errors
-    /// As [`LoraConfig::from_json_map`].
-    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
-        let location = peft_core::peft_config::error::IN_MEMORY;
-        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
-        Self::from_json_map(map, location, warnings)
-    }
+impl MethodConfig for LoraConfig {
+    const PEFT_TYPE: &'static str = PEFT_TYPE;
 
     /// PEFT's `__post_init__`: normalisation, hard errors and warnings.
     fn post_init(&mut self, location: &str, warnings: &mut Vec<String>) -> Result<()> {
-        if self.common.peft_version.is_none() {
-            self.common.peft_version = Some(PEFT_VERSION.to_string());
-        }
         // Lists are sets in PEFT.
-        for list in [&mut self.target_modules, &mut self.exclude_modules].into_iter().flatten() {
-            if let TargetModules::List(v) = list {
-                let mut seen = std::collections::BTreeSet::new();
-                v.retain(|x| seen.insert(x.clone()));
-            }
-        }
-        if matches!(self.target_modules, Some(TargetModules::Regex(_))) {
-            if self.layers_to_transform.is_some() {
-                return Err(inconsistent(
-                    location,
-                    "`layers_to_transform` cannot be used when `target_modules` is a str",
-                ));
-            }
-            if self.layers_pattern.is_some() {
-                return Err(inconsistent(
-                    location,
-                    "`layers_pattern` cannot be used when `target_modules` is a str",
-                ));
-            }
-        }
-        let pattern_set = match &self.layers_pattern {
-            Some(LayersPattern::One(s)) => !s.is_empty(),
-            Some(LayersPattern::Many(v)) => !v.is_empty(),
-            None => false,
-        };
-        if pattern_set && self.layers_to_transform.is_none() {
-            return Err(inconsistent(
-                location,
-                "when `layers_pattern` is specified, `layers_to_transform` must also be specified",
-            ));
-        }
+        dedupe_lists([&mut self.target_modules, &mut self.exclude_modules]);
+        self.target_spec().check_layer_selection(location)?;
         if self.use_dora && self.megatron_config.is_some() {
             return Err(inconsistent(
                 location,
@@ -650,7 +568,9 @@ impl LoraConfig {
         }
         Ok(())
     }
+}
 
+impl LoraConfig {
     /// `lora_alpha / r`, or `lora_alpha / sqrt(r)` with rsLoRA.
     pub fn scaling_for(&self, r: i64, alpha: f64) -> f64 {
         if self.use_rslora {
@@ -683,11 +603,6 @@ impl LoraConfig {
                 .unwrap_or(self.lora_alpha.value())
         };
         Ok((r, alpha))
-    }
-
-    /// Boxes the config for [`peft_core::PeftModel`].
-    pub fn boxed(self) -> Box<dyn AdapterConfig> {
-        Box::new(self)
     }
 }
 
@@ -733,12 +648,7 @@ impl AdapterConfig for LoraConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.r <= 0 {
-            return Err(PeftError::Invalid(format!(
-                "`r` should be a positive integer value but the value passed is {}",
-                self.r
-            )));
-        }
+        peft_core::config::require_positive("r", self.r)?;
         if let Some((p, r)) = self.rank_pattern.iter().find(|(_, r)| **r <= 0) {
             return Err(PeftError::Invalid(format!("rank_pattern {p:?}: `r` must be positive, got {r}")));
         }
@@ -902,13 +812,4 @@ impl AdapterConfig for LoraConfig {
 /// names none, by transformers `model_type` (see [`peft_core::peft_config::defaults`]).
 pub fn default_target_modules(model_type: &str) -> Option<TargetModules> {
     peft_core::peft_config::defaults::lora(model_type)
-}
-
-/// The registry's parser for `peft_type: "LORA"`.
-pub(crate) fn parse_boxed(
-    map: Map<String, Value>,
-    location: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Box<dyn AdapterConfig>> {
-    LoraConfig::from_json_map(map, location, warnings).map(LoraConfig::boxed)
 }

@@ -171,11 +171,7 @@ impl LoraLayer {
         let (kind, in_features, out_features, weight, has_base_bias) = Self::inspect_base(config, ctx)?;
         let (device, base_kind) = (weight.device(), weight.kind());
         let (r, lora_alpha) = config.rank_and_alpha(ctx.module_name)?;
-        if r <= 0 {
-            return Err(PeftError::Invalid(format!(
-                "`r` should be a positive integer value but the value passed is {r}"
-            )));
-        }
+        peft_core::config::require_positive("r", r)?;
         match &kind {
             LoraKind::Embedding { .. } if config.lora_bias => {
                 return Err(PeftError::Invalid(format!(

@@ -14,7 +14,7 @@
 //! ```
 //! use peft_core::{nn, Adaptable, PeftModel, SaveOptions, LoadOptions};
 //! use peft_core::peft_config::TargetModules;
-//! use peft_lora::LoraConfig;
+//! use peft_lora::{LoraConfig, MethodConfig};
 //! use tch::nn::{ModuleT, VarStore};
 //! use tch::{Device, Kind, Tensor};
 //!
@@ -87,6 +87,7 @@ pub mod weighted;
 pub use config::{Alpha, InitLoraWeights, LoraBias, LoraConfig, PEFT_TYPE};
 pub use dora::Dora;
 pub use layer::{LoraKind, LoraLayer};
+pub use peft_core::MethodConfig;
 pub use weighted::{Combination, LoraModelExt, WeightedAdapterOptions};
 
-peft_core::register_method!(config::PEFT_TYPE, "peft-lora", config::parse_boxed);
+peft_core::register_method!(config::LoraConfig, "peft-lora");

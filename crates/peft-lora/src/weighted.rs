@@ -32,6 +32,7 @@ use peft_core::error::{PeftError, Result};
 use peft_core::merge_utils::{self, MajoritySign};
 use peft_core::modules_to_save::ModulesToSave;
 use peft_core::peft_config::TargetModules;
+use peft_core::MethodConfig;
 use peft_core::{Adaptable, AdapterSlots, PeftModel};
 use std::collections::BTreeSet;
 use tch::Tensor;

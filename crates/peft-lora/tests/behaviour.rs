@@ -5,6 +5,7 @@ mod common;
 
 use common::{config, input, max_diff, model, out, peft, snapshot};
 use peft_core::status::{RequiresGrad, Tristate};
+use peft_core::MethodConfig;
 use peft_core::{inspect_targets, LoadOptions, PeftModel, SaveOptions};
 use peft_lora::{LoraBias, LoraConfig, LoraLayer};
 use tch::Tensor;

@@ -5,6 +5,7 @@ mod common;
 
 use common::{config, model, peft, snapshot};
 use peft_core::io::{read_safetensors, write_safetensors};
+use peft_core::MethodConfig;
 use peft_core::{AdapterOptions, LoadOptions, PeftError, PeftModel, SaveOptions};
 use peft_lora::{InitLoraWeights, LoraConfig};
 use std::path::Path;

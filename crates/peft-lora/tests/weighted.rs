@@ -5,6 +5,7 @@
 mod common;
 
 use common::{config, input, max_diff, model, out};
+use peft_core::MethodConfig;
 use peft_core::{PeftError, PeftModel};
 use peft_lora::{Combination, LoraConfig, LoraLayer, LoraModelExt, WeightedAdapterOptions};
 use tch::Tensor;

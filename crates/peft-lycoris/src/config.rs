@@ -4,35 +4,13 @@
 use indexmap::IndexMap;
 use peft_core::peft_config::patterns::PatternMap;
 use peft_core::peft_config::targets::dedupe_lists;
-use peft_core::peft_config::{ConfigError, LayerIndices, LayersPattern, TargetModules, TargetSpec};
-use peft_core::{PeftError, Result};
+use peft_core::peft_config::{LayerIndices, LayersPattern, TargetModules, TargetSpec};
+use peft_core::Result;
 use serde::{Deserialize, Serialize};
-use serde_json::Number;
 
-/// A JSON number that keeps its form (`8` stays an integer, `8.0` a float), so a config round-trips to
-/// the text PEFT wrote: PEFT declares `alpha: int` but keeps whatever number it was given.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Alpha(pub Number);
-
-impl Alpha {
-    /// The value as a float.
-    pub fn value(&self) -> f64 {
-        self.0.as_f64().unwrap_or(f64::NAN)
-    }
-}
-
-impl From<i64> for Alpha {
-    fn from(v: i64) -> Self {
-        Alpha(Number::from(v))
-    }
-}
-
-impl From<f64> for Alpha {
-    fn from(v: f64) -> Self {
-        Alpha(Number::from_f64(v).unwrap_or_else(|| Number::from(0)))
-    }
-}
+/// `alpha`: a JSON number that keeps its form (PEFT declares `alpha: int` but keeps whatever number it was
+/// given), so a config round-trips to the text PEFT wrote.
+pub use peft_core::peft_config::Num as Alpha;
 
 /// The keys LoHa and LoKr share, with PEFT 0.21.2's defaults. Method configs flatten it next to
 /// [`peft_core::peft_config::PeftConfigCommon`], so the JSON has every key at the top level as PEFT
@@ -109,19 +87,7 @@ impl LycorisOptions {
     /// # Errors
     /// `layers_pattern` without `layers_to_transform`; an invalid `rank_pattern` / `alpha_pattern` regex.
     pub fn check(&self, location: &str) -> Result<()> {
-        let pattern_set = match &self.layers_pattern {
-            Some(LayersPattern::One(s)) => !s.is_empty(),
-            Some(LayersPattern::Many(v)) => !v.is_empty(),
-            None => false,
-        };
-        if pattern_set && self.layers_to_transform.is_none() {
-            return Err(ConfigError::Inconsistent {
-                location: location.to_string(),
-                message: "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
-                    .into(),
-            }
-            .into());
-        }
+        self.target_spec().check_layers_pattern(location)?;
         PatternMap::new("rank_pattern", &self.rank_pattern)?;
         PatternMap::new("alpha_pattern", &self.alpha_pattern)?;
         Ok(())
@@ -151,9 +117,4 @@ impl LycorisOptions {
             ..TargetSpec::default()
         }
     }
-}
-
-/// The error PEFT's `update_layer` raises for a rank that is not positive.
-pub fn invalid_rank(r: i64) -> PeftError {
-    PeftError::Invalid(format!("`r` should be a positive integer value but the value passed is {r}"))
 }

@@ -1,32 +1,18 @@
 //! `OFTConfig`: PEFT 0.21.2's keys, defaults and checks (`__post_init__` and the file-level
 //! `check_kwargs`).
 
-use peft_core::config::{parse_method_config, BiasMode, LayerInit};
+use peft_core::config::{parse_method_config, BiasMode, BiasOption, LayerInit};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{
     defaults, ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
 };
+use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// `peft_type` of OFT.
 pub const PEFT_TYPE: &str = "OFT";
-
-/// `bias`: which base biases train (and are saved) with the adapter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OftBias {
-    /// `"none"`: no bias trains.
-    #[default]
-    #[serde(rename = "none")]
-    None,
-    /// `"all"`: every bias of the model.
-    #[serde(rename = "all")]
-    All,
-    /// `"oft_only"`: the biases of the adapted layers.
-    #[serde(rename = "oft_only")]
-    OftOnly,
-}
 
 /// PEFT 0.21.2's `OFTConfig`, field for field.
 ///
@@ -64,7 +50,7 @@ pub struct OftConfig {
     /// Set to `false` on injection: OFT adapts no layer stored `(in, out)` (GPT-2's `Conv1D` is refused).
     pub fan_in_fan_out: bool,
     /// Which biases train with the adapter.
-    pub bias: OftBias,
+    pub bias: BiasOption,
     /// Modules never to adapt.
     pub exclude_modules: Option<TargetModules>,
     /// Start at the identity rotation (zero skew parameters); `false` draws them from N(0, 0.1).
@@ -97,7 +83,7 @@ impl Default for OftConfig {
             module_dropout: 0.0,
             target_modules: None,
             fan_in_fan_out: false,
-            bias: OftBias::None,
+            bias: BiasOption::default(),
             exclude_modules: None,
             init_weights: true,
             layers_to_transform: None,
@@ -123,86 +109,13 @@ const OLD_NEUMANN_MESSAGE: &str = "The cayley-neumann parameterization has been 
      Alternatively, downgrade PEFT to version 0.17.0 to use the old parameterization.";
 
 impl OftConfig {
-    /// Parses PEFT's JSON with `OFTConfig.check_kwargs`' and `__post_init__`'s checks.
-    ///
-    /// A config without `oft_block_size` is refused with PEFT's message when it sets `r` (an adapter
-    /// from before PEFT 0.14, whose weights do not load); without `r` either it gets the default block
-    /// size and a warning (PEFT refuses such files; keyword arguments without it are fine there).
-    /// `use_cayley_neumann` written by a PEFT older than 0.18 warns, as PEFT does.
-    ///
-    /// # Errors
-    /// Invalid values, both or neither of `r` and `oft_block_size`, `layers_pattern` without
-    /// `layers_to_transform`, an old-format config.
-    pub fn from_json_map(
-        map: Map<String, Value>,
-        location: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Self> {
-        let has_block_size = map.contains_key("oft_block_size");
-        let old_neumann = match map.get("use_cayley_neumann") {
-            Some(v) if truthy(v) => {
-                let version = map.get("peft_version").and_then(Value::as_str).unwrap_or("0.0.0");
-                !version_at_least(version, (0, 18, 0), location)?
-            }
-            _ => false,
-        };
-        let mut config: Self =
-            parse_method_config(map, PEFT_TYPE, location, warnings, |c: &mut Self| &mut c.common)?;
-        if !has_block_size {
-            if config.r != 0 {
-                return Err(ConfigError::Inconsistent {
-                    location: location.to_string(),
-                    message: OLD_OFT_MESSAGE.to_string(),
-                }
-                .into());
-            }
-            let msg = format!(
-                "{location}: `oft_block_size` is missing; using the default {}. PEFT refuses such files \
-                 (written before PEFT 0.14)",
-                config.oft_block_size
-            );
-            log::warn!("{msg}");
-            warnings.push(msg);
-        }
-        if old_neumann {
-            log::warn!("{OLD_NEUMANN_MESSAGE}");
-            warnings.push(OLD_NEUMANN_MESSAGE.to_string());
-        }
-        config.post_init(location)?;
-        Ok(config)
-    }
-
-    /// Parses `adapter_config.json` text.
-    ///
-    /// # Errors
-    /// As [`OftConfig::from_json_map`].
-    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
-        let location = peft_core::peft_config::error::IN_MEMORY;
-        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
-        Self::from_json_map(map, location, warnings)
-    }
-
-    fn post_init(&mut self, location: &str) -> Result<()> {
-        dedupe_lists([&mut self.target_modules, &mut self.exclude_modules]);
-        self.check(location)
-    }
-
     /// `__post_init__`'s hard errors, and negative sizes (which PEFT only trips over when it allocates
     /// the parameters).
     fn check(&self, location: &str) -> Result<()> {
         let bad = |message: String| -> Result<()> {
             Err(ConfigError::Inconsistent { location: location.to_string(), message }.into())
         };
-        let pattern_set = match &self.layers_pattern {
-            Some(LayersPattern::One(s)) => !s.is_empty(),
-            Some(LayersPattern::Many(v)) => !v.is_empty(),
-            None => false,
-        };
-        if pattern_set && self.layers_to_transform.is_none() {
-            return bad(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified.".into()
-            );
-        }
+        self.target_spec().check_layers_pattern(location)?;
         let (r, b) = (self.r, self.oft_block_size);
         if r == 0 && b == 0 {
             return bad(format!(
@@ -219,11 +132,6 @@ impl OftConfig {
             return bad(format!("`r` ({r}) and `oft_block_size` ({b}) must not be negative"));
         }
         Ok(())
-    }
-
-    /// Boxes the config for [`peft_core::PeftModel`].
-    pub fn boxed(self) -> Box<dyn AdapterConfig> {
-        Box::new(self)
     }
 }
 
@@ -278,8 +186,66 @@ fn version_at_least(version: &str, min: (u64, u64, u64), location: &str) -> Resu
     })
 }
 
+impl MethodConfig for OftConfig {
+    const PEFT_TYPE: &'static str = PEFT_TYPE;
+
+    /// `OFTConfig.__post_init__`: target lists become sets; the hard errors of its checks.
+    fn post_init(&mut self, location: &str, _warnings: &mut Vec<String>) -> Result<()> {
+        dedupe_lists([&mut self.target_modules, &mut self.exclude_modules]);
+        self.check(location)
+    }
+
+    /// Parses PEFT's JSON. A config without `oft_block_size` is refused with PEFT's message when it sets
+    /// `r` (an adapter from before PEFT 0.14, whose weights do not load); without `r` either it gets the
+    /// default block size and a warning (PEFT refuses such files; keyword arguments without it are fine
+    /// there). `use_cayley_neumann` written by a PEFT older than 0.18 warns, as PEFT does.
+    ///
+    /// # Errors
+    /// Invalid values, both or neither of `r` and `oft_block_size`, `layers_pattern` without
+    /// `layers_to_transform`, an old-format config.
+    fn from_json_map(map: Map<String, Value>, location: &str, warnings: &mut Vec<String>) -> Result<Self> {
+        let has_block_size = map.contains_key("oft_block_size");
+        let old_neumann = match map.get("use_cayley_neumann") {
+            Some(v) if truthy(v) => {
+                let version = map.get("peft_version").and_then(Value::as_str).unwrap_or("0.0.0");
+                !version_at_least(version, (0, 18, 0), location)?
+            }
+            _ => false,
+        };
+        let mut config: Self =
+            parse_method_config(map, PEFT_TYPE, location, warnings, |c: &mut Self| &mut c.common)?;
+        if !has_block_size {
+            if config.r != 0 {
+                return Err(ConfigError::Inconsistent {
+                    location: location.to_string(),
+                    message: OLD_OFT_MESSAGE.to_string(),
+                }
+                .into());
+            }
+            let msg = format!(
+                "{location}: `oft_block_size` is missing; using the default {}. PEFT refuses such files \
+                 (written before PEFT 0.14)",
+                config.oft_block_size
+            );
+            log::warn!("{msg}");
+            warnings.push(msg);
+        }
+        if old_neumann {
+            log::warn!("{OLD_NEUMANN_MESSAGE}");
+            warnings.push(OLD_NEUMANN_MESSAGE.to_string());
+        }
+        config.post_init(location, warnings)?;
+        Ok(config)
+    }
+}
+
 impl AdapterConfig for OftConfig {
     peft_core::adapter_config_boilerplate!();
+
+    fn validate(&self) -> Result<()> {
+        self.bias.mode()?;
+        self.check(peft_core::peft_config::error::IN_MEMORY)
+    }
 
     fn target_spec(&self) -> TargetSpec<'_> {
         TargetSpec {
@@ -296,14 +262,6 @@ impl AdapterConfig for OftConfig {
         self.target_modules = Some(targets);
     }
 
-    fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
-    fn validate(&self) -> Result<()> {
-        self.check(peft_core::peft_config::error::IN_MEMORY)
-    }
-
     fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
         defaults::target_modules(PEFT_TYPE, model_type)
     }
@@ -314,25 +272,12 @@ impl AdapterConfig for OftConfig {
     }
 
     fn bias(&self) -> BiasMode {
-        match self.bias {
-            OftBias::None => BiasMode::None,
-            OftBias::All => BiasMode::All,
-            OftBias::OftOnly => BiasMode::AdaptedOnly,
-        }
+        self.bias.mode().unwrap_or(BiasMode::None)
     }
 
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::OftLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
-}
-
-/// The registry's parser for `peft_type: "OFT"`.
-pub(crate) fn parse_boxed(
-    map: Map<String, Value>,
-    location: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Box<dyn AdapterConfig>> {
-    OftConfig::from_json_map(map, location, warnings).map(OftConfig::boxed)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 //! ```
 //! use peft_core::{nn, Adaptable, LoadOptions, PeftModel, SaveOptions};
 //! use peft_core::peft_config::TargetModules;
-//! use peft_oft::OftConfig;
+//! use peft_oft::{OftConfig, MethodConfig};
 //! use tch::nn::{ModuleT, VarStore};
 //! use tch::{Device, Kind, Tensor};
 //!
@@ -78,7 +78,8 @@
 pub mod config;
 pub mod layer;
 
-pub use config::{OftBias, OftConfig, PEFT_TYPE};
+pub use config::{OftConfig, PEFT_TYPE};
 pub use layer::{OftKind, OftLayer};
+pub use peft_core::MethodConfig;
 
-peft_core::register_method!(config::PEFT_TYPE, "peft-oft", config::parse_boxed);
+peft_core::register_method!(config::OftConfig, "peft-oft");

@@ -2,73 +2,17 @@
 //! the options and layers PEFT refuses, bad files — each error naming what is wrong.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use peft_core::nn::{self as pnn, ConvConfig, EmbeddingConfig};
 use peft_core::peft_config::TargetModules;
-use peft_core::{Adaptable, LoadOptions, PeftError, PeftModel, SaveOptions};
+use peft_core::MethodConfig;
+use peft_core::PeftModel;
 use peft_oft::{OftConfig, OftLayer};
+use peft_testkit::nets::{LayerZoo, Quantized};
+use peft_testkit::{
+    assert_mixed_batches_refused, assert_safe_merge_refuses_nan, assert_shape_mismatch,
+    assert_unsupported_layer, load_error, max_diff, randomize, rng_lock as rng, save_with_config_edit, tuner,
+};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
-
-#[derive(Debug, Adaptable)]
-struct Net {
-    emb: pnn::Embedding,
-    lin0: pnn::Linear,
-    lin1: pnn::Linear,
-    conv1x1: pnn::Conv,
-    conv3x3: pnn::Conv,
-    grouped: pnn::Conv,
-    dilated: pnn::Conv,
-    tall: pnn::Conv,
-    conv1d: pnn::Conv,
-    conv3d: pnn::Conv,
-    gpt2: pnn::Linear,
-}
-
-impl Net {
-    fn new(vs: &VarStore) -> Self {
-        let p = vs.root();
-        let conv = |padding: i64, groups: i64, dilation: i64| ConvConfig {
-            padding: vec![padding],
-            groups,
-            dilation: vec![dilation],
-            ..ConvConfig::default()
-        };
-        Net {
-            emb: pnn::embedding(&p / "emb", 7, 10, EmbeddingConfig { padding_idx: Some(0), init: true })
-                .unwrap(),
-            lin0: pnn::linear(&p / "lin0", 10, 20, Default::default()).unwrap(),
-            lin1: pnn::linear(&p / "lin1", 20, 2, Default::default()).unwrap(),
-            conv1x1: pnn::conv2d(&p / "conv1x1", 4, 6, &[1], ConvConfig::default()).unwrap(),
-            conv3x3: pnn::conv2d(&p / "conv3x3", 4, 6, &[3], conv(1, 1, 1)).unwrap(),
-            grouped: pnn::conv2d(&p / "grouped", 4, 6, &[3], conv(1, 2, 1)).unwrap(),
-            dilated: pnn::conv2d(&p / "dilated", 4, 6, &[3], conv(2, 1, 2)).unwrap(),
-            tall: pnn::conv2d(&p / "tall", 4, 6, &[3, 1], ConvConfig::default()).unwrap(),
-            conv1d: pnn::conv1d(&p / "conv1d", 4, 4, 3, ConvConfig::default()).unwrap(),
-            conv3d: pnn::conv3d(&p / "conv3d", 4, 4, &[1], ConvConfig::default()).unwrap(),
-            gpt2: pnn::transformers_conv1d(&p / "gpt2", 4, 10).unwrap(),
-        }
-    }
-}
-
-impl ModuleT for Net {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.lin1.forward_t(&self.lin0.forward_t(x, train).relu(), train)
-    }
-}
-
-/// Tests run on parallel threads and share libtorch's global RNG: every test holds this lock.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn net() -> (VarStore, Net) {
-    tch::manual_seed(0);
-    let vs = VarStore::new(Device::Cpu);
-    let n = Net::new(&vs);
-    (vs, n)
-}
 
 fn config(targets: &[&str], block_size: i64) -> OftConfig {
     OftConfig {
@@ -78,23 +22,16 @@ fn config(targets: &[&str], block_size: i64) -> OftConfig {
     }
 }
 
-fn randomize(peft: &PeftModel<Net>, scale: f64) {
-    for (_, mut t) in peft.adapter_var_store().variables() {
-        let noise = Tensor::randn_like(&t) * scale;
-        let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
-    }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
-}
-
 fn oft<'a>(layer: &'a peft_core::AdapterSlots, adapter: &str) -> &'a OftLayer {
-    layer.get(adapter).unwrap().as_any().downcast_ref::<OftLayer>().unwrap()
+    tuner(layer, adapter)
+}
+
+fn net() -> (VarStore, LayerZoo) {
+    LayerZoo::seeded(0)
 }
 
 /// Every layer OFT adapts, with an input: (name, input, forward).
-fn layer_inputs(n: &Net) -> Vec<(&'static str, Tensor, Tensor)> {
+fn layer_inputs(n: &LayerZoo) -> Vec<(&'static str, Tensor, Tensor)> {
     let ids = Tensor::from_slice(&[0i64, 3, 6, 2, 1, 5]).view([2, 3]);
     let img = Tensor::randn([2, 4, 5, 5], (Kind::Float, Device::Cpu));
     let x = Tensor::randn([3, 10], (Kind::Float, Device::Cpu));
@@ -273,14 +210,7 @@ fn layers_oft_cannot_adapt_are_refused_by_name() {
     ] {
         let (vs, n) = net();
         let err = PeftModel::new(n, &vs, config(&[target], 2).boxed(), "default").unwrap_err();
-        match &err {
-            PeftError::UnsupportedLayer { module, peft_type, .. } => {
-                assert_eq!(module, target);
-                assert_eq!(peft_type, "OFT");
-            }
-            other => panic!("{target}: expected UnsupportedLayer, got {other:?}"),
-        }
-        assert!(err.to_string().contains(hint), "{target}: {err}");
+        assert_unsupported_layer(&err, target, "OFT", hint);
     }
 }
 
@@ -302,13 +232,7 @@ fn a_non_finite_safe_merge_is_refused() {
     let _rng = rng();
     let (vs, n) = net();
     let mut peft = PeftModel::new(n, &vs, config(&["lin0"], 5).boxed(), "default").unwrap();
-    for (_, mut t) in peft.adapter_var_store().variables() {
-        let _ = tch::no_grad(|| t.f_fill_(f64::NAN)).unwrap();
-    }
-    let w = peft.model().lin0.base().weight.copy();
-    let err = peft.merge_adapter(None, true).unwrap_err();
-    assert!(matches!(err, PeftError::NonFiniteMerge { .. }), "{err:?}");
-    assert!(peft.model().lin0.base().weight.equal(&w));
+    assert_safe_merge_refuses_nan(&mut peft, |m| m.lin0.base().weight.shallow_clone());
 }
 
 #[test]
@@ -368,20 +292,10 @@ fn a_file_with_other_block_sizes_fails_to_load_naming_key_and_shapes() {
     let _rng = rng();
     let (vs, n) = net();
     let peft = PeftModel::new(n, &vs, config(&["lin0"], 5).boxed(), "default").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    peft.save_pretrained(dir.path(), &SaveOptions::default()).unwrap();
-    let cfg = dir.path().join("adapter_config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("\"oft_block_size\": 5", "\"oft_block_size\": 2")).unwrap();
+    let dir = save_with_config_edit(&peft, "\"oft_block_size\": 5", "\"oft_block_size\": 2");
     let (vs2, n2) = net();
-    let err = PeftModel::from_pretrained(n2, &vs2, dir.path(), LoadOptions::default()).unwrap_err();
-    match &err {
-        PeftError::ShapeMismatch { key, expected, found, .. } => {
-            assert_eq!(key, "base_model.model.lin0.oft_R.weight");
-            assert_eq!((expected.as_slice(), found.as_slice()), (&[5, 1][..], &[2, 10][..]));
-        }
-        other => panic!("expected a shape mismatch, got {other:?}"),
-    }
+    let err = load_error(n2, &vs2, dir.path());
+    assert_shape_mismatch(&err, "base_model.model.lin0.oft_R.weight", &[5, 1], &[2, 10]);
 }
 
 #[test]
@@ -398,36 +312,21 @@ fn mixed_batches_are_refused_rather_than_ignored() {
     let _rng = rng();
     let (vs, n) = net();
     let peft = PeftModel::new(n, &vs, config(&["lin0"], 5).boxed(), "default").unwrap();
-    let err = peft.row_adapters(&["default", "__base__"]).unwrap_err();
-    assert!(err.to_string().contains("not supported for OFT"), "{err}");
-}
-
-#[derive(Debug, Adaptable)]
-struct Quantized {
-    proj: pnn::Linear,
+    assert_mixed_batches_refused(&peft, "OFT");
 }
 
 #[test]
 fn quantized_bases_rotate_their_input_and_merge_by_requantizing() {
     let _rng = rng();
-    tch::manual_seed(1);
-    let w = Tensor::randn([16, 64], (Kind::Float, Device::Cpu)) * 0.1;
-    let q = peft_quant::Linear4bit::quantize(&w, peft_quant::Quant4Options::default()).unwrap();
-    let dense = q.dequantize();
-    let vs = VarStore::new(Device::Cpu);
-    let model = Quantized {
-        proj: peft_core::AdaptedLayer::new("proj", pnn::LinearBase::from_quantized(Box::new(q), None)),
-    };
+    let (vs, model) = Quantized::seeded(1, None);
+    let dense = model.dequantized();
     let cfg = OftConfig {
         target_modules: Some(TargetModules::list(["proj"])),
         oft_block_size: 16,
         ..OftConfig::default()
     };
     let mut peft = PeftModel::new(model, &vs, cfg.boxed(), "default").unwrap();
-    for (_, mut t) in peft.adapter_var_store().variables() {
-        let noise = Tensor::randn_like(&t) * 0.1;
-        let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
-    }
+    randomize(&peft, 0.1);
     let x = Tensor::randn([3, 64], (Kind::Float, Device::Cpu));
     let y = tch::no_grad(|| peft.model().proj.forward(&x));
     let r = tch::no_grad(|| oft(peft.model().proj.slots(), "default").delta_weight());

@@ -1,11 +1,11 @@
 //! `RoadConfig`: PEFT 0.21.2's keys, defaults and checks.
 
-use peft_core::config::{parse_method_config, LayerInit};
+use peft_core::config::LayerInit;
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{defaults, ConfigError, PeftConfigCommon, TargetModules, TargetSpec};
+use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 /// `peft_type` of RoAd.
 pub const PEFT_TYPE: &str = "ROAD";
@@ -114,32 +114,6 @@ impl Default for RoadConfig {
 }
 
 impl RoadConfig {
-    /// Parses PEFT's JSON with `RoadConfig.__post_init__`'s checks.
-    ///
-    /// # Errors
-    /// Invalid values: an unknown `variant`, a `group_size` that is not a positive even number.
-    pub fn from_json_map(
-        map: Map<String, Value>,
-        location: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Self> {
-        let mut config: Self =
-            parse_method_config(map, PEFT_TYPE, location, warnings, |c: &mut Self| &mut c.common)?;
-        dedupe_lists([&mut config.target_modules]);
-        config.check(location)?;
-        Ok(config)
-    }
-
-    /// Parses `adapter_config.json` text.
-    ///
-    /// # Errors
-    /// As [`RoadConfig::from_json_map`].
-    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
-        let location = peft_core::peft_config::error::IN_MEMORY;
-        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
-        Self::from_json_map(map, location, warnings)
-    }
-
     /// `__post_init__`'s hard errors (the variant is checked when it is parsed).
     fn check(&self, location: &str) -> Result<()> {
         if self.group_size <= 0 || self.group_size % 2 != 0 {
@@ -155,15 +129,24 @@ impl RoadConfig {
         }
         Ok(())
     }
+}
 
-    /// Boxes the config for [`peft_core::PeftModel`].
-    pub fn boxed(self) -> Box<dyn AdapterConfig> {
-        Box::new(self)
+impl MethodConfig for RoadConfig {
+    const PEFT_TYPE: &'static str = PEFT_TYPE;
+
+    /// `RoadConfig.__post_init__`: the target list becomes a set; `group_size` must be even.
+    fn post_init(&mut self, location: &str, _warnings: &mut Vec<String>) -> Result<()> {
+        dedupe_lists([&mut self.target_modules]);
+        self.check(location)
     }
 }
 
 impl AdapterConfig for RoadConfig {
     peft_core::adapter_config_boilerplate!();
+
+    fn validate(&self) -> Result<()> {
+        self.check(peft_core::peft_config::error::IN_MEMORY)
+    }
 
     fn target_spec(&self) -> TargetSpec<'_> {
         TargetSpec {
@@ -175,14 +158,6 @@ impl AdapterConfig for RoadConfig {
 
     fn set_target_modules(&mut self, targets: TargetModules) {
         self.target_modules = Some(targets);
-    }
-
-    fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
-    fn validate(&self) -> Result<()> {
-        self.check(peft_core::peft_config::error::IN_MEMORY)
     }
 
     fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
@@ -203,13 +178,4 @@ impl AdapterConfig for RoadConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::RoadLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
-}
-
-/// The registry's parser for `peft_type: "ROAD"`.
-pub(crate) fn parse_boxed(
-    map: Map<String, Value>,
-    location: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Box<dyn AdapterConfig>> {
-    RoadConfig::from_json_map(map, location, warnings).map(RoadConfig::boxed)
 }

@@ -16,7 +16,7 @@
 //! ```
 //! use peft_core::{nn, Adaptable, ForwardCtx, LoadOptions, PeftModel, SaveOptions};
 //! use peft_core::peft_config::TargetModules;
-//! use peft_road::{RoadConfig, RoadVariant};
+//! use peft_road::{RoadConfig, RoadVariant, MethodConfig};
 //! use tch::nn::{ModuleT, VarStore};
 //! use tch::{Device, Kind, Tensor};
 //!
@@ -83,5 +83,6 @@ pub mod layer;
 
 pub use config::{RoadConfig, RoadVariant, PEFT_TYPE};
 pub use layer::RoadLayer;
+pub use peft_core::MethodConfig;
 
-peft_core::register_method!(config::PEFT_TYPE, "peft-road", config::parse_boxed);
+peft_core::register_method!(config::RoadConfig, "peft-road");

@@ -5,8 +5,11 @@
 
 use peft_core::nn::{self as pnn, ConvConfig, EmbeddingConfig, LinearConfig};
 use peft_core::peft_config::TargetModules;
-use peft_core::{Adaptable, ForwardCtx, LoadOptions, PeftError, PeftModel, SaveOptions};
+use peft_core::MethodConfig;
+use peft_core::{Adaptable, ForwardCtx, PeftError, PeftModel};
 use peft_road::{RoadConfig, RoadLayer, RoadVariant};
+use peft_testkit::nets::Quantized;
+use peft_testkit::{load_error, max_diff, randomize, rng_lock as rng, save_with_config_edit};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -49,13 +52,6 @@ impl ModuleT for Net {
     }
 }
 
-/// Tests run on parallel threads and share libtorch's global RNG: every test holds this lock.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn net() -> (VarStore, Net) {
     tch::manual_seed(0);
     let vs = VarStore::new(Device::Cpu);
@@ -70,17 +66,6 @@ fn config(targets: &[&str], variant: RoadVariant, group_size: i64) -> RoadConfig
         group_size,
         ..RoadConfig::default()
     }
-}
-
-fn randomize(peft: &PeftModel<Net>, scale: f64) {
-    for (_, mut t) in peft.adapter_var_store().variables() {
-        let noise = Tensor::randn_like(&t) * scale;
-        let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
-    }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
 }
 
 fn road<'a>(layer: &'a peft_core::AdapterSlots, adapter: &str) -> &'a RoadLayer {
@@ -231,21 +216,10 @@ fn layers_road_cannot_adapt_are_refused_by_name() {
     }
 }
 
-#[derive(Debug, Adaptable)]
-struct Quantized {
-    proj: pnn::Linear,
-}
-
 #[test]
 fn quantized_linears_are_refused() {
     let _rng = rng();
-    tch::manual_seed(1);
-    let w = Tensor::randn([16, 64], (Kind::Float, Device::Cpu)) * 0.1;
-    let q = peft_quant::Linear4bit::quantize(&w, peft_quant::Quant4Options::default()).unwrap();
-    let vs = VarStore::new(Device::Cpu);
-    let model = Quantized {
-        proj: peft_core::AdaptedLayer::new("proj", pnn::LinearBase::from_quantized(Box::new(q), None)),
-    };
+    let (vs, model) = Quantized::seeded(1, None);
     let cfg = RoadConfig {
         target_modules: Some(TargetModules::list(["proj"])),
         group_size: 16,
@@ -330,13 +304,9 @@ fn a_file_with_another_variant_fails_to_load_naming_key_and_shapes() {
     let peft = PeftModel::new(n, &vs, config(&["lin0"], RoadVariant::Road1, 4).boxed(), "default").unwrap();
     let keys: Vec<String> = peft.adapter_state_dict("default").unwrap().into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, ["base_model.model.lin0.road_theta", "base_model.model.lin0.road_alpha"]);
-    let dir = tempfile::tempdir().unwrap();
-    peft.save_pretrained(dir.path(), &SaveOptions::default()).unwrap();
-    let cfg = dir.path().join("adapter_config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("\"road_1\"", "\"road_2\"")).unwrap();
+    let dir = save_with_config_edit(&peft, "\"road_1\"", "\"road_2\"");
     let (vs2, n2) = net();
-    let err = PeftModel::from_pretrained(n2, &vs2, dir.path(), LoadOptions::default()).unwrap_err();
+    let err = load_error(n2, &vs2, dir.path());
     match &err {
         PeftError::ShapeMismatch { key, expected, found, .. } => {
             assert!(key.starts_with("base_model.model.lin0.road_"), "{key}");

@@ -1,11 +1,12 @@
 //! `ShiraConfig`: PEFT 0.21.2's keys, defaults and checks.
 
-use peft_core::config::{parse_method_config, unsupported_option, LayerInit};
+use peft_core::config::{unsupported_option, LayerInit};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{defaults, PeftConfigCommon, TargetModules, TargetSpec};
-use peft_core::{AdapterConfig, PeftError, Result, TunerLayer};
+use peft_core::MethodConfig;
+use peft_core::{AdapterConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// `peft_type` of SHiRA.
 pub const PEFT_TYPE: &str = "SHIRA";
@@ -62,74 +63,34 @@ impl Default for ShiraConfig {
 }
 
 impl ShiraConfig {
-    /// Parses PEFT's JSON with `ShiraConfig.__post_init__`'s warnings.
-    ///
-    /// # Errors
-    /// Invalid values.
-    pub fn from_json_map(
-        map: Map<String, Value>,
-        location: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Self> {
-        let mut config: Self =
-            parse_method_config(map, PEFT_TYPE, location, warnings, |c: &mut Self| &mut c.common)?;
-        dedupe_lists([&mut config.target_modules]);
-        if config.mask_type != "random" && !config.common.inference_mode {
-            warnings.push(format!(
-                "{location}: Argument mask_type={:?} is not recognized, please supply your own masking function",
-                config.mask_type
-            ));
-        }
-        Ok(config)
-    }
-
-    /// Parses `adapter_config.json` text.
-    ///
-    /// # Errors
-    /// As [`ShiraConfig::from_json_map`].
-    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
-        let location = peft_core::peft_config::error::IN_MEMORY;
-        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
-        Self::from_json_map(map, location, warnings)
-    }
-
     /// The seed the random mask's generator starts from.
     pub fn mask_seed(&self) -> u64 {
         self.random_seed.map_or(TORCH_DEFAULT_SEED, |s| s as u64)
     }
+}
 
-    /// Boxes the config for [`peft_core::PeftModel`].
-    pub fn boxed(self) -> Box<dyn AdapterConfig> {
-        Box::new(self)
+impl MethodConfig for ShiraConfig {
+    const PEFT_TYPE: &'static str = PEFT_TYPE;
+
+    /// `ShiraConfig.__post_init__`: the target list becomes a set; a `mask_type` other than `"random"`
+    /// warns (a custom mask function cannot come from a file).
+    fn post_init(&mut self, location: &str, warnings: &mut Vec<String>) -> Result<()> {
+        dedupe_lists([&mut self.target_modules]);
+        if self.mask_type != "random" && !self.common.inference_mode {
+            warnings.push(format!(
+                "{location}: Argument mask_type={:?} is not recognized, please supply your own masking function",
+                self.mask_type
+            ));
+        }
+        Ok(())
     }
 }
 
 impl AdapterConfig for ShiraConfig {
     peft_core::adapter_config_boilerplate!();
 
-    fn target_spec(&self) -> TargetSpec<'_> {
-        TargetSpec {
-            target_modules: self.target_modules.as_ref(),
-            modules_to_save: self.modules_to_save.as_deref(),
-            ..TargetSpec::default()
-        }
-    }
-
-    fn set_target_modules(&mut self, targets: TargetModules) {
-        self.target_modules = Some(targets);
-    }
-
-    fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
     fn validate(&self) -> Result<()> {
-        if self.r <= 0 {
-            return Err(PeftError::Invalid(format!(
-                "`r` should be a positive integer value but the value passed is {}",
-                self.r
-            )));
-        }
+        peft_core::config::require_positive("r", self.r)?;
         if self.mask_type != "random" {
             return Err(unsupported_option(
                 PEFT_TYPE,
@@ -144,6 +105,18 @@ impl AdapterConfig for ShiraConfig {
         Ok(())
     }
 
+    fn target_spec(&self) -> TargetSpec<'_> {
+        TargetSpec {
+            target_modules: self.target_modules.as_ref(),
+            modules_to_save: self.modules_to_save.as_deref(),
+            ..TargetSpec::default()
+        }
+    }
+
+    fn set_target_modules(&mut self, targets: TargetModules) {
+        self.target_modules = Some(targets);
+    }
+
     fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
         defaults::target_modules(PEFT_TYPE, model_type)
     }
@@ -156,13 +129,4 @@ impl AdapterConfig for ShiraConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::ShiraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
-}
-
-/// The registry's parser for `peft_type: "SHIRA"`.
-pub(crate) fn parse_boxed(
-    map: Map<String, Value>,
-    location: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Box<dyn AdapterConfig>> {
-    ShiraConfig::from_json_map(map, location, warnings).map(ShiraConfig::boxed)
 }

@@ -12,7 +12,7 @@
 //! ```
 //! use peft_core::{nn, Adaptable, LoadOptions, PeftModel, SaveOptions};
 //! use peft_core::peft_config::TargetModules;
-//! use peft_shira::ShiraConfig;
+//! use peft_shira::{ShiraConfig, MethodConfig};
 //! use tch::nn::{ModuleT, VarStore};
 //! use tch::{Device, Kind, Tensor};
 //!
@@ -57,5 +57,6 @@ pub mod layer;
 
 pub use config::{ShiraConfig, PEFT_TYPE, TORCH_DEFAULT_SEED};
 pub use layer::{random_mask_indices, ShiraLayer};
+pub use peft_core::MethodConfig;
 
-peft_core::register_method!(config::PEFT_TYPE, "peft-shira", config::parse_boxed);
+peft_core::register_method!(config::ShiraConfig, "peft-shira");

@@ -4,6 +4,7 @@
 
 use peft_core::nn as pnn;
 use peft_core::peft_config::TargetModules;
+use peft_core::MethodConfig;
 use peft_core::{Adaptable, PeftError, PeftModel};
 use peft_shira::{random_mask_indices, ShiraConfig, ShiraLayer};
 use tch::nn::{ModuleT, VarStore};

@@ -13,6 +13,7 @@
 
 use anyhow::{bail, Context, Result};
 use peft_core::peft_config::{TargetModules, TaskType};
+use peft_core::MethodConfig;
 use peft_core::{ForwardCtx, LoadOptions, PeftModel};
 use peft_lora::LoraConfig;
 use peft_models::{HfModel, ModelInputs, Task};

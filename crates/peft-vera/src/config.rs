@@ -1,16 +1,15 @@
 //! `VeraConfig`: PEFT 0.21.2's keys, defaults and checks, and the projections shared by an adapter's layers.
 
-use peft_core::config::{
-    parse_method_config, unsupported_option, BiasOption, LayerInit, TargetLayer, TargetView,
-};
+use peft_core::config::{unsupported_option, BiasOption, LayerInit, TargetLayer, TargetView};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{
-    defaults, ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
+    defaults, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
 };
 use peft_core::rng::Generator;
+use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, BiasMode, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use tch::{Device, Kind, Tensor};
 
@@ -125,20 +124,20 @@ fn kaiming(shape: [i64; 2], g: &mut Generator) -> Result<Tensor> {
 }
 
 impl VeraConfig {
-    /// Parses PEFT's JSON with `VeraConfig.__post_init__`'s checks and warnings.
-    ///
-    /// # Errors
-    /// Invalid values, or `layers_pattern` without `layers_to_transform`.
-    pub fn from_json_map(
-        map: Map<String, Value>,
-        location: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Self> {
-        let mut config: Self =
-            parse_method_config(map, PEFT_TYPE, location, warnings, |c: &mut Self| &mut c.common)?;
-        dedupe_lists([&mut config.target_modules]);
-        config.check(location)?;
-        if !config.save_projection {
+    fn check(&self, location: &str) -> Result<()> {
+        Ok(self.target_spec().check_layers_pattern(location)?)
+    }
+}
+
+impl MethodConfig for VeraConfig {
+    const PEFT_TYPE: &'static str = PEFT_TYPE;
+
+    /// `VeraConfig.__post_init__`: the target list becomes a set; the layer-selection rule; PEFT's
+    /// warning when the projections are not saved.
+    fn post_init(&mut self, location: &str, warnings: &mut Vec<String>) -> Result<()> {
+        dedupe_lists([&mut self.target_modules]);
+        self.check(location)?;
+        if !self.save_projection {
             warnings.push(format!(
                 "{location}: Specified to not save vera_A and vera_B within the state dictionary, instead they will be \
                  restored using the PRNG key store in `config.projection_prng_key`. Consider setting \
@@ -146,71 +145,16 @@ impl VeraConfig {
                  configurations."
             ));
         }
-        Ok(config)
-    }
-
-    /// Parses `adapter_config.json` text.
-    ///
-    /// # Errors
-    /// As [`VeraConfig::from_json_map`].
-    pub fn from_json_str(text: &str, warnings: &mut Vec<String>) -> Result<Self> {
-        let location = peft_core::peft_config::error::IN_MEMORY;
-        let map = peft_core::peft_config::json::parse_json_object(text, location, warnings)?;
-        Self::from_json_map(map, location, warnings)
-    }
-
-    fn check(&self, location: &str) -> Result<()> {
-        let pattern_set = match &self.layers_pattern {
-            Some(LayersPattern::One(s)) => !s.is_empty(),
-            Some(LayersPattern::Many(v)) => !v.is_empty(),
-            None => false,
-        };
-        if pattern_set && self.layers_to_transform.is_none() {
-            return Err(ConfigError::Inconsistent {
-                location: location.to_string(),
-                message: "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
-                    .into(),
-            }
-            .into());
-        }
         Ok(())
-    }
-
-    /// Boxes the config for [`peft_core::PeftModel`].
-    pub fn boxed(self) -> Box<dyn AdapterConfig> {
-        Box::new(self)
     }
 }
 
 impl AdapterConfig for VeraConfig {
     peft_core::adapter_config_boilerplate!();
 
-    fn target_spec(&self) -> TargetSpec<'_> {
-        TargetSpec {
-            target_modules: self.target_modules.as_ref(),
-            layers_to_transform: self.layers_to_transform.as_ref(),
-            layers_pattern: self.layers_pattern.as_ref(),
-            modules_to_save: self.modules_to_save.as_deref(),
-            ..TargetSpec::default()
-        }
-    }
-
-    fn set_target_modules(&mut self, targets: TargetModules) {
-        self.target_modules = Some(targets);
-    }
-
-    fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
     fn validate(&self) -> Result<()> {
         self.check(peft_core::peft_config::error::IN_MEMORY)?;
-        if self.r <= 0 {
-            return Err(PeftError::Invalid(format!(
-                "`r` should be a positive integer value but the value passed is {}",
-                self.r
-            )));
-        }
+        peft_core::config::require_positive("r", self.r)?;
         if !(0.0..1.0).contains(&self.vera_dropout) {
             return Err(PeftError::Invalid(format!(
                 "vera_dropout must be in [0, 1), got {}",
@@ -227,6 +171,20 @@ impl AdapterConfig for VeraConfig {
             ));
         }
         Ok(())
+    }
+
+    fn target_spec(&self) -> TargetSpec<'_> {
+        TargetSpec {
+            target_modules: self.target_modules.as_ref(),
+            layers_to_transform: self.layers_to_transform.as_ref(),
+            layers_pattern: self.layers_pattern.as_ref(),
+            modules_to_save: self.modules_to_save.as_deref(),
+            ..TargetSpec::default()
+        }
+    }
+
+    fn set_target_modules(&mut self, targets: TargetModules) {
+        self.target_modules = Some(targets);
     }
 
     fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
@@ -307,13 +265,4 @@ impl AdapterConfig for VeraConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::VeraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
-}
-
-/// The registry's parser for `peft_type: "VERA"`.
-pub(crate) fn parse_boxed(
-    map: Map<String, Value>,
-    location: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Box<dyn AdapterConfig>> {
-    VeraConfig::from_json_map(map, location, warnings).map(VeraConfig::boxed)
 }

@@ -14,7 +14,7 @@
 //! ```
 //! use peft_core::{nn, Adaptable, LoadOptions, PeftModel, SaveOptions};
 //! use peft_core::peft_config::TargetModules;
-//! use peft_vera::VeraConfig;
+//! use peft_vera::{VeraConfig, MethodConfig};
 //! use tch::nn::{ModuleT, VarStore};
 //! use tch::{Device, Kind, Tensor};
 //!
@@ -63,5 +63,6 @@ pub mod layer;
 
 pub use config::{Projections, SharedProjections, VeraConfig, PEFT_TYPE};
 pub use layer::VeraLayer;
+pub use peft_core::MethodConfig;
 
-peft_core::register_method!(config::PEFT_TYPE, "peft-vera", config::parse_boxed);
+peft_core::register_method!(config::VeraConfig, "peft-vera");

@@ -4,6 +4,7 @@
 
 use peft_core::nn as pnn;
 use peft_core::peft_config::TargetModules;
+use peft_core::MethodConfig;
 use peft_core::{Adaptable, LoadOptions, PeftError, PeftModel, SaveOptions};
 use peft_vera::{VeraConfig, VeraLayer};
 use tch::nn::{ModuleT, VarStore};

@@ -24,6 +24,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use peft_core::nn::LinearBase;
 use peft_core::peft_config::TargetModules;
 use peft_core::AdaptedLayer;
+use peft_core::MethodConfig;
 use peft_core::{Adaptable, PeftModel};
 use peft_lora::{InitLoraWeights, LoraConfig};
 use peft_quant::{cuda, dequantize_4bit_to, quantize_4bit, Linear4bit, QuantState4, QuantType4};

@@ -3,6 +3,7 @@
 
 use peft_core::nn::{self, Linear, LinearConfig};
 use peft_core::peft_config::TargetModules;
+use peft_core::MethodConfig;
 use peft_core::{Adaptable, PeftModel};
 use peft_lora::{InitLoraWeights, LoraConfig};
 use tch::nn::{ModuleT, VarStore};
