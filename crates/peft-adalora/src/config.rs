@@ -497,10 +497,6 @@ impl AdapterConfig for AdaLoraConfig {
         self.target_modules = Some(targets);
     }
 
-    fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
-        peft_core::peft_config::defaults::target_modules(PEFT_TYPE, model_type)
-    }
-
     fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
         self.modules_to_save = Some(modules);
         true

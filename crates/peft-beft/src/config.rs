@@ -2,7 +2,7 @@
 
 use peft_core::config::LayerInit;
 use peft_core::peft_config::targets::dedupe_lists;
-use peft_core::peft_config::{PeftConfigCommon, TargetModules, TargetSpec};
+use peft_core::peft_config::{PeftConfigCommon, TargetModules};
 use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
@@ -63,30 +63,10 @@ impl MethodConfig for BeftConfig {
 
 impl AdapterConfig for BeftConfig {
     peft_core::adapter_config_boilerplate!();
+    peft_core::adapter_config_targets!(target_modules, modules_to_save);
 
     fn validate(&self) -> Result<()> {
         Ok(())
-    }
-
-    fn target_spec(&self) -> TargetSpec<'_> {
-        TargetSpec {
-            target_modules: self.target_modules.as_ref(),
-            modules_to_save: self.modules_to_save.as_deref(),
-            ..TargetSpec::default()
-        }
-    }
-
-    fn set_target_modules(&mut self, targets: TargetModules) {
-        self.target_modules = Some(targets);
-    }
-
-    fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
-        peft_core::peft_config::defaults::target_modules(PEFT_TYPE, model_type)
-    }
-
-    fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
-        self.modules_to_save = Some(modules);
-        true
     }
 
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {

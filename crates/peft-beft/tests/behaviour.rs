@@ -9,7 +9,8 @@ use peft_core::peft_config::TargetModules;
 use peft_core::MethodConfig;
 use peft_core::{Adaptable, AdapterConfig, PeftError, PeftModel, SaveOptions};
 use peft_testkit::{
-    assert_mixed_batches_refused, assert_shape_mismatch, load_error, max_diff, randomize, rng_lock as rng,
+    assert_mixed_batches_refused, assert_shape_mismatch, assert_unsupported_layer, load_error, max_diff,
+    randomize, rng_lock as rng,
 };
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
@@ -149,14 +150,7 @@ fn layers_beft_cannot_adapt_are_refused_by_name() {
     for target in ["emb", "conv2d", "gpt2"] {
         let (vs, n) = net();
         let err = PeftModel::new(n, &vs, config(&[target]).boxed(), "default").unwrap_err();
-        match &err {
-            PeftError::UnsupportedLayer { module, peft_type, .. } => {
-                assert_eq!(module, target);
-                assert_eq!(peft_type, "BEFT");
-            }
-            other => panic!("{target}: expected UnsupportedLayer, got {other:?}"),
-        }
-        assert!(err.to_string().contains("only `torch.nn.Linear` is supported"), "{err}");
+        assert_unsupported_layer(&err, target, "BEFT", "only `torch.nn.Linear` is supported");
     }
 }
 

@@ -42,10 +42,10 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
     fn validate(&self) -> Result<()>;
 
     /// PEFT's default `target_modules` for a transformers `model_type` (its constants table), used when
-    /// the config gives none. `None` when the method has no default for it.
+    /// the config gives none. `None` when the method has no default for it. The default looks the
+    /// config's `peft_type` up in [`peft_config::defaults::target_modules`].
     fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
-        let _ = model_type;
-        None
+        peft_config::defaults::target_modules(&self.common().peft_type, model_type)
     }
 
     /// Sets `modules_to_save` (PEFT's task wrappers add their heads to it). Returns `false` for methods
@@ -525,6 +525,50 @@ macro_rules! adapter_config_boilerplate {
         fn to_json(&self) -> serde_json::Value {
             serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
         }
+    };
+}
+
+/// The module-selection items of `AdapterConfig` for a config whose selection options are plain fields
+/// named as in PEFT: `target_spec` (from the listed fields), `set_target_modules` and
+/// `set_modules_to_save`. List the fields the method's PEFT config has, out of `target_modules`,
+/// `exclude_modules`, `layers_to_transform`, `layers_pattern` and `modules_to_save` (the first and the last
+/// are required). Use it inside the impl block, after [`adapter_config_boilerplate!`]:
+///
+/// ```ignore
+/// impl AdapterConfig for BeftConfig {
+///     peft_core::adapter_config_boilerplate!();
+///     peft_core::adapter_config_targets!(target_modules, modules_to_save);
+///     // ... the method's own items ...
+/// }
+/// ```
+#[macro_export]
+macro_rules! adapter_config_targets {
+    ($($field:ident),+ $(,)?) => {
+        fn target_spec(&self) -> $crate::peft_config::TargetSpec<'_> {
+            $crate::peft_config::TargetSpec {
+                $($field: $crate::__target_spec_field!($field, self.$field),)+
+                ..$crate::peft_config::TargetSpec::default()
+            }
+        }
+        fn set_target_modules(&mut self, targets: $crate::peft_config::TargetModules) {
+            self.target_modules = Some(targets);
+        }
+        fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
+            self.modules_to_save = Some(modules);
+            true
+        }
+    };
+}
+
+/// How [`adapter_config_targets!`] borrows one field.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __target_spec_field {
+    (modules_to_save, $value:expr) => {
+        $value.as_deref()
+    };
+    ($field:ident, $value:expr) => {
+        $value.as_ref()
     };
 }
 

@@ -3,9 +3,7 @@
 use indexmap::IndexMap;
 use peft_core::config::{unsupported_option, BiasOption, LayerInit};
 use peft_core::peft_config::targets::{dedupe_lists, full_match};
-use peft_core::peft_config::{
-    defaults, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
-};
+use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
 use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, BiasMode, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
@@ -113,6 +111,13 @@ impl MethodConfig for FourierFtConfig {
 
 impl AdapterConfig for FourierFtConfig {
     peft_core::adapter_config_boilerplate!();
+    peft_core::adapter_config_targets!(
+        target_modules,
+        exclude_modules,
+        layers_to_transform,
+        layers_pattern,
+        modules_to_save
+    );
 
     fn validate(&self) -> Result<()> {
         self.check(peft_core::peft_config::error::IN_MEMORY)?;
@@ -135,30 +140,6 @@ impl AdapterConfig for FourierFtConfig {
             full_match("n_frequency_pattern", &format!(r".*\.{p}"), "")?;
         }
         Ok(())
-    }
-
-    fn target_spec(&self) -> TargetSpec<'_> {
-        TargetSpec {
-            target_modules: self.target_modules.as_ref(),
-            exclude_modules: self.exclude_modules.as_ref(),
-            layers_to_transform: self.layers_to_transform.as_ref(),
-            layers_pattern: self.layers_pattern.as_ref(),
-            modules_to_save: self.modules_to_save.as_deref(),
-            ..TargetSpec::default()
-        }
-    }
-
-    fn set_target_modules(&mut self, targets: TargetModules) {
-        self.target_modules = Some(targets);
-    }
-
-    fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
-        defaults::target_modules(PEFT_TYPE, model_type)
-    }
-
-    fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
-        self.modules_to_save = Some(modules);
-        true
     }
 
     fn bias(&self) -> BiasMode {

@@ -2,7 +2,7 @@
 
 use peft_core::config::LayerInit;
 use peft_core::peft_config::targets::{dedupe_lists, selects_by_suffix};
-use peft_core::peft_config::{defaults, ConfigError, PeftConfigCommon, TargetModules, TargetSpec};
+use peft_core::peft_config::{defaults, ConfigError, PeftConfigCommon, TargetModules};
 use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
@@ -104,6 +104,7 @@ impl MethodConfig for Ia3Config {
 
 impl AdapterConfig for Ia3Config {
     peft_core::adapter_config_boilerplate!();
+    peft_core::adapter_config_targets!(target_modules, exclude_modules, modules_to_save);
 
     fn validate(&self) -> Result<()> {
         self.check(peft_core::peft_config::error::IN_MEMORY)?;
@@ -111,23 +112,6 @@ impl AdapterConfig for Ia3Config {
             peft_core::peft_config::targets::full_match("feedforward_modules", p, "")?;
         }
         Ok(())
-    }
-
-    fn target_spec(&self) -> TargetSpec<'_> {
-        TargetSpec {
-            target_modules: self.target_modules.as_ref(),
-            exclude_modules: self.exclude_modules.as_ref(),
-            modules_to_save: self.modules_to_save.as_deref(),
-            ..TargetSpec::default()
-        }
-    }
-
-    fn set_target_modules(&mut self, targets: TargetModules) {
-        self.target_modules = Some(targets);
-    }
-
-    fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
-        defaults::ia3(model_type)
     }
 
     fn prepare_for_model(&mut self, model_type: Option<&str>) -> Result<()> {
@@ -149,11 +133,6 @@ impl AdapterConfig for Ia3Config {
                 model_type.map_or("(none: not a transformers-style model)".to_string(), |t| format!("{t:?}"))
             ))),
         }
-    }
-
-    fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
-        self.modules_to_save = Some(modules);
-        true
     }
 
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {

@@ -5,10 +5,12 @@
 use peft_core::nn::{self as pnn, ConvConfig};
 use peft_core::peft_config::TargetModules;
 use peft_core::MethodConfig;
-use peft_core::{Adaptable, AdapterConfig, PeftError, PeftModel, SaveOptions};
+use peft_core::{Adaptable, AdapterConfig, PeftModel, SaveOptions};
 use peft_ia3::Ia3Config;
 use peft_testkit::nets::Quantized;
-use peft_testkit::{assert_mixed_batches_refused, assert_shape_mismatch, load_error, randomize};
+use peft_testkit::{
+    assert_mixed_batches_refused, assert_shape_mismatch, assert_unsupported_layer, load_error, randomize,
+};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -77,14 +79,7 @@ fn layers_ia3_cannot_adapt_are_refused_by_name() {
     for target in ["conv1d", "emb"] {
         let (vs, n) = net();
         let err = PeftModel::new(n, &vs, config(&[target], &[]).boxed(), "default").unwrap_err();
-        match &err {
-            PeftError::UnsupportedLayer { module, peft_type, .. } => {
-                assert_eq!(module, target);
-                assert_eq!(peft_type, "IA3");
-            }
-            other => panic!("{target}: expected UnsupportedLayer, got {other:?}"),
-        }
-        assert!(err.to_string().contains("Conv2d"), "{err}");
+        assert_unsupported_layer(&err, target, "IA3", "Conv2d");
     }
 }
 

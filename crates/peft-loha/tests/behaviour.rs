@@ -9,7 +9,8 @@ use peft_loha::LohaConfig;
 use peft_lycoris::LycorisOptions;
 use peft_testkit::nets::{ConvMix, Quantized};
 use peft_testkit::{
-    assert_mixed_batches_refused, load_error, max_diff, randomize, rng_lock as rng, save_with_config_edit,
+    assert_mixed_batches_refused, assert_unsupported_layer, load_error, max_diff, randomize, rng_lock as rng,
+    save_with_config_edit,
 };
 use std::collections::BTreeMap;
 use tch::nn::{ModuleT, VarStore};
@@ -165,14 +166,7 @@ fn layers_loha_cannot_adapt_are_refused_by_name() {
     for target in ["gpt", "emb", "conv3d"] {
         let (vs, n) = net();
         let err = PeftModel::new(n, &vs, config(&[target], 2).boxed(), "default").unwrap_err();
-        match &err {
-            PeftError::UnsupportedLayer { module, peft_type, .. } => {
-                assert_eq!(module, target);
-                assert_eq!(peft_type, "LOHA");
-            }
-            other => panic!("{target}: expected UnsupportedLayer, got {other:?}"),
-        }
-        assert!(err.to_string().contains("Conv2d, Conv1d, Linear"), "{err}");
+        assert_unsupported_layer(&err, target, "LOHA", "Conv2d, Conv1d, Linear");
     }
 }
 

@@ -1,9 +1,6 @@
 //! `LoKrConfig`: PEFT 0.21.2's keys, defaults and checks.
 
-use peft_core::config::LayerInit;
-use peft_core::peft_config::{defaults, PeftConfigCommon, TargetModules, TargetSpec};
-use peft_core::MethodConfig;
-use peft_core::{AdapterConfig, Result, TunerLayer};
+use peft_core::peft_config::PeftConfigCommon;
 use peft_lycoris::LycorisOptions;
 use serde::{Deserialize, Serialize};
 
@@ -94,40 +91,4 @@ impl Default for LokrConfig {
     }
 }
 
-impl MethodConfig for LokrConfig {
-    const PEFT_TYPE: &'static str = PEFT_TYPE;
-
-    /// `LoKrConfig.__post_init__`: the LyCORIS checks.
-    fn post_init(&mut self, location: &str, _warnings: &mut Vec<String>) -> Result<()> {
-        self.lycoris.post_init(location)
-    }
-}
-
-impl AdapterConfig for LokrConfig {
-    peft_core::adapter_config_boilerplate!();
-
-    fn validate(&self) -> Result<()> {
-        self.lycoris.check(peft_core::peft_config::error::IN_MEMORY)
-    }
-
-    fn target_spec(&self) -> TargetSpec<'_> {
-        self.lycoris.target_spec()
-    }
-
-    fn set_target_modules(&mut self, targets: TargetModules) {
-        self.lycoris.target_modules = Some(targets);
-    }
-
-    fn default_target_modules(&self, model_type: &str) -> Option<TargetModules> {
-        defaults::target_modules(PEFT_TYPE, model_type)
-    }
-
-    fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
-        self.lycoris.modules_to_save = Some(modules);
-        true
-    }
-
-    fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
-        crate::layer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
-    }
-}
+peft_lycoris::lycoris_config_impls!(LokrConfig, PEFT_TYPE);

@@ -37,3 +37,53 @@ pub mod layer;
 
 pub use config::{Alpha, LycorisOptions};
 pub use layer::{LycorisAdapter, LycorisKind, LycorisLayer, LycorisParams, LycorisTarget, MaskKind};
+
+/// The `MethodConfig` and `AdapterConfig` impls of a LyCORIS method config — a serde struct with
+/// `common: PeftConfigCommon` and `lycoris: LycorisOptions` — whose layers come from
+/// `crate::layer::create(&config, ctx)`: `__post_init__`, validation and target selection are
+/// [`LycorisOptions`]'. Both LoHa and LoKr are declared this way:
+///
+/// ```ignore
+/// peft_lycoris::lycoris_config_impls!(LohaConfig, PEFT_TYPE);
+/// ```
+#[macro_export]
+macro_rules! lycoris_config_impls {
+    ($config:ty, $peft_type:expr) => {
+        impl peft_core::MethodConfig for $config {
+            const PEFT_TYPE: &'static str = $peft_type;
+
+            /// `__post_init__`: the LyCORIS checks ([`peft_lycoris::LycorisOptions::post_init`]).
+            fn post_init(&mut self, location: &str, _warnings: &mut Vec<String>) -> peft_core::Result<()> {
+                self.lycoris.post_init(location)
+            }
+        }
+
+        impl peft_core::AdapterConfig for $config {
+            peft_core::adapter_config_boilerplate!();
+
+            fn validate(&self) -> peft_core::Result<()> {
+                self.lycoris.check(peft_core::peft_config::error::IN_MEMORY)
+            }
+
+            fn target_spec(&self) -> peft_core::peft_config::TargetSpec<'_> {
+                self.lycoris.target_spec()
+            }
+
+            fn set_target_modules(&mut self, targets: peft_core::peft_config::TargetModules) {
+                self.lycoris.target_modules = Some(targets);
+            }
+
+            fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
+                self.lycoris.modules_to_save = Some(modules);
+                true
+            }
+
+            fn create_layer(
+                &mut self,
+                ctx: &mut peft_core::LayerInit<'_, '_>,
+            ) -> peft_core::Result<Box<dyn peft_core::TunerLayer>> {
+                crate::layer::create(self, ctx).map(|l| Box::new(l) as Box<dyn peft_core::TunerLayer>)
+            }
+        }
+    };
+}
