@@ -46,6 +46,8 @@ pub use layer::{LycorisAdapter, LycorisKind, LycorisLayer, LycorisParams, Lycori
 /// ```ignore
 /// peft_lycoris::lycoris_config_impls!(LohaConfig, PEFT_TYPE);
 /// ```
+// `crate::layer::create` is the calling method crate's layer constructor, on purpose.
+#[allow(clippy::crate_in_macro_def)]
 #[macro_export]
 macro_rules! lycoris_config_impls {
     ($config:ty, $peft_type:expr) => {
