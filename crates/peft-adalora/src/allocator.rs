@@ -37,10 +37,6 @@ use peft_core::{Adaptable, PeftError, PeftModel, Result};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
-fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
-    PeftError::torch(what)
-}
-
 /// The AdaLoRA config of adapter `adapter`.
 ///
 /// # Errors
@@ -128,7 +124,7 @@ pub fn orthogonal_regularization<M: Adaptable>(peft: &PeftModel<M>, adapter: &st
         Some(t) => t
             .f_div_scalar(count)
             .and_then(|t| t.f_mul_scalar(weight))
-            .map_err(torch("computing the orthogonal regularisation")),
+            .map_err(PeftError::torch("computing the orthogonal regularisation")),
         None => Ok(Tensor::from(0.0f32)),
     }
 }
@@ -142,7 +138,7 @@ pub fn regularized_loss<M: Adaptable>(peft: &PeftModel<M>, loss: &Tensor) -> Res
     let adapter = trainable_adapter(peft)
         .ok_or_else(|| PeftError::Invalid("the model has no trainable AdaLoRA adapter".into()))?;
     let term = orthogonal_regularization(peft, &adapter)?;
-    loss.f_add(&term).map_err(torch("adding the orthogonal regularisation"))
+    loss.f_add(&term).map_err(PeftError::torch("adding the orthogonal regularisation"))
 }
 
 /// What one [`RankAllocator::update_and_allocate`] call did.
@@ -304,7 +300,7 @@ impl RankAllocator {
                     Ok((ipt, avg, unc))
                 };
                 let (ipt, avg, unc) =
-                    tch::no_grad(step).map_err(torch("updating AdaLoRA importance scores"))?;
+                    tch::no_grad(step).map_err(PeftError::torch("updating AdaLoRA importance scores"))?;
                 self.ipt.insert(name.clone(), ipt);
                 self.exp_avg_ipt.insert(name.clone(), avg);
                 self.exp_avg_unc.insert(name, unc);
@@ -320,7 +316,7 @@ impl RankAllocator {
                  first masking step"
             ))
         })?;
-        avg.f_mul(unc).map_err(torch("scoring AdaLoRA triplets"))
+        avg.f_mul(unc).map_err(PeftError::torch("scoring AdaLoRA triplets"))
     }
 
     /// PEFT's `mask_to_budget`: scores every triplet, zeroes `lora_E` of the `init_budget − budget`
@@ -340,10 +336,10 @@ impl RankAllocator {
                 )?;
                 se.f_view([-1])?.f_add(&ab.f_view([-1])?)
             };
-            triplets.push(tch::no_grad(score).map_err(torch("scoring AdaLoRA triplets"))?);
+            triplets.push(tch::no_grad(score).map_err(PeftError::torch("scoring AdaLoRA triplets"))?);
         }
         let k = self.init_bgt - budget;
-        let all = Tensor::f_cat(&triplets, 0).map_err(torch("ranking AdaLoRA triplets"))?;
+        let all = Tensor::f_cat(&triplets, 0).map_err(PeftError::torch("ranking AdaLoRA triplets"))?;
         if k < 1 || k > all.numel() as i64 {
             return Err(PeftError::Invalid(format!(
                 "kthvalue(): selected number k={k} out of range for {} triplets (init budget {} − budget {budget}; \
@@ -355,7 +351,7 @@ impl RankAllocator {
         let threshold = all
             .f_kthvalue(k, -1, false)
             .and_then(|(v, _)| v.f_double_value(&[]))
-            .map_err(torch("ranking AdaLoRA triplets"))?;
+            .map_err(PeftError::torch("ranking AdaLoRA triplets"))?;
         let mut out = Vec::with_capacity(layers.len());
         for (l, t) in layers.iter().zip(&triplets) {
             let dropped = tch::no_grad(|| -> std::result::Result<Tensor, tch::TchError> {
@@ -364,9 +360,9 @@ impl RankAllocator {
                 let _ = e.f_masked_fill_(&mask, 0.0)?;
                 mask.f_view([-1])
             })
-            .map_err(torch("masking lora_E"))?;
+            .map_err(PeftError::torch("masking lora_E"))?;
             let dropped: Vec<bool> =
-                Vec::<bool>::try_from(&dropped).map_err(torch("reading the rank pattern"))?;
+                Vec::<bool>::try_from(&dropped).map_err(PeftError::torch("reading the rank pattern"))?;
             out.push((l.module.clone(), dropped.iter().map(|d| !d).collect()));
         }
         Ok(out)
@@ -503,7 +499,7 @@ impl LayerView {
         let dropped: Vec<bool> = keep.iter().map(|k| !k).collect();
         let mask = Tensor::from_slice(&dropped).to_device(self.e.device()).unsqueeze(-1);
         let mut e = self.e.shallow_clone();
-        tch::no_grad(|| e.f_masked_fill_(&mask, 0.0)).map(drop).map_err(torch("masking lora_E"))
+        tch::no_grad(|| e.f_masked_fill_(&mask, 0.0)).map(drop).map_err(PeftError::torch("masking lora_E"))
     }
 }
 

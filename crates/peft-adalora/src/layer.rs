@@ -66,10 +66,6 @@ pub struct AdaLoraLayer {
     keep: Option<Vec<bool>>,
 }
 
-fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
-    PeftError::torch(what)
-}
-
 /// The four tensors of one `update_layer` call, placed like the base.
 struct Drawn {
     a: Tensor,
@@ -83,11 +79,11 @@ struct Drawn {
 /// A and B N(0, 0.02)), all on the CPU in f32, then moved to the base's device and dtype.
 fn draw(ctx: &LayerInit<'_, '_>, r: i64, in_features: i64, out_features: i64, init: bool) -> Result<Drawn> {
     let cpu = (Kind::Float, tch::Device::Cpu);
-    let mut a = Tensor::f_randn([r, in_features], cpu).map_err(torch("initialising lora_A"))?;
-    let mut e = Tensor::f_randn([r, 1], cpu).map_err(torch("initialising lora_E"))?;
-    let mut b = Tensor::f_randn([out_features, r], cpu).map_err(torch("initialising lora_B"))?;
-    let mut ranknum = Tensor::f_randn([1], cpu).map_err(torch("initialising ranknum"))?;
-    let _ = ranknum.f_fill_(r as f64).map_err(torch("initialising ranknum"))?;
+    let mut a = Tensor::f_randn([r, in_features], cpu).map_err(PeftError::torch("initialising lora_A"))?;
+    let mut e = Tensor::f_randn([r, 1], cpu).map_err(PeftError::torch("initialising lora_E"))?;
+    let mut b = Tensor::f_randn([out_features, r], cpu).map_err(PeftError::torch("initialising lora_B"))?;
+    let mut ranknum = Tensor::f_randn([1], cpu).map_err(PeftError::torch("initialising ranknum"))?;
+    let _ = ranknum.f_fill_(r as f64).map_err(PeftError::torch("initialising ranknum"))?;
     if init {
         zeros_(&mut e)?;
         normal_(&mut a, 0.0, 0.02)?;
@@ -123,14 +119,7 @@ impl AdaLoraLayer {
         let (kind, in_features, out_features) = if let Some(lin) = ctx.base.as_linear() {
             let fifo = lin.fan_in_fan_out();
             let (i, o) = (lin.in_features(), lin.out_features());
-            if config.fan_in_fan_out != fifo {
-                ctx.warn(if fifo {
-                    "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True."
-                } else {
-                    "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False."
-                });
-                config.fan_in_fan_out = fifo;
-            }
+            ctx.match_fan_in_fan_out(&mut config.fan_in_fan_out, fifo);
             (SvdKind::Linear { fan_in_fan_out: fifo }, i, o)
         } else if let Some(conv) = ctx.base.as_conv().filter(|c| c.geometry().dims() == 2) {
             let g = conv.geometry().clone();
@@ -183,7 +172,7 @@ impl AdaLoraLayer {
                     drawn.b.f_index_select(1, &idx)?,
                 ))
             })
-            .map_err(torch("resizing by rank_pattern"))?;
+            .map_err(PeftError::torch("resizing by rank_pattern"))?;
             let mut resized = draw(ctx, rank, in_features, out_features, init)?;
             if rank > 0 {
                 tch::no_grad(|| -> std::result::Result<(), tch::TchError> {
@@ -193,7 +182,7 @@ impl AdaLoraLayer {
                     // The scaling stays as before: ranknum keeps init_r.
                     resized.ranknum.f_copy_(&drawn.ranknum)
                 })
-                .map_err(torch("resizing by rank_pattern"))?;
+                .map_err(PeftError::torch("resizing by rank_pattern"))?;
             }
             drawn = resized;
             r = rank;
@@ -306,7 +295,7 @@ impl AdaLoraLayer {
         let dropped: Vec<bool> = keep.iter().map(|k| !k).collect();
         let mask = Tensor::from_slice(&dropped).to_device(self.lora_e.device()).unsqueeze(-1);
         let mut e = self.lora_e.shallow_clone();
-        tch::no_grad(|| e.f_masked_fill_(&mask, 0.0)).map(drop).map_err(torch("masking lora_E"))
+        tch::no_grad(|| e.f_masked_fill_(&mask, 0.0)).map(drop).map_err(PeftError::torch("masking lora_E"))
     }
 
     fn cast_input(&self, x: &Tensor) -> Tensor {
@@ -342,7 +331,7 @@ impl AdaLoraLayer {
                 }
             }
         })
-        .map_err(torch("computing an AdaLoRA delta weight"))
+        .map_err(PeftError::torch("computing an AdaLoRA delta weight"))
     }
 
     fn weighted<'b>(&self, base: &'b mut dyn BaseLayer) -> Result<&'b mut dyn WeightLike> {
@@ -422,8 +411,11 @@ impl TunerLayer for AdaLoraLayer {
         let delta = self.delta_weight()?;
         let weight = self.weighted(base)?.weight();
         if ctx.safe {
-            let mut merged = weight.f_detach_copy().map_err(torch("merging an AdaLoRA adapter"))?;
-            tch::no_grad(|| merged.f_add_(&delta)).map(drop).map_err(torch("merging an AdaLoRA adapter"))?;
+            let mut merged =
+                weight.f_detach_copy().map_err(PeftError::torch("merging an AdaLoRA adapter"))?;
+            tch::no_grad(|| merged.f_add_(&delta))
+                .map(drop)
+                .map_err(PeftError::torch("merging an AdaLoRA adapter"))?;
             if !all_finite(&merged)? {
                 return Err(PeftError::NonFiniteMerge {
                     adapter: self.adapter.clone(),
@@ -433,13 +425,13 @@ impl TunerLayer for AdaLoraLayer {
             return self.weighted(base)?.set_weight(&merged);
         }
         let mut w = weight.shallow_clone();
-        tch::no_grad(|| w.f_add_(&delta)).map(drop).map_err(torch("merging an AdaLoRA adapter"))
+        tch::no_grad(|| w.f_add_(&delta)).map(drop).map_err(PeftError::torch("merging an AdaLoRA adapter"))
     }
 
     fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()> {
         let delta = self.delta_weight()?;
         let mut w = self.weighted(base)?.weight().shallow_clone();
-        tch::no_grad(|| w.f_sub_(&delta)).map(drop).map_err(torch("unmerging an AdaLoRA adapter"))
+        tch::no_grad(|| w.f_sub_(&delta)).map(drop).map_err(PeftError::torch("unmerging an AdaLoRA adapter"))
     }
 
     fn describe(&self) -> String {

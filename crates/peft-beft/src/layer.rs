@@ -26,10 +26,6 @@ pub struct BeftLayer {
     beft_bias: Tensor,
 }
 
-fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
-    PeftError::torch(what)
-}
-
 impl BeftLayer {
     /// Creates the adapter as PEFT's `update_layer` does: `torch.randn((1, out))` drawn on the CPU in f32
     /// (so the global RNG advances as in PEFT), set to 0 with `init_weights`, then moved to the base
@@ -50,9 +46,9 @@ impl BeftLayer {
             );
         }
         let mut bias = Tensor::f_randn([1, out_features], (Kind::Float, Device::Cpu))
-            .map_err(torch("initialising beft_bias"))?;
+            .map_err(PeftError::torch("initialising beft_bias"))?;
         if config.init_weights {
-            let _ = tch::no_grad(|| bias.f_fill_(0.0)).map_err(torch("initialising beft_bias"))?;
+            let _ = tch::no_grad(|| bias.f_fill_(0.0)).map_err(PeftError::torch("initialising beft_bias"))?;
         }
         let bias = ctx.place(bias)?;
         let adapter = ctx.adapter_name.to_string();
@@ -68,17 +64,7 @@ impl BeftLayer {
     /// The sum of the offsets of every active BEFT adapter on the layer, in activation order — or `None`
     /// when another active adapter comes first (it adds the sum for all of them).
     fn combined(&self, ctx: &ForwardCtx<'_>) -> Option<Tensor> {
-        let mut group: Vec<&BeftLayer> = ctx
-            .active_siblings()
-            .into_iter()
-            .filter_map(|(_, t)| t.as_any().downcast_ref::<BeftLayer>())
-            .collect();
-        if group.is_empty() {
-            group.push(self);
-        }
-        if group[0].adapter != self.adapter {
-            return None;
-        }
+        let group = ctx.active_group(self)?;
         let mut sum = group[0].beft_bias.flatten(0, -1);
         for other in &group[1..] {
             // Not `+=`: that would add in place into the first adapter's parameter (`sum` is a view of it).
@@ -127,7 +113,8 @@ impl TunerLayer for BeftLayer {
         let offset = self.beft_bias.detach().squeeze();
         if ctx.safe {
             // PEFT's safe path: the sum on a copy, checked, then written.
-            let merged = tch::no_grad(|| bias.f_add(&offset)).map_err(torch("merging a BEFT adapter"))?;
+            let merged =
+                tch::no_grad(|| bias.f_add(&offset)).map_err(PeftError::torch("merging a BEFT adapter"))?;
             if !all_finite(&merged)? {
                 return Err(PeftError::NonFiniteMerge {
                     adapter: self.adapter.clone(),
@@ -136,9 +123,11 @@ impl TunerLayer for BeftLayer {
             }
             let kind = bias.kind();
             tch::no_grad(|| merged.f_to_kind(kind).and_then(|m| bias.f_copy_(&m)))
-                .map_err(torch("merging a BEFT adapter"))
+                .map_err(PeftError::torch("merging a BEFT adapter"))
         } else {
-            tch::no_grad(|| bias.f_add_(&offset)).map(|_| ()).map_err(torch("merging a BEFT adapter"))
+            tch::no_grad(|| bias.f_add_(&offset))
+                .map(|_| ())
+                .map_err(PeftError::torch("merging a BEFT adapter"))
         }
     }
 
@@ -147,7 +136,7 @@ impl TunerLayer for BeftLayer {
         let offset = self.beft_bias.detach().squeeze();
         let kind = bias.kind();
         tch::no_grad(|| bias.f_sub(&offset).and_then(|t| t.f_to_kind(kind)).and_then(|t| bias.f_copy_(&t)))
-            .map_err(torch("unmerging a BEFT adapter"))
+            .map_err(PeftError::torch("unmerging a BEFT adapter"))
     }
 
     fn describe(&self) -> String {

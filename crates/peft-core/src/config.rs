@@ -366,6 +366,21 @@ impl LayerInit<'_, '_> {
             .map_err(PeftError::torch("moving adapter weights to the base layer's device"))
     }
 
+    /// PEFT's correction of a config's `fan_in_fan_out` to the layer it meets: `true` for transformers'
+    /// `Conv1D` (weight stored `(in, out)`), `false` for `nn.Linear`, with PEFT's warning when the config
+    /// said otherwise. PEFT corrects the config object itself, so the saved config carries the corrected
+    /// value.
+    pub fn match_fan_in_fan_out(&mut self, config_value: &mut bool, layer_is_conv1d: bool) {
+        if *config_value != layer_is_conv1d {
+            self.warn(if layer_is_conv1d {
+                "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True."
+            } else {
+                "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False."
+            });
+            *config_value = layer_is_conv1d;
+        }
+    }
+
     /// Records a warning.
     pub fn warn(&mut self, message: impl Into<String>) {
         let message = message.into();

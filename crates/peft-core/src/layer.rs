@@ -284,6 +284,19 @@ impl<'a> ForwardCtx<'a> {
         }
     }
 
+    /// For methods whose active adapters act together (IA³ multiplies their vectors, BEFT sums its
+    /// offsets, HRA and OFT chain their rotations, …): the active adapters of the layer that are of `me`'s
+    /// type, in activation order, when `me` is the first of them — it then acts for the whole group and
+    /// the others pass (`None`). Outside a layer's forward pass the group is `[me]`.
+    pub fn active_group<T: TunerLayer + 'static>(&self, me: &'a T) -> Option<Vec<&'a T>> {
+        let group: Vec<&'a T> =
+            self.active_siblings().into_iter().filter_map(|(_, t)| t.as_any().downcast_ref::<T>()).collect();
+        match group.first() {
+            None => Some(vec![me]),
+            Some(first) => std::ptr::eq(*first, me).then_some(group),
+        }
+    }
+
     /// `train` or `eval` from a flag (tch's `ModuleT` convention).
     pub fn from_train(train: bool) -> Self {
         if train {
@@ -898,6 +911,22 @@ pub fn merge_delta(
         return Err(PeftError::NonFiniteMerge { adapter: adapter.to_string(), module: module.to_string() });
     }
     w.set_weight(&merged)
+}
+
+/// Replaces the base weight with `value` as PEFT's `weight.data = value` does for methods that rewrite the
+/// weight rather than add to it (HRA, OFT): a dense weight takes `value`'s storage and layout; quantized
+/// storage re-quantizes through [`WeightLike::set_weight`].
+///
+/// # Errors
+/// A failure of `set_weight` (re-quantization).
+pub fn replace_weight(w: &mut dyn WeightLike, value: &Tensor) -> Result<()> {
+    if w.weight_is_storage() {
+        let mut t = w.weight();
+        tch::no_grad(|| t.set_data(value));
+        Ok(())
+    } else {
+        w.set_weight(value)
+    }
 }
 
 /// The inverse of [`merge_delta`] (`weight.data -= delta`).

@@ -27,10 +27,6 @@ pub struct FourierFtLayer {
     spectrum: Tensor,
 }
 
-fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
-    PeftError::torch(what)
-}
-
 impl FourierFtLayer {
     /// Creates the adapter as PEFT's `update_layer`: the positions from the seeded generator, then
     /// `fourierft_spectrum = randn(n)` from the global generator (zeros with `init_weights`), moved to the base
@@ -47,14 +43,7 @@ impl FourierFtLayer {
             ));
         };
         let (in_features, out_features, fifo) = (lin.in_features(), lin.out_features(), lin.fan_in_fan_out());
-        if config.fan_in_fan_out != fifo {
-            ctx.warn(if fifo {
-                "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True."
-            } else {
-                "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False."
-            });
-            config.fan_in_fan_out = fifo;
-        }
+        ctx.match_fan_in_fan_out(&mut config.fan_in_fan_out, fifo);
         let n = config.n_frequency_for(ctx.module_name)?;
         peft_core::config::require_positive("n_frequency", n)?;
         if n > in_features * out_features {
@@ -70,16 +59,17 @@ impl FourierFtLayer {
         let flat = Generator::new(seed as u64)?.randperm(out_features * in_features)?.narrow(0, 0, n);
         let indices = Tensor::f_stack(
             &[
-                flat.f_floor_divide_scalar(in_features).map_err(torch("fourierft indices"))?,
-                flat.f_remainder(in_features).map_err(torch("fourierft indices"))?,
+                flat.f_floor_divide_scalar(in_features).map_err(PeftError::torch("fourierft indices"))?,
+                flat.f_remainder(in_features).map_err(PeftError::torch("fourierft indices"))?,
             ],
             0,
         )
-        .map_err(torch("fourierft indices"))?;
+        .map_err(PeftError::torch("fourierft indices"))?;
         let mut spectrum = Tensor::f_randn([n], (Kind::Float, Device::Cpu))
-            .map_err(torch("initialising fourierft_spectrum"))?;
+            .map_err(PeftError::torch("initialising fourierft_spectrum"))?;
         if config.init_weights {
-            let _ = tch::no_grad(|| spectrum.f_zero_()).map_err(torch("initialising fourierft_spectrum"))?;
+            let _ = tch::no_grad(|| spectrum.f_zero_())
+                .map_err(PeftError::torch("initialising fourierft_spectrum"))?;
         }
         let adapter = ctx.adapter_name.to_string();
         let spectrum = (&ctx.path / "fourierft_spectrum").add(&adapter, ctx.place(spectrum)?, true);

@@ -23,7 +23,7 @@
 
 use crate::config::{HraConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
-use peft_core::layer::{all_finite, BaseLayer, ForwardCtx, MergeCtx, TunerLayer, WeightLike};
+use peft_core::layer::{all_finite, replace_weight, BaseLayer, ForwardCtx, MergeCtx, TunerLayer, WeightLike};
 use peft_core::{PeftError, Result};
 use std::any::Any;
 use tch::{Device, Kind, Tensor};
@@ -60,10 +60,6 @@ pub struct HraLayer {
     r: i64,
     apply_gs: bool,
     hra_u: Tensor,
-}
-
-fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
-    PeftError::torch(what)
 }
 
 impl HraLayer {
@@ -131,14 +127,16 @@ impl HraLayer {
         peft_core::config::require_positive("r", r)?;
         let opts = (Kind::Float, Device::Cpu);
         let u = if config.init_weights && r % 2 == 0 {
-            let mut half = Tensor::f_zeros([dim, r / 2], opts).map_err(torch("initialising hra_u"))?;
+            let mut half =
+                Tensor::f_zeros([dim, r / 2], opts).map_err(PeftError::torch("initialising hra_u"))?;
             peft_core::init::kaiming_uniform_(&mut half, 5f64.sqrt())?;
-            half.f_repeat_interleave_self_int(2, Some(1), None::<i64>).map_err(torch("initialising hra_u"))?
+            half.f_repeat_interleave_self_int(2, Some(1), None::<i64>)
+                .map_err(PeftError::torch("initialising hra_u"))?
         } else {
             if config.init_weights {
                 ctx.warn("The symmetric initialization can NOT be performed when r is odd!");
             }
-            let mut u = Tensor::f_empty([dim, r], opts).map_err(torch("initialising hra_u"))?;
+            let mut u = Tensor::f_empty([dim, r], opts).map_err(PeftError::torch("initialising hra_u"))?;
             peft_core::init::kaiming_uniform_(&mut u, 5f64.sqrt())?;
             u
         };
@@ -214,15 +212,7 @@ impl HraLayer {
     /// The active HRA adapters of the layer that act in this call, in activation order — or `None` when
     /// another one comes first (it computes the layer for all of them).
     fn chain<'a>(&'a self, ctx: &ForwardCtx<'a>) -> Option<Vec<&'a HraLayer>> {
-        let group: Vec<&HraLayer> = ctx
-            .active_siblings()
-            .into_iter()
-            .filter_map(|(_, t)| t.as_any().downcast_ref::<HraLayer>())
-            .collect();
-        if group.is_empty() {
-            return Some(vec![self]);
-        }
-        (group[0].adapter == self.adapter).then_some(group)
+        ctx.active_group(self)
     }
 
     /// `(out, D)`: the weight as `H` multiplies it.
@@ -258,28 +248,16 @@ impl HraLayer {
             let flat = if flat.kind() != m.kind() { flat.f_to_kind(m.kind())? } else { flat };
             self.unflat(flat.f_mm(m)?)
         })
-        .map_err(torch("multiplying the weight by HRA's reflections"))?;
+        .map_err(PeftError::torch("multiplying the weight by HRA's reflections"))?;
         if check && !all_finite(&product)? {
             return Err(PeftError::NonFiniteMerge {
                 adapter: self.adapter.clone(),
                 module: self.module.clone(),
             });
         }
-        let value =
-            tch::no_grad(|| product.f_to_kind(orig_kind)).map_err(torch("casting a merged weight"))?;
+        let value = tch::no_grad(|| product.f_to_kind(orig_kind))
+            .map_err(PeftError::torch("casting a merged weight"))?;
         replace_weight(w, &value)
-    }
-}
-
-/// Replaces the base weight with `value` the way PEFT's `weight.data = value` does (the layer takes the
-/// new tensor's storage and layout).
-fn replace_weight(w: &mut dyn WeightLike, value: &Tensor) -> Result<()> {
-    if w.weight_is_storage() {
-        let mut t = w.weight();
-        tch::no_grad(|| t.set_data(value));
-        Ok(())
-    } else {
-        w.set_weight(value)
     }
 }
 

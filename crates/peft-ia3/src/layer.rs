@@ -46,10 +46,6 @@ pub struct Ia3Layer {
     ia3_l: Tensor,
 }
 
-fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
-    PeftError::torch(what)
-}
-
 impl Ia3Layer {
     /// Creates the adapter as PEFT's `update_layer` does: draws `torch.randn` of the vector's shape (so
     /// the global RNG advances as in PEFT), sets it to 1 with `init_ia3_weights`, then moves it to the base
@@ -71,14 +67,7 @@ impl Ia3Layer {
         let (kind, in_features, out_features) = if let Some(lin) = ctx.base.as_linear() {
             let fifo = lin.fan_in_fan_out();
             let (i, o) = (lin.in_features(), lin.out_features());
-            if config.fan_in_fan_out != fifo {
-                ctx.warn(if fifo {
-                    "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True."
-                } else {
-                    "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False."
-                });
-                config.fan_in_fan_out = fifo;
-            }
+            ctx.match_fan_in_fan_out(&mut config.fan_in_fan_out, fifo);
             (Ia3Kind::Linear { fan_in_fan_out: fifo }, i, o)
         } else if let Some(conv) = ctx.base.as_conv().filter(|c| matches!(c.geometry().dims(), 2 | 3)) {
             let g = conv.geometry();
@@ -98,10 +87,10 @@ impl Ia3Layer {
                 s
             }
         };
-        let mut weight =
-            Tensor::f_randn(&shape, (Kind::Float, tch::Device::Cpu)).map_err(torch("initialising ia3_l"))?;
+        let mut weight = Tensor::f_randn(&shape, (Kind::Float, tch::Device::Cpu))
+            .map_err(PeftError::torch("initialising ia3_l"))?;
         if config.init_ia3_weights {
-            let _ = weight.f_fill_(1.0).map_err(torch("initialising ia3_l"))?;
+            let _ = weight.f_fill_(1.0).map_err(PeftError::torch("initialising ia3_l"))?;
         }
         let weight = ctx.place(weight)?;
         let adapter = ctx.adapter_name.to_string();
@@ -136,17 +125,7 @@ impl Ia3Layer {
     /// layers) and the dtype of the last, as PEFT's forward builds `ia3_scaling` — or `None` when another
     /// active adapter comes first (it applies the product for all of them).
     fn combined_scaling(&self, ctx: &ForwardCtx<'_>) -> Option<(Tensor, Kind)> {
-        let mut group: Vec<&Ia3Layer> = ctx
-            .active_siblings()
-            .into_iter()
-            .filter_map(|(_, t)| t.as_any().downcast_ref::<Ia3Layer>())
-            .collect();
-        if group.is_empty() {
-            group.push(self);
-        }
-        if group[0].adapter != self.adapter {
-            return None;
-        }
+        let group = ctx.active_group(self)?;
         let flat = |t: &Tensor| match self.kind {
             Ia3Kind::Linear { .. } => t.flatten(0, -1),
             Ia3Kind::Conv { .. } => t.shallow_clone(),
@@ -263,7 +242,7 @@ impl TunerLayer for Ia3Layer {
         let weight = w.weight();
         let kind = weight.kind();
         let merged = tch::no_grad(|| weight.f_mul(&scaling).and_then(|t| t.f_to_kind(kind)))
-            .map_err(torch("merging an (IA)³ adapter"))?;
+            .map_err(PeftError::torch("merging an (IA)³ adapter"))?;
         let bias = if is_ff { None } else { w.bias() };
         let new_bias = match &bias {
             Some(b) => {
@@ -272,7 +251,7 @@ impl TunerLayer for Ia3Layer {
                     tch::no_grad(|| {
                         b.f_mul(&vector.reshape(b.size().as_slice())).and_then(|t| t.f_to_kind(target))
                     })
-                    .map_err(torch("merging an (IA)³ adapter into the bias"))?,
+                    .map_err(PeftError::torch("merging an (IA)³ adapter into the bias"))?,
                 )
             }
             None => None,
@@ -286,7 +265,7 @@ impl TunerLayer for Ia3Layer {
         let w = self.weighted(base)?;
         w.set_weight(&merged)?;
         if let (Some(mut b), Some(nb)) = (bias, new_bias) {
-            tch::no_grad(|| b.f_copy_(&nb)).map_err(torch("writing a merged bias"))?;
+            tch::no_grad(|| b.f_copy_(&nb)).map_err(PeftError::torch("writing a merged bias"))?;
         }
         Ok(())
     }
@@ -300,15 +279,15 @@ impl TunerLayer for Ia3Layer {
         let weight = w.weight();
         let kind = weight.kind();
         let restored = tch::no_grad(|| weight.f_div(&(&scaling + 1e-8)).and_then(|t| t.f_to_kind(kind)))
-            .map_err(torch("unmerging an (IA)³ adapter"))?;
+            .map_err(PeftError::torch("unmerging an (IA)³ adapter"))?;
         w.set_weight(&restored)?;
         if let Some(mut b) = if is_ff { None } else { w.bias() } {
             let bk = b.kind();
             let nb = tch::no_grad(|| {
                 b.f_div(&(vector.reshape(b.size().as_slice()) + 1e-8)).and_then(|t| t.f_to_kind(bk))
             })
-            .map_err(torch("unmerging an (IA)³ adapter from the bias"))?;
-            tch::no_grad(|| b.f_copy_(&nb)).map_err(torch("writing an unmerged bias"))?;
+            .map_err(PeftError::torch("unmerging an (IA)³ adapter from the bias"))?;
+            tch::no_grad(|| b.f_copy_(&nb)).map_err(PeftError::torch("writing an unmerged bias"))?;
         }
         Ok(())
     }

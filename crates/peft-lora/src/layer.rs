@@ -445,15 +445,7 @@ impl LoraLayer {
                 lin.weight(),
                 lin.bias().is_some(),
             );
-            if config.fan_in_fan_out != base_fifo {
-                // PEFT corrects the config object itself, so the saved config carries the corrected value.
-                ctx.warn(if base_fifo {
-                    "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True."
-                } else {
-                    "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False."
-                });
-                config.fan_in_fan_out = base_fifo;
-            }
+            ctx.match_fan_in_fan_out(&mut config.fan_in_fan_out, base_fifo);
             return Ok(out);
         }
         if let Some(emb) = ctx.base.as_embedding() {

@@ -28,7 +28,7 @@
 
 use crate::config::{OftConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
-use peft_core::layer::{all_finite, BaseLayer, ForwardCtx, MergeCtx, TunerLayer, WeightLike};
+use peft_core::layer::{all_finite, replace_weight, BaseLayer, ForwardCtx, MergeCtx, TunerLayer, WeightLike};
 use peft_core::{PeftError, Result};
 use std::any::Any;
 use tch::{Device, Kind, Tensor};
@@ -74,10 +74,6 @@ pub struct OftLayer {
     weight: Tensor,
     rows: Tensor,
     cols: Tensor,
-}
-
-fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
-    PeftError::torch(what)
 }
 
 /// PEFT's `adjust_oft_parameters`: the divisor of `dim` nearest to `value` (ties to the lower one;
@@ -151,12 +147,8 @@ impl OftLayer {
                 return Err(ctx.unsupported(PEFT_TYPE, UNSUPPORTED));
             }
             let (i, o) = (lin.in_features(), lin.out_features());
-            if first_on_layer && config.fan_in_fan_out {
-                ctx.warn(
-                    "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting \
-                     fan_in_fan_out to False.",
-                );
-                config.fan_in_fan_out = false;
+            if first_on_layer {
+                ctx.match_fan_in_fan_out(&mut config.fan_in_fan_out, false);
             }
             (OftKind::Linear, i, o, i)
         } else if let Some(conv) = ctx.base.as_conv().filter(|c| c.geometry().dims() == 2) {
@@ -188,16 +180,16 @@ impl OftLayer {
         let shape = [if config.block_share { 1 } else { r }, n_elements];
         let opts = (Kind::Float, Device::Cpu);
         let weight = if config.init_weights {
-            Tensor::f_zeros(shape, opts).map_err(torch("initialising oft_R"))?
+            Tensor::f_zeros(shape, opts).map_err(PeftError::torch("initialising oft_R"))?
         } else {
-            let mut w = Tensor::f_empty(shape, opts).map_err(torch("initialising oft_R"))?;
+            let mut w = Tensor::f_empty(shape, opts).map_err(PeftError::torch("initialising oft_R"))?;
             peft_core::init::normal_(&mut w, 0.0, 0.1)?;
             w
         };
         let weight = ctx.place(weight)?;
         let device = weight.device();
         let triu = Tensor::f_triu_indices(block_size, block_size, 1, (Kind::Int64, device))
-            .map_err(torch("building the triangle indices"))?;
+            .map_err(PeftError::torch("building the triangle indices"))?;
         let (rows, cols) = (triu.get(0), triu.get(1));
         let adapter = ctx.adapter_name.to_string();
         let dict = if kind == OftKind::Embedding { "oft_embedding_R" } else { "oft_R" };
@@ -412,15 +404,7 @@ impl OftLayer {
     /// The active OFT adapters of the layer that act in this call, in activation order — or `None` when
     /// another one comes first (it applies them all).
     fn chain<'a>(&'a self, ctx: &ForwardCtx<'a>) -> Option<Vec<&'a OftLayer>> {
-        let group: Vec<&OftLayer> = ctx
-            .active_siblings()
-            .into_iter()
-            .filter_map(|(_, t)| t.as_any().downcast_ref::<OftLayer>())
-            .collect();
-        if group.is_empty() {
-            return Some(vec![self]);
-        }
-        (group[0].adapter == self.adapter).then_some(group)
+        ctx.active_group(self)
     }
 
     /// Runs `x` through every rotation of `chain`, each on its own dtype.
@@ -477,18 +461,6 @@ impl OftLayer {
     }
 }
 
-/// Replaces the base weight with `value` the way PEFT's `set_base_weight` does: dense weights take its
-/// storage and layout (`weight.data = value`), quantized ones re-quantize.
-fn replace_weight(w: &mut dyn WeightLike, value: &Tensor) -> Result<()> {
-    if w.weight_is_storage() {
-        let mut t = w.weight();
-        tch::no_grad(|| t.set_data(value));
-        Ok(())
-    } else {
-        w.set_weight(value)
-    }
-}
-
 impl TunerLayer for OftLayer {
     fn peft_type(&self) -> &'static str {
         PEFT_TYPE
@@ -540,12 +512,12 @@ impl TunerLayer for OftLayer {
                     self.unflat(rot.f_mm(&t.f_to_kind(rk)?)?.f_transpose(0, 1)?)
                 }
             })
-            .map_err(torch("merging an OFT adapter"))?;
+            .map_err(PeftError::torch("merging an OFT adapter"))?;
             if ctx.safe && !all_finite(&merged)? {
                 return Err(self.non_finite());
             }
             let value = tch::no_grad(|| merged.f_contiguous().and_then(|t| t.f_to_kind(orig_kind)))
-                .map_err(torch("merging an OFT adapter"))?;
+                .map_err(PeftError::torch("merging an OFT adapter"))?;
             let w = self.weighted(base)?;
             return replace_weight(w, &value);
         }
@@ -561,7 +533,7 @@ impl TunerLayer for OftLayer {
             }
             Ok(())
         })
-        .map_err(torch("merging an OFT adapter"))
+        .map_err(PeftError::torch("merging an OFT adapter"))
     }
 
     fn unmerge(&mut self, base: &mut dyn BaseLayer) -> Result<()> {
@@ -583,7 +555,7 @@ impl TunerLayer for OftLayer {
                 self.unflat(inv.f_mm(&t.f_to_kind(previous)?)?.f_transpose(0, 1)?)?.f_to_kind(orig_kind)
             }
         })
-        .map_err(torch("unmerging an OFT adapter"))?;
+        .map_err(PeftError::torch("unmerging an OFT adapter"))?;
         replace_weight(w, &restored)
     }
 

@@ -42,10 +42,6 @@ pub struct RoadLayer {
     alpha: Tensor,
 }
 
-fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
-    PeftError::torch(what)
-}
-
 /// PEFT's `_prepare_cols`: the diagonal column `c₁` and the paired column `c₂`, each of length `out`.
 fn prepare_cols(variant: RoadVariant, group_size: i64, theta: &Tensor, alpha: &Tensor) -> (Tensor, Tensor) {
     let half = group_size / 2;
@@ -136,12 +132,13 @@ impl RoadLayer {
         let size = config.variant.parameters(out_features);
         let opts = (Kind::Float, Device::Cpu);
         let (mut theta, mut alpha) = (
-            Tensor::f_empty([size], opts).map_err(torch("initialising road_theta"))?,
-            Tensor::f_empty([size], opts).map_err(torch("initialising road_alpha"))?,
+            Tensor::f_empty([size], opts).map_err(PeftError::torch("initialising road_theta"))?,
+            Tensor::f_empty([size], opts).map_err(PeftError::torch("initialising road_alpha"))?,
         );
         if config.init_weights {
             peft_core::init::zeros_(&mut theta)?;
-            let _ = tch::no_grad(|| alpha.f_fill_(1.0)).map_err(torch("initialising road_alpha"))?;
+            let _ =
+                tch::no_grad(|| alpha.f_fill_(1.0)).map_err(PeftError::torch("initialising road_alpha"))?;
         } else {
             peft_core::init::normal_(&mut theta, 0.0, 0.5)?;
             peft_core::init::normal_(&mut alpha, 1.0, 0.5)?;
@@ -214,7 +211,7 @@ impl RoadLayer {
                 let nb = bias.as_ref().map(|b| m.f_matmul(b)).transpose()?;
                 Ok((nw, nb))
             })
-            .map_err(torch(what))?;
+            .map_err(PeftError::torch(what))?;
         if check {
             let finite = all_finite(&new_weight)? && new_bias.as_ref().map_or(Ok(true), all_finite)?;
             if !finite {
@@ -225,11 +222,11 @@ impl RoadLayer {
             }
         }
         let new_weight = tch::no_grad(|| new_weight.f_contiguous().and_then(|t| t.f_to_kind(orig_kind)))
-            .map_err(torch(what))?;
+            .map_err(PeftError::torch(what))?;
         let new_bias = new_bias
             .map(|b| tch::no_grad(|| b.f_contiguous().and_then(|t| t.f_to_kind(orig_kind))))
             .transpose()
-            .map_err(torch(what))?;
+            .map_err(PeftError::torch(what))?;
         let mut t = w.weight();
         tch::no_grad(|| t.set_data(&new_weight));
         if let (Some(mut b), Some(nb)) = (bias, new_bias) {
@@ -272,7 +269,7 @@ impl TunerLayer for RoadLayer {
         let r = self.rotation_matrix();
         let inv =
             tch::no_grad(|| Tensor::f_linalg_inv(&r.to_kind(Kind::Float)).and_then(|t| t.f_to_kind(kind)))
-                .map_err(torch("inverting a RoAd rotation"))?;
+                .map_err(PeftError::torch("inverting a RoAd rotation"))?;
         self.multiply(base, &inv, false, "unmerging a RoAd adapter")
     }
 

@@ -28,10 +28,6 @@ pub struct ShiraLayer {
     indices: Tensor,
 }
 
-fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
-    PeftError::torch(what)
-}
-
 /// PEFT's `random_mask`: the positions of `n` ones in an `(out, in)` mask drawn by `randperm(out · in)`
 /// from a generator seeded with `seed`, listed in row-major order as `(2, n)` int32.
 ///
@@ -47,7 +43,7 @@ pub fn random_mask_indices(out_features: i64, in_features: i64, n: i64, seed: u6
         let nz = mask.f_eq(1.0)?.f_nonzero_numpy()?;
         Tensor::f_cat(&[nz[0].f_unsqueeze(0)?, nz[1].f_unsqueeze(0)?], 0)?.f_to_kind(Kind::Int)
     };
-    f().map_err(torch("drawing SHiRA's mask"))
+    f().map_err(PeftError::torch("drawing SHiRA's mask"))
 }
 
 impl ShiraLayer {
@@ -64,12 +60,7 @@ impl ShiraLayer {
             ));
         };
         let (in_features, out_features) = (lin.in_features(), lin.out_features());
-        if config.fan_in_fan_out {
-            ctx.warn(
-                "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False.",
-            );
-            config.fan_in_fan_out = false;
-        }
+        ctx.match_fan_in_fan_out(&mut config.fan_in_fan_out, false);
         let r = config.r;
         let n = r * (in_features + out_features);
         if n > in_features * out_features {
@@ -86,7 +77,7 @@ impl ShiraLayer {
         } else {
             Tensor::f_randn([n], (Kind::Float, Device::Cpu))
         }
-        .map_err(torch("initialising shira_weight"))?;
+        .map_err(PeftError::torch("initialising shira_weight"))?;
         let adapter = ctx.adapter_name.to_string();
         let weight = (&ctx.path / "shira_weight").add(&adapter, ctx.place(weight)?, true);
         let (_, _, device) = ctx.placement()?;
@@ -142,15 +133,7 @@ impl ShiraLayer {
 
     /// The active SHiRA adapters of the layer when this one comes first among them (it applies them all).
     fn group<'a>(&'a self, ctx: &ForwardCtx<'a>) -> Option<Vec<&'a ShiraLayer>> {
-        let mut group: Vec<&ShiraLayer> = ctx
-            .active_siblings()
-            .into_iter()
-            .filter_map(|(_, t)| t.as_any().downcast_ref::<ShiraLayer>())
-            .collect();
-        if group.is_empty() {
-            group.push(self);
-        }
-        (group[0].adapter == self.adapter).then_some(group)
+        ctx.active_group(self)
     }
 }
 

@@ -32,10 +32,6 @@ pub struct VeraLayer {
     owns_projections: bool,
 }
 
-fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
-    PeftError::torch(what)
-}
-
 impl VeraLayer {
     /// Creates the adapter as PEFT's `update_layer`: `vera_lambda_b = ones(out)`, `vera_lambda_d = randn(r)`
     /// (drawn from the global generator in that order), reset to `0` / `d_initial` with `init_weights`,
@@ -53,29 +49,22 @@ impl VeraLayer {
             ));
         };
         let (in_features, out_features, fifo) = (lin.in_features(), lin.out_features(), lin.fan_in_fan_out());
-        if config.fan_in_fan_out != fifo {
-            ctx.warn(if fifo {
-                "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True."
-            } else {
-                "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False."
-            });
-            config.fan_in_fan_out = fifo;
-        }
+        ctx.match_fan_in_fan_out(&mut config.fan_in_fan_out, fifo);
         let r = config.r;
         let shared = config.projections.0.clone().ok_or_else(|| {
             PeftError::Invalid("VeRA's projections were not created before its layers".into())
         })?;
         let mut lambda_b = Tensor::f_ones([out_features], (Kind::Float, Device::Cpu))
-            .map_err(torch("initialising vera_lambda_b"))?;
-        let mut lambda_d =
-            Tensor::f_randn([r], (Kind::Float, Device::Cpu)).map_err(torch("initialising vera_lambda_d"))?;
+            .map_err(PeftError::torch("initialising vera_lambda_b"))?;
+        let mut lambda_d = Tensor::f_randn([r], (Kind::Float, Device::Cpu))
+            .map_err(PeftError::torch("initialising vera_lambda_d"))?;
         if config.init_weights {
             tch::no_grad(|| -> std::result::Result<(), tch::TchError> {
                 let _ = lambda_d.f_zero_()?.f_fill_(config.d_initial)?;
                 let _ = lambda_b.f_zero_()?;
                 Ok(())
             })
-            .map_err(torch("initialising VeRA's vectors"))?;
+            .map_err(PeftError::torch("initialising VeRA's vectors"))?;
         }
         let adapter = ctx.adapter_name.to_string();
         let lambda_b = (&ctx.path / "vera_lambda_b").add(&adapter, ctx.place(lambda_b)?, true);
@@ -182,7 +171,7 @@ impl VeraLayer {
                 Ok(out)
             }
         };
-        tch::no_grad(f).map_err(torch("computing VeRA's delta weight"))
+        tch::no_grad(f).map_err(PeftError::torch("computing VeRA's delta weight"))
     }
 }
 
