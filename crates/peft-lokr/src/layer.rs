@@ -185,54 +185,27 @@ pub fn create(config: &LokrConfig, ctx: &mut LayerInit<'_, '_>) -> Result<LokrLa
     };
 
     let zeros = peft_core::init::zeros_;
-    match &config.init_weights {
-        LokrInitWeights::Bool(true) => {
-            match &mut left {
-                LeftFactor::Full(w) => zeros(w)?,
-                LeftFactor::LowRank(wa, wb) => {
-                    zeros(wa)?;
-                    kaiming(wb)?;
-                }
-            }
-            match &mut right {
-                RightFactor::Full(w) => kaiming(w)?,
-                RightFactor::LowRank(wa, wb) | RightFactor::Cp { a: wa, b: wb, .. } => {
-                    kaiming(wa)?;
-                    kaiming(wb)?;
-                }
-            }
+    // Which side starts at zero (the other is Kaiming-uniform): PEFT's default resets the left factor
+    // (`lokr_w1` or `lokr_w1_a`), LyCORIS' scheme the right one (`lokr_w2` or `lokr_w2_b`), `false` neither.
+    // Zeroing draws nothing, so the order of the Kaiming draws is PEFT's in every case.
+    let (zero_left, zero_right) = match &config.init_weights {
+        LokrInitWeights::Bool(true) => (true, false),
+        LokrInitWeights::Scheme(_) => (false, true),
+        LokrInitWeights::Bool(false) => (false, false),
+    };
+    let init = |t: &mut Tensor, zero: bool| if zero { zeros(t) } else { kaiming(t) };
+    match &mut left {
+        LeftFactor::Full(w) => init(w, zero_left)?,
+        LeftFactor::LowRank(wa, wb) => {
+            init(wa, zero_left)?;
+            kaiming(wb)?;
         }
-        LokrInitWeights::Scheme(_) => {
-            match &mut left {
-                LeftFactor::Full(w) => kaiming(w)?,
-                LeftFactor::LowRank(wa, wb) => {
-                    kaiming(wa)?;
-                    kaiming(wb)?;
-                }
-            }
-            match &mut right {
-                RightFactor::Full(w) => zeros(w)?,
-                RightFactor::LowRank(wa, wb) | RightFactor::Cp { a: wa, b: wb, .. } => {
-                    zeros(wb)?;
-                    kaiming(wa)?;
-                }
-            }
-        }
-        LokrInitWeights::Bool(false) => {
-            match &mut left {
-                LeftFactor::Full(w) => kaiming(w)?,
-                LeftFactor::LowRank(wa, wb) => {
-                    kaiming(wa)?;
-                    kaiming(wb)?;
-                }
-            }
-            match &mut right {
-                RightFactor::Full(w) => kaiming(w)?,
-                RightFactor::LowRank(wa, wb) | RightFactor::Cp { a: wa, b: wb, .. } => {
-                    kaiming(wa)?;
-                    kaiming(wb)?;
-                }
-            }
+    }
+    match &mut right {
+        RightFactor::Full(w) => init(w, zero_right)?,
+        RightFactor::LowRank(wa, wb) | RightFactor::Cp { a: wa, b: wb, .. } => {
+            kaiming(wa)?;
+            init(wb, zero_right)?;
         }
     }
     if let RightFactor::Cp { core, .. } = &mut right {

@@ -4,13 +4,12 @@
 
 use peft_core::peft_config::TargetModules;
 use peft_core::MethodConfig;
-use peft_core::{AdapterConfig, PeftError, PeftModel};
+use peft_core::{AdapterConfig, PeftModel};
 use peft_lokr::{factorization, LokrConfig, LokrInitScheme, LokrInitWeights, LokrLayer};
 use peft_lycoris::LycorisOptions;
-use peft_testkit::nets::{ConvMix, Quantized};
+use peft_testkit::nets::ConvMix;
 use peft_testkit::{
-    assert_mixed_batches_refused, assert_shape_mismatch, assert_unsupported_layer, load_error, max_diff,
-    randomize, rng_lock as rng, save_with_config_edit,
+    assert_shape_mismatch, load_error, max_diff, randomize, rng_lock as rng, save_with_config_edit,
 };
 use std::collections::BTreeMap;
 use tch::nn::{ModuleT, VarStore};
@@ -114,60 +113,6 @@ fn factor_shapes_follow_the_factorization_and_the_rank() {
 }
 
 #[test]
-fn a_non_finite_safe_merge_is_refused_and_changes_nothing() {
-    let _rng = rng();
-    let (vs, n) = net();
-    let mut peft = PeftModel::new(n, &vs, config(&["lin0"], 2).boxed(), "default").unwrap();
-    randomize(&peft, 0.5);
-    let base = peft.disable_adapters().unwrap().outputs();
-    for (name, mut t) in peft.adapter_var_store().variables() {
-        if name.contains("lokr_w1") {
-            let _ = tch::no_grad(|| t.f_fill_(f64::INFINITY)).unwrap();
-        }
-    }
-    let err = peft.merge_adapter(None, true).unwrap_err();
-    assert!(matches!(err, PeftError::NonFiniteMerge { ref module, .. } if module == "lin0"), "{err:?}");
-    assert!(peft.model().lin0.slots().merged().is_empty());
-    assert!(peft.disable_adapters().unwrap().outputs()[0].equal(&base[0]), "the base weight is untouched");
-}
-
-#[test]
-fn module_dropout_draws_once_per_layer_in_training_and_never_in_evaluation() {
-    let _rng = rng();
-    let (vs, n) = net();
-    let mut cfg = config(&["lin0", "lin1"], 2);
-    cfg.lycoris.module_dropout = 0.0;
-    let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
-    randomize(&peft, 0.5);
-    let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
-    let rand1 = || Tensor::rand([1], (Kind::Float, Device::Cpu));
-    let eval = tch::no_grad(|| peft.forward_t(&x, false));
-    tch::manual_seed(3);
-    let train = tch::no_grad(|| peft.forward_t(&x, true));
-    let after_train = rand1();
-    tch::manual_seed(3);
-    let _ = (rand1(), rand1());
-    assert!(after_train.equal(&rand1()), "one torch.rand(1) per adapted layer");
-    assert!(train.equal(&eval), "module_dropout = 0 keeps every adapter");
-    tch::manual_seed(3);
-    let _ = tch::no_grad(|| peft.forward_t(&x, false));
-    let after_eval = rand1();
-    tch::manual_seed(3);
-    assert!(after_eval.equal(&rand1()), "evaluation draws nothing");
-
-    let (vs, n) = net();
-    let mut cfg = config(&["lin0", "lin1"], 2);
-    cfg.lycoris.module_dropout = 1.0;
-    let mut peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
-    randomize(&peft, 0.5);
-    let train = tch::no_grad(|| peft.forward_t(&x, true));
-    let adapted = tch::no_grad(|| peft.forward_t(&x, false));
-    let base = tch::no_grad(|| peft.disable_adapters().unwrap().forward_t(&x, false));
-    assert!(train.equal(&base), "module_dropout = 1 skips every adapter in training");
-    assert!(max_diff(&adapted, &base) > 1e-3, "but not in evaluation");
-}
-
-#[test]
 fn rank_dropout_zeroes_rows_and_rescales_only_with_rank_dropout_scale() {
     let _rng = rng();
     for scale in [false, true] {
@@ -198,47 +143,6 @@ fn rank_dropout_zeroes_rows_and_rescales_only_with_rank_dropout_scale() {
 }
 
 #[test]
-fn layers_lokr_cannot_adapt_are_refused_by_name() {
-    let _rng = rng();
-    for target in ["gpt", "emb", "conv3d"] {
-        let (vs, n) = net();
-        let err = PeftModel::new(n, &vs, config(&[target], 2).boxed(), "default").unwrap_err();
-        assert_unsupported_layer(&err, target, "LOKR", "Conv2d, Conv1d, Linear");
-    }
-}
-
-#[test]
-fn quantized_linears_are_refused() {
-    let _rng = rng();
-    let (vs, model) = Quantized::seeded(1, None);
-    let err = PeftModel::new(model, &vs, config(&["proj"], 2).boxed(), "default").unwrap_err();
-    assert!(matches!(&err, PeftError::UnsupportedLayer { kind, .. } if kind == "Linear4bit"), "{err:?}");
-    assert!(err.to_string().contains("quantized"), "{err}");
-}
-
-#[test]
-fn ranks_must_be_positive_after_the_rank_pattern() {
-    let _rng = rng();
-    let (vs, n) = net();
-    let err = PeftModel::new(n, &vs, config(&["lin0"], 0).boxed(), "default").unwrap_err();
-    assert!(
-        err.to_string().contains("`r` should be a positive integer value but the value passed is 0"),
-        "{err}"
-    );
-    let (vs, n) = net();
-    let mut cfg = config(&["lin0", "lin1"], 4);
-    cfg.lycoris.rank_pattern.insert("lin1".into(), -2);
-    let err = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap_err();
-    assert!(err.to_string().contains("the value passed is -2"), "{err}");
-    // A zero default rank is fine when the pattern covers every target.
-    let (vs, n) = net();
-    let mut cfg = config(&["lin0"], 0);
-    cfg.lycoris.rank_pattern.insert("lin0".into(), 2);
-    let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
-    assert_eq!(shapes(&peft)["base_model.model.lin0.lokr_w2_a"], [5, 2]);
-}
-
-#[test]
 fn invalid_configs_name_the_key() {
     let _rng = rng();
     let mut warnings = vec![];
@@ -264,16 +168,6 @@ fn invalid_configs_name_the_key() {
     assert_eq!(cfg.lycoris.target_modules, Some(TargetModules::list(["a", "b"])));
     assert_eq!(cfg.to_json()["alpha"], 2.5);
     assert!(warnings.iter().any(|w| w.contains("future_key")), "{warnings:?}");
-}
-
-#[test]
-fn architecture_defaults_and_mixed_batches() {
-    let _rng = rng();
-    let cfg = LokrConfig::default();
-    assert_eq!(cfg.default_target_modules("llama"), Some(TargetModules::list(["q_proj", "v_proj"])));
-    let (vs, n) = net();
-    let peft = PeftModel::new(n, &vs, config(&["lin0"], 2).boxed(), "default").unwrap();
-    assert_mixed_batches_refused(&peft, "LOKR");
 }
 
 #[test]
