@@ -145,3 +145,76 @@ pub fn sorted_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
 }
+
+/// A hook run on the model being trained.
+pub type ModelHook<'h, R> = &'h dyn Fn(&PeftModel<TestModel>) -> R;
+
+/// What a training case adds to the plain loop (LoRA variants with their own noise and regularizer).
+#[derive(Default)]
+pub struct TrainingHooks<'h> {
+    /// Runs once before the first step (MonteCLoRA redraws its sampler's noise, as PEFT's does).
+    pub before: Option<ModelHook<'h, ()>>,
+    /// Added to the loss of every step.
+    pub extra_loss: Option<ModelHook<'h, Tensor>>,
+}
+
+/// Replays a training case of a generator (`case.json`: model, optimizer, lr, seed, steps and PEFT's
+/// losses; `initial/` and `final/` adapters; `data.safetensors`): loads the initial adapter trainable,
+/// runs the steps with tch's optimizer and the NLL loss, and checks every loss and every final tensor
+/// against PEFT's. Tensors PEFT did not change (frozen ones saved with the adapter, VeRA's projections)
+/// must be unchanged here too; at least one must train. Returns the case's `case.json`.
+pub fn replay_training_case(d: &Path, case: &str, hooks: &TrainingHooks<'_>) -> Value {
+    use crate::compare::assert_identical;
+    use crate::models::{read_all, read_tensor};
+    use tch::nn::OptimizerConfig;
+
+    let meta = read_json(&d.join("case.json"));
+    let (vs, model) = base_model(d, meta["model"].as_str().expect("case.json names the model"));
+    let load = peft_core::LoadOptions::default().trainable();
+    let (peft, report) = PeftModel::from_pretrained(model, &vs, d.join("initial"), load).unwrap();
+    assert!(report.trainable, "{case}: the initial adapter loads trainable");
+    let x = read_tensor(&d.join("data.safetensors"), "x");
+    let y = read_tensor(&d.join("data.safetensors"), "y");
+    let lr = meta["lr"].as_f64().expect("lr");
+    let mut opt = match meta["optimizer"].as_str().expect("optimizer") {
+        "sgd" => tch::nn::Sgd::default().build(peft.adapter_var_store(), lr).unwrap(),
+        "adamw" => tch::nn::AdamW::default().build(peft.adapter_var_store(), lr).unwrap(),
+        other => panic!("{case}: unknown optimizer {other}"),
+    };
+    tch::manual_seed(meta["seed"].as_i64().expect("seed"));
+    if let Some(before) = hooks.before {
+        before(&peft);
+    }
+    let mut losses = vec![];
+    for _ in 0..meta["steps"].as_i64().expect("steps") {
+        opt.zero_grad();
+        let out = peft.forward_t(&x, true);
+        let classes = *out.size().last().expect("logits have a class dimension");
+        let mut loss = out.reshape([-1, classes]).nll_loss(&y.reshape([-1]));
+        if let Some(extra) = hooks.extra_loss {
+            loss += extra(&peft);
+        }
+        loss.backward();
+        opt.step();
+        losses.push(loss.double_value(&[]));
+    }
+    let peft_losses: Vec<f64> =
+        meta["losses"].as_array().expect("losses").iter().filter_map(Value::as_f64).collect();
+    assert_eq!(losses.len(), peft_losses.len(), "{case}: number of steps");
+    for (i, (a, b)) in losses.iter().zip(&peft_losses).enumerate() {
+        assert!((a - b).abs() < 1e-6, "{case}: loss at step {i}: {a} vs PEFT {b}");
+    }
+    let final_weights = read_all(&d.join("final").join("adapter_model.safetensors"));
+    let initial = read_all(&d.join("initial").join("adapter_model.safetensors"));
+    let mut trained = 0;
+    for (k, v) in peft.adapter_state_dict("default").unwrap() {
+        if final_weights[&k].equal(&initial[&k]) {
+            assert_identical(&v, &initial[&k], &format!("{case}: frozen {k}"));
+            continue;
+        }
+        trained += 1;
+        assert_close(&v, &final_weights[&k], 1e-6, &format!("{case}: trained {k}"));
+    }
+    assert!(trained > 0, "{case}: nothing trained");
+    meta
+}

@@ -10,14 +10,15 @@ use peft_core::{AdapterConfig, LoadOptions, PeftModel, SaveOptions};
 use peft_lora::LoraConfig;
 use peft_parity::compare::{assert_close, assert_differs, assert_identical};
 use peft_parity::harness::{
-    self, assert_same_config, assert_same_status, base_model, forward, rust_outputs, sorted_vars, strings,
+    self, assert_same_config, assert_same_status, base_model, forward, replay_training_case, rust_outputs,
+    sorted_vars, strings, TrainingHooks,
 };
 use peft_parity::models::{load_var_store, read_all, read_tensor, TestModel};
 use peft_parity::oracle::{self, read_json};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-use tch::nn::{ModuleT, OptimizerConfig, VarStore};
+use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
 /// Outputs are compared at this absolute tolerance (f32); in practice they are bit-identical.
@@ -385,49 +386,16 @@ fn training_steps_give_peft_identical_adapter_weights() {
     let root = fixtures();
     for case in manifest_list("train") {
         let d = root.join("train").join(&case);
-        let meta = read_json(&d.join("case.json"));
-        let (vs, model) = base_model(&d, meta["model"].as_str().unwrap());
-        let (peft, report) =
-            PeftModel::from_pretrained(model, &vs, d.join("initial"), LoadOptions::default().trainable())
-                .unwrap();
-        assert!(report.trainable);
-        let x = read_tensor(&d.join("data.safetensors"), "x");
-        let y = read_tensor(&d.join("data.safetensors"), "y");
-        let lr = meta["lr"].as_f64().unwrap();
-        let mut opt = match meta["optimizer"].as_str().unwrap() {
-            "sgd" => tch::nn::Sgd::default().build(peft.adapter_var_store(), lr).unwrap(),
-            "adamw" => tch::nn::AdamW::default().build(peft.adapter_var_store(), lr).unwrap(),
-            other => panic!("unknown optimizer {other}"),
+        // MonteCLoRA: PEFT redraws the sampler's noise after seeding and adds its regularizer to the loss.
+        let monteclora = read_json(&d.join("case.json"))["extra_loss"].as_str() == Some("monteclora");
+        let redraw = |p: &PeftModel<TestModel>| peft_lora::monteclora::redraw_noise(p).unwrap();
+        let extra = |p: &PeftModel<TestModel>| peft_lora::monteclora::monteclora_loss(p, None).unwrap();
+        let hooks = if monteclora {
+            TrainingHooks { before: Some(&redraw), extra_loss: Some(&extra) }
+        } else {
+            TrainingHooks::default()
         };
-        tch::manual_seed(meta["seed"].as_i64().unwrap());
-        let monteclora = meta["extra_loss"].as_str() == Some("monteclora");
-        if monteclora {
-            peft_lora::monteclora::redraw_noise(&peft).unwrap();
-        }
-        let mut losses = vec![];
-        for _ in 0..meta["steps"].as_i64().unwrap() {
-            opt.zero_grad();
-            let out = peft.forward_t(&x, true);
-            let classes = *out.size().last().unwrap();
-            let mut loss = out.reshape([-1, classes]).nll_loss(&y.reshape([-1]));
-            if monteclora {
-                loss += peft_lora::monteclora::monteclora_loss(&peft, None).unwrap();
-            }
-            loss.backward();
-            opt.step();
-            losses.push(loss.double_value(&[]));
-        }
-        let peft_losses: Vec<f64> =
-            meta["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        for (i, (a, b)) in losses.iter().zip(&peft_losses).enumerate() {
-            assert!((a - b).abs() < 1e-6, "{case}: loss at step {i}: {a} vs PEFT {b}");
-        }
-        let final_weights = read_all(&d.join("final").join("adapter_model.safetensors"));
-        let initial = read_all(&d.join("initial").join("adapter_model.safetensors"));
-        for (k, v) in peft.adapter_state_dict("default").unwrap() {
-            assert_differs(&final_weights[&k], &initial[&k], 1e-6, &format!("{case}: {k} trained"));
-            assert_close(&v, &final_weights[&k], 1e-6, &format!("{case}: trained {k}"));
-        }
+        replay_training_case(&d, &case, &hooks);
         oracle::record("train", &case);
     }
 }

@@ -7,14 +7,14 @@ use peft_core::config::to_config_file_text;
 use peft_core::{LoadOptions, PeftModel, SaveOptions};
 use peft_parity::compare::{assert_close, assert_differs, assert_identical};
 use peft_parity::harness::{
-    self, assert_same_config, assert_same_status, base_model, forward, method_config, rust_outputs,
-    sorted_vars, strings,
+    self, assert_same_config, assert_same_status, base_model, forward, method_config, replay_training_case,
+    rust_outputs, sorted_vars, strings, TrainingHooks,
 };
 use peft_parity::models::{read_all, read_tensor, TestModel};
 use peft_parity::oracle::{self, read_json};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use tch::nn::{ModuleT, OptimizerConfig, VarStore};
+use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 // The method crates under test (linking registers their peft_types).
@@ -202,49 +202,7 @@ fn same_seed_gives_peft_identical_adapter_init() {
 fn training_steps_give_peft_identical_adapter_weights() {
     let _rng = oracle::rng_guard();
     for (d, case) in each_case("train") {
-        let meta = read_json(&d.join("case.json"));
-        let (vs, model) = base_model(&d, meta["model"].as_str().unwrap());
-        let (peft, report) =
-            PeftModel::from_pretrained(model, &vs, d.join("initial"), LoadOptions::default().trainable())
-                .unwrap();
-        assert!(report.trainable);
-        let x = read_tensor(&d.join("data.safetensors"), "x");
-        let y = read_tensor(&d.join("data.safetensors"), "y");
-        let lr = meta["lr"].as_f64().unwrap();
-        let mut opt = match meta["optimizer"].as_str().unwrap() {
-            "sgd" => tch::nn::Sgd::default().build(peft.adapter_var_store(), lr).unwrap(),
-            "adamw" => tch::nn::AdamW::default().build(peft.adapter_var_store(), lr).unwrap(),
-            other => panic!("unknown optimizer {other}"),
-        };
-        tch::manual_seed(meta["seed"].as_i64().unwrap());
-        let mut losses = vec![];
-        for _ in 0..meta["steps"].as_i64().unwrap() {
-            opt.zero_grad();
-            let out = peft.forward_t(&x, true);
-            let classes = *out.size().last().unwrap();
-            let loss = out.reshape([-1, classes]).nll_loss(&y.reshape([-1]));
-            loss.backward();
-            opt.step();
-            losses.push(loss.double_value(&[]));
-        }
-        let peft_losses: Vec<f64> =
-            meta["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        for (i, (a, b)) in losses.iter().zip(&peft_losses).enumerate() {
-            assert!((a - b).abs() < 1e-6, "{case}: loss at step {i}: {a} vs PEFT {b}");
-        }
-        let final_weights = read_all(&d.join("final").join("adapter_model.safetensors"));
-        let initial = read_all(&d.join("initial").join("adapter_model.safetensors"));
-        let mut trained = 0;
-        for (k, v) in peft.adapter_state_dict("default").unwrap() {
-            // Frozen tensors saved with the adapter (VeRA's projections) stay as they were, in both.
-            if final_weights[&k].equal(&initial[&k]) {
-                assert_identical(&v, &initial[&k], &format!("{case}: frozen {k}"));
-                continue;
-            }
-            trained += 1;
-            assert_close(&v, &final_weights[&k], 1e-6, &format!("{case}: trained {k}"));
-        }
-        assert!(trained > 0, "{case}: nothing trained");
+        let meta = replay_training_case(&d, &case, &TrainingHooks::default());
         record("train", meta["method"].as_str().unwrap(), &case);
     }
 }
