@@ -50,6 +50,8 @@ CASES = {
                              "tokens": dict(target_modules=["q_proj"], trainable_token_indices=[3, 10, 50]),
                              # LoRA on the embedding: PEFT saves the embedding's base weights too.
                              "emb": dict(target_modules=["embed_tokens", "q_proj"]),
+                             # The TRAINABLE_TOKENS method: the input embedding by default, tied lm_head.
+                             "tt": dict(method="TRAINABLE_TOKENS", token_indices=[3, 10, 50]),
                          }),
     # layer_replication: layers [0, 1, 1] sharing weights, each with its own adapter.
     "llama_replicated": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM",

@@ -387,7 +387,8 @@ impl AdaLoraConfig {
 impl MethodConfig for AdaLoraConfig {
     const PEFT_TYPE: &'static str = PEFT_TYPE;
 
-    /// `LoraConfig.__post_init__` then `AdaLoraConfig.__post_init__`: normalisation and warnings, then the hard errors of [`AdaLoraConfig::check`].
+    /// `LoraConfig.__post_init__` then `AdaLoraConfig.__post_init__`: normalisation and warnings, then the
+    /// hard errors of its checks.
     fn post_init(&mut self, location: &str, warnings: &mut Vec<String>) -> Result<()> {
         peft_core::peft_config::targets::dedupe_lists([&mut self.target_modules, &mut self.exclude_modules]);
         self.check_lora(location)?;

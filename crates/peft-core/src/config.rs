@@ -93,6 +93,14 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// Methods that adapt the model's input embedding (PEFT's `TrainableTokensModel`): without
+    /// `target_modules` the target is the input embedding's module name (PEFT's
+    /// `_get_input_embeddings_name`, `"embed_tokens"` when the model declares none), and after injection
+    /// every module tied to the embedding gets the adapter's [`TunerLayer::tied_copy`].
+    fn adapts_input_embedding(&self) -> bool {
+        false
+    }
+
     /// Whether a batch may route each row to its own adapter of this method (PEFT's `adapter_names`
     /// forward argument; LoRA). PEFT silently ignores the argument for other methods; peft-rs refuses.
     fn supports_mixed_batches(&self) -> bool {

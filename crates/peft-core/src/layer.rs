@@ -465,6 +465,24 @@ pub trait TunerLayer: fmt::Debug + Send + 'static {
         None
     }
 
+    /// Refuses a set of active adapters this layer cannot run together (`active`: the active adapters
+    /// on the layer, in activation order, this one among them). PEFT raises such errors in the forward
+    /// pass; [`crate::PeftModel::set_adapters`] calls this first and changes nothing on an error.
+    ///
+    /// # Errors
+    /// The method's reason, naming the adapters.
+    fn check_active(&self, active: &[(&str, &dyn TunerLayer)]) -> Result<()> {
+        let _ = active;
+        Ok(())
+    }
+
+    /// For a layer of the model's input embedding whose adapter the heads tied to it share (trainable
+    /// tokens): the adapter a tied head `module` gets (same tensors, saves nothing). `None`: not shared.
+    fn tied_copy(&self, module: &str) -> Option<Box<dyn TunerLayer>> {
+        let _ = module;
+        None
+    }
+
     /// A PEFT-style description (`lora.Linear(in_features=10, out_features=20, r=8)`).
     fn describe(&self) -> String;
 

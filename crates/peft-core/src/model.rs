@@ -412,6 +412,13 @@ impl<M: Adaptable> PeftModel<M> {
         });
         self.warnings.extend(warnings);
         let result = result
+            .and_then(|()| {
+                if config.adapts_input_embedding() {
+                    self.tie_input_embedding_adapter(name)
+                } else {
+                    Ok(())
+                }
+            })
             .and_then(|()| self.attach_modules_to_save(name, config.as_ref()))
             .and_then(|()| self.attach_trainable_tokens(name, config.as_ref()));
         if let Err(e) = result {
@@ -483,6 +490,34 @@ impl<M: Adaptable> PeftModel<M> {
             }
         }
         Ok(())
+    }
+
+    /// Methods that adapt the input embedding (trainable tokens): every module tied to the embedding gets
+    /// the embedding adapter's tied copy, replacing one it got as a target itself (PEFT's
+    /// `TrainableTokensModel.inject_adapter`).
+    fn tie_input_embedding_adapter(&mut self, name: &str) -> Result<()> {
+        let tied = self.model.tied_with_input_embedding();
+        let Some(input) = self.model.input_embedding().filter(|_| !tied.is_empty()) else {
+            return Ok(());
+        };
+        let mut copies: Vec<(String, Box<dyn TunerLayer>)> = Vec::new();
+        self.model.visit_layers(&mut |layer| {
+            if layer.name() == input {
+                if let Some(source) = layer.slots().get(name) {
+                    copies.extend(tied.iter().filter_map(|m| source.tied_copy(m).map(|c| (m.clone(), c))));
+                }
+            }
+        });
+        for (module, _) in &copies {
+            self.remove_from(name, Some(module));
+        }
+        self.model.visit_layers_mut(&mut |layer| {
+            if let Some(i) = copies.iter().position(|(m, _)| m == layer.name()) {
+                let (_, copy) = copies.swap_remove(i);
+                layer.parts_mut().1.insert(name.to_string(), copy);
+            }
+            Ok(())
+        })
     }
 
     /// `trainable_token_indices`: trained embedding rows for `name`, and tied heads reading them (PEFT's
@@ -729,6 +764,7 @@ impl<M: Adaptable> PeftModel<M> {
                 return Err(self.unknown(n));
             }
         }
+        self.check_active(names)?;
         if self.is_merged() {
             self.warn("adapters cannot be switched while merged; unmerging the model first".into());
             self.unmerge_adapter()?;
@@ -1118,7 +1154,13 @@ impl<M: Adaptable> PeftModel<M> {
         };
         let save = match option {
             Some(v) => v,
-            None => targeted && config.trainable_token_indices()?.is_none(),
+            // Not for trainable tokens, whose point is a small file (the method, or LoRA's
+            // `trainable_token_indices`).
+            None => {
+                targeted
+                    && config.trainable_token_indices()?.is_none()
+                    && config.common().peft_type != crate::trainable_tokens::TRAINABLE_TOKENS
+            }
         };
         if !save {
             return Ok(Vec::new());
@@ -1486,6 +1528,24 @@ impl<M: Adaptable> PeftModel<M> {
     }
 
     /// Tells every layer which adapters are active (after `self.active` or the layers changed).
+    /// Asks every layer whether it can run `names` together ([`TunerLayer::check_active`]).
+    fn check_active(&self, names: &[String]) -> Result<()> {
+        let mut result = Ok(());
+        self.model.visit_layers(&mut |layer| {
+            let adapters = layer.slots().adapters();
+            let active: Vec<(&str, &dyn TunerLayer)> = names
+                .iter()
+                .filter_map(|n| adapters.get_key_value(n).map(|(k, t)| (k.as_str(), t.as_ref())))
+                .collect();
+            for (_, tuner) in &active {
+                if result.is_ok() {
+                    result = tuner.check_active(&active);
+                }
+            }
+        });
+        result
+    }
+
     fn sync_active(&mut self) -> Result<()> {
         let active = self.active.clone();
         self.model.visit_layers_mut(&mut |layer| {
@@ -1816,6 +1876,12 @@ fn resolve_targets<M: Adaptable>(
             }
         });
         config.set_target_modules(TargetModules::List(linear));
+    }
+    let spec = config.target_spec();
+    if spec.target_modules.is_none() && config.adapts_input_embedding() {
+        // PEFT's `_get_input_embeddings_name(model, "embed_tokens")`, kept as PEFT keeps it: a string.
+        let input = model.input_embedding().unwrap_or_else(|| "embed_tokens".to_string());
+        config.set_target_modules(TargetModules::Regex(input));
     }
     let spec = config.target_spec();
     if spec.target_modules.is_none() && !spec.has_target_parameters {

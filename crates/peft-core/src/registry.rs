@@ -157,8 +157,21 @@ pub fn tuner_class(peft_type: &str) -> Option<&'static str> {
 }
 
 /// The methods peft-rs ships (their crates exist).
-pub const SHIPPED: &[&str] =
-    &["LORA", "IA3", "OFT", "ADALORA", "HRA", "ROAD", "BEFT", "LOHA", "LOKR", "VERA", "FOURIERFT", "SHIRA"];
+pub const SHIPPED: &[&str] = &[
+    "LORA",
+    "IA3",
+    "OFT",
+    "ADALORA",
+    "HRA",
+    "ROAD",
+    "BEFT",
+    "LOHA",
+    "LOKR",
+    "VERA",
+    "FOURIERFT",
+    "SHIRA",
+    "TRAINABLE_TOKENS",
+];
 
 /// The crate name for a method: `peft-` + the lower-cased type with `_` → `-` (`TRAINABLE_TOKENS` →
 /// `peft-trainable-tokens`).

@@ -8,8 +8,9 @@
 //! sharing the input embedding), the head gets a *tied* adapter reading the same rows; it owns no tensors
 //! and saves nothing, as in PEFT.
 //!
-//! Keys: in memory `base_model.model.<module>.token_adapter.trainable_tokens_delta.<adapter>`, on disk
-//! without the adapter name.
+//! Keys: in memory `base_model.model.<module>.token_adapter.trainable_tokens_delta.<adapter>` (inside
+//! another method's adapter) or `base_model.model.<module>.trainable_tokens_delta.<adapter>` (the
+//! `TRAINABLE_TOKENS` method, [`TrainableTokens::standalone`]), on disk without the adapter name.
 
 use crate::error::{PeftError, Result};
 use crate::layer::{all_finite, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
@@ -70,6 +71,9 @@ pub struct TrainableTokens {
     original: Tensor,
     /// A head reading the input embedding's rows: owns no tensors.
     tied: bool,
+    /// The `TRAINABLE_TOKENS` method itself (PEFT's `TrainableTokensLayer` in place of the layer: tensors
+    /// named `trainable_tokens_delta.<adapter>`), not the `token_adapter` inside another method's wrapper.
+    standalone: bool,
 }
 
 fn index_tensor(indices: &[i64], device: tch::Device) -> Result<Tensor> {
@@ -89,6 +93,43 @@ impl TrainableTokens {
         indices: &[i64],
         path: &tch::nn::Path<'_>,
     ) -> Result<Self> {
+        Self::create(base, module, adapter, indices, &(path / "token_adapter"), false, true)
+    }
+
+    /// The `TRAINABLE_TOKENS` method's layer (PEFT's `TrainableTokensLayer.update_layer`): the rows
+    /// `indices` of the base weight at `path/trainable_tokens_delta/<adapter>`, starting as the rows
+    /// themselves (`init_weights`) or as `torch.randn` draws of the weight's dtype and device, then cast to
+    /// `delta_kind` (PEFT's `autocast_adapter_dtype` keeps fp16/bf16 adapters in fp32).
+    ///
+    /// # Errors
+    /// As [`TrainableTokens::new`].
+    pub fn standalone(
+        base: &dyn BaseLayer,
+        module: &str,
+        adapter: &str,
+        indices: &[i64],
+        path: &tch::nn::Path<'_>,
+        init_weights: bool,
+        delta_kind: tch::Kind,
+    ) -> Result<Self> {
+        let mut tokens = Self::create(base, module, adapter, indices, path, true, init_weights)?;
+        if tokens.delta.kind() != delta_kind {
+            let cast = tch::no_grad(|| tokens.delta.f_to_kind(delta_kind))
+                .map_err(PeftError::torch("casting token rows"))?;
+            tch::no_grad(|| tokens.delta.set_data(&cast));
+        }
+        Ok(tokens)
+    }
+
+    fn create(
+        base: &dyn BaseLayer,
+        module: &str,
+        adapter: &str,
+        indices: &[i64],
+        path: &tch::nn::Path<'_>,
+        standalone: bool,
+        init_weights: bool,
+    ) -> Result<Self> {
         let weight = base
             .as_weighted()
             .ok_or_else(|| {
@@ -104,8 +145,14 @@ impl TrainableTokens {
         let idx = index_tensor(indices, weight.device())?;
         let original = tch::no_grad(|| weight.f_index_select(0, &idx))
             .map_err(PeftError::torch("reading token rows"))?;
-        let delta = original.f_detach_copy().map_err(PeftError::torch("copying token rows"))?;
-        let delta = (path / "token_adapter" / "trainable_tokens_delta").add(adapter, delta, true);
+        let delta = if init_weights {
+            original.f_detach_copy()
+        } else {
+            let n = i64::try_from(indices.len()).unwrap_or(i64::MAX);
+            Tensor::f_randn([n, weight.size()[1]], (weight.kind(), weight.device()))
+        }
+        .map_err(PeftError::torch("creating token rows"))?;
+        let delta = (path / "trainable_tokens_delta").add(adapter, delta, true);
         Ok(Self {
             adapter: adapter.into(),
             module: module.into(),
@@ -113,6 +160,7 @@ impl TrainableTokens {
             delta,
             original,
             tied: false,
+            standalone,
         })
     }
 
@@ -125,6 +173,7 @@ impl TrainableTokens {
             delta: source.delta.shallow_clone(),
             original: source.original.shallow_clone(),
             tied: true,
+            standalone: source.standalone,
         }
     }
 
@@ -151,19 +200,27 @@ impl TunerLayer for TrainableTokens {
     }
 
     fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        if self.tied {
+        // Inside another method's adapter a tied head saves nothing; the method's own tied layer shares
+        // the embedding's parameter dict, so PEFT saves (and loads) the same rows under the head's key too.
+        if self.tied && !self.standalone {
             return Vec::new();
         }
-        vec![(format!("token_adapter.trainable_tokens_delta.{}", self.adapter), self.delta.shallow_clone())]
+        let prefix = if self.standalone { "" } else { "token_adapter." };
+        vec![(format!("{prefix}trainable_tokens_delta.{}", self.adapter), self.delta.shallow_clone())]
     }
 
     fn replaces_base(&self) -> bool {
         true
     }
 
-    fn replace_base(&self, base: &dyn BaseLayer, x: &Tensor, _ctx: &ForwardCtx<'_>) -> Option<Tensor> {
-        let weight = base.as_weighted()?.weight();
-        let merged = self.merged_weight(&weight).ok()?;
+    fn replace_base(&self, base: &dyn BaseLayer, x: &Tensor, ctx: &ForwardCtx<'_>) -> Option<Tensor> {
+        // The method itself runs every active adapter's rows at once (PEFT's `get_merged_weights`); the
+        // first of them computes the layer.
+        let group = if self.standalone { ctx.active_group(self)? } else { vec![self] };
+        let mut merged = base.as_weighted()?.weight();
+        for tokens in group {
+            merged = tokens.merged_weight(&merged).ok()?;
+        }
         if let Some(emb) = base.as_embedding() {
             let y = Tensor::embedding(&merged, x, emb.padding_idx().unwrap_or(-1), false, false);
             return Some(match emb.embed_scale() {
@@ -211,7 +268,27 @@ impl TunerLayer for TrainableTokens {
     }
 
     fn status_submodule(&self) -> Option<&'static str> {
-        Some("token_adapter")
+        (!self.standalone).then_some("token_adapter")
+    }
+
+    /// PEFT's `_check_overlapping_tokens`: active adapters of the method must train disjoint rows.
+    fn check_active(&self, active: &[(&str, &dyn TunerLayer)]) -> Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, tuner) in active {
+            let Some(tokens) = tuner.as_any().downcast_ref::<TrainableTokens>() else { continue };
+            if tokens.indices.iter().any(|i| !seen.insert(*i)) {
+                return Err(PeftError::Invalid(format!(
+                    "`{}`: Token indices of adapter {name} are already defined and would result in undefined \
+                     merging behavior. Only disjunct token indices are currently supported.",
+                    self.module
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn tied_copy(&self, module: &str) -> Option<Box<dyn TunerLayer>> {
+        (self.standalone && !self.tied).then(|| Box::new(Self::tied_to(self, module)) as Box<dyn TunerLayer>)
     }
 
     fn describe(&self) -> String {

@@ -33,6 +33,8 @@ pub use peft_oft as oft;
 pub use peft_road as road;
 #[cfg(feature = "shira")]
 pub use peft_shira as shira;
+#[cfg(feature = "trainable-tokens")]
+pub use peft_trainable_tokens as trainable_tokens;
 #[cfg(feature = "vera")]
 pub use peft_vera as vera;
 
@@ -63,5 +65,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_fourierft::PEFT_TYPE;
     #[cfg(feature = "shira")]
     let _ = peft_shira::PEFT_TYPE;
+    #[cfg(feature = "trainable-tokens")]
+    let _ = peft_trainable_tokens::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
