@@ -27,6 +27,8 @@ pub use peft_loha as loha;
 pub use peft_lokr as lokr;
 #[cfg(feature = "lora")]
 pub use peft_lora as lora;
+#[cfg(feature = "miss")]
+pub use peft_miss as miss;
 #[cfg(feature = "oft")]
 pub use peft_oft as oft;
 #[cfg(feature = "road")]
@@ -67,5 +69,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_shira::PEFT_TYPE;
     #[cfg(feature = "trainable-tokens")]
     let _ = peft_trainable_tokens::PEFT_TYPE;
+    #[cfg(feature = "miss")]
+    let _ = peft_miss::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
