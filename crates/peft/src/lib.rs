@@ -15,6 +15,8 @@ pub use peft_adalora as adalora;
 #[cfg(feature = "beft")]
 pub use peft_beft as beft;
 pub use peft_core as core;
+#[cfg(feature = "delora")]
+pub use peft_delora as delora;
 #[cfg(feature = "fourierft")]
 pub use peft_fourierft as fourierft;
 #[cfg(feature = "hra")]
@@ -71,5 +73,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_trainable_tokens::PEFT_TYPE;
     #[cfg(feature = "miss")]
     let _ = peft_miss::PEFT_TYPE;
+    #[cfg(feature = "delora")]
+    let _ = peft_delora::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
