@@ -16,7 +16,7 @@ pub fn seeded<T>(seed: i64, build: impl FnOnce(&VarStore) -> T) -> (VarStore, T)
 
 /// Every layer kind a method may meet: an embedding (7 × 10, padding index 0), the MLP (10 → 20 → 2),
 /// 2-D convolutions 4 → 6 (1×1; 3×3 padded; grouped in 2; dilated by 2; a 3×1 kernel), a 1-D (4 → 4,
-/// kernel 3) and a 3-D (1×1×1) convolution, and a GPT-2 `Conv1D` (4 → 10).
+/// kernel 3) and a 3-D (1×1×1) convolution, and a GPT-2 `Conv1D` (10 → 4).
 #[derive(Debug, Adaptable)]
 pub struct LayerZoo {
     /// `nn.Embedding(7, 10, padding_idx=0)`.
@@ -39,7 +39,7 @@ pub struct LayerZoo {
     pub conv1d: pnn::Conv,
     /// `nn.Conv3d(4, 4, 1)`.
     pub conv3d: pnn::Conv,
-    /// GPT-2's `Conv1D(nf=10, nx=4)` (weight stored `(in, out)`).
+    /// GPT-2's `Conv1D(nf=4, nx=10)`: 10 → 4, weight stored `(in, out)`.
     pub gpt2: pnn::Linear,
 }
 
@@ -82,7 +82,7 @@ impl ModuleT for LayerZoo {
 }
 
 /// The LyCORIS tests' model: the MLP (10 → 20 → 2), a padded 3×3 `Conv2d` 2 → 4, a 1×1 `Conv2d` 4 → 4, a
-/// strided padded `Conv1d` 2 → 4 (kernel 3, stride 2), a GPT-2 `Conv1D` 4 → 10, an embedding 5 × 10 and a
+/// strided padded `Conv1d` 2 → 4 (kernel 3, stride 2), a GPT-2 `Conv1D` 10 → 4, an embedding 5 × 10 and a
 /// 1×1×1 `Conv3d` 2 → 2.
 #[derive(Debug, Adaptable)]
 pub struct ConvMix {
@@ -96,7 +96,7 @@ pub struct ConvMix {
     pub conv1x1: pnn::Conv,
     /// `nn.Conv1d(2, 4, 3, stride=2, padding=1)`.
     pub conv1d: pnn::Conv,
-    /// GPT-2's `Conv1D(nf=10, nx=4)`.
+    /// GPT-2's `Conv1D(nf=4, nx=10)`: 10 → 4.
     pub gpt: pnn::Linear,
     /// `nn.Embedding(5, 10)`.
     pub emb: pnn::Embedding,

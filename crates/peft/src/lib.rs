@@ -19,6 +19,8 @@ pub use peft_core as core;
 pub use peft_delora as delora;
 #[cfg(feature = "fourierft")]
 pub use peft_fourierft as fourierft;
+#[cfg(feature = "gralora")]
+pub use peft_gralora as gralora;
 #[cfg(feature = "hra")]
 pub use peft_hra as hra;
 #[cfg(feature = "ia3")]
@@ -75,5 +77,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_miss::PEFT_TYPE;
     #[cfg(feature = "delora")]
     let _ = peft_delora::PEFT_TYPE;
+    #[cfg(feature = "gralora")]
+    let _ = peft_gralora::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
