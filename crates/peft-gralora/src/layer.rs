@@ -227,15 +227,17 @@ impl TunerLayer for GraloraLayer {
             shape.push(self.out_features);
             t.reshape(shape.as_slice())
         };
-        let mut y = y + restore(grid).to_kind(kind) * self.scaling;
-        if let Some((ag, bg)) = &self.general {
-            let h = self
-                .drop(&x3.to_kind(factors), ctx.train)
-                .linear::<Tensor>(ag, None)
-                .linear::<Tensor>(bg, None);
-            y = y + restore(h).to_kind(kind) * self.scaling;
+        let y = y + restore(grid).to_kind(kind) * self.scaling;
+        match &self.general {
+            Some((ag, bg)) => {
+                let h = self
+                    .drop(&x3.to_kind(factors), ctx.train)
+                    .linear::<Tensor>(ag, None)
+                    .linear::<Tensor>(bg, None);
+                y + restore(h).to_kind(kind) * self.scaling
+            }
+            None => y,
         }
-        y
     }
 
     fn merge(&mut self, base: &mut dyn BaseLayer, ctx: &MergeCtx<'_>) -> Result<()> {

@@ -27,6 +27,7 @@ fn config(targets: &[&str], r: i64, k: i64, hybrid_r: i64) -> GraloraConfig {
 #[test]
 fn starts_as_the_identity_and_merges_to_the_same_outputs() {
     let _rng = rng_lock();
+    tch::manual_seed(3);
     let x = Tensor::randn([5, 10], (Kind::Float, Device::Cpu));
     let gx = Tensor::randn([5, 10], (Kind::Float, Device::Cpu));
     for hybrid_r in [0, 2] {
@@ -56,7 +57,12 @@ fn starts_as_the_identity_and_merges_to_the_same_outputs() {
         );
         assert!(max_diff(&merged.1, &unmerged.1) < 1e-4, "hybrid_r={hybrid_r}: Conv1D");
         peft.unmerge_adapter().unwrap();
-        assert!(max_diff(&outputs(&peft).0, &unmerged.0) < 1e-5);
+        // W + ΔW − ΔW rounds at the size of ΔW (scaled by alpha / r = 16 here).
+        assert!(
+            max_diff(&outputs(&peft).0, &unmerged.0) < 1e-4,
+            "{}",
+            max_diff(&outputs(&peft).0, &unmerged.0)
+        );
     }
 }
 
