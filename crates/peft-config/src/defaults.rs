@@ -83,6 +83,28 @@ pub fn beft(model_type: &str) -> Option<TargetModules> {
     list(&[name])
 }
 
+/// `TRANSFORMERS_MODELS_TO_VBLORA_TARGET_MODULES_MAPPING`: its own table (all attention and MLP
+/// projections for T5 / BART / OPT, no entry for Mistral, …).
+pub fn vblora(model_type: &str) -> Option<TargetModules> {
+    let names: &[&str] = match model_type {
+        "t5" => &["q", "k", "v", "o", "wi", "wo"],
+        "mt5" => &["q", "k", "v", "o", "wi_0", "wi_1", "wo"],
+        "bart" | "opt" => &["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+        "gpt2" | "gpt_bigcode" => &["c_attn"],
+        "bloom" | "gpt_neox" => &["query_key_value"],
+        "gptj" | "gpt_neo" | "llama" | "llama4" | "gemma" | "gemma2" | "gemma3_text" | "qwen2" | "qwen3" => {
+            &["q_proj", "v_proj"]
+        }
+        "bert" | "roberta" => &["query", "value"],
+        "deberta-v2" => &["query_proj", "key_proj", "value_proj", "dense"],
+        "deberta" => &["in_proj"],
+        "nemotron_h" => &["q_proj", "k_proj", "v_proj", "o_proj"],
+        "gemma4" => return Some(TargetModules::Regex(r".*language_model\..*\.(q_proj|v_proj)".into())),
+        _ => return None,
+    };
+    list(names)
+}
+
 /// `TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`.
 pub fn ia3(model_type: &str) -> Option<TargetModules> {
     list(match model_type {
@@ -135,6 +157,7 @@ pub fn target_modules(peft_type: &str, model_type: &str) -> Option<TargetModules
         ("IA3", m) => ia3(m),
         ("ADALORA", m) => adalora(m),
         ("BEFT", m) => beft(m),
+        ("VBLORA", m) => vblora(m),
         ("FOURIERFT" | "C3A", "gpt2" | "gpt_bigcode") => list(&["mlp.c_proj"]),
         ("SHIRA" | "VERA" | "FROD" | "PVERA", "phi") => list(&["q_proj", "v_proj"]),
         ("ADAMSS" | "FROD", "vit") => list(&["query", "value"]),
@@ -172,5 +195,10 @@ mod tests {
             Some(TargetModules::list(["query", "key", "value", "dense"]))
         );
         assert_eq!(target_modules("BEFT", "bert"), Some(TargetModules::list(["value"])));
+        assert_eq!(target_modules("VBLORA", "mistral"), None);
+        assert_eq!(
+            target_modules("VBLORA", "t5"),
+            Some(TargetModules::list(["q", "k", "v", "o", "wi", "wo"]))
+        );
     }
 }

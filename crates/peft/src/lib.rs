@@ -41,6 +41,8 @@ pub use peft_road as road;
 pub use peft_shira as shira;
 #[cfg(feature = "trainable-tokens")]
 pub use peft_trainable_tokens as trainable_tokens;
+#[cfg(feature = "vblora")]
+pub use peft_vblora as vblora;
 #[cfg(feature = "vera")]
 pub use peft_vera as vera;
 
@@ -79,5 +81,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_delora::PEFT_TYPE;
     #[cfg(feature = "gralora")]
     let _ = peft_gralora::PEFT_TYPE;
+    #[cfg(feature = "vblora")]
+    let _ = peft_vblora::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
