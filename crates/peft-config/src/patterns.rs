@@ -43,6 +43,25 @@ impl<V: Clone> PatternMap<V> {
     }
 }
 
+/// The value for module `key` as FourierFT's `n_frequency_pattern` and C3A's `block_size_pattern` pick it:
+/// the first entry `p` (in config order) with `re.match(rf".*\.{p}$", key)`, else the entry named exactly
+/// `key`, else `None`.
+///
+/// # Errors
+/// [`ConfigError::InvalidRegex`] for an entry that is not a valid regex.
+pub fn suffix_or_exact<'m, V>(
+    field: &str,
+    map: &'m IndexMap<String, V>,
+    key: &str,
+) -> Result<Option<&'m V>, ConfigError> {
+    for (pattern, value) in map {
+        if crate::targets::full_match(field, &format!(r".*\.{pattern}"), key)? {
+            return Ok(Some(value));
+        }
+    }
+    Ok(map.get(key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

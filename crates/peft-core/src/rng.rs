@@ -51,13 +51,39 @@ pub struct Generator {
 unsafe impl Send for Generator {}
 
 fn check(err: *mut c_char, what: &str) -> Result<()> {
+    // SAFETY: the C++ shims return null or a message allocated with `malloc`.
+    unsafe { take_error(err, what) }
+}
+
+/// Turns the result of one of the project's C++ shims into a `Result`: null is success; anything else is
+/// a NUL-terminated message the shim allocated with `malloc`, which is freed here.
+///
+/// # Safety
+/// `err` is null or a pointer returned by such a shim, not used again after this call.
+///
+/// # Errors
+/// The shim's message, prefixed with `what`.
+pub unsafe fn take_error(err: *mut c_char, what: &str) -> Result<()> {
     if err.is_null() {
         return Ok(());
     }
-    // SAFETY: a NUL-terminated string allocated by the C++ side, freed exactly once here.
+    // SAFETY: per the contract, a NUL-terminated malloc'ed string, freed exactly once here.
     let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
     unsafe { peft_core_free_error(err) };
     Err(PeftError::Invalid(format!("{what}: {msg}")))
+}
+
+/// [`take_error`], then the tensor the shim wrote to `out` on success.
+///
+/// # Safety
+/// As [`take_error`]; on success `out` is a fresh heap `at::Tensor*` whose ownership passes to the result.
+///
+/// # Errors
+/// As [`take_error`].
+pub unsafe fn take_tensor(err: *mut c_char, out: *mut C_tensor, what: &str) -> Result<Tensor> {
+    unsafe { take_error(err, what) }?;
+    // SAFETY: per the contract, an owned tensor.
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 impl Generator {
@@ -98,9 +124,9 @@ impl Generator {
         f: impl FnOnce(*mut c_void, *mut *mut C_tensor) -> *mut c_char,
     ) -> Result<Tensor> {
         let mut out: *mut C_tensor = std::ptr::null_mut();
-        check(f(self.ptr, &mut out), what)?;
-        // SAFETY: on success `out` is a fresh `at::Tensor*` whose ownership passes to the Rust tensor.
-        Ok(unsafe { Tensor::from_ptr(out) })
+        let err = f(self.ptr, &mut out);
+        // SAFETY: the shim returned null with an owned tensor in `out`, or an owned message.
+        unsafe { take_tensor(err, out, what) }
     }
 
     /// `torch.randperm(n, generator=self)` (int64).

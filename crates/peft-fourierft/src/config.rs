@@ -2,7 +2,8 @@
 
 use indexmap::IndexMap;
 use peft_core::config::{unsupported_option, BiasOption, LayerInit};
-use peft_core::peft_config::targets::{dedupe_lists, full_match};
+use peft_core::peft_config::patterns::suffix_or_exact;
+use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
 use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, BiasMode, Result, TunerLayer};
@@ -90,12 +91,8 @@ impl FourierFtConfig {
     /// # Errors
     /// An entry that is not a valid regex.
     pub fn n_frequency_for(&self, key: &str) -> Result<i64> {
-        for (pattern, n) in &self.n_frequency_pattern {
-            if full_match("n_frequency_pattern", &format!(r".*\.{pattern}"), key)? {
-                return Ok(*n);
-            }
-        }
-        Ok(self.n_frequency_pattern.get(key).copied().unwrap_or(self.n_frequency))
+        let found = suffix_or_exact("n_frequency_pattern", &self.n_frequency_pattern, key)?;
+        Ok(found.copied().unwrap_or(self.n_frequency))
     }
 }
 
@@ -136,9 +133,8 @@ impl AdapterConfig for FourierFtConfig {
             }
             Some(_) => {}
         }
-        for p in self.n_frequency_pattern.keys() {
-            full_match("n_frequency_pattern", &format!(r".*\.{p}"), "")?;
-        }
+        // Every entry must compile (looked up with a key no entry is named after).
+        suffix_or_exact("n_frequency_pattern", &self.n_frequency_pattern, "\0")?;
         Ok(())
     }
 

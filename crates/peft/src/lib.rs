@@ -14,6 +14,8 @@
 pub use peft_adalora as adalora;
 #[cfg(feature = "beft")]
 pub use peft_beft as beft;
+#[cfg(feature = "c3a")]
+pub use peft_c3a as c3a;
 pub use peft_core as core;
 #[cfg(feature = "delora")]
 pub use peft_delora as delora;
@@ -83,5 +85,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_gralora::PEFT_TYPE;
     #[cfg(feature = "vblora")]
     let _ = peft_vblora::PEFT_TYPE;
+    #[cfg(feature = "c3a")]
+    let _ = peft_c3a::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
