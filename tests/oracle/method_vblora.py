@@ -30,6 +30,15 @@ CASES = [
         model="MLP",
         adapters={"default": dict(target_modules=r"lin\d", r=2, num_vectors=5, vector_length=2, topk=1, vblora_dropout=0.2)},
     ),
+    # The inference-only file form: top-k indices (uint8) and weights instead of the logits. The outputs
+    # of the reloaded adapter (logits rebuilt as log-weights) equal the original's to rounding.
+    dict(
+        VBLORA,
+        name="vblora_topk_only",
+        model="MLP",
+        atol=1e-6,
+        adapters={"default": dict(target_modules=["lin0", "lin1"], r=2, num_vectors=8, vector_length=2, topk=3, save_only_topk_weights=True)},
+    ),
     dict(
         VBLORA,
         name="vblora_deep_selection",
@@ -103,6 +112,7 @@ CONFIG_CASES = [
             modules_to_save=["score"],
             init_vector_bank_bound=0.05,
             init_logits_std=0.2,
+            save_only_topk_weights=True,
             layers_to_transform=[0, 1],
             layers_pattern="layers",
             task_type="SEQ_CLS",

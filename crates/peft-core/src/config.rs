@@ -101,6 +101,27 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         false
     }
 
+    /// PEFT's `_get_adapter_state_dict` for methods whose files hold another form of their tensors
+    /// (VB-LoRA's `save_only_topk_weights`): the checkpoint tensors as the file stores them. The default
+    /// leaves them as they are.
+    ///
+    /// # Errors
+    /// The method's reason.
+    fn to_file_tensors(&self, tensors: NamedTensors) -> Result<NamedTensors> {
+        Ok(tensors)
+    }
+
+    /// The inverse of [`AdapterConfig::to_file_tensors`], applied to a file's tensors before they are
+    /// matched to the adapter (PEFT's `_remap_adapter_state_dict_for_load`). `path` names the file for
+    /// errors.
+    ///
+    /// # Errors
+    /// Tensors of the file form that are missing or malformed, naming the file and key.
+    fn from_file_tensors(&self, tensors: NamedTensors, path: &std::path::Path) -> Result<NamedTensors> {
+        let _ = path;
+        Ok(tensors)
+    }
+
     /// Whether a batch may route each row to its own adapter of this method (PEFT's `adapter_names`
     /// forward argument; LoRA). PEFT silently ignores the argument for other methods; peft-rs refuses.
     fn supports_mixed_batches(&self) -> bool {

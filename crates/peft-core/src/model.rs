@@ -1095,6 +1095,7 @@ impl<M: Adaptable> PeftModel<M> {
                 tensors = converted;
                 config = converted_config;
             }
+            let tensors = config.to_file_tensors(tensors)?;
             io::write_safetensors(&target.join(SAFETENSORS_WEIGHTS_NAME), &tensors)?;
             config.common_mut().inference_mode = true;
             if config.common().task_type.is_none() {
@@ -1402,6 +1403,10 @@ impl<M: Adaptable> PeftModel<M> {
             )));
         }
         let file = io::read_safetensors(path)?;
+        let file = self.configs[name]
+            .from_file_tensors(file.into_iter().map(|lt| (lt.key, lt.tensor)).collect(), path)?
+            .into_iter()
+            .map(|(key, tensor)| io::LoadedTensor { key, tensor });
         let mut expected: BTreeMap<String, Tensor> = self.adapter_state_dict(name)?.into_iter().collect();
         // Base embedding weights PEFT saves with `save_embedding_layers` are loaded into the base, as PEFT does.
         let embeddings: BTreeMap<String, Tensor> =
@@ -1409,7 +1414,7 @@ impl<M: Adaptable> PeftModel<M> {
         let mut base_weights_loaded = Vec::new();
         // Check everything before writing anything, so a bad file leaves the adapter as it was.
         let mut unexpected = Vec::new();
-        let mut pairs = Vec::with_capacity(file.len());
+        let mut pairs = Vec::new();
         for lt in file {
             // Files written by `inject_adapter_in_model` (transformers/diffusers integrations) lack the
             // `base_model.model.` prefix.

@@ -1,12 +1,12 @@
 //! `VBLoRAConfig`: PEFT 0.21.2's keys, defaults and checks, and the vector bank an adapter's layers share.
 
-use peft_core::config::{BiasMode, BiasOption, LayerInit, TargetLayer};
+use peft_core::config::{BiasMode, BiasOption, LayerInit, NamedTensors, TargetLayer};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
 use peft_core::{AdapterConfig, MethodConfig, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// `peft_type` of VB-LoRA.
 pub const PEFT_TYPE: &str = "VBLORA";
@@ -47,7 +47,7 @@ pub struct VbloraConfig {
     pub target_modules: Option<TargetModules>,
     /// Modules never to adapt.
     pub exclude_modules: Option<TargetModules>,
-    /// Save only the top-k indices and weights instead of the logits (an inference-only file).
+    /// Save only the top-k indices and weights instead of the logits: a smaller, inference-only file.
     pub save_only_topk_weights: bool,
     /// Dropout on the adapter's input path (training only).
     pub vblora_dropout: f64,
@@ -130,15 +130,6 @@ impl AdapterConfig for VbloraConfig {
     fn validate(&self) -> Result<()> {
         self.target_spec().check_layers_pattern(peft_core::peft_config::error::IN_MEMORY)?;
         self.bias.mode()?;
-        if self.save_only_topk_weights {
-            return Err(peft_core::config::unsupported_option(
-                PEFT_TYPE,
-                "save_only_topk_weights",
-                &serde_json::Value::Bool(true),
-                "files holding only the top-k indices and weights are not implemented in peft-rs yet (save and \
-                 load the logits)",
-            ));
-        }
         if self.r <= 0 {
             return Err(PeftError::Invalid(format!("`r` {} should be a positive integer value", self.r)));
         }
@@ -160,6 +151,103 @@ impl AdapterConfig for VbloraConfig {
 
     fn bias(&self) -> BiasMode {
         self.bias.mode().unwrap_or(BiasMode::None)
+    }
+
+    /// With `save_only_topk_weights`, each `vblora_logits_*` tensor is written as its top-k indices (in the
+    /// smallest integer dtype that holds `num_vectors`) and the softmax of its top-k logits without the last
+    /// (PEFT's `_get_adapter_state_dict`).
+    fn to_file_tensors(&self, tensors: NamedTensors) -> Result<NamedTensors> {
+        if !self.save_only_topk_weights {
+            return Ok(tensors);
+        }
+        let index_kind = match self.num_vectors {
+            n if n < 1 << 8 => Kind::Uint8,
+            n if n < 1 << 15 => Kind::Int16,
+            n if n < 1 << 31 => Kind::Int,
+            _ => Kind::Int64,
+        };
+        let mut out = Vec::with_capacity(tensors.len() + 2);
+        for (key, t) in tensors {
+            if !key.contains("vblora_logits") {
+                out.push((key, t));
+                continue;
+            }
+            let topk = |t: &Tensor| -> std::result::Result<(Tensor, Tensor), tch::TchError> {
+                let (logits, indices) = t.f_topk(self.topk, -1, true, true)?;
+                let weights = logits.f_softmax(-1, None::<Kind>)?;
+                let keep = weights.size().last().copied().unwrap_or(1) - 1;
+                Ok((indices.f_to_kind(index_kind)?, weights.f_narrow(-1, 0, keep)?.f_contiguous()?))
+            };
+            let (indices, weights) =
+                tch::no_grad(|| topk(&t)).map_err(PeftError::torch("taking the top-k logits"))?;
+            out.push((format!("{key}_topk_indices"), indices));
+            out.push((format!("{key}_topk_weights"), weights));
+        }
+        Ok(out)
+    }
+
+    /// Logits rebuilt from a `save_only_topk_weights` file: `log` of the top-k weights (the last one
+    /// `1 − Σ` the others) at their indices, `−∞` elsewhere (PEFT's `_remap_adapter_state_dict_for_load`).
+    /// Such an adapter cannot train (PEFT refuses it in its first training forward; peft-rs on load).
+    fn from_file_tensors(&self, tensors: NamedTensors, path: &std::path::Path) -> Result<NamedTensors> {
+        if !self.save_only_topk_weights {
+            return Ok(tensors);
+        }
+        if !self.common.inference_mode {
+            return Err(PeftError::Invalid(format!(
+                "{}: a VB-LoRA adapter saved with save_only_topk_weights holds no logits to train (load it for \
+                 inference)",
+                path.display()
+            )));
+        }
+        let mut weights: std::collections::BTreeMap<String, Tensor> = std::collections::BTreeMap::new();
+        let mut rest = Vec::with_capacity(tensors.len());
+        for (key, t) in tensors {
+            if key.ends_with("_topk_weights") {
+                weights.insert(key, t);
+            } else {
+                rest.push((key, t));
+            }
+        }
+        let mut out = Vec::with_capacity(rest.len());
+        for (key, t) in rest {
+            let Some(base) = key.strip_suffix("_topk_indices") else {
+                out.push((key, t));
+                continue;
+            };
+            let weights_key = format!("{base}_topk_weights");
+            let w = weights.remove(&weights_key).ok_or_else(|| PeftError::MissingKeys {
+                path: path.to_path_buf(),
+                keys: vec![weights_key.clone()],
+            })?;
+            let rebuild = || -> std::result::Result<Tensor, tch::TchError> {
+                let last = w
+                    .f_sum_dim_intlist([-1i64].as_slice(), true, None::<Kind>)?
+                    .f_neg()?
+                    .f_add_scalar(1.0)?;
+                let logits = Tensor::f_cat(&[w.shallow_clone(), last], -1)?.f_log()?;
+                let mut shape = logits.size();
+                shape.pop();
+                shape.push(self.num_vectors);
+                Tensor::f_zeros(shape.as_slice(), (logits.kind(), logits.device()))?
+                    .f_fill_(f64::NEG_INFINITY)?
+                    .f_scatter(-1, &t.f_to_kind(Kind::Int64)?, &logits)
+            };
+            let logits = tch::no_grad(rebuild).map_err(|e| {
+                PeftError::Invalid(format!(
+                    "{}: rebuilding `{base}` from its top-k indices and weights: {e}",
+                    path.display()
+                ))
+            })?;
+            out.push((base.to_string(), logits));
+        }
+        if !weights.is_empty() {
+            return Err(PeftError::UnexpectedKeys {
+                path: path.to_path_buf(),
+                keys: weights.into_keys().collect(),
+            });
+        }
+        Ok(out)
     }
 
     /// PEFT's `_pre_injection_hook`: a fresh bank for this adapter.

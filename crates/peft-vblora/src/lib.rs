@@ -8,7 +8,8 @@
 //!
 //! * [`VbloraConfig`]: every key of PEFT's `VBLoRAConfig` (`r`, `num_vectors`, `vector_length`, `topk`,
 //!   `vblora_dropout`, `init_vector_bank_bound`, `init_logits_std`, `fan_in_fan_out`, layer selection,
-//!   `bias`, `modules_to_save`); `save_only_topk_weights` is refused by name (not implemented yet).
+//!   `bias`, `modules_to_save`, `save_only_topk_weights`: the inference-only file of top-k indices and
+//!   weights, written and read as PEFT writes and reads it).
 //! * [`VbloraLayer`]: VB-LoRA on `nn.Linear` (dense or quantized) and GPT-2's `Conv1D` — forward, merge,
 //!   unmerge; the bank is saved once under `base_model.vblora_vector_bank`.
 //!

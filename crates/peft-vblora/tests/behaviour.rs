@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use peft_core::peft_config::TargetModules;
-use peft_core::{AdapterConfig, PeftModel};
+use peft_core::{AdapterConfig, LoadOptions, PeftModel, SaveOptions};
 use peft_testkit::nets::{LayerZoo, Quantized};
 use peft_testkit::{
     assert_mixed_batches_refused, assert_safe_merge_refuses_nan, assert_shape_mismatch,
@@ -91,12 +91,6 @@ fn layers_sizes_and_options_vblora_cannot_use_are_refused() {
     let cfg = VbloraConfig { vector_length: 4, ..config(&["lin0"]) };
     let err = PeftModel::new(zoo, &vs, cfg.boxed(), "default").unwrap_err();
     assert!(err.to_string().contains("`in_features` 10 must be divisible by `vector_length` 4"), "{err}");
-    let mut w = vec![];
-    let cfg =
-        VbloraConfig::from_json_str(r#"{"peft_type": "VBLORA", "save_only_topk_weights": true}"#, &mut w)
-            .unwrap();
-    let err = cfg.validate().unwrap_err();
-    assert!(err.to_string().contains("save_only_topk_weights"), "{err}");
     let err = VbloraConfig { topk: 7, ..config(&["lin0"]) }.validate().unwrap_err();
     assert!(err.to_string().contains("`topk` 7"), "{err}");
     // Quantized bases take the adapter (the forward adds to the 4-bit layer's output).
@@ -117,4 +111,39 @@ fn safe_merges_files_of_another_bank_and_mixed_batches() {
     let err = load_error(zoo2, &vs2, dir.path());
     assert_shape_mismatch(&err, "base_model.model.lin0.vblora_logits_A", &[2, 5, 4], &[2, 5, 6]);
     assert_safe_merge_refuses_nan(&mut peft, |m| m.lin0.base().weight.shallow_clone());
+}
+
+#[test]
+fn a_top_k_only_file_is_small_reloads_to_the_same_outputs_and_refuses_training() {
+    let _rng = rng_lock();
+    let (vs, zoo) = LayerZoo::seeded(0);
+    let cfg = VbloraConfig { topk: 3, save_only_topk_weights: true, ..config(&["lin0", "lin1"]) };
+    let peft = PeftModel::new(zoo, &vs, cfg.boxed(), "default").unwrap();
+    randomize(&peft, 0.5);
+    tch::manual_seed(2);
+    let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
+    let y = tch::no_grad(|| peft.forward_t(&x, false));
+    let dir = tempfile::tempdir().unwrap();
+    peft.save_pretrained(dir.path(), &SaveOptions::default()).unwrap();
+    let file = Tensor::read_safetensors(dir.path().join("adapter_model.safetensors")).unwrap();
+    let keys: std::collections::BTreeMap<String, Tensor> = file.into_iter().collect();
+    let idx = &keys["base_model.model.lin0.vblora_logits_A_topk_indices"];
+    assert_eq!((idx.kind(), idx.size()), (Kind::Uint8, vec![2, 5, 3]), "indices in the smallest dtype");
+    assert_eq!(keys["base_model.model.lin0.vblora_logits_A_topk_weights"].size(), [2, 5, 2], "k − 1 weights");
+    assert!(!keys.contains_key("base_model.model.lin0.vblora_logits_A"));
+    let (vs2, zoo2) = LayerZoo::seeded(0);
+    let (reloaded, _) = PeftModel::from_pretrained(zoo2, &vs2, dir.path(), LoadOptions::default()).unwrap();
+    assert!(max_diff(&tch::no_grad(|| reloaded.forward_t(&x, false)), &y) < 1e-6);
+    let (vs3, zoo3) = LayerZoo::seeded(0);
+    let err =
+        PeftModel::from_pretrained(zoo3, &vs3, dir.path(), LoadOptions::default().trainable()).unwrap_err();
+    assert!(err.to_string().contains("holds no logits to train"), "{err}");
+    // A file missing the weights of some indices names them.
+    let path = dir.path().join("adapter_model.safetensors");
+    let kept: Vec<(String, Tensor)> =
+        keys.into_iter().filter(|(k, _)| !k.ends_with("lin1.vblora_logits_B_topk_weights")).collect();
+    Tensor::write_safetensors(&kept, &path).unwrap();
+    let (vs4, zoo4) = LayerZoo::seeded(0);
+    let err = load_error(zoo4, &vs4, dir.path());
+    assert!(err.to_string().contains("lin1.vblora_logits_B_topk_weights"), "{err}");
 }
