@@ -117,7 +117,7 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
     ///
     /// # Errors
     /// Tensors of the file form that are missing or malformed, naming the file and key.
-    fn from_file_tensors(&self, tensors: NamedTensors, path: &std::path::Path) -> Result<NamedTensors> {
+    fn read_file_tensors(&self, tensors: NamedTensors, path: &std::path::Path) -> Result<NamedTensors> {
         let _ = path;
         Ok(tensors)
     }

@@ -1404,7 +1404,7 @@ impl<M: Adaptable> PeftModel<M> {
         }
         let file = io::read_safetensors(path)?;
         let file = self.configs[name]
-            .from_file_tensors(file.into_iter().map(|lt| (lt.key, lt.tensor)).collect(), path)?
+            .read_file_tensors(file.into_iter().map(|lt| (lt.key, lt.tensor)).collect(), path)?
             .into_iter()
             .map(|(key, tensor)| io::LoadedTensor { key, tensor });
         let mut expected: BTreeMap<String, Tensor> = self.adapter_state_dict(name)?.into_iter().collect();

@@ -189,7 +189,7 @@ impl AdapterConfig for VbloraConfig {
     /// Logits rebuilt from a `save_only_topk_weights` file: `log` of the top-k weights (the last one
     /// `1 − Σ` the others) at their indices, `−∞` elsewhere (PEFT's `_remap_adapter_state_dict_for_load`).
     /// Such an adapter cannot train (PEFT refuses it in its first training forward; peft-rs on load).
-    fn from_file_tensors(&self, tensors: NamedTensors, path: &std::path::Path) -> Result<NamedTensors> {
+    fn read_file_tensors(&self, tensors: NamedTensors, path: &std::path::Path) -> Result<NamedTensors> {
         if !self.save_only_topk_weights {
             return Ok(tensors);
         }
