@@ -199,21 +199,26 @@ impl DecoderModel for Gpt2 {
     fn hidden_states(
         &self,
         input_ids: &Tensor,
+        prefix: Option<&Tensor>,
         attention_mask: Option<&Tensor>,
         position_ids: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
         ctx: &ForwardCtx<'_>,
     ) -> Tensor {
-        let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
+        let b = input_ids.size()[0];
         let past = cache.as_ref().map_or(0, |c| c.len());
+        let mut tokens = self.transformer.wte.forward_ctx(input_ids, ctx);
+        if let Some(p) = prefix {
+            tokens = Tensor::cat(&[p.to_kind(tokens.kind()), tokens], 1);
+        }
+        let t = tokens.size()[1];
         let positions = match position_ids {
             Some(p) => p.shallow_clone(),
             None => Tensor::arange_start(past, past + t, (tch::Kind::Int64, input_ids.device()))
                 .unsqueeze(0)
                 .expand([b, t], false),
         };
-        let mut h = self.transformer.wte.forward_ctx(input_ids, ctx)
-            + self.transformer.wpe.forward_ctx(&positions, ctx);
+        let mut h = tokens + self.transformer.wpe.forward_ctx(&positions, ctx);
         let mask = causal_mask_or_none(attention_mask, b, t, past, None, h.kind(), h.device());
         let hd = self.args.n_embd / self.args.n_head;
         for (i, block) in self.transformer.h.iter().enumerate() {

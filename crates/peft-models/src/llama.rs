@@ -313,14 +313,19 @@ impl DecoderModel for Llama {
     fn hidden_states(
         &self,
         input_ids: &Tensor,
+        prefix: Option<&Tensor>,
         attention_mask: Option<&Tensor>,
         position_ids: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
         ctx: &ForwardCtx<'_>,
     ) -> Tensor {
-        let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
+        let b = input_ids.size()[0];
         let past = cache.as_ref().map_or(0, |c| c.len());
         let mut h = self.model.embed_tokens.forward_ctx(input_ids, ctx);
+        if let Some(p) = prefix {
+            h = Tensor::cat(&[p.to_kind(h.kind()), h], 1);
+        }
+        let t = h.size()[1];
         let kind = h.kind();
         let positions = match position_ids {
             Some(p) => p.shallow_clone(),

@@ -201,10 +201,13 @@ pub fn decoder_head(
 
 /// A decoder-only backbone with task heads (Llama family, GPT-2): the shared forward and cache logic.
 pub trait DecoderModel {
-    /// The backbone's final hidden states `(B, T, H)`; appends to `cache` when given.
+    /// The backbone's final hidden states `(B, P + T, H)`; appends to `cache` when given. `prefix`
+    /// `(B, P, H)` are embeddings placed before those of `input_ids` (prompt learning's virtual tokens:
+    /// transformers' `inputs_embeds = cat(prompts, embed(input_ids))`); positions count them.
     fn hidden_states(
         &self,
         input_ids: &Tensor,
+        prefix: Option<&Tensor>,
         attention_mask: Option<&Tensor>,
         position_ids: Option<&Tensor>,
         cache: Option<&mut KvCache>,
@@ -231,8 +234,33 @@ pub trait DecoderModel {
         cache: Option<&mut KvCache>,
         ctx: &ForwardCtx<'_>,
     ) -> Result<Tensor> {
-        let h = self.hidden_states(input_ids, attention_mask, position_ids, cache, ctx);
+        let h = self.hidden_states(input_ids, None, attention_mask, position_ids, cache, ctx);
         decoder_head(self.heads(), self.task(), &h, input_ids, self.pad_token_id(), ctx)
+    }
+
+    /// [`DecoderModel::forward`] with virtual-token embeddings `prefix` `(B, P, H)` before the input's
+    /// (`attention_mask`, when given, covers `P + T` positions). Outputs cover every position, virtual ones
+    /// included, as transformers' do for `inputs_embeds`; sequence classification pools the last position
+    /// (transformers cannot find padding without `input_ids`).
+    ///
+    /// # Errors
+    /// A task without a head.
+    fn forward_prompted(
+        &self,
+        input_ids: &Tensor,
+        prefix: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        ctx: &ForwardCtx<'_>,
+    ) -> Result<Tensor> {
+        let h = self.hidden_states(input_ids, Some(prefix), attention_mask, None, cache, ctx);
+        match self.task() {
+            Task::SequenceClassification => {
+                let logits = head(&self.heads().score, "score")?.forward_ctx(&h, ctx);
+                Ok(logits.select(1, -1))
+            }
+            task => decoder_head(self.heads(), task, &h, input_ids, None, ctx),
+        }
     }
 
     /// A KV cache sized for this model.
