@@ -174,9 +174,13 @@ pub const SHIPPED: &[&str] = &[
 ];
 
 /// The crate name for a method: `peft-` + the lower-cased type with `_` → `-` (`TRAINABLE_TOKENS` →
-/// `peft-trainable-tokens`).
+/// `peft-trainable-tokens`), except the prompt-learning methods, which share `peft-prompt`.
 pub fn crate_for(peft_type: &str) -> String {
-    format!("peft-{}", peft_type.to_ascii_lowercase().replace('_', "-"))
+    match peft_type {
+        // One crate for the prompt-learning methods that share PEFT's prompt encoder plumbing.
+        "PROMPT_TUNING" | "P_TUNING" | "PREFIX_TUNING" => "peft-prompt".to_string(),
+        _ => format!("peft-{}", peft_type.to_ascii_lowercase().replace('_', "-")),
+    }
 }
 
 /// The registered methods, sorted by type.

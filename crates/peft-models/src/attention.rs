@@ -189,6 +189,12 @@ impl KvCache {
         Self { layers: (0..n).map(|_| LayerCache::default()).collect() }
     }
 
+    /// A cache holding given keys and values, one `(k, v)` pair per layer, each `(B, KV heads, P, D)`:
+    /// prefix tuning's learned past (transformers' `DynamicCache` built from `past_key_values`).
+    pub fn prefilled(per_layer: Vec<(Tensor, Tensor)>) -> Self {
+        Self { layers: per_layer.into_iter().map(|kv| LayerCache { kv: Some(kv) }).collect() }
+    }
+
     /// Cached sequence length.
     pub fn len(&self) -> i64 {
         self.layers.first().map_or(0, LayerCache::len)

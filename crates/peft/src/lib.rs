@@ -37,6 +37,8 @@ pub use peft_lora as lora;
 pub use peft_miss as miss;
 #[cfg(feature = "oft")]
 pub use peft_oft as oft;
+#[cfg(feature = "prompt")]
+pub use peft_prompt as prompt;
 #[cfg(feature = "road")]
 pub use peft_road as road;
 #[cfg(feature = "shira")]
@@ -87,5 +89,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_vblora::PEFT_TYPE;
     #[cfg(feature = "c3a")]
     let _ = peft_c3a::PEFT_TYPE;
+    #[cfg(feature = "prompt")]
+    let _ = peft_prompt::PEFT_TYPES;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
