@@ -75,6 +75,7 @@ fn randomize(peft: &PeftModel<Net>) {
 
 #[test]
 fn starts_as_the_identity_and_merges_to_the_same_outputs() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let mut peft = PeftModel::new(n, &vs, config(&["lin0", "lin1"]).boxed(), "default").unwrap();
     let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
@@ -93,6 +94,7 @@ fn starts_as_the_identity_and_merges_to_the_same_outputs() {
 
 #[test]
 fn conv2d_merges_to_the_same_outputs_and_safe_merge_refuses_nan() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let mut peft = PeftModel::new(n, &vs, config(&["conv"]).boxed(), "default").unwrap();
     randomize(&peft);
@@ -115,6 +117,7 @@ fn conv2d_merges_to_the_same_outputs_and_safe_merge_refuses_nan() {
 
 #[test]
 fn layers_adalora_cannot_adapt_are_refused_by_name() {
+    let _rng = peft_testkit::rng_lock();
     for (target, hint) in [("conv1d", "Conv2d"), ("emb", "Conv2d"), ("grouped", "groups=2")] {
         let (vs, n) = net();
         let err = PeftModel::new(n, &vs, config(&[target]).boxed(), "default").unwrap_err();
@@ -130,6 +133,7 @@ fn parse(json: &str) -> (peft_core::Result<AdaLoraConfig>, Vec<String>) {
 
 #[test]
 fn post_init_errors_and_warnings_are_peft_s() {
+    let _rng = peft_testkit::rng_lock();
     let cases = [
         (r#"{"peft_type": "ADALORA"}"#, "total_step"),
         (r#"{"peft_type": "ADALORA", "total_step": 0}"#, "total_step"),
@@ -164,6 +168,7 @@ fn post_init_errors_and_warnings_are_peft_s() {
 
 #[test]
 fn options_peft_rs_does_not_implement_are_rejected_by_name() {
+    let _rng = peft_testkit::rng_lock();
     let cases: Vec<(&str, AdaLoraConfig)> = vec![
         ("use_rslora", AdaLoraConfig { use_rslora: true, ..config(&["lin0"]) }),
         (
@@ -202,6 +207,7 @@ fn options_peft_rs_does_not_implement_are_rejected_by_name() {
 
 #[test]
 fn only_one_adapter_may_train() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let mut peft = PeftModel::new(n, &vs, config(&["lin0"]).boxed(), "default").unwrap();
     let err = peft.add_adapter("other", config(&["lin0"]).boxed()).unwrap_err();
@@ -215,6 +221,7 @@ fn only_one_adapter_may_train() {
 
 #[test]
 fn ranknum_is_a_frozen_unsaved_parameter_and_leaves_with_its_adapter() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let base_total: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
     let mut peft = PeftModel::new(n, &vs, config(&["lin0", "lin1"]).boxed(), "default").unwrap();
@@ -247,6 +254,7 @@ fn ranknum_is_a_frozen_unsaved_parameter_and_leaves_with_its_adapter() {
 
 #[test]
 fn a_file_of_another_rank_fails_naming_key_and_shapes() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let peft = PeftModel::new(n, &vs, config(&["lin0"]).boxed(), "default").unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -267,6 +275,7 @@ fn a_file_of_another_rank_fails_naming_key_and_shapes() {
 
 #[test]
 fn a_rank_pattern_truncates_saves_and_resizes_loads() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let mut peft = PeftModel::new(n, &vs, config(&["lin0", "lin1"]).boxed(), "default").unwrap();
     randomize(&peft);
@@ -306,6 +315,7 @@ fn a_rank_pattern_truncates_saves_and_resizes_loads() {
 
 #[test]
 fn the_allocator_refuses_what_peft_cannot_do() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let cfg = AdaLoraConfig { target_r: 4, ..config(&["lin0"]) };
     let mut peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
@@ -322,6 +332,7 @@ fn the_allocator_refuses_what_peft_cannot_do() {
 
 #[test]
 fn orthogonal_regularization_vanishes_on_orthonormal_factors() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let cfg = AdaLoraConfig { orth_reg_weight: 0.25.into(), ..config(&["lin0"]) };
     let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
@@ -347,6 +358,7 @@ fn orthogonal_regularization_vanishes_on_orthonormal_factors() {
 
 #[test]
 fn init_r_zero_is_allowed_and_changes_nothing() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let cfg = AdaLoraConfig {
         init_r: 0,
@@ -363,6 +375,7 @@ fn init_r_zero_is_allowed_and_changes_nothing() {
 
 #[test]
 fn architecture_defaults_are_adalora_s_table() {
+    let _rng = peft_testkit::rng_lock();
     let cfg = AdaLoraConfig::default();
     assert_eq!(cfg.default_target_modules("t5"), Some(TargetModules::list(["q", "k", "v", "o", "wi", "wo"])));
     assert_eq!(cfg.default_target_modules("llama"), Some(TargetModules::list(["q_proj", "v_proj"])));

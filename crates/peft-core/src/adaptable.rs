@@ -239,6 +239,7 @@ impl_no_layers!(
     tch::Tensor,
     tch::Kind,
     tch::Device,
+    crate::activation::Activation,
     tch::nn::LayerNorm,
     tch::nn::Embedding,
     tch::nn::BatchNorm,

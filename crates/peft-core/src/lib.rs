@@ -15,6 +15,7 @@
 #[allow(unused_extern_crates)]
 extern crate self as peft_core;
 
+pub mod activation;
 pub mod adaptable;
 pub mod config;
 pub mod error;
@@ -32,6 +33,7 @@ pub mod rng;
 pub mod status;
 pub mod trainable_tokens;
 
+pub use activation::Activation;
 pub use adaptable::Adaptable;
 pub use config::{AdapterConfig, BiasMode, LayerInit, MethodConfig, TargetLayer, TargetView};
 pub use error::{PeftError, Result};

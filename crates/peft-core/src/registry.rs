@@ -171,6 +171,15 @@ pub const SHIPPED: &[&str] = &[
     "FOURIERFT",
     "SHIRA",
     "TRAINABLE_TOKENS",
+    "MISS",
+    "DELORA",
+    "GRALORA",
+    "VBLORA",
+    "C3A",
+    "PROMPT_TUNING",
+    "P_TUNING",
+    "PREFIX_TUNING",
+    "PEANUT",
 ];
 
 /// The crate name for a method: `peft-` + the lower-cased type with `_` → `-` (`TRAINABLE_TOKENS` →

@@ -48,6 +48,7 @@ fn layer(peft: &PeftModel<Net>) -> &FourierFtLayer {
 
 #[test]
 fn positions_come_from_the_seed_and_merging_gives_the_same_outputs() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let mut peft = PeftModel::new(n, &vs, config(&["lin0", "lin1"], 30).boxed(), "default").unwrap();
     let (vs2, n2) = net();
@@ -77,6 +78,7 @@ fn positions_come_from_the_seed_and_merging_gives_the_same_outputs() {
 
 #[test]
 fn impossible_sizes_layers_and_seeds_are_errors_naming_them() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let err = PeftModel::new(n, &vs, config(&["lin1"], 41).boxed(), "default").unwrap_err();
     assert!(err.to_string().contains("the product is 40"), "{err}");
@@ -108,6 +110,7 @@ fn impossible_sizes_layers_and_seeds_are_errors_naming_them() {
 
 #[test]
 fn n_frequency_pattern_takes_dotted_suffixes_then_exact_names() {
+    let _rng = peft_testkit::rng_lock();
     let mut c = config(&["x"], 100);
     c.n_frequency_pattern.insert("lin0".into(), 7);
     c.n_frequency_pattern.insert("v_proj".into(), 9);

@@ -57,6 +57,7 @@ fn net() -> (VarStore, Net) {
 
 #[test]
 fn starts_as_the_identity_and_merges_to_the_same_outputs() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let mut peft = PeftModel::new(n, &vs, config(&["lin0", "lin1"], &["lin1"]).boxed(), "default").unwrap();
     let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
@@ -76,6 +77,7 @@ fn starts_as_the_identity_and_merges_to_the_same_outputs() {
 
 #[test]
 fn layers_ia3_cannot_adapt_are_refused_by_name() {
+    let _rng = peft_testkit::rng_lock();
     for target in ["conv1d", "emb"] {
         let (vs, n) = net();
         let err = PeftModel::new(n, &vs, config(&[target], &[]).boxed(), "default").unwrap_err();
@@ -85,6 +87,7 @@ fn layers_ia3_cannot_adapt_are_refused_by_name() {
 
 #[test]
 fn feedforward_modules_must_be_targets_and_must_be_given_for_custom_models() {
+    let _rng = peft_testkit::rng_lock();
     let mut warnings = vec![];
     let err = Ia3Config::from_json_str(
         r#"{"peft_type": "IA3", "target_modules": ["lin0"], "feedforward_modules": ["lin1"]}"#,
@@ -104,6 +107,7 @@ fn feedforward_modules_must_be_targets_and_must_be_given_for_custom_models() {
 
 #[test]
 fn architecture_defaults_fill_targets_and_feedforward_modules() {
+    let _rng = peft_testkit::rng_lock();
     let mut cfg = Ia3Config::default();
     cfg.prepare_for_model(Some("llama")).unwrap();
     assert_eq!(cfg.feedforward_modules, Some(TargetModules::list(["down_proj"])));
@@ -118,6 +122,7 @@ fn architecture_defaults_fill_targets_and_feedforward_modules() {
 
 #[test]
 fn mixed_batches_are_refused_rather_than_ignored() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let peft = PeftModel::new(n, &vs, config(&["lin0"], &[]).boxed(), "default").unwrap();
     assert_mixed_batches_refused(&peft, "IA3");
@@ -125,6 +130,7 @@ fn mixed_batches_are_refused_rather_than_ignored() {
 
 #[test]
 fn an_output_scaling_file_does_not_load_as_input_scaling() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let peft = PeftModel::new(n, &vs, config(&["lin0"], &[]).boxed(), "default").unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -140,6 +146,7 @@ fn an_output_scaling_file_does_not_load_as_input_scaling() {
 
 #[test]
 fn quantized_bases_scale_their_output_but_refuse_merging() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, model) = Quantized::seeded(1, None);
     let dense = model.dequantized();
     let mut peft = PeftModel::new(model, &vs, config(&["proj"], &[]).boxed(), "default").unwrap();

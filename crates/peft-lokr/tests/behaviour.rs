@@ -51,6 +51,7 @@ fn variants() -> Vec<(&'static str, LokrConfig)> {
 
 #[test]
 fn starts_as_the_identity_and_merges_to_the_same_outputs_in_every_form() {
+    let _rng = peft_testkit::rng_lock();
     for (what, cfg) in variants() {
         for init in [LokrInitWeights::Bool(true), LokrInitWeights::Scheme(LokrInitScheme::Lycoris)] {
             let (vs, n) = net();
@@ -79,6 +80,7 @@ fn starts_as_the_identity_and_merges_to_the_same_outputs_in_every_form() {
 
 #[test]
 fn factor_shapes_follow_the_factorization_and_the_rank() {
+    let _rng = peft_testkit::rng_lock();
     let key = |m: &str, t: &str| format!("base_model.model.{m}.{t}");
     let v = variants();
     let (vs, n) = net();

@@ -152,56 +152,8 @@ impl RmsNorm {
     }
 }
 
-/// transformers' `ACT2FN`, the activations these architectures use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// `silu` / `swish`.
-    Silu,
-    /// `gelu` (exact, erf).
-    Gelu,
-    /// `gelu_new`: OpenAI's tanh approximation, written out as transformers does.
-    GeluNew,
-    /// `gelu_pytorch_tanh`: `F.gelu(approximate="tanh")`.
-    GeluTanh,
-    /// `relu`.
-    Relu,
-}
-
-impl Activation {
-    /// Parses transformers' activation name.
-    ///
-    /// # Errors
-    /// [`ModelError::Input`] naming the unsupported activation.
-    pub fn from_name(name: &str) -> Result<Self> {
-        Ok(match name {
-            "silu" | "swish" => Activation::Silu,
-            "gelu" => Activation::Gelu,
-            "gelu_new" => Activation::GeluNew,
-            "gelu_pytorch_tanh" => Activation::GeluTanh,
-            "relu" => Activation::Relu,
-            other => {
-                return Err(ModelError::Input(format!(
-                "unsupported activation {other:?} (supported: silu, gelu, gelu_new, gelu_pytorch_tanh, relu)"
-            )))
-            }
-        })
-    }
-
-    /// Applies it.
-    pub fn forward(self, x: &Tensor) -> Tensor {
-        match self {
-            Activation::Silu => x.silu(),
-            Activation::Gelu => x.gelu("none"),
-            Activation::GeluTanh => x.gelu("tanh"),
-            Activation::Relu => x.relu(),
-            Activation::GeluNew => {
-                let c = (2.0 / std::f64::consts::PI).sqrt();
-                let inner = (x + x.pow_tensor_scalar(3.0) * 0.044715) * c;
-                (x * 0.5) * (inner.tanh() + 1.0)
-            }
-        }
-    }
-}
+/// transformers' `ACT2FN` (shared with the methods that name an activation, e.g. PEANuT).
+pub use peft_core::Activation;
 
 /// Rotary position embeddings (`LlamaRotaryEmbedding`), with the `default`, `linear` and `llama3`
 /// rope types.

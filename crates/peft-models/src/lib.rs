@@ -48,7 +48,6 @@ peft_core::impl_no_layers!(
     layers::LayerNorm,
     layers::RmsNorm,
     layers::Rotary,
-    layers::Activation,
     Task,
     llama::LlamaArgs,
     gpt2::Gpt2Args,

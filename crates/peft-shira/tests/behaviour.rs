@@ -46,6 +46,7 @@ fn config(targets: &[&str], r: i64) -> ShiraConfig {
 
 #[test]
 fn the_mask_lists_distinct_positions_in_row_major_order() {
+    let _rng = peft_testkit::rng_lock();
     let idx = random_mask_indices(20, 10, 30, 3).unwrap();
     assert_eq!((idx.size(), idx.kind()), (vec![2, 30], Kind::Int));
     let flat: Vec<i64> = Vec::try_from((idx.get(0) * 10 + idx.get(1)).to_kind(Kind::Int64)).unwrap();
@@ -56,6 +57,7 @@ fn the_mask_lists_distinct_positions_in_row_major_order() {
 
 #[test]
 fn trains_through_the_sparse_update_and_merges_to_the_same_outputs() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let mut peft = PeftModel::new(n, &vs, config(&["lin0"], 1).boxed(), "default").unwrap();
     let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
@@ -75,6 +77,7 @@ fn trains_through_the_sparse_update_and_merges_to_the_same_outputs() {
 
 #[test]
 fn unsupported_layers_sizes_and_masks_are_errors_naming_them() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let err = PeftModel::new(n, &vs, config(&["c"], 1).boxed(), "default").unwrap_err();
     assert!(matches!(&err, PeftError::UnsupportedLayer { module, .. } if module == "c"), "{err:?}");

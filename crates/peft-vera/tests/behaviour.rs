@@ -56,6 +56,7 @@ fn layer<'a>(peft: &'a PeftModel<Net>, which: &str, adapter: &str) -> &'a VeraLa
 
 #[test]
 fn starts_as_the_identity_shares_one_projection_and_merges_to_the_same_outputs() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let mut peft = PeftModel::new(n, &vs, config(&["lin0", "lin1"], 4).boxed(), "default").unwrap();
     let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
@@ -83,6 +84,7 @@ fn starts_as_the_identity_shares_one_projection_and_merges_to_the_same_outputs()
 
 #[test]
 fn layers_vera_cannot_adapt_are_refused_by_name() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let err = PeftModel::new(n, &vs, config(&["emb"], 4).boxed(), "default").unwrap_err();
     // No linear layer among the targets: the projections cannot be sized.
@@ -99,6 +101,7 @@ fn layers_vera_cannot_adapt_are_refused_by_name() {
 
 #[test]
 fn later_adapters_reuse_the_first_projections_and_must_match_its_rank_and_seed() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let mut peft = PeftModel::new(n, &vs, config(&["lin0", "lin1"], 4).boxed(), "first").unwrap();
     peft.add_adapter("second", config(&["lin0"], 4).boxed()).unwrap();
@@ -114,6 +117,7 @@ fn later_adapters_reuse_the_first_projections_and_must_match_its_rank_and_seed()
 
 #[test]
 fn projections_not_saved_are_drawn_again_and_a_file_without_them_is_refused_otherwise() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let cfg = VeraConfig { save_projection: false, ..config(&["lin0", "lin1"], 4) };
     let peft = PeftModel::new(n, &vs, cfg.boxed(), "default").unwrap();
@@ -150,6 +154,7 @@ fn projections_not_saved_are_drawn_again_and_a_file_without_them_is_refused_othe
 
 #[test]
 fn invalid_values_are_errors_naming_them() {
+    let _rng = peft_testkit::rng_lock();
     let (vs, n) = net();
     let err = PeftModel::new(n, &vs, config(&["lin0"], 0).boxed(), "default").unwrap_err();
     assert!(err.to_string().contains("`r` should be a positive integer"), "{err}");

@@ -37,6 +37,8 @@ pub use peft_lora as lora;
 pub use peft_miss as miss;
 #[cfg(feature = "oft")]
 pub use peft_oft as oft;
+#[cfg(feature = "peanut")]
+pub use peft_peanut as peanut;
 #[cfg(feature = "prompt")]
 pub use peft_prompt as prompt;
 #[cfg(feature = "road")]
@@ -91,5 +93,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_c3a::PEFT_TYPE;
     #[cfg(feature = "prompt")]
     let _ = peft_prompt::PEFT_TYPES;
+    #[cfg(feature = "peanut")]
+    let _ = peft_peanut::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
