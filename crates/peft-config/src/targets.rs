@@ -149,6 +149,16 @@ impl TargetSpec<'_> {
     /// # Errors
     /// [`ConfigError::Inconsistent`] with PEFT's message.
     pub fn check_layer_selection(&self, location: &str) -> Result<(), ConfigError> {
+        self.check_regex_selection(location)?;
+        self.check_layers_pattern(location)
+    }
+
+    /// The rule alone that `layers_to_transform` and `layers_pattern` cannot go with a regex
+    /// `target_modules` (configs such as HiRA's check only this one).
+    ///
+    /// # Errors
+    /// [`ConfigError::Inconsistent`] with PEFT's message.
+    pub fn check_regex_selection(&self, location: &str) -> Result<(), ConfigError> {
         if let Some(TargetModules::Regex(_)) = self.target_modules {
             for (set, option) in [
                 (self.layers_to_transform.is_some(), "layers_to_transform"),
@@ -162,7 +172,7 @@ impl TargetSpec<'_> {
                 }
             }
         }
-        self.check_layers_pattern(location)
+        Ok(())
     }
 }
 

@@ -180,6 +180,7 @@ pub const SHIPPED: &[&str] = &[
     "P_TUNING",
     "PREFIX_TUNING",
     "PEANUT",
+    "HIRA",
 ];
 
 /// The crate name for a method: `peft-` + the lower-cased type with `_` → `-` (`TRAINABLE_TOKENS` →

@@ -23,6 +23,8 @@ pub use peft_delora as delora;
 pub use peft_fourierft as fourierft;
 #[cfg(feature = "gralora")]
 pub use peft_gralora as gralora;
+#[cfg(feature = "hira")]
+pub use peft_hira as hira;
 #[cfg(feature = "hra")]
 pub use peft_hra as hra;
 #[cfg(feature = "ia3")]
@@ -95,5 +97,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_prompt::PEFT_TYPES;
     #[cfg(feature = "peanut")]
     let _ = peft_peanut::PEFT_TYPE;
+    #[cfg(feature = "hira")]
+    let _ = peft_hira::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
