@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <mutex>
 
 namespace {
 
@@ -71,6 +72,24 @@ char* peft_core_rand(const int64_t* shape, size_t ndim, void* g, at::Tensor** ou
 // torch.randn(shape, generator=g) (f32, CPU)
 char* peft_core_randn(const int64_t* shape, size_t ndim, void* g, at::Tensor** out) {
   return guarded([&] { *out = new at::Tensor(at::randn(at::IntArrayRef(shape, ndim), gen_of(g), at::TensorOptions())); });
+}
+
+// torch.get_rng_state(): the default CPU generator's state (a uint8 tensor).
+char* peft_core_default_cpu_state(at::Tensor** out) {
+  return guarded([&] {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    *out = new at::Tensor(gen.get_state());
+  });
+}
+
+// torch.set_rng_state(state) for the default CPU generator.
+char* peft_core_set_default_cpu_state(at::Tensor* state) {
+  return guarded([&] {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(*state);
+  });
 }
 
 void peft_core_free_error(char* msg) { std::free(msg); }

@@ -931,6 +931,26 @@ pub fn merge_delta(
     w.set_weight(&merged)
 }
 
+/// PEFT's loop over the active adapters of the additive methods that add each adapter's term out of
+/// place and cast the sum back to the base output's dtype once (`result = result + term`, then
+/// `result.to(torch_result_dtype)`): with a half-precision base and f32 adapters the order of these casts
+/// shows in the last bits, so methods that act for their whole [`ForwardCtx::active_group`] use this.
+/// `term` returns `None` for an adapter that adds nothing.
+pub fn add_group_terms<T>(y: Tensor, group: &[&T], mut term: impl FnMut(&T) -> Option<Tensor>) -> Tensor {
+    let kind = y.kind();
+    let mut result = y;
+    for layer in group {
+        if let Some(t) = term(layer) {
+            // Out of place: a half-precision `result` promotes to the term's dtype (`+=` would not).
+            #[allow(clippy::assign_op_pattern)]
+            {
+                result = result + t;
+            }
+        }
+    }
+    result.to_kind(kind)
+}
+
 /// Replaces the base weight with `value` as PEFT's `weight.data = value` does for methods that rewrite the
 /// weight rather than add to it (HRA, OFT): a dense weight takes `value`'s storage and layout; quantized
 /// storage re-quantizes through [`WeightLike::set_weight`].

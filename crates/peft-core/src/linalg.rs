@@ -216,11 +216,17 @@ impl IncrementalPca {
                 Tensor::f_vstack(&[sv.f_view([-1, 1])?.f_mul(&comps)?, x, correction])?
             };
             let (u, s, vt) = if self.lowrank {
-                if let Some(seed) = self.lowrank_seed {
-                    tch::manual_seed(seed);
+                let q = 2 * self.n_components;
+                // PEFT seeds inside `fork_rng`: the caller's random stream goes on unchanged.
+                let (u, s, v) = match self.lowrank_seed {
+                    Some(seed) => crate::rng::fork_default_cpu(|| {
+                        tch::manual_seed(seed);
+                        svd_lowrank(&data, q, 4)
+                    })
+                    .and_then(|r| r),
+                    None => svd_lowrank(&data, q, 4),
                 }
-                let (u, s, v) = svd_lowrank(&data, 2 * self.n_components, 4)
-                    .map_err(|e| tch::TchError::Torch(e.to_string()))?;
+                .map_err(|e| tch::TchError::Torch(e.to_string()))?;
                 (u, s, v.f_transpose(-2, -1)?)
             } else {
                 reduced_svd(&data)?

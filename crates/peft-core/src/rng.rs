@@ -38,7 +38,41 @@ extern "C" {
         g: *mut c_void,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn peft_core_default_cpu_state(out: *mut *mut C_tensor) -> *mut c_char;
+    fn peft_core_set_default_cpu_state(state: *mut C_tensor) -> *mut c_char;
     fn peft_core_free_error(msg: *mut c_char);
+}
+
+/// `torch.random.fork_rng(devices=[])`: runs `f` and then puts the default CPU generator back in the
+/// state it had before, so that draws inside `f` (often after a `manual_seed`) leave the caller's random
+/// stream untouched — as PEFT does around randomized SVDs.
+///
+/// ```
+/// use tch::{Device, Kind, Tensor};
+///
+/// tch::manual_seed(1);
+/// let expected = Tensor::rand([3], (Kind::Float, Device::Cpu));
+/// tch::manual_seed(1);
+/// let inner = peft_core::rng::fork_default_cpu(|| {
+///     tch::manual_seed(99);
+///     Tensor::rand([2], (Kind::Float, Device::Cpu))
+/// })?;
+/// assert_eq!(inner.size(), [2]);
+/// assert!(Tensor::rand([3], (Kind::Float, Device::Cpu)).equal(&expected));
+/// # Ok::<(), peft_core::PeftError>(())
+/// ```
+///
+/// # Errors
+/// libtorch could not read or restore the state.
+pub fn fork_default_cpu<T>(f: impl FnOnce() -> T) -> Result<T> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the shim writes an owned tensor to `out` or returns an owned message.
+    let mut state =
+        unsafe { take_tensor(peft_core_default_cpu_state(&mut out), out, "reading the RNG state") }?;
+    let result = f();
+    // SAFETY: a live tensor for the duration of the call.
+    check(unsafe { peft_core_set_default_cpu_state(state.as_mut_ptr()) }, "restoring the RNG state")?;
+    Ok(result)
 }
 
 /// A libtorch CPU generator (`torch.Generator`), seeded once.

@@ -21,7 +21,7 @@
 use crate::config::{HiraConfig, HiraInit, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{
-    merge_delta, replace_weight, BaseLayer, ConvGeometry, ForwardCtx, MergeCtx, TunerLayer,
+    add_group_terms, merge_delta, replace_weight, BaseLayer, ConvGeometry, ForwardCtx, MergeCtx, TunerLayer,
 };
 use peft_core::{PeftError, Result};
 use std::any::Any;
@@ -304,23 +304,14 @@ impl TunerLayer for HiraLayer {
         let Some(group) = ctx.active_group(self) else {
             return y;
         };
-        let kind = y.kind();
-        let mut result = y;
+        // PEFT reassigns `x` to each adapter's dtype in turn.
         let mut x = x.shallow_clone();
-        for layer in group {
+        add_group_terms(y, &group, |layer| {
             if !matches!(layer.base, HiraBase::Embedding) && x.kind() != layer.a.kind() {
                 x = x.to_kind(layer.a.kind());
             }
-            if let Some(term) = layer.update(base, &x, ctx.train) {
-                // Out of place, as in PEFT: a half-precision base output promotes to the adapter's dtype
-                // (`+=` would add in place in the base output's dtype).
-                #[allow(clippy::assign_op_pattern)]
-                {
-                    result = result + term;
-                }
-            }
-        }
-        result.to_kind(kind)
+            layer.update(base, &x, ctx.train)
+        })
     }
 
     fn merge_needs_unmerged_base(&self) -> bool {

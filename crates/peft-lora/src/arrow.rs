@@ -220,11 +220,18 @@ impl Arrow {
     }
 }
 
-/// `torch.randn(n, generator=torch.Generator().manual_seed(seed))`: tch has no generator objects, so the
-/// global generator is seeded with `seed` for the draw and reseeded afterwards from a value drawn from it
-/// beforehand. The draw equals PEFT's; the global stream afterwards differs from PEFT's (which leaves it
-/// untouched).
+/// `torch.randn(n, generator=torch.Generator(device).manual_seed(seed))`. On the CPU this is a private
+/// libtorch generator (`peft_core::rng::Generator`), so the global stream is left untouched as in PEFT.
+/// For CUDA tensors (whose generators peft-core's shim does not create) the global generator is seeded
+/// for the draw and reseeded afterwards from a value drawn from it beforehand: the draw equals PEFT's,
+/// the global stream afterwards does not.
 fn seeded_randn(seed: i64, n: i64, device: tch::Device) -> Tensor {
+    if device == tch::Device::Cpu {
+        // `as u64`: PyTorch's manual_seed takes the seed modulo 2⁶⁴ too.
+        if let Ok(v) = peft_core::rng::Generator::new(seed as u64).and_then(|mut g| g.randn(&[n])) {
+            return v;
+        }
+    }
     let resume = Tensor::randint(i64::from(i32::MAX), [1], (Kind::Int64, tch::Device::Cpu)).int64_value(&[0]);
     tch::manual_seed(seed);
     let v = Tensor::randn([n], (Kind::Float, device));

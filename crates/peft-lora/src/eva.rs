@@ -16,9 +16,8 @@
 //! model, and `mask` picks the positions that count (for language modelling:
 //! [`language_modeling_mask`]).
 //!
-//! One difference from PEFT: its randomized SVD re-seeds the generator inside `fork_rng` and restores
-//! it; tch cannot read generator state, so after EVA the default generator is re-seeded (42). Seed again
-//! afterwards where later draws must be reproducible.
+//! The randomized SVD re-seeds the generator inside a fork of it (`peft_core::rng::fork_default_cpu`,
+//! PEFT's `fork_rng`), so the caller's random stream goes on after EVA as it does in PEFT.
 
 use crate::config::{Alpha, InitLoraWeights, LoraConfig};
 use crate::layer::{LoraKind, LoraLayer};

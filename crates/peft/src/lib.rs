@@ -43,6 +43,8 @@ pub use peft_oft as oft;
 pub use peft_peanut as peanut;
 #[cfg(feature = "prompt")]
 pub use peft_prompt as prompt;
+#[cfg(feature = "psoft")]
+pub use peft_psoft as psoft;
 #[cfg(feature = "road")]
 pub use peft_road as road;
 #[cfg(feature = "shira")]
@@ -99,5 +101,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_peanut::PEFT_TYPE;
     #[cfg(feature = "hira")]
     let _ = peft_hira::PEFT_TYPE;
+    #[cfg(feature = "psoft")]
+    let _ = peft_psoft::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
