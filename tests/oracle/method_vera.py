@@ -34,6 +34,18 @@ CASES = [
         },
         active=["first", "second"],
     ),
+    # The second adapter on fewer layers: PEFT's shared projection BufferDict gives every layer's status a
+    # device entry for both adapters.
+    dict(
+        name="vera_two_active_disjoint",
+        method="VERA",
+        model="DeepMLP",
+        adapters={
+            "alpha": dict(target_modules=["lin0", "out"], r=2),
+            "gamma": dict(target_modules=["lin0"], r=2, d_initial=0.4),
+        },
+        active=["gamma", "alpha"],
+    ),
     dict(
         name="vera_no_saved_projection",
         method="VERA",

@@ -74,6 +74,14 @@ char* peft_core_randn(const int64_t* shape, size_t ndim, void* g, at::Tensor** o
   return guarded([&] { *out = new at::Tensor(at::randn(at::IntArrayRef(shape, ndim), gen_of(g), at::TensorOptions())); });
 }
 
+// torch.randn(shape, dtype=dtype, generator=g) (CPU); `dtype` is a c10::ScalarType code.
+char* peft_core_randn_kind(const int64_t* shape, size_t ndim, int dtype, void* g, at::Tensor** out) {
+  return guarded([&] {
+    auto options = at::TensorOptions().dtype(static_cast<at::ScalarType>(dtype));
+    *out = new at::Tensor(at::randn(at::IntArrayRef(shape, ndim), gen_of(g), options));
+  });
+}
+
 // torch.get_rng_state(): the default CPU generator's state (a uint8 tensor).
 char* peft_core_default_cpu_state(at::Tensor** out) {
   return guarded([&] {

@@ -459,6 +459,13 @@ pub trait TunerLayer: fmt::Debug + Send + 'static {
     /// derived from them.
     fn weights_changed(&mut self) {}
 
+    /// Devices PEFT's layer status reports beyond this adapter's own tensors: state the layer shares with
+    /// other adapters (VeRA's and PVeRA's projections live in one `BufferDict` with a key per adapter, so
+    /// every layer lists every adapter's device). `(adapter, device)` pairs; empty by default.
+    fn status_shared_devices(&self) -> Vec<(String, tch::Device)> {
+        Vec::new()
+    }
+
     /// Where PEFT's status reports this adapter, relative to the layer: `Some("token_adapter")` for
     /// adapters that live in a sub-module of PEFT's wrapper (trainable tokens).
     fn status_submodule(&self) -> Option<&'static str> {

@@ -1734,7 +1734,10 @@ impl<M: Adaptable> PeftModel<M> {
                 requires_grad.insert(name.clone(), rg);
                 let devs: BTreeSet<String> =
                     tuner.named_tensors().iter().map(|(_, t)| device_type(t.device())).collect();
-                devices.insert(name.clone(), devs.into_iter().collect());
+                devices.entry(name.clone()).or_insert_with(BTreeSet::new).extend(devs);
+                for (other, device) in tuner.status_shared_devices() {
+                    devices.entry(other).or_insert_with(BTreeSet::new).insert(device_type(device));
+                }
                 if module_type.is_empty() {
                     module_type = tuner.describe().split('(').next().unwrap_or_default().to_string();
                     if let Some(sub) = tuner.status_submodule() {
@@ -1755,7 +1758,7 @@ impl<M: Adaptable> PeftModel<M> {
                     v.sort();
                     v
                 },
-                devices,
+                devices: devices.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect(),
                 quantization_backend: None,
             });
         });

@@ -181,6 +181,8 @@ pub const SHIPPED: &[&str] = &[
     "PREFIX_TUNING",
     "PEANUT",
     "HIRA",
+    "PSOFT",
+    "PVERA",
 ];
 
 /// The crate name for a method: `peft-` + the lower-cased type with `_` → `-` (`TRAINABLE_TOKENS` →

@@ -38,6 +38,13 @@ extern "C" {
         g: *mut c_void,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn peft_core_randn_kind(
+        shape: *const i64,
+        ndim: usize,
+        dtype: std::ffi::c_int,
+        g: *mut c_void,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn peft_core_default_cpu_state(out: *mut *mut C_tensor) -> *mut c_char;
     fn peft_core_set_default_cpu_state(state: *mut C_tensor) -> *mut c_char;
     fn peft_core_free_error(msg: *mut c_char);
@@ -195,6 +202,28 @@ impl Generator {
     }
 }
 
+impl Generator {
+    /// `torch.randn(shape, dtype=kind, generator=self)`: drawn in `kind` (a half-precision draw is not the
+    /// f32 draw rounded).
+    ///
+    /// # Errors
+    /// libtorch's error (a kind randn cannot produce).
+    pub fn randn_kind(&mut self, shape: &[i64], kind: tch::Kind) -> Result<Tensor> {
+        // c10::ScalarType codes of the floating kinds randn draws.
+        let dtype = match kind {
+            tch::Kind::Half => 5,
+            tch::Kind::Float => 6,
+            tch::Kind::Double => 7,
+            tch::Kind::BFloat16 => 15,
+            other => return Err(PeftError::Invalid(format!("randn cannot draw {other:?} values"))),
+        };
+        // SAFETY: `shape` outlives the call.
+        self.make("randn with a generator", |g, out| unsafe {
+            peft_core_randn_kind(shape.as_ptr(), shape.len(), dtype, g, out)
+        })
+    }
+}
+
 impl Drop for Generator {
     fn drop(&mut self) {
         // SAFETY: owned, freed once.
@@ -224,5 +253,20 @@ mod tests {
         // torch.manual_seed(0); torch.rand(2): the global generator did not move.
         let r: Vec<f32> = Vec::try_from(Tensor::rand([2], (Kind::Float, Device::Cpu))).unwrap();
         assert_eq!(r, [0.496_256_6, 0.768_221_8]);
+    }
+
+    /// `torch.randn(3, generator=torch.Generator().manual_seed(7), dtype=…)` in PyTorch 2.13: f32 equals the
+    /// plain draw; bf16 is drawn in bf16.
+    #[test]
+    fn randn_kind_draws_in_the_requested_dtype() {
+        let f: Vec<f32> =
+            Vec::try_from(Generator::new(7).unwrap().randn_kind(&[3], Kind::Float).unwrap()).unwrap();
+        let plain: Vec<f32> = Vec::try_from(Generator::new(7).unwrap().randn(&[3]).unwrap()).unwrap();
+        assert_eq!(f, plain);
+        let b = Generator::new(7).unwrap().randn_kind(&[3], Kind::BFloat16).unwrap();
+        assert_eq!(b.kind(), Kind::BFloat16);
+        let b: Vec<f32> = Vec::try_from(b.to_kind(Kind::Float)).unwrap();
+        assert_eq!(b, [-0.146_484_38, 0.785_156_25, 0.945_312_5]);
+        assert!(Generator::new(7).unwrap().randn_kind(&[3], Kind::Int64).is_err());
     }
 }

@@ -41,8 +41,12 @@ pub fn rng_lock() -> MutexGuard<'static, ()> {
 }
 
 /// Adds `N(0, scale²)` noise to every adapter tensor, so that adapters which start as the identity act.
+/// The tensors are visited in name order (the var store is a hash map), so the same seed gives the same
+/// adapter in every model built alike.
 pub fn randomize<M: Adaptable>(peft: &PeftModel<M>, scale: f64) {
-    for (_, mut t) in peft.adapter_var_store().variables() {
+    let mut vars: Vec<(String, Tensor)> = peft.adapter_var_store().variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, mut t) in vars {
         let noise = Tensor::randn_like(&t) * scale;
         let _ = tch::no_grad(|| t.f_add_(&noise)).unwrap();
     }

@@ -1,15 +1,13 @@
 //! `VeraConfig`: PEFT 0.21.2's keys, defaults and checks, and the projections shared by an adapter's layers.
 
-use peft_core::config::{unsupported_option, BiasOption, LayerInit, TargetLayer, TargetView};
+use peft_core::config::{unsupported_option, BiasOption, LayerInit, TargetLayer};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
-use peft_core::rng::Generator;
+use peft_core::shared::{self, SharedProjections};
 use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, BiasMode, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
-use tch::{Device, Kind, Tensor};
 
 /// `peft_type` of VeRA.
 pub const PEFT_TYPE: &str = "VERA";
@@ -63,33 +61,6 @@ pub struct VeraConfig {
     pub projections: SharedProjections,
 }
 
-/// The projections `vera_A` `(r, max in)` and `vera_B` `(max out, r)` the layers share: drawn once (CPU, f32)
-/// for the first VeRA adapter of a model, before its layers are created, and reused by every later adapter
-/// (as PEFT does); moved to the base device and dtype by the first layer created. Each adapter's first layer
-/// saves them in that adapter's state dict (`base_model.vera_A` / `base_model.vera_B`).
-#[derive(Clone, Debug, Default)]
-pub struct SharedProjections(pub Option<Arc<Mutex<Projections>>>);
-
-impl PartialEq for SharedProjections {
-    /// Configs compare by what is saved; the projections are not part of the config.
-    fn eq(&self, _other: &Self) -> bool {
-        true
-    }
-}
-
-/// The shared projections of one adapter.
-#[derive(Debug)]
-pub struct Projections {
-    /// `vera_A`, `(r, max in_features)`.
-    pub a: Tensor,
-    /// `vera_B`, `(max out_features, r)`.
-    pub b: Tensor,
-    /// Whether the first layer moved them to the base device and dtype.
-    pub placed: bool,
-    /// The adapters whose first layer has been created (that layer saves the projections for it).
-    pub owners: Vec<String>,
-}
-
 impl Default for VeraConfig {
     fn default() -> Self {
         Self {
@@ -109,16 +80,6 @@ impl Default for VeraConfig {
             projections: SharedProjections::default(),
         }
     }
-}
-
-/// PEFT's `_kaiming_init`: `U(-b, b)` with `b = sqrt(3) · sqrt(2) / sqrt(fan_in)` drawn from `g`.
-fn kaiming(shape: [i64; 2], g: &mut Generator) -> Result<Tensor> {
-    let mut t = Tensor::f_empty(shape, (Kind::Float, Device::Cpu))
-        .map_err(PeftError::torch("allocating a projection"))?;
-    let fan = peft_core::init::fan_in(&t) as f64;
-    let bound = 3f64.sqrt() * (2f64.sqrt() / fan.sqrt());
-    g.uniform_(&mut t, -bound, bound)?;
-    Ok(t)
 }
 
 impl VeraConfig {
@@ -205,36 +166,13 @@ impl AdapterConfig for VeraConfig {
         targets: &[TargetLayer],
         existing: &[(&str, &dyn AdapterConfig)],
     ) -> Result<()> {
-        let earlier = existing
-            .iter()
-            .filter_map(|(_, c)| c.as_any().downcast_ref::<VeraConfig>())
-            .find_map(|c| c.projections.0.clone());
-        if let Some(shared) = earlier {
-            self.projections = SharedProjections(Some(shared));
+        if let Some(p) = shared::earlier::<VeraConfig>(existing, |c| &c.projections) {
+            self.projections = p;
             return Ok(());
         }
-        let mut largest: Option<(i64, i64)> = None;
-        for t in targets.iter().filter(|t| t.view == TargetView::Linear) {
-            largest = Some(match largest {
-                None => (t.out_features, t.in_features),
-                Some((o, i)) => (o.max(t.out_features), i.max(t.in_features)),
-            });
-        }
-        let Some((out_max, in_max)) = largest else {
-            return Err(PeftError::Invalid(
-                "No layers types compatible with VeRA were found. Please check `peft_config.target_modules`."
-                    .into(),
-            ));
-        };
-        let mut g = Generator::new(self.projection_prng_key as u64)?;
-        let a = kaiming([self.r, in_max], &mut g)?;
-        let b = kaiming([out_max, self.r], &mut g)?;
-        self.projections = SharedProjections(Some(Arc::new(Mutex::new(Projections {
-            a,
-            b,
-            placed: false,
-            owners: Vec::new(),
-        }))));
+        let (out_max, in_max) = shared::largest_linear(targets, "VeRA")?;
+        self.projections =
+            SharedProjections::draw(self.projection_prng_key as u64, [self.r, in_max], [out_max, self.r])?;
         Ok(())
     }
 

@@ -12,6 +12,9 @@ use peft_core::{PeftError, Result};
 use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
+/// The projections' names, saved at the model level (`base_model.vera_A`).
+const NAMES: [&str; 2] = ["vera_A", "vera_B"];
+
 /// One VeRA adapter on one layer (PEFT's `vera.Linear`, also for GPT-2's `Conv1D`).
 #[derive(Debug)]
 pub struct VeraLayer {
@@ -27,6 +30,8 @@ pub struct VeraLayer {
     /// The shared projections (shallow clones of one tensor per adapter).
     vera_a: Tensor,
     vera_b: Tensor,
+    /// The adapter's shared-projection handle (for the status' device list).
+    shared: peft_core::shared::SharedProjections,
     /// This layer holds the shared projections in the var store and saves them (the first layer of the
     /// adapter, with `save_projection`).
     owns_projections: bool,
@@ -51,9 +56,7 @@ impl VeraLayer {
         let (in_features, out_features, fifo) = (lin.in_features(), lin.out_features(), lin.fan_in_fan_out());
         ctx.match_fan_in_fan_out(&mut config.fan_in_fan_out, fifo);
         let r = config.r;
-        let shared = config.projections.0.clone().ok_or_else(|| {
-            PeftError::Invalid("VeRA's projections were not created before its layers".into())
-        })?;
+        let shared = config.projections.clone();
         let mut lambda_b = Tensor::f_ones([out_features], (Kind::Float, Device::Cpu))
             .map_err(PeftError::torch("initialising vera_lambda_b"))?;
         let mut lambda_d = Tensor::f_randn([r], (Kind::Float, Device::Cpu))
@@ -69,49 +72,8 @@ impl VeraLayer {
         let adapter = ctx.adapter_name.to_string();
         let lambda_b = (&ctx.path / "vera_lambda_b").add(&adapter, ctx.place(lambda_b)?, true);
         let lambda_d = (&ctx.path / "vera_lambda_d").add(&adapter, ctx.place(lambda_d)?, true);
-        let mut p =
-            shared.lock().map_err(|_| PeftError::Invalid("VeRA's projections are poisoned".into()))?;
-        let (a_size, b_size) = (p.a.size(), p.b.size());
-        let too_small = |name: &str, has: i64, needs: i64, why: &str| {
-            PeftError::Invalid(format!(
-                "`{}`: {name} has a size of {has} but {needs} or greater is required; this probably happened because \
-                 an additional VeRA adapter {why} was added after the first one",
-                ctx.module_name
-            ))
-        };
-        if a_size[1] < in_features {
-            return Err(too_small("vera_A", a_size[1], in_features, "with incompatible shapes"));
-        }
-        if b_size[0] < out_features {
-            return Err(too_small("vera_B", b_size[0], out_features, "with incompatible shapes"));
-        }
-        if a_size[0] != r || b_size[1] != r {
-            // PEFT refuses a higher rank here and fails in the forward pass for a lower one.
-            return Err(PeftError::Invalid(format!(
-                "`{}`: the VeRA adapters of a model share the projections of the first one, of rank {}; adapter `{}` \
-                 asks for r={r}",
-                ctx.module_name, a_size[0], ctx.adapter_name
-            )));
-        }
-        if !p.placed {
-            p.a = ctx.place(p.a.shallow_clone())?;
-            p.b = ctx.place(p.b.shallow_clone())?;
-            p.placed = true;
-        }
-        // The first layer of each adapter saves the projections for it (with `save_projection`).
-        let owns_projections = config.save_projection && !p.owners.iter().any(|o| o == ctx.adapter_name);
-        if owns_projections {
-            p.owners.push(ctx.adapter_name.to_string());
-        }
-        let (vera_a, vera_b) = if owns_projections {
-            // Registered (frozen) once, under the owning layer, so the var store holds them once.
-            (
-                (&ctx.path / "vera_A").add(&adapter, p.a.shallow_clone(), false),
-                (&ctx.path / "vera_B").add(&adapter, p.b.shallow_clone(), false),
-            )
-        } else {
-            (p.a.shallow_clone(), p.b.shallow_clone())
-        };
+        let attached =
+            shared.attach(ctx, "VeRA", NAMES, [r, in_features, out_features, r], config.save_projection)?;
         Ok(Self {
             adapter,
             module: ctx.module_name.to_string(),
@@ -122,9 +84,10 @@ impl VeraLayer {
             dropout: config.vera_dropout,
             lambda_b,
             lambda_d,
-            vera_a,
-            vera_b,
-            owns_projections,
+            vera_a: attached.a,
+            vera_b: attached.b,
+            owns_projections: attached.owns,
+            shared,
         })
     }
 
@@ -192,6 +155,10 @@ impl TunerLayer for VeraLayer {
         v
     }
 
+    fn status_shared_devices(&self) -> Vec<(String, Device)> {
+        self.shared.member_devices()
+    }
+
     fn is_buffer(&self, name: &str) -> bool {
         name.starts_with("vera_A.") || name.starts_with("vera_B.")
     }
@@ -202,12 +169,8 @@ impl TunerLayer for VeraLayer {
 
     /// The shared projections are saved once, at the model level: `base_model.vera_A` / `base_model.vera_B`.
     fn checkpoint_key(&self, key: &str, adapter: &str) -> String {
-        for name in ["vera_A", "vera_B"] {
-            if key.ends_with(&format!(".{name}.{adapter}")) {
-                return format!("base_model.{name}");
-            }
-        }
-        peft_core::peft_config::keys::remove_adapter_name(key, adapter)
+        peft_core::shared::model_level_key(key, adapter, NAMES)
+            .unwrap_or_else(|| peft_core::peft_config::keys::remove_adapter_name(key, adapter))
     }
 
     fn transform_output(&self, _base: &dyn BaseLayer, x: &Tensor, y: Tensor, ctx: &ForwardCtx<'_>) -> Tensor {

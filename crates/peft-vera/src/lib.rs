@@ -61,8 +61,9 @@
 pub mod config;
 pub mod layer;
 
-pub use config::{Projections, SharedProjections, VeraConfig, PEFT_TYPE};
+pub use config::{VeraConfig, PEFT_TYPE};
 pub use layer::VeraLayer;
+pub use peft_core::shared::{Projections, SharedProjections};
 pub use peft_core::MethodConfig;
 
 peft_core::register_method!(config::VeraConfig, "peft-vera");

@@ -45,6 +45,8 @@ pub use peft_peanut as peanut;
 pub use peft_prompt as prompt;
 #[cfg(feature = "psoft")]
 pub use peft_psoft as psoft;
+#[cfg(feature = "pvera")]
+pub use peft_pvera as pvera;
 #[cfg(feature = "road")]
 pub use peft_road as road;
 #[cfg(feature = "shira")]
@@ -103,5 +105,7 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_hira::PEFT_TYPE;
     #[cfg(feature = "psoft")]
     let _ = peft_psoft::PEFT_TYPE;
+    #[cfg(feature = "pvera")]
+    let _ = peft_pvera::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }

@@ -1,0 +1,220 @@
+//! Frozen random projections shared by all the layers of an adapter (VeRA's `vera_A` / `vera_B`, PVeRA's
+//! `pvera_A` / `pvera_B`): PEFT draws them once, in its `_pre_injection_hook`, from a CPU generator seeded
+//! with `projection_prng_key`, sized by the largest targeted linear layer; every layer uses slices of
+//! them, later adapters reuse the first adapter's, and each adapter's file holds them once at the model
+//! level (`base_model.vera_A`).
+//!
+//! [`SharedProjections`] carries them from [`crate::AdapterConfig::before_layers`] to the layers;
+//! [`SharedProjections::attach`] places them on the first layer's device and dtype and decides which
+//! layer registers and saves them for each adapter; [`model_level_key`] is the checkpoint-key mapping.
+//!
+//! ```
+//! use peft_core::shared::SharedProjections;
+//!
+//! // VeRA's draw for r = 4 over layers of at most 20 outputs and 10 inputs.
+//! let p = SharedProjections::draw(0, [4, 10], [20, 4])?;
+//! let (a, b) = p.tensors()?;
+//! assert_eq!((a.size(), b.size()), (vec![4, 10], vec![20, 4]));
+//! // The same key draws the same projections.
+//! let (a2, _) = SharedProjections::draw(0, [4, 10], [20, 4])?.tensors()?;
+//! assert!(a.equal(&a2));
+//! # Ok::<(), peft_core::PeftError>(())
+//! ```
+
+use crate::config::{LayerInit, TargetLayer, TargetView};
+use crate::error::{PeftError, Result};
+use crate::rng::Generator;
+use std::sync::{Arc, Mutex};
+use tch::{Device, Kind, Tensor};
+
+/// The projections one adapter's layers share (absent until `before_layers` made or found them).
+#[derive(Clone, Debug, Default)]
+pub struct SharedProjections(pub Option<Arc<Mutex<Projections>>>);
+
+impl PartialEq for SharedProjections {
+    /// Configs compare by what is saved; the projections are not part of the config.
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+/// The shared tensors and their bookkeeping.
+#[derive(Debug)]
+pub struct Projections {
+    /// The input-side projection, `(rows, max in_features)`.
+    pub a: Tensor,
+    /// The output-side projection, `(max out_features, r)`.
+    pub b: Tensor,
+    /// Whether the first layer moved them to the base device and dtype.
+    pub placed: bool,
+    /// The adapters whose first layer has been created (that layer saves the projections for it).
+    pub owners: Vec<String>,
+    /// Every adapter whose layers use the projections, in creation order (PEFT's shared `BufferDict` has a
+    /// key for each, so every layer's status lists them all).
+    pub members: Vec<String>,
+}
+
+/// What one layer gets from [`SharedProjections::attach`].
+#[derive(Debug)]
+pub struct Attached {
+    /// The input-side projection (the whole tensor, shared).
+    pub a: Tensor,
+    /// The output-side projection.
+    pub b: Tensor,
+    /// This layer registers the projections (frozen) and saves them for its adapter.
+    pub owns: bool,
+}
+
+/// PEFT's `_kaiming_init` / `kaiming_uniform_(…, generator=g)` with `a = 0`: `U(-b, b)`,
+/// `b = √3 · √2 / √fan_in`, drawn from `g`.
+fn kaiming(shape: [i64; 2], g: &mut Generator) -> Result<Tensor> {
+    let mut t = Tensor::f_empty(shape, (Kind::Float, Device::Cpu))
+        .map_err(PeftError::torch("allocating a projection"))?;
+    let fan = crate::init::fan_in(&t) as f64;
+    let bound = 3f64.sqrt() * (2f64.sqrt() / fan.sqrt());
+    g.uniform_(&mut t, -bound, bound)?;
+    Ok(t)
+}
+
+/// The largest `(out_features, in_features)` over the targeted linear layers (PEFT's `_find_dim`).
+///
+/// # Errors
+/// No linear layer among the targets, with PEFT's message naming `method`.
+pub fn largest_linear(targets: &[TargetLayer], method: &str) -> Result<(i64, i64)> {
+    targets
+        .iter()
+        .filter(|t| t.view == TargetView::Linear)
+        .map(|t| (t.out_features, t.in_features))
+        .reduce(|(o, i), (o2, i2)| (o.max(o2), i.max(i2)))
+        .ok_or_else(|| {
+            PeftError::Invalid(format!(
+                "No layers types compatible with {method} were found. Please check `peft_config.target_modules`."
+            ))
+        })
+}
+
+/// The model-level checkpoint key of a shared projection: `…<name>.<adapter>` → `base_model.<name>` for
+/// each of `names`; `None` for other keys.
+pub fn model_level_key(key: &str, adapter: &str, names: [&str; 2]) -> Option<String> {
+    names.iter().find(|n| key.ends_with(&format!(".{n}.{adapter}"))).map(|n| format!("base_model.{n}"))
+}
+
+impl SharedProjections {
+    /// Draws `a` then `b` from a CPU generator seeded with `seed` (f32, on the CPU).
+    ///
+    /// # Errors
+    /// libtorch's error.
+    pub fn draw(seed: u64, a_shape: [i64; 2], b_shape: [i64; 2]) -> Result<Self> {
+        let mut g = Generator::new(seed)?;
+        let a = kaiming(a_shape, &mut g)?;
+        let b = kaiming(b_shape, &mut g)?;
+        Ok(Self(Some(Arc::new(Mutex::new(Projections {
+            a,
+            b,
+            placed: false,
+            owners: Vec::new(),
+            members: Vec::new(),
+        })))))
+    }
+
+    /// Shallow clones of `(a, b)` as they are now.
+    ///
+    /// # Errors
+    /// Projections not made yet.
+    pub fn tensors(&self) -> Result<(Tensor, Tensor)> {
+        let p = self.lock()?;
+        Ok((p.a.shallow_clone(), p.b.shallow_clone()))
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Projections>> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| {
+                PeftError::Invalid("the shared projections were not created before the layers".into())
+            })?
+            .lock()
+            .map_err(|_| PeftError::Invalid("the shared projections are poisoned".into()))
+    }
+
+    /// Hands one layer the projections: checks they cover the layer (`needs`: the least rows of `a`, its
+    /// least columns, the least rows of `b`, its least columns; PEFT's messages otherwise), places them
+    /// on the layer's device and dtype when the first layer comes, and makes the first layer of each
+    /// adapter (with `save`) the one that registers them, frozen, under `names` and saves them.
+    ///
+    /// # Errors
+    /// Projections too small for the layer, or of another rank than the adapter asks for.
+    pub fn attach(
+        &self,
+        ctx: &mut LayerInit<'_, '_>,
+        method: &str,
+        names: [&str; 2],
+        needs: [i64; 4],
+        save: bool,
+    ) -> Result<Attached> {
+        let mut p = self.lock()?;
+        let (a_size, b_size) = (p.a.size(), p.b.size());
+        let [a_rows, in_features, out_features, b_cols] = needs;
+        let too_small = |name: &str, has: i64, needs: i64| {
+            PeftError::Invalid(format!(
+                "`{}`: {name} has a size of {has} but {needs} or greater is required; this probably happened because \
+                 an additional {method} adapter with incompatible shapes was added after the first one",
+                ctx.module_name
+            ))
+        };
+        if a_size[1] < in_features {
+            return Err(too_small(names[0], a_size[1], in_features));
+        }
+        if b_size[0] < out_features {
+            return Err(too_small(names[1], b_size[0], out_features));
+        }
+        if a_size[0] != a_rows || b_size[1] != b_cols {
+            // PEFT refuses a higher rank and fails in the forward pass for a lower one.
+            return Err(PeftError::Invalid(format!(
+                "`{}`: the {method} adapters of a model share the projections of the first one, of rank {}; adapter \
+                 `{}` asks for r={b_cols}",
+                ctx.module_name, b_size[1], ctx.adapter_name
+            )));
+        }
+        if !p.placed {
+            p.a = ctx.place(p.a.shallow_clone())?;
+            p.b = ctx.place(p.b.shallow_clone())?;
+            p.placed = true;
+        }
+        if !p.members.iter().any(|m| m == ctx.adapter_name) {
+            p.members.push(ctx.adapter_name.to_string());
+        }
+        let owns = save && !p.owners.iter().any(|o| o == ctx.adapter_name);
+        if owns {
+            p.owners.push(ctx.adapter_name.to_string());
+            let adapter = ctx.adapter_name.to_string();
+            // Registered (frozen) once, under the owning layer, so the var store holds them once.
+            let a = (&ctx.path / names[0]).add(&adapter, p.a.shallow_clone(), false);
+            let b = (&ctx.path / names[1]).add(&adapter, p.b.shallow_clone(), false);
+            return Ok(Attached { a, b, owns });
+        }
+        Ok(Attached { a: p.a.shallow_clone(), b: p.b.shallow_clone(), owns })
+    }
+}
+
+impl SharedProjections {
+    /// `(adapter, device)` for every adapter using the projections: PEFT's layer status reports a device
+    /// for each key of the shared `BufferDict` on every layer (see [`crate::TunerLayer::status_shared_devices`]).
+    pub fn member_devices(&self) -> Vec<(String, Device)> {
+        match self.lock() {
+            Ok(p) => p.members.iter().map(|m| (m.clone(), p.a.device())).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// For `before_layers`: the projections of an earlier adapter of the same method, if any (PEFT draws them
+/// only for the first adapter).
+pub fn earlier<C: 'static>(
+    existing: &[(&str, &dyn crate::AdapterConfig)],
+    get: impl Fn(&C) -> &SharedProjections,
+) -> Option<SharedProjections> {
+    existing
+        .iter()
+        .filter_map(|(_, c)| c.as_any().downcast_ref::<C>())
+        .find_map(|c| get(c).0.clone().map(|p| SharedProjections(Some(p))))
+}
