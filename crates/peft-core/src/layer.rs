@@ -379,6 +379,13 @@ pub trait TunerLayer: fmt::Debug + Send + 'static {
         false
     }
 
+    /// True for methods whose merge computes its delta from the weight as the merge call found it, even
+    /// when other adapters of the same call were merged before it (DEFT): [`AdapterSlots::merge`] then
+    /// hands that weight in [`MergeCtx::call_start_weight`].
+    fn merge_needs_call_start_weight(&self) -> bool {
+        false
+    }
+
     /// Removes this adapter's contribution from the base weights (the inverse of [`TunerLayer::merge`]).
     ///
     /// # Errors
@@ -508,12 +515,16 @@ pub struct MergeCtx<'a> {
     /// For tuners that ask for it ([`TunerLayer::merge_needs_unmerged_base`]) while other adapters are
     /// merged: the base weight with those taken out. `None`: the base weight is unmerged as it is.
     pub unmerged_base_weight: Option<&'a Tensor>,
+    /// For tuners that ask for it ([`TunerLayer::merge_needs_call_start_weight`]): the base weight as the
+    /// merge call found it, before any adapter of this call was merged (PEFT methods that compute every
+    /// delta of a call first, then add them). `None` when no adapter of the call asked for it.
+    pub call_start_weight: Option<&'a Tensor>,
 }
 
 impl MergeCtx<'_> {
     /// A plain merge (`safe` or not) without an unmerged-weight override.
     pub fn new(safe: bool) -> Self {
-        MergeCtx { safe, unmerged_base_weight: None }
+        MergeCtx { safe, unmerged_base_weight: None, call_start_weight: None }
     }
 }
 
@@ -733,9 +744,17 @@ impl AdapterSlots {
             .into_iter()
             .filter(|n| self.adapters.contains_key(n) && !self.merged.contains(n))
             .collect();
+        let needs_start =
+            todo.iter().any(|n| self.adapters.get(n).is_some_and(|a| a.merge_needs_call_start_weight()));
+        let start = match (needs_start, base.as_weighted()) {
+            (true, Some(w)) => Some(
+                w.weight().f_detach_copy().map_err(PeftError::torch("copying the weight before merging"))?,
+            ),
+            _ => None,
+        };
         let mut done = Vec::new();
         for name in todo {
-            let res = self.merge_one(base, &name, safe);
+            let res = self.merge_one(base, &name, safe, start.as_ref());
             if let Err(e) = res {
                 for undo in done.iter().rev() {
                     if let Some(adapter) = self.adapters.get_mut(undo) {
@@ -754,7 +773,13 @@ impl AdapterSlots {
     /// Merges one adapter. For tuners that need the unmerged base weight while others are merged, PEFT's
     /// procedure: unmerge the merged ones (last first), copy the weight, merge them again, then merge this
     /// one with the copy as its reference.
-    fn merge_one(&mut self, base: &mut dyn BaseLayer, name: &str, safe: bool) -> Result<()> {
+    fn merge_one(
+        &mut self,
+        base: &mut dyn BaseLayer,
+        name: &str,
+        safe: bool,
+        call_start_weight: Option<&Tensor>,
+    ) -> Result<()> {
         let needs = self.adapters.get(name).is_some_and(|a| a.merge_needs_unmerged_base());
         let reference = if needs && !self.merged.is_empty() {
             let merged = self.merged.clone();
@@ -767,7 +792,7 @@ impl AdapterSlots {
                 .weight();
             let copy =
                 weight.f_detach_copy().map_err(PeftError::torch("copying the unmerged base weight"))?;
-            let ctx = MergeCtx { safe, unmerged_base_weight: Some(&copy) };
+            let ctx = MergeCtx { safe, unmerged_base_weight: Some(&copy), call_start_weight: None };
             for m in merged {
                 if let Some(adapter) = self.adapters.get_mut(&m) {
                     adapter.merge(base, &ctx)?;
@@ -778,7 +803,7 @@ impl AdapterSlots {
         } else {
             None
         };
-        let ctx = MergeCtx { safe, unmerged_base_weight: reference.as_ref() };
+        let ctx = MergeCtx { safe, unmerged_base_weight: reference.as_ref(), call_start_weight };
         match self.adapters.get_mut(name) {
             Some(adapter) => adapter.merge(base, &ctx),
             None => Ok(()),
