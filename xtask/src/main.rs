@@ -9,7 +9,11 @@
 //! * `cargo xtask gpu-check [--device cpu]` — setup, then peft-quant's 4-bit layers on the GPU against the
 //!   CPU reference and bitsandbytes, and their speed beside bitsandbytes and PEFT (`--device cpu`: a dry
 //!   run on the CPU).
-//! * `cargo xtask lint` — `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` with warnings denied.
+//! * `cargo xtask lint` — the method lists against the method crates ([`methods`]), `cargo fmt --check`,
+//!   `cargo clippy -D warnings`, `cargo doc` with warnings denied.
+//! * `cargo xtask sync-methods` — regenerate the method lists from the method crates' manifests.
+//! * `cargo xtask new-method NAME --peft-type TYPE [--title TITLE]` — a new method crate, wired in
+//!   ([`scaffold`]).
 //! * `cargo xtask ci` — what `.ci/run` runs: test, then lint.
 //!
 //! Setup is idempotent. libtorch comes from `$LIBTORCH` when the user set it, otherwise from a venv with
@@ -19,6 +23,9 @@
 //! `.cargo/config.toml` points `LIBTORCH` at `.libtorch`, so plain `cargo build` / `cargo test` work
 //! afterwards with nothing exported, and our build scripts give every binary an rpath to torch's `lib/`.
 #![allow(clippy::print_stdout)]
+
+mod methods;
+mod scaffold;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -42,6 +49,24 @@ fn main() -> Result<()> {
         "bench" => bench(&rest),
         "gpu-check" => gpu_check(&rest),
         "lint" => lint(),
+        "sync-methods" => {
+            for path in methods::sync(&root())? {
+                println!("wrote {}", path.display());
+            }
+            methods::check(&root()).map(|n| println!("sync-methods: the lists name the {n} method crates"))
+        }
+        "new-method" => {
+            let flags: Vec<String> = rest.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            let m = scaffold::NewMethod::from_args(&flags)?;
+            scaffold::create(&root(), &m)?;
+            println!(
+                "new-method: crates/peft-{} and tests/oracle/method_{}.py written and wired in;",
+                m.name,
+                m.name.replace('-', "_")
+            );
+            println!("  next: the recipe in docs/ARCHITECTURE.md (config keys, layers, parity rows, README status)");
+            Ok(())
+        }
         "ci" => {
             test(&rest)?;
             lint()
@@ -65,7 +90,10 @@ tasks:
                --gpu: the CUDA bf16 suite, --device cpu: its dry run on the CPU)
   gpu-check [--device cpu]
                4-bit CUDA kernels vs the CPU reference and bitsandbytes, and their speed
-  lint         cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings
+  lint         the method lists, cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings
+  sync-methods regenerate the method lists from the method crates' [package.metadata.peft]
+  new-method NAME --peft-type TYPE [--title TITLE]
+               a new method crate (crates/peft-NAME) and its parity rows file, wired in
   ci           test, then lint (what .ci/run does)
 
 environment:
@@ -359,8 +387,10 @@ fn gpu_check(args: &[OsString]) -> Result<()> {
 }
 
 fn lint() -> Result<()> {
-    setup()?;
     let root = root();
+    let n = methods::check(&root)?;
+    println!("lint: the method lists agree with the {n} method crates");
+    setup()?;
     run_ok(Command::new(cargo()).current_dir(&root).args(["fmt", "--all", "--", "--check"]))?;
     run_ok(Command::new(cargo()).current_dir(&root).args([
         "clippy",

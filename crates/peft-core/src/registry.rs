@@ -54,145 +54,110 @@ macro_rules! register_method {
     };
 }
 
-/// Every `peft_type` of PEFT 0.21.2 (45), with the crate that provides (or will provide) it.
-pub const PEFT_TYPES: &[&str] = &[
-    "PROMPT_TUNING",
-    "MULTITASK_PROMPT_TUNING",
-    "P_TUNING",
-    "PREFIX_TUNING",
-    "LORA",
-    "ADALORA",
-    "ADAMSS",
-    "BOFT",
-    "ADAPTION_PROMPT",
-    "IA3",
-    "BEFT",
-    "LILY",
-    "LOHA",
-    "LOKR",
-    "OFT",
-    "POLY",
-    "LN_TUNING",
-    "VERA",
-    "FROD",
-    "PVERA",
-    "FOURIERFT",
-    "GLORA",
-    "XLORA",
-    "HRA",
-    "VBLORA",
-    "UNILORA",
-    "CPT",
-    "MISS",
-    "RANDLORA",
-    "ROAD",
-    "TRAINABLE_TOKENS",
-    "HIRA",
-    "SHIRA",
-    "C3A",
-    "WAVEFT",
-    "OSF",
-    "DELORA",
-    "GRALORA",
-    "CARTRIDGE",
-    "TINYLORA",
-    "PSOFT",
-    "PEANUT",
-    "SUPERTUNING",
-    "DEFT",
-    "SHADOW",
-];
-
-/// PEFT's tuner class for each `peft_type` (`PEFT_TYPE_TO_TUNER_MAPPING`), which its model status reports
-/// as `adapter_model_type` (`"IA3"` → `"IA3Model"`).
-pub fn tuner_class(peft_type: &str) -> Option<&'static str> {
-    Some(match peft_type {
-        "ADALORA" => "AdaLoraModel",
-        "ADAMSS" => "AdamssModel",
-        "ADAPTION_PROMPT" => "AdaptionPromptModel",
-        "BEFT" => "BeftModel",
-        "BOFT" => "BOFTModel",
-        "C3A" => "C3AModel",
-        "CARTRIDGE" => "CartridgeEncoder",
-        "CPT" => "CPTEmbedding",
-        "DEFT" => "DeftModel",
-        "DELORA" => "DeloraModel",
-        "FOURIERFT" => "FourierFTModel",
-        "FROD" => "FrodModel",
-        "GLORA" => "GloraModel",
-        "GRALORA" => "GraloraModel",
-        "HIRA" => "HiraModel",
-        "HRA" => "HRAModel",
-        "IA3" => "IA3Model",
-        "LILY" => "LilyModel",
-        "LN_TUNING" => "LNTuningModel",
-        "LOHA" => "LoHaModel",
-        "LOKR" => "LoKrModel",
-        "LORA" => "LoraModel",
-        "MISS" => "MissModel",
-        "MULTITASK_PROMPT_TUNING" => "MultitaskPromptEmbedding",
-        "OFT" => "OFTModel",
-        "OSF" => "OSFModel",
-        "PEANUT" => "PeanutModel",
-        "POLY" => "PolyModel",
-        "PREFIX_TUNING" => "PrefixEncoder",
-        "PROMPT_TUNING" => "PromptEmbedding",
-        "PSOFT" => "PsoftModel",
-        "PVERA" => "PveraModel",
-        "P_TUNING" => "PromptEncoder",
-        "RANDLORA" => "RandLoraModel",
-        "ROAD" => "RoadModel",
-        "SHADOW" => "ShadowModel",
-        "SHIRA" => "ShiraModel",
-        "SUPERTUNING" => "SupertuningModel",
-        "TINYLORA" => "TinyLoraModel",
-        "TRAINABLE_TOKENS" => "TrainableTokensModel",
-        "UNILORA" => "UniLoraModel",
-        "VBLORA" => "VBLoRAModel",
-        "VERA" => "VeraModel",
-        "WAVEFT" => "WaveFTModel",
-        "XLORA" => "XLoraModel",
-        _ => return None,
-    })
+/// One of PEFT 0.21.2's `peft_type`s, as the table below lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeftTypeInfo {
+    /// PEFT's `peft_type` string (`"LORA"`).
+    pub peft_type: &'static str,
+    /// PEFT's tuner class for it (`PEFT_TYPE_TO_TUNER_MAPPING`), which its model status reports as
+    /// `adapter_model_type` (`"IA3"` → `"IA3Model"`).
+    pub tuner_class: &'static str,
+    /// The crate that provides it, or will.
+    pub crate_name: &'static str,
+    /// Whether that crate exists (`SHIPPED`) or is still to come (`PLANNED`).
+    pub shipped: bool,
 }
 
-/// The methods peft-rs ships (their crates exist).
-pub const SHIPPED: &[&str] = &[
-    "LORA",
-    "IA3",
-    "OFT",
-    "ADALORA",
-    "HRA",
-    "ROAD",
-    "BEFT",
-    "LOHA",
-    "LOKR",
-    "VERA",
-    "FOURIERFT",
-    "SHIRA",
-    "TRAINABLE_TOKENS",
-    "MISS",
-    "DELORA",
-    "GRALORA",
-    "VBLORA",
-    "C3A",
-    "PROMPT_TUNING",
-    "P_TUNING",
-    "PREFIX_TUNING",
-    "PEANUT",
-    "HIRA",
-    "PSOFT",
-    "PVERA",
+const SHIPPED: bool = true;
+const PLANNED: bool = false;
+
+const fn row(
+    peft_type: &'static str,
+    tuner_class: &'static str,
+    crate_name: &'static str,
+    shipped: bool,
+) -> PeftTypeInfo {
+    PeftTypeInfo { peft_type, tuner_class, crate_name, shipped }
+}
+
+/// Every `peft_type` of PEFT 0.21.2 (45), in PEFT's `PeftType` order. The method crates are the source
+/// of truth for the crate names and the `SHIPPED` marks: each declares its types in its manifest
+/// (`[package.metadata.peft] peft-types`), `cargo xtask sync-methods` writes them here and
+/// `cargo xtask lint` fails when they disagree. Core names no method anywhere else.
+pub const PEFT_TYPE_TABLE: &[PeftTypeInfo] = &[
+    row("PROMPT_TUNING", "PromptEmbedding", "peft-prompt", SHIPPED),
+    row("MULTITASK_PROMPT_TUNING", "MultitaskPromptEmbedding", "peft-multitask-prompt-tuning", PLANNED),
+    row("P_TUNING", "PromptEncoder", "peft-prompt", SHIPPED),
+    row("PREFIX_TUNING", "PrefixEncoder", "peft-prompt", SHIPPED),
+    row("LORA", "LoraModel", "peft-lora", SHIPPED),
+    row("ADALORA", "AdaLoraModel", "peft-adalora", SHIPPED),
+    row("ADAMSS", "AdamssModel", "peft-adamss", PLANNED),
+    row("BOFT", "BOFTModel", "peft-boft", PLANNED),
+    row("ADAPTION_PROMPT", "AdaptionPromptModel", "peft-adaption-prompt", PLANNED),
+    row("IA3", "IA3Model", "peft-ia3", SHIPPED),
+    row("BEFT", "BeftModel", "peft-beft", SHIPPED),
+    row("LILY", "LilyModel", "peft-lily", PLANNED),
+    row("LOHA", "LoHaModel", "peft-loha", SHIPPED),
+    row("LOKR", "LoKrModel", "peft-lokr", SHIPPED),
+    row("OFT", "OFTModel", "peft-oft", SHIPPED),
+    row("POLY", "PolyModel", "peft-poly", PLANNED),
+    row("LN_TUNING", "LNTuningModel", "peft-ln-tuning", PLANNED),
+    row("VERA", "VeraModel", "peft-vera", SHIPPED),
+    row("FROD", "FrodModel", "peft-frod", PLANNED),
+    row("PVERA", "PveraModel", "peft-pvera", SHIPPED),
+    row("FOURIERFT", "FourierFTModel", "peft-fourierft", SHIPPED),
+    row("GLORA", "GloraModel", "peft-glora", PLANNED),
+    row("XLORA", "XLoraModel", "peft-xlora", PLANNED),
+    row("HRA", "HRAModel", "peft-hra", SHIPPED),
+    row("VBLORA", "VBLoRAModel", "peft-vblora", SHIPPED),
+    row("UNILORA", "UniLoraModel", "peft-unilora", PLANNED),
+    row("CPT", "CPTEmbedding", "peft-cpt", PLANNED),
+    row("MISS", "MissModel", "peft-miss", SHIPPED),
+    row("RANDLORA", "RandLoraModel", "peft-randlora", PLANNED),
+    row("ROAD", "RoadModel", "peft-road", SHIPPED),
+    row("TRAINABLE_TOKENS", "TrainableTokensModel", "peft-trainable-tokens", SHIPPED),
+    row("HIRA", "HiraModel", "peft-hira", SHIPPED),
+    row("SHIRA", "ShiraModel", "peft-shira", SHIPPED),
+    row("C3A", "C3AModel", "peft-c3a", SHIPPED),
+    row("WAVEFT", "WaveFTModel", "peft-waveft", PLANNED),
+    row("OSF", "OSFModel", "peft-osf", PLANNED),
+    row("DELORA", "DeloraModel", "peft-delora", SHIPPED),
+    row("GRALORA", "GraloraModel", "peft-gralora", SHIPPED),
+    row("CARTRIDGE", "CartridgeEncoder", "peft-cartridge", PLANNED),
+    row("TINYLORA", "TinyLoraModel", "peft-tinylora", PLANNED),
+    row("PSOFT", "PsoftModel", "peft-psoft", SHIPPED),
+    row("PEANUT", "PeanutModel", "peft-peanut", SHIPPED),
+    row("SUPERTUNING", "SupertuningModel", "peft-supertuning", PLANNED),
+    row("DEFT", "DeftModel", "peft-deft", SHIPPED),
+    row("SHADOW", "ShadowModel", "peft-shadow", PLANNED),
 ];
 
-/// The crate name for a method: `peft-` + the lower-cased type with `_` → `-` (`TRAINABLE_TOKENS` →
-/// `peft-trainable-tokens`), except the prompt-learning methods, which share `peft-prompt`.
+/// The table entry of a `peft_type`.
+pub fn info(peft_type: &str) -> Option<&'static PeftTypeInfo> {
+    PEFT_TYPE_TABLE.iter().find(|i| i.peft_type == peft_type)
+}
+
+/// Every `peft_type` of PEFT 0.21.2, in PEFT's order.
+pub fn peft_types() -> Vec<&'static str> {
+    PEFT_TYPE_TABLE.iter().map(|i| i.peft_type).collect()
+}
+
+/// The `peft_type`s peft-rs ships (their crates exist), in PEFT's order.
+pub fn shipped() -> Vec<&'static str> {
+    PEFT_TYPE_TABLE.iter().filter(|i| i.shipped).map(|i| i.peft_type).collect()
+}
+
+/// PEFT's tuner class for a `peft_type` (see [`PeftTypeInfo::tuner_class`]).
+pub fn tuner_class(peft_type: &str) -> Option<&'static str> {
+    info(peft_type).map(|i| i.tuner_class)
+}
+
+/// The crate that provides (or will provide) a method: the table's, else `peft-` + the lower-cased type
+/// with `_` → `-`.
 pub fn crate_for(peft_type: &str) -> String {
-    match peft_type {
-        // One crate for the prompt-learning methods that share PEFT's prompt encoder plumbing.
-        "PROMPT_TUNING" | "P_TUNING" | "PREFIX_TUNING" => "peft-prompt".to_string(),
-        _ => format!("peft-{}", peft_type.to_ascii_lowercase().replace('_', "-")),
-    }
+    info(peft_type)
+        .map(|i| i.crate_name.to_string())
+        .unwrap_or_else(|| format!("peft-{}", peft_type.to_ascii_lowercase().replace('_', "-")))
 }
 
 /// The registered methods, sorted by type.
@@ -235,14 +200,14 @@ pub fn parse_config(
         return (reg.parse)(map, location, warnings);
     }
     let crate_name = crate_for(&peft_type);
-    if !PEFT_TYPES.contains(&peft_type.as_str()) {
+    let Some(entry) = info(&peft_type) else {
         return Err(PeftError::UnknownPeftType {
             location: location.to_string(),
             peft_type,
-            known: PEFT_TYPES.join(", "),
+            known: peft_types().join(", "),
         });
-    }
-    if SHIPPED.contains(&peft_type.as_str()) {
+    };
+    if entry.shipped {
         let crate_ident = crate_name.replace('-', "_");
         return Err(PeftError::MethodNotLinked {
             location: location.to_string(),

@@ -114,7 +114,7 @@ fn unknown_and_unavailable_peft_types_say_what_to_do() {
     assert!(matches!(err, PeftError::MethodNotLinked { .. }), "{err:?}");
     assert!(err.to_string().contains("peft-vera"), "{err}");
     // A PEFT method peft-rs does not implement yet is named as such, with the crate it would live in.
-    assert!(!peft_core::registry::SHIPPED.contains(&"XLORA"));
+    assert!(!peft_core::registry::shipped().contains(&"XLORA"));
     let err = peft_core::registry::config_from_str(r#"{"peft_type": "XLORA"}"#, &mut w).unwrap_err();
     assert!(matches!(err, PeftError::MethodNotImplemented { .. }), "{err:?}");
     assert!(err.to_string().contains("peft-xlora"), "{err}");
