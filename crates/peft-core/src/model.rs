@@ -715,18 +715,19 @@ impl<M: Adaptable> PeftModel<M> {
         self.configs.get_mut(adapter)
     }
 
+    /// Takes the named tensors out of the adapter var store (tch has no call for it). A trainable entry
+    /// goes with its name when it is the same tensor (`is_set_to`: same storage, offset, sizes and strides);
+    /// comparing data pointers alone would also drop unrelated empty tensors.
     fn drop_vars(&mut self, var_names: &BTreeSet<String>) {
         let mut vars = match self.adapter_vs.variables_.lock() {
             Ok(v) => v,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let mut removed_ptrs = BTreeSet::new();
         for n in var_names {
             if let Some(t) = vars.named_variables.remove(n) {
-                removed_ptrs.insert(t.data_ptr() as usize);
+                vars.trainable_variables.retain(|v| !v.tensor.is_set_to(&t));
             }
         }
-        vars.trainable_variables.retain(|v| !removed_ptrs.contains(&(v.tensor.data_ptr() as usize)));
     }
 
     /// PEFT's `set_adapter`: makes `name` the only active adapter, trainable (as PEFT does; freeze it
@@ -1587,7 +1588,8 @@ impl<M: Adaptable> PeftModel<M> {
         }
         if let Some((name, config)) = self.configs.iter().find(|(_, c)| !c.supports_mixed_batches()) {
             return Err(PeftError::Invalid(format!(
-                "mixed batches (a different adapter per row) are not supported for {} adapters (`{name}`); PEFT                  ignores `adapter_names` for them and runs every row with the active adapters",
+                "mixed batches (a different adapter per row) are not supported for {} adapters (`{name}`); PEFT \
+                 ignores `adapter_names` for them and runs every row with the active adapters",
                 config.common().peft_type
             )));
         }

@@ -264,7 +264,7 @@ pub(crate) fn apply(
                 ));
             }
             let (w, dtype) = float_weight(base, "LoftQ")?;
-            let (q, a, b) = peft_quant::loftq_init(&w, *bits, r, *iters).map_err(PeftError::from)?;
+            let (q, a, b) = loftq(&w, *bits, r, *iters)?;
             let q = q.f_to_kind(dtype).map_err(PeftError::torch("LoftQ"))?;
             write_weight(base, &q)?;
             Ok(Some((a, b)))
@@ -339,4 +339,21 @@ pub(crate) fn apply(
         }
         _ => Ok(None),
     }
+}
+
+/// LoftQ's alternating quantization and SVD (peft-quant's bitsandbytes-exact quantizers).
+#[cfg(feature = "loftq")]
+fn loftq(w: &Tensor, bits: i64, r: i64, iters: i64) -> Result<(Tensor, Tensor, Tensor)> {
+    peft_quant::loftq_init(w, bits, r, iters).map_err(PeftError::from)
+}
+
+/// Without the `loftq` feature there is no quantizer to run.
+#[cfg(not(feature = "loftq"))]
+fn loftq(_w: &Tensor, _bits: i64, _r: i64, _iters: i64) -> Result<(Tensor, Tensor, Tensor)> {
+    Err(peft_core::config::unsupported_option(
+        crate::config::PEFT_TYPE,
+        "init_lora_weights",
+        &serde_json::Value::String("loftq".into()),
+        "peft-lora was built without its `loftq` feature (which links peft-quant)",
+    ))
 }
