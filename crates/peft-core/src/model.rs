@@ -715,19 +715,29 @@ impl<M: Adaptable> PeftModel<M> {
         self.configs.get_mut(adapter)
     }
 
-    /// Takes the named tensors out of the adapter var store (tch has no call for it). A trainable entry
-    /// goes with its name when it is the same tensor (`is_set_to`: same storage, offset, sizes and strides);
-    /// comparing data pointers alone would also drop unrelated empty tensors.
+    /// Takes the named tensors out of the adapter var store. tch's `VarStore` has no call that removes a
+    /// variable, so a fresh store is built, through its public API, from the ones that stay: the same tensors
+    /// (shallow clones, so the layers keep training them) under the same names, trainable as before, with
+    /// their `requires_grad` flags kept. Trainable is told by identity (`is_set_to`: same storage, offset,
+    /// sizes and strides), not by handle, since the store hands out shallow clones.
     fn drop_vars(&mut self, var_names: &BTreeSet<String>) {
-        let mut vars = match self.adapter_vs.variables_.lock() {
-            Ok(v) => v,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for n in var_names {
-            if let Some(t) = vars.named_variables.remove(n) {
-                vars.trainable_variables.retain(|v| !v.tensor.is_set_to(&t));
-            }
+        if var_names.is_empty() {
+            return;
         }
+        let trainable = self.adapter_vs.trainable_variables();
+        let fresh = nn::VarStore::new(self.adapter_vs.device());
+        let mut kept: Vec<(String, Tensor)> =
+            self.adapter_vs.variables().into_iter().filter(|(n, _)| !var_names.contains(n)).collect();
+        kept.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in kept {
+            let grad = t.requires_grad();
+            let is_trainable = trainable.iter().any(|v| v.is_set_to(&t));
+            let (parent, leaf) = name.rsplit_once('.').unwrap_or(("", name.as_str()));
+            let path = parent.split('.').filter(|s| !s.is_empty()).fold(fresh.root(), |p, seg| &p / seg);
+            let added = path.add(leaf, t, is_trainable);
+            set_requires_grad(&added, grad);
+        }
+        self.adapter_vs = fresh;
     }
 
     /// PEFT's `set_adapter`: makes `name` the only active adapter, trainable (as PEFT does; freeze it

@@ -125,6 +125,15 @@ fn delete_adapter_removes_layers_and_tensors_and_picks_the_next_active() {
     assert!(p.warnings().iter().any(|w| w.contains("`other` is now active")), "{:?}", p.warnings());
     assert_eq!(p.adapter_var_store().variables().len(), vars_before - 2);
     assert_eq!(p.adapter_var_store().trainable_variables().len(), vars_before - 2);
+    // The rebuilt store holds the layers' own tensors: a step through it moves what the layers use.
+    let kept = p.adapter_var_store().variables();
+    assert!(kept.values().all(|t| t.requires_grad()));
+    let x = input();
+    let before = out(p.model(), &x);
+    let mut opt =
+        tch::nn::OptimizerConfig::build(tch::nn::Sgd::default(), p.adapter_var_store(), 0.5).unwrap();
+    opt.backward_step(&tch::nn::ModuleT::forward_t(p.model(), &x, true).sum(None));
+    assert!(max_diff(&out(p.model(), &x), &before) > 1e-4);
     assert!(p.targeted_modules("default").is_empty());
     p.delete_adapter("other").unwrap();
     assert!(p.active_adapters().is_empty());
