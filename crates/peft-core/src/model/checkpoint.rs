@@ -1,0 +1,355 @@
+//! Checkpoints: the adapter state dict, `save_pretrained` (with embedding layers and initial-weight
+//! conversion) and loading adapter files.
+
+use super::{abbreviate, LoadOptions, LoadReport, PeftModel, SaveOptions};
+use crate::adaptable::Adaptable;
+use crate::config::AdapterConfig;
+use crate::error::{PeftError, Result};
+use crate::io;
+use crate::registry;
+use peft_config::keys::{self, CONFIG_NAME, DEFAULT_ADAPTER_NAME, PEFT_PREFIX, SAFETENSORS_WEIGHTS_NAME};
+use peft_config::TargetModules;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use tch::Tensor;
+
+impl<M: Adaptable> PeftModel<M> {
+    /// The adapter's tensors under their checkpoint keys (the content of `adapter_model.safetensors`).
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`].
+    pub fn adapter_state_dict(&self, adapter: &str) -> Result<Vec<(String, Tensor)>> {
+        let config = self.configs.get(adapter).ok_or_else(|| self.unknown(adapter))?;
+        let mut out = Vec::new();
+        self.model.visit_layers(&mut |layer| {
+            if let Some(tuner) = layer.slots().get(adapter) {
+                for (rel, t) in tuner.state_tensors() {
+                    let full = format!("{PEFT_PREFIX}{}.{rel}", layer.name());
+                    out.push((tuner.checkpoint_key(&full, adapter), t));
+                }
+            }
+        });
+        out.extend(self.bias_params(config.bias()));
+        Ok(out)
+    }
+
+    /// PEFT's `save_pretrained`: each adapter goes to `dir` (the one named `default`) or `dir/<name>`, as
+    /// `adapter_config.json` (with `inference_mode: true`) and `adapter_model.safetensors` with PEFT's
+    /// keys and `{"format": "pt"}` metadata. Files are written atomically.
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`] for a selected adapter that does not exist, [`PeftError::Io`].
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>, options: &SaveOptions) -> Result<()> {
+        let dir = dir.as_ref();
+        if dir.is_file() {
+            return Err(PeftError::Io {
+                path: dir.to_path_buf(),
+                op: "save into (it is a file, not a directory)",
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        let names = match &options.selected_adapters {
+            Some(sel) => {
+                for n in sel {
+                    if !self.configs.contains_key(n) {
+                        return Err(self.unknown(n));
+                    }
+                }
+                sel.clone()
+            }
+            None => self.adapter_names(),
+        };
+        for name in names {
+            let target = if name == DEFAULT_ADAPTER_NAME { dir.to_path_buf() } else { dir.join(&name) };
+            std::fs::create_dir_all(&target).map_err(|source| PeftError::Io {
+                path: target.clone(),
+                op: "create directory",
+                source,
+            })?;
+            let mut tensors = self.adapter_state_dict(&name)?;
+            tensors.extend(
+                self.embedding_layers_to_save(self.configs[&name].as_ref(), options.save_embedding_layers)?,
+            );
+            let mut config = self.configs[&name].clone_box();
+            if let Some(initial_dir) = &options.convert_initial_adapter {
+                let (converted, converted_config) =
+                    self.convert_initial(config.as_ref(), tensors, initial_dir)?;
+                tensors = converted;
+                config = converted_config;
+            }
+            let tensors = config.to_file_tensors(tensors)?;
+            io::write_safetensors(&target.join(SAFETENSORS_WEIGHTS_NAME), &tensors)?;
+            config.common_mut().inference_mode = true;
+            if config.common().task_type.is_none() {
+                if let Some(mapping) = self.model.auto_mapping() {
+                    config.common_mut().auto_mapping = Some(mapping);
+                }
+            }
+            let text = crate::config::to_config_file_text(config.as_ref());
+            io::atomic_write(&target.join(CONFIG_NAME), text.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The base weights of the input and output embeddings under PEFT's keys, and whether each layer is
+    /// adapted (its keys then carry `base_layer`).
+    pub(super) fn embedding_base_params(&self) -> Vec<(String, Tensor, bool)> {
+        let layers: Vec<String> =
+            [self.model.input_embedding(), self.model.output_embedding()].into_iter().flatten().collect();
+        let mut adapted = BTreeSet::new();
+        self.model.visit_layers(&mut |l| {
+            if layers.iter().any(|n| n == l.name()) && !l.slots().is_empty() {
+                adapted.insert(l.name().to_string());
+            }
+        });
+        self.named_parameters()
+            .into_iter()
+            .filter_map(|(key, t)| {
+                let rest = key.strip_prefix(PEFT_PREFIX)?;
+                let module = layers.iter().find(|m| rest.starts_with(&format!("{m}.")))?;
+                let is_base =
+                    rest == format!("{module}.base_layer.weight") || rest == format!("{module}.weight");
+                is_base.then(|| (key.clone(), t, adapted.contains(module)))
+            })
+            .collect()
+    }
+
+    /// What [`SaveOptions::save_embedding_layers`] adds to an adapter's file (PEFT's rules).
+    pub(super) fn embedding_layers_to_save(
+        &self,
+        config: &dyn AdapterConfig,
+        option: Option<bool>,
+    ) -> Result<Vec<(String, Tensor)>> {
+        const NAMES: [&str; 2] = ["embed_tokens", "lm_head"];
+        let targeted = match config.target_spec().target_modules {
+            Some(TargetModules::List(v)) => v.iter().any(|t| NAMES.contains(&t.as_str())),
+            Some(TargetModules::Regex(r)) => {
+                let re = fancy_regex::Regex::new(&format!("^(?:{r})$"))
+                    .map_err(|e| PeftError::Invalid(format!("target_modules regex: {e}")))?;
+                let mut any = false;
+                self.model.visit_layers(&mut |l| {
+                    let last = l.name().rsplit('.').next().unwrap_or("");
+                    any |= NAMES.contains(&last) && re.is_match(l.name()).unwrap_or(false);
+                });
+                any
+            }
+            None => false,
+        };
+        let save = match option {
+            Some(v) => v,
+            // Not for trainable tokens, whose point is a small file (the method, or LoRA's
+            // `trainable_token_indices`).
+            None => {
+                targeted
+                    && config.trainable_token_indices()?.is_none()
+                    && config.common().peft_type != crate::trainable_tokens::TRAINABLE_TOKENS
+            }
+        };
+        if !save {
+            return Ok(Vec::new());
+        }
+        if self.model.input_embedding().is_none() {
+            log::warn!(
+                "Could not identify embedding layer(s) because the model declares no input embedding."
+            );
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .embedding_base_params()
+            .into_iter()
+            .filter(|(_, _, adapted)| !targeted || *adapted)
+            .map(|(k, t, _)| (k, t))
+            .collect())
+    }
+
+    /// The conversion of [`SaveOptions::convert_initial_adapter`].
+    pub(super) fn convert_initial(
+        &self,
+        config: &dyn AdapterConfig,
+        trained: crate::config::NamedTensors,
+        initial_dir: &Path,
+    ) -> Result<crate::config::ConvertedAdapter> {
+        let initial_config = config.config_for_initial_weights().ok_or_else(|| {
+            crate::config::unsupported_option(
+                &config.common().peft_type,
+                "path_initial_model_for_weight_conversion",
+                &serde_json::Value::String(initial_dir.display().to_string()),
+                "this method has no conversion of mutated base weights",
+            )
+        })?;
+        let weights = initial_dir.join(SAFETENSORS_WEIGHTS_NAME);
+        let initial: BTreeMap<String, Tensor> =
+            io::read_safetensors(&weights)?.into_iter().map(|t| (t.key, t.tensor)).collect();
+        let converted = config.convert_for_original_base(trained, &initial)?;
+        let text = crate::config::to_config_file_text(initial_config.as_ref());
+        io::atomic_write(&initial_dir.join(CONFIG_NAME), text.as_bytes())?;
+        Ok(converted)
+    }
+
+    /// PEFT's `load_adapter`: adds the adapter saved in `dir` under `options.adapter_name`, inactive
+    /// (activate it with [`PeftModel::set_adapter`]). On error the model is unchanged.
+    ///
+    /// # Errors
+    /// As [`PeftModel::from_pretrained`].
+    pub fn load_adapter(&mut self, dir: impl AsRef<Path>, options: LoadOptions) -> Result<LoadReport> {
+        let mut dir = dir.as_ref().to_path_buf();
+        if let Some(sub) = &options.subfolder {
+            dir = dir.join(sub);
+        }
+        let mut warnings = Vec::new();
+        let mut config = registry::load_config(&dir, &mut warnings)?;
+        config.common_mut().inference_mode = !options.is_trainable;
+        let peft_type = config.common().peft_type.clone();
+        let name = options.adapter_name.clone();
+        let before = self.warnings.len();
+        self.add_adapter_with(&name, config, options.adapter)?;
+        let weights = dir.join(SAFETENSORS_WEIGHTS_NAME);
+        let tensors_loaded = match self.load_weights(&name, &weights) {
+            Ok(n) => n,
+            Err(e) => {
+                self.remove_layers(&name);
+                self.configs.shift_remove(&name);
+                self.warnings.truncate(before);
+                return Err(e);
+            }
+        };
+        let trainable = options.is_trainable;
+        self.set_requires_grad(&[name.as_str()], trainable && self.active.contains(&name))?;
+        for w in &warnings {
+            self.warn(w.clone());
+        }
+        let warnings = self.warnings[before..].to_vec();
+        log::info!(
+            "loaded {peft_type} adapter `{name}` from {} ({tensors_loaded} tensors, {})",
+            dir.display(),
+            if trainable { "trainable" } else { "frozen for inference" }
+        );
+        Ok(LoadReport { adapter_name: name, peft_type, trainable, tensors_loaded, path: dir, warnings })
+    }
+
+    /// Copies the tensors of a weights file into the adapter `name`. Every adapter tensor must be present
+    /// with its exact shape, and every tensor of the file must belong to the adapter.
+    pub(super) fn load_weights(&mut self, name: &str, path: &Path) -> Result<usize> {
+        if !path.exists() {
+            let legacy = path.with_file_name(keys::WEIGHTS_NAME);
+            let hint = if legacy.exists() {
+                " (found the legacy pickle `adapter_model.bin`; re-save the adapter with safetensors)"
+            } else {
+                ""
+            };
+            return Err(PeftError::Io {
+                path: path.to_path_buf(),
+                op: if hint.is_empty() { "read" } else { "read the safetensors weights" },
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("no such file{hint}")),
+            });
+        }
+        let mut padded = Vec::new();
+        self.model.visit_layers(&mut |layer| {
+            if let Some(t) = layer.slots().get(name) {
+                let full: Vec<Vec<i64>> = t.named_tensors().iter().map(|(_, t)| t.size()).collect();
+                let used: Vec<Vec<i64>> = t.state_tensors().iter().map(|(_, t)| t.size()).collect();
+                if full != used {
+                    padded.push(layer.name().to_string());
+                }
+            }
+        });
+        if !padded.is_empty() {
+            return Err(PeftError::Invalid(format!(
+                "adapter `{name}` is padded for hotswapping (layers {}); load weights into it with \
+                 `hotswap_adapter`",
+                abbreviate(&padded)
+            )));
+        }
+        let file = io::read_safetensors(path)?;
+        let file = self.configs[name]
+            .read_file_tensors(file.into_iter().map(|lt| (lt.key, lt.tensor)).collect(), path)?
+            .into_iter()
+            .map(|(key, tensor)| io::LoadedTensor { key, tensor });
+        let mut expected: BTreeMap<String, Tensor> = self.adapter_state_dict(name)?.into_iter().collect();
+        // Base embedding weights PEFT saves with `save_embedding_layers` are loaded into the base, as PEFT does.
+        let embeddings: BTreeMap<String, Tensor> =
+            self.embedding_base_params().into_iter().map(|(k, t, _)| (k, t)).collect();
+        let mut base_weights_loaded = Vec::new();
+        // Check everything before writing anything, so a bad file leaves the adapter as it was.
+        let mut unexpected = Vec::new();
+        let mut pairs = Vec::new();
+        for lt in file {
+            // Files written by `inject_adapter_in_model` (transformers/diffusers integrations) lack the
+            // `base_model.model.` prefix.
+            // Model-level keys (`base_model.vera_A`) are kept as they are.
+            let key = if lt.key.starts_with(PEFT_PREFIX) || expected.contains_key(&lt.key) {
+                lt.key.clone()
+            } else {
+                format!("{PEFT_PREFIX}{}", lt.key)
+            };
+            let Some(dst) = expected.remove(&key).or_else(|| embeddings.get(&key).map(Tensor::shallow_clone))
+            else {
+                unexpected.push(lt.key);
+                continue;
+            };
+            if embeddings.contains_key(&key) {
+                base_weights_loaded.push(key.clone());
+            }
+            if dst.size() != lt.tensor.size() {
+                return Err(PeftError::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    key: lt.key,
+                    expected: dst.size(),
+                    found: lt.tensor.size(),
+                });
+            }
+            pairs.push((dst, lt));
+        }
+        if !unexpected.is_empty() {
+            return Err(PeftError::UnexpectedKeys { path: path.to_path_buf(), keys: unexpected });
+        }
+        if !expected.is_empty() {
+            return Err(PeftError::MissingKeys {
+                path: path.to_path_buf(),
+                keys: expected.into_keys().collect(),
+            });
+        }
+        let count = pairs.len();
+        if !base_weights_loaded.is_empty() {
+            self.warn(format!(
+                "{}: loading base embedding weights saved with the adapter (save_embedding_layers): {}",
+                path.display(),
+                base_weights_loaded.join(", ")
+            ));
+        }
+        for (mut dst, lt) in pairs {
+            tch::no_grad(|| dst.f_copy_(&lt.tensor)).map_err(PeftError::torch(format!(
+                "loading `{}` from {}",
+                lt.key,
+                path.display()
+            )))?;
+        }
+        self.weights_changed(name);
+        Ok(count)
+    }
+
+    /// Tells every layer of adapter `name` that its tensors were overwritten (caches derived from them
+    /// are dropped).
+    pub(super) fn weights_changed(&mut self, name: &str) {
+        let _ = self.model.visit_layers_mut(&mut |layer| {
+            let slots = layer.parts_mut().1;
+            slots.clear_caches();
+            if let Some(t) = slots.get_mut(name) {
+                t.weights_changed();
+            }
+            Ok(())
+        });
+    }
+
+    /// Copies the tensors of a weights file into the existing adapter `name` (a checkpoint resume or a
+    /// manual reload), with the same strict key and shape checks as loading.
+    ///
+    /// # Errors
+    /// [`PeftError::UnknownAdapter`], or the load errors of [`PeftModel::load_adapter`].
+    pub fn load_adapter_weights(&mut self, name: &str, weights: &Path) -> Result<usize> {
+        if !self.configs.contains_key(name) {
+            return Err(self.unknown(name));
+        }
+        self.load_weights(name, weights)
+    }
+}
