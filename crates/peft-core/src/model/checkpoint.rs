@@ -20,15 +20,24 @@ impl<M: Adaptable> PeftModel<M> {
     /// [`PeftError::UnknownAdapter`].
     pub fn adapter_state_dict(&self, adapter: &str) -> Result<Vec<(String, Tensor)>> {
         let config = self.configs.get(adapter).ok_or_else(|| self.unknown(adapter))?;
-        let mut out = Vec::new();
-        self.model.visit_layers(&mut |layer| {
-            if let Some(tuner) = layer.slots().get(adapter) {
-                for (rel, t) in tuner.state_tensors() {
-                    let full = format!("{PEFT_PREFIX}{}.{rel}", layer.name());
-                    out.push((tuner.checkpoint_key(&full, adapter), t));
-                }
+        let mut out: Vec<(String, Tensor)> = Vec::new();
+        let index = self.model.index();
+        if index.adapter(adapter).all(|(_, entry)| entry.state.is_some()) {
+            for (_, entry) in index.adapter(adapter) {
+                let state = entry.state.iter().flatten();
+                out.extend(state.map(|(k, t)| (k.clone(), t.shallow_clone())));
             }
-        });
+        } else {
+            // Some layer computes its saved tensors: ask every layer now.
+            self.model.visit_layers(&mut |layer| {
+                if let Some(tuner) = layer.slots().get(adapter) {
+                    for (rel, t) in tuner.state_tensors() {
+                        let full = format!("{PEFT_PREFIX}{}.{rel}", layer.name());
+                        out.push((tuner.checkpoint_key(&full, adapter), t));
+                    }
+                }
+            });
+        }
         out.extend(self.bias_params(config.bias()));
         Ok(out)
     }
@@ -96,12 +105,14 @@ impl<M: Adaptable> PeftModel<M> {
     pub(super) fn embedding_base_params(&self) -> Vec<(String, Tensor, bool)> {
         let layers: Vec<String> =
             [self.model.input_embedding(), self.model.output_embedding()].into_iter().flatten().collect();
-        let mut adapted = BTreeSet::new();
-        self.model.visit_layers(&mut |l| {
-            if layers.iter().any(|n| n == l.name()) && !l.slots().is_empty() {
-                adapted.insert(l.name().to_string());
-            }
-        });
+        let adapted: BTreeSet<&str> = self
+            .model
+            .index()
+            .layers
+            .iter()
+            .filter(|l| layers.contains(&l.name))
+            .map(|l| l.name.as_str())
+            .collect();
         self.named_parameters()
             .into_iter()
             .filter_map(|(key, t)| {
@@ -109,7 +120,7 @@ impl<M: Adaptable> PeftModel<M> {
                 let module = layers.iter().find(|m| rest.starts_with(&format!("{m}.")))?;
                 let is_base =
                     rest == format!("{module}.base_layer.weight") || rest == format!("{module}.weight");
-                is_base.then(|| (key.clone(), t, adapted.contains(module)))
+                is_base.then(|| (key.clone(), t, adapted.contains(module.as_str())))
             })
             .collect()
     }
@@ -243,16 +254,8 @@ impl<M: Adaptable> PeftModel<M> {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("no such file{hint}")),
             });
         }
-        let mut padded = Vec::new();
-        self.model.visit_layers(&mut |layer| {
-            if let Some(t) = layer.slots().get(name) {
-                let full: Vec<Vec<i64>> = t.named_tensors().iter().map(|(_, t)| t.size()).collect();
-                let used: Vec<Vec<i64>> = t.state_tensors().iter().map(|(_, t)| t.size()).collect();
-                if full != used {
-                    padded.push(layer.name().to_string());
-                }
-            }
-        });
+        let padded: Vec<String> =
+            self.model.index().adapter(name).filter(|(_, a)| a.padded).map(|(l, _)| l.name.clone()).collect();
         if !padded.is_empty() {
             return Err(PeftError::Invalid(format!(
                 "adapter `{name}` is padded for hotswapping (layers {}); load weights into it with \
@@ -331,7 +334,7 @@ impl<M: Adaptable> PeftModel<M> {
     /// Tells every layer of adapter `name` that its tensors were overwritten (caches derived from them
     /// are dropped).
     pub(super) fn weights_changed(&mut self, name: &str) {
-        let _ = self.model.visit_layers_mut(&mut |layer| {
+        let _ = self.model.mutate_same_tensors().visit_layers_mut(&mut |layer| {
             let slots = layer.parts_mut().1;
             slots.clear_caches();
             if let Some(t) = slots.get_mut(name) {

@@ -20,7 +20,7 @@ impl<M: Adaptable> PeftModel<M> {
     /// No adapter with ranks in the model, or a target below an adapter's rank.
     pub fn prepare_for_hotswap(&mut self, target_rank: i64) -> Result<()> {
         let mut found = false;
-        self.model.visit_layers_mut(&mut |layer| {
+        self.model.mutate().visit_layers_mut(&mut |layer| {
             let (_, slots) = layer.parts_mut();
             let names: Vec<String> = slots.adapters().keys().cloned().collect();
             for n in names {
@@ -85,7 +85,7 @@ impl<M: Adaptable> PeftModel<M> {
         let path = dir.join(SAFETENSORS_WEIGHTS_NAME);
         // The new weights are read as views of the file's memory map and copied straight into the
         // adapter's tensors: one copy, no allocation.
-        let model = &mut self.model;
+        let model = self.model.mutate();
         let config_ref = config.as_ref();
         io::with_tensor_views(&path, |views| {
             let mut per_layer: BTreeMap<String, BTreeMap<String, Tensor>> = BTreeMap::new();

@@ -84,12 +84,12 @@ impl<M: Adaptable> PeftModel<M> {
                     )))
                 }
                 None => {
-                    self.model.replicate_layers(&map)?;
+                    self.model.mutate().replicate_layers(&map)?;
                     self.replicated = Some(map);
                 }
             }
         }
-        let report = resolve_targets(&self.model, config.as_mut(), name, options)?;
+        let report = resolve_targets(&*self.model, config.as_mut(), name, options)?;
         for entry in &report.unused_excludes {
             self.warn(format!("adapter `{name}`: exclude_modules entry {entry:?} excluded nothing"));
         }
@@ -106,7 +106,7 @@ impl<M: Adaptable> PeftModel<M> {
         let trainable = !config.common().inference_mode;
         let mut warnings = Vec::new();
         let vs_root = self.adapter_vs.root();
-        let result = self.model.visit_layers_mut(&mut |layer: &mut dyn AdaptableLayer| {
+        let result = self.model.mutate().visit_layers_mut(&mut |layer: &mut dyn AdaptableLayer| {
             if !targeted.contains(layer.name()) {
                 return Ok(());
             }
@@ -173,7 +173,7 @@ impl<M: Adaptable> PeftModel<M> {
         let vs_root = self.adapter_vs.root();
         let mut containers = BTreeSet::new();
         let mut covered = BTreeSet::new();
-        self.model.visit_layers_mut(&mut |layer| {
+        self.model.mutate().visit_layers_mut(&mut |layer| {
             let Some(container) = modules_to_save::matches(layer.name(), &entries) else {
                 return Ok(());
             };
@@ -236,7 +236,7 @@ impl<M: Adaptable> PeftModel<M> {
         for (module, _) in &copies {
             self.remove_from(name, Some(module));
         }
-        self.model.visit_layers_mut(&mut |layer| {
+        self.model.mutate().visit_layers_mut(&mut |layer| {
             if let Some(i) = copies.iter().position(|(m, _)| m == layer.name()) {
                 let (_, copy) = copies.swap_remove(i);
                 layer.parts_mut().1.insert(name.to_string(), copy);
@@ -305,7 +305,7 @@ impl<M: Adaptable> PeftModel<M> {
         let mut input_adapter: Option<TrainableTokens> = None;
         for (target, idx) in targets.iter().filter(|(t, _)| !skip.contains(t)) {
             let mut found = false;
-            self.model.visit_layers_mut(&mut |layer| {
+            self.model.mutate().visit_layers_mut(&mut |layer| {
                 if !layer.name().ends_with(target.as_str()) {
                     return Ok(());
                 }
@@ -336,7 +336,7 @@ impl<M: Adaptable> PeftModel<M> {
             }
         }
         if let Some(source) = input_adapter.filter(|_| !tied.is_empty() && (ensure || !mismatch)) {
-            self.model.visit_layers_mut(&mut |layer| {
+            self.model.mutate().visit_layers_mut(&mut |layer| {
                 if !tied.iter().any(|t| layer.name() == t) {
                     return Ok(());
                 }
@@ -360,7 +360,7 @@ impl<M: Adaptable> PeftModel<M> {
     /// Removes adapter `name` from every layer, or only from `module`, with its tensors.
     pub(super) fn remove_from(&mut self, name: &str, module: Option<&str>) {
         let mut var_names = BTreeSet::new();
-        let _ = self.model.visit_layers_mut(&mut |layer| {
+        let _ = self.model.mutate().visit_layers_mut(&mut |layer| {
             if module.is_some_and(|m| m != layer.name()) {
                 return Ok(());
             }
@@ -401,7 +401,7 @@ impl<M: Adaptable> PeftModel<M> {
         let vs_root = self.adapter_vs.root();
         let mut warnings = Vec::new();
         let active = self.active.clone();
-        self.model.visit_layers_mut(&mut |layer| {
+        self.model.mutate().visit_layers_mut(&mut |layer| {
             if layer.name() != module {
                 return Ok(());
             }

@@ -9,9 +9,7 @@ use tch::Tensor;
 impl<M: Adaptable> PeftModel<M> {
     /// True when any layer has a merged adapter.
     pub fn is_merged(&self) -> bool {
-        let mut merged = false;
-        self.model.visit_layers(&mut |l| merged |= !l.slots().merged().is_empty());
-        merged
+        self.model.index().layers.iter().any(|l| !l.merged.is_empty())
     }
 
     /// PEFT's `merge_adapter`: merges `names` (default: the active adapters) into the base weights, keeping
@@ -41,7 +39,7 @@ impl<M: Adaptable> PeftModel<M> {
         // restored bit for bit if any layer refuses. Unsafe merges roll back by unmerging.
         let mut snapshots: BTreeMap<usize, Vec<(Tensor, Tensor)>> = BTreeMap::new();
         let mut counts: Vec<usize> = Vec::new();
-        let result = self.model.visit_layers_mut(&mut |layer| {
+        let result = self.model.mutate().visit_layers_mut(&mut |layer| {
             let (base, slots) = layer.parts_mut();
             counts.push(slots.merged().len());
             if safe && !slots.is_empty() {
@@ -57,7 +55,7 @@ impl<M: Adaptable> PeftModel<M> {
         });
         if let Err(e) = result {
             let mut i = 0;
-            let _ = self.model.visit_layers_mut(&mut |layer| {
+            let _ = self.model.mutate().visit_layers_mut(&mut |layer| {
                 let idx = i;
                 i += 1;
                 let Some(&keep) = counts.get(idx) else { return Ok(()) };
@@ -85,7 +83,7 @@ impl<M: Adaptable> PeftModel<M> {
     /// # Errors
     /// The method's reason.
     pub fn unmerge_adapter(&mut self) -> Result<()> {
-        self.model.visit_layers_mut(&mut |layer| {
+        self.model.mutate().visit_layers_mut(&mut |layer| {
             let (base, slots) = layer.parts_mut();
             slots.unmerge(base)
         })
@@ -104,10 +102,10 @@ impl<M: Adaptable> PeftModel<M> {
     /// PEFT's `unload`: removes every adapter and returns the bare model. As in PEFT, weights of layers
     /// that are merged stay merged.
     pub fn unload(mut self) -> M {
-        let _ = self.model.visit_layers_mut(&mut |layer| {
+        let _ = self.model.mutate().visit_layers_mut(&mut |layer| {
             layer.parts_mut().1.clear();
             Ok(())
         });
-        self.model
+        self.model.into_inner()
     }
 }

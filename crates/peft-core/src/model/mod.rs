@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod hotswap;
+mod index;
 mod inject;
 mod merge;
 mod options;
@@ -15,6 +16,7 @@ pub use state::AdaptersDisabled;
 use crate::adaptable::{layer_names, Adaptable};
 use crate::config::AdapterConfig;
 use crate::error::{PeftError, Result};
+use index::Indexed;
 use indexmap::IndexMap;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -41,7 +43,7 @@ use tch::Tensor;
 /// let (peft, report) = PeftModel::from_pretrained(MyModel::new(&vs2)?, &vs2, "out/adapter", LoadOptions::default())?;
 /// ```
 pub struct PeftModel<M: Adaptable> {
-    model: M,
+    model: Indexed<M>,
     configs: IndexMap<String, Box<dyn AdapterConfig>>,
     active: Vec<String>,
     disabled: Option<Vec<(Tensor, bool)>>,
@@ -58,7 +60,7 @@ impl<M: Adaptable + fmt::Debug> fmt::Debug for PeftModel<M> {
             .field("adapters", &self.configs.keys().collect::<Vec<_>>())
             .field("active", &self.active)
             .field("disabled", &self.disabled.is_some())
-            .field("model", &self.model)
+            .field("model", &*self.model)
             .finish_non_exhaustive()
     }
 }
@@ -153,7 +155,7 @@ impl<M: Adaptable> PeftModel<M> {
             set_requires_grad(t, false);
         }
         Ok(Self {
-            model,
+            model: Indexed::new(model),
             configs: IndexMap::new(),
             active: Vec::new(),
             disabled: None,
@@ -172,7 +174,7 @@ impl<M: Adaptable> PeftModel<M> {
     /// The wrapped model, mutably. Replacing its adaptable layers behind the PeftModel's back is not
     /// supported.
     pub fn model_mut(&mut self) -> &mut M {
-        &mut self.model
+        self.model.mutate()
     }
 
     /// The var store holding every adapter tensor; build the optimizer from it. Frozen (inactive or

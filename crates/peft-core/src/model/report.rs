@@ -1,5 +1,6 @@
 //! Reports: parameter lists and counts, targeted modules and the layer / model status.
 
+use super::index::IndexedLayer;
 use super::PeftModel;
 use crate::adaptable::Adaptable;
 use crate::modules_to_save::MODULES_TO_SAVE;
@@ -16,17 +17,16 @@ impl<M: Adaptable> PeftModel<M> {
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         let mut adapted = BTreeSet::new();
-        self.model.visit_layers(&mut |layer| {
-            let slots = layer.slots();
-            if slots.adapters().values().any(|t| t.peft_type() != MODULES_TO_SAVE) {
-                adapted.insert(layer.name().to_string());
+        for layer in &self.model.index().layers {
+            if layer.adapters.values().any(|a| a.peft_type != MODULES_TO_SAVE) {
+                adapted.insert(layer.name.as_str());
             }
-            for tuner in slots.adapters().values() {
-                for (rel, t) in tuner.named_tensors() {
-                    out.push((format!("{PEFT_PREFIX}{}.{rel}", layer.name()), t));
+            for entry in layer.adapters.values() {
+                for t in &entry.named {
+                    out.push((format!("{PEFT_PREFIX}{}.{}", layer.name, t.name), t.tensor.shallow_clone()));
                 }
             }
-        });
+        }
         for (name, t) in &self.base_params {
             let key = match name.rsplit_once('.') {
                 Some((module, p)) if adapted.contains(module) => {
@@ -48,25 +48,16 @@ impl<M: Adaptable> PeftModel<M> {
     pub fn num_parameters(&self) -> (i64, i64) {
         let mut trainable = 0i64;
         let mut total = 0i64;
-        let mut buffers = std::collections::HashSet::new();
-        self.model.visit_layers(&mut |l| {
-            for (_, tuner) in l.slots().adapters() {
-                for (n, t) in tuner.named_tensors() {
-                    if tuner.is_buffer(&n) {
-                        buffers.insert(t.data_ptr() as usize);
-                    }
-                }
-            }
-        });
+        let index = self.model.index();
+        let buffers: std::collections::HashSet<usize> = index
+            .layers
+            .iter()
+            .flat_map(|l| l.adapters.values())
+            .flat_map(|a| a.named.iter().filter(|t| t.buffer).map(|t| t.tensor.data_ptr() as usize))
+            .collect();
         // Quantized linears keep an empty placeholder in the var store; count their weights as PEFT does
         // (a packed 4-bit tensor counts twice its bytes, an int8 one its elements: the original numel).
-        self.model.visit_layers(&mut |l| {
-            if let Some(q) =
-                l.base().as_any().downcast_ref::<crate::nn::LinearBase>().and_then(|b| b.quantized.as_ref())
-            {
-                total += q.in_features() * q.out_features();
-            }
-        });
+        total += index.quantized_numel;
         let base = self.base_params.iter().map(|(_, t)| t.shallow_clone());
         let adapters = self.adapter_vs.variables().into_values();
         for t in base.chain(adapters).filter(|t| !buffers.contains(&(t.data_ptr() as usize))) {
@@ -95,71 +86,12 @@ impl<M: Adaptable> PeftModel<M> {
 
     /// The modules an adapter is attached to, in module order.
     pub fn targeted_modules(&self, adapter: &str) -> Vec<String> {
-        let mut v = Vec::new();
-        self.model.visit_layers(&mut |l| {
-            if l.slots().get(adapter).is_some() {
-                v.push(l.name().to_string());
-            }
-        });
-        v
+        self.model.index().adapter(adapter).map(|(l, _)| l.name.clone()).collect()
     }
 
     /// PEFT's `get_layer_status`: one entry per adapted layer.
     pub fn layer_status(&self) -> Vec<LayerStatus> {
-        let mut out = Vec::new();
-        self.model.visit_layers(&mut |l| {
-            let slots = l.slots();
-            if slots.is_empty() {
-                return;
-            }
-            let mut requires_grad = BTreeMap::new();
-            let mut devices = BTreeMap::new();
-            let mut module_type = String::new();
-            let mut status_name = l.name().to_string();
-            for (name, tuner) in slots.adapters() {
-                let flags: BTreeSet<bool> = tuner
-                    .named_tensors()
-                    .iter()
-                    .filter(|(n, _)| !tuner.is_buffer(n))
-                    .map(|(_, t)| t.requires_grad())
-                    .collect();
-                let rg = match (flags.contains(&true), flags.contains(&false)) {
-                    (true, false) => RequiresGrad::True,
-                    (false, _) => RequiresGrad::False,
-                    (true, true) => RequiresGrad::Irregular,
-                };
-                requires_grad.insert(name.clone(), rg);
-                let devs: BTreeSet<String> =
-                    tuner.named_tensors().iter().map(|(_, t)| device_type(t.device())).collect();
-                devices.entry(name.clone()).or_insert_with(BTreeSet::new).extend(devs);
-                for (other, device) in tuner.status_shared_devices() {
-                    devices.entry(other).or_insert_with(BTreeSet::new).insert(device_type(device));
-                }
-                if module_type.is_empty() {
-                    module_type = tuner.describe().split('(').next().unwrap_or_default().to_string();
-                    if let Some(sub) = tuner.status_submodule() {
-                        status_name = format!("{status_name}.{sub}");
-                    }
-                }
-            }
-            out.push(LayerStatus {
-                name: status_name,
-                module_type,
-                enabled: !slots.disabled(),
-                // The model-wide active adapters, as PEFT's layers report them.
-                active_adapters: slots.active().to_vec(),
-                merged_adapters: slots.merged().to_vec(),
-                requires_grad,
-                available_adapters: {
-                    let mut v: Vec<String> = slots.adapters().keys().cloned().collect();
-                    v.sort();
-                    v
-                },
-                devices: devices.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect(),
-                quantization_backend: None,
-            });
-        });
-        out
+        self.model.index().layers.iter().map(layer_status).collect()
     }
 
     /// PEFT's `get_model_status`: the layer statuses collapsed to one value each (or `Irregular`).
@@ -260,5 +192,40 @@ pub(super) fn thousands(n: i64) -> String {
         format!("-{out}")
     } else {
         out
+    }
+}
+
+/// One layer's PEFT status from the index.
+fn layer_status(l: &IndexedLayer) -> LayerStatus {
+    let mut requires_grad = BTreeMap::new();
+    let mut devices: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, entry) in &l.adapters {
+        let flags: BTreeSet<bool> =
+            entry.named.iter().filter(|t| !t.buffer).map(|t| t.tensor.requires_grad()).collect();
+        let rg = match (flags.contains(&true), flags.contains(&false)) {
+            (true, false) => RequiresGrad::True,
+            (false, _) => RequiresGrad::False,
+            (true, true) => RequiresGrad::Irregular,
+        };
+        requires_grad.insert(name.clone(), rg);
+        let devs = entry.named.iter().map(|t| device_type(t.tensor.device()));
+        devices.entry(name.clone()).or_default().extend(devs);
+        for (other, device) in &entry.shared_devices {
+            devices.entry(other.clone()).or_default().insert(device_type(*device));
+        }
+    }
+    let mut available_adapters: Vec<String> = l.adapters.keys().cloned().collect();
+    available_adapters.sort();
+    LayerStatus {
+        name: l.status_name.clone(),
+        module_type: l.module_type.clone(),
+        enabled: l.enabled,
+        // The model-wide active adapters, as PEFT's layers report them.
+        active_adapters: l.active.clone(),
+        merged_adapters: l.merged.clone(),
+        requires_grad,
+        available_adapters,
+        devices: devices.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect(),
+        quantization_backend: None,
     }
 }

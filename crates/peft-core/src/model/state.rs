@@ -99,15 +99,13 @@ impl<M: Adaptable> PeftModel<M> {
                 return Err(self.unknown(n));
             }
         }
-        self.model.visit_layers(&mut |layer| {
-            for n in names {
-                if let Some(tuner) = layer.slots().get(n) {
-                    for (rel, t) in tuner.named_tensors() {
-                        set_requires_grad(&t, requires_grad && tuner.is_trainable_tensor(&rel));
-                    }
+        for n in names {
+            for (_, entry) in self.model.index().adapter(n) {
+                for t in &entry.named {
+                    set_requires_grad(&t.tensor, requires_grad && t.trainable);
                 }
             }
-        });
+        }
         for n in names {
             let bias = self.configs.get(*n).map(|c| c.bias()).unwrap_or_default();
             for t in self.bias_params(bias) {
@@ -197,10 +195,12 @@ impl<M: Adaptable> PeftModel<M> {
 
     pub(super) fn sync_active(&mut self) -> Result<()> {
         let active = self.active.clone();
-        self.model.visit_layers_mut(&mut |layer| {
+        self.model.mutate_same_tensors().visit_layers_mut(&mut |layer| {
             layer.parts_mut().1.set_active(&active);
             Ok(())
-        })
+        })?;
+        self.model.set_active(&active);
+        Ok(())
     }
 
     /// Sets `hook` on the layers named in `modules` (PyTorch's `register_forward_hook`), or removes the
@@ -213,7 +213,7 @@ impl<M: Adaptable> PeftModel<M> {
         modules: &[String],
         hook: Option<crate::layer::ForwardHook>,
     ) -> Result<()> {
-        crate::adaptable::set_forward_hook(&mut self.model, modules, hook)
+        crate::adaptable::set_forward_hook(self.model.mutate(), modules, hook)
     }
 
     /// The per-row adapters of a mixed batch (PEFT's `adapter_names=[…]`): `per_row[i]` names the adapter
@@ -308,7 +308,7 @@ impl<M: Adaptable> PeftModel<M> {
             self.unmerge_adapter()?;
         }
         let mut saved = Vec::new();
-        self.model.visit_layers_mut(&mut |layer| {
+        self.model.mutate().visit_layers_mut(&mut |layer| {
             let slots = layer.parts_mut().1;
             slots.set_disabled(true);
             for tuner in slots.adapters().values() {
@@ -331,7 +331,7 @@ impl<M: Adaptable> PeftModel<M> {
         let Some(saved) = self.disabled.take() else {
             return Ok(());
         };
-        self.model.visit_layers_mut(&mut |layer| {
+        self.model.mutate().visit_layers_mut(&mut |layer| {
             layer.parts_mut().1.set_disabled(false);
             Ok(())
         })?;
