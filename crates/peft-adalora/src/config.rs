@@ -3,6 +3,7 @@
 
 use indexmap::IndexMap;
 use peft_core::config::{unsupported_option, AdapterConfig, BiasMode, BiasOption, LayerInit};
+use peft_core::model_options::{self, ModelOptions};
 use peft_core::peft_config::{
     ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
 };
@@ -472,7 +473,7 @@ impl AdapterConfig for AdaLoraConfig {
         if let Some(t) = &self.trainable_token_indices {
             peft_core::trainable_tokens::TokenIndices::from_json(t)?;
         }
-        self.layer_replication()?;
+        model_options::parse_layer_replication(self.layer_replication.as_ref())?;
         if let Some(rp) = &self.rank_pattern {
             if let Some(key) = rp.keys().find(|k| !k.contains("lora_E")) {
                 return Err(PeftError::Invalid(format!(
@@ -503,36 +504,15 @@ impl AdapterConfig for AdaLoraConfig {
         true
     }
 
-    fn trainable_token_indices(&self) -> Result<Option<peft_core::trainable_tokens::TokenIndices>> {
-        self.trainable_token_indices
-            .as_ref()
-            .map(peft_core::trainable_tokens::TokenIndices::from_json)
-            .transpose()
-    }
-
-    fn layer_replication(&self) -> Result<Option<Vec<(usize, usize)>>> {
-        let Some(v) = self.layer_replication.as_ref().filter(|v| !v.is_null()) else {
-            return Ok(None);
-        };
-        let bad =
-            || PeftError::Invalid(format!("layer_replication must be a list of [start, end] pairs, got {v}"));
-        let ranges = v.as_array().ok_or_else(bad)?;
-        ranges
-            .iter()
-            .map(|r| {
-                let pair = r.as_array().filter(|p| p.len() == 2).ok_or_else(bad)?;
-                let (a, b) = (pair[0].as_u64().ok_or_else(bad)?, pair[1].as_u64().ok_or_else(bad)?);
-                if a >= b {
-                    return Err(bad());
-                }
-                Ok((a as usize, b as usize))
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
-    }
-
-    fn ensure_weight_tying(&self) -> bool {
-        self.ensure_weight_tying
+    fn model_options(&self) -> Result<ModelOptions> {
+        Ok(ModelOptions {
+            trainable_token_indices: model_options::parse_token_indices(
+                self.trainable_token_indices.as_ref(),
+            )?,
+            layer_replication: model_options::parse_layer_replication(self.layer_replication.as_ref())?,
+            ensure_weight_tying: self.ensure_weight_tying,
+            ..ModelOptions::default()
+        })
     }
 
     fn bias(&self) -> BiasMode {

@@ -55,13 +55,14 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         false
     }
 
-    /// `trainable_token_indices`: embedding rows trained in full alongside the method (see
-    /// [`crate::trainable_tokens`]).
+    /// What the adapter asks of the model as a whole (trainable tokens, layer replication, weight tying,
+    /// input-embedding targeting, invocation tokens, target condensing, mixed batches), as data. The
+    /// default asks nothing.
     ///
     /// # Errors
-    /// A malformed value.
-    fn trainable_token_indices(&self) -> Result<Option<crate::trainable_tokens::TokenIndices>> {
-        Ok(None)
+    /// A malformed option value, naming it.
+    fn model_options(&self) -> Result<crate::ModelOptions> {
+        Ok(crate::ModelOptions::default())
     }
 
     /// PEFT's `_prepare_adapter_config`: fills defaults that depend on the model architecture besides
@@ -93,14 +94,6 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         Ok(())
     }
 
-    /// Methods that adapt the model's input embedding (PEFT's `TrainableTokensModel`): without
-    /// `target_modules` the target is the input embedding's module name (PEFT's
-    /// `_get_input_embeddings_name`, `"embed_tokens"` when the model declares none), and after injection
-    /// every module tied to the embedding gets the adapter's [`TunerLayer::tied_copy`].
-    fn adapts_input_embedding(&self) -> bool {
-        false
-    }
-
     /// PEFT's `_get_adapter_state_dict` for methods whose files hold another form of their tensors
     /// (VB-LoRA's `save_only_topk_weights`): the checkpoint tensors as the file stores them. The default
     /// leaves them as they are.
@@ -120,33 +113,6 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
     fn read_file_tensors(&self, tensors: NamedTensors, path: &std::path::Path) -> Result<NamedTensors> {
         let _ = path;
         Ok(tensors)
-    }
-
-    /// Whether a batch may route each row to its own adapter of this method (PEFT's `adapter_names`
-    /// forward argument; LoRA). PEFT silently ignores the argument for other methods; peft-rs refuses.
-    fn supports_mixed_batches(&self) -> bool {
-        false
-    }
-
-    /// Activated LoRA's `alora_invocation_tokens`: the adapter applies from the last occurrence of this
-    /// token sequence on.
-    fn alora_invocation_tokens(&self) -> Option<&[i64]> {
-        None
-    }
-
-    /// `layer_replication`: `[start, end)` ranges the model's layers are rebuilt from before the adapter
-    /// is added (LoRA).
-    ///
-    /// # Errors
-    /// A malformed value.
-    fn layer_replication(&self) -> Result<Option<Vec<(usize, usize)>>> {
-        Ok(None)
-    }
-
-    /// `ensure_weight_tying`: keep heads tied to the input embedding tied through the adapter even when
-    /// the token lists differ (an error then).
-    fn ensure_weight_tying(&self) -> bool {
-        false
     }
 
     /// The `bias` option: which base biases train with this adapter and are saved with it.

@@ -26,6 +26,7 @@ pub mod linalg;
 pub mod merge_utils;
 pub mod mixed;
 pub mod model;
+pub mod model_options;
 pub mod modules_to_save;
 pub mod nn;
 pub mod registry;
@@ -45,6 +46,7 @@ pub use layer::{
 pub use model::{
     inspect_targets, AdapterOptions, AdaptersDisabled, LoadOptions, LoadReport, PeftModel, SaveOptions,
 };
+pub use model_options::ModelOptions;
 pub use peft_config;
 
 #[doc(hidden)]

@@ -114,6 +114,11 @@ impl AdapterConfig for Ia3Config {
         Ok(())
     }
 
+    /// PEFT's `IA3Model` keeps long target lists as given (it skips the tuner's suffix condensing).
+    fn model_options(&self) -> Result<peft_core::ModelOptions> {
+        Ok(peft_core::ModelOptions { condense_target_modules: false, ..Default::default() })
+    }
+
     fn prepare_for_model(&mut self, model_type: Option<&str>) -> Result<()> {
         if self.feedforward_modules.is_some() {
             return Ok(());

@@ -4,6 +4,7 @@ use indexmap::IndexMap;
 use peft_core::config::{unsupported_option, AdapterConfig, BiasMode, LayerInit};
 use peft_core::error::{PeftError, Result};
 use peft_core::layer::TunerLayer;
+use peft_core::model_options::{self, ModelOptions};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{
     ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
@@ -664,7 +665,7 @@ impl AdapterConfig for LoraConfig {
         if let Some(t) = self.target_parameters.as_ref().filter(|t| !t.is_empty()) {
             return Err(reject("target_parameters", t, ""));
         }
-        self.layer_replication()?;
+        model_options::parse_layer_replication(self.layer_replication.as_ref())?;
         self.normalized_subconfigs(false, &mut Vec::new())?;
         if let Some(v) = &self.megatron_config {
             return Err(reject("megatron_config", v, ""));
@@ -691,44 +692,17 @@ impl AdapterConfig for LoraConfig {
         default_target_modules(model_type)
     }
 
-    fn supports_mixed_batches(&self) -> bool {
-        true
-    }
-
-    fn trainable_token_indices(&self) -> Result<Option<peft_core::trainable_tokens::TokenIndices>> {
-        self.trainable_token_indices
-            .as_ref()
-            .map(peft_core::trainable_tokens::TokenIndices::from_json)
-            .transpose()
-    }
-
-    fn alora_invocation_tokens(&self) -> Option<&[i64]> {
-        self.alora_invocation_tokens.as_deref()
-    }
-
-    fn layer_replication(&self) -> Result<Option<Vec<(usize, usize)>>> {
-        let Some(v) = self.layer_replication.as_ref().filter(|v| !v.is_null()) else {
-            return Ok(None);
-        };
-        let bad =
-            || PeftError::Invalid(format!("layer_replication must be a list of [start, end] pairs, got {v}"));
-        let ranges = v.as_array().ok_or_else(bad)?;
-        ranges
-            .iter()
-            .map(|r| {
-                let pair = r.as_array().filter(|p| p.len() == 2).ok_or_else(bad)?;
-                let (a, b) = (pair[0].as_u64().ok_or_else(bad)?, pair[1].as_u64().ok_or_else(bad)?);
-                if a >= b {
-                    return Err(bad());
-                }
-                Ok((a as usize, b as usize))
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
-    }
-
-    fn ensure_weight_tying(&self) -> bool {
-        self.ensure_weight_tying
+    fn model_options(&self) -> Result<ModelOptions> {
+        Ok(ModelOptions {
+            trainable_token_indices: model_options::parse_token_indices(
+                self.trainable_token_indices.as_ref(),
+            )?,
+            layer_replication: model_options::parse_layer_replication(self.layer_replication.as_ref())?,
+            ensure_weight_tying: self.ensure_weight_tying,
+            invocation_tokens: self.alora_invocation_tokens.clone(),
+            mixed_batches: true,
+            ..ModelOptions::default()
+        })
     }
 
     fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {

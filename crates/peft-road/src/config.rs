@@ -151,8 +151,8 @@ impl AdapterConfig for RoadConfig {
 
     /// PEFT's RoAd takes `adapter_names` (its `_enable_peft_forward_hooks`): each row of a batch may use
     /// its own RoAd adapter, or none.
-    fn supports_mixed_batches(&self) -> bool {
-        true
+    fn model_options(&self) -> Result<peft_core::ModelOptions> {
+        Ok(peft_core::ModelOptions { mixed_batches: true, ..Default::default() })
     }
 
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {

@@ -75,8 +75,8 @@ impl AdapterConfig for TrainableTokensConfig {
         Ok(())
     }
 
-    fn adapts_input_embedding(&self) -> bool {
-        true
+    fn model_options(&self) -> Result<peft_core::ModelOptions> {
+        Ok(peft_core::ModelOptions { adapts_input_embedding: true, ..Default::default() })
     }
 
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {

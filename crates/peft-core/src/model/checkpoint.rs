@@ -148,12 +148,11 @@ impl<M: Adaptable> PeftModel<M> {
         };
         let save = match option {
             Some(v) => v,
-            // Not for trainable tokens, whose point is a small file (the method, or LoRA's
-            // `trainable_token_indices`).
+            // Not for trainable tokens, whose point is a small file (the method, which adapts the input
+            // embedding, or another method's `trainable_token_indices`).
             None => {
-                targeted
-                    && config.trainable_token_indices()?.is_none()
-                    && config.common().peft_type != crate::trainable_tokens::TRAINABLE_TOKENS
+                let options = config.model_options()?;
+                targeted && options.trainable_token_indices.is_none() && !options.adapts_input_embedding
             }
         };
         if !save {

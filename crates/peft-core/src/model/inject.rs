@@ -74,7 +74,7 @@ impl<M: Adaptable> PeftModel<M> {
                 "adapter `{name}`: only one adapter of a model may have a `bias` other than \"none\""
             )));
         }
-        if let Some(map) = config.layer_replication()? {
+        if let Some(map) = config.model_options()?.layer_replication {
             // PEFT replicates in `_prepare_model` for every adapter; once is what is meant.
             match &self.replicated {
                 Some(done) if *done == map => {}
@@ -138,7 +138,7 @@ impl<M: Adaptable> PeftModel<M> {
         self.warnings.extend(warnings);
         let result = result
             .and_then(|()| {
-                if config.adapts_input_embedding() {
+                if config.model_options()?.adapts_input_embedding {
                     self.tie_input_embedding_adapter(name)
                 } else {
                     Ok(())
@@ -249,7 +249,8 @@ impl<M: Adaptable> PeftModel<M> {
     /// `set_additional_trainable_modules`).
     pub(super) fn attach_trainable_tokens(&mut self, name: &str, config: &dyn AdapterConfig) -> Result<()> {
         use crate::trainable_tokens::{TokenIndices, TrainableTokens};
-        let Some(indices) = config.trainable_token_indices()? else {
+        let options = config.model_options()?;
+        let Some(indices) = options.trainable_token_indices else {
             return Ok(());
         };
         let input = self.model.input_embedding();
@@ -266,7 +267,7 @@ impl<M: Adaptable> PeftModel<M> {
             }
         }
         let tied = self.model.tied_with_input_embedding();
-        let ensure = config.ensure_weight_tying();
+        let ensure = options.ensure_weight_tying;
         // Several targets on tied weights: the tied heads follow the embedding only with equal indices.
         let mut skip: BTreeSet<String> = BTreeSet::new();
         let mut mismatch = false;
@@ -451,7 +452,8 @@ pub(super) fn resolve_targets<M: Adaptable>(
         config.set_target_modules(TargetModules::List(linear));
     }
     let spec = config.target_spec();
-    if spec.target_modules.is_none() && config.adapts_input_embedding() {
+    let needs = config.model_options()?;
+    if spec.target_modules.is_none() && needs.adapts_input_embedding {
         // PEFT's `_get_input_embeddings_name(model, "embed_tokens")`, kept as PEFT keeps it: a string.
         let input = model.input_embedding().unwrap_or_else(|| "embed_tokens".to_string());
         config.set_target_modules(TargetModules::Regex(input));
@@ -477,7 +479,7 @@ pub(super) fn resolve_targets<M: Adaptable>(
     // PEFT condenses long explicit lists to distinguishing suffixes (and saves them so).
     if let Some(TargetModules::List(list)) = config.target_spec().target_modules {
         if list.len() >= peft_config::targets::MIN_TARGET_MODULES_FOR_OPTIMIZATION
-            && config.common().peft_type != "IA3"
+            && needs.condense_target_modules
         {
             let list = list.clone();
             let mut all: BTreeSet<String> = BTreeSet::new();

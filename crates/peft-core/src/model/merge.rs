@@ -23,9 +23,11 @@ impl<M: Adaptable> PeftModel<M> {
         if self.replicated.is_some() {
             // Replicated layers share their base weights: merging one copy's adapter would change the others.
             // (PEFT 0.21.2 means to refuse too, but its check looks the option up in the wrong dict.)
-            return Err(PeftError::Invalid(
-                "Cannot merge LORA layers when base model layers are replicated".into(),
-            ));
+            // PEFT's message, with the model's method in place of its `LORA`.
+            let peft_type = self.configs.values().next().map_or("adapter", |c| c.common().peft_type.as_str());
+            return Err(PeftError::Invalid(format!(
+                "Cannot merge {peft_type} layers when base model layers are replicated"
+            )));
         }
         let names: Option<Vec<String>> = names.map(|n| n.iter().map(|s| s.to_string()).collect());
         if let Some(ns) = &names {

@@ -229,7 +229,9 @@ impl<M: Adaptable> PeftModel<M> {
                 return Err(self.unknown(n));
             }
         }
-        if let Some((name, config)) = self.configs.iter().find(|(_, c)| !c.supports_mixed_batches()) {
+        let refusing =
+            self.configs.iter().find(|(_, c)| c.model_options().map_or(true, |o| !o.mixed_batches));
+        if let Some((name, config)) = refusing {
             return Err(PeftError::Invalid(format!(
                 "mixed batches (a different adapter per row) are not supported for {} adapters (`{name}`); PEFT \
                  ignores `adapter_names` for them and runs every row with the active adapters",
@@ -267,10 +269,7 @@ impl<M: Adaptable> PeftModel<M> {
             }
             None => vec![active; batch],
         };
-        let relevant = per_row
-            .iter()
-            .flatten()
-            .any(|n| self.configs.get(n).is_some_and(|c| c.alora_invocation_tokens().is_some()));
+        let relevant = per_row.iter().flatten().any(|n| self.invocation_tokens(n).is_some());
         if !relevant {
             return Ok(None);
         }
@@ -282,16 +281,18 @@ impl<M: Adaptable> PeftModel<M> {
                 .iter()
                 .zip(&ids)
                 .map(|(name, seq)| {
-                    let tokens = name
-                        .as_ref()
-                        .and_then(|n| self.configs.get(n))
-                        .and_then(|c| c.alora_invocation_tokens())?;
-                    let start = (0..seq.len()).rev().find(|&i| seq[i..].starts_with(tokens))?;
+                    let tokens = self.invocation_tokens(name.as_ref()?)?;
+                    let start = (0..seq.len()).rev().find(|&i| seq[i..].starts_with(&tokens))?;
                     let offset = (seq.len() - start) as i64;
                     (offset > 0).then_some(offset)
                 })
                 .collect(),
         ))
+    }
+
+    /// The adapter's invocation tokens ([`crate::ModelOptions::invocation_tokens`]), if any.
+    fn invocation_tokens(&self, adapter: &str) -> Option<Vec<i64>> {
+        self.configs.get(adapter)?.model_options().ok()?.invocation_tokens
     }
 
     /// Disables every adapter until [`PeftModel::enable_adapter_layers`]: the model computes the base
