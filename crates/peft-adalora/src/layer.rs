@@ -25,7 +25,6 @@ use peft_core::config::LayerInit;
 use peft_core::init::{normal_, zeros_};
 use peft_core::layer::{all_finite, BaseLayer, ConvGeometry, ForwardCtx, MergeCtx, TunerLayer, WeightLike};
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Kind, Tensor};
 
 /// The layer classes AdaLoRA adapts (PEFT's `SVDLinear` and `SVDConv2d`).
@@ -443,13 +442,5 @@ impl TunerLayer for AdaLoraLayer {
             "adalora.{class}(in_features={}, out_features={}, r={})",
             self.in_features, self.out_features, self.r
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

@@ -10,7 +10,6 @@ use crate::config::{BeftConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{all_finite, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// PEFT's message for the layer classes BEFT does not adapt.
@@ -141,13 +140,5 @@ impl TunerLayer for BeftLayer {
 
     fn describe(&self) -> String {
         format!("Linear(in_features={}, out_features={})", self.in_features, self.out_features)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

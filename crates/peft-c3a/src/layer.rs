@@ -19,7 +19,6 @@ use crate::config::{C3AConfig, C3aInit, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{merge_delta, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// One C3A adapter on one linear layer.
@@ -201,13 +200,5 @@ impl TunerLayer for C3aLayer {
             "c3a.C3ALinear(in_features={}, out_features={}, block_size={})",
             self.in_features, self.out_features, self.block_size
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

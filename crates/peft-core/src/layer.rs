@@ -313,7 +313,7 @@ impl<'a> ForwardCtx<'a> {
 /// module path and `base_model.model.` are prepended by [`crate::PeftModel`]. The checkpoint key is
 /// derived from the in-memory key by [`TunerLayer::checkpoint_key`], so save and load are the same
 /// mapping in two directions.
-pub trait TunerLayer: fmt::Debug + Send + 'static {
+pub trait TunerLayer: TunerAny + fmt::Debug + Send + 'static {
     /// The method, e.g. `"LORA"`.
     fn peft_type(&self) -> &'static str;
 
@@ -499,12 +499,39 @@ pub trait TunerLayer: fmt::Debug + Send + 'static {
 
     /// A PEFT-style description (`lora.Linear(in_features=10, out_features=20, r=8)`).
     fn describe(&self) -> String;
+}
 
+/// Downcasting for every [`TunerLayer`], so method crates write none: call `as_any` / `as_any_mut` on a
+/// `dyn TunerLayer`.
+///
+/// The blanket impl covers implementors of `TunerLayer` only (not every `Any`), so a `Box<dyn
+/// TunerLayer>` cannot be downcast as the box by mistake.
+pub trait TunerAny {
+    /// The concrete type.
+    fn tuner_any(&self) -> &dyn Any;
+    /// The concrete type, mutably.
+    fn tuner_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: TunerLayer> TunerAny for T {
+    fn tuner_any(&self) -> &dyn Any {
+        self
+    }
+    fn tuner_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl dyn TunerLayer {
     /// The concrete type (hotswap, weighted combinations and tests downcast through it).
-    fn as_any(&self) -> &dyn Any;
+    pub fn as_any(&self) -> &dyn Any {
+        self.tuner_any()
+    }
 
-    /// The mutable concrete type.
-    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The concrete type, mutably.
+    pub fn as_any_mut(&mut self) -> &mut dyn Any {
+        self.tuner_any_mut()
+    }
 }
 
 /// What [`TunerLayer::merge`] gets besides the base.

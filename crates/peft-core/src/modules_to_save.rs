@@ -11,7 +11,6 @@
 
 use crate::error::{PeftError, Result};
 use crate::layer::{BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
-use std::any::Any;
 use tch::Tensor;
 
 /// The `peft_type` this auxiliary layer reports.
@@ -149,14 +148,6 @@ impl TunerLayer for ModulesToSave {
 
     fn describe(&self) -> String {
         format!("ModulesToSaveWrapper({})", self.copy.kind())
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 

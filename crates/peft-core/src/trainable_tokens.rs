@@ -14,7 +14,6 @@
 
 use crate::error::{PeftError, Result};
 use crate::layer::{all_finite, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
-use std::any::Any;
 use tch::Tensor;
 
 /// The `peft_type` trainable tokens report inside other methods' adapters.
@@ -293,13 +292,5 @@ impl TunerLayer for TrainableTokens {
 
     fn describe(&self) -> String {
         format!("TrainableTokensLayer(tokens={}, tied={})", self.indices.len(), self.tied)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

@@ -14,7 +14,6 @@ use crate::config::{DeftConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{merge_delta, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// One DEFT adapter on one linear layer.
@@ -250,13 +249,5 @@ impl TunerLayer for DeftLayer {
             if self.qr { "qr" } else { "relu" },
             self.r_factor.is_none()
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

@@ -15,7 +15,6 @@ use crate::config::{DeloraConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{merge_delta, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// One DeLoRA adapter on one linear layer.
@@ -164,13 +163,5 @@ impl TunerLayer for DeloraLayer {
             "delora.DeloraLinear(in_features={}, out_features={}, r={})",
             self.in_features, self.out_features, self.r
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

@@ -9,7 +9,6 @@ use peft_core::config::LayerInit;
 use peft_core::layer::{merge_delta, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use peft_core::rng::Generator;
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// One FourierFT adapter on one layer (PEFT's `fourierft.FourierFTLinear`, also for GPT-2's `Conv1D`).
@@ -154,13 +153,5 @@ impl TunerLayer for FourierFtLayer {
             "fourierft.FourierFTLinear(in_features={}, out_features={}, n_frequency={})",
             self.in_features, self.out_features, self.n_frequency
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

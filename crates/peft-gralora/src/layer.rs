@@ -16,7 +16,6 @@ use crate::config::{GraloraConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{merge_delta, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// One GraLoRA adapter on one linear layer.
@@ -255,13 +254,5 @@ impl TunerLayer for GraloraLayer {
             "gralora.Linear(in_features={}, out_features={}, r={}, gralora_k={}, hybrid_r={})",
             self.in_features, self.out_features, self.r, self.k, self.hybrid_r
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

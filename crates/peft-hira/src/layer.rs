@@ -24,7 +24,6 @@ use peft_core::layer::{
     add_group_terms, merge_delta, replace_weight, BaseLayer, ConvGeometry, ForwardCtx, MergeCtx, TunerLayer,
 };
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// The base layer a HiRA adapter sits on.
@@ -356,13 +355,5 @@ impl TunerLayer for HiraLayer {
             "hira.{class}(in_features={}, out_features={}, r={})",
             self.in_features, self.out_features, self.r
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

@@ -25,7 +25,6 @@ use crate::config::{HraConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{all_finite, replace_weight, BaseLayer, ForwardCtx, MergeCtx, TunerLayer, WeightLike};
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// PEFT's message for the layer classes HRA does not adapt.
@@ -320,13 +319,5 @@ impl TunerLayer for HraLayer {
             self.r,
             if self.apply_gs { "True" } else { "False" }
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

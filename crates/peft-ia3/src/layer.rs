@@ -14,7 +14,6 @@ use crate::config::{Ia3Config, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{all_finite, BaseLayer, ForwardCtx, MergeCtx, TunerLayer, WeightLike};
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Kind, Tensor};
 
 /// The layer classes (IA)³ adapts.
@@ -304,13 +303,5 @@ impl TunerLayer for Ia3Layer {
             self.out_features,
             if self.is_feedforward { "True" } else { "False" }
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

@@ -21,7 +21,6 @@ use peft_core::error::{PeftError, Result};
 use peft_core::layer::{
     all_finite, conv_nd_t, BaseLayer, ConvGeometry, ForwardCtx, MergeCtx, TunerLayer, WeightLike,
 };
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 type TchResult<T> = std::result::Result<T, tch::TchError>;
@@ -1202,13 +1201,5 @@ impl TunerLayer for LoraLayer {
             self.scaling,
             if self.dora.is_some() { ", use_dora=True" } else { "" }
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

@@ -17,7 +17,6 @@ use peft_core::layer::{
     merge_delta, unmerge_delta, BaseLayer, ConvGeometry, ForwardCtx, MergeCtx, TunerLayer,
 };
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use std::fmt;
 use tch::{Device, Kind, Tensor};
 
@@ -304,13 +303,5 @@ impl<A: LycorisAdapter> TunerLayer for LycorisLayer<A> {
             self.target.out_features,
             self.params.r
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

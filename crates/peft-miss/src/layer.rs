@@ -23,7 +23,6 @@ use peft_core::layer::{
     merge_delta, replace_weight, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer,
 };
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// Which MiSS variant a layer runs.
@@ -302,13 +301,5 @@ impl TunerLayer for MissLayer {
             self.r,
             self.variant.name()
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

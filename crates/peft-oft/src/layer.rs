@@ -30,7 +30,6 @@ use crate::config::{OftConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{all_finite, replace_weight, BaseLayer, ForwardCtx, MergeCtx, TunerLayer, WeightLike};
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// PEFT's message for the layer classes OFT does not adapt.
@@ -569,14 +568,6 @@ impl TunerLayer for OftLayer {
             "oft.{class}(in_features={}, out_features={}, r={}, oft_block_size={})",
             self.in_features, self.out_features, self.r, self.block_size
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 

@@ -17,7 +17,6 @@ use crate::config::{PeanutConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{merge_delta, replace_weight, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use peft_core::{Activation, PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// One PEANuT adapter on one linear layer.
@@ -235,13 +234,5 @@ impl TunerLayer for PeanutLayer {
             self.act,
             self.scaling
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

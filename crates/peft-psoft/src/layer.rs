@@ -20,7 +20,6 @@ use peft_core::layer::{
     add_group_terms, merge_delta, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer,
 };
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// The `r × r` transform's options (PEFT's `OrthLayer`).
@@ -340,13 +339,5 @@ impl TunerLayer for PsoftLayer {
             self.options.orth,
             self.options.neumann.is_some()
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

@@ -18,7 +18,6 @@ use peft_core::layer::{
 };
 use peft_core::rng::Generator;
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
@@ -253,13 +252,5 @@ impl TunerLayer for PveraLayer {
             "pvera.Linear(in_features={}, out_features={}, r={})",
             self.in_features, self.out_features, self.r
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

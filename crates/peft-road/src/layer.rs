@@ -23,7 +23,6 @@ use crate::config::{RoadConfig, RoadVariant, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{all_finite, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// PEFT's message for the layer classes RoAd does not adapt.
@@ -281,14 +280,6 @@ impl TunerLayer for RoadLayer {
             self.variant.as_str(),
             self.group_size
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 

@@ -12,7 +12,6 @@ use peft_core::config::LayerInit;
 use peft_core::layer::{merge_delta, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use peft_core::rng::Generator;
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// One SHiRA adapter on one layer (PEFT's `shira.Linear`).
@@ -194,13 +193,5 @@ impl TunerLayer for ShiraLayer {
             "shira.Linear(in_features={}, out_features={}, r={})",
             self.in_features, self.out_features, self.r
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

@@ -18,7 +18,6 @@ use crate::config::{VbloraConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{merge_delta, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// One VB-LoRA adapter on one linear layer.
@@ -196,13 +195,5 @@ impl TunerLayer for VbloraLayer {
             "vblora.Linear(in_features={}, out_features={}, r={}, topk={})",
             self.in_features, self.out_features, self.r, self.topk
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

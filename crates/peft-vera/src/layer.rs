@@ -9,7 +9,6 @@ use crate::config::{VeraConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{merge_delta, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use peft_core::{PeftError, Result};
-use std::any::Any;
 use tch::{Device, Kind, Tensor};
 
 /// The projections' names, saved at the model level (`base_model.vera_A`).
@@ -195,13 +194,5 @@ impl TunerLayer for VeraLayer {
             "vera.Linear(in_features={}, out_features={}, r={})",
             self.in_features, self.out_features, self.r
         )
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
