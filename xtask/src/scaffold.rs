@@ -273,7 +273,7 @@ const CONFIG: &str = r#"//! `{Camel}Config`: PEFT 0.21.2's keys, defaults and ch
 use peft_core::config::LayerInit;
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
-use peft_core::{AdapterConfig, MethodConfig, Result, TunerLayer};
+use peft_core::{AdapterConfig, LayerMethod, MethodConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 
 /// `peft_type` of {title}.
@@ -335,7 +335,9 @@ impl AdapterConfig for {Camel}Config {
     fn validate(&self) -> Result<()> {
         Ok(self.target_spec().check_layer_selection(peft_core::peft_config::error::IN_MEMORY)?)
     }
+}
 
+impl LayerMethod for {Camel}Config {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::{Camel}Layer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

@@ -7,6 +7,7 @@ use peft_core::model_options::{self, ModelOptions};
 use peft_core::peft_config::{
     ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
 };
+use peft_core::LayerMethod;
 use peft_core::MethodConfig;
 use peft_core::{PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
@@ -531,7 +532,9 @@ impl AdapterConfig for AdaLoraConfig {
         }
         Ok(())
     }
+}
 
+impl LayerMethod for AdaLoraConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::AdaLoraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

@@ -3,6 +3,7 @@
 use peft_core::config::LayerInit;
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{PeftConfigCommon, TargetModules};
+use peft_core::LayerMethod;
 use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
@@ -68,7 +69,9 @@ impl AdapterConfig for BeftConfig {
     fn validate(&self) -> Result<()> {
         Ok(())
     }
+}
 
+impl LayerMethod for BeftConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::BeftLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

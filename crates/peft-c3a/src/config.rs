@@ -5,6 +5,7 @@ use peft_core::config::{BiasMode, BiasOption, LayerInit};
 use peft_core::peft_config::patterns::suffix_or_exact;
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
+use peft_core::LayerMethod;
 use peft_core::{AdapterConfig, MethodConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 
@@ -131,7 +132,9 @@ impl AdapterConfig for C3AConfig {
     fn bias(&self) -> BiasMode {
         self.bias.mode().unwrap_or(BiasMode::None)
     }
+}
 
+impl LayerMethod for C3AConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::C3aLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

@@ -167,14 +167,12 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         Err(PeftError::Invalid(format!("{} adapters cannot be hotswapped", self.common().peft_type)))
     }
 
-    /// Creates this method's adapter for one targeted layer.
-    ///
-    /// The config is mutable because PEFT corrects some options while injecting (e.g. LoRA's
-    /// `fan_in_fan_out` is set from the layer type), and the corrected value is what gets saved.
-    ///
-    /// # Errors
-    /// [`PeftError::UnsupportedLayer`] for a base this method cannot adapt, or an init failure.
-    fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>>;
+    /// The config's layer side, for methods that adapt layers ([`PeftModel`](crate::PeftModel) holds only
+    /// those). `None` for model-level methods (prompt learning), whose configs are parsed and written
+    /// here but create no layer. [`adapter_config_boilerplate!`] returns `Some(self)`.
+    fn layer_method(&mut self) -> Option<&mut dyn LayerMethod> {
+        None
+    }
 
     /// A boxed copy.
     fn clone_box(&self) -> Box<dyn AdapterConfig>;
@@ -184,6 +182,20 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
 
     /// The concrete config type, mutably (data-driven inits record what they chose).
     fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// The layer side of a method's config: what [`PeftModel`](crate::PeftModel) calls for each targeted
+/// layer. Kept apart from [`AdapterConfig`] (parsing, writing, options) so that configs of model-level
+/// methods implement only that.
+pub trait LayerMethod {
+    /// Creates this method's adapter for one targeted layer.
+    ///
+    /// The config is mutable because PEFT corrects some options while injecting (e.g. LoRA's
+    /// `fan_in_fan_out` is set from the layer type), and the corrected value is what gets saved.
+    ///
+    /// # Errors
+    /// [`PeftError::UnsupportedLayer`] for a base this method cannot adapt, or an init failure.
+    fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>>;
 }
 
 impl Clone for Box<dyn AdapterConfig> {
@@ -517,6 +529,13 @@ pub fn require_positive(option: &str, value: i64) -> Result<()> {
 #[macro_export]
 macro_rules! adapter_config_boilerplate {
     () => {
+        $crate::adapter_config_boilerplate!(no_layers);
+        fn layer_method(&mut self) -> Option<&mut dyn $crate::config::LayerMethod> {
+            Some(self)
+        }
+    };
+    // A model-level method's config: no layer side.
+    (no_layers) => {
         fn common(&self) -> &$crate::peft_config::PeftConfigCommon {
             &self.common
         }

@@ -4,6 +4,7 @@ use peft_core::config::{BiasMode, BiasOption, LayerInit};
 use peft_core::peft_config::error::ConfigError;
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, Num, PeftConfigCommon, TargetModules};
+use peft_core::LayerMethod;
 use peft_core::{AdapterConfig, MethodConfig, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 
@@ -150,7 +151,9 @@ impl AdapterConfig for DeftConfig {
     fn bias(&self) -> BiasMode {
         self.bias.mode().unwrap_or(BiasMode::None)
     }
+}
 
+impl LayerMethod for DeftConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::DeftLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

@@ -7,6 +7,7 @@ use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{
     ConfigError, LayerIndices, LayersPattern, Num, PeftConfigCommon, TargetModules,
 };
+use peft_core::LayerMethod;
 use peft_core::{AdapterConfig, MethodConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 
@@ -149,7 +150,9 @@ impl AdapterConfig for DeloraConfig {
     fn bias(&self) -> BiasMode {
         self.bias.mode().unwrap_or(BiasMode::None)
     }
+}
 
+impl LayerMethod for DeloraConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::DeloraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

@@ -5,6 +5,7 @@ use peft_core::config::{unsupported_option, BiasOption, LayerInit};
 use peft_core::peft_config::patterns::suffix_or_exact;
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
+use peft_core::LayerMethod;
 use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, BiasMode, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
@@ -141,7 +142,9 @@ impl AdapterConfig for FourierFtConfig {
     fn bias(&self) -> BiasMode {
         self.bias.mode().unwrap_or(BiasMode::None)
     }
+}
 
+impl LayerMethod for FourierFtConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::FourierFtLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

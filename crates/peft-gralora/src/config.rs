@@ -5,6 +5,7 @@ use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{
     ConfigError, LayerIndices, LayersPattern, Num, PeftConfigCommon, TargetModules,
 };
+use peft_core::LayerMethod;
 use peft_core::{AdapterConfig, MethodConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 
@@ -145,7 +146,9 @@ impl AdapterConfig for GraloraConfig {
     fn bias(&self) -> BiasMode {
         self.bias.mode().unwrap_or(BiasMode::None)
     }
+}
 
+impl LayerMethod for GraloraConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::GraloraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

@@ -5,6 +5,7 @@ use peft_core::config::LayerInit;
 use peft_core::peft_config::patterns::PatternMap;
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
+use peft_core::LayerMethod;
 use peft_core::{AdapterConfig, MethodConfig, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 
@@ -143,7 +144,9 @@ impl AdapterConfig for HiraConfig {
         }
         Ok(())
     }
+}
 
+impl LayerMethod for HiraConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::HiraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

@@ -3,6 +3,7 @@
 use peft_core::config::LayerInit;
 use peft_core::peft_config::targets::{dedupe_lists, selects_by_suffix};
 use peft_core::peft_config::{defaults, ConfigError, PeftConfigCommon, TargetModules};
+use peft_core::LayerMethod;
 use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
@@ -139,7 +140,9 @@ impl AdapterConfig for Ia3Config {
             ))),
         }
     }
+}
 
+impl LayerMethod for Ia3Config {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::Ia3Layer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

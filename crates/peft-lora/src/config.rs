@@ -9,6 +9,7 @@ use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{
     ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
 };
+use peft_core::LayerMethod;
 use peft_core::MethodConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -764,11 +765,6 @@ impl AdapterConfig for LoraConfig {
     ) -> Result<peft_core::config::ConvertedAdapter> {
         crate::convert::to_original_base(self, trained, initial)
     }
-
-    fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
-        crate::layer::LoraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
-    }
-
     fn clone_box(&self) -> Box<dyn AdapterConfig> {
         Box::new(self.clone())
     }
@@ -779,6 +775,12 @@ impl AdapterConfig for LoraConfig {
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+}
+
+impl LayerMethod for LoraConfig {
+    fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
+        crate::layer::LoraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
 }
 

@@ -79,7 +79,9 @@ macro_rules! lycoris_config_impls {
                 self.lycoris.modules_to_save = Some(modules);
                 true
             }
+        }
 
+        impl peft_core::LayerMethod for $config {
             fn create_layer(
                 &mut self,
                 ctx: &mut peft_core::LayerInit<'_, '_>,

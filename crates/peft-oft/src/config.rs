@@ -4,6 +4,7 @@
 use peft_core::config::{parse_method_config, BiasMode, BiasOption, LayerInit};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
+use peft_core::LayerMethod;
 use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
@@ -255,7 +256,9 @@ impl AdapterConfig for OftConfig {
     fn bias(&self) -> BiasMode {
         self.bias.mode().unwrap_or(BiasMode::None)
     }
+}
 
+impl LayerMethod for OftConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::OftLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

@@ -4,6 +4,7 @@ use peft_core::config::LayerInit;
 use peft_core::peft_config::error::ConfigError;
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
+use peft_core::LayerMethod;
 use peft_core::{Activation, AdapterConfig, MethodConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 
@@ -143,7 +144,9 @@ impl AdapterConfig for PeanutConfig {
     fn validate(&self) -> Result<()> {
         self.check(peft_core::peft_config::error::IN_MEMORY)
     }
+}
 
+impl LayerMethod for PeanutConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::PeanutLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

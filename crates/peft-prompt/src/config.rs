@@ -5,9 +5,8 @@
 //! types are read and written as PEFT writes them), but they adapt no layer: build a
 //! [`crate::PromptModel`] with them.
 
-use peft_core::config::LayerInit;
 use peft_core::peft_config::{ConfigError, PeftConfigCommon, TargetModules, TargetSpec};
-use peft_core::{AdapterConfig, MethodConfig, PeftError, Result, TunerLayer};
+use peft_core::{AdapterConfig, MethodConfig, PeftError, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -198,7 +197,7 @@ fn not_a_layer_method(peft_type: &str) -> PeftError {
 macro_rules! prompt_adapter_config {
     ($config:ty, $peft_type:expr) => {
         impl AdapterConfig for $config {
-            peft_core::adapter_config_boilerplate!();
+            peft_core::adapter_config_boilerplate!(no_layers);
 
             fn target_spec(&self) -> TargetSpec<'_> {
                 TargetSpec {
@@ -210,10 +209,6 @@ macro_rules! prompt_adapter_config {
             fn set_target_modules(&mut self, _targets: TargetModules) {}
 
             fn validate(&self) -> Result<()> {
-                Err(not_a_layer_method($peft_type))
-            }
-
-            fn create_layer(&mut self, _ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
                 Err(not_a_layer_method($peft_type))
             }
         }

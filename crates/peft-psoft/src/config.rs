@@ -4,6 +4,7 @@ use peft_core::config::LayerInit;
 use peft_core::peft_config::error::ConfigError;
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, Num, PeftConfigCommon, TargetModules};
+use peft_core::LayerMethod;
 use peft_core::{AdapterConfig, MethodConfig, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 
@@ -228,7 +229,9 @@ impl AdapterConfig for PsoftConfig {
         }
         Ok(())
     }
+}
 
+impl LayerMethod for PsoftConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::PsoftLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

@@ -5,6 +5,7 @@ use peft_core::config::{unsupported_option, BiasOption, LayerInit, TargetLayer};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
 use peft_core::shared::{self, SharedProjections};
+use peft_core::LayerMethod;
 use peft_core::{AdapterConfig, BiasMode, MethodConfig, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -192,7 +193,9 @@ impl AdapterConfig for PveraConfig {
         )?;
         Ok(())
     }
+}
 
+impl LayerMethod for PveraConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::PveraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

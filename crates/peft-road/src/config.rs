@@ -3,6 +3,7 @@
 use peft_core::config::LayerInit;
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{ConfigError, PeftConfigCommon, TargetModules};
+use peft_core::LayerMethod;
 use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
@@ -154,7 +155,9 @@ impl AdapterConfig for RoadConfig {
     fn model_options(&self) -> Result<peft_core::ModelOptions> {
         Ok(peft_core::ModelOptions { mixed_batches: true, ..Default::default() })
     }
+}
 
+impl LayerMethod for RoadConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::RoadLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

@@ -3,6 +3,7 @@
 use peft_core::config::LayerInit;
 use peft_core::peft_config::{PeftConfigCommon, TargetModules, TargetSpec};
 use peft_core::trainable_tokens::TrainableTokens;
+use peft_core::LayerMethod;
 use peft_core::{AdapterConfig, MethodConfig, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 
@@ -78,7 +79,9 @@ impl AdapterConfig for TrainableTokensConfig {
     fn model_options(&self) -> Result<peft_core::ModelOptions> {
         Ok(peft_core::ModelOptions { adapts_input_embedding: true, ..Default::default() })
     }
+}
 
+impl LayerMethod for TrainableTokensConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         if ctx.base.as_embedding().is_none() && ctx.base.as_linear().is_none_or(|l| l.fan_in_fan_out()) {
             return Err(ctx.unsupported(

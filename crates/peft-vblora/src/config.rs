@@ -3,6 +3,7 @@
 use peft_core::config::{BiasMode, BiasOption, LayerInit, NamedTensors, TargetLayer};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
+use peft_core::LayerMethod;
 use peft_core::{AdapterConfig, MethodConfig, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -260,7 +261,9 @@ impl AdapterConfig for VbloraConfig {
         self.bank = SharedBank(Some(Arc::new(Mutex::new(None))));
         Ok(())
     }
+}
 
+impl LayerMethod for VbloraConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::VbloraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

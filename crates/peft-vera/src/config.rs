@@ -4,6 +4,7 @@ use peft_core::config::{unsupported_option, BiasOption, LayerInit, TargetLayer};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
 use peft_core::shared::{self, SharedProjections};
+use peft_core::LayerMethod;
 use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, BiasMode, PeftError, Result, TunerLayer};
 use serde::{Deserialize, Serialize};
@@ -175,7 +176,9 @@ impl AdapterConfig for VeraConfig {
             SharedProjections::draw(self.projection_prng_key as u64, [self.r, in_max], [out_max, self.r])?;
         Ok(())
     }
+}
 
+impl LayerMethod for VeraConfig {
     fn create_layer(&mut self, ctx: &mut LayerInit<'_, '_>) -> Result<Box<dyn TunerLayer>> {
         crate::layer::VeraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }

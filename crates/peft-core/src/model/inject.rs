@@ -47,6 +47,7 @@ impl<M: Adaptable> PeftModel<M> {
             }
         }
         config.validate()?;
+        layer_side(config.as_mut())?;
         let existing: Vec<(&str, &dyn AdapterConfig)> =
             self.configs.iter().map(|(n, c)| (n.as_str(), c.as_ref())).collect();
         config.check_new_adapter(&existing)?;
@@ -128,7 +129,7 @@ impl<M: Adaptable> PeftModel<M> {
                 trainable,
                 warnings: &mut warnings,
             };
-            let tuner = config.create_layer(&mut init)?;
+            let tuner = layer_side(&mut *config)?.create_layer(&mut init)?;
             for (_, t) in tuner.named_tensors() {
                 set_requires_grad(&t, false);
             }
@@ -418,7 +419,7 @@ impl<M: Adaptable> PeftModel<M> {
                 trainable,
                 warnings: &mut warnings,
             };
-            let tuner = config.create_layer(&mut init)?;
+            let tuner = layer_side(&mut *config)?.create_layer(&mut init)?;
             let on = trainable && active.iter().any(|a| a == adapter);
             for (rel, t) in tuner.named_tensors() {
                 set_requires_grad(&t, on && tuner.is_trainable_tensor(&rel));
@@ -551,4 +552,12 @@ pub fn inspect_targets<M: Adaptable>(model: &M, config: &dyn AdapterConfig) -> R
         }
         Err(e) => Err(e),
     }
+}
+
+/// The config's layer side, or the refusal of a config that adapts no layer.
+fn layer_side(config: &mut dyn AdapterConfig) -> Result<&mut dyn crate::config::LayerMethod> {
+    let peft_type = config.common().peft_type.clone();
+    config.layer_method().ok_or_else(|| {
+        PeftError::Invalid(format!("{peft_type} adapts no layer: `PeftModel` holds only layer methods"))
+    })
 }
