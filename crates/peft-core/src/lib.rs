@@ -31,7 +31,6 @@ pub mod modules_to_save;
 pub mod nn;
 pub mod registry;
 pub mod rng;
-pub mod shared;
 pub mod status;
 pub mod trainable_tokens;
 

@@ -4,9 +4,9 @@
 use peft_core::config::{unsupported_option, BiasOption, LayerInit, TargetLayer};
 use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{LayerIndices, LayersPattern, PeftConfigCommon, TargetModules};
-use peft_core::shared::{self, SharedProjections};
 use peft_core::LayerMethod;
 use peft_core::{AdapterConfig, BiasMode, MethodConfig, PeftError, Result, TunerLayer};
+use peft_projections::{self as shared, SharedProjections};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

@@ -43,7 +43,7 @@ pub struct PveraLayer {
     pvera_a: Tensor,
     pvera_b: Tensor,
     /// The adapter's shared-projection handle (for the status' device list).
-    shared: peft_core::shared::SharedProjections,
+    shared: peft_projections::SharedProjections,
     /// This layer holds the shared projections in the var store and saves them.
     owns_projections: bool,
 }
@@ -221,7 +221,7 @@ impl TunerLayer for PveraLayer {
 
     /// The shared projections are saved once, at the model level: `base_model.pvera_A` / `base_model.pvera_B`.
     fn checkpoint_key(&self, key: &str, adapter: &str) -> String {
-        peft_core::shared::model_level_key(key, adapter, NAMES)
+        peft_projections::model_level_key(key, adapter, NAMES)
             .unwrap_or_else(|| peft_core::peft_config::keys::remove_adapter_name(key, adapter))
     }
 

@@ -10,7 +10,7 @@
 //! * [`PveraConfig`]: every key of PEFT's `PveraConfig` and its checks.
 //! * [`PveraLayer`]: PVeRA on `nn.Linear` (dense or quantized) and GPT-2's `Conv1D` — forward with dropout
 //!   and sampling (from the global stream or a per-layer generator seeded with `generator_seed`), merge,
-//!   unmerge, as PEFT computes them; the projections shared through `peft_core::shared`, saved once as
+//!   unmerge, as PEFT computes them; the projections shared through `peft_projections`, saved once as
 //!   `base_model.pvera_A` / `pvera_B` or drawn again on load.
 //!
 //! Linking this crate registers `peft_type: "PVERA"`, so adapter directories saved by PEFT load by file

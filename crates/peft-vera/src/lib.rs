@@ -63,7 +63,7 @@ pub mod layer;
 
 pub use config::{VeraConfig, PEFT_TYPE};
 pub use layer::VeraLayer;
-pub use peft_core::shared::{Projections, SharedProjections};
 pub use peft_core::MethodConfig;
+pub use peft_projections::{Projections, SharedProjections};
 
 peft_core::register_method!(config::VeraConfig, "peft-vera");

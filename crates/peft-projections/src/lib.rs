@@ -1,15 +1,15 @@
-//! Frozen random projections shared by all the layers of an adapter (VeRA's `vera_A` / `vera_B`, PVeRA's
+//! The family crate of VeRA and PVeRA: frozen random projections shared by all the layers of an adapter (VeRA's `vera_A` / `vera_B`, PVeRA's
 //! `pvera_A` / `pvera_B`): PEFT draws them once, in its `_pre_injection_hook`, from a CPU generator seeded
 //! with `projection_prng_key`, sized by the largest targeted linear layer; every layer uses slices of
 //! them, later adapters reuse the first adapter's, and each adapter's file holds them once at the model
 //! level (`base_model.vera_A`).
 //!
-//! [`SharedProjections`] carries them from [`crate::AdapterConfig::before_layers`] to the layers;
+//! [`SharedProjections`] carries them from [`peft_core::AdapterConfig::before_layers`] to the layers;
 //! [`SharedProjections::attach`] places them on the first layer's device and dtype and decides which
 //! layer registers and saves them for each adapter; [`model_level_key`] is the checkpoint-key mapping.
 //!
 //! ```
-//! use peft_core::shared::SharedProjections;
+//! use peft_projections::SharedProjections;
 //!
 //! // VeRA's draw for r = 4 over layers of at most 20 outputs and 10 inputs.
 //! let p = SharedProjections::draw(0, [4, 10], [20, 4])?;
@@ -21,9 +21,9 @@
 //! # Ok::<(), peft_core::PeftError>(())
 //! ```
 
-use crate::config::{LayerInit, TargetLayer, TargetView};
-use crate::error::{PeftError, Result};
-use crate::rng::Generator;
+use peft_core::config::{LayerInit, TargetLayer, TargetView};
+use peft_core::rng::Generator;
+use peft_core::{PeftError, Result};
 use std::sync::{Arc, Mutex};
 use tch::{Device, Kind, Tensor};
 
@@ -70,7 +70,7 @@ pub struct Attached {
 fn kaiming(shape: [i64; 2], g: &mut Generator) -> Result<Tensor> {
     let mut t = Tensor::f_empty(shape, (Kind::Float, Device::Cpu))
         .map_err(PeftError::torch("allocating a projection"))?;
-    let fan = crate::init::fan_in(&t) as f64;
+    let fan = peft_core::init::fan_in(&t) as f64;
     let bound = 3f64.sqrt() * (2f64.sqrt() / fan.sqrt());
     g.uniform_(&mut t, -bound, bound)?;
     Ok(t)
@@ -198,7 +198,7 @@ impl SharedProjections {
 
 impl SharedProjections {
     /// `(adapter, device)` for every adapter using the projections: PEFT's layer status reports a device
-    /// for each key of the shared `BufferDict` on every layer (see [`crate::TunerLayer::status_shared_devices`]).
+    /// for each key of the shared `BufferDict` on every layer (see [`peft_core::TunerLayer::status_shared_devices`]).
     pub fn member_devices(&self) -> Vec<(String, Device)> {
         match self.lock() {
             Ok(p) => p.members.iter().map(|m| (m.clone(), p.a.device())).collect(),
@@ -210,7 +210,7 @@ impl SharedProjections {
 /// For `before_layers`: the projections of an earlier adapter of the same method, if any (PEFT draws them
 /// only for the first adapter).
 pub fn earlier<C: 'static>(
-    existing: &[(&str, &dyn crate::AdapterConfig)],
+    existing: &[(&str, &dyn peft_core::AdapterConfig)],
     get: impl Fn(&C) -> &SharedProjections,
 ) -> Option<SharedProjections> {
     existing
