@@ -413,16 +413,73 @@ pub fn sync(root: &Path) -> Result<Vec<PathBuf>> {
 /// The drifts found.
 pub fn check(root: &Path) -> Result<usize> {
     let methods = discover(root)?;
-    let problems = drift(&methods, &Sources::read(root)?)?;
+    let mut problems = drift(&methods, &Sources::read(root)?)?;
+    problems.extend(core_method_names(root, &methods)?);
     if !problems.is_empty() {
         bail!("the method lists disagree with the method crates:\n  {}", problems.join("\n  "));
     }
     Ok(methods.len())
 }
 
+/// peft-core knows no method: a PEFT type written as a string literal in its sources outside the
+/// registry's table (comments aside) is reported, one line per place.
+fn core_method_names(root: &Path, methods: &[MethodCrate]) -> Result<Vec<String>> {
+    let types: Vec<&str> = methods.iter().flat_map(|m| m.peft_types.iter().map(String::as_str)).collect();
+    let mut out = Vec::new();
+    let mut stack = vec![root.join("crates/peft-core/src")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("registry.rs") {
+                let text = fs::read_to_string(&path)?;
+                let rel = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+                out.extend(method_literals(&text, &types).into_iter().map(|(line, t)| {
+                    format!(
+                        "{rel}:{line}: names the method {t:?}; core reads such needs from the config instead"
+                    )
+                }));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `(line, type)` for each PEFT type that appears as a whole string literal (`"IA3"`) in code lines.
+fn method_literals<'a>(text: &str, types: &[&'a str]) -> Vec<(usize, &'a str)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        for t in types {
+            if line.contains(&format!("\"{t}\"")) {
+                out.push((i + 1, *t));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_method_name_in_core_code_is_reported_and_comments_are_not() {
+        let text = "// \"IA3\" in a comment\nif t != \"IA3\" {}\nlet x = \"IA3X\";\n";
+        assert_eq!(method_literals(text, &["IA3", "LORA"]), vec![(2, "IA3")]);
+    }
+
+    #[test]
+    fn todays_core_names_no_method() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let methods = discover(root).unwrap();
+        assert_eq!(core_method_names(root, &methods).unwrap(), Vec::<String>::new());
+    }
 
     fn repo() -> (Vec<MethodCrate>, Sources) {
         let root = crate::root();

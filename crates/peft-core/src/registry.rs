@@ -80,6 +80,9 @@ const fn row(
     PeftTypeInfo { peft_type, tuner_class, crate_name, shipped }
 }
 
+/// The trainable-tokens method's type: core's own layer serves it and other methods' `trainable_token_indices`.
+pub const TRAINABLE_TOKENS: &str = "TRAINABLE_TOKENS";
+
 /// Every `peft_type` of PEFT 0.21.2 (45), in PEFT's `PeftType` order. The method crates are the source
 /// of truth for the crate names and the `SHIPPED` marks: each declares its types in its manifest
 /// (`[package.metadata.peft] peft-types`), `cargo xtask sync-methods` writes them here and

@@ -17,7 +17,7 @@ use crate::layer::{all_finite, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use tch::Tensor;
 
 /// The `peft_type` trainable tokens report inside other methods' adapters.
-pub const TRAINABLE_TOKENS: &str = "TRAINABLE_TOKENS";
+pub use crate::registry::TRAINABLE_TOKENS;
 
 /// `trainable_token_indices`: a list for the input embedding, or a list per module.
 #[derive(Clone, Debug, PartialEq)]

@@ -765,6 +765,11 @@ impl AdapterConfig for LoraConfig {
     ) -> Result<peft_core::config::ConvertedAdapter> {
         crate::convert::to_original_base(self, trained, initial)
     }
+
+    fn layer_method(&mut self) -> Option<&mut dyn LayerMethod> {
+        Some(self)
+    }
+
     fn clone_box(&self) -> Box<dyn AdapterConfig> {
         Box::new(self.clone())
     }
