@@ -13,8 +13,9 @@
 
 use crate::config::LoraConfig;
 use crate::layer::LoraLayer;
+use crate::variant::LoraVariant;
 use peft_core::error::{PeftError, Result};
-use peft_core::layer::TunerLayer;
+use peft_core::layer::{ForwardCtx, TunerLayer};
 use peft_core::MethodConfig;
 use peft_core::{Adaptable, LoadOptions, PeftModel};
 use serde_json::Value;
@@ -90,7 +91,9 @@ impl Arrow {
     fn refresh(&self, state: &mut RouterState, layers: &[(&str, &LoraLayer)]) {
         let current: Vec<String> = layers
             .iter()
-            .filter(|(n, l)| l.arrow.is_none() && *n != ROUTER_NAME && !is_gks_name(n))
+            .filter(|(n, l)| {
+                !matches!(l.variant, LoraVariant::Arrow(_)) && *n != ROUTER_NAME && !is_gks_name(n)
+            })
             .map(|(n, _)| n.to_string())
             .collect();
         let Some(known) = &state.task_names else {
@@ -162,9 +165,18 @@ impl Arrow {
         v
     }
 
+    /// The layer output `y` plus the routed mixture of the layer's task adapters for `x` (none:
+    /// unchanged).
+    pub(crate) fn add_routed(&self, x: &Tensor, y: Tensor, dropout: f64, ctx: &ForwardCtx<'_>) -> Tensor {
+        match ctx.siblings.and_then(|s| self.forward(x, s, dropout, ctx.train)) {
+            Some(d) => y + d,
+            None => y,
+        }
+    }
+
     /// The routed delta for `x` (PEFT's `ArrowLoraLinearLayer.forward`), preparing the prototypes and the
     /// subtraction first when needed. `siblings` are the layer's adapters.
-    pub(crate) fn forward(
+    fn forward(
         &self,
         x: &Tensor,
         siblings: &indexmap::IndexMap<String, Box<dyn TunerLayer>>,

@@ -8,7 +8,9 @@
 //! the module name. A block-diagonal A is drawn kaiming-uniform (`a = 0`) after the usual LoRA init; a
 //! block-diagonal B starts at zero.
 
-use crate::config::LoraConfig;
+use crate::config::{LoraConfig, PEFT_TYPE};
+use crate::layer::LoraKind;
+use peft_core::config::LayerInit;
 use peft_core::error::{PeftError, Result};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
@@ -89,9 +91,38 @@ impl BlockDiagonal {
         Ok(Some(Self { side, nblocks }))
     }
 
+    /// [`Self::for_module`] for the layer being created (`features`: `(in, out)`), after refusing what
+    /// PEFT cannot build: Conv1D bases, and `lora_bias` with a block-diagonal B.
+    ///
+    /// # Errors
+    /// Those refusals and [`Self::for_module`]'s.
+    pub(crate) fn for_layer(
+        config: &LoraConfig,
+        ctx: &LayerInit<'_, '_>,
+        kind: &LoraKind,
+        r: i64,
+        features: (i64, i64),
+    ) -> Result<Option<Self>> {
+        if matches!(kind, LoraKind::Linear { fan_in_fan_out: true }) {
+            // PEFT 0.21.2 fails here with an AttributeError (it reads `in_features` off the base).
+            return Err(
+                ctx.unsupported(PEFT_TYPE, "BD-LoRA adapts nn.Linear layers, not transformers' Conv1D")
+            );
+        }
+        let layout = Self::for_module(config, ctx.module_name, r, features.0, features.1)?;
+        if config.lora_bias && layout.is_some_and(|bd| bd.side == Side::B) {
+            return Err(PeftError::Invalid(format!(
+                "`{}`: lora_bias=True cannot be combined with a block-diagonal lora_B (PEFT's block-diagonal layer has \
+                 no bias, so the bias would silently be dropped)",
+                ctx.module_name
+            )));
+        }
+        Ok(layout)
+    }
+
     /// The factor as PEFT's `BlockDiagonalLinear` draws it: `(out, in / nblocks)`, kaiming-uniform
     /// (`a = 0`) for A, zeros for B; fp32 on the CPU like every freshly drawn LoRA factor here.
-    pub(crate) fn draw(&self, in_f: i64, out_f: i64) -> Result<Tensor> {
+    fn draw(&self, in_f: i64, out_f: i64) -> Result<Tensor> {
         let shape = [out_f, in_f / self.nblocks];
         let mut w = Tensor::f_empty(shape, (Kind::Float, Device::Cpu))
             .map_err(PeftError::torch("allocating a block-diagonal LoRA factor"))?;
@@ -102,8 +133,39 @@ impl BlockDiagonal {
         Ok(w)
     }
 
+    /// Redraws the block-diagonal factor of `(a, b)` for a layer with `features` `(in, out)` and rank
+    /// `r`, after the usual LoRA init (PEFT's `BdLoraLinearVariant.init` replaces that module).
+    pub(crate) fn redraw(&self, a: &mut Tensor, b: &mut Tensor, r: i64, features: (i64, i64)) -> Result<()> {
+        match self.side {
+            Side::A => *a = self.draw(features.0, r)?,
+            Side::B => *b = self.draw(r, features.1)?,
+        }
+        Ok(())
+    }
+
+    /// `B(A(x))` without scaling, the block-diagonal factor applied block by block (a block-diagonal B
+    /// has no bias: creation refuses `lora_bias` with it).
+    pub(crate) fn path(&self, x: &Tensor, a: &Tensor, b: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        match self.side {
+            Side::A => self.apply(x, a).linear(b, bias),
+            Side::B => self.apply(&x.linear::<&Tensor>(a, None), b),
+        }
+    }
+
+    /// The dense `(A, B)` of the stored factors: the block-diagonal one expanded.
+    pub(crate) fn dense_factors(
+        &self,
+        a: Tensor,
+        b: Tensor,
+    ) -> std::result::Result<(Tensor, Tensor), tch::TchError> {
+        match self.side {
+            Side::A => Ok((self.dense(&a)?, b)),
+            Side::B => Ok((a, self.dense(&b)?)),
+        }
+    }
+
     /// `x · dense(w)ᵀ` block by block: input block `i` times weight block `i`.
-    pub(crate) fn apply(&self, x: &Tensor, w: &Tensor) -> Tensor {
+    fn apply(&self, x: &Tensor, w: &Tensor) -> Tensor {
         let shape = x.size();
         let features = shape.last().copied().unwrap_or(1);
         let nb = self.nblocks;
@@ -119,7 +181,7 @@ impl BlockDiagonal {
     }
 
     /// The dense factor: the blocks on the diagonal, zeros elsewhere.
-    pub(crate) fn dense(&self, w: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
+    fn dense(&self, w: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
         let blocks = w.f_chunk(self.nblocks, 0)?;
         Tensor::f_block_diag(&blocks)
     }

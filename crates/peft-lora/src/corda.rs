@@ -13,6 +13,7 @@
 //! PEFT's `cache_file` / `covariance_file` (pickled tensors) are not read or written here.
 
 use crate::config::{CordaEigens, InitData, LoraConfig};
+use peft_core::config::LayerInit;
 use peft_core::error::{PeftError, Result};
 use peft_core::peft_config::{TargetMatch, TargetMatcher};
 use peft_core::{Adaptable, AdapterConfig};
@@ -172,8 +173,37 @@ fn eigens_for_layer(weight: &Tensor, fifo: bool, cov: &Tensor) -> TchResult<(Ten
     Ok((u, s, v))
 }
 
+/// CorDA's init of the layer being created: `(A, B)` from the decomposition `preprocess_corda` left in
+/// `config.init_data` for it (taken out of it); the base keeps the residual.
+///
+/// # Errors
+/// No decomposition for the layer, a base that is not linear, or a libtorch failure.
+pub(crate) fn init_layer(
+    config: &LoraConfig,
+    ctx: &mut LayerInit<'_, '_>,
+    scaling: f64,
+) -> Result<(Tensor, Tensor)> {
+    let eigens = match &config.init_data {
+        InitData::Corda(e) => e.lock().ok().and_then(|mut e| e.remove(ctx.module_name)),
+        _ => None,
+    };
+    let (Some(eigens), Some(lin)) = (eigens, ctx.base.as_linear()) else {
+        return Err(PeftError::Invalid(format!(
+            "`{}`: no CorDA decomposition, please run `peft_lora::corda::preprocess_corda` first and pass its \
+             result in `LoraConfig::init_data`",
+            ctx.module_name
+        )));
+    };
+    let (a, b, residual) = init_from_eigens(&eigens, &lin.weight(), lin.fan_in_fan_out(), scaling)?;
+    match ctx.base.as_weighted_mut() {
+        Some(w) => w.set_weight(&residual)?,
+        None => return Err(PeftError::Invalid("CorDA needs a base weight".into())),
+    }
+    Ok((a, b))
+}
+
 /// `corda_init`: `(A, B, residual)` from the layer's `(U, S, V)`.
-pub(crate) fn init_from_eigens(
+fn init_from_eigens(
     eigens: &(Tensor, Tensor, Tensor),
     weight: &Tensor,
     fan_in_fan_out: bool,

@@ -20,6 +20,7 @@
 //! never read a stale norm.
 
 use crate::layer::{transpose, LoraKind, LoraLayer};
+use peft_core::config::LayerInit;
 use peft_core::error::{PeftError, Result};
 use peft_core::layer::{BaseLayer, ForwardCtx};
 use std::sync::Mutex;
@@ -97,6 +98,17 @@ impl Dora {
                 .detach())
         };
         tch::no_grad(f).map_err(PeftError::torch("initialising the DoRA magnitude"))
+    }
+
+    /// DoRA's init on a placed `layer`: the magnitude from [`Self::initial_magnitude`], registered as
+    /// the trainable `lora_magnitude_vector.<adapter>.weight`.
+    ///
+    /// # Errors
+    /// As [`Self::initial_magnitude`].
+    pub(crate) fn create(layer: &LoraLayer, ctx: &LayerInit<'_, '_>) -> Result<Self> {
+        let magnitude = Self::initial_magnitude(layer, &*ctx.base)?;
+        let path = &ctx.path / "lora_magnitude_vector" / layer.adapter_name();
+        Ok(Self::new(path.add("weight", magnitude, true)))
     }
 
     /// Drops the evaluation cache.

@@ -7,11 +7,54 @@
 //! the task loss.
 
 use crate::config::LoraConfig;
-use crate::layer::LoraLayer;
+use crate::layer::{LoraKind, LoraLayer};
+use crate::variant::LoraVariant;
+use peft_core::config::LayerInit;
 use peft_core::error::{PeftError, Result};
 use peft_core::layer::BaseLayer;
 use peft_core::{Adaptable, PeftModel};
 use tch::{Kind, Tensor};
+
+/// PEFT's refusals before anything is drawn: Conv1D bases, and a rank that would truncate the whole
+/// base (`features`: `(in, out)`).
+pub(crate) fn check(kind: &LoraKind, r: i64, features: (i64, i64)) -> Result<()> {
+    if let LoraKind::Linear { fan_in_fan_out: true } = kind {
+        return Err(PeftError::Invalid(
+            "KaSA does not support `fan_in_fan_out=True` layers (e.g. Conv1D). Please target nn.Linear layers."
+                .into(),
+        ));
+    }
+    let min = features.0.min(features.1);
+    if r >= min {
+        return Err(PeftError::Invalid(format!(
+            "KaSA requires `r` ({r}) to be smaller than min(in_features, out_features) ({min}) so that at least \
+             one singular component of the base weight is preserved after truncation."
+        )));
+    }
+    Ok(())
+}
+
+/// KaSA's init on a placed `layer`: `lora_diag` ~ N(0, 1) on A's device and dtype (B is zero, so the
+/// update starts at zero), then the base keeps only its largest min(in, out) − r singular components.
+/// Returns the registered `lora_diag`.
+pub(crate) fn create(layer: &LoraLayer, ctx: &mut LayerInit<'_, '_>) -> Result<Tensor> {
+    let diag = Tensor::f_randn([layer.r], (layer.lora_a.kind(), layer.lora_a.device()))
+        .map_err(PeftError::torch("initialising lora_diag"))?;
+    let diag = (&ctx.path / "lora_diag").add(layer.adapter_name(), diag, true);
+    truncate_base(ctx.base, layer.r)?;
+    Ok(diag)
+}
+
+/// `B(diag(ΔΣ)·A(x))`, without scaling.
+pub(crate) fn path(x: &Tensor, a: &Tensor, diag: &Tensor, b: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let after_a = x.linear::<&Tensor>(a, None) * diag;
+    after_a.linear(b, bias)
+}
+
+/// `B·diag(ΔΣ)` for the delta weight (`ΔΣ` in fp32 when `cast`, as the factors then are).
+pub(crate) fn fold_diag(b: &Tensor, diag: &Tensor, cast: bool) -> std::result::Result<Tensor, tch::TchError> {
+    b.f_mul(&if cast { diag.f_to_kind(Kind::Float)? } else { diag.shallow_clone() })
+}
 
 /// Replaces the base weight by its rank-`(min(in, out) − r)` SVD approximation.
 pub(crate) fn truncate_base(base: &mut dyn BaseLayer, r: i64) -> Result<()> {
@@ -56,7 +99,7 @@ pub fn kasa_loss<M: Adaptable>(peft: &PeftModel<M>, adapters: Option<&[&str]>) -
             let Some(layer) = l.slots().get(name).and_then(|t| t.as_any().downcast_ref::<LoraLayer>()) else {
                 continue;
             };
-            let Some(diag) = &layer.kasa_diag else { continue };
+            let LoraVariant::Kasa(diag) = &layer.variant else { continue };
             let r = diag.size()[0];
             let d = diag.to_kind(Kind::Float);
             let a = layer.lora_a.to_kind(Kind::Float);

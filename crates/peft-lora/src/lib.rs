@@ -67,6 +67,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alora;
 pub mod arrow;
 pub mod bdlora;
 pub mod config;

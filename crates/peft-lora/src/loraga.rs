@@ -16,6 +16,7 @@
 //! Without gradients (e.g. loading a saved LoRA-GA adapter) the default init is used, as in PEFT.
 
 use crate::config::{InitData, LoraConfig};
+use peft_core::config::LayerInit;
 use peft_core::error::{PeftError, Result};
 use peft_core::peft_config::TargetMatch;
 use peft_core::peft_config::TargetMatcher;
@@ -142,9 +143,36 @@ pub fn estimate_gradients<M: Adaptable>(
     Ok(InitData::LoraGa(Arc::new(Mutex::new(grads))))
 }
 
+/// LoRA-GA's init of the layer being created (rank `r`): `(A, B)` from the gradient
+/// `estimate_gradients` left in `config.init_data` for it (taken out of it), the base keeping the
+/// residual; `None` without a gradient or on a base that is not linear (the caller then falls back to
+/// the default init, as PEFT).
+///
+/// # Errors
+/// An invalid `lora_ga_config`, or a libtorch failure.
+pub(crate) fn init_layer(
+    config: &LoraConfig,
+    ctx: &mut LayerInit<'_, '_>,
+    r: i64,
+    scaling: f64,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let grad = match &config.init_data {
+        InitData::LoraGa(g) => g.lock().ok().and_then(|mut g| g.remove(ctx.module_name)),
+        _ => None,
+    };
+    let (Some(grad), Some(lin)) = (grad, ctx.base.as_linear()) else { return Ok(None) };
+    let ga = LoraGaConfig::from_config(config)?;
+    let (a, b, residual) = init_from_gradient(&grad, &lin.weight(), lin.fan_in_fan_out(), r, scaling, &ga)?;
+    match ctx.base.as_weighted_mut() {
+        Some(w) => w.set_weight(&residual)?,
+        None => return Err(PeftError::Invalid("LoRA-GA needs a base weight".into())),
+    }
+    Ok(Some((a, b)))
+}
+
 /// `lora_ga_init`: `(A, B, residual weight)` from the gradient `grad` of a linear layer's weight
 /// `weight` (storage layout; `fan_in_fan_out` for Conv1D).
-pub(crate) fn init_from_gradient(
+fn init_from_gradient(
     grad: &Tensor,
     weight: &Tensor,
     fan_in_fan_out: bool,

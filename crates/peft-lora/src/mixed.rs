@@ -83,7 +83,7 @@ pub(crate) fn output(
 ) -> Option<Tensor> {
     let layers: Vec<&LoraLayer> =
         group.iter().map(|t| t.as_any().downcast_ref::<LoraLayer>()).collect::<Option<_>>()?;
-    if layers.iter().any(|l| l.needs_own_path(ctx.train) || l.kind != first.kind)
+    if layers.iter().any(|l| l.variant.needs_own_path(ctx.train) || l.kind != first.kind)
         || (ctx.train && layers.iter().any(|l| l.dropout > 0.0))
     {
         return None;

@@ -11,7 +11,9 @@
 //! regularizer) to the task loss, as PEFT's `_get_monteclora_loss`.
 
 use crate::config::LoraConfig;
-use crate::layer::LoraLayer;
+use crate::layer::{LoraLayer, Placement};
+use crate::variant::LoraVariant;
+use peft_core::config::LayerInit;
 use peft_core::error::{PeftError, Result};
 use peft_core::{Adaptable, PeftModel};
 use serde_json::Value;
@@ -118,20 +120,22 @@ impl NoiseBuffer {
 }
 
 impl MonteClora {
-    /// The sampler's tensors as PEFT's `MontecloraSampler.__init__` draws them (`rand` for the two
-    /// priors, then a full noise buffer), for a layer with `in_features` inputs and rank `rank`, in the
-    /// adapter's dtype on its device. Returns the state and its four tensors to register
-    /// (`std_prior`, `expert_weights_prior`, `gaussian_var_prior`, `expert_weights`).
+    /// The sampler of the placed `layer`'s adapter, created with `config`, as PEFT's
+    /// `MontecloraSampler.__init__` draws it (`rand` for the two priors, then a full noise buffer) in the
+    /// base weight's float dtype on its device. The priors are placed like the factors and registered
+    /// as trainable, the last-sample tensors as buffers, under `lora_monteclora_sampler`.
     ///
     /// # Errors
     /// A libtorch failure.
     pub(crate) fn create(
         config: &LoraConfig,
-        in_features: i64,
-        rank: i64,
-        options: (Kind, Device),
-    ) -> Result<(MonteCloraConfig, [Tensor; 4], NoiseBufferHandle)> {
+        layer: &LoraLayer,
+        ctx: &LayerInit<'_, '_>,
+        placement: &Placement,
+    ) -> Result<Self> {
         let c = MonteCloraConfig::from_config(config);
+        let (in_features, rank) = (layer.features().0, layer.r);
+        let options = placement.base_options();
         let f = || -> TchResult<([Tensor; 4], NoiseBuffer)> {
             let cpu = (options.0, Device::Cpu);
             let std_prior = Tensor::f_rand([rank], cpu)?.f_to_device(options.1)?;
@@ -141,26 +145,38 @@ impl MonteClora {
             let buffer = NoiseBuffer::draw(&c, in_features, rank, options)?;
             Ok(([std_prior, ew_prior, var, ew], buffer))
         };
-        let (tensors, buffer) = f().map_err(PeftError::torch("initialising the MonteCLoRA sampler"))?;
-        Ok((c, tensors, NoiseBufferHandle(buffer, in_features, rank, options)))
-    }
-
-    /// Builds the state around the registered tensors.
-    pub(crate) fn new(config: MonteCloraConfig, tensors: [Tensor; 4], buffer: NoiseBufferHandle) -> Self {
-        let [std_prior, expert_weights_prior, gaussian_var_prior, expert_weights] = tensors;
-        let NoiseBufferHandle(buffer, in_features, rank, options) = buffer;
-        Self {
-            config,
-            std_prior,
-            expert_weights_prior,
-            gaussian_var_prior,
-            expert_weights,
+        let ([std, ewp, var, ew], buffer) =
+            f().map_err(PeftError::torch("initialising the MonteCLoRA sampler"))?;
+        let p = &ctx.path / "lora_monteclora_sampler" / layer.adapter_name();
+        Ok(Self {
+            config: c,
+            std_prior: p.add("std_prior", placement.place(std)?, true),
+            expert_weights_prior: p.add("expert_weights_prior", placement.place(ewp)?, true),
+            gaussian_var_prior: p.add("gaussian_var_prior", var, false),
+            expert_weights: p.add("expert_weights", ew, false),
             last: Mutex::new(None),
             buffer: Mutex::new(buffer),
             in_features,
             rank,
             options,
-        }
+        })
+    }
+
+    /// A training forward pass: plain LoRA with A replaced by [`Self::perturbed_a`]. `x` is the input
+    /// cast to the adapter dtype, `y` the output so far.
+    pub(crate) fn forward(&self, layer: &LoraLayer, x: Tensor, y: Tensor) -> Tensor {
+        let x = if layer.dropout > 0.0 { x.dropout(layer.dropout, true) } else { x };
+        let after_a = x.linear::<&Tensor>(&self.perturbed_a(&layer.lora_a), None);
+        y + after_a.linear(&layer.lora_b, layer.lora_b_bias.as_ref()) * layer.scaling
+    }
+
+    /// Appends the sampler's tensors to `out` under PEFT's names (`lora_monteclora_sampler.<adapter>.*`).
+    pub(crate) fn push_tensors(&self, adapter: &str, out: &mut Vec<(String, Tensor)>) {
+        let p = format!("lora_monteclora_sampler.{adapter}");
+        out.push((format!("{p}.std_prior"), self.std_prior.shallow_clone()));
+        out.push((format!("{p}.expert_weights_prior"), self.expert_weights_prior.shallow_clone()));
+        out.push((format!("{p}.gaussian_var_prior"), self.gaussian_var_prior.shallow_clone()));
+        out.push((format!("{p}.expert_weights"), self.expert_weights.shallow_clone()));
     }
 
     /// The next pre-drawn sample, refilling the buffer when it is used up.
@@ -227,7 +243,7 @@ impl MonteClora {
 
     /// The `lora_A` to use in a training forward pass: the mixture of perturbed copies of `a`, or `a`
     /// itself when a sample is not finite (PEFT warns and does the same).
-    pub(crate) fn perturbed_a(&self, a: &Tensor) -> Tensor {
+    fn perturbed_a(&self, a: &Tensor) -> Tensor {
         let f = || -> TchResult<Tensor> {
             let (vars, weights) = self.sample()?;
             let nan = |t: &Tensor| t.f_isnan().and_then(|m| m.f_any()).map(|m| m.int64_value(&[]) != 0);
@@ -295,10 +311,6 @@ impl MonteClora {
     }
 }
 
-/// A freshly drawn noise buffer with the layout it was drawn for (moved into [`MonteClora::new`]).
-#[derive(Debug)]
-pub(crate) struct NoiseBufferHandle(NoiseBuffer, i64, i64, (Kind, Device));
-
 /// Redraws every MonteCLoRA sampler's noise buffer from the current random state (in module order, then
 /// adapter order), as calling PEFT's `sampler.sampler._refill_buffer()` on each does — e.g. right after
 /// `tch::manual_seed` to make a training run reproducible.
@@ -309,7 +321,8 @@ pub fn redraw_noise<M: Adaptable>(peft: &PeftModel<M>) -> Result<()> {
     let mut failure = None;
     peft.model().visit_layers(&mut |l| {
         for (_, tuner) in l.slots().adapters() {
-            let Some(mc) = tuner.as_any().downcast_ref::<LoraLayer>().and_then(|l| l.monteclora.as_ref())
+            let Some(LoraVariant::MonteClora(mc)) =
+                tuner.as_any().downcast_ref::<LoraLayer>().map(|l| &l.variant)
             else {
                 continue;
             };
@@ -345,7 +358,7 @@ pub fn monteclora_loss<M: Adaptable>(peft: &PeftModel<M>, adapters: Option<&[&st
             let Some(layer) = l.slots().get(name).and_then(|t| t.as_any().downcast_ref::<LoraLayer>()) else {
                 continue;
             };
-            let Some(mc) = &layer.monteclora else { continue };
+            let LoraVariant::MonteClora(mc) = &layer.variant else { continue };
             match mc.variational_loss().and_then(|(kl, ent)| kl.f_add(&ent)) {
                 Ok(term) => {
                     total = Some(match total.take() {

@@ -15,6 +15,8 @@
 //! `gᵀ·reconstruct(c)` of PEFT's backward (`sg` = stop-gradient).
 
 use crate::config::LoraConfig;
+use crate::layer::{LoraLayer, Placement};
+use peft_core::config::LayerInit;
 use peft_core::error::{PeftError, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Kind, Tensor};
@@ -71,16 +73,18 @@ fn grouped(x: &Tensor, num_groups: i64) -> Tensor {
 }
 
 impl Velora {
-    /// The state for an adapter created with `config` on a layer with `in_features` inputs; the embed
-    /// is drawn (`random`) or zero, in `kind` on `device` (the base weight's).
+    /// The state for the adapter of the placed `layer`, created with `config`: the embed is drawn
+    /// (`random`) or zero, in the base weight's float dtype on its device, and registered as the buffer
+    /// `lora_velora_embed`.
     ///
     /// # Errors
     /// A libtorch failure.
     pub(crate) fn create(
         config: &LoraConfig,
-        in_features: i64,
-        options: (Kind, tch::Device),
-    ) -> Result<(Self, Tensor)> {
+        layer: &LoraLayer,
+        ctx: &LayerInit<'_, '_>,
+        placement: &Placement,
+    ) -> Result<Self> {
         let v = config.velora_config.as_ref();
         let get = |k: &str| v.and_then(|v| v.get(k));
         let num_groups = get("num_groups").and_then(serde_json::Value::as_i64).unwrap_or(64);
@@ -91,7 +95,8 @@ impl Velora {
             "batch_average_once" => InitType::BatchAverageOnce,
             _ => InitType::BatchAverage,
         };
-        let gd = group_dim(in_features, num_groups);
+        let gd = group_dim(layer.features().0, num_groups);
+        let options = placement.base_options();
         let f = || -> std::result::Result<Tensor, tch::TchError> {
             match init_type {
                 InitType::Random => Tensor::f_randn([gd], options).map(|e| normalize(&e).to_kind(options.0)),
@@ -99,20 +104,22 @@ impl Velora {
             }
         };
         let embed = f().map_err(PeftError::torch("initialising the VeLoRA projection"))?;
-        let state = Self {
+        let embed = (&ctx.path / "lora_velora_embed").add(layer.adapter_name(), embed, false);
+        Ok(Self {
             num_groups,
             scale,
             init_type,
-            embed: embed.shallow_clone(),
+            embed,
             initialized: AtomicBool::new(init_type == InitType::Random),
-        };
-        Ok((state, embed))
+        })
     }
 
-    /// Points the state at the var-store tensor that holds the embed (so loads reach it).
-    pub(crate) fn with_embed(mut self, embed: Tensor) -> Self {
-        self.embed = embed;
-        self
+    /// A training forward pass: plain LoRA's output (dropout, A, B, scaling) with VeLoRA's gradient for
+    /// A. `x` is the input cast to the adapter dtype, `y` the output so far.
+    pub(crate) fn forward(&self, layer: &LoraLayer, x: Tensor, y: Tensor) -> Tensor {
+        let x = if layer.dropout > 0.0 { x.dropout(layer.dropout, true) } else { x };
+        let after_a = self.linear(&x, &layer.lora_a);
+        y + after_a.linear(&layer.lora_b, layer.lora_b_bias.as_ref()) * layer.scaling
     }
 
     /// PEFT's `_maybe_update_embed`: the normalized mean sub-token of `x`, per `init_type`.
@@ -134,7 +141,7 @@ impl Velora {
     }
 
     /// `x · Aᵀ` with VeLoRA's gradient for `A` (see the module docs); updates the embed first.
-    pub(crate) fn linear(&self, x: &Tensor, a: &Tensor) -> Tensor {
+    fn linear(&self, x: &Tensor, a: &Tensor) -> Tensor {
         self.update_embed(x);
         let features = x.size().last().copied().unwrap_or(1);
         let main = x.linear::<&Tensor>(&a.detach(), None);
