@@ -31,6 +31,7 @@ pub mod modules_to_save;
 pub mod nn;
 pub mod registry;
 pub mod rng;
+mod slots;
 pub mod status;
 pub mod trainable_tokens;
 
