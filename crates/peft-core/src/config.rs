@@ -80,7 +80,7 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
     /// created, with every targeted layer and the adapters already on the model. Methods whose tensors
     /// are shared by all their layers (VeRA's projections, sized by the largest targeted layer, made once
     /// for the first adapter and reused by later ones) create or find them here and hand them to
-    /// [`AdapterConfig::create_layer`].
+    /// [`LayerMethod::create_layer`].
     ///
     /// # Errors
     /// The method's reason (no compatible layer among the targets, …).
@@ -169,7 +169,7 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
 
     /// The config's layer side, for methods that adapt layers ([`PeftModel`](crate::PeftModel) holds only
     /// those). `None` for model-level methods (prompt learning), whose configs are parsed and written
-    /// here but create no layer. [`adapter_config_boilerplate!`] returns `Some(self)`.
+    /// here but create no layer. [`adapter_config_boilerplate!`](crate::adapter_config_boilerplate) returns `Some(self)`.
     fn layer_method(&mut self) -> Option<&mut dyn LayerMethod> {
         None
     }
@@ -561,7 +561,7 @@ macro_rules! adapter_config_boilerplate {
 /// named as in PEFT: `target_spec` (from the listed fields), `set_target_modules` and
 /// `set_modules_to_save`. List the fields the method's PEFT config has, out of `target_modules`,
 /// `exclude_modules`, `layers_to_transform`, `layers_pattern` and `modules_to_save` (the first and the last
-/// are required). Use it inside the impl block, after [`adapter_config_boilerplate!`]:
+/// are required). Use it inside the impl block, after [`adapter_config_boilerplate!`](crate::adapter_config_boilerplate):
 ///
 /// ```ignore
 /// impl AdapterConfig for BeftConfig {

@@ -26,7 +26,7 @@ use tch::Tensor;
 
 /// A model with PEFT adapters.
 ///
-/// It owns the user's model `M` (whose [`AdaptableLayer`]s carry the adapters) and the adapter var store
+/// It owns the user's model `M` (whose [`AdaptableLayer`](crate::AdaptableLayer)s carry the adapters) and the adapter var store
 /// (the trainable tensors, named as PEFT names them in memory: `base_model.model.<module>.lora_A.<adapter>
 /// .weight`). Build an optimizer from [`PeftModel::adapter_var_store`].
 ///

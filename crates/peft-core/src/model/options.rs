@@ -73,7 +73,7 @@ pub struct LoadReport {
     pub warnings: Vec<String>,
 }
 
-/// Options of [`PeftModel::save_pretrained`].
+/// Options of [`PeftModel::save_pretrained`](crate::PeftModel::save_pretrained).
 #[derive(Clone, Debug, Default)]
 pub struct SaveOptions {
     /// Save only these adapters (default: all).
