@@ -8,7 +8,7 @@ use crate::error::{PeftError, Result};
 use crate::layer::TunerLayer;
 use crate::modules_to_save::MODULES_TO_SAVE;
 use peft_config::keys::PEFT_PREFIX;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use tch::nn;
 use tch::Tensor;
@@ -269,8 +269,11 @@ impl<M: Adaptable> PeftModel<M> {
             }
             None => vec![active; batch],
         };
-        let relevant = per_row.iter().flatten().any(|n| self.invocation_tokens(n).is_some());
-        if !relevant {
+        // Each adapter's options once per call, not once per row (this runs at every generation step).
+        let names: BTreeSet<&str> = per_row.iter().flatten().map(String::as_str).collect();
+        let tokens: BTreeMap<&str, Vec<i64>> =
+            names.into_iter().filter_map(|n| Some((n, self.invocation_tokens(n)?))).collect();
+        if tokens.is_empty() {
             return Ok(None);
         }
         let ids: Vec<Vec<i64>> =
@@ -281,8 +284,8 @@ impl<M: Adaptable> PeftModel<M> {
                 .iter()
                 .zip(&ids)
                 .map(|(name, seq)| {
-                    let tokens = self.invocation_tokens(name.as_ref()?)?;
-                    let start = (0..seq.len()).rev().find(|&i| seq[i..].starts_with(&tokens))?;
+                    let tokens = tokens.get(name.as_deref()?)?;
+                    let start = (0..seq.len()).rev().find(|&i| seq[i..].starts_with(tokens))?;
                     let offset = (seq.len() - start) as i64;
                     (offset > 0).then_some(offset)
                 })
