@@ -82,7 +82,8 @@ pub fn fixtures(script: &str) -> PathBuf {
     cached(script, &stem, &[], oracle_hash)
 }
 
-/// The method files of the method parity matrix (`tests/oracle/method_<name>.py`), as stems, sorted.
+/// The method files of the method parity matrix (`tests/oracle/method_<name>.py`), as stems, sorted; only
+/// those named in `PEFT_RS_METHOD_FILES` (comma-separated stems) when it is set.
 pub fn method_files() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(oracle_dir())
         .expect("tests/oracle exists")
@@ -91,6 +92,11 @@ pub fn method_files() -> Vec<String> {
         .filter(|n| n.starts_with("method_") && n.ends_with(".py"))
         .map(|n| n.trim_end_matches(".py").to_string())
         .collect();
+    // While working on one method, `PEFT_RS_METHOD_FILES=method_glora,method_oft` runs only those files.
+    if let Ok(only) = std::env::var("PEFT_RS_METHOD_FILES") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        v.retain(|stem| only.contains(&stem.as_str()));
+    }
     v.sort();
     v
 }
