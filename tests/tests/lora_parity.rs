@@ -7,7 +7,7 @@ use peft_core::peft_config::patterns::PatternMap;
 use peft_core::peft_config::{TargetMatch, TargetMatcher};
 use peft_core::MethodConfig;
 use peft_core::{AdapterConfig, LoadOptions, PeftModel, SaveOptions};
-use peft_lora::LoraConfig;
+use peft_lora::{LoraConfig, LoraModelExt};
 use peft_parity::compare::{assert_close, assert_differs, assert_identical};
 use peft_parity::harness::{
     self, assert_same_config, assert_same_status, base_model, forward, replay_training_case, rust_outputs,
@@ -546,7 +546,7 @@ fn conversion_keeps_embedding_factors_and_modules_to_save_that_peft_drops() {
 
 #[test]
 fn add_weighted_adapter_matches_peft_for_every_combination_type() {
-    use peft_lora::{Combination, LoraModelExt, WeightedAdapterOptions};
+    use peft_lora::{Combination, WeightedAdapterOptions};
     let _rng = oracle::rng_guard();
     let root = fixtures();
     let mut seen = std::collections::BTreeSet::new();
@@ -581,7 +581,7 @@ fn add_weighted_adapter_matches_peft_for_every_combination_type() {
                 svd_clamp: combo["svd_clamp"].as_f64(),
                 svd_full_matrices: combo["svd_full_matrices"].as_bool().unwrap_or(true),
                 density: combo["density"].as_f64(),
-                majority_sign: peft_core::merge_utils::MajoritySign::parse(
+                majority_sign: peft_lora::merge_utils::MajoritySign::parse(
                     combo["majority_sign_method"].as_str().unwrap_or("total"),
                 )
                 .unwrap(),
@@ -626,7 +626,7 @@ fn add_weighted_adapter_matches_peft_for_every_combination_type() {
 
 #[test]
 fn svd_combinations_of_conv1d_and_conv3d_need_the_flatten_option() {
-    use peft_lora::{LoraLayer, LoraModelExt, WeightedAdapterOptions};
+    use peft_lora::{LoraLayer, WeightedAdapterOptions};
     let _rng = oracle::rng_guard();
     let vs = VarStore::new(Device::Cpu);
     let model = TestModel::build("ConvNet", &vs).unwrap();
@@ -947,9 +947,10 @@ fn activated_lora_matches_peft_offsets_and_outputs() {
     peft.load_adapter(d.join("adapters"), sub("b")).unwrap();
     let as_offsets =
         |v: &Value| -> Vec<Option<i64>> { v.as_array().unwrap().iter().map(Value::as_i64).collect() };
-    let offsets = peft.alora_offsets(x, None).unwrap().unwrap();
-    assert_eq!(offsets, as_offsets(&meta["offsets"]), "calculate_alora_offsets");
-    let ctx = peft_core::ForwardCtx::eval().with_alora_offsets(&offsets);
+    let values = peft.row_values(x, None).unwrap().unwrap();
+    let offsets = values.get(peft_lora::alora::ALORA_OFFSETS).unwrap();
+    assert_eq!(offsets, as_offsets(&meta["offsets"]).as_slice(), "calculate_alora_offsets");
+    let ctx = peft_core::ForwardCtx::eval().with_row_values(&values);
     assert_close(
         &tch::no_grad(|| peft.model().forward_ctx(x, &ctx)),
         &outputs["alora"],
@@ -962,9 +963,13 @@ fn activated_lora_matches_peft_offsets_and_outputs() {
     let rows = strings(&meta["rows"]);
     let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
     let ra = peft.row_adapters(&rows).unwrap();
-    let mixed_offsets = peft.alora_offsets(x, Some(&ra)).unwrap().unwrap();
-    assert_eq!(mixed_offsets, as_offsets(&meta["mixed_offsets"]), "offsets per row adapter");
-    let ctx = peft_core::ForwardCtx::eval().with_rows(&ra).with_alora_offsets(&mixed_offsets);
+    let mixed_offsets = peft.row_values(x, Some(&ra)).unwrap().unwrap();
+    assert_eq!(
+        mixed_offsets.get(peft_lora::alora::ALORA_OFFSETS).unwrap(),
+        as_offsets(&meta["mixed_offsets"]).as_slice(),
+        "offsets per row adapter"
+    );
+    let ctx = peft_core::ForwardCtx::eval().with_rows(&ra).with_row_values(&mixed_offsets);
     assert_close(
         &tch::no_grad(|| peft.model().forward_ctx(x, &ctx)),
         &outputs["mixed"],

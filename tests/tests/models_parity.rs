@@ -41,11 +41,12 @@ fn run_ctx(model: &HfModel, inputs: &BTreeMap<String, Tensor>, ctx: &ForwardCtx<
     tch::no_grad(|| model.forward(&ins, ctx)).unwrap()
 }
 
-/// [`run`] with PEFT's automatic aLoRA offsets from the input ids.
+/// [`run`] with the per-row values the adapters compute from the input ids (PEFT's automatic aLoRA
+/// offsets).
 fn run_peft(peft: &PeftModel<HfModel>, inputs: &BTreeMap<String, Tensor>) -> Tensor {
-    let offsets = peft.alora_offsets(&inputs["input_ids"], None).unwrap();
-    let ctx = match &offsets {
-        Some(o) => ForwardCtx::eval().with_alora_offsets(o),
+    let values = peft.row_values(&inputs["input_ids"], None).unwrap();
+    let ctx = match &values {
+        Some(o) => ForwardCtx::eval().with_row_values(o),
         None => ForwardCtx::eval(),
     };
     run_ctx(peft.model(), inputs, &ctx)

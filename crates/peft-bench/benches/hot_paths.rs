@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use peft_core::peft_config::TargetModules;
 use peft_core::MethodConfig;
 use peft_core::{nn, Adaptable, ForwardCtx, LoadOptions, PeftModel, SaveOptions};
-use peft_lora::{InitLoraWeights, LoraConfig};
+use peft_lora::{InitLoraWeights, LoraConfig, LoraModelExt};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 

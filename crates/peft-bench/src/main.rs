@@ -7,7 +7,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use peft_core::MethodConfig;
 use peft_core::{ForwardCtx, LoadOptions, PeftModel};
-use peft_lora::LoraConfig;
+use peft_lora::{LoraConfig, LoraModelExt};
 use peft_models::{task, HfModel, ModelInputs};
 use peft_train::optim::{default_groups, AdamW, Optimizer};
 use serde_json::{json, Value};

@@ -459,9 +459,9 @@ fn run(args: RunArgs) -> Result<()> {
     let device = parse_device(&args.model.device)?;
     let (peft, _vs, names) = load(&args.model)?;
     let logits = if args.row_adapters.is_empty() {
-        let offsets = peft.alora_offsets(&inputs["input_ids"], None)?;
-        let ctx = match &offsets {
-            Some(o) => ForwardCtx::eval().with_alora_offsets(o),
+        let values = peft.row_values(&inputs["input_ids"], None)?;
+        let ctx = match &values {
+            Some(o) => ForwardCtx::eval().with_row_values(o),
             None => ForwardCtx::eval(),
         };
         forward(peft.model(), &inputs, device, &ctx)?
@@ -481,10 +481,10 @@ fn run(args: RunArgs) -> Result<()> {
         // One mixed batch: every layer gathers each row's adapter (see peft_core::mixed).
         let rows: Vec<&str> = args.row_adapters.iter().map(String::as_str).collect();
         let rows = peft.row_adapters(&rows)?;
-        let offsets = peft.alora_offsets(&inputs["input_ids"], Some(&rows))?;
+        let values = peft.row_values(&inputs["input_ids"], Some(&rows))?;
         let ctx = ForwardCtx::eval().with_rows(&rows);
-        let ctx = match &offsets {
-            Some(o) => ctx.with_alora_offsets(o),
+        let ctx = match &values {
+            Some(o) => ctx.with_row_values(o),
             None => ctx,
         };
         forward(peft.model(), &inputs, device, &ctx)?
@@ -602,10 +602,10 @@ fn generate_cmd(args: GenerateArgs) -> Result<()> {
     if let Some(s) = args.seed {
         tch::manual_seed(s);
     }
-    // Activated LoRA: offsets from the prompt, as PEFT's generate computes them.
-    let offsets = peft.alora_offsets(&input, None)?;
-    let ctx = match &offsets {
-        Some(o) => ForwardCtx::eval().with_alora_offsets(o),
+    // Per-row values from the prompt (Activated LoRA's offsets, as PEFT's generate computes them).
+    let values = peft.row_values(&input, None)?;
+    let ctx = match &values {
+        Some(o) => ForwardCtx::eval().with_row_values(o),
         None => ForwardCtx::eval(),
     };
     let out = generate_ctx(model, &input, None, &cfg, &ctx)?;

@@ -13,6 +13,26 @@ pub type NamedTensors = Vec<(String, tch::Tensor)>;
 /// A converted adapter: its tensors and the config to save them under.
 pub type ConvertedAdapter = (NamedTensors, Box<dyn AdapterConfig>);
 
+/// A config's ability to convert an adapter trained from an init that rewrote the base weights into one
+/// for the original base (see [`AdapterConfig::initial_weight_conversion`]).
+pub trait InitialWeightConversion {
+    /// Step one: the config to write beside the initial weights (the init scheme reset to the default, so
+    /// that loading them does not rewrite the base again).
+    fn config_for_initial_weights(&self) -> Box<dyn AdapterConfig>;
+
+    /// Step two: turns the trained state dict (checkpoint keys) into one that applies to the *original*
+    /// base, given the state dict saved right after initialisation; returns it with the config to save it
+    /// under.
+    ///
+    /// # Errors
+    /// An init that did not rewrite the base; shape or key mismatches.
+    fn convert_for_original_base(
+        &self,
+        trained: NamedTensors,
+        initial: &std::collections::BTreeMap<String, tch::Tensor>,
+    ) -> Result<ConvertedAdapter>;
+}
+
 /// A method's config (`LoraConfig`, …): the Rust counterpart of PEFT's `PeftConfig` subclasses.
 ///
 /// A method crate implements it for its serde config type. [`crate::PeftModel`] only talks to configs
@@ -120,31 +140,12 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         BiasMode::None
     }
 
-    /// PEFT's `path_initial_model_for_weight_conversion`, step one: the config to write beside the initial
-    /// weights (the init scheme reset to the default, so that loading them does not rewrite the base
-    /// again). `None` for methods without such a conversion.
-    fn config_for_initial_weights(&self) -> Option<Box<dyn AdapterConfig>> {
+    /// The conversion of an adapter whose init rewrote the base weights (PiSSA, OLoRA, …) into one that
+    /// applies to the original base ([`InitialWeightConversion`]; PEFT's
+    /// `path_initial_model_for_weight_conversion`, [`SaveOptions::convert_initial_adapter`](crate::SaveOptions::convert_initial_adapter)).
+    /// `None` (the default): the method has none.
+    fn initial_weight_conversion(&self) -> Option<&dyn InitialWeightConversion> {
         None
-    }
-
-    /// Step two: turns the trained state dict (checkpoint keys) of an adapter whose init rewrote the base
-    /// weights (PiSSA, OLoRA, …) into one that applies to the *original* base, given the state dict saved
-    /// right after initialisation; returns it with the config to save it under.
-    ///
-    /// # Errors
-    /// [`PeftError::UnsupportedOption`] for methods without a conversion; shape or key mismatches.
-    fn convert_for_original_base(
-        &self,
-        trained: NamedTensors,
-        initial: &std::collections::BTreeMap<String, tch::Tensor>,
-    ) -> Result<ConvertedAdapter> {
-        let _ = (trained, initial);
-        Err(unsupported_option(
-            &self.common().peft_type,
-            "path_initial_model_for_weight_conversion",
-            &serde_json::Value::Bool(true),
-            "this method has no conversion of mutated base weights",
-        ))
     }
 
     /// PEFT's `_check_new_adapter_config`: refuses to add this adapter next to `existing` ones it cannot
@@ -157,14 +158,11 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         Ok(())
     }
 
-    /// Whether an adapter with config `other` can be hotswapped into one with this config: PEFT checks
-    /// the options that change the output beyond the weights.
-    ///
-    /// # Errors
-    /// [`PeftError::Invalid`] naming the differing option; methods without hotswapping.
-    fn check_hotswap_compatible(&self, other: &dyn AdapterConfig) -> Result<()> {
-        let _ = other;
-        Err(PeftError::Invalid(format!("{} adapters cannot be hotswapped", self.common().peft_type)))
+    /// The per-row value this adapter computes from the input ids of each forward call (Activated
+    /// LoRA's invocation offsets), collected by [`PeftModel::row_values`](crate::PeftModel::row_values).
+    /// `None` (the default): the adapter needs none.
+    fn input_row_values(&self) -> Option<&dyn crate::row_values::InputRowValues> {
+        None
     }
 
     /// The config's layer side, for methods that adapt layers ([`PeftModel`](crate::PeftModel) holds only

@@ -17,7 +17,9 @@
 //!   hand to [`crate::PeftModel`].
 
 use crate::error::{PeftError, Result};
-use crate::mixed::{MixedCache, RowAdapters};
+use crate::hotswap::Hotswap;
+use crate::mixed::{MixedBatch, RowAdapters};
+use crate::row_values::RowValues;
 pub use crate::slots::{AdapterSlots, ForwardHook};
 use indexmap::IndexMap;
 use std::any::Any;
@@ -225,9 +227,9 @@ pub struct ForwardCtx<'a> {
     pub train: bool,
     /// Per-row adapters (a mixed batch); `None`: the active adapters for every row.
     pub rows: Option<&'a RowAdapters>,
-    /// Activated LoRA: per row, how many trailing positions (from the invocation sequence on) the adapter
-    /// applies to (`None`: none). See [`crate::PeftModel::alora_offsets`].
-    pub alora_offsets: Option<&'a [Option<i64>]>,
+    /// Per-row values of this call (see [`crate::row_values`]), e.g. from
+    /// [`crate::PeftModel::row_values`].
+    pub row_values: Option<&'a RowValues>,
     /// Every adapter on the layer being run (set by the layer for its adapters): methods that combine
     /// other adapters of the layer (LoRA's Arrow router) read them here.
     pub siblings: Option<&'a IndexMap<String, Box<dyn TunerLayer>>>,
@@ -244,7 +246,7 @@ impl<'a> ForwardCtx<'a> {
         ForwardCtx {
             train: false,
             rows: None,
-            alora_offsets: None,
+            row_values: None,
             siblings: None,
             active: None,
             _borrow: PhantomData,
@@ -256,16 +258,16 @@ impl<'a> ForwardCtx<'a> {
         ForwardCtx {
             train: true,
             rows: None,
-            alora_offsets: None,
+            row_values: None,
             siblings: None,
             active: None,
             _borrow: PhantomData,
         }
     }
 
-    /// The same options with activated-LoRA offsets (one per batch row).
-    pub fn with_alora_offsets(self, offsets: &'a [Option<i64>]) -> ForwardCtx<'a> {
-        ForwardCtx { alora_offsets: Some(offsets), ..self }
+    /// The same options with per-row values (see [`crate::row_values`]).
+    pub fn with_row_values(self, values: &'a RowValues) -> ForwardCtx<'a> {
+        ForwardCtx { row_values: Some(values), ..self }
     }
 
     /// The same options with one adapter per batch row (see [`crate::mixed`]).
@@ -399,22 +401,9 @@ pub trait TunerLayer: TunerAny + fmt::Debug + Send + 'static {
         false
     }
 
-    /// The output update for a mixed batch, for all rows at once: `group` are the adapters of this
-    /// method on this layer (this one first), `index[i]` the position in `group` of row `i`'s adapter
-    /// (-1: none). `y` is the base output. `cache` may hold what the method prepared for this group.
-    /// `None` (the default): the layer runs each adapter's [`TunerLayer::transform_output`] on its rows.
-    #[allow(clippy::too_many_arguments)]
-    fn mixed_batch_output(
-        &self,
-        base: &dyn BaseLayer,
-        x: &Tensor,
-        y: &Tensor,
-        group: &[&dyn TunerLayer],
-        index: &Tensor,
-        cache: &MixedCache,
-        ctx: &ForwardCtx<'_>,
-    ) -> Option<Tensor> {
-        let _ = (base, x, y, group, index, cache, ctx);
+    /// The layer's ability to compute a mixed batch for all rows at once ([`MixedBatch`]); `None` (the
+    /// default): the layer runs each adapter's [`TunerLayer::transform_output`] on its rows.
+    fn as_mixed_batch(&self) -> Option<&dyn MixedBatch> {
         None
     }
 
@@ -425,42 +414,15 @@ pub trait TunerLayer: TunerAny + fmt::Debug + Send + 'static {
         self.named_tensors()
     }
 
-    /// Grows the adapter's tensors to `target_rank` with zeros, once, so that adapters of any rank up to
-    /// it can later be hotswapped in without reallocating (PEFT's `prepare_model_for_compiled_hotswap`).
-    /// Returns `false` for methods without ranks.
-    ///
-    /// # Errors
-    /// A target below the current rank.
-    fn pad_rank(&mut self, target_rank: i64) -> Result<bool> {
-        let _ = target_rank;
-        Ok(false)
+    /// The layer's ability to take another adapter's weights in place ([`Hotswap`]); `None` (the
+    /// default): it cannot be hotswapped.
+    fn as_hotswap(&self) -> Option<&dyn Hotswap> {
+        None
     }
 
-    /// Checks that [`TunerLayer::hotswap`] can take `tensors` (this layer's part of another adapter's
-    /// state dict, keyed like [`TunerLayer::named_tensors`]) without reallocating.
-    ///
-    /// # Errors
-    /// [`PeftError::Invalid`] naming the tensor and both shapes; methods without hotswapping.
-    fn hotswap_check(&self, tensors: &std::collections::BTreeMap<String, Tensor>) -> Result<()> {
-        let _ = tensors;
-        Err(PeftError::Invalid(format!("{} adapters cannot be hotswapped", self.peft_type())))
-    }
-
-    /// Replaces the adapter's values in place with another adapter's (`config` is that adapter's): tensors
-    /// absent from `tensors` become zero, derived values (LoRA's scaling) are recomputed.
-    ///
-    /// `tensors` are read-only views of the adapter file's memory map, valid only during the call: copy
-    /// from them (`copy_`), never keep or modify them.
-    ///
-    /// # Errors
-    /// As [`TunerLayer::hotswap_check`].
-    fn hotswap(
-        &mut self,
-        tensors: &std::collections::BTreeMap<String, Tensor>,
-        config: &dyn crate::config::AdapterConfig,
-    ) -> Result<()> {
-        let _ = (tensors, config);
-        Err(PeftError::Invalid(format!("{} adapters cannot be hotswapped", self.peft_type())))
+    /// [`TunerLayer::as_hotswap`], mutably.
+    fn as_hotswap_mut(&mut self) -> Option<&mut dyn Hotswap> {
+        None
     }
 
     /// Called after the adapter's tensors were overwritten in place (loading, hotswapping): drop anything

@@ -19,11 +19,11 @@ pub mod activation;
 pub mod adaptable;
 pub mod config;
 pub mod error;
+pub mod hotswap;
 pub mod init;
 pub mod io;
 pub mod layer;
 pub mod linalg;
-pub mod merge_utils;
 pub mod mixed;
 pub mod model;
 pub mod model_options;
@@ -31,6 +31,7 @@ pub mod modules_to_save;
 pub mod nn;
 pub mod registry;
 pub mod rng;
+pub mod row_values;
 mod slots;
 pub mod status;
 pub mod trainable_tokens;
@@ -47,6 +48,7 @@ pub use model::{
     inspect_targets, AdapterOptions, AdaptersDisabled, LoadOptions, LoadReport, PeftModel, SaveOptions,
 };
 pub use model_options::ModelOptions;
+pub use row_values::{InputRowValues, RowValues};
 pub use peft_config;
 
 #[doc(hidden)]

@@ -3,15 +3,36 @@
 //!
 //! [`RowAdapters`] says which adapter each row uses; pass it in [`crate::ForwardCtx::with_rows`]. Every
 //! adaptable layer then computes the base output once and adds each row's adapter contribution. Methods
-//! can do that for all rows at once ([`crate::TunerLayer::mixed_batch_output`]: LoRA gathers each
-//! row's factors and uses batched matrix products); for the others the layer runs each adapter on its
-//! rows. Build one with [`crate::PeftModel::row_adapters`], which checks the names and that nothing is
+//! can do that for all rows at once (the [`MixedBatch`] capability, [`crate::TunerLayer::as_mixed_batch`]:
+//! LoRA gathers each row's factors and uses batched matrix products); for the others the layer runs each
+//! adapter on its rows. Build one with [`crate::PeftModel::row_adapters`], which checks the names and that nothing is
 //! merged.
 
+use crate::layer::{BaseLayer, ForwardCtx, TunerLayer};
 use std::any::Any;
 use std::fmt;
 use std::sync::Mutex;
 use tch::{Device, Tensor};
+
+/// A layer's ability to compute a mixed batch for all its rows at once (see
+/// [`crate::TunerLayer::as_mixed_batch`]).
+pub trait MixedBatch {
+    /// The output update for a mixed batch: `group` are the adapters of this method on this layer (this
+    /// one first), `index[i]` the position in `group` of row `i`'s adapter (-1: none). `y` is the base
+    /// output. `cache` may hold what the method prepared for this group. `None`: not for this group (the
+    /// layer then runs each adapter on its rows).
+    #[allow(clippy::too_many_arguments)]
+    fn mixed_batch_output(
+        &self,
+        base: &dyn BaseLayer,
+        x: &Tensor,
+        y: &Tensor,
+        group: &[&dyn TunerLayer],
+        index: &Tensor,
+        cache: &MixedCache,
+        ctx: &ForwardCtx<'_>,
+    ) -> Option<Tensor>;
+}
 
 /// The name that selects the base model (no adapter) for a row, as in PEFT.
 pub const BASE: &str = "__base__";

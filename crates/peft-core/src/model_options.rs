@@ -23,9 +23,6 @@ pub struct ModelOptions {
     /// model declares none), and after injection every module tied to the embedding gets the adapter's
     /// [`crate::TunerLayer::tied_copy`].
     pub adapts_input_embedding: bool,
-    /// A token sequence from whose last occurrence on the adapter applies (Activated LoRA's
-    /// `alora_invocation_tokens`).
-    pub invocation_tokens: Option<Vec<i64>>,
     /// PEFT condenses long explicit `target_modules` lists to distinguishing suffixes (and saves them
     /// so); methods whose tuner skips that step (IA³) say `false`.
     pub condense_target_modules: bool,
@@ -41,7 +38,6 @@ impl Default for ModelOptions {
             layer_replication: None,
             ensure_weight_tying: false,
             adapts_input_embedding: false,
-            invocation_tokens: None,
             condense_target_modules: true,
             mixed_batches: false,
         }

@@ -9,7 +9,9 @@
 //! Keys: in memory `base_model.model.<module>.modules_to_save.<adapter>.<param>`, on disk
 //! `base_model.model.<module>.<param>` — the same as PEFT writes.
 
+use crate::config::AdapterConfig;
 use crate::error::{PeftError, Result};
+use crate::hotswap::Hotswap;
 use crate::layer::{BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use tch::Tensor;
 
@@ -109,6 +111,26 @@ impl TunerLayer for ModulesToSave {
         Ok(())
     }
 
+    fn as_hotswap(&self) -> Option<&dyn Hotswap> {
+        Some(self)
+    }
+
+    fn as_hotswap_mut(&mut self) -> Option<&mut dyn Hotswap> {
+        Some(self)
+    }
+
+    fn describe(&self) -> String {
+        format!("ModulesToSaveWrapper({})", self.copy.kind())
+    }
+}
+
+
+/// A trained module swaps whole: same shapes, copied in place.
+impl Hotswap for ModulesToSave {
+    fn pad_rank(&mut self, _target_rank: i64) -> Result<bool> {
+        Ok(false)
+    }
+
     fn hotswap_check(&self, tensors: &std::collections::BTreeMap<String, Tensor>) -> Result<()> {
         let mine: std::collections::BTreeMap<String, Tensor> = self.named_tensors().into_iter().collect();
         for (k, t) in tensors {
@@ -135,7 +157,7 @@ impl TunerLayer for ModulesToSave {
     fn hotswap(
         &mut self,
         tensors: &std::collections::BTreeMap<String, Tensor>,
-        _config: &dyn crate::config::AdapterConfig,
+        _config: &dyn AdapterConfig,
     ) -> Result<()> {
         self.hotswap_check(tensors)?;
         for (k, mut dst) in self.named_tensors() {
@@ -144,10 +166,6 @@ impl TunerLayer for ModulesToSave {
             }
         }
         Ok(())
-    }
-
-    fn describe(&self) -> String {
-        format!("ModulesToSaveWrapper({})", self.copy.kind())
     }
 }
 

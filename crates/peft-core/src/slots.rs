@@ -174,17 +174,19 @@ impl AdapterSlots {
             }
             let tuners: Vec<&dyn TunerLayer> = group.iter().map(|(_, t)| *t).collect();
             let index = rows.local_index(&slots_of);
-            match tuners[0].mixed_batch_output(base, x, &y, &tuners, &index, &self.mixed_cache, ctx) {
+            let batched = tuners[0]
+                .as_mixed_batch()
+                .and_then(|m| m.mixed_batch_output(base, x, &y, &tuners, &index, &self.mixed_cache, ctx));
+            match batched {
                 Some(out) => y = out,
                 None => {
                     for (k, t) in &group {
                         if let Some(r) = rows.rows(*k) {
-                            // The sub-batch sees its own rows' aLoRA offsets.
-                            let picked: Vec<i64> = Vec::<i64>::try_from(r).unwrap_or_default();
-                            let offsets: Option<Vec<Option<i64>>> = ctx.alora_offsets.map(|o| {
-                                picked.iter().map(|&i| o.get(i as usize).copied().flatten()).collect()
+                            // The sub-batch sees its own rows' values.
+                            let values = ctx.row_values.map(|v| {
+                                v.select(&Vec::<i64>::try_from(r).unwrap_or_default())
                             });
-                            let sub = ForwardCtx { rows: None, alora_offsets: offsets.as_deref(), ..*ctx };
+                            let sub = ForwardCtx { rows: None, row_values: values.as_ref(), ..*ctx };
                             let ys =
                                 t.transform_output(base, &x.index_select(0, r), y.index_select(0, r), &sub);
                             y = y.index_copy(0, r, &ys.to_kind(kind));
@@ -206,7 +208,7 @@ impl AdapterSlots {
     }
 
     /// Drops caches derived from adapter weights (after weights changed in place).
-    pub(crate) fn clear_caches(&self) {
+    pub fn clear_caches(&self) {
         self.mixed_cache.clear();
     }
 

@@ -1,7 +1,7 @@
 //! `LoraConfig`: PEFT 0.21.2's LoRA config, every key, same defaults, same value forms.
 
 use indexmap::IndexMap;
-use peft_core::config::{unsupported_option, AdapterConfig, BiasMode, LayerInit};
+use peft_core::config::{unsupported_option, AdapterConfig, BiasMode, InitialWeightConversion, LayerInit};
 use peft_core::error::{PeftError, Result};
 use peft_core::layer::TunerLayer;
 use peft_core::model_options::{self, ModelOptions};
@@ -9,7 +9,7 @@ use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{
     ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
 };
-use peft_core::LayerMethod;
+use peft_core::{InputRowValues, LayerMethod};
 use peft_core::MethodConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -700,7 +700,6 @@ impl AdapterConfig for LoraConfig {
             )?,
             layer_replication: model_options::parse_layer_replication(self.layer_replication.as_ref())?,
             ensure_weight_tying: self.ensure_weight_tying,
-            invocation_tokens: self.alora_invocation_tokens.clone(),
             mixed_batches: true,
             ..ModelOptions::default()
         })
@@ -709,6 +708,10 @@ impl AdapterConfig for LoraConfig {
     fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
         self.modules_to_save = Some(modules);
         true
+    }
+
+    fn input_row_values(&self) -> Option<&dyn InputRowValues> {
+        self.alora_invocation_tokens.as_ref().filter(|t| !t.is_empty()).map(|_| self as &dyn InputRowValues)
     }
 
     fn bias(&self) -> BiasMode {
@@ -736,34 +739,8 @@ impl AdapterConfig for LoraConfig {
         Ok(())
     }
 
-    fn check_hotswap_compatible(&self, other: &dyn AdapterConfig) -> Result<()> {
-        let other = other
-            .as_any()
-            .downcast_ref::<LoraConfig>()
-            .ok_or_else(|| PeftError::Invalid("hotswapping needs two LoRA configs".into()))?;
-        // PEFT's CONFIG_KEYS_TO_CHECK for LoRA.
-        let (a, b) = (self.to_json(), other.to_json());
-        for key in ["use_rslora", "lora_dropout", "alpha_pattern", "use_dora"] {
-            if a[key] != b[key] {
-                return Err(PeftError::Invalid(format!(
-                    "Configs are incompatible: for {key}, {} != {}",
-                    a[key], b[key]
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    fn config_for_initial_weights(&self) -> Option<Box<dyn AdapterConfig>> {
-        Some(Box::new(LoraConfig { init_lora_weights: InitLoraWeights::Bool(true), ..self.clone() }))
-    }
-
-    fn convert_for_original_base(
-        &self,
-        trained: peft_core::config::NamedTensors,
-        initial: &std::collections::BTreeMap<String, tch::Tensor>,
-    ) -> Result<peft_core::config::ConvertedAdapter> {
-        crate::convert::to_original_base(self, trained, initial)
+    fn initial_weight_conversion(&self) -> Option<&dyn InitialWeightConversion> {
+        Some(self)
     }
 
     fn layer_method(&mut self) -> Option<&mut dyn LayerMethod> {

@@ -11,8 +11,26 @@
 //! a `lora_B` bias becomes its trained change `b − b₀`, and every other tensor is kept unchanged.
 
 use crate::config::{Alpha, InitLoraWeights, LoraConfig};
+use peft_core::config::{AdapterConfig, ConvertedAdapter, InitialWeightConversion, NamedTensors};
 use peft_core::error::{PeftError, Result};
+use std::collections::BTreeMap;
 use tch::Tensor;
+
+/// LoRA's conversion for `SaveOptions::convert_initial_adapter`: the initial weights are saved under
+/// the default init, the trained adapter becomes [`to_original_base`]'s rank-`2r` adapter.
+impl InitialWeightConversion for LoraConfig {
+    fn config_for_initial_weights(&self) -> Box<dyn AdapterConfig> {
+        Box::new(LoraConfig { init_lora_weights: InitLoraWeights::Bool(true), ..self.clone() })
+    }
+
+    fn convert_for_original_base(
+        &self,
+        trained: NamedTensors,
+        initial: &BTreeMap<String, Tensor>,
+    ) -> Result<ConvertedAdapter> {
+        to_original_base(self, trained, initial)
+    }
+}
 
 fn doubled(a: &Alpha) -> Alpha {
     match a.0.as_i64() {

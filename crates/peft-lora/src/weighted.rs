@@ -29,7 +29,7 @@
 use crate::config::{Alpha, LoraConfig};
 use crate::layer::{LoraKind, LoraLayer};
 use peft_core::error::{PeftError, Result};
-use peft_core::merge_utils::{self, MajoritySign};
+use crate::merge_utils::{self, MajoritySign};
 use peft_core::modules_to_save::ModulesToSave;
 use peft_core::peft_config::TargetModules;
 use peft_core::MethodConfig;
@@ -108,7 +108,7 @@ impl Combination {
     }
 }
 
-/// Options of [`LoraModelExt::add_weighted_adapter`], with PEFT's defaults.
+/// Options of [`LoraModelExt::add_weighted_adapter`](crate::LoraModelExt::add_weighted_adapter), with PEFT's defaults.
 #[derive(Clone, Debug)]
 pub struct WeightedAdapterOptions {
     /// The combination type.
@@ -142,24 +142,6 @@ impl Default for WeightedAdapterOptions {
             flatten_all_convs: false,
         }
     }
-}
-
-/// LoRA operations on a [`PeftModel`] that PEFT offers on `LoraModel`.
-pub trait LoraModelExt {
-    /// PEFT's `add_weighted_adapter`: adds `adapter_name`, combined from `adapters` with `weights` (see
-    /// the [module documentation](self)). Returns PEFT's warnings (e.g. a density of 1).
-    ///
-    /// # Errors
-    /// Unknown adapters or a taken name, non-LoRA or DoRA adapters, mismatched ranks for the types that
-    /// need equal ranks, mixed target-module forms, a missing `density`, modules_to_save shared by
-    /// several adapters, or a libtorch failure. On error the model is left without the new adapter.
-    fn add_weighted_adapter(
-        &mut self,
-        adapters: &[&str],
-        weights: &[f64],
-        adapter_name: &str,
-        options: &WeightedAdapterOptions,
-    ) -> Result<Vec<String>>;
 }
 
 fn lora_config<'a, M: Adaptable>(peft: &'a PeftModel<M>, name: &str) -> Result<&'a LoraConfig> {
@@ -436,73 +418,72 @@ fn combine_svd(
     tch::no_grad(f).map_err(PeftError::torch("the SVD of a combined delta weight"))
 }
 
-impl<M: Adaptable> LoraModelExt for PeftModel<M> {
-    fn add_weighted_adapter(
-        &mut self,
-        adapters: &[&str],
-        weights: &[f64],
-        adapter_name: &str,
-        options: &WeightedAdapterOptions,
-    ) -> Result<Vec<String>> {
-        if adapters.is_empty() || adapters.len() != weights.len() {
+/// See [`LoraModelExt::add_weighted_adapter`](crate::LoraModelExt::add_weighted_adapter).
+pub(crate) fn add_weighted_adapter<M: Adaptable>(
+    peft: &mut PeftModel<M>,
+    adapters: &[&str],
+    weights: &[f64],
+    adapter_name: &str,
+    options: &WeightedAdapterOptions,
+) -> Result<Vec<String>> {
+    if adapters.is_empty() || adapters.len() != weights.len() {
+        return Err(PeftError::Invalid(format!(
+            "add_weighted_adapter needs one weight per adapter ({} adapters, {} weights)",
+            adapters.len(),
+            weights.len()
+        )));
+    }
+    if peft.config(adapter_name).is_some() {
+        return Err(PeftError::DuplicateAdapter { name: adapter_name.to_string() });
+    }
+    let (combination, new_rank, config) = new_config(peft, adapters, options)?;
+    peft.add_adapter(adapter_name, config.boxed())?;
+    let mut warnings = Vec::new();
+    let result = peft.model_mut().visit_layers_mut(&mut |layer| {
+        let slots = layer.parts_mut().1;
+        let Some(target) = slots.get(adapter_name).and_then(|t| t.as_any().downcast_ref::<LoraLayer>())
+        else {
+            return Ok(());
+        };
+        let srcs = sources(slots, adapters, weights);
+        if srcs.is_empty() {
             return Err(PeftError::Invalid(format!(
-                "add_weighted_adapter needs one weight per adapter ({} adapters, {} weights)",
-                adapters.len(),
-                weights.len()
+                "No matching LoRAs found on `{}` for the new adapter `{adapter_name}`",
+                target.module_name()
             )));
         }
-        if self.config(adapter_name).is_some() {
-            return Err(PeftError::DuplicateAdapter { name: adapter_name.to_string() });
-        }
-        let (combination, new_rank, config) = new_config(self, adapters, options)?;
-        self.add_adapter(adapter_name, config.boxed())?;
-        let mut warnings = Vec::new();
-        let result = self.model_mut().visit_layers_mut(&mut |layer| {
-            let slots = layer.parts_mut().1;
-            let Some(target) = slots.get(adapter_name).and_then(|t| t.as_any().downcast_ref::<LoraLayer>())
-            else {
-                return Ok(());
-            };
-            let srcs = sources(slots, adapters, weights);
-            if srcs.is_empty() {
-                return Err(PeftError::Invalid(format!(
-                    "No matching LoRAs found on `{}` for the new adapter `{adapter_name}`",
-                    target.module_name()
-                )));
+        let (a, b) = tch::no_grad(|| match combination {
+            Combination::Cat => {
+                combine_cat(target, &srcs).map_err(PeftError::torch("concatenating LoRA factors"))
             }
-            let (a, b) = tch::no_grad(|| match combination {
-                Combination::Cat => {
-                    combine_cat(target, &srcs).map_err(PeftError::torch("concatenating LoRA factors"))
-                }
-                c if c.is_svd() => combine_svd(c, target, &srcs, new_rank, options, &mut warnings),
-                c => combine_factors(c, &srcs, options, &mut warnings),
-            })?;
-            let Some(target) = slots.get_mut(adapter_name) else { return Ok(()) };
-            let Some(target) = target.as_any_mut().downcast_mut::<LoraLayer>() else { return Ok(()) };
-            if a.size() != target.lora_a.size() || b.size() != target.lora_b.size() {
-                return Err(PeftError::Invalid(format!(
-                    "`{}`: combined factors {:?}/{:?} do not fit the new adapter's {:?}/{:?}",
-                    target.module_name(),
-                    a.size(),
-                    b.size(),
-                    target.lora_a.size(),
-                    target.lora_b.size()
-                )));
-            }
-            let copy = |dst: &mut Tensor, src: &Tensor| {
-                tch::no_grad(|| dst.f_copy_(&src.f_to_kind(dst.kind())?))
-                    .map(drop)
-                    .map_err(PeftError::torch("writing combined LoRA factors"))
-            };
-            copy(&mut target.lora_a, &a)?;
-            copy(&mut target.lora_b, &b)?;
-            peft_core::TunerLayer::weights_changed(target);
-            Ok(())
-        });
-        if let Err(e) = result {
-            let _ = self.delete_adapter(adapter_name);
-            return Err(e);
+            c if c.is_svd() => combine_svd(c, target, &srcs, new_rank, options, &mut warnings),
+            c => combine_factors(c, &srcs, options, &mut warnings),
+        })?;
+        let Some(target) = slots.get_mut(adapter_name) else { return Ok(()) };
+        let Some(target) = target.as_any_mut().downcast_mut::<LoraLayer>() else { return Ok(()) };
+        if a.size() != target.lora_a.size() || b.size() != target.lora_b.size() {
+            return Err(PeftError::Invalid(format!(
+                "`{}`: combined factors {:?}/{:?} do not fit the new adapter's {:?}/{:?}",
+                target.module_name(),
+                a.size(),
+                b.size(),
+                target.lora_a.size(),
+                target.lora_b.size()
+            )));
         }
-        Ok(warnings)
+        let copy = |dst: &mut Tensor, src: &Tensor| {
+            tch::no_grad(|| dst.f_copy_(&src.f_to_kind(dst.kind())?))
+                .map(drop)
+                .map_err(PeftError::torch("writing combined LoRA factors"))
+        };
+        copy(&mut target.lora_a, &a)?;
+        copy(&mut target.lora_b, &b)?;
+        peft_core::TunerLayer::weights_changed(target);
+        Ok(())
+    });
+    if let Err(e) = result {
+        let _ = peft.delete_adapter(adapter_name);
+        return Err(e);
     }
+    Ok(warnings)
 }

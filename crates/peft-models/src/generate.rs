@@ -126,8 +126,9 @@ pub fn generate(
     generate_ctx(model, input_ids, attention_mask, cfg, &ForwardCtx::eval())
 }
 
-/// [`generate`] with per-call options: a mixed batch (one adapter per row) or activated-LoRA offsets
-/// computed from the prompt (`PeftModel::alora_offsets`; every generated token lies after the invocation).
+/// [`generate`] with per-call options: a mixed batch (one adapter per row) or per-row values computed
+/// from the prompt (`PeftModel::row_values`: activated-LoRA offsets, valid for every step since every
+/// generated token lies after the invocation).
 ///
 /// # Errors
 /// As [`generate`].

@@ -342,10 +342,10 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
         for idx in epoch_batches(&lengths, self.args.per_device_eval_batch_size, 0, 0, false, false) {
             let exs: Vec<_> = idx.iter().map(|&i| &data.examples[i]).collect();
             let batch = collate(&exs, pad_id, self.device);
-            // Activated LoRA: offsets from each batch's ids, as PEFT's forward computes them.
-            let offsets = self.peft.alora_offsets(&batch.input_ids, None)?;
-            let ctx = match &offsets {
-                Some(o) => ctx.with_alora_offsets(o),
+            // Per-row values from each batch's ids (Activated LoRA's offsets, as PEFT's forward computes them).
+            let values = self.peft.row_values(&batch.input_ids, None)?;
+            let ctx = match &values {
+                Some(o) => ctx.with_row_values(o),
                 None => ctx,
             };
             let (loss, logits) = tch::no_grad(|| loss_fn(self.peft.model(), &batch, &ctx))?;
@@ -427,9 +427,9 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
             for (bi, idx) in batches.iter().enumerate().skip(skip) {
                 let exs: Vec<_> = idx.iter().map(|&i| &train.examples[i]).collect();
                 let batch = collate(&exs, pad_id, self.device);
-                let offsets = self.peft.alora_offsets(&batch.input_ids, None)?;
-                let ctx = match &offsets {
-                    Some(o) => ctx.with_alora_offsets(o),
+                let values = self.peft.row_values(&batch.input_ids, None)?;
+                let ctx = match &values {
+                    Some(o) => ctx.with_row_values(o),
                     None => ctx,
                 };
                 let (loss, _) = loss_fn(self.peft.model(), &batch, &ctx)?;

@@ -179,7 +179,7 @@ impl<M: Adaptable> PeftModel<M> {
         trained: crate::config::NamedTensors,
         initial_dir: &Path,
     ) -> Result<crate::config::ConvertedAdapter> {
-        let initial_config = config.config_for_initial_weights().ok_or_else(|| {
+        let conversion = config.initial_weight_conversion().ok_or_else(|| {
             crate::config::unsupported_option(
                 &config.common().peft_type,
                 "path_initial_model_for_weight_conversion",
@@ -187,10 +187,11 @@ impl<M: Adaptable> PeftModel<M> {
                 "this method has no conversion of mutated base weights",
             )
         })?;
+        let initial_config = conversion.config_for_initial_weights();
         let weights = initial_dir.join(SAFETENSORS_WEIGHTS_NAME);
         let initial: BTreeMap<String, Tensor> =
             io::read_safetensors(&weights)?.into_iter().map(|t| (t.key, t.tensor)).collect();
-        let converted = config.convert_for_original_base(trained, &initial)?;
+        let converted = conversion.convert_for_original_base(trained, &initial)?;
         let text = crate::config::to_config_file_text(initial_config.as_ref());
         io::atomic_write(&initial_dir.join(CONFIG_NAME), text.as_bytes())?;
         Ok(converted)

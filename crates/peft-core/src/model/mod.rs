@@ -1,7 +1,6 @@
 //! [`PeftModel`]: a model with adapters — PEFT's `PeftModel` + `BaseTuner` operations.
 
 mod checkpoint;
-mod hotswap;
 mod index;
 mod inject;
 mod merge;
@@ -208,7 +207,9 @@ impl<M: Adaptable> PeftModel<M> {
         PeftError::UnknownAdapter { name: name.to_string(), available: self.adapter_names() }
     }
 
-    fn warn(&mut self, message: String) {
+    /// Records a warning (logged, and kept in [`PeftModel::warnings`]): for operations that method
+    /// crates add to the model.
+    pub fn warn(&mut self, message: String) {
         log::warn!("{message}");
         self.warnings.push(message);
     }

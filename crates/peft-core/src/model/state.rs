@@ -1,5 +1,5 @@
 //! Adapter state: which adapters are active, trainable or disabled, deletion, and per-call routing
-//! (forward hooks, mixed batches, aLoRA offsets).
+//! (forward hooks, mixed batches, per-row values).
 
 use super::{set_requires_grad, PeftModel};
 use crate::adaptable::Adaptable;
@@ -7,6 +7,7 @@ use crate::config::BiasMode;
 use crate::error::{PeftError, Result};
 use crate::layer::TunerLayer;
 use crate::modules_to_save::MODULES_TO_SAVE;
+use crate::row_values::{InputRowValues, RowValues};
 use peft_config::keys::PEFT_PREFIX;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -247,20 +248,20 @@ impl<M: Adaptable> PeftModel<M> {
         Ok(crate::mixed::RowAdapters::new(per_row, self.adapter_vs.device()))
     }
 
-    /// Activated LoRA offsets for `input_ids` `(B, T)` (PEFT's `calculate_alora_offsets`): for each row
-    /// whose adapter (the row's in `rows`, else the first active one) has `alora_invocation_tokens`, the
-    /// number of trailing positions from the last occurrence of that sequence; `None` where it does not
-    /// occur or the adapter is not an aLoRA. Pass them with
-    /// [`ForwardCtx::with_alora_offsets`](crate::ForwardCtx::with_alora_offsets). Returns `None` when no
-    /// row's adapter is an aLoRA (nothing to pass).
+    /// The per-row values the adapters compute from `input_ids` `(B, T)` for one forward call (see
+    /// [`crate::row_values`]; Activated LoRA's invocation offsets, PEFT's `calculate_alora_offsets`): each
+    /// row's adapter (the row's in `rows`, else the first active one) with an
+    /// [`InputRowValues`](crate::row_values::InputRowValues) capability gives that row its value; other
+    /// rows get `None`. Pass them with [`ForwardCtx::with_row_values`](crate::ForwardCtx::with_row_values).
+    /// Returns `None` when no row's adapter computes any (nothing to pass).
     ///
     /// # Errors
     /// Input ids that are not a 2-d integer tensor.
-    pub fn alora_offsets(
+    pub fn row_values(
         &self,
         input_ids: &Tensor,
         rows: Option<&crate::mixed::RowAdapters>,
-    ) -> Result<Option<Vec<Option<i64>>>> {
+    ) -> Result<Option<RowValues>> {
         let active = self.active.first().cloned();
         let batch = input_ids.size().first().copied().unwrap_or(0) as usize;
         let per_row: Vec<Option<String>> = match rows {
@@ -269,33 +270,40 @@ impl<M: Adaptable> PeftModel<M> {
             }
             None => vec![active; batch],
         };
-        // Each adapter's options once per call, not once per row (this runs at every generation step).
+        // Each adapter's capability looked up once per call, not once per row (this runs at every
+        // generation step).
         let names: BTreeSet<&str> = per_row.iter().flatten().map(String::as_str).collect();
-        let tokens: BTreeMap<&str, Vec<i64>> =
-            names.into_iter().filter_map(|n| Some((n, self.invocation_tokens(n)?))).collect();
-        if tokens.is_empty() {
+        let sources: BTreeMap<&str, &dyn InputRowValues> = names
+            .into_iter()
+            .filter_map(|n| Some((n, self.configs.get(n)?.input_row_values()?)))
+            .collect();
+        if sources.is_empty() {
             return Ok(None);
+        }
+        if input_ids.dim() != 2 || !matches!(input_ids.kind(), tch::Kind::Int64 | tch::Kind::Int) {
+            return Err(PeftError::Invalid(format!(
+                "per-row values need input ids as a 2-d integer tensor, got {:?} of shape {:?}",
+                input_ids.kind(),
+                input_ids.size()
+            )));
         }
         let ids: Vec<Vec<i64>> =
             Vec::<Vec<i64>>::try_from(&input_ids.to_device(tch::Device::Cpu).to_kind(tch::Kind::Int64))
-                .map_err(PeftError::torch("reading input ids for aLoRA offsets"))?;
-        Ok(Some(
-            per_row
+                .map_err(PeftError::torch("reading input ids for per-row values"))?;
+        let keys: BTreeSet<&'static str> = sources.values().map(|s| s.key()).collect();
+        let mut out = RowValues::new();
+        for key in keys {
+            let column = per_row
                 .iter()
                 .zip(&ids)
                 .map(|(name, seq)| {
-                    let tokens = tokens.get(name.as_deref()?)?;
-                    let start = (0..seq.len()).rev().find(|&i| seq[i..].starts_with(tokens))?;
-                    let offset = (seq.len() - start) as i64;
-                    (offset > 0).then_some(offset)
+                    let source = sources.get(name.as_deref()?).filter(|s| s.key() == key)?;
+                    source.row_value(seq)
                 })
-                .collect(),
-        ))
-    }
-
-    /// The adapter's invocation tokens ([`crate::ModelOptions::invocation_tokens`]), if any.
-    fn invocation_tokens(&self, adapter: &str) -> Option<Vec<i64>> {
-        self.configs.get(adapter)?.model_options().ok()?.invocation_tokens
+                .collect();
+            out.insert(key, column);
+        }
+        Ok(Some(out))
     }
 
     /// Disables every adapter until [`PeftModel::enable_adapter_layers`]: the model computes the base

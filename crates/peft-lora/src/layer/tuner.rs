@@ -5,7 +5,9 @@ use super::LoraLayer;
 use crate::config::PEFT_TYPE;
 use crate::variant::LoraVariant;
 use peft_core::error::Result;
+use peft_core::hotswap::Hotswap;
 use peft_core::layer::{BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
+use peft_core::mixed::{MixedBatch, MixedCache};
 use std::collections::BTreeMap;
 use tch::Tensor;
 
@@ -65,33 +67,16 @@ impl TunerLayer for LoraLayer {
         self.state_tensors_in_use()
     }
 
-    fn pad_rank(&mut self, target_rank: i64) -> Result<bool> {
-        self.pad_to_rank(target_rank)
+    fn as_hotswap(&self) -> Option<&dyn Hotswap> {
+        Some(self)
     }
 
-    fn hotswap_check(&self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-        self.check_hotswap(tensors)
+    fn as_hotswap_mut(&mut self) -> Option<&mut dyn Hotswap> {
+        Some(self)
     }
 
-    fn hotswap(
-        &mut self,
-        tensors: &BTreeMap<String, Tensor>,
-        config: &dyn peft_core::AdapterConfig,
-    ) -> Result<()> {
-        self.hotswap_from(tensors, config)
-    }
-
-    fn mixed_batch_output(
-        &self,
-        _base: &dyn BaseLayer,
-        x: &Tensor,
-        y: &Tensor,
-        group: &[&dyn TunerLayer],
-        index: &Tensor,
-        cache: &peft_core::mixed::MixedCache,
-        ctx: &ForwardCtx<'_>,
-    ) -> Option<Tensor> {
-        crate::mixed::output(self, x, y, group, index, cache, ctx)
+    fn as_mixed_batch(&self) -> Option<&dyn MixedBatch> {
+        Some(self)
     }
 
     fn weights_changed(&mut self) {
@@ -110,5 +95,35 @@ impl TunerLayer for LoraLayer {
             self.scaling,
             if self.variant.dora().is_some() { ", use_dora=True" } else { "" }
         )
+    }
+}
+
+impl Hotswap for LoraLayer {
+    fn pad_rank(&mut self, target_rank: i64) -> Result<bool> {
+        self.pad_to_rank(target_rank)
+    }
+
+    fn hotswap_check(&self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        self.check_hotswap(tensors)
+    }
+
+    fn hotswap(&mut self, tensors: &BTreeMap<String, Tensor>, config: &dyn peft_core::AdapterConfig) -> Result<()> {
+        self.hotswap_from(tensors, config)
+    }
+}
+
+/// LoRA computes a mixed batch at once: each row's factors gathered, batched matrix products.
+impl MixedBatch for LoraLayer {
+    fn mixed_batch_output(
+        &self,
+        _base: &dyn BaseLayer,
+        x: &Tensor,
+        y: &Tensor,
+        group: &[&dyn TunerLayer],
+        index: &Tensor,
+        cache: &MixedCache,
+        ctx: &ForwardCtx<'_>,
+    ) -> Option<Tensor> {
+        crate::mixed::output(self, x, y, group, index, cache, ctx)
     }
 }

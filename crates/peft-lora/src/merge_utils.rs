@@ -4,7 +4,7 @@
 //! Each operator takes the task tensors (same shape) and one weight per tensor. DARE draws its masks with
 //! `torch.bernoulli` from the default generator, one tensor after the other, as PEFT does.
 
-use crate::error::{PeftError, Result};
+use peft_core::error::{PeftError, Result};
 use tch::{Kind, Tensor};
 
 type TchResult<T> = std::result::Result<T, tch::TchError>;
