@@ -109,7 +109,7 @@ pub const PEFT_TYPE_TABLE: &[PeftTypeInfo] = &[
     row("FROD", "FrodModel", "peft-frod", PLANNED),
     row("PVERA", "PveraModel", "peft-pvera", SHIPPED),
     row("FOURIERFT", "FourierFTModel", "peft-fourierft", SHIPPED),
-    row("GLORA", "GloraModel", "peft-glora", PLANNED),
+    row("GLORA", "GloraModel", "peft-glora", SHIPPED),
     row("XLORA", "XLoraModel", "peft-xlora", PLANNED),
     row("HRA", "HRAModel", "peft-hra", SHIPPED),
     row("VBLORA", "VBLoRAModel", "peft-vblora", SHIPPED),

@@ -13,6 +13,8 @@ pub use peft_deft as deft;
 pub use peft_delora as delora;
 #[cfg(feature = "fourierft")]
 pub use peft_fourierft as fourierft;
+#[cfg(feature = "glora")]
+pub use peft_glora as glora;
 #[cfg(feature = "gralora")]
 pub use peft_gralora as gralora;
 #[cfg(feature = "hira")]
@@ -65,6 +67,8 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_delora::PEFT_TYPE;
     #[cfg(feature = "fourierft")]
     let _ = peft_fourierft::PEFT_TYPE;
+    #[cfg(feature = "glora")]
+    let _ = peft_glora::PEFT_TYPE;
     #[cfg(feature = "gralora")]
     let _ = peft_gralora::PEFT_TYPE;
     #[cfg(feature = "hira")]
