@@ -147,6 +147,8 @@ struct MergeCall {
     /// The original weight and bias the call merges from.
     w0: Tensor,
     b0: Option<Tensor>,
+    /// The GLoRA adapters merged before the call.
+    merged_before: Vec<String>,
 }
 
 /// After unmerging one adapter while others stay merged: the original weights recovered from all of
@@ -163,7 +165,8 @@ struct Recovered {
 /// terms, and the original weights of the merge in progress.
 #[derive(Debug, Default)]
 pub struct LayerState {
-    adapters: Vec<(String, Terms)>,
+    /// `(adapter, layer id, terms)` of every GLoRA adapter on the layer.
+    adapters: Vec<(String, u64, Terms)>,
     merged: Vec<String>,
     call: Option<MergeCall>,
     recovered: Option<Recovered>,
@@ -176,7 +179,7 @@ impl LayerState {
     }
 
     fn terms(&self, name: &str) -> Option<&Terms> {
-        self.adapters.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+        self.adapters.iter().find(|(n, _, _)| n == name).map(|(_, _, t)| t)
     }
 
     /// PEFT's `W₀ = (W − ΣB) / (1 + ΣA)`, `b₀ = (b − ΣE − ΣW₀·C) / (1 + ΣD)` over the merged adapters.
@@ -224,6 +227,8 @@ pub struct GloraLayer {
     in_features: i64,
     out_features: i64,
     r: i64,
+    /// Tells this layer's entry in the shared state from a later adapter of the same name.
+    id: u64,
     terms: Terms,
     state: Arc<Mutex<LayerState>>,
 }
@@ -356,12 +361,22 @@ impl GloraLayer {
             .map(|s| s.state.clone())
             .unwrap_or_default();
         let adapter = ctx.adapter_name.to_string();
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut st = lock(&state);
-            st.adapters.retain(|(n, _)| n != &adapter);
-            st.adapters.push((adapter.clone(), terms.share()));
+            st.adapters.retain(|(n, _, _)| n != &adapter);
+            st.adapters.push((adapter.clone(), id, terms.share()));
         }
-        Ok(Self { adapter, module: ctx.module_name.to_string(), in_features, out_features, r, terms, state })
+        Ok(Self {
+            adapter,
+            module: ctx.module_name.to_string(),
+            in_features,
+            out_features,
+            r,
+            id,
+            terms,
+            state,
+        })
     }
 
     /// The adapter's five terms.
@@ -374,7 +389,9 @@ impl GloraLayer {
         self.r
     }
 
-    /// The GLoRA adapters merged into this layer, in merge order (PEFT's `merged_adapters`).
+    /// The GLoRA adapters merged into this layer, in merge order (PEFT's `merged_adapters`), as the shared
+    /// state recorded them. After a safe merge refused on another layer, which restores this one from a
+    /// copy, it catches up at the next merge.
     pub fn merged_adapters(&self) -> Vec<String> {
         lock(&self.state).merged.clone()
     }
@@ -404,6 +421,19 @@ impl GloraLayer {
         Ok(())
     }
 }
+
+impl Drop for GloraLayer {
+    /// A deleted adapter leaves the shared state (unless merged: recovering the original weights needs it).
+    fn drop(&mut self) {
+        let mut st = lock(&self.state);
+        if !st.merged.contains(&self.adapter) {
+            let id = self.id;
+            st.adapters.retain(|(_, i, _)| *i != id);
+        }
+    }
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn lock(state: &Mutex<LayerState>) -> MutexGuard<'_, LayerState> {
     state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -448,6 +478,8 @@ impl TunerLayer for GloraLayer {
         let (weight, bias) = (w.weight(), w.bias());
         let kind = y.kind();
         let mut result = y.shallow_clone();
+        // Out of place: `result` starts as the base output, which the subtraction and autograd still need.
+        #[allow(clippy::assign_op_pattern)]
         for layer in &group {
             result = result + layer.terms.adapted(x, &weight, bias.as_ref());
         }
@@ -473,7 +505,17 @@ impl TunerLayer for GloraLayer {
         let state = self.state.clone();
         let mut st = lock(&state);
         if st.merged.contains(&self.adapter) {
-            return Ok(());
+            // The slots hold it unmerged while the state says merged: a refused safe merge elsewhere in the
+            // model restored this layer from a copy of its weights as the call found them.
+            match st.call.take() {
+                Some(c) if c.start.equal(&cur_w) => st.merged = c.merged_before,
+                _ => {
+                    return Err(PeftError::Invalid(format!(
+                        "`{}`: GLoRA adapter `{}` is merged already",
+                        self.module, self.adapter
+                    )))
+                }
+            }
         }
         st.recovered = None;
         let same_call = !st.merged.is_empty()
@@ -503,7 +545,8 @@ impl TunerLayer for GloraLayer {
                 let mut names = st.merged.clone();
                 names.push(self.adapter.clone());
                 let (new_w, new_b) = st.merged_from(&names, &w0, b0.as_ref());
-                Ok((new_w, new_b, Some(MergeCall { start, w0, b0 })))
+                let merged_before = st.merged.clone();
+                Ok((new_w, new_b, Some(MergeCall { start, w0, b0, merged_before })))
             }
         })?;
         self.write(base, &new_w, new_b.as_ref(), ctx.safe)?;
