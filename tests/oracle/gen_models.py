@@ -42,7 +42,8 @@ CASES = {
     "llama_causal": (tf.LlamaConfig, LLAMA, tf.LlamaForCausalLM, "CAUSAL_LM",
                      {"qv": dict(target_modules=["q_proj", "v_proj"]), "all": dict(target_modules="all-linear", r=2),
                      "ia3": dict(method="IA3"), "vera": dict(method="VERA", r=8),
-                     "fourierft": dict(method="FOURIERFT", n_frequency=64, scaling=10.0)}),
+                     "fourierft": dict(method="FOURIERFT", n_frequency=64, scaling=10.0),
+                     "glora": dict(method="GLORA", r=2)}),
     "llama3_rope_tied": (tf.LlamaConfig, dict(LLAMA, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True),
                          tf.LlamaForCausalLM, "CAUSAL_LM", {
                              "mlp": dict(target_modules=["gate_proj", "down_proj"]),
@@ -85,7 +86,7 @@ CASES = {
                                         intermediate_size=64, max_position_embeddings=64, num_labels=3),
                     tf.BertForSequenceClassification, "SEQ_CLS",
                     {"qv": dict(target_modules=["query", "value"]), "dense": dict(target_modules=["dense"], r=2),
-                     "ia3": dict(method="IA3")}),
+                     "ia3": dict(method="IA3"), "glora": dict(method="GLORA", r=2, config_D_E="vector")}),
     "bert_replicated": (tf.BertConfig, dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                             intermediate_size=64, max_position_embeddings=64, num_labels=2),
                         tf.BertForSequenceClassification, "SEQ_CLS",
