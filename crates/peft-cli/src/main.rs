@@ -278,18 +278,68 @@ struct GenerateArgs {
     ids: bool,
 }
 
+/// Exit status of an error the program reports (bad input, a failed operation).
+const EXIT_ERROR: i32 = 1;
+/// Exit status of a bug: a panic caught at the top (reported as one line, like any error).
+const EXIT_INTERNAL: i32 = 70;
+
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
+    // Panics are reported by the handler below, as one line, not by Rust's default hook (which prints
+    // the location and, from libtorch, a C++ backtrace). A closed stdout (`peft inspect | head -0`) ends
+    // the program quietly, as for other command-line tools.
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(move || match cli.command {
         Command::Run(a) => run(a),
         Command::Inspect(a) => inspect(a),
         Command::Generate(a) => generate_cmd(a),
         Command::Train(a) => train(*a),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    });
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                std::process::exit(0);
+            }
+            eprintln!("error: {}", one_line(&e));
+            std::process::exit(EXIT_ERROR);
+        }
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            if message.contains("Broken pipe") {
+                std::process::exit(0);
+            }
+            eprintln!("error: internal error (a bug in peft-rs, please report it): {}", first_line(message));
+            std::process::exit(EXIT_INTERNAL);
+        }
     }
+}
+
+/// The first line of a message, without libtorch's backtrace (`Exception raised from …`, frames).
+fn first_line(message: &str) -> &str {
+    let cut = message.find("Exception raised from").unwrap_or(message.len());
+    message[..cut].lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").trim_end_matches(':')
+}
+
+/// An error and its causes on one line (`context: cause: …`), each cut to its first line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let line = first_line(&text).to_string();
+        // thiserror types often repeat their source in their own message.
+        if !line.is_empty() && !parts.iter().any(|p| p.contains(&line)) {
+            parts.push(line);
+        }
+    }
+    parts.join(": ")
 }
 
 fn parse_kind(s: &str) -> Result<Kind> {
@@ -302,7 +352,7 @@ fn parse_kind(s: &str) -> Result<Kind> {
 }
 
 fn parse_device(s: &str) -> Result<Device> {
-    Ok(match s {
+    let device = match s {
         "cpu" => Device::Cpu,
         "auto" => Device::cuda_if_available(),
         "cuda" => Device::Cuda(0),
@@ -310,7 +360,15 @@ fn parse_device(s: &str) -> Result<Device> {
             Some(n) => Device::Cuda(n),
             None => bail!("unknown --device {other:?} (cpu, cuda, cuda:N, auto)"),
         },
-    })
+    };
+    // Checked here, before any work: libtorch's own failure comes at the first weight moved.
+    if let Device::Cuda(n) = device {
+        let count = tch::Cuda::device_count();
+        if n as i64 >= count {
+            bail!("--device {s}: this machine has {count} CUDA device(s)");
+        }
+    }
+    Ok(device)
 }
 
 fn parse_task(s: &str) -> Result<Task> {
@@ -464,7 +522,7 @@ fn run(args: RunArgs) -> Result<()> {
             Some(o) => ForwardCtx::eval().with_row_values(o),
             None => ForwardCtx::eval(),
         };
-        forward(peft.model(), &inputs, device, &ctx)?
+        forward(peft.model(), &inputs, device, &ctx).with_context(|| args.input.display().to_string())?
     } else {
         let batch = inputs["input_ids"].size()[0];
         if args.row_adapters.len() as i64 != batch {
@@ -487,7 +545,7 @@ fn run(args: RunArgs) -> Result<()> {
             Some(o) => ctx.with_row_values(o),
             None => ctx,
         };
-        forward(peft.model(), &inputs, device, &ctx)?
+        forward(peft.model(), &inputs, device, &ctx).with_context(|| args.input.display().to_string())?
     };
     Tensor::write_safetensors(&[("logits", &logits)], &args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
@@ -654,8 +712,11 @@ fn train(args: TrainArgs) -> Result<()> {
     let pad_id = pad_id_of(&loaded.model);
     let config = match &args.config {
         Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = peft_core::peft_config::files::read_text_bounded(
+                path,
+                peft_core::peft_config::files::MAX_JSON_BYTES,
+            )
+            .with_context(|| format!("reading {}", path.display()))?;
             LoraConfig::from_json_str(&text, &mut Vec::new())?
         }
         None => {

@@ -17,7 +17,7 @@ use std::path::Path;
 /// # Errors
 /// [`ConfigError::Io`] when the file cannot be read, [`ConfigError::Json`] when it is not a JSON object.
 pub fn read_json_object(path: &Path, warnings: &mut Vec<String>) -> Result<Map<String, Value>, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_text_bounded(path, crate::files::MAX_JSON_BYTES)
         .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
     parse_json_object(&text, &path.display().to_string(), warnings)
 }

@@ -28,6 +28,7 @@
 pub mod common;
 pub mod defaults;
 pub mod error;
+pub mod files;
 pub mod json;
 pub mod keys;
 pub mod patterns;

@@ -56,6 +56,12 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
 
 /// Memory-maps `path`, parses its safetensors header, and hands the parsed file to `f`.
 fn with_safetensors<T>(path: &Path, f: impl FnOnce(&SafeTensors<'_>) -> Result<T>) -> Result<T> {
+    // A FIFO or device would block `open` or never end: only regular files are mapped.
+    peft_config::files::check_regular(path).map_err(|source| PeftError::Io {
+        path: path.into(),
+        op: "open",
+        source,
+    })?;
     let file =
         fs::File::open(path).map_err(|source| PeftError::Io { path: path.into(), op: "open", source })?;
     // SAFETY: the map is read-only and dropped before this function returns; callers copy what they need

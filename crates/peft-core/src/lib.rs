@@ -48,8 +48,8 @@ pub use model::{
     inspect_targets, AdapterOptions, AdaptersDisabled, LoadOptions, LoadReport, PeftModel, SaveOptions,
 };
 pub use model_options::ModelOptions;
-pub use row_values::{InputRowValues, RowValues};
 pub use peft_config;
+pub use row_values::{InputRowValues, RowValues};
 
 #[doc(hidden)]
 pub use inventory;

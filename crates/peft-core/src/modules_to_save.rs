@@ -124,7 +124,6 @@ impl TunerLayer for ModulesToSave {
     }
 }
 
-
 /// A trained module swaps whole: same shapes, copied in place.
 impl Hotswap for ModulesToSave {
     fn pad_rank(&mut self, _target_rank: i64) -> Result<bool> {

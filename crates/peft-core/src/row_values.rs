@@ -43,8 +43,9 @@ impl RowValues {
     /// The values of rows `rows` (positions in this batch), in that order: what a sub-batch made of those
     /// rows sees. Positions past a column's end read as `None`.
     pub fn select(&self, rows: &[i64]) -> RowValues {
-        let pick =
-            |v: &[Option<i64>]| rows.iter().map(|&i| usize::try_from(i).ok().and_then(|i| v.get(i).copied().flatten())).collect();
+        let pick = |v: &[Option<i64>]| {
+            rows.iter().map(|&i| usize::try_from(i).ok().and_then(|i| v.get(i).copied().flatten())).collect()
+        };
         RowValues { columns: self.columns.iter().map(|(k, v)| (*k, pick(v))).collect() }
     }
 }

@@ -183,9 +183,9 @@ impl AdapterSlots {
                     for (k, t) in &group {
                         if let Some(r) = rows.rows(*k) {
                             // The sub-batch sees its own rows' values.
-                            let values = ctx.row_values.map(|v| {
-                                v.select(&Vec::<i64>::try_from(r).unwrap_or_default())
-                            });
+                            let values = ctx
+                                .row_values
+                                .map(|v| v.select(&Vec::<i64>::try_from(r).unwrap_or_default()));
                             let sub = ForwardCtx { rows: None, row_values: values.as_ref(), ..*ctx };
                             let ys =
                                 t.transform_output(base, &x.index_select(0, r), y.index_select(0, r), &sub);

@@ -9,8 +9,8 @@ use peft_core::peft_config::targets::dedupe_lists;
 use peft_core::peft_config::{
     ConfigError, LayerIndices, LayersPattern, PeftConfigCommon, TargetModules, TargetSpec,
 };
-use peft_core::{InputRowValues, LayerMethod};
 use peft_core::MethodConfig;
+use peft_core::{InputRowValues, LayerMethod};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::any::Any;

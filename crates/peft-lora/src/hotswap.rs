@@ -42,7 +42,10 @@ fn check_compatible(old: &LoraConfig, new: &LoraConfig) -> Result<()> {
     let (a, b) = (old.to_json(), new.to_json());
     for key in ["use_rslora", "lora_dropout", "alpha_pattern", "use_dora"] {
         if a[key] != b[key] {
-            return Err(PeftError::Invalid(format!("Configs are incompatible: for {key}, {} != {}", a[key], b[key])));
+            return Err(PeftError::Invalid(format!(
+                "Configs are incompatible: for {key}, {} != {}",
+                a[key], b[key]
+            )));
         }
     }
     Ok(())

@@ -90,9 +90,9 @@ pub mod weighted;
 
 pub use config::{Alpha, InitLoraWeights, LoraBias, LoraConfig, PEFT_TYPE};
 pub use dora::Dora;
+pub use ext::LoraModelExt;
 pub use layer::{LoraKind, LoraLayer};
 pub use peft_core::MethodConfig;
-pub use ext::LoraModelExt;
 pub use weighted::{Combination, WeightedAdapterOptions};
 
 peft_core::register_method!(config::LoraConfig, "peft-lora");

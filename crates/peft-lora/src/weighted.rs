@@ -28,8 +28,8 @@
 
 use crate::config::{Alpha, LoraConfig};
 use crate::layer::{LoraKind, LoraLayer};
-use peft_core::error::{PeftError, Result};
 use crate::merge_utils::{self, MajoritySign};
+use peft_core::error::{PeftError, Result};
 use peft_core::modules_to_save::ModulesToSave;
 use peft_core::peft_config::TargetModules;
 use peft_core::MethodConfig;

@@ -55,15 +55,18 @@ impl BertArgs {
             });
         }
         let hidden_dropout_prob = c.f64_or("hidden_dropout_prob", 0.1)?;
+        let hidden_size = c.size_or("hidden_size", 768)?;
+        let num_attention_heads = c.size_or("num_attention_heads", 12)?;
+        c.check_multiple("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)?;
         Ok(Self {
-            vocab_size: c.i64_or("vocab_size", 30522)?,
-            hidden_size: c.i64_or("hidden_size", 768)?,
-            num_hidden_layers: c.i64_or("num_hidden_layers", 12)?,
-            num_attention_heads: c.i64_or("num_attention_heads", 12)?,
-            intermediate_size: c.i64_or("intermediate_size", 3072)?,
+            vocab_size: c.size_or("vocab_size", 30522)?,
+            hidden_size,
+            num_hidden_layers: c.layers_or("num_hidden_layers", 12)?,
+            num_attention_heads,
+            intermediate_size: c.size_or("intermediate_size", 3072)?,
             hidden_act: Activation::from_name(c.str_or("hidden_act", "gelu")?)?,
-            max_position_embeddings: c.i64_or("max_position_embeddings", 512)?,
-            type_vocab_size: c.i64_or("type_vocab_size", 2)?,
+            max_position_embeddings: c.size_or("max_position_embeddings", 512)?,
+            type_vocab_size: c.size_or("type_vocab_size", 2)?,
             layer_norm_eps: c.f64_or("layer_norm_eps", 1e-12)?,
             hidden_dropout_prob,
             attention_probs_dropout_prob: c.f64_or("attention_probs_dropout_prob", 0.1)?,
@@ -178,6 +181,16 @@ pub fn load_spec(task: Task) -> LoadSpec {
 }
 
 impl Bert {
+    /// Token ids below `vocab_size`, positions below `max_position_embeddings`, segments below
+    /// `type_vocab_size`.
+    pub fn input_limits(&self) -> crate::InputLimits {
+        crate::InputLimits {
+            vocab_size: self.args.vocab_size,
+            max_positions: Some(self.args.max_position_embeddings),
+            type_vocab_size: Some(self.args.type_vocab_size),
+        }
+    }
+
     /// PEFT's `replicate_layers` on `encoder.layer`.
     pub fn replicate_blocks(&mut self, map: &[(usize, usize)]) -> peft_core::Result<()> {
         self.layers = crate::replicate(&self.layers, map, Layer::replicate)?;

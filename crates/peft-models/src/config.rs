@@ -7,6 +7,13 @@ use crate::error::{ModelError, Result};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
+/// The largest model size [`HfConfig::size_or`] accepts (2^24: beyond any real vocabulary, width or
+/// context, and small enough that products of two sizes cannot overflow).
+pub const MAX_SIZE: i64 = 1 << 24;
+
+/// The largest layer count [`HfConfig::layers_or`] accepts.
+pub const MAX_LAYERS: i64 = 1 << 12;
+
 /// A parsed `config.json`.
 #[derive(Clone, Debug)]
 pub struct HfConfig {
@@ -21,8 +28,11 @@ impl HfConfig {
     /// [`ModelError::Config`] when the file is missing or not a JSON object.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ModelError::Config { path: path.clone(), message: format!("cannot read: {e}") })?;
+        let text = peft_core::peft_config::files::read_text_bounded(
+            &path,
+            peft_core::peft_config::files::MAX_JSON_BYTES,
+        )
+        .map_err(|e| ModelError::Config { path: path.clone(), message: format!("cannot read: {e}") })?;
         Self::from_str(&text, path)
     }
 
@@ -83,6 +93,60 @@ impl HfConfig {
             path: self.path.clone(),
             message: format!("missing `{key}`"),
         })
+    }
+
+    /// A model size (a dimension, a vocabulary, a head count): an integer in `1..=MAX_SIZE`, `default`
+    /// when absent or null.
+    ///
+    /// # Errors
+    /// A value that is not an integer or out of range, naming the file and key.
+    pub fn size_or(&self, key: &str, default: i64) -> Result<i64> {
+        let v = self.i64_or(key, default)?;
+        self.in_range(key, v, 1, MAX_SIZE)
+    }
+
+    /// An optional model size ([`HfConfig::size_or`] without a default).
+    ///
+    /// # Errors
+    /// As [`HfConfig::size_or`].
+    pub fn opt_size(&self, key: &str) -> Result<Option<i64>> {
+        self.opt_i64(key)?.map(|v| self.in_range(key, v, 1, MAX_SIZE)).transpose()
+    }
+
+    /// A layer count: an integer in `0..=MAX_LAYERS`, `default` when absent or null.
+    ///
+    /// # Errors
+    /// A value that is not an integer or out of range, naming the file and key.
+    pub fn layers_or(&self, key: &str, default: i64) -> Result<i64> {
+        let v = self.i64_or(key, default)?;
+        self.in_range(key, v, 0, MAX_LAYERS)
+    }
+
+    fn in_range(&self, key: &str, v: i64, lo: i64, hi: i64) -> Result<i64> {
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ModelError::Config {
+                path: self.path.clone(),
+                message: format!("`{key}` is {v}, it must be between {lo} and {hi}"),
+            })
+        }
+    }
+
+    /// Checks that `key_a`'s value `a` is a multiple of `key_b`'s value `b` (heads splitting a hidden
+    /// size, query heads sharing key/value heads).
+    ///
+    /// # Errors
+    /// A value that is not a multiple, naming both keys.
+    pub fn check_multiple(&self, key_a: &str, a: i64, key_b: &str, b: i64) -> Result<()> {
+        if b > 0 && a % b == 0 {
+            Ok(())
+        } else {
+            Err(ModelError::Config {
+                path: self.path.clone(),
+                message: format!("`{key_a}` ({a}) must be a multiple of `{key_b}` ({b})"),
+            })
+        }
     }
 
     /// A number, `None` when absent or null.
@@ -196,5 +260,24 @@ mod tests {
         let err = c.f64_or("rms_norm_eps", 1e-6).unwrap_err().to_string();
         assert!(err.contains("rms_norm_eps") && err.contains("config.json"), "{err}");
         assert!(c.i64("vocab_size").unwrap_err().to_string().contains("vocab_size"));
+    }
+
+    #[test]
+    fn sizes_are_checked_when_the_config_is_read() {
+        let c = HfConfig::from_str(
+            r#"{"a": 0, "b": -1, "c": 1000000000000, "d": 1.5, "e": "64", "f": 8, "g": -2}"#,
+            "config.json".into(),
+        )
+        .unwrap();
+        for key in ["a", "b", "c", "d", "e"] {
+            let err = c.size_or(key, 4).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")) && err.contains("config.json"), "{err}");
+        }
+        assert_eq!(c.size_or("f", 4).unwrap(), 8);
+        assert_eq!(c.size_or("absent", 4).unwrap(), 4);
+        assert_eq!(c.layers_or("a", 4).unwrap(), 0);
+        assert!(c.layers_or("g", 4).is_err());
+        assert!(c.check_multiple("f", 8, "x", 3).unwrap_err().to_string().contains("multiple"));
+        assert!(c.check_multiple("f", 8, "x", 0).is_err());
     }
 }

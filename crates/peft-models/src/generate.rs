@@ -54,7 +54,12 @@ impl GenerationConfig {
     }
 
     fn apply_file(&mut self, path: &Path) {
-        let Ok(text) = std::fs::read_to_string(path) else { return };
+        let Ok(text) = peft_core::peft_config::files::read_text_bounded(
+            path,
+            peft_core::peft_config::files::MAX_JSON_BYTES,
+        ) else {
+            return;
+        };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return };
         let eos = crate::config::ids(v.get("eos_token_id"));
         if !eos.is_empty() {

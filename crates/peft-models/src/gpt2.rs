@@ -44,14 +44,16 @@ impl Gpt2Args {
     /// # Errors
     /// Wrongly typed values or an unsupported activation.
     pub fn from_config(c: &HfConfig) -> Result<Self> {
-        let n_embd = c.i64_or("n_embd", 768)?;
+        let n_embd = c.size_or("n_embd", 768)?;
+        let n_head = c.size_or("n_head", 12)?;
+        c.check_multiple("n_embd", n_embd, "n_head", n_head)?;
         Ok(Self {
-            vocab_size: c.i64_or("vocab_size", 50257)?,
-            n_positions: c.i64_or("n_positions", 1024)?,
+            vocab_size: c.size_or("vocab_size", 50257)?,
+            n_positions: c.size_or("n_positions", 1024)?,
             n_embd,
-            n_layer: c.i64_or("n_layer", 12)?,
-            n_head: c.i64_or("n_head", 12)?,
-            n_inner: c.opt_i64("n_inner")?.unwrap_or(4 * n_embd),
+            n_layer: c.layers_or("n_layer", 12)?,
+            n_head,
+            n_inner: c.opt_size("n_inner")?.unwrap_or(4 * n_embd),
             activation: Activation::from_name(c.str_or("activation_function", "gelu_new")?)?,
             layer_norm_epsilon: c.f64_or("layer_norm_epsilon", 1e-5)?,
             scale_attn_weights: c.bool_or("scale_attn_weights", true)?,
@@ -145,6 +147,15 @@ pub fn prefix(task: Task) -> Option<&'static str> {
 }
 
 impl Gpt2 {
+    /// Token ids below `vocab_size`, positions below `n_positions`.
+    pub fn input_limits(&self) -> crate::InputLimits {
+        crate::InputLimits {
+            vocab_size: self.args.vocab_size,
+            max_positions: Some(self.args.n_positions),
+            type_vocab_size: None,
+        }
+    }
+
     /// Allocates the model for `task` (weights come from a checkpoint).
     ///
     /// # Errors

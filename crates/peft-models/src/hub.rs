@@ -82,7 +82,11 @@ pub fn resolve_in(cache: &Path, model_id: &str, revision: &str, offline: bool) -
             let index = remote
                 .get("model.safetensors.index.json")
                 .map_err(|e| hub_err(format!("no safetensors weights: {e}")))?;
-            let text = std::fs::read_to_string(&index).map_err(|e| hub_err(e.to_string()))?;
+            let text = peft_core::peft_config::files::read_text_bounded(
+                &index,
+                peft_core::peft_config::files::MAX_JSON_BYTES,
+            )
+            .map_err(|e| hub_err(e.to_string()))?;
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| hub_err(e.to_string()))?;
             let files: std::collections::BTreeSet<String> = v["weight_map"]
                 .as_object()

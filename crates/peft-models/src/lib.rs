@@ -24,6 +24,7 @@ pub mod error;
 pub mod generate;
 pub mod gpt2;
 pub mod hub;
+pub mod inputs;
 pub mod layers;
 pub mod llama;
 pub mod quantized;
@@ -34,6 +35,7 @@ pub mod weights;
 
 pub use config::HfConfig;
 pub use error::{ModelError, Result};
+pub use inputs::InputLimits;
 pub use task::{ModelInputs, Task};
 
 use attention::KvCache;
@@ -249,7 +251,7 @@ impl HfModel {
     /// # Errors
     /// Malformed inputs (shapes, dtypes, a missing decoder input).
     pub fn forward(&self, inputs: &ModelInputs<'_>, ctx: &ForwardCtx<'_>) -> Result<Tensor> {
-        let ids = inputs.checked_ids()?;
+        let ids = inputs.check(&self.input_limits(), 0)?;
         match &self.arch {
             Arch::Llama(m) => m.forward(ids, inputs.attention_mask, inputs.position_ids, None, ctx),
             Arch::Gpt2(m) => m.forward(ids, inputs.attention_mask, inputs.position_ids, None, ctx),
@@ -261,6 +263,16 @@ impl HfModel {
                 let enc = m.encode(ids, inputs.attention_mask, ctx);
                 Ok(m.decode(dec, inputs.decoder_attention_mask, &enc, inputs.attention_mask, None, ctx))
             }
+        }
+    }
+
+    /// What the model's embeddings can take (checked before every forward pass and decoding step).
+    pub fn input_limits(&self) -> InputLimits {
+        match &self.arch {
+            Arch::Llama(m) => m.input_limits(),
+            Arch::Gpt2(m) => m.input_limits(),
+            Arch::Bert(m) => m.input_limits(),
+            Arch::T5(m) => m.input_limits(),
         }
     }
 
@@ -295,6 +307,8 @@ impl HfModel {
         cache: &mut KvCache,
         ctx: &ForwardCtx<'_>,
     ) -> Result<Tensor> {
+        let inputs = ModelInputs { position_ids, ..ModelInputs::ids(input_ids) };
+        inputs.check(&self.input_limits(), cache.len())?;
         match (&self.arch, self.task) {
             (Arch::Llama(m), Task::CausalLm) => {
                 m.forward(input_ids, attention_mask, position_ids, Some(cache), ctx)

@@ -67,15 +67,28 @@ impl LlamaArgs {
             "qwen2" => (151936, 4096, 22016, None),
             _ => (32000, 4096, 11008, None),
         };
-        let hidden_size = c.i64_or("hidden_size", d_hidden)?;
-        let num_attention_heads = c.i64_or("num_attention_heads", 32)?;
-        let num_hidden_layers = c.i64_or("num_hidden_layers", 32)?;
-        let num_key_value_heads = c.opt_i64("num_key_value_heads")?.or(d_kv).unwrap_or(num_attention_heads);
-        let head_dim = c.opt_i64("head_dim")?.unwrap_or(hidden_size / num_attention_heads);
+        let hidden_size = c.size_or("hidden_size", d_hidden)?;
+        let num_attention_heads = c.size_or("num_attention_heads", 32)?;
+        let num_hidden_layers = c.layers_or("num_hidden_layers", 32)?;
+        let num_key_value_heads = c.opt_size("num_key_value_heads")?.or(d_kv).unwrap_or(num_attention_heads);
+        c.check_multiple(
+            "num_attention_heads",
+            num_attention_heads,
+            "num_key_value_heads",
+            num_key_value_heads,
+        )?;
+        // transformers' default, computed only when `head_dim` is absent.
+        let head_dim = match c.opt_size("head_dim")? {
+            Some(d) => d,
+            None => {
+                c.check_multiple("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)?;
+                hidden_size / num_attention_heads
+            }
+        };
         let attention_bias = c.bool_or("attention_bias", false)?;
         let (qkv_bias, o_bias) =
             if model_type == "qwen2" { (true, false) } else { (attention_bias, attention_bias) };
-        let window = c.opt_i64("sliding_window")?;
+        let window = c.opt_size("sliding_window")?;
         let layer_types: Option<Vec<String>> = c
             .raw()
             .get("layer_types")
@@ -94,9 +107,9 @@ impl LlamaArgs {
             })
             .collect();
         Ok(Self {
-            vocab_size: c.i64_or("vocab_size", d_vocab)?,
+            vocab_size: c.size_or("vocab_size", d_vocab)?,
             hidden_size,
-            intermediate_size: c.i64_or("intermediate_size", d_inter)?,
+            intermediate_size: c.size_or("intermediate_size", d_inter)?,
             num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
@@ -209,6 +222,11 @@ pub struct Llama {
 }
 
 impl Llama {
+    /// Token ids below `vocab_size`; rotary positions have no table to overflow.
+    pub fn input_limits(&self) -> crate::InputLimits {
+        crate::InputLimits { vocab_size: self.args.vocab_size, max_positions: None, type_vocab_size: None }
+    }
+
     /// PEFT's `replicate_layers` on `model.layers`.
     pub fn replicate_blocks(&mut self, map: &[(usize, usize)]) -> peft_core::Result<()> {
         self.model.layers = crate::replicate(&self.model.layers, map, Layer::replicate)?;

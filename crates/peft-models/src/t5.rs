@@ -56,7 +56,7 @@ impl T5Args {
     /// # Errors
     /// Wrongly typed values or an unsupported `feed_forward_proj`.
     pub fn from_config(c: &HfConfig) -> Result<Self> {
-        let num_layers = c.i64_or("num_layers", 6)?;
+        let num_layers = c.layers_or("num_layers", 6)?;
         let ffp = c.str_or("feed_forward_proj", "relu")?;
         let (gated, act_name) = match ffp.strip_prefix("gated-") {
             Some(a) => (true, if a == "gelu" { "gelu_new" } else { a }),
@@ -71,21 +71,37 @@ impl T5Args {
             Some(s) => s,
             None => tie != Some(false),
         };
+        // The bucket formula divides by `log(max_distance / max_exact)` with `max_exact` up to half the
+        // buckets: fewer than 4 buckets, or a distance not beyond half of them, would index garbage.
+        let buckets = c.size_or("relative_attention_num_buckets", 32)?;
+        let distance = c.size_or("relative_attention_max_distance", 128)?;
+        if buckets < 4 || distance <= buckets / 2 {
+            return Err(ModelError::Config {
+                path: c.path().to_path_buf(),
+                message: format!(
+                    "`relative_attention_num_buckets` ({buckets}) must be at least 4 and \
+                     `relative_attention_max_distance` ({distance}) above half of it"
+                ),
+            });
+        }
         let pad = c.i64_or("pad_token_id", 0)?;
         let mut eos = c.eos_token_ids();
         if eos.is_empty() {
             eos.push(1);
         }
         Ok(Self {
-            vocab_size: c.i64_or("vocab_size", 32128)?,
-            d_model: c.i64_or("d_model", 512)?,
-            d_kv: c.i64_or("d_kv", 64)?,
-            d_ff: c.i64_or("d_ff", 2048)?,
+            vocab_size: c.size_or("vocab_size", 32128)?,
+            d_model: c.size_or("d_model", 512)?,
+            d_kv: c.size_or("d_kv", 64)?,
+            d_ff: c.size_or("d_ff", 2048)?,
             num_layers,
-            num_decoder_layers: c.opt_i64("num_decoder_layers")?.unwrap_or(num_layers),
-            num_heads: c.i64_or("num_heads", 8)?,
-            relative_attention_num_buckets: c.i64_or("relative_attention_num_buckets", 32)?,
-            relative_attention_max_distance: c.i64_or("relative_attention_max_distance", 128)?,
+            num_decoder_layers: match c.opt_i64("num_decoder_layers")? {
+                Some(_) => c.layers_or("num_decoder_layers", num_layers)?,
+                None => num_layers,
+            },
+            num_heads: c.size_or("num_heads", 8)?,
+            relative_attention_num_buckets: buckets,
+            relative_attention_max_distance: distance,
             dropout_rate: c.f64_or("dropout_rate", 0.1)?,
             layer_norm_epsilon: c.f64_or("layer_norm_epsilon", 1e-6)?,
             act,
@@ -301,6 +317,11 @@ impl FeedForward {
 }
 
 impl T5 {
+    /// Encoder and decoder ids below `vocab_size`; relative positions have no table to overflow.
+    pub fn input_limits(&self) -> crate::InputLimits {
+        crate::InputLimits { vocab_size: self.args.vocab_size, max_positions: None, type_vocab_size: None }
+    }
+
     /// Allocates the model (weights come from a checkpoint). `own_lm_head`: the checkpoint has an untied
     /// `lm_head.weight`.
     ///

@@ -1,6 +1,7 @@
 //! Loading HF safetensors checkpoints (single file or sharded) into a model's var store, strictly.
 
 use crate::error::{ModelError, Result};
+use peft_core::peft_config::files;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
@@ -20,7 +21,8 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Err(ModelError::NoCheckpoint { dir: dir.to_path_buf() });
     }
     let bad = |message: String| ModelError::Config { path: index.clone(), message };
-    let text = std::fs::read_to_string(&index).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let text = files::read_text_bounded(&index, files::MAX_JSON_BYTES)
+        .map_err(|e| bad(format!("cannot read: {e}")))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no `weight_map`".into()))?;
     let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();

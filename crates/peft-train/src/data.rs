@@ -10,9 +10,13 @@
 //! A bad record is an error naming the file and line.
 
 use crate::error::{Result, TrainError};
+use peft_core::peft_config::files;
 use peft_models::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
+
+/// The largest JSONL dataset read (it is read whole): 8 GiB.
+pub const MAX_DATASET_BYTES: u64 = 8 << 30;
 
 /// The record format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +91,8 @@ pub struct DataOptions {
 impl DataOptions {
     /// Reads `chat_template`, `bos_token` and `eos_token` from `tokenizer_config.json` in `dir`, if present.
     pub fn with_tokenizer_config(mut self, dir: &Path) -> Self {
-        let Ok(text) = std::fs::read_to_string(dir.join("tokenizer_config.json")) else { return self };
+        let path = dir.join("tokenizer_config.json");
+        let Ok(text) = files::read_text_bounded(&path, files::MAX_JSON_BYTES) else { return self };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return self };
         if let Some(t) = v.get("chat_template").and_then(|t| t.as_str()) {
             self.chat_template = Some(t.to_string());
@@ -151,7 +156,7 @@ pub fn load_jsonl(
     tokenizer: &Tokenizer,
     options: &DataOptions,
 ) -> Result<Dataset> {
-    let text = std::fs::read_to_string(path)
+    let text = files::read_text_bounded(path, MAX_DATASET_BYTES)
         .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
     let mut records = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -593,8 +593,11 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
                 .collect();
         self.optimizer.load_state_tensors(&state)?;
         let path = dir.join("trainer_state.json");
-        let text =
-            std::fs::read_to_string(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
+        let text = peft_core::peft_config::files::read_text_bounded(
+            &path,
+            peft_core::peft_config::files::MAX_JSON_BYTES,
+        )
+        .map_err(|source| TrainError::Io { path: path.clone(), source })?;
         self.state = serde_json::from_str(&text)
             .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
         Ok(())

@@ -273,10 +273,8 @@ impl<M: Adaptable> PeftModel<M> {
         // Each adapter's capability looked up once per call, not once per row (this runs at every
         // generation step).
         let names: BTreeSet<&str> = per_row.iter().flatten().map(String::as_str).collect();
-        let sources: BTreeMap<&str, &dyn InputRowValues> = names
-            .into_iter()
-            .filter_map(|n| Some((n, self.configs.get(n)?.input_row_values()?)))
-            .collect();
+        let sources: BTreeMap<&str, &dyn InputRowValues> =
+            names.into_iter().filter_map(|n| Some((n, self.configs.get(n)?.input_row_values()?))).collect();
         if sources.is_empty() {
             return Ok(None);
         }

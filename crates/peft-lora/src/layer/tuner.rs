@@ -107,7 +107,11 @@ impl Hotswap for LoraLayer {
         self.check_hotswap(tensors)
     }
 
-    fn hotswap(&mut self, tensors: &BTreeMap<String, Tensor>, config: &dyn peft_core::AdapterConfig) -> Result<()> {
+    fn hotswap(
+        &mut self,
+        tensors: &BTreeMap<String, Tensor>,
+        config: &dyn peft_core::AdapterConfig,
+    ) -> Result<()> {
         self.hotswap_from(tensors, config)
     }
 }
