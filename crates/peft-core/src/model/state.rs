@@ -251,7 +251,7 @@ impl<M: Adaptable> PeftModel<M> {
     /// The per-row values the adapters compute from `input_ids` `(B, T)` for one forward call (see
     /// [`crate::row_values`]; Activated LoRA's invocation offsets, PEFT's `calculate_alora_offsets`): each
     /// row's adapter (the row's in `rows`, else the first active one) with an
-    /// [`InputRowValues`](crate::row_values::InputRowValues) capability gives that row its value; other
+    /// [`InputRowValues`] capability gives that row its value; other
     /// rows get `None`. Pass them with [`ForwardCtx::with_row_values`](crate::ForwardCtx::with_row_values).
     /// Returns `None` when no row's adapter computes any (nothing to pass).
     ///
