@@ -187,9 +187,7 @@ impl OftLayer {
         };
         let weight = ctx.place(weight)?;
         let device = weight.device();
-        let triu = Tensor::f_triu_indices(block_size, block_size, 1, (Kind::Int64, device))
-            .map_err(PeftError::torch("building the triangle indices"))?;
-        let (rows, cols) = (triu.get(0), triu.get(1));
+        let (rows, cols) = peft_orthogonal::triangle_indices(block_size, device);
         let adapter = ctx.adapter_name.to_string();
         let dict = if kind == OftKind::Embedding { "oft_embedding_R" } else { "oft_R" };
         let weight = (&ctx.path / dict / &adapter).add("weight", weight, true);
@@ -250,11 +248,7 @@ impl OftLayer {
 
     /// `_pytorch_skew_symmetric`: `U − Uᵀ` with `U`'s strict upper triangle taken from each row of `vec`.
     fn skew(&self, vec: &Tensor) -> Tensor {
-        let b = vec.size()[0];
-        let bs = self.block_size;
-        let mut m = Tensor::zeros([b, bs, bs], (vec.kind(), vec.device()));
-        let _ = m.index_put_(&[None, Some(&self.rows), Some(&self.cols)], vec, false);
-        &m - m.transpose(-2, -1)
+        peft_orthogonal::skew_from_triangle(vec, &self.rows, &self.cols, self.block_size)
     }
 
     /// `_project_batch`: COFT's projection of the skew matrices onto the ball of radius
@@ -271,46 +265,23 @@ impl OftLayer {
         let mask = norm.le_tensor(&eps);
         let scaled = &zeros + &eps * (&diff / &norm);
         let out = m.where_self(&mask, &scaled);
-        out.index(&[None, Some(&self.rows), Some(&self.cols)])
+        peft_orthogonal::triangle_of(&out, &self.rows, &self.cols)
     }
 
     /// `_cayley_batch`: the rotation of every block, in the parameter's dtype.
     fn cayley(&self, q: &Tensor) -> Tensor {
-        let b = q.size()[0];
         let previous = q.kind();
         let skew = self.skew(q);
-        let bs = self.block_size;
-        let rot = if self.use_cayley_neumann {
-            let terms = self.num_cayley_neumann_terms;
-            let mut r = Tensor::eye(bs, (q.kind(), q.device())).repeat([b, 1, 1]);
-            if terms > 1 {
-                // `R.add_(X, alpha=2.0)`: 2·X is exact, so adding it rounds once, as the fused add does.
-                r += &skew * 2.0;
-                if terms > 2 {
-                    let squared = skew.bmm(&skew);
-                    r += &squared * 2.0;
-                    let mut power = squared;
-                    for _ in 3..(terms - 1) {
-                        power = power.bmm(&skew);
-                        r += &power * 2.0;
-                    }
-                    power = power.bmm(&skew);
-                    r += &power;
-                }
-            }
-            r
+        if self.use_cayley_neumann {
+            peft_orthogonal::cayley_neumann(&skew, self.num_cayley_neumann_terms).to_kind(previous)
         } else {
-            let id = Tensor::eye(bs, (Kind::Float, q.device())).unsqueeze(0).expand([b, bs, bs], false);
-            Tensor::linalg_solve(&(&id + &skew), &(&id - &skew), false)
-        };
-        rot.to_kind(previous)
+            peft_orthogonal::cayley(&skew, previous)
+        }
     }
 
     /// `_block_diagonal`: the `(D, D)` block-diagonal matrix of the blocks' rotations.
     fn block_diagonal(&self, rot: &Tensor) -> Tensor {
-        let shared = rot.size()[0] == 1;
-        let blocks: Vec<Tensor> = (0..self.rank()).map(|i| rot.get(if shared { 0 } else { i })).collect();
-        Tensor::block_diag(&blocks)
+        peft_orthogonal::block_diagonal(rot, self.rank())
     }
 
     /// Projects the parameter in place (COFT, before every use, as PEFT's forward and merge do).
