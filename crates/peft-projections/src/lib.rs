@@ -1,12 +1,14 @@
-//! The family crate of VeRA and PVeRA: frozen random projections shared by all the layers of an adapter (VeRA's `vera_A` / `vera_B`, PVeRA's
-//! `pvera_A` / `pvera_B`): PEFT draws them once, in its `_pre_injection_hook`, from a CPU generator seeded
+//! The family crate of VeRA, PVeRA and RandLoRA: frozen random projections shared by all the layers of an
+//! adapter (VeRA's `vera_A` / `vera_B`, PVeRA's `pvera_A` / `pvera_B`, RandLoRA's bases `randlora_A` /
+//! `randlora_B`, 3-d): PEFT draws them once, in its `_pre_injection_hook`, from a CPU generator seeded
 //! with `projection_prng_key`, sized by the largest targeted linear layer; every layer uses slices of
 //! them, later adapters reuse the first adapter's, and each adapter's file holds them once at the model
 //! level (`base_model.vera_A`).
 //!
 //! [`SharedProjections`] carries them from [`peft_core::AdapterConfig::before_layers`] to the layers;
 //! [`SharedProjections::attach`] places them on the first layer's device and dtype and decides which
-//! layer registers and saves them for each adapter; [`model_level_key`] is the checkpoint-key mapping.
+//! layer registers and saves them for each adapter; [`model_level_key`] is the checkpoint-key mapping;
+//! [`kaiming_uniform`] is the seeded draw (any gain, any float kind).
 //!
 //! ```
 //! use peft_projections::SharedProjections;
@@ -65,13 +67,20 @@ pub struct Attached {
     pub owns: bool,
 }
 
-/// PEFT's `_kaiming_init` / `kaiming_uniform_(…, generator=g)` with `a = 0`: `U(-b, b)`,
-/// `b = √3 · √2 / √fan_in`, drawn from `g`.
-fn kaiming(shape: [i64; 2], g: &mut Generator) -> Result<Tensor> {
-    let mut t = Tensor::f_empty(shape, (Kind::Float, Device::Cpu))
-        .map_err(PeftError::torch("allocating a projection"))?;
+/// `torch.nn.init.kaiming_uniform_(t, a=a, generator=g)` on a fresh `kind` tensor of `shape` (CPU):
+/// `U(-b, b)` with `b = √3 · gain / √fan_in`, `gain = √(2 / (1 + a²))` (VeRA's `_kaiming_init` uses
+/// `a = 0`; RandLoRA's uses `a = √5` on bf16 tensors). Drawn in `kind`, since a bf16 draw is not the f32
+/// draw rounded.
+///
+/// # Errors
+/// libtorch's error.
+pub fn kaiming_uniform(shape: &[i64], a: f64, kind: Kind, g: &mut Generator) -> Result<Tensor> {
+    let mut t =
+        Tensor::f_empty(shape, (kind, Device::Cpu)).map_err(PeftError::torch("allocating a projection"))?;
     let fan = peft_core::init::fan_in(&t) as f64;
-    let bound = 3f64.sqrt() * (2f64.sqrt() / fan.sqrt());
+    // The same f64 steps as torch.nn.init (gain, then std, then bound), so the bound rounds alike.
+    let gain = (2.0 / (1.0 + a.powi(2))).sqrt();
+    let bound = 3f64.sqrt() * (gain / fan.sqrt());
     g.uniform_(&mut t, -bound, bound)?;
     Ok(t)
 }
@@ -106,15 +115,21 @@ impl SharedProjections {
     /// libtorch's error.
     pub fn draw(seed: u64, a_shape: [i64; 2], b_shape: [i64; 2]) -> Result<Self> {
         let mut g = Generator::new(seed)?;
-        let a = kaiming(a_shape, &mut g)?;
-        let b = kaiming(b_shape, &mut g)?;
-        Ok(Self(Some(Arc::new(Mutex::new(Projections {
+        let a = kaiming_uniform(&a_shape, 0.0, Kind::Float, &mut g)?;
+        let b = kaiming_uniform(&b_shape, 0.0, Kind::Float, &mut g)?;
+        Ok(Self::from_tensors(a, b))
+    }
+
+    /// Projections a method drew itself (RandLoRA's bases, of any rank of tensor, CPU); the layers place
+    /// them as [`SharedProjections::attach`] says.
+    pub fn from_tensors(a: Tensor, b: Tensor) -> Self {
+        Self(Some(Arc::new(Mutex::new(Projections {
             a,
             b,
             placed: false,
             owners: Vec::new(),
             members: Vec::new(),
-        })))))
+        }))))
     }
 
     /// Shallow clones of `(a, b)` as they are now.
@@ -136,8 +151,9 @@ impl SharedProjections {
             .map_err(|_| PeftError::Invalid("the shared projections are poisoned".into()))
     }
 
-    /// Hands one layer the projections: checks they cover the layer (`needs`: the least rows of `a`, its
-    /// least columns, the least rows of `b`, its least columns; PEFT's messages otherwise), places them
+    /// Hands one layer the projections: checks they cover the layer (`needs`: the rows of `a` (its first
+    /// dimension), the least size of its last dimension, the least rows of `b`, the size of its last
+    /// dimension; PEFT's messages otherwise; 2-d for VeRA, 3-d for RandLoRA), places them
     /// on the layer's device and dtype when the first layer comes, and makes the first layer of each
     /// adapter (with `save`) the one that registers them, frozen, under `names` and saves them.
     ///
@@ -153,6 +169,7 @@ impl SharedProjections {
     ) -> Result<Attached> {
         let mut p = self.lock()?;
         let (a_size, b_size) = (p.a.size(), p.b.size());
+        let (a_last, b_last) = (a_size[a_size.len() - 1], b_size[b_size.len() - 1]);
         let [a_rows, in_features, out_features, b_cols] = needs;
         let too_small = |name: &str, has: i64, needs: i64| {
             PeftError::Invalid(format!(
@@ -161,18 +178,18 @@ impl SharedProjections {
                 ctx.module_name
             ))
         };
-        if a_size[1] < in_features {
-            return Err(too_small(names[0], a_size[1], in_features));
+        if a_last < in_features {
+            return Err(too_small(names[0], a_last, in_features));
         }
         if b_size[0] < out_features {
             return Err(too_small(names[1], b_size[0], out_features));
         }
-        if a_size[0] != a_rows || b_size[1] != b_cols {
+        if a_size[0] != a_rows || b_last != b_cols {
             // PEFT refuses a higher rank and fails in the forward pass for a lower one.
             return Err(PeftError::Invalid(format!(
                 "`{}`: the {method} adapters of a model share the projections of the first one, of rank {}; adapter \
                  `{}` asks for r={b_cols}",
-                ctx.module_name, b_size[1], ctx.adapter_name
+                ctx.module_name, b_last, ctx.adapter_name
             )));
         }
         if !p.placed {
