@@ -294,15 +294,13 @@ impl TunerLayer for BoftLayer {
         match self.kind {
             BoftKind::Linear => {
                 let rotated = x.matmul(&rotation.to_kind(x.kind()));
-                let mut y = base.forward(&rotated);
-                if let Some(b) = &bias {
-                    y = y - b;
-                }
-                y = y * scale.squeeze_dim(-1);
-                if let Some(b) = &bias {
-                    y = y + b;
-                }
-                Some(y)
+                let y = base.forward(&rotated);
+                // Out of place, as PEFT: the scale applies to the output without its bias.
+                let scale = scale.squeeze_dim(-1);
+                Some(match &bias {
+                    Some(b) => (y - b) * scale + b,
+                    None => y * scale,
+                })
             }
             BoftKind::Conv2d { kernel, stride, padding } => {
                 let weight = base.as_weighted()?.weight();
