@@ -158,14 +158,17 @@ pub fn target_modules(peft_type: &str, model_type: &str) -> Option<TargetModules
         ("ADALORA", m) => adalora(m),
         ("BEFT", m) => beft(m),
         ("VBLORA", m) => vblora(m),
-        ("FOURIERFT" | "C3A", "gpt2" | "gpt_bigcode") => list(&["mlp.c_proj"]),
+        ("FOURIERFT" | "C3A" | "WAVEFT", "gpt2" | "gpt_bigcode") => list(&["mlp.c_proj"]),
+        // WaveFT's table is a copy of LoRA's from before btlm and RWKV entered it.
+        ("WAVEFT", "btlm" | "rwkv" | "rwkv7") => None,
         ("SHIRA" | "VERA" | "FROD" | "PVERA", "phi") => list(&["q_proj", "v_proj"]),
         ("ADAMSS" | "FROD", "vit") => list(&["query", "value"]),
         ("PVERA", "dinov2") => list(&["query", "value"]),
         (
             "LORA" | "BOFT" | "C3A" | "DELORA" | "DEFT" | "GLORA" | "HRA" | "LOHA" | "LOKR" | "MISS" | "OFT"
             | "POLY" | "RANDLORA" | "ADAMSS" | "ROAD" | "TINYLORA" | "PSOFT" | "LILY" | "GRALORA" | "PEANUT"
-            | "FOURIERFT" | "SHIRA" | "SUPERTUNING" | "VERA" | "FROD" | "PVERA" | "HIRA" | "UNILORA",
+            | "FOURIERFT" | "SHIRA" | "SUPERTUNING" | "VERA" | "FROD" | "PVERA" | "HIRA" | "UNILORA"
+            | "WAVEFT",
             m,
         ) => lora(m),
         _ => None,
@@ -180,6 +183,9 @@ mod tests {
     fn copies_of_the_lora_table_keep_their_changed_entries() {
         assert_eq!(target_modules("LOHA", "gpt2"), Some(TargetModules::list(["c_attn"])));
         assert_eq!(target_modules("FOURIERFT", "gpt2"), Some(TargetModules::list(["mlp.c_proj"])));
+        assert_eq!(target_modules("WAVEFT", "gpt2"), Some(TargetModules::list(["mlp.c_proj"])));
+        assert_eq!(target_modules("WAVEFT", "rwkv"), None);
+        assert_eq!(target_modules("WAVEFT", "llama"), target_modules("LORA", "llama"));
         assert_eq!(target_modules("VERA", "phi"), Some(TargetModules::list(["q_proj", "v_proj"])));
         assert_eq!(
             target_modules("LORA", "phi"),

@@ -514,6 +514,30 @@ pub fn require_positive(option: &str, value: i64) -> Result<()> {
     Ok(())
 }
 
+/// PEFT's checks on the number of sparse coefficients of an `(out, in)` weight (FourierFT's and WaveFT's
+/// `n_frequency`), raised where their `update_layer` raises them: positive, and at most `in · out` (the
+/// coefficients sit on distinct cells). `module` is named in the second message.
+///
+/// # Errors
+/// [`PeftError::Invalid`] with PEFT's message.
+pub fn require_coefficient_count(
+    option: &str,
+    n: i64,
+    in_features: i64,
+    out_features: i64,
+    module: &str,
+) -> Result<()> {
+    require_positive(option, n)?;
+    let cells = in_features * out_features;
+    if n > cells {
+        return Err(PeftError::Invalid(format!(
+            "`{option}` should be less than or equal to the product of the input and output dimensions but the \
+             value passed is {n} and the product is {cells} (`{module}`)"
+        )));
+    }
+    Ok(())
+}
+
 /// The `AdapterConfig` methods that are the same for every method config with a `common` field,
 /// `Clone` and `Serialize`: `common`, `common_mut`, `clone_box`, `as_any`, `as_any_mut`, `to_json`.
 /// Use it inside the impl block:

@@ -202,6 +202,26 @@ impl Generator {
     }
 }
 
+/// PEFT's sparse coefficient locations (FourierFT's and WaveFT's `random_loc_seed`): `n` distinct cells of
+/// a `(rows, cols)` matrix, the first `n` entries `i` of `randperm(rows · cols)` from a generator seeded
+/// with `seed`, as row `i // cols` and column `i % cols`. Returns `(2, n)` int64 on the CPU (rows first).
+/// A negative seed is passed as `seed as u64`, which is how `torch.Generator.manual_seed` wraps it.
+///
+/// The locations are never saved: the same seed gives them back on load.
+///
+/// # Errors
+/// libtorch's error.
+pub fn sparse_positions(seed: i64, rows: i64, cols: i64, n: i64) -> Result<Tensor> {
+    let what = "drawing sparse coefficient locations";
+    let flat = Generator::new(seed as u64)?
+        .randperm(rows * cols)?
+        .f_narrow(0, 0, n)
+        .map_err(PeftError::torch(what))?;
+    let row = flat.f_floor_divide_scalar(cols).map_err(PeftError::torch(what))?;
+    let col = flat.f_remainder(cols).map_err(PeftError::torch(what))?;
+    Tensor::f_stack(&[row, col], 0).map_err(PeftError::torch(what))
+}
+
 impl Generator {
     /// `torch.randn(shape, dtype=kind, generator=self)`: drawn in `kind` (a half-precision draw is not the
     /// f32 draw rounded).

@@ -7,7 +7,6 @@
 use crate::config::{FourierFtConfig, PEFT_TYPE};
 use peft_core::config::LayerInit;
 use peft_core::layer::{merge_delta, unmerge_delta, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
-use peft_core::rng::Generator;
 use peft_core::{PeftError, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -44,26 +43,16 @@ impl FourierFtLayer {
         let (in_features, out_features, fifo) = (lin.in_features(), lin.out_features(), lin.fan_in_fan_out());
         ctx.match_fan_in_fan_out(&mut config.fan_in_fan_out, fifo);
         let n = config.n_frequency_for(ctx.module_name)?;
-        peft_core::config::require_positive("n_frequency", n)?;
-        if n > in_features * out_features {
-            return Err(PeftError::Invalid(format!(
-                "`n_frequency` should be less than or equal to the product of the input and output dimensions but the \
-                 value passed is {n} and the product is {} (`{}`)",
-                in_features * out_features,
-                ctx.module_name
-            )));
-        }
+        peft_core::config::require_coefficient_count(
+            "n_frequency",
+            n,
+            in_features,
+            out_features,
+            ctx.module_name,
+        )?;
         let seed =
             config.random_loc_seed.ok_or_else(|| PeftError::Invalid("random_loc_seed is not set".into()))?;
-        let flat = Generator::new(seed as u64)?.randperm(out_features * in_features)?.narrow(0, 0, n);
-        let indices = Tensor::f_stack(
-            &[
-                flat.f_floor_divide_scalar(in_features).map_err(PeftError::torch("fourierft indices"))?,
-                flat.f_remainder(in_features).map_err(PeftError::torch("fourierft indices"))?,
-            ],
-            0,
-        )
-        .map_err(PeftError::torch("fourierft indices"))?;
+        let indices = peft_core::rng::sparse_positions(seed, out_features, in_features, n)?;
         let mut spectrum = Tensor::f_randn([n], (Kind::Float, Device::Cpu))
             .map_err(PeftError::torch("initialising fourierft_spectrum"))?;
         if config.init_weights {
