@@ -256,6 +256,23 @@ fn quantized_bases_run_the_adapter_and_refuse_to_merge_by_name() {
     assert!(max_diff(&tch::no_grad(|| peft.model().proj.forward(&x)), &want) < 1e-3);
     let err = peft.merge_adapter(None, false).unwrap_err();
     assert!(err.to_string().contains("quantized (Linear4bit) base is not supported"), "{err}");
+
+    // LLM.int8 storage: the same forward over the dequantized weight, the same refusal.
+    let w = Tensor::randn([16, 64], (Kind::Float, Device::Cpu)) * 0.1;
+    let q8 = peft_quant::Linear8bitLt::quantize(&w, 0.0).unwrap();
+    let base = peft_core::nn::LinearBase::from_quantized(Box::new(q8), None);
+    let q = Quantized { proj: peft_core::AdaptedLayer::new("proj", base) };
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let cfg =
+        RandloraConfig { r: 8, target_modules: Some(TargetModules::list(["proj"])), ..Default::default() };
+    let mut peft = PeftModel::new(q, &vs, cfg.boxed(), "default").unwrap();
+    randomize(&peft, 0.3);
+    let l = tuner::<RandloraLayer>(peft.model().proj.slots(), "default");
+    let base_out = tch::no_grad(|| peft_core::BaseLayer::forward(peft.model().proj.base(), &x));
+    let want = base_out + x.linear::<Tensor>(&written_out(l, 64, 16), None);
+    assert!(max_diff(&tch::no_grad(|| peft.model().proj.forward(&x)), &want) < 1e-3);
+    let err = peft.merge_adapter(None, true).unwrap_err();
+    assert!(err.to_string().contains("quantized (Linear8bitLt) base is not supported"), "{err}");
 }
 
 #[test]
