@@ -409,7 +409,8 @@ pub trait TunerLayer: TunerAny + fmt::Debug + Send + 'static {
 
     /// The tensors that make up the adapter's state dict (saving, loading, checkpoints). The default is
     /// [`TunerLayer::named_tensors`]; methods whose tensors are padded for hotswapping return views of the
-    /// part in use, so files keep the adapter's own shapes.
+    /// part in use, so files keep the adapter's own shapes, and methods with non-persistent buffers (PyTorch's
+    /// `persistent=False`) leave them out: they are neither saved nor expected in a file.
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
         self.named_tensors()
     }

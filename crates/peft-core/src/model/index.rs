@@ -36,7 +36,8 @@ pub(super) struct IndexedAdapter {
     /// triplets are gathered copies): a handle kept here would miss later training, so readers ask the
     /// layer again.
     pub state: Option<Vec<(String, Tensor)>>,
-    /// Fewer tensor elements are saved than held: the adapter is padded for hotswapping.
+    /// A saved tensor has another shape than the one held under its name: the adapter is padded for
+    /// hotswapping.
     pub padded: bool,
     /// Devices PEFT's status lists for other adapters through this one (shared buffers).
     pub shared_devices: Vec<(String, tch::Device)>,
@@ -135,8 +136,12 @@ fn indexed_adapter(module: &str, adapter: &str, tuner: &dyn TunerLayer) -> Index
         })
         .collect();
     let state_raw = tuner.state_tensors();
-    let held: Vec<Vec<i64>> = named.iter().map(|t| t.tensor.size()).collect();
-    let saved: Vec<Vec<i64>> = state_raw.iter().map(|(_, t)| t.size()).collect();
+    // Padded: a saved tensor differs in shape from the tensor of its name (or has no such tensor). A tensor
+    // left out of the state altogether is a non-persistent buffer (Super-Tuning's positions without
+    // `save_precomputed_indices`), not padding.
+    let padded = state_raw.iter().any(|(rel, t)| {
+        named.iter().find(|n| &n.name == rel).is_none_or(|n| n.tensor.size() != t.size())
+    });
     let live = state_raw.iter().all(|(_, t)| named.iter().any(|n| same_storage(t, &n.tensor)));
     let state = live.then(|| {
         state_raw
@@ -148,7 +153,7 @@ fn indexed_adapter(module: &str, adapter: &str, tuner: &dyn TunerLayer) -> Index
         peft_type: tuner.peft_type(),
         named,
         state,
-        padded: held != saved,
+        padded,
         shared_devices: tuner.status_shared_devices(),
     }
 }
