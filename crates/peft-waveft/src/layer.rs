@@ -201,7 +201,8 @@ impl TunerLayer for WaveftLayer {
         vec![(format!("waveft_spectrum.{}", self.adapter), self.spectrum.shallow_clone())]
     }
 
-    /// `y + x · ΔWᵀ`, `x` cast to the update's dtype and the sum back to the output's.
+    /// `y + x · ΔWᵀ`, `x` cast to the update's dtype. The sum keeps the promoted dtype, as PEFT's loop over
+    /// the active adapters does; the layer casts it back to the base output's dtype once, after the last.
     fn transform_output(
         &self,
         _base: &dyn BaseLayer,
@@ -210,8 +211,7 @@ impl TunerLayer for WaveftLayer {
         _ctx: &ForwardCtx<'_>,
     ) -> Tensor {
         let delta = self.delta_weight();
-        let kind = y.kind();
-        (y + x.to_kind(delta.kind()).linear::<Tensor>(&delta, None)).to_kind(kind)
+        y + x.to_kind(delta.kind()).linear::<Tensor>(&delta, None)
     }
 
     fn merge(&mut self, base: &mut dyn BaseLayer, ctx: &MergeCtx<'_>) -> Result<()> {

@@ -387,3 +387,31 @@ fn files_of_another_size_fail_naming_key_and_shapes_and_nan_merges_are_refused()
     assert_shape_mismatch(&err, "base_model.model.lin0.waveft_spectrum", &[20], &[30]);
     assert_safe_merge_refuses_nan(&mut peft, |m| m.lin0.base().weight.shallow_clone());
 }
+
+#[test]
+fn a_half_precision_base_sums_its_adapters_in_f32_and_rounds_once() {
+    let _rng = rng_lock();
+    let (mut vs, model) =
+        seeded(0, |vs| One { lin: pnn::linear(vs.root() / "lin", 10, 20, Default::default()).unwrap() });
+    vs.bfloat16();
+    let mut peft = PeftModel::new(model, &vs, config(&["lin"], 30, "db2").boxed(), "a").unwrap();
+    peft.add_adapter("b", config(&["lin"], 20, "sym3").boxed()).unwrap();
+    peft.set_adapters(&["a", "b"]).unwrap();
+    randomize(&peft, 0.3);
+    let (la, lb) = (
+        tuner::<WaveftLayer>(peft.model().lin.slots(), "a"),
+        tuner::<WaveftLayer>(peft.model().lin.slots(), "b"),
+    );
+    assert_eq!(la.spectrum().kind(), Kind::Float, "autocast_adapter_dtype");
+    let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+    let got = tch::no_grad(|| peft.forward_t(&x, false));
+    assert_eq!(got.kind(), Kind::BFloat16);
+    let base = peft.model().lin.base();
+    let want = tch::no_grad(|| {
+        let y = x.linear(&base.weight, base.bias.as_ref());
+        let xf = x.to_kind(Kind::Float);
+        (y + xf.linear::<Tensor>(&la.delta_weight(), None) + xf.linear::<Tensor>(&lb.delta_weight(), None))
+            .to_kind(Kind::BFloat16)
+    });
+    assert!(got.equal(&want), "one rounding to bf16, after both adapters");
+}
