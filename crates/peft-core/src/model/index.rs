@@ -139,9 +139,9 @@ fn indexed_adapter(module: &str, adapter: &str, tuner: &dyn TunerLayer) -> Index
     // Padded: a saved tensor differs in shape from the tensor of its name (or has no such tensor). A tensor
     // left out of the state altogether is a non-persistent buffer (Super-Tuning's positions without
     // `save_precomputed_indices`), not padding.
-    let padded = state_raw.iter().any(|(rel, t)| {
-        named.iter().find(|n| &n.name == rel).is_none_or(|n| n.tensor.size() != t.size())
-    });
+    let padded = state_raw
+        .iter()
+        .any(|(rel, t)| named.iter().find(|n| &n.name == rel).is_none_or(|n| n.tensor.size() != t.size()));
     let live = state_raw.iter().all(|(_, t)| named.iter().any(|n| same_storage(t, &n.tensor)));
     let state = live.then(|| {
         state_raw
