@@ -356,3 +356,37 @@ fn the_config_round_trips_through_peft_json_with_peft_defaults() {
 fn config_with_r(r: i64) -> SupertuningConfig {
     config(&["lin0"], 0.5, Some(r))
 }
+
+#[test]
+fn a_half_precision_base_gets_f32_adapters_rounded_through_its_dtype() {
+    let _rng = rng_lock();
+    let (mut vs, zoo) = LayerZoo::seeded(0);
+    vs.bfloat16();
+    let cfg = SupertuningConfig { init_weights: false, ..config(&["lin0"], 0.5, Some(2)) };
+    let mut peft = PeftModel::new(zoo, &vs, cfg.boxed(), "default").unwrap();
+    let l = layer(&peft.model().lin0, "default");
+    let s = l.supra().unwrap();
+    assert_eq!((l.values().kind(), s.a.kind(), s.b.kind()), (Kind::Float, Kind::Float, Kind::Float));
+    // PEFT moves the fresh f32 tensors to the base dtype before upcasting them again.
+    for t in [l.values(), &s.a, &s.b] {
+        assert!(t.equal(&t.to_kind(Kind::BFloat16).to_kind(Kind::Float)), "rounded through bf16");
+    }
+    let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+    let got = tch::no_grad(|| peft.model().lin0.forward(&x));
+    assert_eq!(got.kind(), Kind::BFloat16);
+    let base = peft.model().lin0.base();
+    let want = tch::no_grad(|| {
+        let w = &base.weight;
+        let idx = l.indices().to_kind(Kind::Int64);
+        let w_eff = w.view([-1]).scatter_add(0, &idx, &l.values().to_kind(Kind::BFloat16)).view_as(w);
+        let y = x.linear(&w_eff, base.bias.as_ref());
+        let pair = x.to_kind(Kind::Float).matmul(&s.a.tr()).matmul(&s.b.tr()) * s.scaling();
+        y + pair.to_kind(Kind::BFloat16)
+    });
+    assert!(got.equal(&want));
+    let y = tch::no_grad(|| peft.forward_t(&x, false));
+    peft.merge_adapter(None, false).unwrap();
+    assert_eq!(peft.model().lin0.base().weight.kind(), Kind::BFloat16);
+    let merged = tch::no_grad(|| peft.forward_t(&x, false));
+    assert!(max_diff(&merged.to_kind(Kind::Float), &y.to_kind(Kind::Float)) < 0.1);
+}
