@@ -5,6 +5,8 @@
 pub use peft_adalora as adalora;
 #[cfg(feature = "beft")]
 pub use peft_beft as beft;
+#[cfg(feature = "boft")]
+pub use peft_boft as boft;
 #[cfg(feature = "c3a")]
 pub use peft_c3a as c3a;
 #[cfg(feature = "deft")]
@@ -41,16 +43,22 @@ pub use peft_prompt as prompt;
 pub use peft_psoft as psoft;
 #[cfg(feature = "pvera")]
 pub use peft_pvera as pvera;
+#[cfg(feature = "randlora")]
+pub use peft_randlora as randlora;
 #[cfg(feature = "road")]
 pub use peft_road as road;
 #[cfg(feature = "shira")]
 pub use peft_shira as shira;
+#[cfg(feature = "supertuning")]
+pub use peft_supertuning as supertuning;
 #[cfg(feature = "trainable-tokens")]
 pub use peft_trainable_tokens as trainable_tokens;
 #[cfg(feature = "vblora")]
 pub use peft_vblora as vblora;
 #[cfg(feature = "vera")]
 pub use peft_vera as vera;
+#[cfg(feature = "waveft")]
+pub use peft_waveft as waveft;
 
 /// The `peft_type`s of the methods linked into this program, sorted.
 pub fn linked_methods() -> Vec<&'static str> {
@@ -59,6 +67,8 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_adalora::PEFT_TYPE;
     #[cfg(feature = "beft")]
     let _ = peft_beft::PEFT_TYPE;
+    #[cfg(feature = "boft")]
+    let _ = peft_boft::PEFT_TYPE;
     #[cfg(feature = "c3a")]
     let _ = peft_c3a::PEFT_TYPE;
     #[cfg(feature = "deft")]
@@ -95,15 +105,21 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_psoft::PEFT_TYPE;
     #[cfg(feature = "pvera")]
     let _ = peft_pvera::PEFT_TYPE;
+    #[cfg(feature = "randlora")]
+    let _ = peft_randlora::PEFT_TYPE;
     #[cfg(feature = "road")]
     let _ = peft_road::PEFT_TYPE;
     #[cfg(feature = "shira")]
     let _ = peft_shira::PEFT_TYPE;
+    #[cfg(feature = "supertuning")]
+    let _ = peft_supertuning::PEFT_TYPE;
     #[cfg(feature = "trainable-tokens")]
     let _ = peft_trainable_tokens::PEFT_TYPE;
     #[cfg(feature = "vblora")]
     let _ = peft_vblora::PEFT_TYPE;
     #[cfg(feature = "vera")]
     let _ = peft_vera::PEFT_TYPE;
+    #[cfg(feature = "waveft")]
+    let _ = peft_waveft::PEFT_TYPE;
     peft_core::registry::registered().iter().map(|r| r.peft_type).collect()
 }
