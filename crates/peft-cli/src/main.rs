@@ -678,6 +678,27 @@ fn generate_cmd(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// A training argument's error in the flag names `peft train` takes (`learning_rate = nan` → `--lr nan`).
+fn cli_names(message: &str) -> String {
+    const NAMES: [(&str, &str); 11] = [
+        ("learning_rate =", "--lr"),
+        ("weight_decay =", "--weight-decay"),
+        ("num_train_epochs =", "--epochs"),
+        ("max_steps =", "--max-steps"),
+        ("per_device_train_batch_size =", "--batch-size"),
+        ("per_device_eval_batch_size =", "--batch-size"),
+        ("gradient_accumulation_steps =", "--grad-accum"),
+        ("logging_steps =", "--logging-steps"),
+        ("eval_steps =", "--eval-steps"),
+        ("save_steps =", "--save-steps"),
+        ("loraplus_lr_ratio =", "--loraplus-lr-ratio"),
+    ];
+    NAMES
+        .iter()
+        .find(|(from, _)| message.starts_with(from))
+        .map_or_else(|| message.to_string(), |(from, to)| message.replacen(from, to, 1))
+}
+
 fn pad_id_of(model: &HfModel) -> i64 {
     peft_models::task::pad_token_id(model.config()).unwrap_or(0)
 }
@@ -685,75 +706,20 @@ fn pad_id_of(model: &HfModel) -> i64 {
 fn train(args: TrainArgs) -> Result<()> {
     use peft_lora::LoraConfig;
     use peft_train::{data, DataOptions, Format, OptimizerKind, Schedule, Trainer, TrainingArgs};
+    // Every argument is checked before anything is read, downloaded or loaded.
     let format = Format::parse(&args.format).ok_or_else(|| anyhow!("unknown --format {:?}", args.format))?;
-    let model_dir = peft_models::hub::resolve(&args.model, args.revision.as_deref())?;
-    let tok = peft_models::tokenizer::Tokenizer::from_dir(&model_dir)?;
-    let generation = peft_models::HfConfig::from_dir(&model_dir)?.eos_token_ids();
-    let opts = DataOptions {
-        max_length: Some(args.max_length),
-        eos_token_id: generation.first().copied(),
-        ..DataOptions::default()
+    if args.max_length == 0 {
+        bail!("--max-length 0: every example would be empty; use at least 1");
     }
-    .with_tokenizer_config(&model_dir);
-    let train_data = data::load_jsonl(&args.data, format, &tok, &opts)?;
-    let eval_opts = DataOptions { label_names: Some(train_data.label_names.clone()), ..opts.clone() };
-    let eval_data =
-        args.eval_data.as_ref().map(|p| data::load_jsonl(p, format, &tok, &eval_opts)).transpose()?;
-    let task = if format == Format::Classification { Task::SequenceClassification } else { Task::CausalLm };
-    let kind = parse_kind(&args.dtype)?;
-    let load = peft_models::LoadOptions {
-        kind,
-        device: parse_device(&args.device)?,
-        revision: args.revision.clone(),
-        num_labels: (task == Task::SequenceClassification).then_some(train_data.label_names.len() as i64),
-        quantize: args.quant.spec(kind)?,
-    };
-    let loaded = HfModel::load_dir(&model_dir, Some(task), &load)?;
-    let pad_id = pad_id_of(&loaded.model);
-    let config = match &args.config {
-        Some(path) => {
-            let text = peft_core::peft_config::files::read_text_bounded(
-                path,
-                peft_core::peft_config::files::MAX_JSON_BYTES,
-            )
-            .with_context(|| format!("reading {}", path.display()))?;
-            LoraConfig::from_json_str(&text, &mut Vec::new())?
-        }
-        None => {
-            let mut c = LoraConfig {
-                r: args.r,
-                lora_alpha: args.lora_alpha.into(),
-                lora_dropout: args.lora_dropout,
-                use_rslora: args.use_rslora,
-                ..LoraConfig::default()
-            };
-            c.target_modules = match args.target_modules.as_slice() {
-                [] => None,
-                [one] if one.eq_ignore_ascii_case("all-linear") => {
-                    Some(peft_core::peft_config::TargetModules::Regex(one.clone()))
-                }
-                many => Some(peft_core::peft_config::TargetModules::list(many.iter().cloned())),
-            };
-            c.common.task_type = Some(if task == Task::CausalLm {
-                peft_core::peft_config::TaskType::CausalLm
-            } else {
-                peft_core::peft_config::TaskType::SeqCls
-            });
-            c
-        }
-    };
-    let mut config = config;
-    config.common.base_model_name_or_path = Some(args.model.clone());
-    // The seed fixes the adapter's initialisation too, so a run is reproducible end to end.
-    tch::manual_seed(args.seed as i64);
-    let mut peft = PeftModel::new(loaded.model, &loaded.vs, config.boxed(), "default")?;
-    println!("{}", peft.trainable_parameters_line());
     let optimizer = match args.optimizer.as_str() {
         "adamw" => OptimizerKind::Adamw,
         "loraplus" => OptimizerKind::Loraplus { ratio: args.loraplus_lr_ratio, lr_embedding: 1e-6 },
         "lorafa" => OptimizerKind::Lorafa,
         other => bail!("unknown --optimizer {other:?} (adamw, loraplus, lorafa)"),
     };
+    if !args.max_grad_norm.is_finite() || args.max_grad_norm < 0.0 {
+        bail!("--max-grad-norm {}: must be a finite number ≥ 0 (0 turns clipping off)", args.max_grad_norm);
+    }
     let targs = TrainingArgs {
         output_dir: args.output.clone(),
         learning_rate: args.lr,
@@ -777,6 +743,78 @@ fn train(args: TrainArgs) -> Result<()> {
         progress: !args.quiet,
         ..TrainingArgs::default()
     };
+    targs.validate().map_err(|e| anyhow!("{}", cli_names(&e.to_string())))?;
+    let task = if format == Format::Classification { Task::SequenceClassification } else { Task::CausalLm };
+    let config = match &args.config {
+        Some(path) => {
+            let text = peft_core::peft_config::files::read_text_bounded(
+                path,
+                peft_core::peft_config::files::MAX_JSON_BYTES,
+            )
+            .with_context(|| format!("reading {}", path.display()))?;
+            LoraConfig::from_json_str(&text, &mut Vec::new()).with_context(|| path.display().to_string())?
+        }
+        None => {
+            if args.r < 1 {
+                bail!("--r {}: the LoRA rank must be at least 1", args.r);
+            }
+            if !args.lora_alpha.is_finite() {
+                bail!("--lora-alpha {}: must be a finite number", args.lora_alpha);
+            }
+            if !(0.0..1.0).contains(&args.lora_dropout) {
+                bail!("--lora-dropout {}: must be in [0, 1)", args.lora_dropout);
+            }
+            let mut c = LoraConfig {
+                r: args.r,
+                lora_alpha: args.lora_alpha.into(),
+                lora_dropout: args.lora_dropout,
+                use_rslora: args.use_rslora,
+                ..LoraConfig::default()
+            };
+            c.target_modules = match args.target_modules.as_slice() {
+                [] => None,
+                [one] if one.eq_ignore_ascii_case("all-linear") => {
+                    Some(peft_core::peft_config::TargetModules::Regex(one.clone()))
+                }
+                many => Some(peft_core::peft_config::TargetModules::list(many.iter().cloned())),
+            };
+            c.common.task_type = Some(if task == Task::CausalLm {
+                peft_core::peft_config::TaskType::CausalLm
+            } else {
+                peft_core::peft_config::TaskType::SeqCls
+            });
+            c
+        }
+    };
+    let model_dir = peft_models::hub::resolve(&args.model, args.revision.as_deref())?;
+    let tok = peft_models::tokenizer::Tokenizer::from_dir(&model_dir)?;
+    let generation = peft_models::HfConfig::from_dir(&model_dir)?.eos_token_ids();
+    let opts = DataOptions {
+        max_length: Some(args.max_length),
+        eos_token_id: generation.first().copied(),
+        ..DataOptions::default()
+    }
+    .with_tokenizer_config(&model_dir);
+    let train_data = data::load_jsonl(&args.data, format, &tok, &opts)?;
+    let eval_opts = DataOptions { label_names: Some(train_data.label_names.clone()), ..opts.clone() };
+    let eval_data =
+        args.eval_data.as_ref().map(|p| data::load_jsonl(p, format, &tok, &eval_opts)).transpose()?;
+    let kind = parse_kind(&args.dtype)?;
+    let load = peft_models::LoadOptions {
+        kind,
+        device: parse_device(&args.device)?,
+        revision: args.revision.clone(),
+        num_labels: (task == Task::SequenceClassification).then_some(train_data.label_names.len() as i64),
+        quantize: args.quant.spec(kind)?,
+    };
+    let loaded = HfModel::load_dir(&model_dir, Some(task), &load)?;
+    let pad_id = pad_id_of(&loaded.model);
+    let mut config = config;
+    config.common.base_model_name_or_path = Some(args.model.clone());
+    // The seed fixes the adapter's initialisation too, so a run is reproducible end to end.
+    tch::manual_seed(args.seed as i64);
+    let mut peft = PeftModel::new(loaded.model, &loaded.vs, config.boxed(), "default")?;
+    println!("{}", peft.trainable_parameters_line());
     let mut trainer = Trainer::new(&mut peft, targs)?;
     if let Some(ckpt) = &args.resume {
         trainer.resume_from(ckpt)?;

@@ -113,6 +113,71 @@ impl Default for TrainingArgs {
     }
 }
 
+impl TrainingArgs {
+    /// Checks every argument before any work is done: finite, non-negative rates and decays, betas in
+    /// `[0, 1)`, a positive number of epochs (or of `max_steps`), non-zero batch sizes and step intervals
+    /// (an interval of 0 would divide by zero), a warmup ratio in `[0, 1]`.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] naming the argument and its value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &str, value: &dyn std::fmt::Display, want: &str| {
+            Err(TrainError::Config(format!("{name} = {value}: {want}")))
+        };
+        for (name, value) in [
+            ("learning_rate", self.learning_rate),
+            ("weight_decay", self.weight_decay),
+            ("adam_epsilon", self.adam_epsilon),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return bad(name, &value, "must be a finite number ≥ 0");
+            }
+        }
+        for (name, value) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if !(0.0..1.0).contains(&value) {
+                return bad(name, &value, "must be in [0, 1)");
+            }
+        }
+        if let Some(norm) = self.max_grad_norm {
+            if !norm.is_finite() || norm <= 0.0 {
+                return bad("max_grad_norm", &norm, "must be a finite number > 0 (or unset to disable clipping)");
+            }
+        }
+        match self.max_steps {
+            Some(0) => return bad("max_steps", &0, "must be at least 1"),
+            Some(_) => {}
+            None if !self.num_train_epochs.is_finite() || self.num_train_epochs <= 0.0 => {
+                return bad("num_train_epochs", &self.num_train_epochs, "must be a finite number > 0");
+            }
+            None => {}
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return bad("warmup_ratio", &self.warmup_ratio, "must be in [0, 1]");
+        }
+        for (name, value) in [
+            ("per_device_train_batch_size", Some(self.per_device_train_batch_size)),
+            ("per_device_eval_batch_size", Some(self.per_device_eval_batch_size)),
+            ("gradient_accumulation_steps", Some(self.gradient_accumulation_steps)),
+            ("logging_steps", Some(self.logging_steps)),
+            ("eval_steps", self.eval_steps),
+            ("save_steps", self.save_steps),
+        ] {
+            if value == Some(0) {
+                return bad(name, &0, "must be at least 1");
+            }
+        }
+        if let OptimizerKind::Loraplus { ratio, lr_embedding } = self.optimizer {
+            if !ratio.is_finite() || ratio <= 0.0 {
+                return bad("loraplus_lr_ratio", &ratio, "must be a finite number > 0");
+            }
+            if !lr_embedding.is_finite() || lr_embedding < 0.0 {
+                return bad("loraplus_lr_embedding", &lr_embedding, "must be a finite number ≥ 0");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Computes `(loss, logits)` for a batch; see [`hf_loss`] for `peft_models::HfModel`.
 pub type LossFn<M> = dyn Fn(&M, &Batch, &ForwardCtx<'_>) -> Result<(Tensor, Tensor)>;
 
@@ -268,11 +333,9 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
     /// Prepares training of the active adapter (exactly one must be active).
     ///
     /// # Errors
-    /// Invalid arguments, or no single active adapter.
+    /// Invalid arguments ([`TrainingArgs::validate`]), or no single active adapter.
     pub fn new(peft: &'a mut PeftModel<M>, args: TrainingArgs) -> Result<Self> {
-        if args.per_device_train_batch_size == 0 || args.gradient_accumulation_steps == 0 {
-            return Err(TrainError::Config("batch size and gradient accumulation must be at least 1".into()));
-        }
+        args.validate()?;
         let adapter = match peft.active_adapters() {
             [one] => one.clone(),
             other => {

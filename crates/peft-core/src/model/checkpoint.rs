@@ -268,7 +268,12 @@ impl<M: Adaptable> PeftModel<M> {
             .read_file_tensors(file.into_iter().map(|lt| (lt.key, lt.tensor)).collect(), path)?
             .into_iter()
             .map(|(key, tensor)| io::LoadedTensor { key, tensor });
-        let mut expected: BTreeMap<String, Tensor> = self.adapter_state_dict(name)?.into_iter().collect();
+        let state = self.adapter_state_dict(name)?;
+        // Tensors are copied in the model's module order, as torch's `load_state_dict` does: where two keys
+        // share one tensor (a head tied to the embedding saves the embedding's rows under its own key too),
+        // the later module's copy is what stays, as in PEFT.
+        let order: BTreeMap<String, usize> = state.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        let mut expected: BTreeMap<String, Tensor> = state.into_iter().collect();
         // Base embedding weights PEFT saves with `save_embedding_layers` are loaded into the base, as PEFT does.
         let embeddings: BTreeMap<String, Tensor> =
             self.embedding_base_params().into_iter().map(|(k, t, _)| (k, t)).collect();
@@ -313,6 +318,10 @@ impl<M: Adaptable> PeftModel<M> {
             });
         }
         let count = pairs.len();
+        let rank = |key: &str| {
+            order.get(key).or_else(|| order.get(&format!("{PEFT_PREFIX}{key}"))).copied().unwrap_or(usize::MAX)
+        };
+        pairs.sort_by_key(|(_, lt)| rank(&lt.key));
         if !base_weights_loaded.is_empty() {
             self.warn(format!(
                 "{}: loading base embedding weights saved with the adapter (save_embedding_layers): {}",
