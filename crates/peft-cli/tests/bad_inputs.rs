@@ -1,7 +1,7 @@
 //! The bad-input suite: corrupt and unusual inputs, configs, adapter files, special files and CLI misuse
 //! against `peft run`, `inspect` and `generate` on several architectures. Every case must end with a
-//! one-line `error: …` naming what is wrong (exit status 1) or a defined success — never a panic, a
-//! C++ backtrace, a hang or a crash.
+//! one-line `error: …` naming what is wrong (exit status 1, after any `warning: …` lines) or a defined
+//! success — never a panic, a C++ backtrace, a hang or a crash.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use peft_parity::oracle;
@@ -65,9 +65,13 @@ fn judge(case: &Case) -> Option<String> {
         Want::Success if code == 0 => None,
         Want::Success => Some(format!("{}: expected success, got exit {code}: {err}", case.name)),
         Want::Error(parts) => {
-            if code != 1 || !err.starts_with("error: ") || err.contains('\n') {
+            // Warnings may come first, each on its own line; the error is one last line.
+            let (warnings, last) = err.rsplit_once('\n').unwrap_or(("", err));
+            let only_warnings = warnings.lines().all(|l| l.starts_with("warning: "));
+            if code != 1 || !last.starts_with("error: ") || !only_warnings {
                 return Some(format!("{}: not a one-line error (exit {code}): {err:?}", case.name));
             }
+            let err = last;
             let missing: Vec<&String> = parts.iter().filter(|p| !err.contains(p.as_str())).collect();
             (!missing.is_empty()).then(|| format!("{}: error {err:?} does not name {missing:?}", case.name))
         }

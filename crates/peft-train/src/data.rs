@@ -157,7 +157,9 @@ pub fn load_jsonl(
     options: &DataOptions,
 ) -> Result<Dataset> {
     if options.max_length == Some(0) {
-        return Err(TrainError::Config("max_length = 0: every example would be empty; use at least 1".into()));
+        return Err(TrainError::Config(
+            "max_length = 0: every example would be empty; use at least 1".into(),
+        ));
     }
     let text = files::read_text_bounded(path, MAX_DATASET_BYTES)
         .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;

@@ -140,7 +140,11 @@ impl TrainingArgs {
         }
         if let Some(norm) = self.max_grad_norm {
             if !norm.is_finite() || norm <= 0.0 {
-                return bad("max_grad_norm", &norm, "must be a finite number > 0 (or unset to disable clipping)");
+                return bad(
+                    "max_grad_norm",
+                    &norm,
+                    "must be a finite number > 0 (or unset to disable clipping)",
+                );
             }
         }
         match self.max_steps {

@@ -272,7 +272,8 @@ impl<M: Adaptable> PeftModel<M> {
         // Tensors are copied in the model's module order, as torch's `load_state_dict` does: where two keys
         // share one tensor (a head tied to the embedding saves the embedding's rows under its own key too),
         // the later module's copy is what stays, as in PEFT.
-        let order: BTreeMap<String, usize> = state.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        let order: BTreeMap<String, usize> =
+            state.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
         let mut expected: BTreeMap<String, Tensor> = state.into_iter().collect();
         // Base embedding weights PEFT saves with `save_embedding_layers` are loaded into the base, as PEFT does.
         let embeddings: BTreeMap<String, Tensor> =
@@ -319,7 +320,11 @@ impl<M: Adaptable> PeftModel<M> {
         }
         let count = pairs.len();
         let rank = |key: &str| {
-            order.get(key).or_else(|| order.get(&format!("{PEFT_PREFIX}{key}"))).copied().unwrap_or(usize::MAX)
+            order
+                .get(key)
+                .or_else(|| order.get(&format!("{PEFT_PREFIX}{key}")))
+                .copied()
+                .unwrap_or(usize::MAX)
         };
         pairs.sort_by_key(|(_, lt)| rank(&lt.key));
         if !base_weights_loaded.is_empty() {
