@@ -108,7 +108,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         };
         forward(peft.model(), &inputs, device, &ctx).with_context(|| args.input.display().to_string())?
     };
-    Tensor::write_safetensors(&[("logits", &logits)], &args.output)
+    peft_core::io::write_safetensors(&args.output, &[("logits".to_string(), logits)])
         .with_context(|| format!("writing {}", args.output.display()))?;
     Ok(())
 }

@@ -8,7 +8,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use peft_core::{Adaptable, ForwardCtx, PeftModel, SaveOptions};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -446,7 +445,10 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
         let start = Instant::now();
         std::fs::create_dir_all(&self.args.output_dir)
             .map_err(|source| TrainError::Io { path: self.args.output_dir.clone(), source })?;
-        write_json(&self.args.output_dir.join("training_args.json"), &self.args)?;
+        write_json(&self.args.output_dir.join(ARGS_FILE), &self.args)?;
+        // This run's log starts now (with the resumed checkpoint's entries, if any), not after an earlier
+        // run's lines.
+        self.write_metrics()?;
         let total = self.total_steps(train.examples.len());
         let warmup = if self.args.warmup_steps > 0 {
             self.args.warmup_steps
@@ -614,35 +616,41 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
         Ok(m)
     }
 
+    /// Records a log entry; `metrics.jsonl` holds this run's entries (those of the checkpoint it resumed
+    /// from included), rewritten atomically, so a new run never appends to an old run's log.
     fn push_log(&mut self, entry: LogEntry) -> Result<()> {
-        let path = self.args.output_dir.join("metrics.jsonl");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|source| TrainError::Io { path: path.clone(), source })?;
         let line = serde_json::to_string(&entry).map_err(|e| TrainError::Config(e.to_string()))?;
-        writeln!(f, "{line}").map_err(|source| TrainError::Io { path, source })?;
         log::info!("{line}");
         self.state.log.push(entry);
+        self.write_metrics()
+    }
+
+    fn write_metrics(&self) -> Result<()> {
+        let mut text = String::new();
+        for e in &self.state.log {
+            text.push_str(&serde_json::to_string(e).map_err(|e| TrainError::Config(e.to_string()))?);
+            text.push('\n');
+        }
+        peft_core::io::atomic_write(&self.args.output_dir.join(METRICS_FILE), text.as_bytes())?;
         Ok(())
     }
 
-    /// Writes a checkpoint: the adapter, the optimizer state and the trainer state.
+    /// Writes a checkpoint: the adapter, the optimizer state, the trainer state and the arguments, all in
+    /// one step (a staged directory swapped into place), so a checkpoint directory is complete or absent.
     ///
     /// # Errors
     /// I/O failures.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
-        self.peft.save_pretrained(
-            dir,
+        let mut stage = peft_core::durable::StagedDir::new(dir, false)?;
+        self.peft.save_pretrained_staged(
+            &mut stage,
             &SaveOptions { selected_adapters: Some(vec![self.adapter.clone()]), ..Default::default() },
         )?;
-        peft_core::io::write_safetensors(
-            &dir.join("optimizer.safetensors"),
-            &self.optimizer.state_tensors(),
-        )?;
-        write_json(&dir.join("trainer_state.json"), &self.state)?;
-        write_json(&dir.join("training_args.json"), &self.args)
+        stage.write(OPTIMIZER_FILE, &peft_core::io::safetensors_bytes(&self.optimizer.state_tensors())?)?;
+        stage.write(STATE_FILE, json_bytes(&self.state)?.as_slice())?;
+        stage.write(ARGS_FILE, json_bytes(&self.args)?.as_slice())?;
+        stage.commit()?;
+        Ok(())
     }
 
     /// Restores a checkpoint written by [`Trainer::save_checkpoint`]: adapter weights, optimizer state and
@@ -651,6 +659,21 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
     /// # Errors
     /// A missing or inconsistent checkpoint.
     pub fn resume_from(&mut self, dir: &Path) -> Result<()> {
+        // Only a complete checkpoint is taken; nothing is changed before all its files are found.
+        let required = [
+            peft_core::peft_config::keys::CONFIG_NAME,
+            peft_core::peft_config::keys::SAFETENSORS_WEIGHTS_NAME,
+            OPTIMIZER_FILE,
+            STATE_FILE,
+        ];
+        let missing: Vec<&str> = required.into_iter().filter(|f| !dir.join(f).is_file()).collect();
+        if !missing.is_empty() {
+            return Err(TrainError::Checkpoint(format!(
+                "{} is not a complete checkpoint (missing {})",
+                dir.display(),
+                missing.join(", ")
+            )));
+        }
         let weights = dir.join(peft_core::peft_config::keys::SAFETENSORS_WEIGHTS_NAME);
         self.peft.load_adapter_weights(&self.adapter, &weights)?;
         let state: BTreeMap<String, Tensor> =
@@ -671,8 +694,20 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
     }
 }
 
+/// A checkpoint's optimizer state.
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// A checkpoint's trainer state (step, log).
+const STATE_FILE: &str = "trainer_state.json";
+/// The training arguments, in checkpoints and in the output directory.
+const ARGS_FILE: &str = "training_args.json";
+/// One JSON line per log entry, rewritten whole (atomically) at each entry.
+const METRICS_FILE: &str = "metrics.jsonl";
+
+fn json_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).map_err(|e| TrainError::Config(e.to_string()))
+}
+
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
-    peft_core::io::atomic_write(path, text.as_bytes())?;
+    peft_core::io::atomic_write(path, &json_bytes(value)?)?;
     Ok(())
 }
