@@ -1,7 +1,7 @@
 //! The bad-input suite: corrupt and unusual inputs, configs, adapter files, special files and CLI misuse
 //! against `peft run`, `inspect` and `generate` on several architectures. Every case must end with a
-//! one-line `error: …` naming what is wrong (exit status 1) or a defined success — never a panic, a
-//! C++ backtrace, a hang or a crash.
+//! one-line `error: …` naming what is wrong (exit status 1, after any `warning: …` lines) or a defined
+//! success — never a panic, a C++ backtrace, a hang or a crash.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use peft_parity::oracle;
@@ -65,9 +65,13 @@ fn judge(case: &Case) -> Option<String> {
         Want::Success if code == 0 => None,
         Want::Success => Some(format!("{}: expected success, got exit {code}: {err}", case.name)),
         Want::Error(parts) => {
-            if code != 1 || !err.starts_with("error: ") || err.contains('\n') {
+            // Warnings may come first, each on its own line; the error is one last line.
+            let (warnings, last) = err.rsplit_once('\n').unwrap_or(("", err));
+            let only_warnings = warnings.lines().all(|l| l.starts_with("warning: "));
+            if code != 1 || !last.starts_with("error: ") || !only_warnings {
                 return Some(format!("{}: not a one-line error (exit {code}): {err:?}", case.name));
             }
+            let err = last;
             let missing: Vec<&String> = parts.iter().filter(|p| !err.contains(p.as_str())).collect();
             (!missing.is_empty()).then(|| format!("{}: error {err:?} does not name {missing:?}", case.name))
         }
@@ -127,6 +131,35 @@ fn adapter_with(
         }
     }
     dir
+}
+
+/// Copies of an adapter's weights with the first value of one tensor made `+inf`: every tensor of each kind
+/// (its key with layer numbers taken out), as `(key, file bytes)`.
+fn with_one_inf(weights: &Path) -> Vec<(String, Vec<u8>)> {
+    let tensors = peft_core::io::read_safetensors(weights).unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut files = Vec::new();
+    for (i, t) in tensors.iter().enumerate() {
+        let kind: String = t.key.chars().filter(|c| !c.is_ascii_digit()).collect();
+        if !kinds.insert(kind) {
+            continue;
+        }
+        let named: Vec<(String, Tensor)> = tensors
+            .iter()
+            .enumerate()
+            .map(|(j, u)| {
+                let copy = u.tensor.copy();
+                if i == j {
+                    let _ = copy.view(-1).get(0).fill_(f64::INFINITY);
+                }
+                (u.key.clone(), copy)
+            })
+            .collect();
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        peft_core::io::write_safetensors(tmp.path(), &named).unwrap();
+        files.push((t.key.clone(), std::fs::read(tmp.path()).unwrap()));
+    }
+    files
 }
 
 fn mkfifo(path: &Path) {
@@ -381,6 +414,84 @@ fn cases(work: &Path) -> Vec<Case> {
         run_args(&llama, &good_input, &out, &["--adapter", &s(&not_json)]),
         error(&["adapter_config.json"]),
     );
+
+    // A broken adapter (one value made +inf) under `--merge`: the safe merge refuses it, whichever tensor of
+    // whichever method and layer type holds it (LoRA on linear layers, embeddings and GPT-2's Conv1D,
+    // IA³, FourierFT, VeRA's shared projections, trainable tokens, modules_to_save heads).
+    for (arch, adapter) in [
+        ("bert_seqcls", "dense"),
+        ("bert_seqcls", "ia3"),
+        ("bert_seqcls", "qv"),
+        ("llama_causal", "all"),
+        ("llama_causal", "fourierft"),
+        ("llama_causal", "ia3"),
+        ("llama_causal", "vera"),
+        ("gpt2_causal", "attn"),
+        ("gpt2_causal", "tokens"),
+        ("llama3_rope_tied", "emb"),
+        ("llama3_rope_tied", "tt"),
+        ("t5_seq2seq", "ff"),
+    ] {
+        let case = m.join(arch);
+        let src = case.join("adapters").join(adapter);
+        for (key, bytes) in with_one_inf(&src.join("adapter_model.safetensors")) {
+            let dir = adapter_with(work, &format!("inf-{arch}-{adapter}-{key}"), &src, |_| {}, Some(&bytes));
+            // A head tied to the embedding saves the embedding's rows again under its own key; both keys
+            // load into one tensor in module order, so the head's (finite) copy is what stays, as in PEFT.
+            let overwritten = adapter == "tt" && key.contains("embed_tokens");
+            add(
+                format!("--merge of {arch}/{adapter} with +inf in {key}"),
+                run_args(
+                    &case.join("model"),
+                    &case.join("inputs.safetensors"),
+                    &out,
+                    &["--adapter", &s(&dir), "--merge"],
+                ),
+                if overwritten { Want::Success } else { error(&["infinite", "nothing was merged"]) },
+            );
+        }
+    }
+
+    // Training arguments: refused by name before any data or model is read.
+    let data = work.join("train.jsonl");
+    std::fs::write(&data, "{\"text\": \"hello\"}\n").unwrap();
+    for (flag, value, names) in [
+        ("--save-steps", "0", "--save-steps"),
+        ("--eval-steps", "0", "--eval-steps"),
+        ("--logging-steps", "0", "--logging-steps"),
+        ("--max-length", "0", "--max-length"),
+        ("--max-steps", "0", "--max-steps"),
+        ("--epochs", "NaN", "--epochs"),
+        ("--epochs", "-1", "--epochs"),
+        ("--epochs", "inf", "--epochs"),
+        ("--lr", "nan", "--lr"),
+        ("--lr", "-1e-3", "--lr"),
+        ("--batch-size", "0", "--batch-size"),
+        ("--grad-accum", "0", "--grad-accum"),
+        ("--weight-decay", "inf", "--weight-decay"),
+        ("--max-grad-norm", "nan", "--max-grad-norm"),
+        ("--lora-alpha", "nan", "--lora-alpha"),
+        ("--lora-alpha", "inf", "--lora-alpha"),
+        ("--lora-dropout", "1.5", "--lora-dropout"),
+        ("--r", "0", "--r"),
+    ] {
+        let output = work.join(format!("train-out{flag}{value}"));
+        add(
+            format!("train {flag} {value}"),
+            vec![
+                "train".into(),
+                "--model".into(),
+                s(&llama),
+                "--data".into(),
+                s(&data),
+                "--output".into(),
+                s(&output),
+                "--quiet".into(),
+                format!("{flag}={value}"),
+            ],
+            error(&[names]),
+        );
+    }
 
     // CLI misuse.
     add(

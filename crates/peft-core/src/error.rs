@@ -220,8 +220,8 @@ pub enum PeftError {
 
     /// A safe merge produced NaN or infinite weights; nothing was merged.
     #[error(
-        "NaNs detected in the merged weights of `{module}`: the adapter `{adapter}` seems to be broken; \
-         nothing was merged"
+        "NaN or infinite values in the merged weights of `{module}`: the adapter `{adapter}` seems to be \
+         broken; nothing was merged"
     )]
     NonFiniteMerge {
         /// The adapter.

@@ -2,15 +2,14 @@
 //!
 //! Files are written like PEFT writes them: `{"format": "pt"}` metadata, contiguous little-endian
 //! data. Every write goes to a temporary file in the target directory which is then renamed over the
-//! target, so a crash never leaves a half-written adapter behind.
+//! target, so a crash never leaves a half-written file behind ([`crate::durable`] also replaces whole
+//! directories in one step).
 
 use crate::error::{PeftError, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// A tensor read from a safetensors file, on the CPU.
@@ -198,6 +197,19 @@ pub fn read_safetensors_header(path: &Path) -> Result<Vec<(String, String, Vec<i
 /// [`PeftError::Io`] for file-system failures, [`PeftError::Torch`] when a tensor cannot be copied to
 /// the CPU, [`PeftError::Invalid`] for a dtype safetensors cannot store.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let bytes = safetensors_bytes(tensors).map_err(|e| match e {
+        PeftError::Invalid(m) => PeftError::Invalid(format!("{}: {m}", path.display())),
+        other => other,
+    })?;
+    atomic_write(path, &bytes)
+}
+
+/// The bytes of a safetensors file holding `tensors` with PEFT's `{"format": "pt"}` metadata (for
+/// writers that place the file themselves, e.g. through [`crate::durable::StagedDir`]).
+///
+/// # Errors
+/// As [`write_safetensors`], without the file-system failures.
+pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (key, t) in tensors {
         let dtype = dtype_of(t.kind()).ok_or_else(|| {
@@ -222,45 +234,10 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| PeftError::Invalid(format!("serializing {}: {e}", path.display())))?;
-    atomic_write(path, &bytes)
+    safetensors::serialize(views, Some(metadata)).map_err(|e| PeftError::Invalid(format!("serializing: {e}")))
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so readers
-/// see either the old file or the complete new one.
-///
-/// # Errors
-/// [`PeftError::Io`] naming the file and the failed step.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(
-        ".{file_name}.tmp-{}-{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp).map_err(|source| PeftError::Io {
-            path: tmp.clone(),
-            op: "create",
-            source,
-        })?;
-        f.write_all(bytes).map_err(|source| PeftError::Io { path: tmp.clone(), op: "write", source })?;
-        f.sync_all().map_err(|source| PeftError::Io { path: tmp.clone(), op: "sync", source })?;
-        fs::rename(&tmp, path).map_err(|source| PeftError::Io {
-            path: path.to_path_buf(),
-            op: "rename into place",
-            source,
-        })
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
+pub use crate::durable::atomic_write;
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,7 @@ extern crate self as peft_core;
 pub mod activation;
 pub mod adaptable;
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod hotswap;
 pub mod init;

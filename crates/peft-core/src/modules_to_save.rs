@@ -12,7 +12,7 @@
 use crate::config::AdapterConfig;
 use crate::error::{PeftError, Result};
 use crate::hotswap::Hotswap;
-use crate::layer::{BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
+use crate::layer::{all_finite, BaseLayer, ForwardCtx, MergeCtx, TunerLayer};
 use tch::Tensor;
 
 /// The `peft_type` this auxiliary layer reports.
@@ -84,7 +84,8 @@ impl TunerLayer for ModulesToSave {
     }
 
     /// Writes the trained copy into the base (what PEFT's `merge_and_unload` leaves in place of the wrapper).
-    fn merge(&mut self, base: &mut dyn BaseLayer, _ctx: &MergeCtx<'_>) -> Result<()> {
+    /// A safe merge refuses a copy holding NaN or infinite values, as it refuses them from every tuner.
+    fn merge(&mut self, base: &mut dyn BaseLayer, ctx: &MergeCtx<'_>) -> Result<()> {
         let params = base.named_parameters();
         let copies = self.copy.named_parameters();
         if params.len() != copies.len() {
@@ -92,6 +93,16 @@ impl TunerLayer for ModulesToSave {
                 "modules_to_save copy of `{}` has other parameters",
                 self.module
             )));
+        }
+        if ctx.safe {
+            for (_, src) in &copies {
+                if !all_finite(src)? {
+                    return Err(PeftError::NonFiniteMerge {
+                        adapter: self.adapter.clone(),
+                        module: self.module.clone(),
+                    });
+                }
+            }
         }
         let mut saved = Vec::with_capacity(params.len());
         for ((_, mut dst), (_, src)) in params.into_iter().zip(copies) {

@@ -380,7 +380,8 @@ fn sequence_classification_adds_the_heads_to_modules_to_save_as_peft_does() {
     assert_eq!(p.targeted_modules("default"), ["dense", "classifier"]);
     let types: Vec<String> = p.layer_status().into_iter().map(|l| l.module_type).collect();
     assert_eq!(types, ["lora.Linear", "ModulesToSaveWrapper"]);
-    assert!(p.warnings().iter().any(|w| w.contains("\"score\"")), "{:?}", p.warnings());
+    // `score` matches nothing here, as one of PEFT's two head names always does: no warning, as in PEFT.
+    assert!(!p.warnings().iter().any(|w| w.contains("score")), "{:?}", p.warnings());
 }
 
 #[test]

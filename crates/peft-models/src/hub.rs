@@ -3,7 +3,10 @@
 //!
 //! The cache is `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub` — the same place
 //! Python's `huggingface_hub` uses, so models downloaded by either are shared. `HF_HUB_OFFLINE=1` never
-//! touches the network.
+//! touches the network. Downloads go to `$HF_ENDPOINT` (default `https://huggingface.co`) with the token
+//! huggingface_hub would send (`$HF_TOKEN`, else the token file). Only arguments of the hub's id form
+//! (`name` or `namespace/name`) are looked up on the hub; anything that looks like a path and is not a
+//! directory is an error naming it.
 
 use crate::error::{ModelError, Result};
 use hf_hub::{Cache, Repo, RepoType};
@@ -25,6 +28,101 @@ pub fn cache_dir() -> PathBuf {
     base.join("huggingface").join("hub")
 }
 
+/// `$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
+fn hf_home(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(home) = env("HF_HOME") {
+        return PathBuf::from(home);
+    }
+    env("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("huggingface")
+}
+
+/// A non-empty environment variable.
+fn var(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+/// The hub's base URL: `$HF_ENDPOINT` (without a trailing `/`), else `https://huggingface.co`.
+pub fn endpoint() -> String {
+    endpoint_from(&var)
+}
+
+fn endpoint_from(env: &dyn Fn(&str) -> Option<String>) -> String {
+    env("HF_ENDPOINT")
+        .map(|e| e.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| "https://huggingface.co".to_string())
+}
+
+/// The access token as huggingface_hub resolves it: `$HF_TOKEN`, else the deprecated
+/// `$HUGGING_FACE_HUB_TOKEN`, else the first line of the token file (`$HF_TOKEN_PATH`, else
+/// `$HF_HOME/token`) that `huggingface-cli login` writes; none when empty.
+pub fn token() -> Option<String> {
+    token_from(&var)
+}
+
+fn token_from(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let clean = |t: String| Some(t.trim().to_string()).filter(|t| !t.is_empty());
+    if let Some(t) = env("HF_TOKEN").or_else(|| env("HUGGING_FACE_HUB_TOKEN")) {
+        return clean(t);
+    }
+    let path = env("HF_TOKEN_PATH").map(PathBuf::from).unwrap_or_else(|| hf_home(env).join("token"));
+    let text = peft_core::peft_config::files::read_text_bounded(&path, 64 * 1024).ok()?;
+    clean(text.lines().next().unwrap_or_default().to_string())
+}
+
+/// True for a string of the hub's repository-id form: `name` or `namespace/name`, each part of ASCII
+/// letters, digits, `-`, `_` and `.`, not starting or ending with `-` or `.`, without `--` or `..`, at
+/// most 96 characters.
+pub fn is_hub_id(s: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !p.starts_with(['-', '.'])
+            && !p.ends_with(['-', '.'])
+            && !p.contains("--")
+            && !p.contains("..")
+    };
+    let parts: Vec<&str> = s.split('/').collect();
+    s.len() <= 96 && (1..=2).contains(&parts.len()) && parts.iter().all(|p| part(p))
+}
+
+/// Why `model` (not a directory) is no hub id either: `None` when it may go to the hub. A string of the
+/// id form whose first part is a local directory (`models/llama` with `models/` here) is a mistyped path.
+fn not_a_hub_id(model: &str) -> Option<String> {
+    not_a_hub_id_in(Path::new("."), model)
+}
+
+/// [`not_a_hub_id`] for relative paths taken from `base`.
+fn not_a_hub_id_in(base: &Path, model: &str) -> Option<String> {
+    if !is_hub_id(model) {
+        return Some("no such directory (and not a hub model id)".into());
+    }
+    match model.split_once('/') {
+        Some((first, _)) if base.join(first).is_dir() => {
+            Some(format!("no such directory (`{first}/` is a local directory, so this is read as a path)"))
+        }
+        _ => None,
+    }
+}
+
+/// [`resolve`] without the network: a directory, or the snapshot already in the local HF cache.
+///
+/// # Errors
+/// [`ModelError::Hub`] when `model` is neither.
+pub fn resolve_local(model: &str, revision: Option<&str>) -> Result<PathBuf> {
+    let as_path = Path::new(model);
+    if as_path.is_dir() {
+        return Ok(as_path.to_path_buf());
+    }
+    if let Some(message) = not_a_hub_id(model) {
+        return Err(ModelError::Hub { model_id: model.into(), message });
+    }
+    resolve_in(&cache_dir(), model, revision.unwrap_or("main"), true)
+}
+
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
@@ -34,7 +132,8 @@ fn offline() -> bool {
 const OPTIONAL_FILES: &[&str] = &["tokenizer.json", "generation_config.json", "tokenizer_config.json"];
 
 /// A local directory for `model`: the path itself when it is a directory, else the snapshot of the hub
-/// model id `model` (at `revision`, default `main`) in the HF cache.
+/// model id `model` (at `revision`, default `main`) in the HF cache, downloaded from the hub when it is
+/// not there yet.
 ///
 /// # Errors
 /// [`ModelError::Hub`] when the id is neither a directory nor cached (offline), or the download fails.
@@ -43,8 +142,8 @@ pub fn resolve(model: &str, revision: Option<&str>) -> Result<PathBuf> {
     if as_path.is_dir() {
         return Ok(as_path.to_path_buf());
     }
-    if model.starts_with('.') || model.starts_with('/') || model.matches('/').count() > 1 {
-        return Err(ModelError::Hub { model_id: model.into(), message: "no such directory".into() });
+    if let Some(message) = not_a_hub_id(model) {
+        return Err(ModelError::Hub { model_id: model.into(), message });
     }
     resolve_in(&cache_dir(), model, revision.unwrap_or("main"), offline())
 }
@@ -70,6 +169,8 @@ pub fn resolve_in(cache: &Path, model_id: &str, revision: &str, offline: bool) -
         )));
     }
     let api = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
+        .with_endpoint(endpoint())
+        .with_token(token())
         .with_progress(true)
         .build()
         .map_err(|e| hub_err(format!("cannot reach the hub: {e}")))?;
@@ -101,4 +202,73 @@ pub fn resolve_in(cache: &Path, model_id: &str, revision: &str, offline: bool) -
         let _ = remote.get(f);
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned().filter(|v| !v.is_empty())
+    }
+
+    #[test]
+    fn only_strings_of_the_hub_id_form_are_hub_ids() {
+        for id in ["gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct", "a/b.c_d-e", "org/model.v1"] {
+            assert!(is_hub_id(id), "{id}");
+        }
+        for not in [
+            "",
+            "./model",
+            "/abs/model",
+            "a/b/c",
+            "models/",
+            "~/model",
+            "a\\b",
+            "-x/y",
+            "x/y.",
+            "a--b/c",
+            "a/..b",
+            "a b",
+            "é/model",
+        ] {
+            assert!(!is_hub_id(not), "{not:?}");
+        }
+        assert!(!is_hub_id(&"a".repeat(97)));
+    }
+
+    #[test]
+    fn a_mistyped_path_under_a_local_directory_is_not_sent_to_the_hub() {
+        let here = tempfile::tempdir().unwrap();
+        std::fs::create_dir(here.path().join("models")).unwrap();
+        let why = not_a_hub_id_in(here.path(), "models/llama-typo").unwrap();
+        assert!(why.contains("`models/` is a local directory"), "{why}");
+        assert_eq!(not_a_hub_id_in(here.path(), "org/llama"), None);
+        let err = resolve("./no/such/dir", None).unwrap_err().to_string();
+        assert!(err.contains("./no/such/dir") && err.contains("no such directory"), "{err}");
+    }
+
+    #[test]
+    fn the_endpoint_and_token_are_found_as_huggingface_hub_finds_them() {
+        assert_eq!(endpoint_from(&env(&[])), "https://huggingface.co");
+        assert_eq!(
+            endpoint_from(&env(&[("HF_ENDPOINT", "https://hf-mirror.com/")])),
+            "https://hf-mirror.com"
+        );
+        assert_eq!(token_from(&env(&[("HF_TOKEN", " hf_abc\n")])), Some("hf_abc".into()));
+        assert_eq!(token_from(&env(&[("HUGGING_FACE_HUB_TOKEN", "hf_old")])), Some("hf_old".into()));
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path().to_str().unwrap();
+        assert_eq!(token_from(&env(&[("HF_HOME", h)])), None);
+        std::fs::write(home.path().join("token"), "hf_file\n").unwrap();
+        assert_eq!(token_from(&env(&[("HF_HOME", h)])), Some("hf_file".into()));
+        assert_eq!(token_from(&env(&[("HF_HOME", h), ("HF_TOKEN", "hf_env")])), Some("hf_env".into()));
+        let other = home.path().join("elsewhere");
+        std::fs::write(&other, "hf_path").unwrap();
+        let o = other.to_str().unwrap();
+        assert_eq!(token_from(&env(&[("HF_HOME", h), ("HF_TOKEN_PATH", o)])), Some("hf_path".into()));
+    }
 }

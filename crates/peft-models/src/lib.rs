@@ -105,6 +105,7 @@ pub struct HfModel {
     task: Task,
     config: HfConfig,
     dir: PathBuf,
+    fresh: Vec<String>,
 }
 
 /// Result of [`HfModel::load`]: the model and the var store holding its weights (pass both to
@@ -191,7 +192,7 @@ impl HfModel {
         if let Some(pq) = &prequantized {
             pq.adjust_spec(&mut spec);
         }
-        let mut model = HfModel { arch, task, config, dir: dir.to_path_buf() };
+        let mut model = HfModel { arch, task, config, dir: dir.to_path_buf(), fresh: Vec::new() };
         // Quantize on load layer by layer: each weight is converted and its dense storage released right
         // after it is read, so the dense model never exists in full.
         let quantize = options.quantize.filter(|_| prequantized.is_none());
@@ -212,6 +213,7 @@ impl HfModel {
         if !info.newly_initialized.is_empty() {
             let std = model.config.f64_or("initializer_range", 0.02)?;
             init_new_heads(&vs, &info.newly_initialized, std)?;
+            model.fresh = info.newly_initialized;
         }
         if let Some(pq) = prequantized {
             pq.install(&mut model)?;
@@ -232,6 +234,13 @@ impl HfModel {
     /// `config.json`.
     pub fn config(&self) -> &HfConfig {
         &self.config
+    }
+
+    /// The task-head weights the checkpoint lacked, freshly initialised as transformers' `_init_weights`
+    /// does (e.g. `classifier.weight` of a sequence classifier made from a base model): random until
+    /// trained or loaded from an adapter (`modules_to_save`).
+    pub fn fresh_weights(&self) -> &[String] {
+        &self.fresh
     }
 
     /// The directory the model was loaded from.

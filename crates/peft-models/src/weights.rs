@@ -165,7 +165,9 @@ pub fn load_checkpoint_with(
     }
     newly_initialized.sort();
     for n in &newly_initialized {
-        log::warn!("{}: `{n}` is not in the checkpoint and keeps its fresh initialisation", dir.display());
+        // Info, not a warning: an adapter loaded next often provides the head (`modules_to_save`); see
+        // `HfModel::fresh_weights` for checking what is still random after that.
+        log::info!("{}: `{n}` is not in the checkpoint and keeps its fresh initialisation", dir.display());
     }
     Ok(LoadInfo { loaded: filled.len(), newly_initialized })
 }

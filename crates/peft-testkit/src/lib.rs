@@ -74,13 +74,16 @@ pub fn tuner<'a, T: 'static>(slots: &'a AdapterSlots, adapter: &str) -> &'a T {
 }
 
 /// Merging with `safe` after every adapter tensor became NaN is refused with
-/// [`PeftError::NonFiniteMerge`], and the base weight `weight(model)` is unchanged.
+/// [`PeftError::NonFiniteMerge`], and the base weight `weight(model)` is unchanged; the same after every
+/// adapter tensor became `+inf` (a safe merge refuses infinite weights as well as NaN ones).
 pub fn assert_safe_merge_refuses_nan<M: Adaptable>(peft: &mut PeftModel<M>, weight: impl Fn(&M) -> Tensor) {
-    fill_adapters(peft, f64::NAN);
-    let before = weight(peft.model()).copy();
-    let err = peft.merge_adapter(None, true).unwrap_err();
-    assert!(matches!(err, PeftError::NonFiniteMerge { .. }), "{err:?}");
-    assert!(weight(peft.model()).equal(&before), "a refused merge changed the base weight");
+    for value in [f64::NAN, f64::INFINITY] {
+        fill_adapters(peft, value);
+        let before = weight(peft.model()).copy();
+        let err = peft.merge_adapter(None, true).unwrap_err();
+        assert!(matches!(err, PeftError::NonFiniteMerge { .. }), "{value}: {err:?}");
+        assert!(weight(peft.model()).equal(&before), "a refused merge of {value} changed the base weight");
+    }
 }
 
 /// The error is a [`PeftError::ShapeMismatch`] for `key`, expecting `expected` and finding `found`.

@@ -156,6 +156,11 @@ pub fn load_jsonl(
     tokenizer: &Tokenizer,
     options: &DataOptions,
 ) -> Result<Dataset> {
+    if options.max_length == Some(0) {
+        return Err(TrainError::Config(
+            "max_length = 0: every example would be empty; use at least 1".into(),
+        ));
+    }
     let text = files::read_text_bounded(path, MAX_DATASET_BYTES)
         .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
     let mut records = Vec::new();

@@ -14,12 +14,23 @@ fn register_font() {
     });
 }
 
-/// Draws training loss (and evaluation loss, when logged) against the optimizer step.
+/// Draws training loss (and evaluation loss, when logged) against the optimizer step, written
+/// atomically (a temporary sibling renamed into place).
 ///
 /// # Errors
 /// [`TrainError::Io`] when the image cannot be written.
 pub fn loss_curve(path: &Path, log: &[LogEntry]) -> Result<()> {
     register_font();
+    peft_core::durable::atomic_write_with(path, |tmp| {
+        draw(tmp, log).map_err(|e| match e {
+            TrainError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        })
+    })?;
+    Ok(())
+}
+
+fn draw(path: &Path, log: &[LogEntry]) -> Result<()> {
     let train: Vec<(f64, f64)> = log.iter().filter_map(|e| e.loss.map(|l| (e.step as f64, l))).collect();
     let eval: Vec<(f64, f64)> = log.iter().filter_map(|e| e.eval_loss.map(|l| (e.step as f64, l))).collect();
     let err = |e: &dyn std::fmt::Display| TrainError::Io {

@@ -8,7 +8,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use peft_core::{Adaptable, ForwardCtx, PeftModel, SaveOptions};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -110,6 +109,75 @@ impl Default for TrainingArgs {
             optimizer: OptimizerKind::Adamw,
             progress: true,
         }
+    }
+}
+
+impl TrainingArgs {
+    /// Checks every argument before any work is done: finite, non-negative rates and decays, betas in
+    /// `[0, 1)`, a positive number of epochs (or of `max_steps`), non-zero batch sizes and step intervals
+    /// (an interval of 0 would divide by zero), a warmup ratio in `[0, 1]`.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] naming the argument and its value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &str, value: &dyn std::fmt::Display, want: &str| {
+            Err(TrainError::Config(format!("{name} = {value}: {want}")))
+        };
+        for (name, value) in [
+            ("learning_rate", self.learning_rate),
+            ("weight_decay", self.weight_decay),
+            ("adam_epsilon", self.adam_epsilon),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return bad(name, &value, "must be a finite number ≥ 0");
+            }
+        }
+        for (name, value) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if !(0.0..1.0).contains(&value) {
+                return bad(name, &value, "must be in [0, 1)");
+            }
+        }
+        if let Some(norm) = self.max_grad_norm {
+            if !norm.is_finite() || norm <= 0.0 {
+                return bad(
+                    "max_grad_norm",
+                    &norm,
+                    "must be a finite number > 0 (or unset to disable clipping)",
+                );
+            }
+        }
+        match self.max_steps {
+            Some(0) => return bad("max_steps", &0, "must be at least 1"),
+            Some(_) => {}
+            None if !self.num_train_epochs.is_finite() || self.num_train_epochs <= 0.0 => {
+                return bad("num_train_epochs", &self.num_train_epochs, "must be a finite number > 0");
+            }
+            None => {}
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return bad("warmup_ratio", &self.warmup_ratio, "must be in [0, 1]");
+        }
+        for (name, value) in [
+            ("per_device_train_batch_size", Some(self.per_device_train_batch_size)),
+            ("per_device_eval_batch_size", Some(self.per_device_eval_batch_size)),
+            ("gradient_accumulation_steps", Some(self.gradient_accumulation_steps)),
+            ("logging_steps", Some(self.logging_steps)),
+            ("eval_steps", self.eval_steps),
+            ("save_steps", self.save_steps),
+        ] {
+            if value == Some(0) {
+                return bad(name, &0, "must be at least 1");
+            }
+        }
+        if let OptimizerKind::Loraplus { ratio, lr_embedding } = self.optimizer {
+            if !ratio.is_finite() || ratio <= 0.0 {
+                return bad("loraplus_lr_ratio", &ratio, "must be a finite number > 0");
+            }
+            if !lr_embedding.is_finite() || lr_embedding < 0.0 {
+                return bad("loraplus_lr_embedding", &lr_embedding, "must be a finite number ≥ 0");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -268,11 +336,9 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
     /// Prepares training of the active adapter (exactly one must be active).
     ///
     /// # Errors
-    /// Invalid arguments, or no single active adapter.
+    /// Invalid arguments ([`TrainingArgs::validate`]), or no single active adapter.
     pub fn new(peft: &'a mut PeftModel<M>, args: TrainingArgs) -> Result<Self> {
-        if args.per_device_train_batch_size == 0 || args.gradient_accumulation_steps == 0 {
-            return Err(TrainError::Config("batch size and gradient accumulation must be at least 1".into()));
-        }
+        args.validate()?;
         let adapter = match peft.active_adapters() {
             [one] => one.clone(),
             other => {
@@ -379,7 +445,10 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
         let start = Instant::now();
         std::fs::create_dir_all(&self.args.output_dir)
             .map_err(|source| TrainError::Io { path: self.args.output_dir.clone(), source })?;
-        write_json(&self.args.output_dir.join("training_args.json"), &self.args)?;
+        write_json(&self.args.output_dir.join(ARGS_FILE), &self.args)?;
+        // This run's log starts now (with the resumed checkpoint's entries, if any), not after an earlier
+        // run's lines.
+        self.write_metrics()?;
         let total = self.total_steps(train.examples.len());
         let warmup = if self.args.warmup_steps > 0 {
             self.args.warmup_steps
@@ -547,35 +616,41 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
         Ok(m)
     }
 
+    /// Records a log entry; `metrics.jsonl` holds this run's entries (those of the checkpoint it resumed
+    /// from included), rewritten atomically, so a new run never appends to an old run's log.
     fn push_log(&mut self, entry: LogEntry) -> Result<()> {
-        let path = self.args.output_dir.join("metrics.jsonl");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|source| TrainError::Io { path: path.clone(), source })?;
         let line = serde_json::to_string(&entry).map_err(|e| TrainError::Config(e.to_string()))?;
-        writeln!(f, "{line}").map_err(|source| TrainError::Io { path, source })?;
         log::info!("{line}");
         self.state.log.push(entry);
+        self.write_metrics()
+    }
+
+    fn write_metrics(&self) -> Result<()> {
+        let mut text = String::new();
+        for e in &self.state.log {
+            text.push_str(&serde_json::to_string(e).map_err(|e| TrainError::Config(e.to_string()))?);
+            text.push('\n');
+        }
+        peft_core::io::atomic_write(&self.args.output_dir.join(METRICS_FILE), text.as_bytes())?;
         Ok(())
     }
 
-    /// Writes a checkpoint: the adapter, the optimizer state and the trainer state.
+    /// Writes a checkpoint: the adapter, the optimizer state, the trainer state and the arguments, all in
+    /// one step (a staged directory swapped into place), so a checkpoint directory is complete or absent.
     ///
     /// # Errors
     /// I/O failures.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
-        self.peft.save_pretrained(
-            dir,
+        let mut stage = peft_core::durable::StagedDir::new(dir, false)?;
+        self.peft.save_pretrained_staged(
+            &mut stage,
             &SaveOptions { selected_adapters: Some(vec![self.adapter.clone()]), ..Default::default() },
         )?;
-        peft_core::io::write_safetensors(
-            &dir.join("optimizer.safetensors"),
-            &self.optimizer.state_tensors(),
-        )?;
-        write_json(&dir.join("trainer_state.json"), &self.state)?;
-        write_json(&dir.join("training_args.json"), &self.args)
+        stage.write(OPTIMIZER_FILE, &peft_core::io::safetensors_bytes(&self.optimizer.state_tensors())?)?;
+        stage.write(STATE_FILE, json_bytes(&self.state)?.as_slice())?;
+        stage.write(ARGS_FILE, json_bytes(&self.args)?.as_slice())?;
+        stage.commit()?;
+        Ok(())
     }
 
     /// Restores a checkpoint written by [`Trainer::save_checkpoint`]: adapter weights, optimizer state and
@@ -584,6 +659,21 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
     /// # Errors
     /// A missing or inconsistent checkpoint.
     pub fn resume_from(&mut self, dir: &Path) -> Result<()> {
+        // Only a complete checkpoint is taken; nothing is changed before all its files are found.
+        let required = [
+            peft_core::peft_config::keys::CONFIG_NAME,
+            peft_core::peft_config::keys::SAFETENSORS_WEIGHTS_NAME,
+            OPTIMIZER_FILE,
+            STATE_FILE,
+        ];
+        let missing: Vec<&str> = required.into_iter().filter(|f| !dir.join(f).is_file()).collect();
+        if !missing.is_empty() {
+            return Err(TrainError::Checkpoint(format!(
+                "{} is not a complete checkpoint (missing {})",
+                dir.display(),
+                missing.join(", ")
+            )));
+        }
         let weights = dir.join(peft_core::peft_config::keys::SAFETENSORS_WEIGHTS_NAME);
         self.peft.load_adapter_weights(&self.adapter, &weights)?;
         let state: BTreeMap<String, Tensor> =
@@ -604,8 +694,20 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
     }
 }
 
+/// A checkpoint's optimizer state.
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// A checkpoint's trainer state (step, log).
+const STATE_FILE: &str = "trainer_state.json";
+/// The training arguments, in checkpoints and in the output directory.
+const ARGS_FILE: &str = "training_args.json";
+/// One JSON line per log entry, rewritten whole (atomically) at each entry.
+const METRICS_FILE: &str = "metrics.jsonl";
+
+fn json_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).map_err(|e| TrainError::Config(e.to_string()))
+}
+
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
-    peft_core::io::atomic_write(path, text.as_bytes())?;
+    peft_core::io::atomic_write(path, &json_bytes(value)?)?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use crate::registry;
 use peft_config::keys::{self, CONFIG_NAME, DEFAULT_ADAPTER_NAME, PEFT_PREFIX, SAFETENSORS_WEIGHTS_NAME};
 use peft_config::TargetModules;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 impl<M: Adaptable> PeftModel<M> {
@@ -44,42 +44,60 @@ impl<M: Adaptable> PeftModel<M> {
 
     /// PEFT's `save_pretrained`: each adapter goes to `dir` (the one named `default`) or `dir/<name>`, as
     /// `adapter_config.json` (with `inference_mode: true`) and `adapter_model.safetensors` with PEFT's
-    /// keys and `{"format": "pt"}` metadata. Files are written atomically.
+    /// keys and `{"format": "pt"}` metadata. The whole save replaces `dir` in one step
+    /// ([`crate::durable::StagedDir`]): a crash leaves the previous adapters or the new ones, never new
+    /// weights beside an old config. What else `dir` holds is kept.
     ///
     /// # Errors
     /// [`PeftError::UnknownAdapter`] for a selected adapter that does not exist, [`PeftError::Io`].
     pub fn save_pretrained(&self, dir: impl AsRef<Path>, options: &SaveOptions) -> Result<()> {
-        let dir = dir.as_ref();
-        if dir.is_file() {
-            return Err(PeftError::Io {
-                path: dir.to_path_buf(),
-                op: "save into (it is a file, not a directory)",
-                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            });
-        }
-        let names = match &options.selected_adapters {
+        let names = self.adapters_to_save(options)?;
+        let mut stage = crate::durable::StagedDir::new(dir.as_ref(), true)?;
+        self.write_pretrained(&mut stage, &names, options)?;
+        stage.commit()
+    }
+
+    fn adapters_to_save(&self, options: &SaveOptions) -> Result<Vec<String>> {
+        match &options.selected_adapters {
             Some(sel) => {
                 for n in sel {
                     if !self.configs.contains_key(n) {
                         return Err(self.unknown(n));
                     }
                 }
-                sel.clone()
+                Ok(sel.clone())
             }
-            None => self.adapter_names(),
-        };
+            None => Ok(self.adapter_names()),
+        }
+    }
+
+    /// [`PeftModel::save_pretrained`] into a staged directory, for writers that add their own files to the
+    /// same step (the trainer's checkpoints add the optimizer and trainer state).
+    ///
+    /// # Errors
+    /// As [`PeftModel::save_pretrained`].
+    pub fn save_pretrained_staged(
+        &self,
+        stage: &mut crate::durable::StagedDir,
+        options: &SaveOptions,
+    ) -> Result<()> {
+        let names = self.adapters_to_save(options)?;
+        self.write_pretrained(stage, &names, options)
+    }
+
+    fn write_pretrained(
+        &self,
+        stage: &mut crate::durable::StagedDir,
+        names: &[String],
+        options: &SaveOptions,
+    ) -> Result<()> {
         for name in names {
-            let target = if name == DEFAULT_ADAPTER_NAME { dir.to_path_buf() } else { dir.join(&name) };
-            std::fs::create_dir_all(&target).map_err(|source| PeftError::Io {
-                path: target.clone(),
-                op: "create directory",
-                source,
-            })?;
-            let mut tensors = self.adapter_state_dict(&name)?;
+            let rel = if name == DEFAULT_ADAPTER_NAME { PathBuf::new() } else { PathBuf::from(name) };
+            let mut tensors = self.adapter_state_dict(name)?;
             tensors.extend(
-                self.embedding_layers_to_save(self.configs[&name].as_ref(), options.save_embedding_layers)?,
+                self.embedding_layers_to_save(self.configs[name].as_ref(), options.save_embedding_layers)?,
             );
-            let mut config = self.configs[&name].clone_box();
+            let mut config = self.configs[name].clone_box();
             if let Some(initial_dir) = &options.convert_initial_adapter {
                 let (converted, converted_config) =
                     self.convert_initial(config.as_ref(), tensors, initial_dir)?;
@@ -87,7 +105,14 @@ impl<M: Adaptable> PeftModel<M> {
                 config = converted_config;
             }
             let tensors = config.to_file_tensors(tensors)?;
-            io::write_safetensors(&target.join(SAFETENSORS_WEIGHTS_NAME), &tensors)?;
+            let weights = io::safetensors_bytes(&tensors).map_err(|e| match e {
+                PeftError::Invalid(m) => PeftError::Invalid(format!(
+                    "{}: {m}",
+                    stage.target().join(&rel).join(SAFETENSORS_WEIGHTS_NAME).display()
+                )),
+                other => other,
+            })?;
+            stage.write(rel.join(SAFETENSORS_WEIGHTS_NAME), &weights)?;
             config.common_mut().inference_mode = true;
             if config.common().task_type.is_none() {
                 if let Some(mapping) = self.model.auto_mapping() {
@@ -95,7 +120,7 @@ impl<M: Adaptable> PeftModel<M> {
                 }
             }
             let text = crate::config::to_config_file_text(config.as_ref());
-            io::atomic_write(&target.join(CONFIG_NAME), text.as_bytes())?;
+            stage.write(rel.join(CONFIG_NAME), text.as_bytes())?;
         }
         Ok(())
     }
@@ -268,7 +293,13 @@ impl<M: Adaptable> PeftModel<M> {
             .read_file_tensors(file.into_iter().map(|lt| (lt.key, lt.tensor)).collect(), path)?
             .into_iter()
             .map(|(key, tensor)| io::LoadedTensor { key, tensor });
-        let mut expected: BTreeMap<String, Tensor> = self.adapter_state_dict(name)?.into_iter().collect();
+        let state = self.adapter_state_dict(name)?;
+        // Tensors are copied in the model's module order, as torch's `load_state_dict` does: where two keys
+        // share one tensor (a head tied to the embedding saves the embedding's rows under its own key too),
+        // the later module's copy is what stays, as in PEFT.
+        let order: BTreeMap<String, usize> =
+            state.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        let mut expected: BTreeMap<String, Tensor> = state.into_iter().collect();
         // Base embedding weights PEFT saves with `save_embedding_layers` are loaded into the base, as PEFT does.
         let embeddings: BTreeMap<String, Tensor> =
             self.embedding_base_params().into_iter().map(|(k, t, _)| (k, t)).collect();
@@ -313,6 +344,14 @@ impl<M: Adaptable> PeftModel<M> {
             });
         }
         let count = pairs.len();
+        let rank = |key: &str| {
+            order
+                .get(key)
+                .or_else(|| order.get(&format!("{PEFT_PREFIX}{key}")))
+                .copied()
+                .unwrap_or(usize::MAX)
+        };
+        pairs.sort_by_key(|(_, lt)| rank(&lt.key));
         if !base_weights_loaded.is_empty() {
             self.warn(format!(
                 "{}: loading base embedding weights saved with the adapter (save_embedding_layers): {}",

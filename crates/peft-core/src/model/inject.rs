@@ -208,12 +208,14 @@ impl<M: Adaptable> PeftModel<M> {
                 )));
             }
         }
-        for e in &entries {
-            if !containers.iter().any(|c| c.ends_with(e.as_str())) {
-                self.warn(format!(
-                    "adapter `{name}`: modules_to_save entry {e:?} matches no adaptable module"
-                ));
-            }
+        // PEFT's task classes add every head name they know (`classifier`, `score`), so one entry matching
+        // nothing is normal; only a list matching nothing at all is worth a warning.
+        let unmatched: Vec<&String> =
+            entries.iter().filter(|e| !containers.iter().any(|c| c.ends_with(e.as_str()))).collect();
+        if unmatched.len() == entries.len() {
+            self.warn(format!("adapter `{name}`: modules_to_save {entries:?} matches no adaptable module"));
+        } else if !unmatched.is_empty() {
+            log::debug!("adapter `{name}`: modules_to_save entries {unmatched:?} match no module");
         }
         Ok(())
     }
