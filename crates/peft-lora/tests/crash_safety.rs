@@ -37,8 +37,11 @@ fn writer_loop(dir: &Path) -> ! {
             lin0: nn::linear(&p / "lin0", 1024, 1024, Default::default()).unwrap(),
             lin1: nn::linear(&p / "lin1", 1024, 1024, Default::default()).unwrap(),
         };
-        let mut config = LoraConfig { r: rank_of(v), ..LoraConfig::default() };
-        config.target_modules = Some(peft_core::peft_config::TargetModules::list(["lin0", "lin1"]));
+        let config = LoraConfig {
+            r: rank_of(v),
+            target_modules: Some(peft_core::peft_config::TargetModules::list(["lin0", "lin1"])),
+            ..LoraConfig::default()
+        };
         let peft = PeftModel::new(model, &vs, config.boxed(), "default").unwrap();
         for (_, mut t) in peft.adapter_var_store().variables() {
             let _ = tch::no_grad(|| t.fill_(v as f64));
@@ -99,8 +102,10 @@ fn a_save_killed_midway_leaves_the_old_adapter_or_the_new_one() {
         lin0: nn::linear(vs.root() / "lin0", 4, 4, Default::default()).unwrap(),
         lin1: nn::linear(vs.root() / "lin1", 4, 4, Default::default()).unwrap(),
     };
-    let mut config = LoraConfig::default();
-    config.target_modules = Some(peft_core::peft_config::TargetModules::list(["lin0"]));
+    let config = LoraConfig {
+        target_modules: Some(peft_core::peft_config::TargetModules::list(["lin0"])),
+        ..LoraConfig::default()
+    };
     PeftModel::new(model, &vs, config.boxed(), "default")
         .unwrap()
         .save_pretrained(&dir, &SaveOptions::default())
