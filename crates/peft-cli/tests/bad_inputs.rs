@@ -136,6 +136,11 @@ fn adapter_with(
 /// Copies of an adapter's weights with the first value of one tensor made `+inf`: every tensor of each kind
 /// (its key with layer numbers taken out), as `(key, file bytes)`.
 fn with_one_inf(weights: &Path) -> Vec<(String, Vec<u8>)> {
+    with_one_value(weights, f64::INFINITY)
+}
+
+/// As [`with_one_inf`] with any value.
+fn with_one_value(weights: &Path, value: f64) -> Vec<(String, Vec<u8>)> {
     let tensors = peft_core::io::read_safetensors(weights).unwrap();
     let mut kinds = std::collections::BTreeSet::new();
     let mut files = Vec::new();
@@ -150,7 +155,7 @@ fn with_one_inf(weights: &Path) -> Vec<(String, Vec<u8>)> {
             .map(|(j, u)| {
                 let copy = u.tensor.copy();
                 if i == j {
-                    let _ = copy.view(-1).get(0).fill_(f64::INFINITY);
+                    let _ = copy.view(-1).get(0).fill_(value);
                 }
                 (u.key.clone(), copy)
             })
@@ -451,6 +456,37 @@ fn cases(work: &Path) -> Vec<Case> {
             );
         }
     }
+
+    // Generation: options checked before any work, the position table's end foreseen, NaN logits
+    // refused when sampling.
+    let gen = |model: &Path, extra: &[&str]| {
+        let mut v: Vec<String> =
+            vec!["generate".into(), "--model".into(), s(model), "--prompt".into(), "t5 t9 t33 t70".into()];
+        v.extend(extra.iter().map(|e| e.to_string()));
+        v
+    };
+    let llama_gen = m.join("llama_causal").join("model");
+    for (extra, names) in [
+        (&["--max-new-tokens", "0"][..], "max_new_tokens"),
+        (&["--do-sample", "--temperature", "0"][..], "temperature"),
+        (&["--do-sample", "--temperature", "nan"][..], "temperature"),
+        (&["--do-sample", "--top-p", "0"][..], "top_p"),
+        (&["--do-sample", "--top-k=-1"][..], "top_k"),
+    ] {
+        add(format!("generate {}", extra.join(" ")), gen(&llama_gen, extra), error(&[names]));
+    }
+    let long_prompt: Vec<String> = (0..60).map(|i| format!("t{}", i % 100)).collect();
+    let mut long = gen(&m.join("gpt2_causal").join("model"), &["--max-new-tokens", "10"]);
+    long[4] = long_prompt.join(" ");
+    add("generate past GPT-2's 64 positions".into(), long, error(&["position embeddings"]));
+    let qv = m.join("llama_causal").join("adapters").join("qv");
+    let (_, nan_bytes) = with_one_value(&qv.join("adapter_model.safetensors"), f64::NAN).remove(0);
+    let nan_adapter = adapter_with(work, "nan-sample", &qv, |_| {}, Some(&nan_bytes));
+    add(
+        "generate --do-sample with NaN logits".into(),
+        gen(&llama_gen, &["--adapter", &s(&nan_adapter), "--do-sample", "--seed", "1"]),
+        error(&["NaN"]),
+    );
 
     // Training arguments: refused by name before any data or model is read.
     let data = work.join("train.jsonl");

@@ -125,42 +125,6 @@ pub fn for_each_tensor<E: From<PeftError>>(
     }
 }
 
-/// Calls `f` once with every tensor of a safetensors file as a read-only view of the file's memory map
-/// (no copy, no allocation; a tensor whose data is not aligned for its dtype is copied instead). The views
-/// are valid only during `f`, which must copy what it keeps (`copy_` into existing tensors) and must not
-/// write to them.
-///
-/// # Errors
-/// As [`for_each_tensor`], or `f`'s error.
-pub fn with_tensor_views<T>(path: &Path, f: impl FnOnce(Vec<(String, Tensor)>) -> Result<T>) -> Result<T> {
-    with_safetensors(path, |st| {
-        let mut names: Vec<&str> = st.names();
-        names.sort_unstable();
-        let mut views = Vec::with_capacity(names.len());
-        for name in names {
-            let (view, kind, shape) = view_of(st, path, name)?;
-            let data = view.data();
-            let aligned = (data.as_ptr() as usize) % kind.elt_size_in_bytes() == 0;
-            let what = || format!("reading `{name}` from {}", path.display());
-            let tensor = if aligned && !data.is_empty() {
-                let mut strides = vec![1i64; shape.len()];
-                for i in (0..shape.len().saturating_sub(1)).rev() {
-                    strides[i] = strides[i + 1] * shape[i + 1];
-                }
-                // SAFETY: `data` lives in the memory map, which outlives `f` (the views are dropped, with `f`'s
-                // other locals, before `with_safetensors` unmaps it); the safetensors header guarantees
-                // `data` holds exactly `shape` contiguous elements of `kind`, and callers only read.
-                unsafe { Tensor::f_from_blob(data.as_ptr(), &shape, &strides, kind, Device::Cpu) }
-                    .map_err(PeftError::torch(what()))?
-            } else {
-                Tensor::f_from_data_size(data, &shape, kind).map_err(PeftError::torch(what()))?
-            };
-            views.push((name.to_string(), tensor));
-        }
-        f(views)
-    })
-}
-
 /// Reads every tensor of a safetensors file (memory-mapped, then copied into fresh CPU tensors).
 ///
 /// # Errors

@@ -100,11 +100,13 @@ pub(crate) fn hotswap<M: Adaptable>(peft: &mut PeftModel<M>, dir: &Path, adapter
         }
     });
     let path = dir.join(SAFETENSORS_WEIGHTS_NAME);
-    // The new weights are read as views of the file's memory map and copied straight into the
-    // adapter's tensors: one copy, no allocation.
+    // The new weights are read into fresh CPU tensors (an adapter's worth of memory, freed after the
+    // copy into the adapter's own tensors); zero-copy views of the memory map could outlive it.
     let config_ref = config.as_ref();
     let model = peft.model_mut();
-    io::with_tensor_views(&path, |views| {
+    let views: Vec<(String, Tensor)> =
+        io::read_safetensors(&path)?.into_iter().map(|t| (t.key, t.tensor)).collect();
+    (|| -> Result<()> {
         let mut per_layer: BTreeMap<String, BTreeMap<String, Tensor>> = BTreeMap::new();
         let mut unexpected = Vec::new();
         for (file_key, tensor) in views {
@@ -153,7 +155,7 @@ pub(crate) fn hotswap<M: Adaptable>(peft: &mut PeftModel<M>, dir: &Path, adapter
             }
             Ok(())
         })
-    })?;
+    })()?;
     config.common_mut().inference_mode = inference_mode;
     if let Some(slot) = peft.config_mut(adapter_name) {
         *slot = config;

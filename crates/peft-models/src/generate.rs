@@ -82,15 +82,47 @@ impl GenerationConfig {
         }
     }
 
+    /// Checks the options as transformers' `GenerationConfig.validate` does, plus what would fail midway:
+    /// at least one new token, a finite positive temperature, `top_k ≥ 0`, `top_p` in `(0, 1]`.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] naming the option and its value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(ModelError::Input(what));
+        if self.max_new_tokens < 1 {
+            return bad(format!("max_new_tokens = {}: must be at least 1", self.max_new_tokens));
+        }
+        if self.do_sample {
+            if !self.temperature.is_finite() || self.temperature <= 0.0 {
+                return bad(format!("temperature = {}: must be a finite number > 0", self.temperature));
+            }
+            if self.top_k < 0 {
+                return bad(format!("top_k = {}: must be ≥ 0 (0 turns it off)", self.top_k));
+            }
+            if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+                return bad(format!("top_p = {}: must be in (0, 1] (1 turns it off)", self.top_p));
+            }
+        }
+        Ok(())
+    }
+
     fn pad(&self) -> i64 {
         self.pad_token_id.or_else(|| self.eos_token_ids.first().copied()).unwrap_or(0)
     }
 }
 
 /// Picks the next token `(B,)` from last-position logits `(B, V)`.
-pub fn next_token(logits: &Tensor, cfg: &GenerationConfig) -> Tensor {
+///
+/// # Errors
+/// Sampling from logits that are NaN (a broken adapter or base) or leave no token possible.
+pub fn next_token(logits: &Tensor, cfg: &GenerationConfig) -> Result<Tensor> {
     if !cfg.do_sample {
-        return logits.argmax(-1, false);
+        return Ok(logits.argmax(-1, false));
+    }
+    if logits.isnan().any().int64_value(&[]) != 0 {
+        return Err(ModelError::Input(
+            "the model's logits contain NaN: cannot sample (are the weights or the adapter broken?)".into(),
+        ));
     }
     let mut scores = logits.to_kind(Kind::Float);
     if cfg.temperature != 1.0 && cfg.temperature > 0.0 {
@@ -114,7 +146,17 @@ pub fn next_token(logits: &Tensor, cfg: &GenerationConfig) -> Tensor {
         let remove = remove_sorted.scatter(1, &idx, &remove_sorted);
         scores = scores.masked_fill(&remove, f64::NEG_INFINITY);
     }
-    scores.softmax(-1, Kind::Float).multinomial(1, false).squeeze_dim(1)
+    // A row whose every score is -inf (or +inf) has no distribution; libtorch's multinomial would refuse it.
+    let probs = scores.softmax(-1, Kind::Float);
+    if probs.isfinite().logical_not().any().int64_value(&[]) != 0 {
+        return Err(ModelError::Input(
+            "the model's logits leave no token to sample (all -inf or +inf)".into(),
+        ));
+    }
+    probs
+        .f_multinomial(1, false)
+        .map(|t| t.squeeze_dim(1))
+        .map_err(ModelError::torch("sampling the next token"))
 }
 
 /// Generates continuations of `input_ids` `(B, T)` (left-padded when `attention_mask` marks padding).
@@ -144,8 +186,22 @@ pub fn generate_ctx(
     cfg: &GenerationConfig,
     ctx: &ForwardCtx<'_>,
 ) -> Result<Tensor> {
+    cfg.validate()?;
     let inputs = crate::ModelInputs::with_mask(input_ids, attention_mask);
     inputs.checked_ids()?;
+    // A decoder with a position table must hold the prompt and every new token but the last (which is
+    // chosen, never fed): refused before any work rather than when the table runs out midway.
+    if let (Task::CausalLm, Some(max)) = (model.task(), model.input_limits().max_positions) {
+        let prompt = input_ids.size().last().copied().unwrap_or(0);
+        if prompt + cfg.max_new_tokens - 1 > max {
+            return Err(ModelError::Input(format!(
+                "a prompt of {prompt} tokens plus max_new_tokens {} needs {} positions, but the model has {max} \
+                 position embeddings",
+                cfg.max_new_tokens,
+                prompt + cfg.max_new_tokens - 1
+            )));
+        }
+    }
     let mut ctx = *ctx;
     ctx.train = false;
     tch::no_grad(|| match model.task() {
@@ -178,7 +234,7 @@ fn decode_loop(
     let mut done = Tensor::zeros([b], (Kind::Bool, out.device()));
     let mut last = step(None)?;
     for i in 0..cfg.max_new_tokens {
-        let (next, now_done) = finished_update(&done, &next_token(&last, cfg), cfg);
+        let (next, now_done) = finished_update(&done, &next_token(&last, cfg)?, cfg);
         let next = next.unsqueeze(1);
         out = Tensor::cat(&[&out, &next], 1);
         done = now_done;

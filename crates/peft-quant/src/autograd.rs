@@ -96,6 +96,53 @@ fn finish(err: *mut c_char, out: *mut C_tensor, what: &str) -> Result<Tensor> {
     Ok(unsafe { Tensor::from_ptr(out) })
 }
 
+/// What every 4-bit entry point checks before the kernels, which index without bounds checks, see the
+/// tensors: a valid state ([`QuantState4::validate`]: the fields are public and may have changed since
+/// it was built), packed codes of `ceil(numel / 2)` bytes, everything on the packed codes' device.
+fn check_4bit(packed: &Tensor, state: &QuantState4) -> Result<()> {
+    state.validate()?;
+    let want = state.numel() / 2 + state.numel() % 2;
+    if packed.kind() != tch::Kind::Uint8 || packed.numel() as i64 != want {
+        return Err(QuantError::Shape {
+            what: format!("4-bit packed codes ({:?}) for shape {:?}", packed.kind(), state.shape),
+            expected: format!("{want} uint8 values"),
+            found: packed.size(),
+        });
+    }
+    let device = packed.device();
+    let mut tensors = vec![&state.absmax, &state.code];
+    if let Some(n) = &state.nested {
+        tensors.extend([&n.absmax, &n.code]);
+    }
+    if tensors.iter().any(|t| t.device() != device) {
+        return Err(QuantError::Invalid(format!(
+            "4-bit statistics are not all on the packed codes' device {device:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The input's last dimension and the bias against a weight of `(out, in)`.
+fn check_operands(x: &Tensor, bias: Option<&Tensor>, out: i64, inp: i64, what: &str) -> Result<()> {
+    if x.dim() == 0 || x.size().last() != Some(&inp) {
+        return Err(QuantError::Shape {
+            what: format!("{what} input"),
+            expected: format!("(…, {inp})"),
+            found: x.size(),
+        });
+    }
+    if let Some(b) = bias {
+        if b.numel() as i64 != out || b.dim() != 1 {
+            return Err(QuantError::Shape {
+                what: format!("{what} bias"),
+                expected: format!("({out})"),
+                found: b.size(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn out_in(state: &QuantState4) -> Result<(i64, i64)> {
     match state.shape[..] {
         [o, i] => Ok((o, i)),
@@ -115,6 +162,7 @@ fn out_in(state: &QuantState4) -> Result<(i64, i64)> {
 /// A state that is not 2-D, an unsupported dtype, or shapes libtorch rejects.
 pub fn dequantize_4bit_fused(packed: &Tensor, state: &QuantState4, kind: tch::Kind) -> Result<Tensor> {
     let (out_features, in_features) = out_in(state)?;
+    check_4bit(packed, state)?;
     // c10::ScalarType values.
     let scalar_type = match kind {
         tch::Kind::Half => 5,
@@ -159,6 +207,8 @@ pub fn linear_4bit(
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (out_features, in_features) = out_in(state)?;
+    check_4bit(packed, state)?;
+    check_operands(x, bias, out_features, in_features, "4-bit linear")?;
     crate::cuda::prepare_for(packed);
     let stats = Stats::of(state);
     let mut out: *mut C_tensor = std::ptr::null_mut();
@@ -186,6 +236,24 @@ pub fn linear_4bit(
 /// # Errors
 /// Shapes or dtypes libtorch rejects.
 pub fn linear_8bit(x: &Tensor, cb: &Tensor, scb: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (o, i) = match cb.size()[..] {
+        [o, i] if cb.kind() == tch::Kind::Int8 => (o, i),
+        _ => {
+            return Err(QuantError::Shape {
+                what: format!("int8 weight ({:?})", cb.kind()),
+                expected: "(out, in) int8".into(),
+                found: cb.size(),
+            })
+        }
+    };
+    if scb.numel() as i64 != o || scb.kind() != tch::Kind::Float {
+        return Err(QuantError::Shape {
+            what: format!("int8 row scales ({:?})", scb.kind()),
+            expected: format!("({o}) float32"),
+            found: scb.size(),
+        });
+    }
+    check_operands(x, bias, o, i, "int8 linear")?;
     let mut out: *mut C_tensor = std::ptr::null_mut();
     let bias_ptr = bias.map_or(std::ptr::null(), Tensor::as_ptr);
     // SAFETY: as in `dequantize_4bit_fused`.

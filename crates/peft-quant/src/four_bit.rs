@@ -158,12 +158,18 @@ impl QuantState4 {
                 self.blocksize, self.shape
             )));
         }
-        let blocks = (self.numel() + self.blocksize - 1) / self.blocksize;
+        if self.numel() == i64::MAX {
+            return Err(QuantError::Invalid(format!(
+                "4-bit state: shape {:?} holds too many values",
+                self.shape
+            )));
+        }
+        let blocks = self.numel() / self.blocksize + i64::from(self.numel() % self.blocksize != 0);
         let want_kind = if self.nested.is_some() { Kind::Uint8 } else { Kind::Float };
         if self.absmax.numel() as i64 != blocks || self.absmax.kind() != want_kind {
             return Err(shape_err("4-bit absmax", format!("{blocks} {want_kind:?} values"), &self.absmax));
         }
-        if self.code.numel() != 16 {
+        if self.code.numel() != 16 || self.code.kind() != Kind::Float {
             return Err(shape_err("4-bit quant_map", "16 values".into(), &self.code));
         }
         if let Some(n) = &self.nested {
@@ -174,7 +180,7 @@ impl QuantState4 {
             if n.absmax.numel() as i64 != nested_blocks || n.absmax.kind() != Kind::Float {
                 return Err(shape_err("nested absmax", format!("{nested_blocks} float32 values"), &n.absmax));
             }
-            if n.code.numel() != 256 {
+            if n.code.numel() != 256 || n.code.kind() != Kind::Float {
                 return Err(shape_err("nested quant_map", "256 values".into(), &n.code));
             }
         }
@@ -217,9 +223,14 @@ impl QuantState4 {
         }
     }
 
-    /// Number of quantized values (the product of [`QuantState4::shape`]).
+    /// Number of quantized values (the product of [`QuantState4::shape`]); `i64::MAX` when that product
+    /// overflows (or a dimension is negative), which no tensor can match, so [`QuantState4::validate`]
+    /// refuses such a state.
     pub fn numel(&self) -> i64 {
-        self.shape.iter().product()
+        self.shape
+            .iter()
+            .try_fold(1i64, |acc, &d| if d < 0 { None } else { acc.checked_mul(d) })
+            .unwrap_or(i64::MAX)
     }
 
     /// The f32 per-block maxima, dequantizing the nested level if there is one (`absmax =
