@@ -336,6 +336,19 @@ fn cases(work: &Path) -> Vec<Case> {
         );
     }
 
+    // A config within every size limit whose weights do not fit in memory (256 GiB of MLP weights):
+    // the allocation failure names the tensor and its size.
+    let huge = model_with(work, "llama_causal", "intermediate_size", Value::from(1 << 24));
+    let huge_config = huge.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&huge_config).unwrap()).unwrap();
+    config["hidden_size"] = Value::from(4096);
+    std::fs::write(&huge_config, config.to_string()).unwrap();
+    add(
+        "llama_causal: weights larger than memory".into(),
+        run_args(&huge, &good_input, &out, &[]),
+        error(&["cannot allocate `model.layers.0.mlp.gate_proj.weight`", "[16777216, 4096]", "256.0 GiB"]),
+    );
+
     // Corrupt input files.
     let llama = m.join("llama_causal").join("model");
     for (what, path) in corrupt_files(work) {

@@ -218,6 +218,21 @@ pub enum PeftError {
         keys: Vec<String>,
     },
 
+    /// A tensor could not be allocated (out of memory, or a size libtorch refuses).
+    #[error("cannot allocate `{tensor}` {shape:?} {kind} ({size}): {reason}")]
+    Allocation {
+        /// The parameter (`module.weight`).
+        tensor: String,
+        /// Its shape.
+        shape: Vec<i64>,
+        /// Its dtype.
+        kind: String,
+        /// Its size, readable (`16.0 TiB`).
+        size: String,
+        /// libtorch's reason, first line.
+        reason: String,
+    },
+
     /// A safe merge produced NaN or infinite weights; nothing was merged.
     #[error(
         "NaN or infinite values in the merged weights of `{module}`: the adapter `{adapter}` seems to be \

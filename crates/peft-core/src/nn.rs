@@ -373,23 +373,16 @@ pub fn path_name(p: &Path<'_>) -> String {
 /// A libtorch failure.
 pub fn linear(p: Path<'_>, in_features: i64, out_features: i64, cfg: LinearConfig) -> Result<Linear> {
     if !cfg.init {
-        let zeros = |shape: &[i64]| {
-            Tensor::f_empty(shape, (p.kind(), p.device()))
-                .map_err(PeftError::torch("allocating a linear layer"))
-        };
-        let b = if cfg.bias { Some(zeros(&[out_features])?) } else { None };
-        return Ok(AdaptedLayer::new(
-            path_name(&p),
-            register(&p, zeros(&[out_features, in_features])?, b, false)?,
-        ));
+        let options = (p.kind(), p.device());
+        let b = if cfg.bias { Some(alloc(&p, "bias", &[out_features], options, false)?) } else { None };
+        let w = alloc(&p, "weight", &[out_features, in_features], options, false)?;
+        return Ok(AdaptedLayer::new(path_name(&p), register(&p, w, b, false)?));
     }
-    let mut w = Tensor::f_empty([out_features, in_features], (Kind::Float, tch::Device::Cpu))
-        .map_err(PeftError::torch("allocating a linear weight"))?;
+    let mut w = cpu_empty(&p, "weight", &[out_features, in_features])?;
     init::kaiming_uniform_(&mut w, 5f64.sqrt())?;
     let mut b = None;
     if cfg.bias {
-        let mut bias = Tensor::f_empty([out_features], (Kind::Float, tch::Device::Cpu))
-            .map_err(PeftError::torch("allocating a linear bias"))?;
+        let mut bias = cpu_empty(&p, "bias", &[out_features])?;
         init::bias_uniform_(&mut bias, in_features)?;
         b = Some(bias);
     }
@@ -402,10 +395,8 @@ pub fn linear(p: Path<'_>, in_features: i64, out_features: i64, cfg: LinearConfi
 /// # Errors
 /// A libtorch failure.
 pub fn transformers_conv1d(p: Path<'_>, nf: i64, nx: i64) -> Result<Linear> {
-    let mut w = Tensor::f_empty([nx, nf], (Kind::Float, tch::Device::Cpu))
-        .map_err(PeftError::torch("allocating a Conv1D weight"))?;
-    let bias = Tensor::f_zeros([nf], (Kind::Float, tch::Device::Cpu))
-        .map_err(PeftError::torch("allocating a Conv1D bias"))?;
+    let mut w = cpu_empty(&p, "weight", &[nx, nf])?;
+    let bias = cpu_zeros(&p, "bias", &[nf])?;
     init::normal_(&mut w, 0.0, 0.02)?;
     Ok(AdaptedLayer::new(path_name(&p), register(&p, w, Some(bias), true)?))
 }
@@ -434,12 +425,67 @@ fn register_params(p: &Path<'_>, w: Tensor, b: Option<Tensor>) -> Result<(Tensor
     Ok((weight, bias))
 }
 
-fn cpu_empty(shape: &[i64], what: &'static str) -> Result<Tensor> {
-    Tensor::f_empty(shape, (Kind::Float, tch::Device::Cpu)).map_err(PeftError::torch(what))
+/// `bytes` as a readable size (`512 B`, `1.5 GiB`).
+pub fn readable_size(bytes: u128) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
 }
 
-fn cpu_zeros(shape: &[i64], what: &'static str) -> Result<Tensor> {
-    Tensor::f_zeros(shape, (Kind::Float, tch::Device::Cpu)).map_err(PeftError::torch(what))
+/// A tensor for parameter `param` of the layer at `p` (uninitialised, or zeroed): a failed allocation —
+/// a model config asking for more memory than there is — is an error naming the parameter, its shape
+/// and its size, not libtorch's multi-line message.
+///
+/// # Errors
+/// [`PeftError::Allocation`].
+pub fn alloc(
+    p: &Path<'_>,
+    param: &str,
+    shape: &[i64],
+    options: (Kind, tch::Device),
+    zeroed: bool,
+) -> Result<Tensor> {
+    let t = if zeroed { Tensor::f_zeros(shape, options) } else { Tensor::f_empty(shape, options) };
+    t.map_err(|e| {
+        let elements = shape.iter().try_fold(1u128, |acc, &d| acc.checked_mul(u128::try_from(d).ok()?));
+        let size = elements
+            .and_then(|n| n.checked_mul(options.0.elt_size_in_bytes() as u128))
+            .map_or_else(|| "a size that does not fit".to_string(), readable_size);
+        let message = e.to_string();
+        let reason = message
+            .split("Exception raised from")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("libtorch refused")
+            .to_string();
+        PeftError::Allocation {
+            tensor: format!("{}.{param}", path_name(p)),
+            shape: shape.to_vec(),
+            kind: format!("{:?}", options.0),
+            size,
+            reason,
+        }
+    })
+}
+
+fn cpu_empty(p: &Path<'_>, param: &str, shape: &[i64]) -> Result<Tensor> {
+    alloc(p, param, shape, (Kind::Float, tch::Device::Cpu), false)
+}
+
+fn cpu_zeros(p: &Path<'_>, param: &str, shape: &[i64]) -> Result<Tensor> {
+    alloc(p, param, shape, (Kind::Float, tch::Device::Cpu), true)
 }
 
 /// A dense N-d convolution base: `nn.Conv1d` / `nn.Conv2d` / `nn.Conv3d` with `padding_mode="zeros"`.
@@ -593,12 +639,11 @@ pub fn conv(
     };
     let mut shape = vec![out_channels, in_channels / cfg.groups];
     shape.extend(&geometry.kernel_size);
-    let what = "allocating a convolution";
     let (w, b) = if cfg.init {
-        let mut w = cpu_empty(&shape, what)?;
+        let mut w = cpu_empty(&p, "weight", &shape)?;
         init::kaiming_uniform_(&mut w, 5f64.sqrt())?;
         let b = if cfg.bias {
-            let mut b = cpu_empty(&[out_channels], what)?;
+            let mut b = cpu_empty(&p, "bias", &[out_channels])?;
             init::bias_uniform_(&mut b, init::fan_in(&w))?;
             Some(b)
         } else {
@@ -606,7 +651,8 @@ pub fn conv(
         };
         (w, b)
     } else {
-        (cpu_zeros(&shape, what)?, if cfg.bias { Some(cpu_zeros(&[out_channels], what)?) } else { None })
+        let b = if cfg.bias { Some(cpu_zeros(&p, "bias", &[out_channels])?) } else { None };
+        (cpu_zeros(&p, "weight", &shape)?, b)
     };
     let (weight, bias) = register_params(&p, w, b)?;
     Ok(AdaptedLayer::new(path_name(&p), ConvBase { weight, bias, geometry }))
@@ -782,14 +828,14 @@ pub fn embedding(
     };
     let what = "allocating an embedding";
     let w = if cfg.init {
-        let mut w = cpu_empty(&[num_embeddings, embedding_dim], what)?;
+        let mut w = cpu_empty(&p, "weight", &[num_embeddings, embedding_dim])?;
         init::normal_(&mut w, 0.0, 1.0)?;
         if let Some(i) = padding_idx {
             tch::no_grad(|| w.get(i).f_fill_(0.0)).map(drop).map_err(PeftError::torch(what))?;
         }
         w
     } else {
-        cpu_zeros(&[num_embeddings, embedding_dim], what)?
+        cpu_zeros(&p, "weight", &[num_embeddings, embedding_dim])?
     };
     let (weight, _) = register_params(&p, w, None)?;
     Ok(AdaptedLayer::new(path_name(&p), EmbeddingBase { weight, padding_idx, embed_scale: None }))

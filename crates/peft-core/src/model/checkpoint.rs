@@ -20,6 +20,13 @@ impl<M: Adaptable> PeftModel<M> {
     /// [`PeftError::UnknownAdapter`].
     pub fn adapter_state_dict(&self, adapter: &str) -> Result<Vec<(String, Tensor)>> {
         let config = self.configs.get(adapter).ok_or_else(|| self.unknown(adapter))?;
+        let mut out = self.adapter_tensors(adapter)?;
+        out.extend(self.bias_params(adapter, config.bias()));
+        Ok(out)
+    }
+
+    /// The adapter's own tensors under their checkpoint keys: its file without the base biases.
+    fn adapter_tensors(&self, adapter: &str) -> Result<Vec<(String, Tensor)>> {
         let mut out: Vec<(String, Tensor)> = Vec::new();
         let index = self.model.index();
         if index.adapter(adapter).all(|(_, entry)| entry.state.is_some()) {
@@ -38,7 +45,6 @@ impl<M: Adaptable> PeftModel<M> {
                 }
             });
         }
-        out.extend(self.bias_params(config.bias()));
         Ok(out)
     }
 
@@ -293,7 +299,7 @@ impl<M: Adaptable> PeftModel<M> {
             .read_file_tensors(file.into_iter().map(|lt| (lt.key, lt.tensor)).collect(), path)?
             .into_iter()
             .map(|(key, tensor)| io::LoadedTensor { key, tensor });
-        let state = self.adapter_state_dict(name)?;
+        let state = self.adapter_tensors(name)?;
         // Tensors are copied in the model's module order, as torch's `load_state_dict` does: where two keys
         // share one tensor (a head tied to the embedding saves the embedding's rows under its own key too),
         // the later module's copy is what stays, as in PEFT.
@@ -303,6 +309,11 @@ impl<M: Adaptable> PeftModel<M> {
         // Base embedding weights PEFT saves with `save_embedding_layers` are loaded into the base, as PEFT does.
         let embeddings: BTreeMap<String, Tensor> =
             self.embedding_base_params().into_iter().map(|(k, t, _)| (k, t)).collect();
+        // Base biases PEFT saves with `bias` options load into the base when the file names them as the
+        // model does now; other forms of bias keys PEFT drops (see `bias.rs`). None is required.
+        let biases = self.loadable_biases();
+        let mut biases_loaded = Vec::new();
+        let mut biases_dropped = Vec::new();
         let mut base_weights_loaded = Vec::new();
         // Check everything before writing anything, so a bad file leaves the adapter as it was.
         let mut unexpected = Vec::new();
@@ -316,10 +327,30 @@ impl<M: Adaptable> PeftModel<M> {
             } else {
                 format!("{PEFT_PREFIX}{}", lt.key)
             };
-            let Some(dst) = expected.remove(&key).or_else(|| embeddings.get(&key).map(Tensor::shallow_clone))
-            else {
-                unexpected.push(lt.key);
-                continue;
+            let dst = expected.remove(&key).or_else(|| embeddings.get(&key).map(Tensor::shallow_clone));
+            let dst = match dst {
+                Some(t) => t,
+                None if biases.contains_key(&key) => {
+                    biases_loaded.push(key.clone());
+                    biases[&key].shallow_clone()
+                }
+                // PEFT's `"all"` writes each modules_to_save copy's bias twice; this form never loads.
+                None if key.contains(".modules_to_save.") && self.is_stale_bias_key(&key) => {
+                    log::debug!(
+                        "{}: `{}` duplicates a modules_to_save bias; not loaded",
+                        path.display(),
+                        lt.key
+                    );
+                    continue;
+                }
+                None if self.is_stale_bias_key(&key) => {
+                    biases_dropped.push(lt.key);
+                    continue;
+                }
+                None => {
+                    unexpected.push(lt.key);
+                    continue;
+                }
             };
             if embeddings.contains_key(&key) {
                 base_weights_loaded.push(key.clone());
@@ -352,6 +383,22 @@ impl<M: Adaptable> PeftModel<M> {
                 .unwrap_or(usize::MAX)
         };
         pairs.sort_by_key(|(_, lt)| rank(&lt.key));
+        if !biases_loaded.is_empty() {
+            log::info!(
+                "{}: loading {} base biases saved with the adapter (bias option): {}",
+                path.display(),
+                biases_loaded.len(),
+                abbreviate(&biases_loaded)
+            );
+        }
+        if !biases_dropped.is_empty() {
+            self.warn(format!(
+                "{}: base biases saved for modules the model holds in another form now (adapted, wrapped for \
+                 modules_to_save, or not) are not loaded, as in PEFT: {}",
+                path.display(),
+                abbreviate(&biases_dropped)
+            ));
+        }
         if !base_weights_loaded.is_empty() {
             self.warn(format!(
                 "{}: loading base embedding weights saved with the adapter (save_embedding_layers): {}",

@@ -163,14 +163,6 @@ impl<M: Adaptable> PeftModel<M> {
         if entries.is_empty() {
             return Ok(());
         }
-        if config.bias() != BiasMode::None {
-            return Err(crate::config::unsupported_option(
-                &config.common().peft_type,
-                "bias",
-                &config.to_json()["bias"],
-                "together with modules_to_save",
-            ));
-        }
         let vs_root = self.adapter_vs.root();
         let mut containers = BTreeSet::new();
         let mut covered = BTreeSet::new();

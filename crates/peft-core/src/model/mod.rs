@@ -1,5 +1,6 @@
 //! [`PeftModel`]: a model with adapters — PEFT's `PeftModel` + `BaseTuner` operations.
 
+mod bias;
 mod checkpoint;
 mod index;
 mod inject;

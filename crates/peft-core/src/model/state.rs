@@ -3,12 +3,9 @@
 
 use super::{set_requires_grad, PeftModel};
 use crate::adaptable::Adaptable;
-use crate::config::BiasMode;
 use crate::error::{PeftError, Result};
 use crate::layer::TunerLayer;
-use crate::modules_to_save::MODULES_TO_SAVE;
 use crate::row_values::{InputRowValues, RowValues};
-use peft_config::keys::PEFT_PREFIX;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use tch::nn;
@@ -109,40 +106,11 @@ impl<M: Adaptable> PeftModel<M> {
         }
         for n in names {
             let bias = self.configs.get(*n).map(|c| c.bias()).unwrap_or_default();
-            for t in self.bias_params(bias) {
-                set_requires_grad(&t.1, requires_grad);
+            for t in self.trainable_biases(bias) {
+                set_requires_grad(&t, requires_grad);
             }
         }
         Ok(())
-    }
-
-    /// The base biases an adapter with this `bias` mode trains and saves: `(checkpoint key, tensor)`.
-    pub(super) fn bias_params(&self, bias: BiasMode) -> Vec<(String, Tensor)> {
-        if bias == BiasMode::None {
-            return Vec::new();
-        }
-        let mut adapted = BTreeSet::new();
-        self.model.visit_layers(&mut |layer| {
-            if layer.slots().adapters().values().any(|t| t.peft_type() != MODULES_TO_SAVE) {
-                adapted.insert(layer.name().to_string());
-            }
-        });
-        let mut out = Vec::new();
-        for (name, t) in &self.base_params {
-            if name != "bias" && !name.ends_with(".bias") {
-                continue;
-            }
-            let module = name.strip_suffix(".bias").unwrap_or("");
-            let key = if adapted.contains(module) {
-                format!("{PEFT_PREFIX}{module}.base_layer.bias")
-            } else if bias == BiasMode::All {
-                format!("{PEFT_PREFIX}{name}")
-            } else {
-                continue;
-            };
-            out.push((key, t.shallow_clone()));
-        }
-        out
     }
 
     /// PEFT's `delete_adapter`. The active adapter becomes the remaining active ones, else the first
