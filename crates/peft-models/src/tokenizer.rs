@@ -56,6 +56,20 @@ impl Tokenizer {
         Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
     }
 
+    /// Token ids of `text` and each token's byte range in `text` (the offsets transformers' fast
+    /// tokenizers report, in bytes rather than characters), e.g. to map character spans to tokens.
+    ///
+    /// # Errors
+    /// A tokenizer failure.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<(Vec<i64>, Vec<(usize, usize)>)> {
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| self.err(e))?;
+        Ok((enc.get_ids().iter().map(|&i| i64::from(i)).collect(), enc.get_offsets().to_vec()))
+    }
+
     /// Text of `ids`.
     ///
     /// # Errors

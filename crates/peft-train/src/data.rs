@@ -3,15 +3,19 @@
 //! One JSON object per line, in one of four formats:
 //! * [`Format::Text`] `{"text": …}` — causal LM on every token;
 //! * [`Format::PromptCompletion`] `{"prompt": …, "completion": …}` — causal LM, loss on the completion only;
-//! * [`Format::Chat`] `{"messages": [{"role": …, "content": …}, …]}` — rendered with the tokenizer's chat
-//!   template (`tokenizer_config.json`), loss on every token;
+//! * [`Format::Chat`] `{"messages": [{"role": …, "content": …}, …], "tools": […]?}` — rendered with the
+//!   tokenizer's chat template exactly as transformers' `apply_chat_template` ([`crate::chat`]); loss on
+//!   every token, or with [`DataOptions::assistant_only_loss`] on the assistant tokens only (the template's
+//!   `{% generation %}` blocks, as TRL's `assistant_only_loss`);
 //! * [`Format::Classification`] `{"text": …, "label": <string or integer>}`.
 //!
 //! A bad record is an error naming the file and line.
 
+use crate::chat::{ChatInputs, ChatTemplate};
 use crate::error::{Result, TrainError};
 use peft_core::peft_config::files;
 use peft_models::tokenizer::Tokenizer;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -84,18 +88,41 @@ pub struct DataOptions {
     pub eos_token_id: Option<i64>,
     /// The chat template (Jinja) for the chat format.
     pub chat_template: Option<String>,
-    /// `bos_token` / `eos_token` strings for the template.
-    pub special_tokens: (String, String),
+    /// The special tokens the template sees (`bos_token`, `eos_token`, …: transformers'
+    /// `special_tokens_map`).
+    pub special_tokens: BTreeMap<String, String>,
+    /// Chat format: loss only on the tokens of the template's `{% generation %}` blocks (the assistant
+    /// turns), from transformers' assistant mask; an error for a template without such blocks.
+    pub assistant_only_loss: bool,
 }
 
+/// The special tokens transformers hands every chat template (`SPECIAL_TOKENS_ATTRIBUTES`).
+const SPECIAL_TOKEN_NAMES: [&str; 7] =
+    ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
+
 impl DataOptions {
-    /// Reads `chat_template`, `bos_token` and `eos_token` from `tokenizer_config.json` in `dir`, if present.
+    /// Reads the chat template and the special tokens of the tokenizer in `dir`, as transformers loads
+    /// them: `chat_template.jinja` if present, else `tokenizer_config.json`'s `chat_template` (a string,
+    /// or a list of named templates, of which `default`), and the special tokens from
+    /// `tokenizer_config.json`.
     pub fn with_tokenizer_config(mut self, dir: &Path) -> Self {
+        if let Ok(t) = files::read_text_bounded(&dir.join("chat_template.jinja"), files::MAX_JSON_BYTES) {
+            self.chat_template = Some(t);
+        }
         let path = dir.join("tokenizer_config.json");
         let Ok(text) = files::read_text_bounded(&path, files::MAX_JSON_BYTES) else { return self };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return self };
-        if let Some(t) = v.get("chat_template").and_then(|t| t.as_str()) {
-            self.chat_template = Some(t.to_string());
+        let named_default = |list: &Vec<serde_json::Value>| {
+            list.iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string))
+        };
+        if self.chat_template.is_none() {
+            self.chat_template = match v.get("chat_template") {
+                Some(serde_json::Value::String(t)) => Some(t.clone()),
+                Some(serde_json::Value::Array(list)) => named_default(list),
+                _ => None,
+            };
         }
         let tok = |k: &str| match v.get(k) {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -104,7 +131,8 @@ impl DataOptions {
             }
             _ => None,
         };
-        self.special_tokens = (tok("bos_token").unwrap_or_default(), tok("eos_token").unwrap_or_default());
+        self.special_tokens =
+            SPECIAL_TOKEN_NAMES.iter().filter_map(|k| Some((k.to_string(), tok(k)?))).collect();
         self
     }
 }
@@ -121,29 +149,68 @@ fn field<'a>(v: &'a serde_json::Value, key: &str, path: &Path, line: usize) -> R
     }
 }
 
-/// Renders a conversation with a Hugging Face chat template.
+/// Renders a conversation with a Hugging Face chat template, as `apply_chat_template(messages,
+/// tokenize=False)` with `bos_token` and `eos_token`; see [`crate::chat`] for tools, the generation prompt
+/// and assistant spans.
 ///
 /// # Errors
-/// A template that does not render (its message is kept).
+/// A template that does not compile or render (its message is kept).
 pub fn render_chat(
     template: &str,
     messages: &serde_json::Value,
     bos: &str,
     eos: &str,
 ) -> std::result::Result<String, String> {
-    let mut env = minijinja::Environment::new();
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
-    env.add_template("chat", template).map_err(|e| e.to_string())?;
-    let tmpl = env.get_template("chat").map_err(|e| e.to_string())?;
-    tmpl.render(minijinja::context! {
-        messages => minijinja::Value::from_serialize(messages),
-        add_generation_prompt => false,
-        bos_token => bos,
-        eos_token => eos,
-    })
-    .map_err(|e| e.to_string())
+    let template = ChatTemplate::new(template).map_err(|e| e.to_string())?;
+    let inputs = ChatInputs {
+        messages: minijinja::Value::from_serialize(messages),
+        variables: [("bos_token", bos), ("eos_token", eos)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), minijinja::Value::from(v)))
+            .collect(),
+        ..ChatInputs::default()
+    };
+    template.render(&inputs).map_err(|e| e.to_string())
+}
+
+/// One chat record tokenized: ids, and labels with the loss on every token or on assistant tokens only.
+fn chat_example(
+    template: &ChatTemplate,
+    line_text: &str,
+    tokenizer: &Tokenizer,
+    options: &DataOptions,
+) -> std::result::Result<Example, String> {
+    // Parsed again into template values: those keep the keys' order (serde_json's maps sort them), and
+    // a tool schema renders through `tojson` in its own order.
+    let record: minijinja::Value = serde_json::from_str(line_text).map_err(|e| e.to_string())?;
+    let get = |k: &str| record.get_attr(k).ok().filter(|v| !v.is_undefined() && !v.is_none());
+    let inputs = ChatInputs {
+        messages: get("messages").unwrap_or_default(),
+        tools: get("tools"),
+        documents: get("documents"),
+        variables: options
+            .special_tokens
+            .iter()
+            .map(|(k, v)| (k.clone(), minijinja::Value::from(v.as_str())))
+            .collect(),
+        ..ChatInputs::default()
+    };
+    let chat_err = |e: minijinja::Error| format!("chat template: {e}");
+    if !options.assistant_only_loss {
+        let text = template.render(&inputs).map_err(chat_err)?;
+        let ids = tokenizer.encode(&text, false).map_err(|e| e.to_string())?;
+        return Ok(Example { target: Target::Tokens(ids.clone()), input_ids: ids });
+    }
+    if !template.has_generation() {
+        return Err("assistant_only_loss needs a chat template that marks assistant turns with \
+                    {% generation %} … {% endgeneration %}; this one has none"
+            .into());
+    }
+    let (text, spans) = template.render_with_generation_spans(&inputs).map_err(chat_err)?;
+    let (ids, offsets) = tokenizer.encode_with_offsets(&text, false).map_err(|e| e.to_string())?;
+    let mask = crate::chat::assistant_mask(&offsets, &spans);
+    let labels = ids.iter().zip(mask).map(|(&id, m)| if m { id } else { crate::IGNORE_INDEX }).collect();
+    Ok(Example { input_ids: ids, target: Target::Tokens(labels) })
 }
 
 /// Reads and tokenizes a JSONL file.
@@ -173,7 +240,7 @@ pub fn load_jsonl(
         if !v.is_object() {
             return Err(data_err(path, i + 1, "expected a JSON object"));
         }
-        records.push((i + 1, v));
+        records.push((i + 1, v, line));
     }
     if records.is_empty() {
         return Err(data_err(path, 0, "no records"));
@@ -182,7 +249,7 @@ pub fn load_jsonl(
         (Format::Classification, Some(names)) => names.clone(),
         (Format::Classification, None) => {
             let mut names = std::collections::BTreeSet::new();
-            for (line, v) in &records {
+            for (line, v, _) in &records {
                 match v.get("label") {
                     Some(serde_json::Value::String(s)) => {
                         names.insert(s.clone());
@@ -205,8 +272,14 @@ pub fn load_jsonl(
         }
         _ => Vec::new(),
     };
+    let chat_template = match (format, options.chat_template.as_deref()) {
+        (Format::Chat, Some(t)) => {
+            Some(ChatTemplate::new(t).map_err(|e| data_err(path, 0, format!("chat template: {e}")))?)
+        }
+        _ => None,
+    };
     let mut examples = Vec::with_capacity(records.len());
-    for (line, v) in records {
+    for (line, v, line_text) in records {
         let enc = |s: &str, special: bool| {
             tokenizer.encode(s, special).map_err(|e| data_err(path, line, e.to_string()))
         };
@@ -230,27 +303,23 @@ pub fn load_jsonl(
             Format::Chat => {
                 let messages = v
                     .get("messages")
-                    .filter(|m| m.is_array())
+                    .and_then(|m| m.as_array())
                     .ok_or_else(|| data_err(path, line, "missing `messages` array"))?;
-                for m in messages.as_array().into_iter().flatten() {
-                    if m.get("role").and_then(|r| r.as_str()).is_none()
-                        || m.get("content").and_then(|c| c.as_str()).is_none()
-                    {
-                        return Err(data_err(path, line, "every message needs string `role` and `content`"));
+                // transformers needs a string role; content may be text, a list of parts, or absent (an
+                // assistant turn with tool calls only).
+                for m in messages {
+                    if m.get("role").and_then(|r| r.as_str()).is_none() {
+                        return Err(data_err(path, line, "every message needs a string `role`"));
                     }
                 }
-                let template = options.chat_template.as_deref().ok_or_else(|| {
+                let template = chat_template.as_ref().ok_or_else(|| {
                     data_err(
                         path,
                         line,
                         "the chat format needs a chat template (tokenizer_config.json `chat_template`)",
                     )
                 })?;
-                let (bos, eos) = &options.special_tokens;
-                let rendered = render_chat(template, messages, bos, eos)
-                    .map_err(|e| data_err(path, line, format!("chat template: {e}")))?;
-                let ids = enc(&rendered, false)?;
-                Example { target: Target::Tokens(ids.clone()), input_ids: ids }
+                chat_example(template, line_text, tokenizer, options).map_err(|e| data_err(path, line, e))?
             }
             Format::Classification => {
                 let ids = enc(field(&v, "text", path, line)?, true)?;

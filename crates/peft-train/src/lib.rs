@@ -12,6 +12,7 @@
 //! stay fp32, as PEFT's `autocast_adapter_dtype` does. Gradient checkpointing needs a custom autograd
 //! function, which tch cannot define; see `docs/ARCHITECTURE.md`.
 
+pub mod chat;
 pub mod data;
 pub mod error;
 pub mod optim;
