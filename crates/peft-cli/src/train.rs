@@ -53,6 +53,10 @@ pub(crate) struct TrainArgs {
     /// Truncate examples to this many tokens.
     #[arg(long, default_value_t = 512)]
     max_length: usize,
+    /// Chat format: loss on the assistant turns only (the chat template's `{% generation %}` blocks, as
+    /// TRL's `assistant_only_loss`).
+    #[arg(long)]
+    assistant_only_loss: bool,
     /// Epochs.
     #[arg(long, default_value_t = 3.0)]
     epochs: f64,
@@ -138,6 +142,9 @@ pub(crate) fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     use peft_train::{data, DataOptions, Format, OptimizerKind, Schedule, Trainer, TrainingArgs};
     // Every argument is checked before anything is read, downloaded or loaded.
     let format = Format::parse(&args.format).ok_or_else(|| anyhow!("unknown --format {:?}", args.format))?;
+    if args.assistant_only_loss && format != Format::Chat {
+        return Err(anyhow!("--assistant-only-loss needs --format chat"));
+    }
     if args.max_length == 0 {
         bail!("--max-length 0: every example would be empty; use at least 1");
     }
@@ -222,6 +229,7 @@ pub(crate) fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     let opts = DataOptions {
         max_length: Some(args.max_length),
         eos_token_id: generation.first().copied(),
+        assistant_only_loss: args.assistant_only_loss,
         ..DataOptions::default()
     }
     .with_tokenizer_config(&model_dir);

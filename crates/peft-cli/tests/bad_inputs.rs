@@ -544,6 +544,21 @@ fn cases(work: &Path) -> Vec<Case> {
 
     // CLI misuse.
     add(
+        "train --assistant-only-loss without --format chat".into(),
+        vec![
+            "train".into(),
+            "--model".into(),
+            s(&llama),
+            "--data".into(),
+            s(&data),
+            "--output".into(),
+            s(&work.join("train-out-assistant-only")),
+            "--quiet".into(),
+            "--assistant-only-loss".into(),
+        ],
+        error(&["--assistant-only-loss", "--format chat"]),
+    );
+    add(
         "--device cuda:99".into(),
         run_args(&llama, &good_input, &out, &["--device", "cuda:99"]),
         error(&["cuda"]),
