@@ -219,15 +219,13 @@ pub enum PeftError {
     },
 
     /// A tensor could not be allocated (out of memory, or a size libtorch refuses).
-    #[error("cannot allocate `{tensor}` {shape:?} {kind} ({size}): {reason}")]
+    #[error("cannot allocate `{tensor}` {shape:?} {size}: {reason}")]
     Allocation {
         /// The parameter (`module.weight`).
         tensor: String,
         /// Its shape.
         shape: Vec<i64>,
-        /// Its dtype.
-        kind: String,
-        /// Its size, readable (`16.0 TiB`).
+        /// Its dtype and size, readable (`Float (16.0 TiB)`).
         size: String,
         /// libtorch's reason, first line.
         reason: String,

@@ -473,8 +473,7 @@ pub fn alloc(
         PeftError::Allocation {
             tensor: format!("{}.{param}", path_name(p)),
             shape: shape.to_vec(),
-            kind: format!("{:?}", options.0),
-            size,
+            size: format!("{:?} ({size})", options.0),
             reason,
         }
     })

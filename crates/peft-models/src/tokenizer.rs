@@ -15,6 +15,9 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Token ids and, for each, its `(start, end)` byte range in the encoded text.
+pub type IdsWithOffsets = (Vec<i64>, Vec<(usize, usize)>);
+
 impl Tokenizer {
     /// Loads `dir/tokenizer.json`.
     ///
@@ -61,11 +64,7 @@ impl Tokenizer {
     ///
     /// # Errors
     /// A tokenizer failure.
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-        add_special_tokens: bool,
-    ) -> Result<(Vec<i64>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str, add_special_tokens: bool) -> Result<IdsWithOffsets> {
         let enc = self.inner.encode(text, add_special_tokens).map_err(|e| self.err(e))?;
         Ok((enc.get_ids().iter().map(|&i| i64::from(i)).collect(), enc.get_offsets().to_vec()))
     }
