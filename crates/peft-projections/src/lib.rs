@@ -224,6 +224,39 @@ impl SharedProjections {
     }
 }
 
+/// For `check_new_adapter`: PEFT's rule that every adapter of a method shares one set of projections —
+/// the same `projection_prng_key` and the same `save_projection` as each earlier adapter of type `C`
+/// (`get` reads both from a config; `new` is the adding adapter's pair).
+///
+/// # Errors
+/// [`PeftError::Invalid`] naming the earlier adapter and both values.
+pub fn check_same_projections<C: 'static>(
+    existing: &[(&str, &dyn peft_core::AdapterConfig)],
+    method: &str,
+    get: impl Fn(&C) -> (i64, bool),
+    new: (i64, bool),
+) -> Result<()> {
+    for (name, other) in existing {
+        let Some(other) = other.as_any().downcast_ref::<C>() else { continue };
+        let (key, save) = get(other);
+        if key != new.0 {
+            return Err(PeftError::Invalid(format!(
+                "{method} PRNG initialisation key must be the same for all adapters. Got projection_prng_key={} \
+                 but adapter '{name}' had {key}.",
+                new.0
+            )));
+        }
+        if save != new.1 {
+            return Err(PeftError::Invalid(format!(
+                "{method} projection weights must be saved for all adapters or none, but adapter '{name}' has \
+                 save_projection={save} and the new one {}",
+                new.1
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// For `before_layers`: the projections of an earlier adapter of the same method, if any (PEFT draws them
 /// only for the first adapter).
 pub fn earlier<C: 'static>(

@@ -153,24 +153,12 @@ impl AdapterConfig for PveraConfig {
     }
 
     fn check_new_adapter(&self, existing: &[(&str, &dyn AdapterConfig)]) -> Result<()> {
-        for (name, other) in existing {
-            let Some(other) = other.as_any().downcast_ref::<PveraConfig>() else { continue };
-            if other.projection_prng_key != self.projection_prng_key {
-                return Err(PeftError::Invalid(format!(
-                    "PVeRA PRNG initialisation key must be the same for all adapters. Got \
-                     config.projection_prng_key={} but previous config had {} (adapter '{name}').",
-                    self.projection_prng_key, other.projection_prng_key
-                )));
-            }
-            if other.save_projection != self.save_projection {
-                return Err(PeftError::Invalid(format!(
-                    "PVeRA projection weights must be saved for all adapters or none, but adapter '{name}' has \
-                     save_projection={} and the new one {}",
-                    other.save_projection, self.save_projection
-                )));
-            }
-        }
-        Ok(())
+        shared::check_same_projections::<PveraConfig>(
+            existing,
+            "PVeRA",
+            |c| (c.projection_prng_key, c.save_projection),
+            (self.projection_prng_key, self.save_projection),
+        )
     }
 
     /// PEFT's `_init_pvera_A_pvera_B`: `pvera_A` `(2r, max in)` then `pvera_B` `(max out, r)`, Kaiming-uniform

@@ -158,24 +158,12 @@ impl AdapterConfig for RandloraConfig {
     }
 
     fn check_new_adapter(&self, existing: &[(&str, &dyn AdapterConfig)]) -> Result<()> {
-        for (name, other) in existing {
-            let Some(other) = other.as_any().downcast_ref::<RandloraConfig>() else { continue };
-            if other.projection_prng_key != self.projection_prng_key {
-                return Err(PeftError::Invalid(format!(
-                    "RandLora PRNG initialisation key must be the same for all adapters. Got \
-                     projection_prng_key={} but adapter '{name}' had {}.",
-                    self.projection_prng_key, other.projection_prng_key
-                )));
-            }
-            if other.save_projection != self.save_projection {
-                return Err(PeftError::Invalid(format!(
-                    "RandLora projection weights must be saved for all adapters or none, but adapter '{name}' has \
-                     save_projection={} and the new one {}",
-                    other.save_projection, self.save_projection
-                )));
-            }
-        }
-        Ok(())
+        shared::check_same_projections::<RandloraConfig>(
+            existing,
+            "RandLora",
+            |c| (c.projection_prng_key, c.save_projection),
+            (self.projection_prng_key, self.save_projection),
+        )
     }
 
     /// PEFT's `_pre_injection_hook`: the bases sized by the largest targeted linear layer, drawn from a

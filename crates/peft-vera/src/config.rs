@@ -139,24 +139,12 @@ impl AdapterConfig for VeraConfig {
     }
 
     fn check_new_adapter(&self, existing: &[(&str, &dyn AdapterConfig)]) -> Result<()> {
-        for (name, other) in existing {
-            let Some(other) = other.as_any().downcast_ref::<VeraConfig>() else { continue };
-            if other.projection_prng_key != self.projection_prng_key {
-                return Err(PeftError::Invalid(format!(
-                    "Vera PRNG initialisation key must be the same for all adapters. Got projection_prng_key={} but \
-                     adapter '{name}' had {}.",
-                    self.projection_prng_key, other.projection_prng_key
-                )));
-            }
-            if other.save_projection != self.save_projection {
-                return Err(PeftError::Invalid(format!(
-                    "VeRA projection weights must be saved for all adapters or none, but adapter '{name}' has \
-                     save_projection={} and the new one {}",
-                    other.save_projection, self.save_projection
-                )));
-            }
-        }
-        Ok(())
+        shared::check_same_projections::<VeraConfig>(
+            existing,
+            "VeRA",
+            |c| (c.projection_prng_key, c.save_projection),
+            (self.projection_prng_key, self.save_projection),
+        )
     }
 
     /// PEFT's `_init_vera_A_vera_B`: the projections sized by the largest targeted linear layer, drawn from
