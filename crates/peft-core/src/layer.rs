@@ -437,6 +437,14 @@ pub trait TunerLayer: TunerAny + fmt::Debug + Send + 'static {
         Vec::new()
     }
 
+    /// Parameters PEFT's layer status counts on this layer for adapters through state that every layer of
+    /// the model shares (TinyLoRA's model-level `tinylora_v`, which each of its layers references, so each
+    /// layer reports every adapter's vectors): `(adapter, tensor)` pairs. Each adapter named is listed as
+    /// available on the layer, and its tensors join its `requires_grad` and devices. Empty by default.
+    fn status_shared_parameters(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
     /// Where PEFT's status reports this adapter, relative to the layer: `Some("token_adapter")` for
     /// adapters that live in a sub-module of PEFT's wrapper (trainable tokens).
     fn status_submodule(&self) -> Option<&'static str> {

@@ -41,6 +41,8 @@ pub(super) struct IndexedAdapter {
     pub padded: bool,
     /// Devices PEFT's status lists for other adapters through this one (shared buffers).
     pub shared_devices: Vec<(String, tch::Device)>,
+    /// Parameters PEFT's status counts for other adapters (or this one) through this one (shared state).
+    pub shared_parameters: Vec<(String, Tensor)>,
 }
 
 /// One layer that carries at least one adapter.
@@ -155,6 +157,7 @@ fn indexed_adapter(module: &str, adapter: &str, tuner: &dyn TunerLayer) -> Index
         state,
         padded,
         shared_devices: tuner.status_shared_devices(),
+        shared_parameters: tuner.status_shared_parameters(),
     }
 }
 

@@ -197,25 +197,35 @@ pub(super) fn thousands(n: i64) -> String {
 
 /// One layer's PEFT status from the index.
 fn layer_status(l: &IndexedLayer) -> LayerStatus {
-    let mut requires_grad = BTreeMap::new();
+    let mut flags: BTreeMap<String, BTreeSet<bool>> = BTreeMap::new();
     let mut devices: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut available: BTreeSet<String> = l.adapters.keys().cloned().collect();
     for (name, entry) in &l.adapters {
-        let flags: BTreeSet<bool> =
-            entry.named.iter().filter(|t| !t.buffer).map(|t| t.tensor.requires_grad()).collect();
-        let rg = match (flags.contains(&true), flags.contains(&false)) {
-            (true, false) => RequiresGrad::True,
-            (false, _) => RequiresGrad::False,
-            (true, true) => RequiresGrad::Irregular,
-        };
-        requires_grad.insert(name.clone(), rg);
+        let own = entry.named.iter().filter(|t| !t.buffer).map(|t| t.tensor.requires_grad());
+        flags.entry(name.clone()).or_default().extend(own);
         let devs = entry.named.iter().map(|t| device_type(t.tensor.device()));
         devices.entry(name.clone()).or_default().extend(devs);
         for (other, device) in &entry.shared_devices {
             devices.entry(other.clone()).or_default().insert(device_type(*device));
         }
+        for (other, t) in &entry.shared_parameters {
+            flags.entry(other.clone()).or_default().insert(t.requires_grad());
+            devices.entry(other.clone()).or_default().insert(device_type(t.device()));
+            available.insert(other.clone());
+        }
     }
-    let mut available_adapters: Vec<String> = l.adapters.keys().cloned().collect();
-    available_adapters.sort();
+    let requires_grad: BTreeMap<String, RequiresGrad> = flags
+        .into_iter()
+        .map(|(name, flags)| {
+            let rg = match (flags.contains(&true), flags.contains(&false)) {
+                (true, false) => RequiresGrad::True,
+                (false, _) => RequiresGrad::False,
+                (true, true) => RequiresGrad::Irregular,
+            };
+            (name, rg)
+        })
+        .collect();
+    let available_adapters: Vec<String> = available.into_iter().collect();
     LayerStatus {
         name: l.status_name.clone(),
         module_type: l.module_type.clone(),
