@@ -33,7 +33,9 @@ SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_t
 CONTROL = [
     "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
     "<|eot_id|>", "<|header_start|>", "<|header_end|>", "<|eot|>", "<start_of_turn>", "<end_of_turn>",
-    "[INST]", "[/INST]",
+    "[INST]", "[/INST]", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|START_OF_TURN_TOKEN|>",
+    "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|SYSTEM_TOKEN|>", "<|python_tag|>",
+    "<|eom_id|>", "<|turn>", "<turn|>",
 ]
 
 TOOLS = [
@@ -84,6 +86,22 @@ CONVERSATIONS = {
         {"role": "tool", "name": "get_weather", "content": "{\"temp\": 21.5}"},
         {"role": "assistant", "content": "It is 21.5 °C in Paris."},
     ],
+    # Tool calls with ids (Mistral's templates refuse calls without a 9-character id).
+    "tool_calls_ids": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "call0A1b2",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Oslo"}},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call0A1b2", "content": "{\"temp\": -3}"},
+        {"role": "assistant", "content": "It is -3 °C in Oslo."},
+    ],
     "assistant_first": [
         {"role": "assistant", "content": "I speak first."},
         {"role": "user", "content": "ok"},
@@ -91,7 +109,11 @@ CONVERSATIONS = {
 }
 
 # Extra template arguments per template (transformers passes them through **kwargs).
-KWARGS = {"llama-3.1-instruct": {"date_string": "26 Jul 2024"}}
+# Llama 3.2 takes date_string or calls strftime_now; Llama 3.1's builtin tools go through `reject` and `join`.
+KWARGS = {
+    "llama-3.2-3b-instruct": {"date_string": "26 Jul 2024"},
+    "llama-3.1-8b-instruct": {"builtin_tools": ["brave_search", "code_interpreter", "wolfram_alpha"]},
+}
 
 
 def tokenizer(sources):
@@ -133,7 +155,7 @@ def main(root):
     cases = []
     for name, source in templates.items():
         for conv_name, conv in CONVERSATIONS.items():
-            tools = TOOLS if conv_name == "tool_calls" else None
+            tools = TOOLS if conv_name.startswith("tool_calls") else None
             for gen_prompt in (False, True):
                 kwargs = KWARGS.get(name, {})
                 case = {"template": name, "conversation": conv_name, "add_generation_prompt": gen_prompt,
@@ -147,7 +169,7 @@ def main(root):
                     case["input_ids"] = list(out["input_ids"])
                     case["assistant_masks"] = list(out["assistant_masks"])
                 cases.append(case)
-        if name in KWARGS:
+        if "strftime_now" in source:
             # Without date_string the template calls strftime_now: today's date, recorded below.
             case = {"template": name, "conversation": "two_turns", "add_generation_prompt": True, "kwargs": {},
                     "tools": False}
