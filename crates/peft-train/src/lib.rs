@@ -4,6 +4,8 @@
 //!   schedules with warmup, gradient accumulation, gradient-norm clipping, evaluation, deterministic
 //!   seeding, checkpoints (adapter + optimizer state + step), a clear stop on a non-finite loss, a progress
 //!   bar, `metrics.jsonl`, `loss.png` and a summary.
+//! * [`StepCallback`] — hooks after backward, after the optimizer step (gradients still present), on log
+//!   and at the end of training, registered on the [`Trainer`].
 //! * [`optim`] — PEFT's LoRA+ grouping and LoRA-FA optimizer.
 //! * [`data`] — JSONL datasets (text, prompt/completion, chat, classification), tokenized with
 //!   `tokenizer.json`, padded, truncated and optionally grouped by length.
@@ -12,6 +14,7 @@
 //! stay fp32, as PEFT's `autocast_adapter_dtype` does. Gradient checkpointing needs a custom autograd
 //! function, which tch cannot define; see `docs/ARCHITECTURE.md`.
 
+pub mod callback;
 pub mod chat;
 pub mod data;
 pub mod error;
@@ -20,6 +23,7 @@ pub mod plot;
 pub mod schedule;
 pub mod trainer;
 
+pub use callback::StepCallback;
 pub use data::{Batch, DataOptions, Dataset, Example, Format, Target};
 pub use error::{Result, TrainError};
 pub use schedule::Schedule;

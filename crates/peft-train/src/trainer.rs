@@ -1,5 +1,6 @@
 //! The training loop: what transformers' `Trainer` does for PEFT users, on a [`PeftModel`].
 
+use crate::callback::StepCallback;
 use crate::data::{collate, epoch_batches, Batch, Dataset, Target};
 use crate::error::{Result, TrainError};
 use crate::optim::{self, AdamW, LoraFa, Optimizer};
@@ -306,6 +307,7 @@ pub struct Trainer<'a, M: Adaptable> {
     optimizer: Box<dyn Optimizer>,
     state: TrainerState,
     device: Device,
+    callbacks: Vec<Box<dyn StepCallback<M>>>,
 }
 
 impl<M: Adaptable> std::fmt::Debug for Trainer<'_, M> {
@@ -313,6 +315,7 @@ impl<M: Adaptable> std::fmt::Debug for Trainer<'_, M> {
         f.debug_struct("Trainer")
             .field("args", &self.args)
             .field("step", &self.state.global_step)
+            .field("callbacks", &self.callbacks.len())
             .finish_non_exhaustive()
     }
 }
@@ -373,7 +376,28 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
                 ))
             }
         };
-        Ok(Self { peft, args, adapter, optimizer, state: TrainerState::default(), device })
+        Ok(Self {
+            peft,
+            args,
+            adapter,
+            optimizer,
+            state: TrainerState::default(),
+            device,
+            callbacks: Vec::new(),
+        })
+    }
+
+    /// Registers a [`StepCallback`]; callbacks run in the order they were added. They own their state
+    /// (`'static`), so a trainer still borrows only the model; share results through `Rc` / `Arc`.
+    pub fn add_callback(&mut self, callback: Box<dyn StepCallback<M>>) {
+        self.callbacks.push(callback);
+    }
+
+    /// Registers a [`StepCallback`] (builder form of [`Trainer::add_callback`]).
+    #[must_use]
+    pub fn with_callback(mut self, callback: impl StepCallback<M> + 'static) -> Self {
+        self.callbacks.push(Box::new(callback));
+        self
     }
 
     /// The model being trained.
@@ -433,8 +457,11 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
     /// `save_steps` and the final adapter (plus `metrics.jsonl`, `training_args.json` and `loss.png`) to
     /// `output_dir`.
     ///
+    /// Registered [`StepCallback`]s run at their points of every step.
+    ///
     /// # Errors
-    /// [`TrainError::NonFiniteLoss`] when the loss becomes NaN/inf, I/O errors, model errors.
+    /// [`TrainError::NonFiniteLoss`] when the loss becomes NaN/inf, I/O errors, model errors, the first
+    /// error of a callback.
     pub fn train(
         &mut self,
         train: &Dataset,
@@ -522,11 +549,19 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
                 if !boundary {
                     continue;
                 }
+                let step_index = self.state.global_step;
+                for cb in &mut self.callbacks {
+                    cb.after_backward(self.peft, step_index)?;
+                }
                 if let Some(max) = self.args.max_grad_norm {
                     last_grad_norm = Some(optim::clip_grad_norm(self.optimizer.params(), max)?);
                 }
                 let factor = self.args.lr_scheduler_type.factor(self.state.global_step, warmup, total);
                 self.optimizer.step(factor)?;
+                // The gradients stay until every callback has seen them (AdaLoRA's allocator needs them).
+                for cb in &mut self.callbacks {
+                    cb.after_optimizer_step(self.peft, step_index)?;
+                }
                 self.optimizer.zero_grad();
                 last_lr = Some(self.args.learning_rate * factor);
                 self.state.global_step += 1;
@@ -571,6 +606,9 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
             epoch += 1;
         }
         bar.finish();
+        for cb in &mut self.callbacks {
+            cb.on_train_end(self.peft, self.state.global_step)?;
+        }
         let mut final_eval = None;
         if let Some(ev) = eval {
             let epoch_f = self.state.micro_step as f64 / n_batches.max(1) as f64;
@@ -622,7 +660,13 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
         let line = serde_json::to_string(&entry).map_err(|e| TrainError::Config(e.to_string()))?;
         log::info!("{line}");
         self.state.log.push(entry);
-        self.write_metrics()
+        self.write_metrics()?;
+        if let Some(entry) = self.state.log.last() {
+            for cb in &mut self.callbacks {
+                cb.on_log(self.peft, entry)?;
+            }
+        }
+        Ok(())
     }
 
     fn write_metrics(&self) -> Result<()> {
