@@ -15,6 +15,7 @@ with PEFT's view (`to_dict()`) of the adapter configs it loaded; ROOT/peft_confi
 every config in ROOT/configs. The Rust test compares them with its own.
 """
 
+import importlib
 import json
 import os
 import sys
@@ -31,6 +32,15 @@ def jsonable(d):
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in d.items()}
 
 
+def prepare_method(adapter_dir):
+    """Imports the method's row file (`method_<peft_type>.py`) when there is one: some complete PEFT at import
+    time (WaveFT's filter table), and loading must see PEFT as the fixtures that made the rows saw it."""
+    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+        stem = "method_" + json.load(f)["peft_type"].lower()
+    if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), stem + ".py")):
+        importlib.import_module(stem)
+
+
 def check_case(d):
     with open(os.path.join(d, "case.json")) as f:
         case = json.load(f)
@@ -43,6 +53,7 @@ def check_case(d):
     names = case["adapters"]
     # The adapter named "default" is saved at the top, the others in subfolders.
     first = adir if names[0] == "default" else os.path.join(adir, names[0])
+    prepare_method(first)
     model = PeftModel.from_pretrained(base, first, adapter_name=names[0])
     for n in names[1:]:
         model.load_adapter(os.path.join(adir, n), adapter_name=n)

@@ -1,12 +1,28 @@
 """WaveFT rows of the method parity matrix (see gen_methods.py for what each table means)."""
 
 # WaveFT: coefficient cells drawn from random_loc_seed (not saved, a negative seed included), the one-level
-# inverse 2-D wavelet transform for every family PEFT's transform runs with (db1-db10, sym2-sym10,
-# coif1-coif4; the longest filters are longer than the layers; PEFT's coif5 table has 48 taps where its
-# padding assumes 30, so its forward pass fails and peft-rs refuses it), the direct sparse update
-# (use_idwt=False, which takes any family PEFT lists, coif5 included), scaling (an int is saved as an int), per-module n_frequency, the proportional
-# allocation, GPT-2 Conv1D, several active adapters, exclusion, layer selection, bias and modules_to_save.
+# inverse 2-D wavelet transform for every family PEFT lists (PEFT's own filters for db1-db10, sym2-sym10 and
+# coif1-coif4; PyWavelets' for the rest, see below; the longest filters are longer than the layers), the
+# direct sparse update (use_idwt=False), scaling (an int is saved as an int), per-module n_frequency, the
+# proportional allocation, GPT-2 Conv1D, several active adapters, exclusion, layer selection, bias and
+# modules_to_save.
 WAVEFT = dict(method="WAVEFT")
+
+# The families PEFT 0.21.2 lists but ships no usable filter for (db11-db38, sym11-sym20 and coif5-coif17;
+# its coif5 has 48 taps for a padding of 30) fail at PEFT's first forward pass; peft-rs takes their
+# filters from PyWavelets. To have an oracle for them, PEFT's table is completed in place with PyWavelets'
+# filters in the form PEFT keeps its own (coiflets divided by sqrt(2)); PEFT's own entries stay as they are
+# (its coif4 differs from PyWavelets' and is what PEFT's adapters use).
+import math as _math
+
+import pywt as _pywt
+from peft.tuners.waveft.constants import WAVELET_REDUCTIONS as _REDUCTIONS
+from peft.tuners.waveft.wavelet import _WAVELET_COEFFS
+
+for _name, (_pad, _) in _REDUCTIONS.items():
+    if len(_WAVELET_COEFFS.get(_name, ())) != _pad + 2:
+        _scale = _math.sqrt(2) if _name.startswith("coif") else 1.0
+        _WAVELET_COEFFS[_name] = [c / _scale for c in _pywt.Wavelet(_name).rec_lo]
 
 
 def families(prefix, numbers):
@@ -125,12 +141,21 @@ CASES = [
     family_sweep("waveft_daubechies", "MLP", ["lin0", "lin1"], families("db", range(1, 11)), 9),
     family_sweep("waveft_symlets", "MLP", ["lin0", "lin1"], families("sym", range(2, 11)), 9),
     family_sweep("waveft_coiflets", "MLP", ["lin0", "lin1"], families("coif", range(1, 5)), 9),
+    # PyWavelets' filters (see the top of this file): the shortest and longest of each family PEFT lacks.
+    family_sweep("waveft_beyond_peft", "MLP", ["lin0", "lin1"], ["db11", "db20", "db38", "sym11", "sym15", "sym20", "coif5", "coif6", "coif10", "coif17"], 9),
+    dict(
+        WAVEFT,
+        name="waveft_beyond_peft_conv1d",
+        model="MLPConv1D",
+        adapters={"default": dict(target_modules=["c_fc", "c_proj"], n_frequency=25, wavelet_family="sym13", fan_in_fan_out=True)},
+    ),
 ]
 
 # Same-seed initialisation: base model and adapter created under torch.manual_seed(0).
 INIT_CASES = [
     dict(WAVEFT, name="waveft_default", model="MLP", config=dict(target_modules=["lin0", "lin1"], n_frequency=12)),
     dict(WAVEFT, name="waveft_random", model="DeepMLP", config=dict(target_modules="all-linear", n_frequency=9, init_weights=False, wavelet_family="sym4")),
+    dict(WAVEFT, name="waveft_random_coif17", model="MLP", config=dict(target_modules=["lin0", "lin1"], n_frequency=9, init_weights=False, wavelet_family="coif17")),
     dict(WAVEFT, name="waveft_random_proportional", model="MLP", config=dict(target_modules=["lin0", "lin1"], n_frequency=5, init_weights=False, proportional_parameters=True)),
     dict(WAVEFT, name="waveft_bias_all", model="MLP", config=dict(target_modules=["lin1"], n_frequency=4, bias="all")),
 ]
@@ -148,6 +173,7 @@ TRAIN_CASES = [
         config=dict(target_modules=["c_fc", "c_proj"], n_frequency=15, wavelet_family="coif3", init_weights=False),
     ),
     dict(WAVEFT, name="waveft_direct_adamw", model="DeepMLP", optimizer="adamw", lr=0.01, steps=4, config=dict(target_modules=["lin1", "out"], n_frequency=6, use_idwt=False)),
+    dict(WAVEFT, name="waveft_db38_adamw", model="MLP", optimizer="adamw", lr=0.01, steps=4, config=dict(target_modules=["lin0", "lin1"], n_frequency=12, wavelet_family="db38", init_weights=False)),
 ]
 
 # adapter_config.json files written by PEFT, parsed and written back byte for byte.

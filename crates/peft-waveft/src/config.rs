@@ -45,9 +45,9 @@ pub struct WaveftConfig {
     /// The factor the reconstructed update is multiplied by (kept as written: PEFT saves an integer as an
     /// integer).
     pub scaling: Num,
-    /// The wavelet (`"db1"` … `"db38"`, `"sym2"` … `"sym20"`, `"coif1"` … `"coif17"`). PEFT's transform runs
-    /// with `db1`–`db10`, `sym2`–`sym10` and `coif1`–`coif4` only (see [`wavelet::unusable`]); every name
-    /// works with `use_idwt: false`.
+    /// The wavelet (`"db1"` … `"db38"`, `"sym2"` … `"sym20"`, `"coif1"` … `"coif17"`). PEFT 0.21.2's
+    /// transform runs with `db1`–`db10`, `sym2`–`sym10` and `coif1`–`coif4` only; the others take
+    /// PyWavelets' filters here (see [`wavelet::filters`]), and adapters using them do not run in PEFT.
     pub wavelet_family: String,
     /// Reconstruct the update with the inverse 2-D wavelet transform; `false`: the sparse coefficient
     /// matrix is the update.
@@ -211,18 +211,15 @@ impl AdapterConfig for WaveftConfig {
                 "a number",
             ));
         }
-        // PEFT accepts these names and fails at the first forward pass; refusing them here fails before
-        // any layer is touched. Without the transform no filter is used, and every listed name works.
-        if self.use_idwt {
-            if let Some(why) = wavelet::unusable(&self.wavelet_family) {
-                let value = Value::String(self.wavelet_family.clone());
-                return Err(unsupported_option(
-                    PEFT_TYPE,
-                    "wavelet_family",
-                    &value,
-                    &format!("{why}; use_idwt: false takes it"),
-                ));
-            }
+        // PEFT 0.21.2 lists these names but ships no usable filter for them (its first forward pass fails);
+        // the published PyWavelets filters make them work here, and the user should know PEFT cannot
+        // run the adapter.
+        if self.use_idwt && wavelet::beyond_peft(&self.wavelet_family) {
+            log::warn!(
+                "wavelet_family '{}' uses PyWavelets' filter: PEFT 0.21.2 loads such an adapter but its forward \
+                 pass fails (it ships filters for db1-db10, sym2-sym10 and coif1-coif4 only)",
+                self.wavelet_family
+            );
         }
         // Every entry must compile.
         PatternMap::new("n_frequency_pattern", &self.n_frequency_pattern)?;

@@ -90,11 +90,9 @@ impl WaveftLayer {
             let family = &config.wavelet_family;
             let reduction = wavelet::reduction(family)
                 .ok_or_else(|| PeftError::Invalid(format!("Wavelet family {family} not supported")))?;
-            let (rec_lo, rec_hi) = wavelet::filters(family).ok_or_else(|| {
-                PeftError::Invalid(format!(
-                    "Unknown wavelet name '{family}' (PEFT 0.21.2 ships no filter for it)"
-                ))
-            })?;
+            // Every family `WAVELET_REDUCTIONS` lists has a filter (PEFT's or PyWavelets').
+            let (rec_lo, rec_hi) = wavelet::filters(family)
+                .ok_or_else(|| PeftError::Invalid(format!("Wavelet family {family} has no filter")))?;
             Reconstruction::Idwt { family: family.clone(), reduction, rec_lo, rec_hi }
         } else {
             Reconstruction::Direct

@@ -69,6 +69,7 @@
 pub mod config;
 pub mod layer;
 mod tables;
+mod tables_pywt;
 pub mod wavelet;
 
 pub use config::{proportional_allocation, WaveftConfig, PEFT_TYPE};

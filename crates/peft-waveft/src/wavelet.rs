@@ -4,6 +4,7 @@
 //! gradients are PEFT's.
 
 use crate::tables::{BASE_COEFFS, REDUCTIONS};
+use crate::tables_pywt::PYWT_COEFFS;
 use tch::Tensor;
 
 /// The families `wavelet_family` may name, in PEFT's order.
@@ -17,40 +18,27 @@ pub fn reduction(family: &str) -> Option<(i64, i64)> {
     REDUCTIONS.iter().find(|(n, _)| *n == family).map(|(_, r)| *r)
 }
 
-/// The reconstruction filters `(rec_lo, rec_hi)` of `family`, as PEFT's minimal `Wavelet` derives them, or
-/// `None` for a family PEFT ships no filter for.
+/// The reconstruction filters `(rec_lo, rec_hi)` of `family`, derived as PEFT's minimal `Wavelet` derives
+/// them, or `None` for a name `WAVELET_REDUCTIONS` does not list.
 ///
-/// `rec_lo` is the base coefficients (times `√2` for coiflets, whose tables are normalised to sum 1);
+/// The base coefficients are PEFT's own table where it has a usable one (db1–db10, sym2–sym10,
+/// coif1–coif4: its numbers, so adapters match PEFT's bit for bit — its coif4 differs from PyWavelets'
+/// by up to 0.012 and is kept), and PyWavelets' published filters for the rest of the families its config
+/// accepts (db11–db38, sym11–sym20, coif5–coif17), where PEFT 0.21.2's forward pass fails. `rec_lo` is
+/// the base coefficients (times `√2` for coiflets, whose tables are normalised to sum 1);
 /// `rec_hi[i] = (−1)^i · rec_lo[L−1−i]`, the quadrature mirror.
 pub fn filters(family: &str) -> Option<(Vec<f64>, Vec<f64>)> {
-    let (_, base) = BASE_COEFFS.iter().find(|(n, _)| *n == family)?;
+    let (_, base) = PYWT_COEFFS.iter().chain(BASE_COEFFS).find(|(n, _)| *n == family)?;
     let scale = if family.starts_with("coif") { std::f64::consts::SQRT_2 } else { 1.0 };
     let lo: Vec<f64> = base.iter().map(|c| c * scale).collect();
     let hi = lo.iter().rev().enumerate().map(|(i, c)| if i % 2 == 0 { *c } else { -c }).collect();
     Some((lo, hi))
 }
 
-/// Why PEFT 0.21.2's inverse transform cannot run with `family`, or `None` when it can: a family it lists
-/// but ships no filter for (its forward pass raises "Unknown wavelet name"), or one whose filter does not
-/// have the `reduction + 2` taps its padding assumes (`coif5`: 48 coefficients for a padding of 28, so the
-/// reconstruction comes out smaller than the layer and every forward pass fails on the shapes).
-pub fn unusable(family: &str) -> Option<String> {
-    let reduction = reduction(family)?.0;
-    let Some((lo, _)) = filters(family) else {
-        return Some(format!(
-            "PEFT 0.21.2 ships filters for db1-db10, sym2-sym10 and coif1-coif4 only (its forward pass raises \
-             \"Unknown wavelet name '{family}'\")"
-        ));
-    };
-    if lo.len() as i64 != reduction + 2 {
-        return Some(format!(
-            "PEFT 0.21.2's {family} filter has {} taps where its padding assumes {} (the reconstruction is \
-             smaller than the layer and its forward pass fails on the shapes)",
-            lo.len(),
-            reduction + 2
-        ));
-    }
-    None
+/// Whether `family` comes from PyWavelets rather than PEFT's table: PEFT 0.21.2 itself cannot run the
+/// transform with it, so an adapter using it loads in PEFT but fails at its first forward pass there.
+pub fn beyond_peft(family: &str) -> bool {
+    PYWT_COEFFS.iter().any(|(n, _)| *n == family)
 }
 
 /// `a ⊗ b`: `(len a, len b)`, as the toolbox's `_outer` (flatten, unsqueeze, broadcast multiply).
