@@ -85,6 +85,18 @@ CASES = [
         },
         active=["gamma", "alpha"],
     ),
+    # Projections drawn again on load: the second adapter's layers that the first wraps are seeded with
+    # the first adapter's layer index (PEFT's `_layer_idx` stays the wrapping adapter's); `out` is new.
+    dict(
+        TINYLORA,
+        name="tinylora_two_seeded",
+        model="DeepMLP",
+        adapters={
+            "alpha": dict(target_modules=["lin1"], u=2, save_projection=False, projection_seed=5),
+            "beta": dict(target_modules=["lin0", "lin1", "out"], u=3, save_projection=False, weight_tying=1.0),
+        },
+        active=["beta", "alpha"],
+    ),
 ]
 
 # Same-seed initialisation: base model and adapter created under torch.manual_seed(0).

@@ -253,4 +253,3 @@ impl LayerMethod for TinyloraConfig {
         crate::layer::TinyloraLayer::create(self, ctx).map(|l| Box::new(l) as Box<dyn TunerLayer>)
     }
 }
-

@@ -104,7 +104,12 @@ impl AdapterVectors {
     ///
     /// # Errors
     /// None yet; kept fallible for the layer types a later version may count.
-    pub fn plan(adapter: &str, targets: &[TargetLayer], weight_tying: f64, registry: Registry) -> Result<Self> {
+    pub fn plan(
+        adapter: &str,
+        targets: &[TargetLayer],
+        weight_tying: f64,
+        registry: Registry,
+    ) -> Result<Self> {
         let counted: Vec<&TargetLayer> = targets.iter().filter(|t| counts(t)).collect();
         let (num_groups, size) = group_layout(counted.len(), weight_tying);
         let slots = counted
@@ -147,7 +152,12 @@ impl AdapterVectors {
     /// `(group, v)` for every vector made so far.
     pub fn vectors(&self) -> Vec<(usize, Tensor)> {
         match self.plan_mut() {
-            Ok(p) => p.vectors.iter().enumerate().filter_map(|(g, v)| v.as_ref().map(|v| (g, v.shallow_clone()))).collect(),
+            Ok(p) => p
+                .vectors
+                .iter()
+                .enumerate()
+                .filter_map(|(g, v)| v.as_ref().map(|v| (g, v.shallow_clone())))
+                .collect(),
             Err(_) => Vec::new(),
         }
     }

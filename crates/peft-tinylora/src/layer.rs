@@ -165,7 +165,8 @@ impl TinyloraLayer {
             k @ (Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double) => k,
             _ => Kind::Float,
         };
-        let mut v = Tensor::f_empty([config.u], (kind, Device::Cpu)).map_err(PeftError::torch("allocating tinylora_v"))?;
+        let mut v = Tensor::f_empty([config.u], (kind, Device::Cpu))
+            .map_err(PeftError::torch("allocating tinylora_v"))?;
         match config.zero_init() {
             Some(true) => peft_core::init::zeros_(&mut v)?,
             Some(false) => {}
@@ -322,7 +323,9 @@ impl TunerLayer for TinyloraLayer {
                 "tinylora.Linear(in_features={}, out_features={}, bias=True)",
                 self.in_features, self.out_features
             ),
-            TinyloraBase::Embedding => format!("tinylora.Embedding({}, {})", self.in_features, self.out_features),
+            TinyloraBase::Embedding => {
+                format!("tinylora.Embedding({}, {})", self.in_features, self.out_features)
+            }
         }
     }
 }
