@@ -114,6 +114,29 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether [`AdapterConfig::before_layers_with_weights`] wants the targeted base weights (reading
+    /// them dequantizes quantized bases, so only methods that decompose them ask). Default `false`.
+    fn reads_target_weights(&self) -> bool {
+        false
+    }
+
+    /// PEFT's `_pre_injection_hook` of methods that decompose the targeted base weights jointly before
+    /// any layer is created (FRoD's basis shared by the layers of one module category): called right
+    /// after [`AdapterConfig::before_layers`], only when [`AdapterConfig::reads_target_weights`], with
+    /// every targeted layer and its weight, in model order.
+    ///
+    /// # Errors
+    /// The method's reason.
+    fn before_layers_with_weights(
+        &mut self,
+        adapter: &str,
+        targets: &[TargetWeight],
+        existing: &[(&str, &dyn AdapterConfig)],
+    ) -> Result<()> {
+        let _ = (adapter, targets, existing);
+        Ok(())
+    }
+
     /// PEFT's `_get_adapter_state_dict` for methods whose files hold another form of their tensors
     /// (VB-LoRA's `save_only_topk_weights`): the checkpoint tensors as the file stores them. The default
     /// leaves them as they are.
@@ -215,6 +238,32 @@ pub struct TargetLayer {
     pub in_features: i64,
     /// Output features (channels, embedding width).
     pub out_features: i64,
+}
+
+/// A targeted layer with its base weight, as [`AdapterConfig::before_layers_with_weights`] sees it.
+#[derive(Debug)]
+pub struct TargetWeight {
+    /// The layer's description.
+    pub layer: TargetLayer,
+    /// The weight of a linear base as `(out, in)` (GPT-2's `Conv1D` transposed, as PEFT reads
+    /// `module.weight.T`), a shallow clone of dense storage or a dequantized copy; `None` for other bases.
+    pub weight: Option<tch::Tensor>,
+    /// The base stores its weight quantized (`weight` is then a dequantized copy).
+    pub quantized: bool,
+}
+
+impl TargetWeight {
+    /// The description and weight of a base layer.
+    pub fn of(name: &str, base: &dyn BaseLayer) -> Self {
+        let (weight, quantized) = match base.as_linear() {
+            Some(l) => {
+                let w = l.weight();
+                (Some(if l.fan_in_fan_out() { w.tr() } else { w }), !l.weight_is_storage())
+            }
+            None => (None, false),
+        };
+        Self { layer: TargetLayer::of(name, base), weight, quantized }
+    }
 }
 
 /// The capability view of a [`TargetLayer`]'s base.

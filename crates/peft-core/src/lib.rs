@@ -39,7 +39,9 @@ pub mod trainable_tokens;
 
 pub use activation::Activation;
 pub use adaptable::Adaptable;
-pub use config::{AdapterConfig, BiasMode, LayerInit, LayerMethod, MethodConfig, TargetLayer, TargetView};
+pub use config::{
+    AdapterConfig, BiasMode, LayerInit, LayerMethod, MethodConfig, TargetLayer, TargetView, TargetWeight,
+};
 pub use error::{PeftError, Result};
 pub use layer::{
     AdaptableLayer, AdaptedLayer, AdapterSlots, BaseLayer, ConvGeometry, ConvLike, EmbeddingLike, ForwardCtx,

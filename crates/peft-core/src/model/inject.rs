@@ -104,6 +104,15 @@ impl<M: Adaptable> PeftModel<M> {
         let existing: Vec<(&str, &dyn AdapterConfig)> =
             self.configs.iter().map(|(n, c)| (n.as_str(), c.as_ref())).collect();
         config.before_layers(name, &target_layers, &existing)?;
+        if config.reads_target_weights() {
+            let mut weights = Vec::new();
+            self.model.visit_layers(&mut |l| {
+                if targeted.contains(l.name()) {
+                    weights.push(crate::config::TargetWeight::of(l.name(), l.base()));
+                }
+            });
+            config.before_layers_with_weights(name, &weights, &existing)?;
+        }
         let trainable = !config.common().inference_mode;
         let mut warnings = Vec::new();
         let vs_root = self.adapter_vs.root();
