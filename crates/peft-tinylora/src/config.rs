@@ -167,9 +167,12 @@ impl AdapterConfig for TinyloraConfig {
     fn validate(&self) -> Result<()> {
         self.check(peft_core::peft_config::error::IN_MEMORY)?;
         self.bias.mode()?;
+        // `nn.Dropout`'s own check (PEFT builds one for any positive value).
         let p = self.tinylora_dropout.value();
-        if !(0.0..1.0).contains(&p) {
-            return Err(PeftError::Invalid(format!("tinylora_dropout must be in [0, 1), got {p}")));
+        if !(0.0..=1.0).contains(&p) {
+            return Err(PeftError::Invalid(format!(
+                "tinylora_dropout: dropout probability has to be between 0 and 1, but got {p}"
+            )));
         }
         if let TinyloraInit::Scheme(s) = &self.init_weights {
             if s != "uniform" {
@@ -223,7 +226,7 @@ impl AdapterConfig for TinyloraConfig {
             .filter_map(|(_, c)| c.as_any().downcast_ref::<TinyloraConfig>())
             .find_map(|c| c.vectors.registry())
             .unwrap_or_default();
-        self.vectors = AdapterVectors::plan(adapter, targets, self.weight_tying.value(), registry)?;
+        self.vectors = AdapterVectors::plan(adapter, targets, self.weight_tying.value(), registry);
         Ok(())
     }
 

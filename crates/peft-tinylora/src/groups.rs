@@ -101,15 +101,7 @@ pub fn group_layout(n: usize, weight_tying: f64) -> (usize, usize) {
 
 impl AdapterVectors {
     /// Plans `adapter`'s groups over its targets (in model order) and enters it in `registry`.
-    ///
-    /// # Errors
-    /// None yet; kept fallible for the layer types a later version may count.
-    pub fn plan(
-        adapter: &str,
-        targets: &[TargetLayer],
-        weight_tying: f64,
-        registry: Registry,
-    ) -> Result<Self> {
+    pub fn plan(adapter: &str, targets: &[TargetLayer], weight_tying: f64, registry: Registry) -> Self {
         let counted: Vec<&TargetLayer> = targets.iter().filter(|t| counts(t)).collect();
         let (num_groups, size) = group_layout(counted.len(), weight_tying);
         let slots = counted
@@ -127,7 +119,7 @@ impl AdapterVectors {
             }),
         });
         lock(&registry.0).push(Arc::downgrade(&shared));
-        Ok(Self(Some((shared, registry))))
+        Self(Some((shared, registry)))
     }
 
     /// The model's registry, once planned.

@@ -320,11 +320,14 @@ impl TunerLayer for TinyloraLayer {
     fn describe(&self) -> String {
         match self.base {
             TinyloraBase::Linear { .. } => format!(
-                "tinylora.Linear(in_features={}, out_features={}, bias=True)",
-                self.in_features, self.out_features
+                "tinylora.Linear(in_features={}, out_features={}, r={}, u={})",
+                self.in_features, self.out_features, self.r, self.u
             ),
             TinyloraBase::Embedding => {
-                format!("tinylora.Embedding({}, {})", self.in_features, self.out_features)
+                format!(
+                    "tinylora.Embedding({}, {}, r={}, u={})",
+                    self.in_features, self.out_features, self.r, self.u
+                )
             }
         }
     }
