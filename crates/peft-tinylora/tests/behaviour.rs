@@ -263,3 +263,24 @@ fn a_file_of_another_shape_is_refused_naming_the_key() {
     let err = load_error(model, &vs, dir.path());
     assert_shape_mismatch(&err, "base_model.model.lin0.tinylora_P", &[4, 2, 2], &[3, 2, 2]);
 }
+
+#[test]
+fn half_precision_bases_get_f32_adapters_and_keep_their_output_dtype() {
+    let _rng = rng_lock();
+    let (mut vs, model) = LayerZoo::seeded(0);
+    vs.bfloat16();
+    let cfg = TinyloraConfig {
+        init_weights: TinyloraInit::Scheme("uniform".into()),
+        ..config(&["lin0", "emb"], 3)
+    };
+    let mut peft = PeftModel::new(model, &vs, cfg.boxed(), "default").unwrap();
+    let layer = tuner::<TinyloraLayer>(peft.model().lin0.slots(), "default");
+    let (a, b, p, v) = layer.tensors();
+    assert!([a, b, p, v].iter().all(|t| t.kind() == Kind::Float), "autocast adapters are f32");
+    let x = Tensor::randn([3, 10], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+    let y = tch::no_grad(|| peft.model().lin0.forward(&x));
+    assert_eq!(y.kind(), Kind::BFloat16);
+    peft.merge_adapter(None, true).unwrap();
+    let merged = tch::no_grad(|| peft.model().lin0.forward(&x));
+    assert!(max_diff(&merged.to_kind(Kind::Float), &y.to_kind(Kind::Float)) < 5e-2);
+}
