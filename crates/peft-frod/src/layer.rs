@@ -62,6 +62,37 @@ pub struct FrodLayer {
     merge_state: Arc<Mutex<MergeState>>,
 }
 
+extern "C" {
+    fn peft_frod_sparse_coo_tensor(
+        indices: *const torch_sys::C_tensor,
+        values: *const torch_sys::C_tensor,
+        size: *const i64,
+        ndim: usize,
+        out: *mut *mut torch_sys::C_tensor,
+    ) -> *mut std::ffi::c_char;
+}
+
+/// `torch.sparse_coo_tensor(indices, values, size)` as PEFT calls it: differentiable in `values`
+/// (`csrc/frod.cpp`; tch's own binding starts a new graph).
+///
+/// # Errors
+/// Positions or values libtorch rejects.
+pub fn sparse_coo_tensor(indices: &Tensor, values: &Tensor, size: &[i64]) -> Result<Tensor> {
+    let mut out: *mut torch_sys::C_tensor = std::ptr::null_mut();
+    // SAFETY: live tch tensors and a live slice borrowed for the call; the shim returns an owned tensor
+    // or an owned message.
+    unsafe {
+        let err = peft_frod_sparse_coo_tensor(
+            indices.as_ptr(),
+            values.as_ptr(),
+            size.as_ptr(),
+            size.len(),
+            &mut out,
+        );
+        peft_core::rng::take_tensor(err, out, "FRoD's sparse S")
+    }
+}
+
 /// PEFT's `_calculate_frod_u_and_lambda`: `(U, λ)` in f32 from `V` `(in, in)` and `W` `(out, in)`.
 fn u_and_lambda(v: &Tensor, w: &Tensor) -> Tch<(Tensor, Tensor)> {
     let w = w.f_detach()?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?;
@@ -231,7 +262,12 @@ impl FrodLayer {
     fn sparse_s(&self, indices: &Tensor, kind: Kind, device: Device) -> Tensor {
         let indices = indices.to_device(device).to_kind(Kind::Int64);
         let values = self.lambda_s.to_device(device).to_kind(kind);
-        Tensor::sparse_coo_tensor_indices_size(&indices, &values, self.size, (kind, device), false).coalesce()
+        sparse_coo_tensor(&indices, &values, &self.size)
+            .unwrap_or_else(|e| {
+                log::warn!("{e}; building it with tch's factory (no gradient reaches the values of S)");
+                Tensor::sparse_coo_tensor_indices_size(&indices, &values, self.size, (kind, device), false)
+            })
+            .coalesce()
     }
 
     fn drop_input(&self, x: &Tensor, ctx: &ForwardCtx<'_>) -> Tensor {

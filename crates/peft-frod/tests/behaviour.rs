@@ -241,3 +241,31 @@ fn the_config_round_trips_through_peft_json() {
     assert_eq!(config, again);
     assert!(warnings.is_empty(), "{warnings:?}");
 }
+
+#[test]
+fn gradients_reach_lambda_and_the_values_of_s_as_through_the_dense_formula() {
+    let _rng = rng_lock();
+    let (vs, zoo) = LayerZoo::seeded(0);
+    let peft = PeftModel::new(zoo, &vs, config(&["lin0"], 0.3).boxed(), "default").unwrap();
+    perturb(&peft);
+    let x = x();
+    let lin = &peft.model().lin0;
+    let layer = tuner::<FrodLayer>(lin.slots(), "default");
+    let (lambda, values, u, v, idx) = layer.tensors();
+    assert!(lambda.requires_grad() && values.requires_grad());
+    (lin.forward(&x) * Tensor::arange(20, (Kind::Float, Device::Cpu))).sum(Kind::Float).backward();
+    let (gl, gs) = (lambda.grad().copy(), values.grad().copy());
+    let l2 = lambda.detach().copy().set_requires_grad(true);
+    let s2 = values.detach().copy().set_requires_grad(true);
+    let s = Tensor::zeros([10, 10], (Kind::Float, Device::Cpu)).index_put(
+        &[Some(idx.get(0)), Some(idx.get(1))],
+        &s2,
+        false,
+    );
+    let w = u.matmul(&(s + l2.diag_embed(0, -2, -1))).matmul(&v.tr());
+    (x.linear::<Tensor>(&w, None) * Tensor::arange(20, (Kind::Float, Device::Cpu)))
+        .sum(Kind::Float)
+        .backward();
+    assert!(max_diff(&gl, &l2.grad()) < 1e-4, "λ: {gl} vs {}", l2.grad());
+    assert!(max_diff(&gs, &s2.grad()) < 1e-4, "S: {gs} vs {}", s2.grad());
+}
