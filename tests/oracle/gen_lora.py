@@ -672,6 +672,12 @@ def outputs_of(model, x, active, merge=True):
             out["disabled"] = model(x)
         if not merge:
             return out
+        if merge == "no_unmerge":
+            # Methods that merge but cannot unmerge (OSF): merge_and_unload on a copy, then merge in place.
+            out["merge_and_unload"] = copy.deepcopy(model).merge_and_unload()(x)
+            model.merge_adapter()
+            out["merged"] = model(x)
+            return out
         model.merge_adapter()
         out["merged"] = model(x)
         model.unmerge_adapter()

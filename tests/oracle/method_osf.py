@@ -5,25 +5,26 @@ peft-rs refuses them, see crates/peft-osf). The rows cover both non-square cases
 lin1 2x20 keeps V_high), square layers (DeepMLP's 10x10 blocks, projected through the low init),
 `effective_rank` as an integer, a fraction and the default half, `rank_pattern` (regex search, first
 match wins), a preserved rank equal to the full rank (nothing left to train), several adapters (only the
-first active one acts), modules_to_save and a random init. No output row merges: PEFT's OSF cannot unmerge
-(the behaviour tests check merging); the training rows check the gradient projection.
+first active one acts), modules_to_save and a random init. PEFT's OSF merges but cannot unmerge: the output
+rows say merge="no_unmerge" (merged and merge_and_unload outputs, no unmerge). The training rows check the
+gradient projection.
 """
 
 OSF = dict(method="OSF")
 CASES = [
-    dict(OSF, name="osf_mlp", model="MLP", merge=False, adapters={"default": dict(target_modules=["lin0", "lin1"])}),
+    dict(OSF, name="osf_mlp", model="MLP", merge="no_unmerge", adapters={"default": dict(target_modules=["lin0", "lin1"])}),
     dict(
         OSF,
         name="osf_square_fraction",
         model="DeepMLP",
-        merge=False,
-        adapters={"default": dict(target_modules="all-linear", effective_rank=0.3)},
+        merge="no_unmerge",
+        adapters={"default": dict(target_modules="all-linear", effective_rank=0.6)},
     ),
     dict(
         OSF,
         name="osf_rank_pattern",
         model="DeepMLP",
-        merge=False,
+        merge="no_unmerge",
         adapters={
             "default": dict(
                 target_modules=["lin0", "lin1", "out"],
@@ -36,7 +37,7 @@ CASES = [
         OSF,
         name="osf_two_adapters",
         model="MLP",
-        merge=False,
+        merge="no_unmerge",
         adapters={
             "alpha": dict(target_modules=["lin0", "lin1"], effective_rank=4),
             "beta": dict(target_modules=["lin0"], effective_rank=0.5),
@@ -47,14 +48,14 @@ CASES = [
         OSF,
         name="osf_modules_to_save",
         model="MLP",
-        merge=False,
+        merge="no_unmerge",
         adapters={"default": dict(target_modules=["lin0"], effective_rank=3, modules_to_save=["lin1"])},
     ),
     dict(
         OSF,
         name="osf_random_init",
         model="MLP",
-        merge=False,
+        merge="no_unmerge",
         perturb=0.0,
         adapters={"default": dict(target_modules=["lin0", "lin1"], effective_rank=6, init_weights=False)},
     ),
@@ -64,7 +65,7 @@ CASES = [
 INIT_CASES = [
     dict(OSF, name="osf_default", model="MLP", config=dict(target_modules=["lin0", "lin1"])),
     dict(OSF, name="osf_all_linear_by_default", model="DeepMLP", config=dict(effective_rank=3)),
-    dict(OSF, name="osf_random", model="MLP", config=dict(target_modules=["lin0", "lin1"], effective_rank=0.25, init_weights=False)),
+    dict(OSF, name="osf_random", model="MLP", config=dict(target_modules=["lin0", "lin1"], effective_rank=0.5, init_weights=False)),
     dict(OSF, name="osf_modules_to_save_init", model="MLP", config=dict(target_modules=["lin0"], modules_to_save=["lin1"])),
 ]
 
@@ -72,7 +73,7 @@ INIT_CASES = [
 # gradients; the same steps here go through the libtorch hook.
 TRAIN_CASES = [
     dict(OSF, name="osf_sgd", model="MLP", optimizer="sgd", lr=0.1, steps=5, config=dict(target_modules=["lin0", "lin1"], effective_rank=3)),
-    dict(OSF, name="osf_square_adamw", model="DeepMLP", optimizer="adamw", lr=0.01, steps=4, config=dict(target_modules="all-linear", effective_rank=0.4)),
+    dict(OSF, name="osf_square_adamw", model="DeepMLP", optimizer="adamw", lr=0.01, steps=4, config=dict(target_modules="all-linear", effective_rank=0.7)),
     dict(
         OSF,
         name="osf_pattern_adamw",

@@ -83,6 +83,34 @@ pub fn rust_outputs(
     out
 }
 
+/// [`rust_outputs`] for a case's `merge` value: `true` / `false` (absent: `true`), or `"no_unmerge"` for
+/// methods that merge but cannot unmerge (OSF): the unmerged states, `merged` and `merge_and_unload`, and
+/// unmerging must fail.
+pub fn rust_outputs_for(
+    mut peft: PeftModel<TestModel>,
+    x: &Tensor,
+    active: &[String],
+    merge: &Value,
+) -> BTreeMap<String, Tensor> {
+    if merge.as_str() != Some("no_unmerge") {
+        return rust_outputs(peft, x, active, merge.as_bool().unwrap_or(true));
+    }
+    let names: Vec<&str> = active.iter().map(String::as_str).collect();
+    peft.set_adapters(&names).unwrap();
+    let mut out = BTreeMap::new();
+    out.insert("unmerged".to_string(), forward(peft.model(), x));
+    {
+        let disabled = peft.disable_adapters().unwrap();
+        out.insert("disabled".to_string(), forward(&disabled, x));
+    }
+    peft.merge_adapter(None, false).unwrap();
+    out.insert("merged".to_string(), forward(peft.model(), x));
+    assert!(peft.unmerge_adapter().is_err(), "unmerging is refused");
+    let bare = peft.merge_and_unload(None, false).unwrap();
+    out.insert("merge_and_unload".to_string(), forward(&bare, x));
+    out
+}
+
 /// Compares `get_layer_status` / `get_model_status` with PEFT's for the same adapters, `active` set.
 pub fn assert_same_status(peft: &mut PeftModel<TestModel>, active: &[String], expected: &Value, case: &str) {
     let names: Vec<&str> = active.iter().map(String::as_str).collect();

@@ -8,7 +8,7 @@ use peft_core::{LoadOptions, PeftModel, SaveOptions};
 use peft_parity::compare::{assert_close, assert_differs, assert_identical};
 use peft_parity::harness::{
     self, assert_same_config, assert_same_status, base_model, forward, method_config, replay_training_case,
-    rust_outputs, sorted_vars, strings, TrainingHooks,
+    rust_outputs_for, sorted_vars, strings, TrainingHooks,
 };
 use peft_parity::models::{read_all, read_tensor, TestModel};
 use peft_parity::oracle::{self, read_json};
@@ -71,7 +71,7 @@ fn peft_saves_peft_rs_loads_same_outputs() {
             peft.load_adapter(&adir, opts(n)).unwrap();
         }
         let active = strings(&meta["active"]);
-        let outputs = rust_outputs(peft, &x, &active, meta["merge"].as_bool().unwrap_or(true));
+        let outputs = rust_outputs_for(peft, &x, &active, &meta["merge"]);
         assert_eq!(
             outputs.keys().collect::<Vec<_>>(),
             expected.keys().filter(|k| k.as_str() != "base").collect::<Vec<_>>(),
@@ -120,7 +120,7 @@ fn peft_rs_saves_peft_loads_same_outputs() {
         if scale > 0.0 {
             perturb(&peft, scale);
         }
-        let merge = meta["merge"].as_bool().unwrap_or(true);
+        let merge = if meta["merge"].is_null() { Value::from(true) } else { meta["merge"].clone() };
         assert_same_status(&mut peft, &active, &meta["status"], &case);
         let out_dir = work.path().join(&case);
         std::fs::create_dir_all(&out_dir).unwrap();
@@ -138,7 +138,7 @@ fn peft_rs_saves_peft_loads_same_outputs() {
                 (n.clone(), read_json(&sub.join("adapter_config.json")))
             })
             .collect();
-        let outputs = rust_outputs(peft, &x, &active, merge);
+        let outputs = rust_outputs_for(peft, &x, &active, &merge);
         assert_differs(&outputs["unmerged"], &outputs["disabled"], 1e-4, &format!("{case}: adapter effect"));
         ours.insert(case, (meta, outputs, configs));
     }

@@ -73,8 +73,8 @@ impl Default for OsfConfig {
 pub fn default_targets(model_type: &str) -> Option<TargetModules> {
     const ATTN_MLP: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj"];
     let names: &[&str] = match model_type {
-        "llama" | "llama4" | "mistral" | "mixtral" | "gemma" | "gemma2" | "gemma3_text" | "qwen2" | "qwen3"
-        | "phi" => ATTN_MLP,
+        "llama" | "llama4" | "mistral" | "mixtral" | "gemma" | "gemma2" | "gemma3_text" | "qwen2"
+        | "qwen3" | "phi" => ATTN_MLP,
         "gpt2" | "gpt_bigcode" => &["c_attn", "c_proj"],
         "bloom" | "gpt_neox" | "falcon" => &["query_key_value", "dense_4h_to_h"],
         "opt" => &["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
@@ -154,7 +154,8 @@ impl AdapterConfig for OsfConfig {
     /// every linear layer (`"all-linear"`) for a model type it has no entry for (custom models included).
     fn prepare_for_model(&mut self, model_type: Option<&str>) -> Result<()> {
         if self.target_modules.is_none() && model_type.and_then(default_targets).is_none() {
-            self.target_modules = Some(TargetModules::Regex(peft_core::peft_config::targets::ALL_LINEAR.into()));
+            self.target_modules =
+                Some(TargetModules::Regex(peft_core::peft_config::targets::ALL_LINEAR.into()));
         }
         Ok(())
     }

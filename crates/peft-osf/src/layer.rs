@@ -159,15 +159,14 @@ impl OsfLayer {
         };
         let params = &ctx.path / "osf_svd_params" / ctx.adapter_name;
         let adapter = ctx.adapter_name;
-        let buffer = |dict: &str, t: &Tensor| -> Result<Tensor> {
-            Ok((&ctx.path / dict).add(adapter, to_final(t)?, false))
-        };
-        let u_low_init = buffer("_osf_U_low_init", &u_low)?;
-        let s_low_init = buffer("_osf_S_low_init", &s_low)?;
-        let v_low_init = buffer("_osf_V_low_init", &v_low)?;
+        // The buffers stay outside the var store, as PyTorch buffers are outside `parameters()`: nothing
+        // that walks the adapter's variables (optimizers, perturbations, `requires_grad`) sees them.
+        let u_low_init = to_final(&u_low)?;
+        let s_low_init = to_final(&s_low)?;
+        let v_low_init = to_final(&v_low)?;
         let (u_square, v_square) = (out_features <= in_features, out_features >= in_features);
-        let u_high = if u_square { None } else { Some(buffer("_osf_U_high", &u_high)?) };
-        let v_high = if v_square { None } else { Some(buffer("_osf_V_high", &v_high)?) };
+        let u_high = if u_square { None } else { Some(to_final(&u_high)?) };
+        let v_high = if v_square { None } else { Some(to_final(&v_high)?) };
         let s_low_p = params.add("S_low", to_final(&s_train)?, true);
         let u_low_p = params.add("U_low", to_final(&u_train)?, true);
         let v_low_p = params.add("V_low", to_final(&v_train)?, true);

@@ -96,7 +96,10 @@ fn the_adapter_is_the_identity_at_init_and_splits_the_svd() {
         let l = layer(&peft, name);
         assert_eq!(l.effective_rank(), 3);
         let (u, s, v) = l.low();
-        assert_eq!((u.size(), s.size(), v.size()), (vec![l_out(name), m - 3], vec![m - 3], vec![m - 3, l_in(name)]));
+        assert_eq!(
+            (u.size(), s.size(), v.size()),
+            (vec![l_out(name), m - 3], vec![m - 3], vec![m - 3, l_in(name)])
+        );
         // U_high S_high V_high + U_low S_low V_low is the weight.
         let w = weight(&peft, name);
         let (uh, vh) = high(&w, 3);
@@ -166,8 +169,14 @@ fn gradients_of_the_low_factors_are_orthogonal_to_the_frozen_directions_in_a_pla
             let (du, dv) = (u.grad(), v.grad());
             assert!(du.abs().max().double_value(&[]) > 1e-6, "{name}: U_low gets a gradient");
             assert!(s.grad().abs().max().double_value(&[]) > 1e-6, "{name}: S_low is not projected");
-            assert!(uh.transpose(0, 1).mm(&du).abs().max().double_value(&[]) < 1e-6, "{name} step {step}: dU ⟂ U_high");
-            assert!(dv.mm(&vh.transpose(0, 1)).abs().max().double_value(&[]) < 1e-6, "{name} step {step}: dV ⟂ V_high");
+            assert!(
+                uh.transpose(0, 1).mm(&du).abs().max().double_value(&[]) < 1e-6,
+                "{name} step {step}: dU ⟂ U_high"
+            );
+            assert!(
+                dv.mm(&vh.transpose(0, 1)).abs().max().double_value(&[]) < 1e-6,
+                "{name} step {step}: dV ⟂ V_high"
+            );
         }
         opt.step();
     }
@@ -218,14 +227,17 @@ fn layers_and_ranks_osf_cannot_take_are_refused_by_name() {
     assert_unsupported_layer(&err, "proj", "OSF", "quantized linears are not supported");
     for rank in [Num::from(0), Num::from(-2), Num::from(0.01)] {
         let (vs, zoo) = LayerZoo::seeded(0);
-        let err = PeftModel::new(zoo, &vs, config(&["lin1"], Some(rank.clone())).boxed(), "default").unwrap_err();
+        let err =
+            PeftModel::new(zoo, &vs, config(&["lin1"], Some(rank.clone())).boxed(), "default").unwrap_err();
         assert!(
-            err.to_string().contains("`effective_rank` should be a positive integer value but the value passed is 0"),
+            err.to_string()
+                .contains("`effective_rank` should be a positive integer value but the value passed is 0"),
             "{rank:?}: {err}"
         );
     }
     let mut w = vec![];
-    let err = OsfConfig::from_json_str(r#"{"peft_type": "OSF", "rank_pattern": {"lin(": 2}}"#, &mut w).unwrap_err();
+    let err =
+        OsfConfig::from_json_str(r#"{"peft_type": "OSF", "rank_pattern": {"lin(": 2}}"#, &mut w).unwrap_err();
     assert!(err.to_string().contains("rank_pattern key \"lin(\" is not a valid regex"), "{err}");
 }
 
@@ -246,7 +258,8 @@ fn the_config_keeps_what_peft_keeps() {
     assert_eq!(in_memory.effective_rank_for("a_z", 10), 1, "in insertion order");
     assert_eq!(in_memory.effective_rank_for("a", 10), 5);
     assert_eq!(config.init_weights, Some(true));
-    let again = OsfConfig::from_json_str(&peft_core::config::to_config_file_text(&config), &mut warnings).unwrap();
+    let again =
+        OsfConfig::from_json_str(&peft_core::config::to_config_file_text(&config), &mut warnings).unwrap();
     assert_eq!(config, again);
     assert!(warnings.is_empty(), "{warnings:?}");
 }
@@ -255,7 +268,8 @@ fn the_config_keeps_what_peft_keeps() {
 fn files_of_another_rank_fail_naming_key_and_shapes_and_nan_merges_are_refused() {
     let _rng = rng_lock();
     let (vs, zoo) = LayerZoo::seeded(0);
-    let mut peft = PeftModel::new(zoo, &vs, config(&["lin0"], Some(Num::from(4))).boxed(), "default").unwrap();
+    let mut peft =
+        PeftModel::new(zoo, &vs, config(&["lin0"], Some(Num::from(4))).boxed(), "default").unwrap();
     let dir = save_with_config_edit(&peft, "\"effective_rank\": 4", "\"effective_rank\": 3");
     let (vs2, zoo2) = LayerZoo::seeded(0);
     let err = load_error(zoo2, &vs2, dir.path());
