@@ -13,16 +13,24 @@ impl<M: Adaptable> PeftModel<M> {
     /// Every parameter under PEFT's in-memory name, in the order PEFT's `named_parameters()` lists the
     /// adapter tensors (layer by layer, `lora_A` before `lora_B`), then the base parameters:
     /// `base_model.model.<module>.lora_A.<adapter>.weight`, `base_model.model.<module>.base_layer.weight`
-    /// for adapted layers, `base_model.model.<name>` otherwise.
+    /// for adapted layers, `base_model.model.<name>` otherwise. An adapter tensor several layers hold (LiLy's
+    /// shared `lily_A` / `lily_B`) is listed once, under the first of them, as torch lists a shared
+    /// parameter once.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         let mut adapted = BTreeSet::new();
+        let mut seen: BTreeSet<(usize, Vec<i64>)> = BTreeSet::new();
         for layer in &self.model.index().layers {
             if layer.adapters.values().any(|a| a.peft_type != MODULES_TO_SAVE) {
                 adapted.insert(layer.name.as_str());
             }
             for entry in layer.adapters.values() {
                 for t in &entry.named {
+                    // The same memory and shape: the same tensor (empty tensors have no memory to compare).
+                    let id = (t.tensor.data_ptr() as usize, t.tensor.size());
+                    if t.tensor.numel() > 0 && !seen.insert(id) {
+                        continue;
+                    }
                     out.push((format!("{PEFT_PREFIX}{}.{}", layer.name, t.name), t.tensor.shallow_clone()));
                 }
             }
