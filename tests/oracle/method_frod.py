@@ -60,6 +60,29 @@ CASES = [
             "gamma": dict(target_modules=["lin1"], sparse_rate=0.2),
         },
     ),
+    # The second adapter meets `lin0` (shared with the first: PEFT copies the first adapter's tensors under
+    # the new name) before `lin1`, which no adapter has: PEFT then decomposes every category of the second
+    # config under its name, replacing the copied `lin0` entry.
+    dict(
+        FROD,
+        name="frod_second_adds_category",
+        model="DeepMLP",
+        adapters={
+            "a": dict(target_modules=["lin0"], sparse_rate=0.1),
+            "b": dict(target_modules=["lin0", "lin1"], sparse_rate=0.1),
+        },
+        active=["a", "b"],
+    ),
+    dict(
+        FROD,
+        name="frod_two_dropout",
+        model="MLP",
+        adapters={
+            "a": dict(target_modules=["lin0"], sparse_rate=0.1, frod_dropout=0.3),
+            "b": dict(target_modules=["lin0"], sparse_rate=0.1),
+        },
+        active=["a", "b"],
+    ),
     dict(FROD, name="frod_dropout", model="MLP", adapters={"default": dict(target_modules=["lin0", "lin1"], frod_dropout=0.2)}),
     dict(
         FROD,
@@ -90,6 +113,7 @@ INIT_CASES = [
 TRAIN_CASES = [
     dict(FROD, name="frod_train", model="MLP", optimizer="sgd", lr=0.5, steps=5, config=dict(target_modules=["lin0", "lin1"], sparse_rate=0.2)),
     dict(FROD, name="frod_train_deep", model="DeepMLP", optimizer="adamw", lr=0.01, steps=4, config=dict(target_modules=["lin0", "out"], sparse_rate=0.1)),
+    dict(FROD, name="frod_train_conv1d", model="MLPConv1D", optimizer="adamw", lr=0.01, steps=3, config=dict(target_modules=["c_fc", "c_proj"], sparse_rate=0.1)),
     dict(FROD, name="frod_train_dropout", model="MLP", optimizer="sgd", lr=0.3, steps=4, config=dict(target_modules=["lin0", "lin1"], sparse_rate=0.1, frod_dropout=0.1)),
 ]
 
