@@ -230,10 +230,30 @@ impl AdapterConfig for TinyloraConfig {
         Ok(())
     }
 
-    /// PEFT drops projections it finds in a file saved without them (its `persistent=False` buffers
-    /// ignore them, with a warning); the projections drawn from the seed stay.
-    fn read_file_tensors(&self, tensors: NamedTensors, path: &std::path::Path) -> Result<NamedTensors> {
+    /// PEFT's `_remap_adapter_state_dict_for_load` on projections: with `save_projection`, layers whose
+    /// projections the file lacks keep the ones drawn from the seed (with PEFT's warning); without it,
+    /// projections the file has are ignored (PEFT's `persistent=False` buffers take none).
+    fn read_file_tensors(&self, mut tensors: NamedTensors, path: &std::path::Path) -> Result<NamedTensors> {
+        let relative =
+            |k: &str| k.strip_prefix(peft_core::peft_config::keys::PEFT_PREFIX).unwrap_or(k).to_string();
         if self.save_projection {
+            let present: std::collections::HashSet<String> =
+                tensors.iter().filter(|(k, _)| k.contains(".tinylora_P")).map(|(k, _)| relative(k)).collect();
+            let missing: Vec<(String, tch::Tensor)> = self
+                .vectors
+                .projections()
+                .into_iter()
+                .filter(|(m, _)| !present.contains(&format!("{m}.tinylora_P")))
+                .collect();
+            if !missing.is_empty() {
+                log::warn!(
+                    "{}: Specified to load tinylora_P from state dictionary however it was not present! Projection                      tensors will be regenerated from the projection_seed ({} layers)",
+                    path.display(),
+                    missing.len()
+                );
+                let prefix = peft_core::peft_config::keys::PEFT_PREFIX;
+                tensors.extend(missing.into_iter().map(|(m, p)| (format!("{prefix}{m}.tinylora_P"), p)));
+            }
             return Ok(tensors);
         }
         let (dropped, kept): (NamedTensors, NamedTensors) =

@@ -43,6 +43,8 @@ pub struct Plan {
     pub vectors: Vec<Option<Tensor>>,
     /// The module whose layer registered the first vector and lists them all.
     pub owner: Option<String>,
+    /// Each layer's projections, as drawn from the seed (what PEFT keeps when a file lacks them).
+    pub projections: Vec<(String, Tensor)>,
 }
 
 #[derive(Debug)]
@@ -116,6 +118,7 @@ impl AdapterVectors {
                 num_groups,
                 vectors: (0..num_groups).map(|_| None).collect(),
                 owner: None,
+                projections: Vec::new(),
             }),
         });
         lock(&registry.0).push(Arc::downgrade(&shared));
@@ -150,6 +153,14 @@ impl AdapterVectors {
                 .enumerate()
                 .filter_map(|(g, v)| v.as_ref().map(|v| (g, v.shallow_clone())))
                 .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// `(module, P)` for every layer of the adapter, as drawn from the seed.
+    pub fn projections(&self) -> Vec<(String, Tensor)> {
+        match self.plan_mut() {
+            Ok(p) => p.projections.iter().map(|(m, t)| (m.clone(), t.shallow_clone())).collect(),
             Err(_) => Vec::new(),
         }
     }

@@ -118,6 +118,7 @@ impl TinyloraLayer {
         let seed_index = sibling.map_or(slot.index, |s| s.seed_index);
         let p = projection(config.projection_seed.wrapping_add(seed_index), config.u, r)?;
         let (a, b, p) = (ctx.place(a)?, ctx.place(b)?, ctx.place(p)?);
+        config.vectors.plan_mut()?.projections.push((ctx.module_name.to_string(), p.copy()));
         let a = (&ctx.path / "tinylora_A").add(&adapter, a, false);
         let b = (&ctx.path / "tinylora_B").add(&adapter, b, false);
         // Without `save_projection` the projections are PEFT's non-persistent buffers: derived from the

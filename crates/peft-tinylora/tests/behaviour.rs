@@ -284,3 +284,27 @@ fn half_precision_bases_get_f32_adapters_and_keep_their_output_dtype() {
     let merged = tch::no_grad(|| peft.model().lin0.forward(&x));
     assert!(max_diff(&merged.to_kind(Kind::Float), &y.to_kind(Kind::Float)) < 5e-2);
 }
+
+#[test]
+fn projections_missing_from_a_file_are_drawn_from_the_seed() {
+    let _rng = rng_lock();
+    let peft = zoo(TinyloraConfig { projection_seed: 4, ..config(&["lin0", "lin1"], 3) });
+    let mut v = peft.named_trainable_parameters().remove(0).1;
+    tch::no_grad(|| v.copy_(&Tensor::from_slice(&[0.4f32, -0.3, 0.2])));
+    let dir = tempfile::tempdir().unwrap();
+    peft.save_pretrained(dir.path(), &SaveOptions::default()).unwrap();
+    let file = dir.path().join("adapter_model.safetensors");
+    let kept: Vec<(String, Tensor)> = peft_core::io::read_safetensors(&file)
+        .unwrap()
+        .into_iter()
+        .filter(|t| !t.key.contains("tinylora_P"))
+        .map(|t| (t.key, t.tensor))
+        .collect();
+    assert_eq!(kept.len(), 6, "A, B and v of two layers");
+    peft_core::io::write_safetensors(&file, &kept).unwrap();
+    let (vs2, model2) = LayerZoo::seeded(0);
+    let (reloaded, _) = PeftModel::from_pretrained(model2, &vs2, dir.path(), LoadOptions::default()).unwrap();
+    let x = Tensor::randn([3, 10], (Kind::Float, Device::Cpu));
+    let y = tch::no_grad(|| peft.model().forward_t(&x, false));
+    assert!(tch::no_grad(|| reloaded.model().forward_t(&x, false)).equal(&y));
+}
