@@ -23,7 +23,8 @@ pub(crate) struct TrainArgs {
     device: String,
     #[command(flatten)]
     quant: QuantArgs,
-    /// An adapter_config.json to use instead of the LoRA flags.
+    /// An adapter_config.json of any linked method to use instead of the LoRA flags (an AdaLoRA config
+    /// trains with PEFT's rank allocation; its total_step must be the number of optimizer steps).
     #[arg(long)]
     config: Option<PathBuf>,
     /// LoRA rank.
@@ -189,7 +190,8 @@ pub(crate) fn train(args: TrainArgs, quiet: bool) -> Result<()> {
                 peft_core::peft_config::files::MAX_JSON_BYTES,
             )
             .with_context(|| format!("reading {}", path.display()))?;
-            LoraConfig::from_json_str(&text, &mut Vec::new()).with_context(|| path.display().to_string())?
+            peft_core::registry::config_from_str(&text, &mut Vec::new())
+                .with_context(|| path.display().to_string())?
         }
         None => {
             if args.r < 1 {
@@ -220,7 +222,7 @@ pub(crate) fn train(args: TrainArgs, quiet: bool) -> Result<()> {
             } else {
                 peft_core::peft_config::TaskType::SeqCls
             });
-            c
+            c.boxed()
         }
     };
     let model_dir = peft_models::hub::resolve(&args.model, args.revision.as_deref())?;
@@ -248,10 +250,10 @@ pub(crate) fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     let loaded = HfModel::load_dir(&model_dir, Some(task), &load)?;
     let pad_id = pad_id_of(&loaded.model);
     let mut config = config;
-    config.common.base_model_name_or_path = Some(args.model.clone());
+    config.common_mut().base_model_name_or_path = Some(args.model.clone());
     // The seed fixes the adapter's initialisation too, so a run is reproducible end to end.
     tch::manual_seed(args.seed as i64);
-    let mut peft = PeftModel::new(loaded.model, &loaded.vs, config.boxed(), "default")?;
+    let mut peft = PeftModel::new(loaded.model, &loaded.vs, config, "default")?;
     println!("{}", peft.trainable_parameters_line());
     let mut trainer = Trainer::new(&mut peft, targs)?;
     if let Some(ckpt) = &args.resume {

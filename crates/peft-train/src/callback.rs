@@ -8,6 +8,7 @@
 use crate::error::Result;
 use crate::trainer::LogEntry;
 use peft_core::{Adaptable, PeftModel};
+use tch::Tensor;
 
 /// Hooks into every optimizer step of a [`Trainer`](crate::Trainer).
 ///
@@ -16,7 +17,9 @@ use peft_core::{Adaptable, PeftModel};
 /// call `update_and_allocate(global_step)` before incrementing it. An error from any hook stops training
 /// at once: [`Trainer::train`](crate::Trainer::train) returns it, nothing more is saved.
 ///
-/// The order within one optimizer step, after its last micro-batch's backward:
+/// For every micro-batch, [`adjust_loss`](Self::adjust_loss) may add to the loss before it is checked,
+/// logged and backpropagated (AdaLoRA's orthogonal regularisation, which PEFT's model adds to
+/// `outputs.loss`). The order within one optimizer step, after its last micro-batch's backward:
 /// [`after_backward`](Self::after_backward) → gradient clipping → optimizer step →
 /// [`after_optimizer_step`](Self::after_optimizer_step) → `zero_grad` → logging
 /// ([`on_log`](Self::on_log)) → evaluation and checkpoints; [`on_train_end`](Self::on_train_end) runs once
@@ -81,6 +84,16 @@ use peft_core::{Adaptable, PeftModel};
 /// [`Trainer::with_callback`](crate::Trainer::with_callback); the workspace test
 /// `tests/tests/train_callbacks.rs` pins the order above.
 pub trait StepCallback<M: Adaptable> {
+    /// The training loss of one micro-batch, before it is checked for NaN, logged and backpropagated:
+    /// return it changed to add a term with its graph. The default returns it as it is.
+    ///
+    /// # Errors
+    /// Any error stops training.
+    fn adjust_loss(&mut self, peft: &PeftModel<M>, loss: Tensor) -> Result<Tensor> {
+        let _ = peft;
+        Ok(loss)
+    }
+
     /// After the backward pass of the step's last micro-batch: the gradients are complete and not yet
     /// clipped; the parameters are as before the step. A gradient transformation goes here.
     ///

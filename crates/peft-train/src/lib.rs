@@ -5,7 +5,8 @@
 //!   seeding, checkpoints (adapter + optimizer state + step), a clear stop on a non-finite loss, a progress
 //!   bar, `metrics.jsonl`, `loss.png` and a summary.
 //! * [`StepCallback`] — hooks after backward, after the optimizer step (gradients still present), on log
-//!   and at the end of training, registered on the [`Trainer`].
+//!   and at the end of training, registered on the [`Trainer`]; [`adalora::AdaLoraCallback`] drives
+//!   AdaLoRA's rank allocation (added by the trainer itself for AdaLoRA adapters).
 //! * [`optim`] — PEFT's LoRA+ grouping and LoRA-FA optimizer.
 //! * [`data`] — JSONL datasets (text, prompt/completion, chat, classification), tokenized with
 //!   `tokenizer.json`, padded, truncated and optionally grouped by length.
@@ -14,6 +15,7 @@
 //! stay fp32, as PEFT's `autocast_adapter_dtype` does. Gradient checkpointing needs a custom autograd
 //! function, which tch cannot define; see `docs/ARCHITECTURE.md`.
 
+pub mod adalora;
 pub mod callback;
 pub mod chat;
 pub mod data;

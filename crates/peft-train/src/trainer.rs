@@ -308,6 +308,8 @@ pub struct Trainer<'a, M: Adaptable> {
     state: TrainerState,
     device: Device,
     callbacks: Vec<Box<dyn StepCallback<M>>>,
+    /// Whether [`Trainer::train`] adds the callbacks the trained method needs (AdaLoRA's allocator).
+    method_callbacks: bool,
 }
 
 impl<M: Adaptable> std::fmt::Debug for Trainer<'_, M> {
@@ -384,6 +386,7 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
             state: TrainerState::default(),
             device,
             callbacks: Vec::new(),
+            method_callbacks: true,
         })
     }
 
@@ -397,6 +400,14 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
     #[must_use]
     pub fn with_callback(mut self, callback: impl StepCallback<M> + 'static) -> Self {
         self.callbacks.push(Box::new(callback));
+        self
+    }
+
+    /// Leaves out the callbacks [`Trainer::train`] adds for the trained method by itself (for AdaLoRA,
+    /// [`crate::adalora::AdaLoraCallback`]) — for a loop that registers its own.
+    #[must_use]
+    pub fn without_method_callbacks(mut self) -> Self {
+        self.method_callbacks = false;
         self
     }
 
@@ -457,7 +468,10 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
     /// `save_steps` and the final adapter (plus `metrics.jsonl`, `training_args.json` and `loss.png`) to
     /// `output_dir`.
     ///
-    /// Registered [`StepCallback`]s run at their points of every step.
+    /// Registered [`StepCallback`]s run at their points of every step. An AdaLoRA adapter is trained as
+    /// PEFT prescribes without further code: [`crate::adalora::AdaLoraCallback`] is added first (unless
+    /// [`Trainer::without_method_callbacks`]), which needs the config's `total_step` to equal the steps
+    /// this run takes.
     ///
     /// # Errors
     /// [`TrainError::NonFiniteLoss`] when the loss becomes NaN/inf, I/O errors, model errors, the first
@@ -477,6 +491,21 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
         // run's lines.
         self.write_metrics()?;
         let total = self.total_steps(train.examples.len());
+        if self.method_callbacks {
+            // What PEFT's users wire into their loops by hand: AdaLoRA's rank allocation after each
+            // optimizer step and its orthogonal regularisation in the loss. Added once, first.
+            self.method_callbacks = false;
+            if let Some(cb) = crate::adalora::method_callback(self.peft, &self.adapter, total)? {
+                if self.state.global_step > 0 {
+                    return Err(TrainError::Checkpoint(
+                        "resuming AdaLoRA training is not supported: the rank allocator's importance \
+                         statistics are not part of the checkpoint"
+                            .into(),
+                    ));
+                }
+                self.callbacks.insert(0, cb);
+            }
+        }
         let warmup = if self.args.warmup_steps > 0 {
             self.args.warmup_steps
         } else {
@@ -528,7 +557,10 @@ impl<'a, M: Adaptable> Trainer<'a, M> {
                     Some(o) => ctx.with_row_values(o),
                     None => ctx,
                 };
-                let (loss, _) = loss_fn(self.peft.model(), &batch, &ctx)?;
+                let (mut loss, _) = loss_fn(self.peft.model(), &batch, &ctx)?;
+                for cb in &mut self.callbacks {
+                    loss = cb.adjust_loss(self.peft, loss)?;
+                }
                 let lv = loss.double_value(&[]);
                 let lr_now = self.args.learning_rate
                     * self.args.lr_scheduler_type.factor(self.state.global_step, warmup, total);
