@@ -6,8 +6,9 @@
 //!
 //! * the checkpoint holds each vector once, under `base_model.tinylora_v.<group>`;
 //! * `named_parameters()` lists them under the first TinyLoRA layer of the model
-//!   (`base_model.model.<first>.tinylora_v.<adapter>.<group>`): here the first layer of the adapter
-//!   registers and lists them (the same name whenever the adapters share their first layer);
+//!   (`base_model.model.<first>.tinylora_v.<adapter>.<group>`): here the first layer of each group
+//!   makes and registers its vector and the adapter's first layer lists them all (PEFT's names whenever
+//!   the adapters share their first layer);
 //! * every layer's status lists every adapter's vectors (available, `requires_grad`, device), through
 //!   [`peft_core::TunerLayer::status_shared_parameters`] and the [`Registry`].
 //!

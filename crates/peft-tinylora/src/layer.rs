@@ -68,7 +68,9 @@ impl TinyloraLayer {
     ///
     /// # Errors
     /// [`PeftError::UnsupportedLayer`] for anything but linear layers, `Conv1D` and embeddings (quantized
-    /// bases included); a second adapter whose `fan_in_fan_out` contradicts the layer (see below).
+    /// bases included); an adapter added to a wrapped, non-square linear layer whose `fan_in_fan_out`
+    /// contradicts the layer's weight layout (PEFT decomposes the weight the other way round then and fails
+    /// in its forward pass).
     pub fn create(config: &mut TinyloraConfig, ctx: &mut LayerInit<'_, '_>) -> Result<Self> {
         let sibling = ctx.siblings.values().find_map(|t| t.as_any().downcast_ref::<TinyloraLayer>());
         let (base, weight, in_features, out_features) = if let Some(lin) = ctx.base.as_linear() {
