@@ -54,7 +54,8 @@ impl UniloraLayer {
     /// Creates the adapter as PEFT's `update_layer` and `_assign_unilora_indices_and_scales` do: the
     /// placeholder maps `randint(0, theta_d_length, (r, in))` and `(out, r)` drawn (and discarded, PEFT
     /// overwrites them) so the global generator moves as in PEFT, then this layer's part of the adapter's
-    /// index map, its scales in the base weight's dtype, and θ (placed and registered by the first layer).
+    /// index map, its scales and θ (placed as PEFT places adapter tensors; θ registered by the first
+    /// layer).
     ///
     /// # Errors
     /// [`PeftError::UnsupportedLayer`] for anything but dense linear layers and `Conv1D` (quantized
@@ -89,16 +90,18 @@ impl UniloraLayer {
                 ctx.module_name
             ))
         })?;
-        let (base_kind, _, device) = ctx.placement()?;
+        let (_, _, device) = ctx.placement()?;
         let part = |start: i64, shape: [i64; 2]| -> std::result::Result<(Tensor, Tensor), tch::TchError> {
             let idx = plan.indices.f_narrow(0, start, shape[0] * shape[1])?.f_view(shape)?.copy();
             let scales = plan.inv_sqrt_counts.f_index(&[Some(&idx)])?;
-            Ok((idx.f_to_device(device)?, scales.f_to_device(device)?.f_to_kind(base_kind)?))
+            Ok((idx.f_to_device(device)?, scales))
         };
-        let (indices_a, scales_a) =
-            part(offset, [r, in_features]).map_err(torch("taking a layer's part of UniLoRA's index map"))?;
-        let (indices_b, scales_b) = part(offset + r * in_features, [out_features, r])
-            .map_err(torch("taking a layer's part of UniLoRA's index map"))?;
+        let what = "taking a layer's part of UniLoRA's index map";
+        let (indices_a, scales_a) = part(offset, [r, in_features]).map_err(torch(what))?;
+        let (indices_b, scales_b) = part(offset + r * in_features, [out_features, r]).map_err(torch(what))?;
+        // PEFT casts the scales to the base weight's dtype, and its adapter-dtype autocast (which covers
+        // buffer dicts too) brings half-precision ones back to f32: rounded through the base dtype.
+        let (scales_a, scales_b) = (ctx.place(scales_a)?, ctx.place(scales_b)?);
         let adapter = ctx.adapter_name.to_string();
         let shared = config.shared.clone();
         let (theta, owns_theta) = match shared.get(&adapter) {

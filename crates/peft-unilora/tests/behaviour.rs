@@ -282,3 +282,24 @@ fn the_config_round_trips_through_peft_json() {
     assert_eq!(config, again);
     assert!(warnings.is_empty(), "{warnings:?}");
 }
+
+#[test]
+fn a_half_precision_base_gets_f32_theta_and_scales_rounded_through_its_dtype() {
+    let _rng = rng_lock();
+    let (mut vs, zoo) = LayerZoo::seeded(0);
+    vs.bfloat16();
+    // 60 entries over 7 values: scales 1/√8 and 1/√9, the first not a bf16 number.
+    let mut peft = PeftModel::new(zoo, &vs, config(&["lin0"], 2, 7).boxed(), "default").unwrap();
+    let (theta, _, _, sa, sb) = layer(&peft, "lin0", "default").tensors();
+    // PEFT casts θ and the scales to the base dtype, then its adapter autocast (buffers included) to f32.
+    for t in [theta, sa, sb] {
+        assert_eq!(t.kind(), Kind::Float);
+        assert!(t.equal(&t.to_kind(Kind::BFloat16).to_kind(Kind::Float)), "rounded through bf16");
+    }
+    let x = Tensor::randn([4, 10], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+    let y = tch::no_grad(|| peft.model().lin0.forward(&x));
+    assert_eq!(y.kind(), Kind::BFloat16);
+    peft.merge_adapter(None, true).unwrap();
+    let merged = tch::no_grad(|| peft.model().lin0.forward(&x));
+    assert!(max_diff(&merged.to_kind(Kind::Float), &y.to_kind(Kind::Float)) < 0.05);
+}
