@@ -4,8 +4,11 @@
 //! For each active adapter with `use_asa`, at every step in `[init_warmup, final_warmup]` each subspace's
 //! importance `I = |w·∇w|` and its uncertainty `U = |I − Ī|` are averaged (EMA, `U` first) over the
 //! subspace's `Aᵢ` and `Bᵢ`; every `mask_interval` steps within that window the subspaces are scored
-//! `mean(Ī_A·Ū_A) + mean(Ī_B·Ū_B)`, only the `target(step)` best over all layers keep training
-//! (`requires_grad`, the others' gradients dropped), and the averages restart. The schedule falls from
+//! `mean(Ī_A·Ū_A) + mean(Ī_B·Ū_B)`, the subspaces scored strictly above the `target(step)`-th best over
+//! all layers keep training — `target − 1` of them when the scores differ, as PEFT's `score > threshold`
+//! keeps — the others stop (`requires_grad` off, gradients dropped), and the averages restart.
+//! Subspaces without averages (no gradient since the last restart, e.g. masked earlier) are neither
+//! scored nor changed, so a masked subspace stays masked. The schedule falls from
 //! all subspaces to `asa_target_subspaces` as `target + (total − target)·(1 − progress)^exponent`.
 //!
 //! Call [`Asa::update_and_allocate`] after the optimizer step and before `zero_grad`, with the 0-based

@@ -17,6 +17,8 @@ pub struct Decomposition {
     pub b: Vec<Tensor>,
     /// The output rows of each subspace, ascending (`seg_result`).
     pub segments: Vec<Vec<i64>>,
+    /// Whether KMeans met a near-tie scikit-learn's BLAS rounding may have decided otherwise.
+    pub ambiguous: bool,
 }
 
 fn torch(what: &'static str) -> impl FnOnce(tch::TchError) -> PeftError {
@@ -70,7 +72,9 @@ fn decompose_inner(
     })?;
     let k = config.num_subspaces.min(h).max(1) as usize;
     let rows: Vec<f32> = Vec::<f32>::try_from(u.flatten(0, -1)).map_err(torch("AdaMSS: reading U"))?;
-    let labels = kmeans::fit_predict(&rows, h as usize, er as usize, k);
+    let clustering = kmeans::fit_predict(&rows, h as usize, er as usize, k);
+    let ambiguous = clustering.ambiguous();
+    let labels = clustering.labels;
     let mut segments: Vec<Vec<i64>> = vec![Vec::new(); k];
     for (row, &l) in labels.iter().enumerate() {
         segments[l as usize].push(row as i64);
@@ -118,5 +122,5 @@ fn decompose_inner(
         a.push(a_init.to_kind(kind));
         b.push(b_init);
     }
-    Ok(Decomposition { new_b: v.to_kind(kind), a, b, segments })
+    Ok(Decomposition { new_b: v.to_kind(kind), a, b, segments, ambiguous })
 }

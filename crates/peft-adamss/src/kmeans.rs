@@ -106,23 +106,32 @@ fn euclidean(a: &[f32], b: &[f32]) -> f32 {
     result.sqrt()
 }
 
-/// The label of each sample: the centre with the smallest `‖c‖² − 2x·c` (the first on ties).
-fn assign(x: &[f32], d: usize, centers: &[f32], labels: &mut [i32]) {
+/// The label of each sample: the centre with the smallest `‖c‖² − 2x·c` (the first on ties). Returns
+/// the smallest relative gap between the best and the second-best centre of any sample.
+fn assign(x: &[f32], d: usize, centers: &[f32], labels: &mut [i32]) -> f64 {
     let norms: Vec<f64> =
         centers.chunks_exact(d).map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum()).collect();
+    let mut min_gap = f64::INFINITY;
     for (row, label) in x.chunks_exact(d).zip(labels.iter_mut()) {
-        let mut best = 0usize;
-        let mut best_dist = f64::INFINITY;
+        let (mut best, mut best_dist, mut second) = (0usize, f64::INFINITY, f64::INFINITY);
         for (j, c) in centers.chunks_exact(d).enumerate() {
             let dot: f64 = row.iter().zip(c).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
             let dist = norms[j] - 2.0 * dot;
             if j == 0 || dist < best_dist {
+                second = best_dist;
                 best = j;
                 best_dist = dist;
+            } else if dist < second {
+                second = dist;
             }
+        }
+        if second.is_finite() {
+            let scale = 1.0 + best_dist.abs().max(second.abs());
+            min_gap = min_gap.min((second - best_dist) / scale);
         }
         *label = best as i32;
     }
+    min_gap
 }
 
 /// One `lloyd_iter_chunked_dense` with `update_centers=True`: labels, then `centers_new` and the shifts.
@@ -133,9 +142,9 @@ fn lloyd_step(
     centers_new: &mut [f32],
     labels: &mut [i32],
     shift: &mut [f32],
-) {
+) -> f64 {
     let k = centers.len() / d;
-    assign(x, d, centers, labels);
+    let gap = assign(x, d, centers, labels);
     let mut weight = vec![0f32; k];
     centers_new.iter_mut().for_each(|v| *v = 0.0);
     for (row, &l) in x.chunks_exact(d).zip(labels.iter()) {
@@ -161,6 +170,7 @@ fn lloyd_step(
     for j in 0..k {
         shift[j] = euclidean(&centers_new[j * d..(j + 1) * d], &centers[j * d..(j + 1) * d]);
     }
+    gap
 }
 
 /// `_relocate_empty_clusters_dense`: each empty cluster takes one of the samples farthest from their
@@ -205,12 +215,33 @@ fn relocate_empty(
     }
 }
 
+/// Labels within this relative gap of a tie may differ from scikit-learn's (see the module docs).
+pub const AMBIGUOUS_GAP: f64 = 1e-5;
+
+/// The result of [`fit_predict`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Clustering {
+    /// The label of each row, in `0..k`.
+    pub labels: Vec<i32>,
+    /// The smallest relative gap `(d₂ − d₁) / (1 + max |dᵢ|)` between a sample's nearest and second-nearest
+    /// centre over every assignment made; below [`AMBIGUOUS_GAP`] scikit-learn's float32 BLAS rounding
+    /// may have chosen the other centre.
+    pub min_gap: f64,
+}
+
+impl Clustering {
+    /// Whether some assignment was within float32 rounding of a tie.
+    pub fn ambiguous(&self) -> bool {
+        self.min_gap < AMBIGUOUS_GAP
+    }
+}
+
 /// scikit-learn's `KMeans(...).fit_predict(X)` as PEFT calls it: the label of each of the `n` rows of
 /// `x` (row-major `(n, d)` float32), in `0..k`.
 ///
 /// # Panics
 /// When `k` is 0 or larger than `n` (scikit-learn refuses both; callers clamp `k` first).
-pub fn fit_predict(x: &[f32], n: usize, d: usize, k: usize) -> Vec<i32> {
+pub fn fit_predict(x: &[f32], n: usize, d: usize, k: usize) -> Clustering {
     assert!(k >= 1 && k <= n && x.len() == n * d, "KMeans: {k} clusters of {n} samples");
     let tol = tolerance(x, n, d);
     let mean = column_means(x, n, d);
@@ -224,8 +255,9 @@ pub fn fit_predict(x: &[f32], n: usize, d: usize, k: usize) -> Vec<i32> {
     let mut labels_old = labels.clone();
     let mut shift = vec![0f32; k];
     let mut strict = false;
+    let mut min_gap = f64::INFINITY;
     for _ in 0..MAX_ITER {
-        lloyd_step(&xc, d, &centers, &mut centers_new, &mut labels, &mut shift);
+        min_gap = min_gap.min(lloyd_step(&xc, d, &centers, &mut centers_new, &mut labels, &mut shift));
         std::mem::swap(&mut centers, &mut centers_new);
         if labels == labels_old {
             strict = true;
@@ -238,9 +270,9 @@ pub fn fit_predict(x: &[f32], n: usize, d: usize, k: usize) -> Vec<i32> {
         labels_old.copy_from_slice(&labels);
     }
     if !strict {
-        assign(&xc, d, &centers, &mut labels);
+        min_gap = min_gap.min(assign(&xc, d, &centers, &mut labels));
     }
-    labels
+    Clustering { labels, min_gap }
 }
 
 #[cfg(test)]
@@ -256,7 +288,7 @@ mod tests {
     #[test]
     fn two_separated_groups() {
         let x = [0.0f32, 0.1, 0.2, 10.0, 10.1, 10.2];
-        let labels = fit_predict(&x, 6, 1, 2);
+        let labels = fit_predict(&x, 6, 1, 2).labels;
         assert_eq!(labels[0], labels[1]);
         assert_eq!(labels[3], labels[5]);
         assert_ne!(labels[0], labels[3]);

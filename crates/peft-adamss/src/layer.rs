@@ -72,6 +72,15 @@ impl AdamssLayer {
             let pb = &ctx.path / "adamss_B" / ctx.adapter_name;
             b.push(pb.add(&i.to_string(), ctx.place(bi)?, trainable));
         }
+        if dec.ambiguous {
+            ctx.warn(format!(
+                "AdaMSS on `{}`: a KMeans assignment was within float32 rounding of a tie (typically r >= the \
+                 layer's output size, where the singular vectors are orthonormal and all equidistant); \
+                 scikit-learn's BLAS rounding decides such ties, so PEFT's subspaces may differ from these. \
+                 A smaller r avoids it.",
+                ctx.module_name
+            ));
+        }
         let flat: Vec<i64> = dec.segments.iter().flatten().copied().collect();
         let scatter = Tensor::from_slice(&flat).to_device(weight.device());
         let first_on_layer =
@@ -254,7 +263,7 @@ impl TunerLayer for AdamssLayer {
             }
             w.set_weight(&new_w)?;
             if let (Some(mut b), Some(nb)) = (bias, new_b) {
-                let _ = tch::no_grad(|| b.f_copy_(&nb)).map_err(torch)?;
+                tch::no_grad(|| b.f_copy_(&nb)).map_err(torch)?;
             }
             return Ok(());
         }
