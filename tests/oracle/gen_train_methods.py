@@ -1,11 +1,13 @@
-"""Fixture generator for AdaLoRA trained by peft-train's Trainer (and `peft train --config`): the loop
-PEFT documents for AdaLoRA, run on the tiny Llama of gen_train.py.
+"""Fixture generator for methods that need more than a plain loop, trained by peft-train's Trainer (and
+`peft train --config`): the loop PEFT documents for AdaLoRA, and OSF (whose gradient hooks project every
+backward), run on the tiny Llama of gen_train.py.
 
-Usage: python gen_train_adalora.py OUT_DIR
+Usage: python gen_train_methods.py OUT_DIR
 
 OUT_DIR/adalora/  model/ (tiny Llama + word tokenizer), train.jsonl, adapter_config.json (the AdaLoRA
                   config handed to `peft train --config`), final/ (the adapter after the loop) and
                   case.json (arguments, losses, the final rank_pattern).
+OUT_DIR/osf/      the same for an OSF adapter (no allocation step; PEFT's hooks project the gradients).
 
 The loop is the Trainer's (file order, right padding, -100 labels, mean token loss, clipping, AdamW with
 decay groups, linear warmup) with PEFT's AdaLoRA additions: `AdaLoraModel.forward` adds the orthogonal
@@ -19,7 +21,7 @@ import sys
 
 import torch
 import transformers as tf
-from peft import AdaLoraConfig, get_peft_model
+from peft import AdaLoraConfig, OSFConfig, get_peft_model
 
 from gen_models import word_tokenizer
 from gen_train import decay_groups, linear_warmup
@@ -37,10 +39,10 @@ ADALORA = dict(
     lora_dropout=0.0,
     orth_reg_weight=0.5,
 )
+OSF = dict(target_modules=["q_proj", "v_proj", "down_proj"], effective_rank=0.5)
 
 
-def main():
-    d = os.path.join(sys.argv[1], "adalora")
+def run(d, peft_config, adalora):
     os.makedirs(d)
     torch.manual_seed(0)
     config = tf.LlamaConfig(
@@ -58,7 +60,6 @@ def main():
     with open(os.path.join(d, "train.jsonl"), "w") as f:
         for line in lines:
             f.write(json.dumps({"text": line}) + "\n")
-    peft_config = AdaLoraConfig(task_type="CAUSAL_LM", **ADALORA)
     peft_config.save_pretrained(d)
     c = CASE
     torch.manual_seed(c["seed"])
@@ -90,15 +91,22 @@ def main():
         torch.nn.utils.clip_grad_norm_([p for p in peft_model.parameters() if p.requires_grad], c["clip"])
         opt.step()
         sched.step()
-        peft_model.base_model.update_and_allocate(global_step)
+        if adalora:
+            peft_model.base_model.update_and_allocate(global_step)
         opt.zero_grad()
-        rp = peft_model.peft_config["default"].rank_pattern
+        rp = getattr(peft_model.peft_config["default"], "rank_pattern", None) if adalora else None
         patterns.append({k: [bool(b) for b in v] for k, v in rp.items()} if rp else None)
     peft_model.save_pretrained(os.path.join(d, "final"))
     with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump(dict(c, adalora=ADALORA, losses=losses, rank_patterns=patterns), f, indent=2)
-    with open(os.path.join(sys.argv[1], "manifest.json"), "w") as f:
-        json.dump(dict(adalora=True), f)
+        json.dump(dict(c, losses=losses, rank_patterns=patterns), f, indent=2)
+
+
+def main():
+    root = sys.argv[1]
+    run(os.path.join(root, "adalora"), AdaLoraConfig(task_type="CAUSAL_LM", **ADALORA), True)
+    run(os.path.join(root, "osf"), OSFConfig(task_type="CAUSAL_LM", **OSF), False)
+    with open(os.path.join(root, "manifest.json"), "w") as f:
+        json.dump(dict(adalora=True, osf=True), f)
 
 
 if __name__ == "__main__":

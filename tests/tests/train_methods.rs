@@ -1,11 +1,12 @@
-//! AdaLoRA trained by peft-train's `Trainer` and by `peft train --config`: PEFT's documented loop
-//! (regularised loss, `update_and_allocate` after each optimizer step, before `zero_grad`) run in Python
-//! by `tests/oracle/gen_train_adalora.py` gives the same losses, the same rank pattern after every step
-//! and the same saved adapter.
+//! Methods that need more than a plain loop, trained by peft-train's `Trainer`, against the same loops in
+//! Python (`tests/oracle/gen_train_methods.py`): AdaLoRA — PEFT's documented loop (regularised loss,
+//! `update_and_allocate` after each optimizer step, before `zero_grad`) gives the same losses, the same
+//! rank pattern after every step and the same saved adapter — and OSF, whose gradient projection (a
+//! libtorch hook, PEFT's `register_hook`) needs no callback at all.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use peft::adalora::AdaLoraConfig;
-use peft_core::{MethodConfig, PeftModel};
+use peft_core::PeftModel;
 use peft_parity::compare::assert_close;
 use peft_parity::models::read_all;
 use peft_parity::oracle::{self, read_json};
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 fn fixture() -> PathBuf {
-    oracle::fixtures("gen_train_adalora.py").join("adalora")
+    oracle::fixtures("gen_train_methods.py").join("adalora")
 }
 
 fn model(d: &Path, seed: i64) -> PeftModel<peft_models::HfModel> {
@@ -28,10 +29,11 @@ fn model(d: &Path, seed: i64) -> PeftModel<peft_models::HfModel> {
     )
     .unwrap();
     let text = std::fs::read_to_string(d.join("adapter_config.json")).unwrap();
-    let mut cfg = AdaLoraConfig::from_json_str(&text, &mut vec![]).unwrap();
-    cfg.common.inference_mode = false;
+    // Any linked method's config, as `peft train --config` reads it.
+    let mut cfg = peft_core::registry::config_from_str(&text, &mut vec![]).unwrap();
+    cfg.common_mut().inference_mode = false;
     tch::manual_seed(seed);
-    PeftModel::new(loaded.model, &loaded.vs, cfg.boxed(), "default").unwrap()
+    PeftModel::new(loaded.model, &loaded.vs, cfg, "default").unwrap()
 }
 
 fn args(c: &Value, out: &Path) -> TrainingArgs {
@@ -64,7 +66,7 @@ impl<M: peft_core::Adaptable> StepCallback<M> for Patterns {
     }
 }
 
-/// PEFT's saved keys have no adapter name; its in-memory ones (what gen_train_adalora.py recorded) do.
+/// PEFT's saved keys have no adapter name; its in-memory ones (what gen_train_methods.py recorded) do.
 fn in_memory_keys(v: &Value) -> Value {
     match v {
         Value::Object(m) => m
@@ -144,4 +146,36 @@ fn an_adalora_total_step_other_than_the_run_length_is_refused() {
     assert!(err.to_string().contains("total_step = 6 but this run takes 4 optimizer steps"), "{err}");
     // A loop of one's own registers the callback by hand.
     assert!(AdaLoraCallback::new(&peft, "default", 6).is_ok());
+}
+
+#[test]
+fn trainer_driven_osf_matches_peft_with_its_gradient_hooks() {
+    let _rng = oracle::rng_guard();
+    let d = oracle::fixtures("gen_train_methods.py").join("osf");
+    let c = read_json(&d.join("case.json"));
+    let mut peft = model(&d, c["seed"].as_i64().unwrap());
+    let tok = peft_models::tokenizer::Tokenizer::from_dir(&d.join("model")).unwrap();
+    let train =
+        data::load_jsonl(&d.join("train.jsonl"), Format::Text, &tok, &DataOptions::default()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let summary = Trainer::new(&mut peft, args(&c, out.path()))
+        .unwrap()
+        .train(&train, None, &peft_train::hf_loss, 0)
+        .unwrap();
+    let want: Vec<f64> = c["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    for (e, w) in summary.log.iter().zip(&want) {
+        assert!(
+            (e.loss.unwrap() - w).abs() < 1e-5,
+            "step {}: loss {} vs PEFT's {w}",
+            e.step,
+            e.loss.unwrap()
+        );
+    }
+    let fin = read_all(&d.join("final").join("adapter_model.safetensors"));
+    let ours = read_all(&out.path().join("adapter_model.safetensors"));
+    assert_eq!(ours.keys().collect::<Vec<_>>(), fin.keys().collect::<Vec<_>>());
+    for (k, v) in &ours {
+        assert_close(v, &fin[k], 2e-5, &format!("osf trainer: {k}"));
+    }
+    oracle::record("train", "osf trainer loop (tiny llama)");
 }
