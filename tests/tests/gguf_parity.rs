@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// Links every method crate (their registrations): the adapter below is LoRA.
+use peft as _;
 use peft_gguf::{quant, Gguf, MetaValue};
 use peft_parity::{models::read_all, oracle};
 use serde_json::Value;
@@ -85,4 +87,63 @@ fn every_tensor_of_the_real_smollm2_checkpoint_dequantizes_as_gguf_does() {
         assert!(one == values, "{}", info.name);
         oracle::record("gguf->rs", &format!("smollm2/{}", info.name));
     }
+}
+
+/// transformers' float32 logits of the 30-layer SmolLM2 and ours agree to this (the sums run in another
+/// order; the logits are of order 10).
+const ATOL: f64 = 2e-3;
+
+#[test]
+fn smollm2_from_gguf_gives_transformers_logits_generations_and_peft_adapter_outputs() {
+    use peft_core::{LoadOptions, PeftModel};
+    use peft_models::generate::{generate, GenerationConfig};
+    use peft_models::{HfModel, ModelInputs};
+    use peft_parity::compare::{assert_close, mask_padding};
+
+    let dir = oracle::fixtures("gen_gguf.py");
+    let m = oracle::read_json(&dir.join("manifest.json"));
+    let real = &m["smollm2"];
+    let path = real["path"].as_str().unwrap();
+    let loaded = HfModel::load(path, None, &peft_models::LoadOptions::default()).unwrap();
+    let config = loaded.model.config();
+    for (key, want) in real["config"].as_object().unwrap() {
+        match want {
+            Value::Bool(b) => assert_eq!(config.bool_or(key, !b).unwrap(), *b, "config `{key}`"),
+            Value::String(s) => assert_eq!(config.model_type().unwrap(), s, "config `{key}`"),
+            v if v.is_i64() => assert_eq!(config.i64(key).unwrap(), v.as_i64().unwrap(), "config `{key}`"),
+            v => assert_eq!(config.f64_or(key, f64::NAN).unwrap(), v.as_f64().unwrap(), "config `{key}`"),
+        }
+    }
+    let out = read_all(&dir.join("smollm2").join("outputs.safetensors"));
+    let (ids, mask) = (&out["input_ids"], &out["attention_mask"]);
+    let inputs = ModelInputs { attention_mask: Some(mask), ..ModelInputs::ids(ids) };
+    let ctx = peft_core::ForwardCtx::eval();
+    let logits = tch::no_grad(|| loaded.model.forward(&inputs, &ctx)).unwrap();
+    assert_close(&mask_padding(&logits, mask), &mask_padding(&out["base"], mask), ATOL, "SmolLM2 logits");
+    oracle::record("gguf transformers->rs", "smollm2 logits");
+
+    let cfg = GenerationConfig { max_new_tokens: 8, ..GenerationConfig::for_model(&loaded.model) };
+    let prompt = ids.narrow(0, 0, 1).narrow(1, 0, 5);
+    let generated = generate(&loaded.model, &prompt, None, &cfg).unwrap();
+    let new: Vec<i64> =
+        Vec::try_from(generated.narrow(1, 5, generated.size()[1] - 5).flatten(0, -1)).unwrap();
+    let want: Vec<i64> = real["greedy"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(new, want, "greedy continuation");
+    oracle::record("gguf transformers->rs", "smollm2 greedy");
+
+    let (peft, _) = PeftModel::from_pretrained(
+        loaded.model,
+        &loaded.vs,
+        dir.join("smollm2").join("adapter"),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let adapted = tch::no_grad(|| peft.model().forward(&inputs, &ctx)).unwrap();
+    assert_close(
+        &mask_padding(&adapted, mask),
+        &mask_padding(&out["lora"], mask),
+        ATOL,
+        "SmolLM2 + LoRA logits",
+    );
+    oracle::record("gguf peft->rs", "smollm2 lora");
 }

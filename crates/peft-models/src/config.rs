@@ -48,6 +48,11 @@ impl HfConfig {
         }
     }
 
+    /// A config built in memory (from a GGUF file's metadata); `path` names its source in errors.
+    pub fn from_map(map: Map<String, Value>, path: PathBuf) -> Self {
+        Self { path, map }
+    }
+
     /// The file it came from.
     pub fn path(&self) -> &Path {
         &self.path

@@ -94,6 +94,9 @@ pub enum ModelError {
     /// An adapter error.
     #[error(transparent)]
     Peft(#[from] peft_core::PeftError),
+    /// A GGUF checkpoint that cannot be read (the message names the file).
+    #[error(transparent)]
+    Gguf(#[from] peft_gguf::GgufError),
     /// A libtorch failure.
     #[error("libtorch error while {context}: {source}")]
     Torch {

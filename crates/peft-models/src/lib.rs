@@ -22,6 +22,7 @@ pub mod bert;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod gpt2;
 pub mod hub;
 pub mod inputs;
@@ -134,8 +135,23 @@ impl HfModel {
     /// Unresolvable model, unsupported `model_type` or task, missing/unexpected/misshapen weights —
     /// each naming the file.
     pub fn load(model: &str, task: Option<Task>, options: &LoadOptions) -> Result<Loaded> {
+        if gguf::is_gguf(Path::new(model)) {
+            return Self::load_gguf(Path::new(model), task, options);
+        }
         let dir = hub::resolve(model, options.revision.as_deref())?;
         Self::load_dir(&dir, task, options)
+    }
+
+    /// Loads a Llama-family GGUF file (`llama`, `mistral`, `qwen2`) as transformers'
+    /// `from_pretrained(dir, gguf_file=…)` does: config from the metadata, every tensor dequantized as the
+    /// `gguf` package does (see [`gguf`]).
+    ///
+    /// # Errors
+    /// A malformed file, an architecture peft-rs does not load, or weights that do not fit the config.
+    pub fn load_gguf(path: &Path, task: Option<Task>, options: &LoadOptions) -> Result<Loaded> {
+        let file = peft_gguf::Gguf::open(path)?;
+        let config = gguf::config(&file)?;
+        Self::build(config, path, &Default::default(), task, options, Some(&file))
     }
 
     /// Loads from a local directory.
@@ -144,13 +160,25 @@ impl HfModel {
     /// As [`HfModel::load`].
     pub fn load_dir(dir: &Path, task: Option<Task>, options: &LoadOptions) -> Result<Loaded> {
         let config = HfConfig::from_dir(dir)?;
+        let ckpt_keys = weights::checkpoint_keys(dir)?;
+        Self::build(config, dir, &ckpt_keys, task, options, None)
+    }
+
+    /// The model of `config`, filled from the safetensors checkpoint in `dir` or from `gguf`.
+    fn build(
+        config: HfConfig,
+        dir: &Path,
+        ckpt_keys: &std::collections::BTreeSet<String>,
+        task: Option<Task>,
+        options: &LoadOptions,
+        gguf: Option<&peft_gguf::Gguf>,
+    ) -> Result<Loaded> {
         let model_type = config.model_type()?.to_string();
         let task = task.unwrap_or_else(|| default_task(&config, &model_type));
         let num_labels = options.num_labels.unwrap_or_else(|| config.num_labels());
         let mut vs = VarStore::new(options.device);
         vs.set_kind(options.kind);
         let root = vs.root();
-        let ckpt_keys = weights::checkpoint_keys(dir)?;
         let (arch, spec) = match model_type.as_str() {
             "llama" | "mistral" | "qwen2" => {
                 let args = llama::LlamaArgs::from_config(&config)?;
@@ -188,7 +216,10 @@ impl HfModel {
             }
         };
         let mut spec = spec;
-        let prequantized = quantized::Prequantized::scan(dir, &config, &vs, &spec)?;
+        let prequantized = match gguf {
+            Some(_) => None,
+            None => quantized::Prequantized::scan(dir, &config, &vs, &spec)?,
+        };
         if let Some(pq) = &prequantized {
             pq.adjust_spec(&mut spec);
         }
@@ -201,7 +232,7 @@ impl HfModel {
             None => Default::default(),
         };
         let mut storages = std::collections::BTreeMap::new();
-        let info = weights::load_checkpoint_with(&vs, dir, &spec, &mut |name, var| {
+        let mut after = |name: &str, var: &Tensor| {
             let (Some(q), Some(layer)) = (&quantize, targets.get(name)) else { return Ok(()) };
             let storage = q
                 .quantize(&var.detach())
@@ -209,7 +240,14 @@ impl HfModel {
             quantized::release(var)?;
             storages.insert(layer.clone(), storage);
             Ok(())
-        })?;
+        };
+        let info = match gguf {
+            Some(file) => {
+                let tensors = gguf::tensors(file, &model.config)?;
+                weights::load_tensors_with(&vs, dir, &spec, tensors, &mut after)?
+            }
+            None => weights::load_checkpoint_with(&vs, dir, &spec, &mut after)?,
+        };
         if !info.newly_initialized.is_empty() {
             let std = model.config.f64_or("initializer_range", 0.02)?;
             init_new_heads(&vs, &info.newly_initialized, std)?;

@@ -104,72 +104,120 @@ pub fn load_checkpoint_with(
     spec: &LoadSpec,
     after: &mut dyn FnMut(&str, &tch::Tensor) -> Result<()>,
 ) -> Result<LoadInfo> {
-    let vars = vs.variables();
-    let mut filled = BTreeSet::new();
-    let mut unexpected = Vec::new();
+    let mut filler = Filler::new(vs, spec, after);
     for file in checkpoint_files(dir)? {
-        peft_core::io::for_each_tensor::<ModelError>(&file, |key, tensor| {
-            if spec.ignore_keys.iter().any(|k| k == key)
-                || spec.ignore_prefixes.iter().any(|p| key.starts_with(p.as_str()))
-            {
-                return Ok(());
-            }
-            let mut candidates = vec![key.to_string()];
-            if let Some(p) = &spec.prefix {
-                match key.strip_prefix(&format!("{p}.")) {
-                    Some(stripped) => candidates.push(stripped.to_string()),
-                    None => candidates.push(format!("{p}.{key}")),
-                }
-            }
-            let Some((name, var)) = candidates.iter().find_map(|c| vars.get(c).map(|v| (c.clone(), v)))
-            else {
-                if !spec.ignore_suffixes.iter().any(|s| key.ends_with(s.as_str())) {
-                    unexpected.push(key.to_string());
-                }
-                return Ok(());
-            };
-            if var.size() != tensor.size() {
-                return Err(ModelError::ShapeMismatch {
-                    path: file.clone(),
-                    key: key.to_string(),
-                    expected: var.size(),
-                    found: tensor.size(),
-                });
-            }
-            let mut dst = var.shallow_clone();
-            tch::no_grad(|| dst.f_copy_(&tensor))
-                .map_err(ModelError::torch(format!("loading `{key}` from {}", file.display())))?;
-            after(&name, var)?;
-            filled.insert(name);
-            Ok(())
-        })?;
+        peft_core::io::for_each_tensor::<ModelError>(&file, |key, tensor| filler.offer(&file, key, &tensor))?;
     }
-    if !unexpected.is_empty() {
-        return Err(ModelError::UnexpectedWeights { path: dir.to_path_buf(), keys: unexpected });
+    filler.finish(dir)
+}
+
+/// [`load_checkpoint_with`] for tensors that do not come from safetensors files (a GGUF checkpoint,
+/// dequantized and renamed by its reader): `tensors` yields `(checkpoint key, tensor)` in file order and
+/// `source` names the checkpoint in errors.
+///
+/// # Errors
+/// As [`load_checkpoint`], or the first error of `tensors` or `after`.
+pub fn load_tensors_with(
+    vs: &VarStore,
+    source: &Path,
+    spec: &LoadSpec,
+    tensors: impl Iterator<Item = Result<(String, tch::Tensor)>>,
+    after: &mut dyn FnMut(&str, &tch::Tensor) -> Result<()>,
+) -> Result<LoadInfo> {
+    let mut filler = Filler::new(vs, spec, after);
+    for item in tensors {
+        let (key, tensor) = item?;
+        filler.offer(source, &key, &tensor)?;
     }
-    let mut missing = Vec::new();
-    let mut newly_initialized = Vec::new();
-    for name in vars.keys() {
-        if filled.contains(name) || spec.provided_elsewhere.iter().any(|p| p == name) {
-            continue;
+    filler.finish(source)
+}
+
+/// The strict copy of checkpoint tensors into a var store, whatever the tensors come from.
+struct Filler<'a> {
+    vars: std::collections::HashMap<String, tch::Tensor>,
+    spec: &'a LoadSpec,
+    after: &'a mut dyn FnMut(&str, &tch::Tensor) -> Result<()>,
+    filled: BTreeSet<String>,
+    unexpected: Vec<String>,
+}
+
+impl<'a> Filler<'a> {
+    fn new(
+        vs: &VarStore,
+        spec: &'a LoadSpec,
+        after: &'a mut dyn FnMut(&str, &tch::Tensor) -> Result<()>,
+    ) -> Self {
+        Self { vars: vs.variables(), spec, after, filled: BTreeSet::new(), unexpected: Vec::new() }
+    }
+
+    fn offer(&mut self, file: &Path, key: &str, tensor: &tch::Tensor) -> Result<()> {
+        let spec = self.spec;
+        if spec.ignore_keys.iter().any(|k| k == key)
+            || spec.ignore_prefixes.iter().any(|p| key.starts_with(p.as_str()))
+        {
+            return Ok(());
         }
-        if spec.optional.iter().any(|o| o == name) {
-            newly_initialized.push(name.clone());
-        } else {
-            missing.push(name.clone());
+        let mut candidates = vec![key.to_string()];
+        if let Some(p) = &spec.prefix {
+            match key.strip_prefix(&format!("{p}.")) {
+                Some(stripped) => candidates.push(stripped.to_string()),
+                None => candidates.push(format!("{p}.{key}")),
+            }
         }
+        let Some((name, var)) = candidates.iter().find_map(|c| self.vars.get(c).map(|v| (c.clone(), v)))
+        else {
+            if !spec.ignore_suffixes.iter().any(|s| key.ends_with(s.as_str())) {
+                self.unexpected.push(key.to_string());
+            }
+            return Ok(());
+        };
+        if var.size() != tensor.size() {
+            return Err(ModelError::ShapeMismatch {
+                path: file.to_path_buf(),
+                key: key.to_string(),
+                expected: var.size(),
+                found: tensor.size(),
+            });
+        }
+        let mut dst = var.shallow_clone();
+        tch::no_grad(|| dst.f_copy_(tensor))
+            .map_err(ModelError::torch(format!("loading `{key}` from {}", file.display())))?;
+        (self.after)(&name, var)?;
+        self.filled.insert(name);
+        Ok(())
     }
-    missing.sort();
-    if !missing.is_empty() {
-        return Err(ModelError::MissingWeights { path: dir.to_path_buf(), keys: missing });
+
+    fn finish(self, source: &Path) -> Result<LoadInfo> {
+        if !self.unexpected.is_empty() {
+            return Err(ModelError::UnexpectedWeights { path: source.to_path_buf(), keys: self.unexpected });
+        }
+        let mut missing = Vec::new();
+        let mut newly_initialized = Vec::new();
+        for name in self.vars.keys() {
+            if self.filled.contains(name) || self.spec.provided_elsewhere.iter().any(|p| p == name) {
+                continue;
+            }
+            if self.spec.optional.iter().any(|o| o == name) {
+                newly_initialized.push(name.clone());
+            } else {
+                missing.push(name.clone());
+            }
+        }
+        missing.sort();
+        if !missing.is_empty() {
+            return Err(ModelError::MissingWeights { path: source.to_path_buf(), keys: missing });
+        }
+        newly_initialized.sort();
+        for n in &newly_initialized {
+            // Info, not a warning: an adapter loaded next often provides the head (`modules_to_save`);
+            // see `HfModel::fresh_weights` for checking what is still random after that.
+            log::info!(
+                "{}: `{n}` is not in the checkpoint and keeps its fresh initialisation",
+                source.display()
+            );
+        }
+        Ok(LoadInfo { loaded: self.filled.len(), newly_initialized })
     }
-    newly_initialized.sort();
-    for n in &newly_initialized {
-        // Info, not a warning: an adapter loaded next often provides the head (`modules_to_save`); see
-        // `HfModel::fresh_weights` for checking what is still random after that.
-        log::info!("{}: `{n}` is not in the checkpoint and keeps its fresh initialisation", dir.display());
-    }
-    Ok(LoadInfo { loaded: filled.len(), newly_initialized })
 }
 
 /// Reads a whole safetensors file into a map (small files: inputs, fixtures).
