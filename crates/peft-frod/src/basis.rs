@@ -172,6 +172,17 @@ impl Registry {
         self.categories.get(category).map(|l| l.iter().map(|(a, _)| a.clone()).collect()).unwrap_or_default()
     }
 
+    /// PEFT's `delete_adapter` on a layer: the adapter's tensors of `category` leave the category's dicts.
+    pub fn remove(&mut self, category: &str, adapter: &str) {
+        if let Some(list) = self.categories.get_mut(category) {
+            list.retain(|(a, _)| a != adapter);
+            if list.is_empty() {
+                self.categories.remove(category);
+            }
+        }
+        self.owners.remove(&(category.to_string(), adapter.to_string()));
+    }
+
     /// PEFT's `_init_frod_projections` for the pending adapter: every category of its targets decomposed
     /// and drawn afresh under its name (replacing entries it had).
     fn decompose_pending(&mut self) -> Result<()> {

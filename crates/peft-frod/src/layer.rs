@@ -330,6 +330,19 @@ impl FrodLayer {
     }
 }
 
+impl Drop for FrodLayer {
+    /// Deleting the adapter takes its tensors of this category out of the model's registry (PEFT's
+    /// `delete_adapter` deletes the adapter's key from the shared dicts); the category's first layer does
+    /// it for the adapter.
+    fn drop(&mut self) {
+        if self.owns {
+            if let Ok(mut reg) = self.bases.lock() {
+                reg.remove(&self.category, &self.adapter);
+            }
+        }
+    }
+}
+
 impl TunerLayer for FrodLayer {
     fn peft_type(&self) -> &'static str {
         PEFT_TYPE

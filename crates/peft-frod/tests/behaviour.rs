@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use peft_core::peft_config::TargetModules;
-use peft_core::{LoadOptions, PeftModel, SaveOptions};
+use peft_core::{LoadOptions, PeftModel, SaveOptions, TunerLayer};
 use peft_frod::{FrodConfig, FrodLayer, MethodConfig};
 use peft_testkit::nets::{LayerZoo, Quantized};
 use peft_testkit::{assert_unsupported_layer, load_error, max_diff, rng_lock, tuner};
@@ -268,4 +268,32 @@ fn gradients_reach_lambda_and_the_values_of_s_as_through_the_dense_formula() {
         .backward();
     assert!(max_diff(&gl, &l2.grad()) < 1e-4, "λ: {gl} vs {}", l2.grad());
     assert!(max_diff(&gs, &s2.grad()) < 1e-4, "S: {gs} vs {}", s2.grad());
+}
+
+#[test]
+fn deleting_an_adapter_takes_it_out_of_every_status_and_mixed_batches_are_refused() {
+    let _rng = rng_lock();
+    let (vs, zoo) = LayerZoo::seeded(0);
+    let mut peft = PeftModel::new(zoo, &vs, config(&["lin0", "lin1"], 0.1).boxed(), "a").unwrap();
+    peft.add_adapter("b", config(&["lin0"], 0.1).boxed()).unwrap();
+    let (vs2, zoo2) = LayerZoo::seeded(0);
+    let single = PeftModel::new(zoo2, &vs2, config(&["lin0"], 0.1).boxed(), "default").unwrap();
+    peft_testkit::assert_mixed_batches_refused(&single, "FROD");
+    let shared = |p: &PeftModel<LayerZoo>| {
+        tuner::<FrodLayer>(p.model().lin1.slots(), "a")
+            .status_shared_devices()
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shared(&peft), ["a"], "lin1's category has only a's tensors");
+    let lin0 = tuner::<FrodLayer>(peft.model().lin0.slots(), "a").status_shared_devices();
+    assert_eq!(lin0.into_iter().map(|(a, _)| a).collect::<Vec<_>>(), ["a", "b"]);
+    peft.delete_adapter("b").unwrap();
+    let lin0 = tuner::<FrodLayer>(peft.model().lin0.slots(), "a").status_shared_devices();
+    assert_eq!(lin0.into_iter().map(|(a, _)| a).collect::<Vec<_>>(), ["a"]);
+    // A new adapter of that name shares a's tensors again and runs.
+    peft.add_adapter("b", config(&["lin0"], 0.1).boxed()).unwrap();
+    peft.set_adapters(&["a", "b"]).unwrap();
+    let _ = tch::no_grad(|| peft.forward_t(&x(), false));
 }
