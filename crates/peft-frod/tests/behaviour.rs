@@ -297,3 +297,50 @@ fn deleting_an_adapter_takes_it_out_of_every_status_and_mixed_batches_are_refuse
     peft.set_adapters(&["a", "b"]).unwrap();
     let _ = tch::no_grad(|| peft.forward_t(&x(), false));
 }
+
+#[test]
+fn a_bf16_base_keeps_its_basis_and_u_in_bf16_and_rounds_lambda_through_it() {
+    let _rng = rng_lock();
+    let (mut vs, zoo) = LayerZoo::seeded(0);
+    vs.bfloat16();
+    let cfg = FrodConfig { init_weights: false, ..config(&["lin0"], 0.2) };
+    let peft = PeftModel::new(zoo, &vs, cfg.boxed(), "default").unwrap();
+    let lin = &peft.model().lin0;
+    let (lambda, values, u, v, idx) = tuner::<FrodLayer>(lin.slots(), "default").tensors();
+    assert_eq!((lambda.kind(), values.kind()), (Kind::Float, Kind::Float), "autocast to f32");
+    assert_eq!((u.kind(), v.kind()), (Kind::BFloat16, Kind::BFloat16), "the base dtype");
+    for t in [&lambda, &values] {
+        assert!(t.equal(&t.to_kind(Kind::BFloat16).to_kind(Kind::Float)), "rounded through bf16");
+    }
+    let x = x().to_kind(Kind::BFloat16);
+    let got = tch::no_grad(|| lin.forward(&x));
+    assert_eq!(got.kind(), Kind::BFloat16);
+    // PEFT's half-precision path: everything in the input's dtype, S densified.
+    let want = tch::no_grad(|| {
+        let s = Tensor::zeros([10, 10], (Kind::BFloat16, Device::Cpu)).index_put(
+            &[Some(idx.get(0)), Some(idx.get(1))],
+            &values.to_kind(Kind::BFloat16),
+            false,
+        );
+        let z = x.matmul(&v);
+        let out = (z.matmul(&s.tr()) + &z * lambda.to_kind(Kind::BFloat16)).linear::<Tensor>(&u, None);
+        out + lin.base().bias.as_ref().unwrap()
+    });
+    assert!(got.equal(&want));
+}
+
+#[test]
+fn a_singular_basis_falls_back_to_the_pseudo_inverse() {
+    let _rng = rng_lock();
+    let (vs, zoo) = LayerZoo::seeded(0);
+    let mut w = zoo.lin0.base().weight.shallow_clone();
+    let _ = tch::no_grad(|| w.zero_());
+    let peft = PeftModel::new(zoo, &vs, config(&["lin0"], 0.1).boxed(), "default").unwrap();
+    let lin = &peft.model().lin0;
+    let (lambda, _, u, _, _) = tuner::<FrodLayer>(lin.slots(), "default").tensors();
+    assert_eq!(lambda.abs().sum(Kind::Float).double_value(&[]), 0.0, "λ of a zero weight");
+    assert_eq!(u.abs().sum(Kind::Float).double_value(&[]), 0.0, "U of a zero weight");
+    let x = x();
+    let b = lin.base().bias.as_ref().unwrap().shallow_clone();
+    assert!(tch::no_grad(|| lin.forward(&x)).equal(&b.expand([4, 20], false)));
+}
