@@ -202,13 +202,21 @@ impl AdapterConfig for FrodConfig {
 
     /// PEFT's `_remap_adapter_state_dict_for_load`: with `save_projection` off, projection tensors in the
     /// file are not loaded (PEFT warns and its `strict=False` load drops them; the bases decomposed from
-    /// the base weights stay). With it on, their absence is a missing-key error.
+    /// the base weights stay). With it on, a file without them is refused with PEFT's reason.
     fn read_file_tensors(
         &self,
         tensors: peft_core::config::NamedTensors,
         path: &std::path::Path,
     ) -> Result<peft_core::config::NamedTensors> {
         if self.save_projection {
+            if !tensors.iter().any(|(k, _)| crate::basis::is_model_level_key(k)) {
+                return Err(PeftError::Invalid(format!(
+                    "{}: specified to load FRoD projection tensors from state dictionary however they were not \
+                     present; if this checkpoint was saved with `save_projection=False`, set `save_projection` to \
+                     false before loading so the projections are regenerated from the base model weights",
+                    path.display()
+                )));
+            }
             return Ok(tensors);
         }
         let (projection, rest): (Vec<_>, Vec<_>) =

@@ -344,3 +344,19 @@ fn a_singular_basis_falls_back_to_the_pseudo_inverse() {
     let b = lin.base().bias.as_ref().unwrap().shallow_clone();
     assert!(tch::no_grad(|| lin.forward(&x)).equal(&b.expand([4, 20], false)));
 }
+
+#[test]
+fn a_file_without_projections_needs_save_projection_off() {
+    let _rng = rng_lock();
+    let (vs, zoo) = LayerZoo::seeded(0);
+    let cfg = FrodConfig { save_projection: false, ..config(&["lin0"], 0.1) };
+    let peft = PeftModel::new(zoo, &vs, cfg.boxed(), "default").unwrap();
+    let dir =
+        peft_testkit::save_with_config_edit(&peft, "\"save_projection\": false", "\"save_projection\": true");
+    let (vs2, zoo2) = LayerZoo::seeded(0);
+    let err = load_error(zoo2, &vs2, dir.path());
+    assert!(
+        err.to_string().contains("projection tensors") && err.to_string().contains("save_projection"),
+        "{err}"
+    );
+}
