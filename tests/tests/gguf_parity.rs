@@ -147,3 +147,48 @@ fn smollm2_from_gguf_gives_transformers_logits_generations_and_peft_adapter_outp
     );
     oracle::record("gguf peft->rs", "smollm2 lora");
 }
+
+#[test]
+fn smollm2_tokenizer_and_chat_template_from_gguf_are_transformers() {
+    use peft_models::gguf_tokenizer::{special_tokens_and_template, tokenizer_json};
+    use peft_models::tokenizer::Tokenizer;
+    use peft_train::chat::{ChatInputs, ChatTemplate};
+
+    let dir = oracle::fixtures("gen_gguf.py");
+    let m = oracle::read_json(&dir.join("manifest.json"));
+    let path = std::path::PathBuf::from(m["smollm2"]["path"].as_str().unwrap());
+    let file = Gguf::open(&path).unwrap();
+    // The whole serialization: model, vocabulary, merges, added tokens, pre-tokenizer, post-processor.
+    let want: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("smollm2").join("tokenizer.json")).unwrap())
+            .unwrap();
+    assert_eq!(tokenizer_json(&file).unwrap(), want, "tokenizer.json as transformers converts it");
+
+    let tok = Tokenizer::for_model(&path).unwrap();
+    let t = oracle::read_json(&dir.join("smollm2").join("tokens.json"));
+    let ids = |v: &Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
+    for case in t["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let got = tok.encode(text, true).unwrap();
+        assert_eq!(got, ids(&case["ids"]), "{text:?}");
+        assert_eq!(tok.encode(text, false).unwrap(), ids(&case["ids_plain"]), "{text:?}");
+        assert_eq!(tok.decode(&got, false).unwrap(), case["decoded"].as_str().unwrap(), "{text:?}");
+        assert_eq!(tok.decode(&got, true).unwrap(), case["decoded_skip"].as_str().unwrap(), "{text:?}");
+        oracle::record("gguf transformers->rs", &format!("smollm2 tokenize {text:?}"));
+    }
+
+    let (specials, template) = special_tokens_and_template(&file).unwrap();
+    let want_specials = t["special_tokens"].as_object().unwrap();
+    assert_eq!(specials.len(), want_specials.len());
+    for (name, token) in &specials {
+        assert_eq!(want_specials[name].as_str().unwrap(), token, "{name}");
+    }
+    let template = ChatTemplate::new(&template.unwrap()).unwrap();
+    let variables = specials.into_iter().map(|(k, v)| (k, peft_train::chat::Value::from(v))).collect();
+    let messages: peft_train::chat::Value = serde_json::from_str(&t["conversation"].to_string()).unwrap();
+    let inputs = ChatInputs { messages, add_generation_prompt: true, variables, ..ChatInputs::default() };
+    let chat = template.render(&inputs).unwrap();
+    assert_eq!(chat, t["chat"].as_str().unwrap());
+    assert_eq!(tok.encode(&chat, true).unwrap(), ids(&t["chat_ids"]));
+    oracle::record("gguf transformers->rs", "smollm2 chat template");
+}

@@ -45,7 +45,7 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     let device = parse_device(&args.model.device)?;
     let (peft, _vs, _) = load(&args.model)?;
     let model = peft.model();
-    let tok = peft_models::tokenizer::Tokenizer::from_dir(model.dir())?;
+    let tok = peft_models::tokenizer::Tokenizer::for_model(model.dir())?;
     let ids = tok.encode(&args.prompt, true)?;
     if ids.is_empty() {
         bail!("the prompt encodes to no tokens");

@@ -281,6 +281,24 @@ fn generate_matches_transformers_greedy_decoding() {
     oracle::record("cli peft generate", "llama_causal");
 }
 
+/// A real GGUF checkpoint end to end: `peft generate` reads SmolLM2-135M-Instruct's Q4_1 file, its
+/// tokenizer and config from the metadata, and continues greedily as transformers does.
+#[test]
+fn generate_runs_a_real_gguf_checkpoint() {
+    let dir = oracle::fixtures("gen_gguf.py");
+    let m = read_json(&dir.join("manifest.json"));
+    let path = PathBuf::from(m["smollm2"]["path"].as_str().unwrap());
+    let want: Vec<i64> =
+        m["smollm2"]["greedy"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let args =
+        ["generate", "--model", s(&path), "--prompt", "The capital of France is", "--max-new-tokens", "8"];
+    let ids = ok(&peft(&[&args[..], &["--ids"]].concat(), &[]));
+    assert_eq!(ids.split_whitespace().map(|t| t.parse::<i64>().unwrap()).collect::<Vec<_>>(), want);
+    let text = ok(&peft(&args, &[]));
+    assert!(text.trim_start().starts_with("Paris."), "{text:?}");
+    oracle::record("cli peft generate", "smollm2 gguf");
+}
+
 #[test]
 fn hub_model_ids_resolve_offline_through_the_hf_cache() {
     let d = fixtures().join("cases").join("gpt2_causal");

@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod gpt2;
 pub mod hub;
 pub mod inputs;

@@ -27,6 +27,32 @@ impl Tokenizer {
         Self::from_file(&dir.join("tokenizer.json"))
     }
 
+    /// The tokenizer of a model: `dir/tokenizer.json`, or the tokenizer a `.gguf` file describes.
+    ///
+    /// # Errors
+    /// As [`Tokenizer::from_dir`] or [`Tokenizer::from_gguf`].
+    pub fn for_model(path: &Path) -> Result<Self> {
+        if crate::gguf::is_gguf(path) {
+            Self::from_gguf(path)
+        } else {
+            Self::from_dir(path)
+        }
+    }
+
+    /// The tokenizer a GGUF file's metadata describes, built as transformers builds it (see
+    /// [`crate::gguf_tokenizer`]).
+    ///
+    /// # Errors
+    /// An unreadable file, or a vocabulary type peft-rs does not build.
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        let file = peft_gguf::Gguf::open(path)?;
+        let json = crate::gguf_tokenizer::tokenizer_json(&file)?;
+        let inner: tokenizers::Tokenizer = json.to_string().parse().map_err(|e: tokenizers::Error| {
+            ModelError::Tokenizer { path: path.to_path_buf(), message: e.to_string() }
+        })?;
+        Ok(Self { inner, path: path.to_path_buf() })
+    }
+
     /// Loads a `tokenizer.json` file.
     ///
     /// # Errors
