@@ -292,3 +292,27 @@ fn layer_status_names_the_module_type() {
     assert!(l.describe().starts_with("osf.Linear("), "{}", l.describe());
     assert_eq!(l.effective_rank(), 2);
 }
+
+#[test]
+fn an_adapter_loaded_frozen_and_unfrozen_later_still_projects_its_gradients() {
+    let _rng = rng_lock();
+    let (vs, model) = Shapes::seeded(4);
+    let peft = PeftModel::new(model, &vs, config(&NAMES, Some(Num::from(4))).boxed(), "default").unwrap();
+    perturb(&peft, 0.2);
+    let dir = tempfile::tempdir().unwrap();
+    peft.save_pretrained(dir.path(), &peft_core::SaveOptions::default()).unwrap();
+    let (vs2, model2) = Shapes::seeded(4);
+    let (mut loaded, report) =
+        PeftModel::from_pretrained(model2, &vs2, dir.path(), peft_core::LoadOptions::default()).unwrap();
+    assert!(!report.trainable, "loaded for inference: the hooks were registered on frozen tensors");
+    loaded.set_requires_grad(&["default"], true).unwrap();
+    let x = Tensor::randn([8, 12], (Kind::Float, Device::Cpu));
+    loaded.forward_t(&x, true).square().mean(Kind::Float).backward();
+    for name in NAMES {
+        let (uh, vh) = high(&weight(&loaded, name), 4);
+        let (u, _, v) = layer(&loaded, name).low();
+        assert!(u.grad().abs().max().double_value(&[]) > 1e-6, "{name}: a gradient");
+        assert!(uh.transpose(0, 1).mm(&u.grad()).abs().max().double_value(&[]) < 1e-6, "{name}: dU ⟂ U_high");
+        assert!(v.grad().mm(&vh.transpose(0, 1)).abs().max().double_value(&[]) < 1e-6, "{name}: dV ⟂ V_high");
+    }
+}
