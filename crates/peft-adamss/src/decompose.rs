@@ -71,7 +71,8 @@ fn decompose_inner(
         ))
     })?;
     let k = config.num_subspaces.min(h).max(1) as usize;
-    let rows: Vec<f32> = Vec::<f32>::try_from(u.flatten(0, -1)).map_err(torch("AdaMSS: reading U"))?;
+    let rows: Vec<f32> = Vec::<f32>::try_from(u.flatten(0, -1).to_device(tch::Device::Cpu))
+        .map_err(torch("AdaMSS: reading U"))?;
     let clustering = kmeans::fit_predict(&rows, h as usize, er as usize, k);
     let ambiguous = clustering.ambiguous();
     let labels = clustering.labels;
