@@ -54,7 +54,7 @@ pub(crate) fn inspect(args: InspectArgs) -> Result<()> {
     let mut matched: Option<Vec<String>> = None;
     if let Some(dir) = base {
         let task = common.task_type.map(Task::from_task_type);
-        let loaded = HfModel::load_dir(&dir, task, &peft_models::LoadOptions::default());
+        let loaded = HfModel::load_path(&dir, task, &peft_models::LoadOptions::default());
         match loaded {
             Ok(loaded) => {
                 matched = Some(peft_core::inspect_targets(&loaded.model, config.as_ref())?.targeted)

@@ -114,7 +114,7 @@ fn not_a_hub_id_in(base: &Path, model: &str) -> Option<String> {
 /// [`ModelError::Hub`] when `model` is neither.
 pub fn resolve_local(model: &str, revision: Option<&str>) -> Result<PathBuf> {
     let as_path = Path::new(model);
-    if as_path.is_dir() {
+    if as_path.is_dir() || crate::gguf::is_gguf(as_path) {
         return Ok(as_path.to_path_buf());
     }
     if let Some(message) = not_a_hub_id(model) {
@@ -131,9 +131,9 @@ fn offline() -> bool {
 /// Files a model needs besides its weights (optional ones may be absent).
 const OPTIONAL_FILES: &[&str] = &["tokenizer.json", "generation_config.json", "tokenizer_config.json"];
 
-/// A local directory for `model`: the path itself when it is a directory, else the snapshot of the hub
-/// model id `model` (at `revision`, default `main`) in the HF cache, downloaded from the hub when it is
-/// not there yet.
+/// A local path for `model`: the path itself when it is a directory or a `.gguf` file, else the snapshot
+/// of the hub model id `model` (at `revision`, default `main`) in the HF cache, downloaded from the hub
+/// when it is not there yet.
 ///
 /// # Errors
 /// [`ModelError::Hub`] when the id is neither a directory nor cached (offline), or the download fails.

@@ -155,6 +155,18 @@ impl HfModel {
         Self::build(config, path, &Default::default(), task, options, Some(&file))
     }
 
+    /// Loads from a local directory or a `.gguf` file.
+    ///
+    /// # Errors
+    /// As [`HfModel::load`].
+    pub fn load_path(path: &Path, task: Option<Task>, options: &LoadOptions) -> Result<Loaded> {
+        if gguf::is_gguf(path) {
+            Self::load_gguf(path, task, options)
+        } else {
+            Self::load_dir(path, task, options)
+        }
+    }
+
     /// Loads from a local directory.
     ///
     /// # Errors
