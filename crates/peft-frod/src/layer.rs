@@ -159,12 +159,25 @@ impl FrodLayer {
         let w = if fifo { weight.tr() } else { weight.shallow_clone() };
         let (u, lambda) = tch::no_grad(|| u_and_lambda(&v, &w)).map_err(torch("computing FRoD's U and λ"))?;
         let nnz = bases.lock()?.entry(&category, &adapter).map_or(0, |e| e.indices.size()[1]);
+        // PEFT's `_get_adapter_target_device_dtype`: on the CPU, a layer that already holds a FRoD adapter
+        // makes the new one in that adapter's dtype (f32 after autocast), else in the weight's.
+        let sibling_kind = ctx
+            .siblings
+            .values()
+            .find_map(|t| t.as_any().downcast_ref::<FrodLayer>())
+            .map(|s| s.lambda_l.kind());
+        let kind = match sibling_kind {
+            Some(k) if device == Device::Cpu => k,
+            _ => base_kind,
+        };
+        // `_cast_adapter_dtype` puts `U` back in the base dtype when it autocasts.
+        let u_kind = if ctx.autocast_adapter_dtype { base_kind } else { kind };
         let init = || -> Tch<(Tensor, Tensor, Tensor)> {
-            let u = u.f_to_kind(base_kind)?.f_to_device(device)?;
-            let mut lambda_l = lambda.f_to_kind(base_kind)?;
-            let mut lambda_s = Tensor::f_zeros([nnz], (base_kind, Device::Cpu))?;
+            let u = u.f_to_kind(u_kind)?.f_to_device(device)?;
+            let mut lambda_l = lambda.f_to_kind(kind)?;
+            let mut lambda_s = Tensor::f_zeros([nnz], (kind, Device::Cpu))?;
             if !config.init_weights {
-                // PEFT's draws on the global generator, in the base dtype: `normal_(S values, std=0.1)`, then
+                // PEFT's draws on the global generator, in that dtype: `normal_(S values, std=0.1)`, then
                 // `λ += randn_like(λ) · 0.1`.
                 let _ = lambda_s.f_normal_(0.0, 0.1)?;
                 let noise = lambda_l.f_randn_like()?.f_mul_scalar(0.1)?;
