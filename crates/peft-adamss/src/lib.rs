@@ -25,6 +25,12 @@
 //! #[derive(Debug, Adaptable)]
 //! struct Mlp { lin0: nn::Linear, lin1: nn::Linear }
 //!
+//! impl ModuleT for Mlp {
+//!     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+//!         self.lin1.forward_t(&self.lin0.forward_t(x, train).relu(), train)
+//!     }
+//! }
+//!
 //! # fn main() -> peft_core::Result<()> {
 //! tch::manual_seed(0);
 //! let vs = VarStore::new(Device::Cpu);
@@ -37,8 +43,8 @@
 //! // Three subspaces of rank 1: each Aᵢ is (1 × 8), the Bᵢ together cover the 20 output rows.
 //! assert_eq!(peft.num_parameters().0, 3 * 8 + 20);
 //! let x = Tensor::randn([3, 12], (Kind::Float, Device::Cpu));
-//! let y = peft.model().lin0.forward_t(&x, false);
-//! let base = peft.disable_adapters()?.model().lin0.forward_t(&x, false);
+//! let y = peft.forward_t(&x, false);
+//! let base = peft.disable_adapters()?.forward_t(&x, false);
 //! assert!(y.allclose(&base, 1e-6, 1e-6, false));
 //! # Ok(()) }
 //! ```
