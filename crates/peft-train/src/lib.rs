@@ -16,6 +16,7 @@
 //! function, which tch cannot define; see `docs/ARCHITECTURE.md`.
 
 pub mod adalora;
+pub mod args;
 pub mod callback;
 pub mod chat;
 pub mod data;
