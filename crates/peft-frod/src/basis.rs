@@ -204,11 +204,11 @@ impl Registry {
     /// What a layer of `adapter` in `category` uses, as PEFT's `_create_and_replace` and `update_layer`
     /// find it: a category no adapter has yet is decomposed for the pending adapter first; an adapter
     /// without an entry in the category shares the category's first adapter's tensors. Returns the
-    /// basis and whether this layer is the first of the adapter in the category (it saves the tensors).
+    /// basis.
     ///
     /// # Errors
     /// No targets pending, a failed decomposition.
-    pub fn attach(&mut self, category: &str, adapter: &str) -> Result<(Tensor, bool)> {
+    pub fn attach(&mut self, category: &str, adapter: &str) -> Result<Tensor> {
         if !self.categories.contains_key(category) {
             self.decompose_pending()?;
         }
@@ -225,8 +225,13 @@ impl Registry {
             .entry(category, adapter)
             .map(|e| e.v.shallow_clone())
             .unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, Device::Cpu)));
-        let owns = self.owners.insert((category.to_string(), adapter.to_string()));
-        Ok((v, owns))
+        Ok(v)
+    }
+
+    /// Whether the layer being created is the adapter's first in `category` (it then saves the
+    /// category's tensors for the adapter); records it.
+    pub fn claim(&mut self, category: &str, adapter: &str) -> bool {
+        self.owners.insert((category.to_string(), adapter.to_string()))
     }
 }
 

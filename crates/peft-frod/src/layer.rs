@@ -147,7 +147,7 @@ impl FrodLayer {
         let category = category_from_key(ctx.module_name);
         let adapter = ctx.adapter_name.to_string();
         let bases = config.bases.clone();
-        let (v, owns) = bases.lock()?.attach(&category, &adapter)?;
+        let v = bases.lock()?.attach(&category, &adapter)?;
         if v.size() != [in_features, in_features] {
             return Err(PeftError::Invalid(format!(
                 "`{}`: FRoD's basis of category `{category}` is {:?} but the layer has {in_features} inputs",
@@ -186,6 +186,7 @@ impl FrodLayer {
             Ok((u, lambda_l, lambda_s))
         };
         let (u, lambda_l, lambda_s) = tch::no_grad(init).map_err(torch("initialising FRoD"))?;
+        let owns = bases.lock()?.claim(&category, &adapter);
         let merge_state = ctx
             .siblings
             .values()
