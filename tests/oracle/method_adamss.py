@@ -44,6 +44,7 @@ INIT_CASES = [
     dict(ADAMSS, name="adamss_default", model="MLP", config=dict(target_modules=["lin0", "lin1"], r=8)),
     dict(ADAMSS, name="adamss_all_linear", model="DeepMLP", config=dict(target_modules="all-linear", r=6, num_subspaces=4, subspace_rank=2)),
     dict(ADAMSS, name="adamss_dynamic", model="DeepMLP", config=dict(target_modules=["lin0"], r=10, num_subspaces=3, subspace_rank=3, use_dynamic_rank=True)),
+    dict(ADAMSS, name="adamss_rank0", model="MLP", config=dict(target_modules=["lin0"], r=4, num_subspaces=3, subspace_rank=0)),
     dict(ADAMSS, name="adamss_random", model="MLP", config=dict(target_modules=["lin0"], r=5, num_subspaces=2, init_weights=None, random_seed=5)),
 ]
 

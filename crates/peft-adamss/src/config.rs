@@ -174,18 +174,20 @@ impl AdamssConfig {
         Ok(())
     }
 
-    /// Checks PEFT leaves to its layer code, which fails there with a torch error or a crash: sizes
-    /// that cannot form tensors.
+    /// Checks PEFT leaves to its layer code, which fails there with a torch or scikit-learn error: sizes
+    /// that cannot form tensors or clusters. (`subspace_rank: 0` is fine: PEFT raises every rank to 1.)
     fn check_sizes(&self, location: &str) -> Result<()> {
-        for (field, v) in
-            [("r", self.r), ("num_subspaces", self.num_subspaces), ("subspace_rank", self.subspace_rank)]
-        {
-            if v < 1 {
+        for (field, v, min) in [
+            ("r", self.r, 1),
+            ("num_subspaces", self.num_subspaces, 1),
+            ("subspace_rank", self.subspace_rank, 0),
+        ] {
+            if v < min {
                 return Err(ConfigError::InvalidField {
                     location: location.to_string(),
                     field: field.to_string(),
                     message: format!(
-                        "`{field}` must be a positive integer, got {v} (PEFT fails creating the layer)"
+                        "`{field}` must be at least {min}, got {v} (PEFT fails creating the layer)"
                     ),
                 }
                 .into());

@@ -217,11 +217,17 @@ fn layers_and_options_adamss_cannot_take_are_refused_by_name() {
     let c = AdamssConfig::from_json_str(r#"{"peft_type": "ADAMSS", "init_weights": false}"#, &mut w).unwrap();
     assert_eq!(c.init_weights, None);
     let (vs, zoo) = LayerZoo::seeded(0);
-    let bad = AdamssConfig { subspace_rank: 0, ..config(&["lin0"], 4, 2) };
+    let bad = AdamssConfig { subspace_rank: -1, ..config(&["lin0"], 4, 2) };
     assert!(PeftModel::new(zoo, &vs, bad.boxed(), "default")
         .unwrap_err()
         .to_string()
         .contains("subspace_rank"));
+    // PEFT raises a zero rank to 1.
+    let (vs, zoo) = LayerZoo::seeded(0);
+    let zero = AdamssConfig { subspace_rank: 0, ..config(&["lin0"], 4, 2) };
+    let peft = PeftModel::new(zoo, &vs, zero.boxed(), "default").unwrap();
+    let l = tuner::<AdamssLayer>(peft.model().lin0.slots(), "default");
+    assert_eq!(l.subspace(0).unwrap().0.size(), [1, 4]);
 }
 
 #[test]
