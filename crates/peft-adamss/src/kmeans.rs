@@ -227,6 +227,9 @@ pub struct Clustering {
     /// centre over every assignment made; below [`AMBIGUOUS_GAP`] scikit-learn's float32 BLAS rounding
     /// may have chosen the other centre.
     pub min_gap: f64,
+    /// The final centres `(k, d)` row-major, in the data's frame (`cluster_centers_`: the centred
+    /// centres plus the column means, in float32).
+    pub centers: Vec<f32>,
 }
 
 impl Clustering {
@@ -272,7 +275,8 @@ pub fn fit_predict(x: &[f32], n: usize, d: usize, k: usize) -> Clustering {
     if !strict {
         min_gap = min_gap.min(assign(&xc, d, &centers, &mut labels));
     }
-    Clustering { labels, min_gap }
+    let centers = centers.chunks_exact(d).flat_map(|c| c.iter().zip(&mean).map(|(v, m)| v + m)).collect();
+    Clustering { labels, min_gap, centers }
 }
 
 #[cfg(test)]
