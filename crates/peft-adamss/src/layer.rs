@@ -149,7 +149,11 @@ impl AdamssLayer {
         let delta = Tensor::cat(&chunks, -1);
         let mut shape = delta.size();
         let dims = shape.len();
-        let index = if dims == 2 {
+        let index = if dims == 1 {
+            // PEFT's forward fails on an unbatched input (its index gets three dimensions); scatter it
+            // along its only axis instead of panicking.
+            self.scatter.shallow_clone()
+        } else if dims == 2 {
             self.scatter.unsqueeze(0).expand([shape[0], -1], false)
         } else {
             let mut idx_shape: Vec<i64> = shape[..dims - 1].to_vec();

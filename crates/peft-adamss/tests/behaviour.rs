@@ -9,8 +9,8 @@ use peft_core::peft_config::TargetModules;
 use peft_core::{Adaptable, LoadOptions, PeftError, PeftModel, SaveOptions, TunerLayer};
 use peft_testkit::nets::{seeded, LayerZoo, Quantized};
 use peft_testkit::{
-    assert_safe_merge_refuses_nan, assert_unsupported_layer, load_error, max_diff, randomize, rng_lock,
-    save_with_config_edit, tuner,
+    assert_mixed_batches_refused, assert_safe_merge_refuses_nan, assert_unsupported_layer, load_error,
+    max_diff, randomize, rng_lock, save_with_config_edit, tuner,
 };
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
@@ -87,8 +87,13 @@ fn the_adapted_layer_adds_the_scattered_subspace_products_with_and_without_bias(
     let h = Tensor::randn([2, 3, 12], (Kind::Float, Device::Cpu));
     let w = &peft.model().no_bias.base().weight;
     let d = tch::no_grad(|| dense_delta(nb, 9));
-    let want = h.linear::<Tensor>(&(w + d), None);
+    let want = h.linear::<Tensor>(&(w + &d), None);
     assert!(max_diff(&tch::no_grad(|| peft.model().no_bias.forward(&h)), &want) < 1e-5, "3-d input");
+    let v = Tensor::randn([12], (Kind::Float, Device::Cpu));
+    let want = v.unsqueeze(0).linear::<Tensor>(&(w + &d), None).squeeze_dim(0);
+    assert!(max_diff(&tch::no_grad(|| peft.model().no_bias.forward(&v)), &want) < 1e-5, "1-d input");
+    // PEFT's AdaMSS has no per-row adapters (`adapter_names`).
+    assert_mixed_batches_refused(&peft, "ADAMSS");
 }
 
 #[test]
