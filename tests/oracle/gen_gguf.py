@@ -17,6 +17,10 @@ OUT_DIR/manifest.json          {"metadata": {key: [type, value]}, "tensors": {na
 OUT_DIR/smollm2/tokenizer.json transformers' tokenizer of the file (AutoTokenizer with gguf_file=), serialized;
                                tokens.json: texts, their ids (with and without special tokens) and decodes,
                                and a conversation rendered with the file's chat template
+OUT_DIR/vocab/<name>/          real byte-level BPE tokenizers of other models (`ggml-vocab-<name>.gguf`, GGUF
+                               files with a tokenizer and no weights, from the PyPI source archive of
+                               llama-cpp-python 0.3.36, downloaded once), each with transformers' tokenizer.json
+                               and tokens.json as for SmolLM2
 OUT_DIR/smollm2/               outputs.safetensors (input_ids, attention_mask, logits of the base model
                                and of a PEFT LoRA adapter made on it, float32) and adapter/ (that adapter as
                                PEFT saves it: q_proj, v_proj and down_proj, r=4, B moved off zero).
@@ -186,6 +190,36 @@ CONVERSATION = [
 
 
 def smollm2_tokenizer(d, name, out):
+    write_tokenizer(d, name, out, chat=True)
+
+
+# The byte-level (`gpt2`) tokenizers transformers builds from llama.cpp's vocabulary files: several split
+# regexes (llama-bpe, qwen2, qwen35), GPT-2's own, and BOS insertion (deepseek's add_bos_token).
+VOCABS = ["aquila", "deepseek-coder", "deepseek-llm", "falcon", "gpt-2", "llama-bpe", "qwen2", "qwen35", "starcoder"]
+
+
+def vocab_files(out):
+    import importlib.util
+    import io
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location(
+        "extract", os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_templates", "extract.py")
+    )
+    extract = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extract)
+    archive = extract.download()
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        for name in VOCABS:
+            d = os.path.join(out, "vocab", name)
+            os.makedirs(d, exist_ok=True)
+            path = os.path.join(d, f"ggml-vocab-{name}.gguf")
+            with open(path, "wb") as f:
+                f.write(tar.extractfile(extract.ROOT + f"ggml-vocab-{name}.gguf").read())
+            write_tokenizer(d, os.path.basename(path), d)
+
+
+def write_tokenizer(d, name, out, chat=False):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
@@ -197,11 +231,13 @@ def smollm2_tokenizer(d, name, out):
         plain = tok(text, add_special_tokens=False)["input_ids"]
         cases.append({"text": text, "ids": ids, "ids_plain": plain, "decoded": tok.decode(ids),
                       "decoded_skip": tok.decode(ids, skip_special_tokens=True)})
-    chat = tok.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
-    specials = {k: getattr(tok, k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    record = {"cases": cases}
+    if chat:
+        text = tok.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+        record.update(conversation=CONVERSATION, chat=text, chat_ids=tok(text)["input_ids"],
+                      special_tokens={k: getattr(tok, k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")})
     with open(os.path.join(out, "tokens.json"), "w", encoding="utf-8") as f:
-        json.dump({"cases": cases, "conversation": CONVERSATION, "chat": chat, "chat_ids": tok(chat)["input_ids"],
-                   "special_tokens": specials}, f, ensure_ascii=False, indent=1)
+        json.dump(record, f, ensure_ascii=False, indent=1)
 
 
 def main(out):
@@ -209,7 +245,8 @@ def main(out):
     meta, shapes = synthetic(out)
     path, real = smollm2()
     real["config"], real["greedy"] = smollm2_model(path, out)
-    manifest = {"metadata": meta, "tensors": shapes, "smollm2": real}
+    vocab_files(out)
+    manifest = {"metadata": meta, "tensors": shapes, "smollm2": real, "vocabs": VOCABS}
     with open(os.path.join(out, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, ensure_ascii=False, indent=1)
 

@@ -148,35 +148,69 @@ fn smollm2_from_gguf_gives_transformers_logits_generations_and_peft_adapter_outp
     oracle::record("gguf peft->rs", "smollm2 lora");
 }
 
+/// Checks the tokenizer peft-rs builds from the GGUF file `path` against transformers' (`dir` holds its
+/// tokenizer.json and tokens.json): the whole serialization, then ids and decodes of every text.
+fn check_tokenizer(path: &std::path::Path, dir: &std::path::Path, label: &str) -> Value {
+    use peft_models::gguf_tokenizer::tokenizer_json;
+    use peft_models::tokenizer::Tokenizer;
+
+    let file = Gguf::open(path).unwrap();
+    let want: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
+    if let Some(at) = first_difference(&tokenizer_json(&file).unwrap(), &want, String::new()) {
+        panic!("{label}: tokenizer.json differs from transformers' conversion at {at}");
+    }
+    let tok = Tokenizer::for_model(path).unwrap();
+    let t = oracle::read_json(&dir.join("tokens.json"));
+    for case in t["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let got = tok.encode(text, true).unwrap();
+        assert_eq!(got, ids(&case["ids"]), "{label}: {text:?}");
+        assert_eq!(tok.encode(text, false).unwrap(), ids(&case["ids_plain"]), "{label}: {text:?}");
+        assert_eq!(tok.decode(&got, false).unwrap(), case["decoded"].as_str().unwrap(), "{label}: {text:?}");
+        assert_eq!(
+            tok.decode(&got, true).unwrap(),
+            case["decoded_skip"].as_str().unwrap(),
+            "{label}: {text:?}"
+        );
+        oracle::record("gguf transformers->rs", &format!("{label} tokenize {text:?}"));
+    }
+    t
+}
+
+/// Where two JSON values first differ (a path and both values, shortened), or `None` when equal.
+fn first_difference(a: &Value, b: &Value, at: String) -> Option<String> {
+    let short = |v: &Value| v.to_string().chars().take(200).collect::<String>();
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| match (x.get(k), y.get(k)) {
+                (Some(p), Some(q)) => first_difference(p, q, format!("{at}.{k}")),
+                (p, q) => Some(format!("{at}.{k}: {p:?} vs {q:?}")),
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            x.iter().zip(y).enumerate().find_map(|(i, (p, q))| first_difference(p, q, format!("{at}[{i}]")))
+        }
+        _ => (a != b).then(|| format!("{at}: ours {} vs transformers {}", short(a), short(b))),
+    }
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+}
+
 #[test]
 fn smollm2_tokenizer_and_chat_template_from_gguf_are_transformers() {
-    use peft_models::gguf_tokenizer::{special_tokens_and_template, tokenizer_json};
+    use peft_models::gguf_tokenizer::special_tokens_and_template;
     use peft_models::tokenizer::Tokenizer;
     use peft_train::chat::{ChatInputs, ChatTemplate};
 
     let dir = oracle::fixtures("gen_gguf.py");
     let m = oracle::read_json(&dir.join("manifest.json"));
     let path = std::path::PathBuf::from(m["smollm2"]["path"].as_str().unwrap());
+    let t = check_tokenizer(&path, &dir.join("smollm2"), "smollm2");
     let file = Gguf::open(&path).unwrap();
-    // The whole serialization: model, vocabulary, merges, added tokens, pre-tokenizer, post-processor.
-    let want: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("smollm2").join("tokenizer.json")).unwrap())
-            .unwrap();
-    assert_eq!(tokenizer_json(&file).unwrap(), want, "tokenizer.json as transformers converts it");
-
-    let tok = Tokenizer::for_model(&path).unwrap();
-    let t = oracle::read_json(&dir.join("smollm2").join("tokens.json"));
-    let ids = |v: &Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
-    for case in t["cases"].as_array().unwrap() {
-        let text = case["text"].as_str().unwrap();
-        let got = tok.encode(text, true).unwrap();
-        assert_eq!(got, ids(&case["ids"]), "{text:?}");
-        assert_eq!(tok.encode(text, false).unwrap(), ids(&case["ids_plain"]), "{text:?}");
-        assert_eq!(tok.decode(&got, false).unwrap(), case["decoded"].as_str().unwrap(), "{text:?}");
-        assert_eq!(tok.decode(&got, true).unwrap(), case["decoded_skip"].as_str().unwrap(), "{text:?}");
-        oracle::record("gguf transformers->rs", &format!("smollm2 tokenize {text:?}"));
-    }
-
     let (specials, template) = special_tokens_and_template(&file).unwrap();
     let want_specials = t["special_tokens"].as_object().unwrap();
     assert_eq!(specials.len(), want_specials.len());
@@ -189,6 +223,23 @@ fn smollm2_tokenizer_and_chat_template_from_gguf_are_transformers() {
     let inputs = ChatInputs { messages, add_generation_prompt: true, variables, ..ChatInputs::default() };
     let chat = template.render(&inputs).unwrap();
     assert_eq!(chat, t["chat"].as_str().unwrap());
+    let tok = Tokenizer::for_model(&path).unwrap();
     assert_eq!(tok.encode(&chat, true).unwrap(), ids(&t["chat_ids"]));
     oracle::record("gguf transformers->rs", "smollm2 chat template");
+}
+
+/// Real byte-level tokenizers of nine other models (llama.cpp's vocabulary files from the
+/// llama-cpp-python source archive): GPT-2's own splitting, the llama-bpe, qwen2 and qwen35 regexes, and
+/// DeepSeek's BOS insertion.
+#[test]
+fn real_byte_level_gguf_tokenizers_are_transformers() {
+    let dir = oracle::fixtures("gen_gguf.py");
+    let m = oracle::read_json(&dir.join("manifest.json"));
+    let names = m["vocabs"].as_array().unwrap();
+    assert!(names.len() >= 9);
+    for name in names {
+        let name = name.as_str().unwrap();
+        let d = dir.join("vocab").join(name);
+        check_tokenizer(&d.join(format!("ggml-vocab-{name}.gguf")), &d, name);
+    }
 }

@@ -121,25 +121,7 @@ pub fn tokenizer_json(file: &Gguf) -> Result<Value> {
             Ok(json!([a, b]))
         })
         .collect::<Result<_>>()?;
-    let added = |id: usize, special: bool| {
-        json!({"id": id, "content": tokens[id], "single_word": false, "lstrip": false, "rstrip": false,
-               "normalized": false, "special": special})
-    };
-    // Control tokens (type 3) spelled in the byte alphabet become special; user-defined ones (type 4)
-    // that are in the vocabulary become plain added tokens.
-    let mut added_tokens: Vec<Value> = types
-        .iter()
-        .enumerate()
-        .filter(|&(id, &t)| t == 3 && id < tokens.len() && in_alphabet(tokens[id]))
-        .map(|(id, _)| added(id, true))
-        .collect();
-    added_tokens.extend(
-        types
-            .iter()
-            .enumerate()
-            .filter(|&(id, &t)| t == 4 && id < tokens.len() && vocab.contains_key(tokens[id]))
-            .map(|(id, _)| added(id, false)),
-    );
+    let added_tokens = added_tokens(file, &tokens, &types, &vocab, &in_alphabet)?;
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let pre = file.get("tokenizer.ggml.pre").and_then(MetaValue::as_str).unwrap_or("");
     let pre_tokenizer = match split_regex(pre) {
@@ -156,7 +138,7 @@ pub fn tokenizer_json(file: &Gguf) -> Result<Value> {
         "added_tokens": added_tokens,
         "normalizer": null,
         "pre_tokenizer": pre_tokenizer,
-        "post_processor": post_processor(file, &tokens)?,
+        "post_processor": post_processor(file, &tokens, &added_tokens)?,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
                   "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
@@ -164,12 +146,74 @@ pub fn tokenizer_json(file: &Gguf) -> Result<Value> {
     }))
 }
 
-/// transformers' `update_post_processor`: BOS before and EOS after each sequence when the file asks.
-fn post_processor(file: &Gguf, tokens: &[&str]) -> Result<Value> {
-    let bos = special(file, tokens, "tokenizer.ggml.bos_token_id")?
-        .filter(|_| flag(file, "tokenizer.ggml.add_bos_token") == Some(true));
-    let eos = special(file, tokens, "tokenizer.ggml.eos_token_id")?
-        .filter(|_| flag(file, "tokenizer.ggml.add_eos_token") == Some(true));
+/// The added tokens in the order transformers adds them, each at the id it ends up with: GPT-2's default
+/// `<|endoftext|>` (its unk/bos/eos default), the control tokens (type 3) spelled in the byte alphabet as
+/// special, the user-defined ones (type 4) found in the vocabulary as plain, then the file's
+/// bos/eos/unk/pad tokens as special. A token already in the vocabulary keeps its id; any other gets
+/// the next id past the vocabulary (transformers gives Llama 3's files an extra `<|endoftext|>` at
+/// 128256 this way, and DeepSeek's BOS, spelled outside the byte alphabet, a second id).
+fn added_tokens(
+    file: &Gguf,
+    tokens: &[&str],
+    types: &[i64],
+    vocab: &Map<String, Value>,
+    in_alphabet: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Value>> {
+    let mut order: Vec<(String, bool)> = vec![("<|endoftext|>".into(), true)];
+    let typed = |kind: i64| types.iter().enumerate().filter(move |&(id, &t)| t == kind && id < tokens.len());
+    order.extend(
+        typed(3).filter(|&(id, _)| in_alphabet(tokens[id])).map(|(id, _)| (tokens[id].to_string(), true)),
+    );
+    order.extend(
+        typed(4)
+            .filter(|&(id, _)| vocab.contains_key(tokens[id]))
+            .map(|(id, _)| (tokens[id].to_string(), false)),
+    );
+    for key in ["bos", "eos", "unknown", "padding"] {
+        if let Some((t, _)) = special(file, tokens, &format!("tokenizer.ggml.{key}_token_id"))? {
+            order.push((t, true));
+        }
+    }
+    let mut next = vocab.len();
+    let mut by_id = std::collections::BTreeMap::new();
+    let mut placed = std::collections::HashSet::new();
+    for (content, special) in order {
+        if !placed.insert(content.clone()) {
+            continue;
+        }
+        let id = match vocab.get(&content).and_then(Value::as_u64) {
+            Some(id) => id as usize,
+            None => {
+                next += 1;
+                next - 1
+            }
+        };
+        by_id.insert(
+            id,
+            json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": special}),
+        );
+    }
+    Ok(by_id.into_values().collect())
+}
+
+/// transformers' `update_post_processor`: BOS before and EOS after each sequence when the file asks, each
+/// with the id its token has among the added tokens.
+fn post_processor(file: &Gguf, tokens: &[&str], added: &[Value]) -> Result<Value> {
+    let resolve = |t: Option<(String, i64)>| {
+        t.map(|(content, id)| {
+            let id = added
+                .iter()
+                .find(|a| a["content"] == content.as_str())
+                .and_then(|a| a["id"].as_i64())
+                .unwrap_or(id);
+            (content, id)
+        })
+    };
+    let add_bos = flag(file, "tokenizer.ggml.add_bos_token") == Some(true);
+    let add_eos = flag(file, "tokenizer.ggml.add_eos_token") == Some(true);
+    let bos = resolve(special(file, tokens, "tokenizer.ggml.bos_token_id")?).filter(|_| add_bos);
+    let eos = resolve(special(file, tokens, "tokenizer.ggml.eos_token_id")?).filter(|_| add_eos);
     let piece = |tok: &Option<(String, i64)>, type_id: u32| {
         tok.as_ref().map(|(t, _)| json!({"SpecialToken": {"id": t, "type_id": type_id}}))
     };
