@@ -44,10 +44,19 @@ CASES = {
                      "ia3": dict(method="IA3"), "vera": dict(method="VERA", r=8),
                      "fourierft": dict(method="FOURIERFT", n_frequency=64, scaling=10.0),
                      "glora": dict(method="GLORA", r=2),
+                     "osf": dict(method="OSF"),
+                     "unilora": dict(method="UNILORA", r=2, theta_d_length=512),
+                     "lily": dict(method="LILY", r=4, stride_A=2),
                      "randlora": dict(method="RANDLORA", r=8, randlora_alpha=16),
                      "boft": dict(method="BOFT", boft_block_size=8, target_modules=["q_proj", "v_proj", "down_proj"]),
                      "waveft": dict(method="WAVEFT", n_frequency=64, scaling=2.0, wavelet_family="db2"),
-                     "supertuning": dict(method="SUPERTUNING", sparsity=0.9, r=2)}),
+                     "supertuning": dict(method="SUPERTUNING", sparsity=0.9, r=2),
+                     "tinylora": dict(method="TINYLORA", u=8, weight_tying=0.5),
+                     "tinylora_emb": dict(method="TINYLORA", u=4, r=3, target_modules=["embed_tokens", "q_proj", "down_proj"]),
+                     "frod": dict(method="FROD", sparse_rate=0.05),
+                     "adamss": dict(method="ADAMSS", r=8, num_subspaces=3),
+                     "adamss_mlp": dict(method="ADAMSS", r=12, num_subspaces=4, subspace_rank=2, target_modules=["gate_proj", "down_proj"]),
+                     "frod_mlp": dict(method="FROD", sparse_rate=0.02, target_modules=["k_proj", "gate_proj", "down_proj"])}),
     "llama3_rope_tied": (tf.LlamaConfig, dict(LLAMA, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True),
                          tf.LlamaForCausalLM, "CAUSAL_LM", {
                              "mlp": dict(target_modules=["gate_proj", "down_proj"]),
@@ -82,10 +91,13 @@ CASES = {
                     {"attn": dict(target_modules=["c_attn"]), "mlp": dict(target_modules=["c_fc", "mlp.c_proj"], r=2),
                      "tokens": dict(target_modules=["c_attn"], trainable_token_indices={"wte": [5, 6, 7]}),
                      "ia3": dict(method="IA3"), "vera": dict(method="VERA", r=8, target_modules=["c_attn", "c_fc"]),
+                     "unilora": dict(method="UNILORA", theta_d_length=300, save_indices=True, target_modules=["c_attn", "c_fc"]),
                      "randlora": dict(method="RANDLORA", r=8, randlora_alpha=16, target_modules=["c_attn", "c_fc"]),
                      "fourierft": dict(method="FOURIERFT", n_frequency=64, scaling=10.0),
                      "waveft": dict(method="WAVEFT", n_frequency=48, scaling=2.0, wavelet_family="sym3",
-                                    target_modules=["c_attn", "mlp.c_proj"])}),
+                                    target_modules=["c_attn", "mlp.c_proj"]),
+                     "tinylora": dict(method="TINYLORA", u=6, weight_tying=1.0, target_modules=["c_attn", "c_fc"]),
+                     "frod": dict(method="FROD", sparse_rate=0.02, target_modules=["c_attn", "c_fc"])}),
     "gpt2_seqcls": (tf.GPT2Config, dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                         pad_token_id=0, num_labels=2), tf.GPT2ForSequenceClassification, "SEQ_CLS",
                     {"attn": dict(target_modules=["c_attn"])}),
@@ -94,13 +106,21 @@ CASES = {
                     tf.BertForSequenceClassification, "SEQ_CLS",
                     {"qv": dict(target_modules=["query", "value"]), "dense": dict(target_modules=["dense"], r=2),
                      "ia3": dict(method="IA3"), "glora": dict(method="GLORA", r=2, config_D_E="vector"),
+                     "osf": dict(method="OSF", effective_rank=0.75, rank_pattern={"attention": 4},
+                                 target_modules=["query", "value", "dense"]),
+                     "unilora": dict(method="UNILORA", theta_d_length=20000, target_modules=["query", "value", "dense"]),
+                     "lily": dict(method="LILY", r=4, num_B=3, target_modules=["query", "value", "dense"]),
                      "randlora": dict(method="RANDLORA", r=6, sparse=True, randlora_alpha=12,
                                       target_modules=["query", "value", "output.dense"]),
                      "boft": dict(method="BOFT", boft_block_size=0, boft_block_num=4,
                                   target_modules=["query", "value", "output.dense"]),
                      "waveft": dict(method="WAVEFT", n_frequency=40, scaling=2.0, wavelet_family="coif1",
                                     target_modules=["query", "value", "dense"], proportional_parameters=True),
-                     "supertuning": dict(method="SUPERTUNING", save_precomputed_indices=False)}),
+                     "supertuning": dict(method="SUPERTUNING", save_precomputed_indices=False),
+                     "adamss": dict(method="ADAMSS", r=8, num_subspaces=4, target_modules=["query", "value", "dense"]),
+                     "tinylora": dict(method="TINYLORA", u=4, save_projection=False,
+                                      target_modules=["query", "value", "dense"]),
+                     "frod": dict(method="FROD", sparse_rate=0.02, target_modules=["query", "value", "dense"])}),
     "bert_replicated": (tf.BertConfig, dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                             intermediate_size=64, max_position_embeddings=64, num_labels=2),
                         tf.BertForSequenceClassification, "SEQ_CLS",
@@ -203,11 +223,14 @@ def gen_case(root, name, spec):
                         p.add_(0.2 * torch.randn_like(p))
         peft_model.eval()
         outputs[f"{aname}/unmerged"] = run(peft_model, inputs, task)
-        if not akw.get("layer_replication") and not akw.get("alora_invocation_tokens"):
-            # (PEFT means to refuse merging replicated layers, which share their weights.)
-            peft_model.merge_adapter()
-            outputs[f"{aname}/merged"] = run(peft_model, inputs, task)
-            peft_model.unmerge_adapter()
+        if not akw.get("layer_replication") and not akw.get("alora_invocation_tokens") and method != "LILY":
+            # (PEFT means to refuse merging replicated layers, which share their weights; LiLy cannot merge.)
+            # OSF merges but cannot unmerge: it merges a copy.
+            merged = copy.deepcopy(peft_model) if method == "OSF" else peft_model
+            merged.merge_adapter()
+            outputs[f"{aname}/merged"] = run(merged, inputs, task)
+            if merged is peft_model:
+                peft_model.unmerge_adapter()
         peft_model.save_pretrained(os.path.join(d, "adapters", aname))
     save_file(tensors(inputs), os.path.join(d, "inputs.safetensors"))
     save_file(tensors(outputs), os.path.join(d, "outputs.safetensors"))

@@ -8,6 +8,8 @@ OUT_DIR/adalora/  model/ (tiny Llama + word tokenizer), train.jsonl, adapter_con
                   config handed to `peft train --config`), final/ (the adapter after the loop) and
                   case.json (arguments, losses, the final rank_pattern).
 OUT_DIR/osf/      the same for an OSF adapter (no allocation step; PEFT's hooks project the gradients).
+OUT_DIR/adamss/   the same for an AdaMSS adapter with ASA (update_and_allocate after each optimizer step, as
+                  PEFT's AdamssAsaCallback does under transformers' Trainer).
 
 The loop is the Trainer's (file order, right padding, -100 labels, mean token loss, clipping, AdamW with
 decay groups, linear warmup) with PEFT's AdaLoRA additions: `AdaLoraModel.forward` adds the orthogonal
@@ -21,7 +23,7 @@ import sys
 
 import torch
 import transformers as tf
-from peft import AdaLoraConfig, OSFConfig, get_peft_model
+from peft import AdaLoraConfig, AdamssConfig, OSFConfig, get_peft_model
 
 from gen_models import word_tokenizer
 from gen_train import decay_groups, linear_warmup
@@ -40,6 +42,11 @@ ADALORA = dict(
     orth_reg_weight=0.5,
 )
 OSF = dict(target_modules=["q_proj", "v_proj", "down_proj"], effective_rank=0.5)
+# ASA masks at steps 2 and 4 (its warmup window 1..4), keeping part of the 4 subspaces of each layer.
+ADAMSS = dict(
+    target_modules=["q_proj", "v_proj"], r=8, num_subspaces=4, subspace_rank=2, init_weights=None, use_asa=True,
+    asa_target_subspaces=3, init_warmup=1, final_warmup=4, mask_interval=2,
+)
 
 
 def run(d, peft_config, adalora):
@@ -91,7 +98,8 @@ def run(d, peft_config, adalora):
         torch.nn.utils.clip_grad_norm_([p for p in peft_model.parameters() if p.requires_grad], c["clip"])
         opt.step()
         sched.step()
-        if adalora:
+        if adalora or getattr(peft_config, "use_asa", False):
+            # PEFT's documented place for both: after the optimizer step, before zero_grad.
             peft_model.base_model.update_and_allocate(global_step)
         opt.zero_grad()
         rp = getattr(peft_model.peft_config["default"], "rank_pattern", None) if adalora else None
@@ -105,8 +113,9 @@ def main():
     root = sys.argv[1]
     run(os.path.join(root, "adalora"), AdaLoraConfig(task_type="CAUSAL_LM", **ADALORA), True)
     run(os.path.join(root, "osf"), OSFConfig(task_type="CAUSAL_LM", **OSF), False)
+    run(os.path.join(root, "adamss"), AdamssConfig(task_type="CAUSAL_LM", **ADAMSS), False)
     with open(os.path.join(root, "manifest.json"), "w") as f:
-        json.dump(dict(adalora=True, osf=True), f)
+        json.dump(dict(adalora=True, osf=True, adamss=True), f)
 
 
 if __name__ == "__main__":

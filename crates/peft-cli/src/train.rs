@@ -255,7 +255,14 @@ pub(crate) fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     tch::manual_seed(args.seed as i64);
     let mut peft = PeftModel::new(loaded.model, &loaded.vs, config, "default")?;
     println!("{}", peft.trainable_parameters_line());
+    // AdaMSS's ASA schedule is a callback PEFT users register in their loop; `peft train` does it for them
+    // (peft-train cannot: peft-adamss depends on it). AdaLoRA's allocator the Trainer adds by itself.
+    let asa = peft.config("default").and_then(|c| c.as_any().downcast_ref::<peft::adamss::AdamssConfig>());
+    let use_asa = asa.is_some_and(|c| c.use_asa);
     let mut trainer = Trainer::new(&mut peft, targs)?;
+    if use_asa {
+        trainer.add_callback(Box::new(peft::adamss::AsaCallback::new()));
+    }
     if let Some(ckpt) = &args.resume {
         trainer.resume_from(ckpt)?;
     }

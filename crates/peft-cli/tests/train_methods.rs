@@ -107,3 +107,24 @@ fn peft_train_with_an_osf_config_trains_as_peft_with_its_gradient_hooks() {
     }
     oracle::record("rs->peft", "peft train --config (OSF, tiny llama)");
 }
+
+/// An AdaMSS config with `use_asa`: `peft train` registers the ASA callback itself (PEFT users add
+/// `AdamssAsaCallback` to their Trainer), and the subspaces it masks at steps 2 and 4 stop training as in
+/// PEFT's loop (without ASA the final weights differ by 0.011).
+#[test]
+fn peft_train_with_an_adamss_asa_config_masks_subspaces_as_peft() {
+    let d = oracle::fixtures("gen_train_methods.py").join("adamss");
+    let c = read_json(&d.join("case.json"));
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("adapter");
+    let done = train(&d, &c["steps"].to_string(), &out);
+    assert!(done.status.success(), "peft train failed:\n{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(read_json(&out.join("adapter_config.json"))["peft_type"], "ADAMSS");
+    let ours = read_all(&out.join("adapter_model.safetensors"));
+    let want = read_all(&d.join("final").join("adapter_model.safetensors"));
+    assert_eq!(ours.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    for (k, v) in &ours {
+        assert_close(v, &want[k], 2e-5, &format!("peft train (AdaMSS + ASA): {k}"));
+    }
+    oracle::record("rs->peft", "peft train --config (AdaMSS with ASA, tiny llama)");
+}

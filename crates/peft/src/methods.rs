@@ -3,6 +3,8 @@
 
 #[cfg(feature = "adalora")]
 pub use peft_adalora as adalora;
+#[cfg(feature = "adamss")]
+pub use peft_adamss as adamss;
 #[cfg(feature = "beft")]
 pub use peft_beft as beft;
 #[cfg(feature = "boft")]
@@ -15,6 +17,8 @@ pub use peft_deft as deft;
 pub use peft_delora as delora;
 #[cfg(feature = "fourierft")]
 pub use peft_fourierft as fourierft;
+#[cfg(feature = "frod")]
+pub use peft_frod as frod;
 #[cfg(feature = "glora")]
 pub use peft_glora as glora;
 #[cfg(feature = "gralora")]
@@ -25,6 +29,8 @@ pub use peft_hira as hira;
 pub use peft_hra as hra;
 #[cfg(feature = "ia3")]
 pub use peft_ia3 as ia3;
+#[cfg(feature = "lily")]
+pub use peft_lily as lily;
 #[cfg(feature = "loha")]
 pub use peft_loha as loha;
 #[cfg(feature = "lokr")]
@@ -35,6 +41,8 @@ pub use peft_lora as lora;
 pub use peft_miss as miss;
 #[cfg(feature = "oft")]
 pub use peft_oft as oft;
+#[cfg(feature = "osf")]
+pub use peft_osf as osf;
 #[cfg(feature = "peanut")]
 pub use peft_peanut as peanut;
 #[cfg(feature = "prompt")]
@@ -51,8 +59,12 @@ pub use peft_road as road;
 pub use peft_shira as shira;
 #[cfg(feature = "supertuning")]
 pub use peft_supertuning as supertuning;
+#[cfg(feature = "tinylora")]
+pub use peft_tinylora as tinylora;
 #[cfg(feature = "trainable-tokens")]
 pub use peft_trainable_tokens as trainable_tokens;
+#[cfg(feature = "unilora")]
+pub use peft_unilora as unilora;
 #[cfg(feature = "vblora")]
 pub use peft_vblora as vblora;
 #[cfg(feature = "vera")]
@@ -65,6 +77,8 @@ pub fn linked_methods() -> Vec<&'static str> {
     // Referencing each crate keeps it (and its registration) linked.
     #[cfg(feature = "adalora")]
     let _ = peft_adalora::PEFT_TYPE;
+    #[cfg(feature = "adamss")]
+    let _ = peft_adamss::PEFT_TYPE;
     #[cfg(feature = "beft")]
     let _ = peft_beft::PEFT_TYPE;
     #[cfg(feature = "boft")]
@@ -77,6 +91,8 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_delora::PEFT_TYPE;
     #[cfg(feature = "fourierft")]
     let _ = peft_fourierft::PEFT_TYPE;
+    #[cfg(feature = "frod")]
+    let _ = peft_frod::PEFT_TYPE;
     #[cfg(feature = "glora")]
     let _ = peft_glora::PEFT_TYPE;
     #[cfg(feature = "gralora")]
@@ -87,6 +103,8 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_hra::PEFT_TYPE;
     #[cfg(feature = "ia3")]
     let _ = peft_ia3::PEFT_TYPE;
+    #[cfg(feature = "lily")]
+    let _ = peft_lily::PEFT_TYPE;
     #[cfg(feature = "loha")]
     let _ = peft_loha::PEFT_TYPE;
     #[cfg(feature = "lokr")]
@@ -97,6 +115,8 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_miss::PEFT_TYPE;
     #[cfg(feature = "oft")]
     let _ = peft_oft::PEFT_TYPE;
+    #[cfg(feature = "osf")]
+    let _ = peft_osf::PEFT_TYPE;
     #[cfg(feature = "peanut")]
     let _ = peft_peanut::PEFT_TYPE;
     #[cfg(feature = "prompt")]
@@ -113,8 +133,12 @@ pub fn linked_methods() -> Vec<&'static str> {
     let _ = peft_shira::PEFT_TYPE;
     #[cfg(feature = "supertuning")]
     let _ = peft_supertuning::PEFT_TYPE;
+    #[cfg(feature = "tinylora")]
+    let _ = peft_tinylora::PEFT_TYPE;
     #[cfg(feature = "trainable-tokens")]
     let _ = peft_trainable_tokens::PEFT_TYPE;
+    #[cfg(feature = "unilora")]
+    let _ = peft_unilora::PEFT_TYPE;
     #[cfg(feature = "vblora")]
     let _ = peft_vblora::PEFT_TYPE;
     #[cfg(feature = "vera")]
