@@ -132,7 +132,9 @@ fn logits_match_transformers_and_peft_for_every_architecture() {
                 let err = peft.merge_adapter(None, false).unwrap_err();
                 let msg = err.to_string();
                 assert!(
-                    msg.contains("replicated") || msg.contains("aLoRA") || msg.contains("not supported for Lily"),
+                    msg.contains("replicated")
+                        || msg.contains("aLoRA")
+                        || msg.contains("not supported for Lily"),
                     "{case}/{a}: {err}"
                 );
                 oracle::record("models peft->rs", &format!("{case}/{a}"));
