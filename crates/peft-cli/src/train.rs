@@ -226,15 +226,18 @@ pub(crate) fn train(args: TrainArgs, quiet: bool) -> Result<()> {
         }
     };
     let model_dir = peft_models::hub::resolve(&args.model, args.revision.as_deref())?;
-    let tok = peft_models::tokenizer::Tokenizer::from_dir(&model_dir)?;
-    let generation = peft_models::HfConfig::from_dir(&model_dir)?.eos_token_ids();
+    let tok = peft_models::tokenizer::Tokenizer::for_model(&model_dir)?;
     let opts = DataOptions {
         max_length: Some(args.max_length),
-        eos_token_id: generation.first().copied(),
         assistant_only_loss: args.assistant_only_loss,
         ..DataOptions::default()
-    }
-    .with_tokenizer_config(&model_dir);
+    };
+    let opts = if peft_models::gguf::is_gguf(&model_dir) {
+        gguf_data_options(opts, &model_dir)?
+    } else {
+        let generation = peft_models::HfConfig::from_dir(&model_dir)?.eos_token_ids();
+        DataOptions { eos_token_id: generation.first().copied(), ..opts }.with_tokenizer_config(&model_dir)
+    };
     let train_data = data::load_jsonl(&args.data, format, &tok, &opts)?;
     let eval_opts = DataOptions { label_names: Some(train_data.label_names.clone()), ..opts.clone() };
     let eval_data =
@@ -247,7 +250,7 @@ pub(crate) fn train(args: TrainArgs, quiet: bool) -> Result<()> {
         num_labels: (task == Task::SequenceClassification).then_some(train_data.label_names.len() as i64),
         quantize: args.quant.spec(kind)?,
     };
-    let loaded = HfModel::load_dir(&model_dir, Some(task), &load)?;
+    let loaded = HfModel::load_path(&model_dir, Some(task), &load)?;
     let pad_id = pad_id_of(&loaded.model);
     let mut config = config;
     config.common_mut().base_model_name_or_path = Some(args.model.clone());
@@ -270,4 +273,21 @@ pub(crate) fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     println!("{summary}");
     println!("adapter saved to {}", args.output.display());
     Ok(())
+}
+
+/// What a model directory's `tokenizer_config.json` gives the data pipeline, from a GGUF file's metadata:
+/// the chat template, the special tokens a template reads, and the EOS id appended to texts.
+fn gguf_data_options(
+    opts: peft_train::DataOptions,
+    path: &std::path::Path,
+) -> Result<peft_train::DataOptions> {
+    let file = peft_models::gguf::Gguf::open(path)?;
+    let (specials, template) = peft_models::gguf_tokenizer::special_tokens_and_template(&file)?;
+    let eos = file.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_i64());
+    Ok(peft_train::DataOptions {
+        chat_template: template,
+        special_tokens: specials.into_iter().collect(),
+        eos_token_id: eos,
+        ..opts
+    })
 }

@@ -621,3 +621,66 @@ fn peft_train_with_a_4bit_base_lowers_the_loss_and_writes_a_loadable_adapter() {
     assert_eq!(l.size()[..2], [1, 6]);
     assert!(l.isfinite().all().int64_value(&[]) == 1);
 }
+
+/// `peft train` on a GGUF file: chat records rendered with the template from the file's metadata,
+/// tokenized with its tokenizer, a LoRA adapter trained on the dequantized model and saved; `peft run`
+/// then loads the GGUF model with that adapter.
+#[test]
+fn train_and_run_take_a_real_gguf_checkpoint() {
+    let dir = oracle::fixtures("gen_gguf.py");
+    let m = read_json(&dir.join("manifest.json"));
+    let model = PathBuf::from(m["smollm2"]["path"].as_str().unwrap());
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("chat.jsonl");
+    let record = |q: &str, a: &str| {
+        serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            .to_string()
+    };
+    std::fs::write(&data, [record("2+2?", "4"), record("Capital of France?", "Paris")].join("\n")).unwrap();
+    let out = work.path().join("adapter");
+    let log = ok(&peft(
+        &[
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--format",
+            "chat",
+            "--target-modules",
+            "q_proj",
+            "--r",
+            "2",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--output",
+            s(&out),
+        ],
+        &[],
+    ));
+    assert!(log.contains("adapter saved to"), "{log}");
+    let config = read_json(&out.join("adapter_config.json"));
+    assert_eq!(config["base_model_name_or_path"], s(&model));
+    let inputs = dir.join("smollm2").join("outputs.safetensors");
+    let logits_out = work.path().join("logits.safetensors");
+    ok(&peft(
+        &[
+            "run",
+            "--model",
+            s(&model),
+            "--adapter",
+            s(&out),
+            "--input",
+            s(&inputs),
+            "--output",
+            s(&logits_out),
+        ],
+        &[],
+    ));
+    let got = logits(&logits_out);
+    assert_eq!(got.size(), read_all(&inputs)["base"].size());
+    assert!(bool::try_from(got.isfinite().all()).unwrap());
+    oracle::record("cli peft train", "smollm2 gguf");
+}

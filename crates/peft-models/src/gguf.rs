@@ -6,7 +6,7 @@
 
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
-use peft_gguf::Gguf;
+pub use peft_gguf::Gguf;
 use serde_json::{Map, Value};
 use std::path::Path;
 use tch::Tensor;

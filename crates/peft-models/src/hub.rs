@@ -108,7 +108,8 @@ fn not_a_hub_id_in(base: &Path, model: &str) -> Option<String> {
     }
 }
 
-/// [`resolve`] without the network: a directory, or the snapshot already in the local HF cache.
+/// [`resolve`] without the network: a directory, a `.gguf` file, or the snapshot already in the local HF
+/// cache.
 ///
 /// # Errors
 /// [`ModelError::Hub`] when `model` is neither.
@@ -139,7 +140,7 @@ const OPTIONAL_FILES: &[&str] = &["tokenizer.json", "generation_config.json", "t
 /// [`ModelError::Hub`] when the id is neither a directory nor cached (offline), or the download fails.
 pub fn resolve(model: &str, revision: Option<&str>) -> Result<PathBuf> {
     let as_path = Path::new(model);
-    if as_path.is_dir() {
+    if as_path.is_dir() || crate::gguf::is_gguf(as_path) {
         return Ok(as_path.to_path_buf());
     }
     if let Some(message) = not_a_hub_id(model) {
