@@ -46,6 +46,7 @@ fn main() -> Result<()> {
     let cmd = args.next().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
     let rest: Vec<OsString> = args.collect();
     match cmd.as_str() {
+        "setup" if rest.iter().any(|a| a == "--print-env") => setup().map(|env| env.print_env()),
         "setup" => setup().map(|env| env.describe()),
         "test" => test(&rest),
         "demo" => demo(&rest),
@@ -85,7 +86,8 @@ fn main() -> Result<()> {
 const HELP: &str = "usage: cargo xtask <task>
 
 tasks:
-  setup        provide libtorch 2.13.0 and the PEFT 0.21.2 oracle (idempotent)
+  setup        provide libtorch 2.13.0 and the PEFT 0.21.2 oracle (idempotent); `--print-env`: the
+               LIBTORCH / LD_LIBRARY_PATH exports for a crate outside this workspace
   test [ARGS]  setup, then run every test (ARGS go to `cargo test`)
   demo [ARGS]  setup, then run the main job
   bench [--quick] [--gpu [--device cpu]] [--only NAME]
@@ -111,12 +113,26 @@ struct Env {
 }
 
 impl Env {
+    /// `--print-env`: the shell lines a crate outside this workspace needs to build against the same
+    /// libtorch (`eval "$(cargo xtask setup --print-env)"`). With `peft-build` as its build-dependency the
+    /// binaries get an rpath and need nothing more; `LD_LIBRARY_PATH` is for binaries built without it.
+    fn print_env(&self) {
+        let lib = self.libtorch.join("lib");
+        println!("export LIBTORCH={}", sh_quote(&self.libtorch));
+        println!("export LD_LIBRARY_PATH={}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}", sh_quote(&lib));
+    }
+
     fn describe(&self) {
         println!("peft-rs setup: ok");
         println!("  venv      {}", self.venv.display());
         println!("  python    {}", self.python.display());
         println!("  libtorch  {}", self.libtorch.display());
     }
+}
+
+/// `p` single-quoted for a POSIX shell.
+fn sh_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
 
 fn root() -> PathBuf {
@@ -198,7 +214,7 @@ fn setup() -> Result<Env> {
                 python.exists() && matches!(probe_torch(&python), Some((v, _)) if v == TORCH_VERSION);
             if !have_torch {
                 if !python.exists() {
-                    println!("peft-rs setup: creating venv {}", venv.display());
+                    eprintln!("peft-rs setup: creating venv {}", venv.display());
                     if let Some(parent) = venv.parent() {
                         fs::create_dir_all(parent)?;
                     }
@@ -206,9 +222,9 @@ fn setup() -> Result<Env> {
                     run_ok(Command::new(&base_python).arg("-m").arg("venv").arg(&venv))
                         .context("creating the venv needs python3 with the venv module")?;
                 }
-                println!("peft-rs setup: installing torch=={TORCH_VERSION} and the oracle (a few GB, once)");
+                eprintln!("peft-rs setup: installing torch=={TORCH_VERSION} and the oracle (a few GB, once)");
             } else {
-                println!("peft-rs setup: installing the oracle requirements into {}", venv.display());
+                eprintln!("peft-rs setup: installing the oracle requirements into {}", venv.display());
             }
             run_ok(
                 Command::new(&python)
@@ -307,7 +323,32 @@ fn test(args: &[OsString]) -> Result<()> {
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
-    Ok(())
+    your_crate(&root, &env)
+}
+
+/// The README's "your own crate" path: `examples/your-crate` (its own workspace, path dependencies on
+/// peft-core and peft-lora, peft-build in its build script) builds, trains and saves an adapter, and
+/// Python PEFT loads it with the same outputs. It shares `target/` and the `.libtorch` link with this
+/// workspace, so only the example itself compiles.
+fn your_crate(root: &Path, env: &Env) -> Result<()> {
+    let dir = root.join("examples").join("your-crate");
+    // The README shows this program in full; keep the two from drifting apart.
+    let program = fs::read_to_string(dir.join("src").join("main.rs"))?;
+    if !fs::read_to_string(root.join("README.md"))?.contains(&program) {
+        bail!("README.md's \"Using it\" must show examples/your-crate/src/main.rs verbatim; copy it there");
+    }
+    let out = root.join("target").join("your-crate-out");
+    let _ = fs::remove_dir_all(&out);
+    println!("your-crate: building and running examples/your-crate as a user's crate");
+    run_ok(
+        Command::new(cargo())
+            .current_dir(&dir)
+            .env("CARGO_TARGET_DIR", root.join("target"))
+            .env("LIBTORCH", root.join(".libtorch"))
+            .args(["run", "--quiet", "--locked", "--"])
+            .arg(&out),
+    )?;
+    run_ok(Command::new(&env.python).arg(dir.join("check_peft.py")).arg(&out))
 }
 
 /// Each parity case appends one line `direction<TAB>case` to a file in target/parity-report.
