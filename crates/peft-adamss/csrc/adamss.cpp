@@ -8,23 +8,14 @@
 // C ABI: tensors cross as `at::Tensor*` (tch's `C_tensor`); errors come back as a malloc'ed message (freed
 // by peft_core's `take_error`).
 
+#include "peft_ffi.h"
+
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/variable.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-
-namespace {
-
-char* adamss_error(const char* what) {
-  const size_t len = std::strlen(what);
-  char* msg = static_cast<char*>(std::malloc(len + 1));
-  if (msg != nullptr) std::memcpy(msg, what, len + 1);
-  return msg;
-}
-
-}  // namespace
 
 extern "C" {
 
@@ -34,7 +25,7 @@ char* peft_adamss_clear_grad(const at::Tensor* param) {
     param->mutable_grad().reset();
     return nullptr;
   } catch (const std::exception& e) {
-    return adamss_error(e.what());
+    return peft_ffi::error(e.what());
   }
 }
 
@@ -46,7 +37,7 @@ char* peft_adamss_ema(const at::Tensor* acc, const at::Tensor* x, double beta) {
     a.mul_(beta).add_(*x, 1.0 - beta);
     return nullptr;
   } catch (const std::exception& e) {
-    return adamss_error(e.what());
+    return peft_ffi::error(e.what());
   }
 }
 

@@ -74,7 +74,8 @@ pub fn link_libtorch() {
 
 /// Compiles C++ sources against the libtorch headers tch links (C++17, the pip wheel's CXX11 ABI unless
 /// `LIBTORCH_CXX11_ABI` says otherwise) into a static library `name` linked into the calling package.
-/// Sources talk to Rust through a C ABI (tensors cross as `at::Tensor*`, which is tch's `C_tensor`).
+/// Sources talk to Rust through a C ABI (tensors cross as `at::Tensor*`, which is tch's `C_tensor`), with
+/// `#include "peft_ffi.h"` for the shared error helpers (`peft_ffi::error`, `peft_ffi::guarded`).
 ///
 /// # Errors
 /// libtorch's headers cannot be found.
@@ -88,11 +89,15 @@ pub fn compile_cpp(name: &str, sources: &[&str]) -> Result<(), String> {
         .cpp(true)
         .include(root.join("include"))
         .include(root.join("include").join("torch").join("csrc").join("api").join("include"))
+        // `peft_ffi.h`: the error helpers every shim shares.
+        .include(Path::new(env!("CARGO_MANIFEST_DIR")).join("include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false);
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("include").join("peft_ffi.h");
+    println!("cargo:rerun-if-changed={}", shared.display());
     for s in sources {
         println!("cargo:rerun-if-changed={s}");
         build.file(s);

@@ -5,6 +5,8 @@
 // C ABI: tensors cross as `at::Tensor*` (tch's `C_tensor`); the result is a heap-allocated tensor owned by
 // the caller; errors come back as a malloc'ed message (freed by peft_core's `take_error`).
 
+#include "peft_ffi.h"
+
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -17,13 +19,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-char* c3a_error(const char* what) {
-  const size_t len = std::strlen(what);
-  char* msg = static_cast<char*>(std::malloc(len + 1));
-  if (msg != nullptr) std::memcpy(msg, what, len + 1);
-  return msg;
-}
 
 // `t`'s shape with its last `drop` dimensions replaced by `tail`.
 std::vector<int64_t> with_tail(const at::Tensor& t, int64_t drop, std::vector<int64_t> tail) {
@@ -68,7 +63,7 @@ char* peft_c3a_block_circular_convolution(const at::Tensor* x, const at::Tensor*
     *out = new at::Tensor(BlockCircularConvolution::apply(*x, *w));
     return nullptr;
   } catch (const std::exception& e) {
-    return c3a_error(e.what());
+    return peft_ffi::error(e.what());
   }
 }
 

@@ -5,6 +5,8 @@
 // C ABI: tensors cross as `at::Tensor*` (tch's `C_tensor`); results are heap-allocated tensors owned by
 // the caller; errors come back as a malloc'ed message freed with peft_core_free_error.
 
+#include "peft_ffi.h"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -15,24 +17,7 @@
 
 namespace {
 
-char* rng_error(const char* what) {
-  const size_t len = std::strlen(what);
-  char* msg = static_cast<char*>(std::malloc(len + 1));
-  if (msg != nullptr) std::memcpy(msg, what, len + 1);
-  return msg;
-}
-
 at::Generator& gen_of(void* g) { return *static_cast<at::Generator*>(g); }
-
-template <typename F>
-char* guarded(F&& f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const std::exception& e) {
-    return rng_error(e.what());
-  }
-}
 
 }  // namespace
 
@@ -51,32 +36,32 @@ void peft_core_generator_free(void* g) { delete static_cast<at::Generator*>(g); 
 
 // tensor.uniform_(from, to, generator=g)
 char* peft_core_uniform_(at::Tensor* t, double from, double to, void* g) {
-  return guarded([&] { t->uniform_(from, to, gen_of(g)); });
+  return peft_ffi::guarded([&] { t->uniform_(from, to, gen_of(g)); });
 }
 
 // tensor.normal_(mean, std, generator=g)
 char* peft_core_normal_(at::Tensor* t, double mean, double std, void* g) {
-  return guarded([&] { t->normal_(mean, std, gen_of(g)); });
+  return peft_ffi::guarded([&] { t->normal_(mean, std, gen_of(g)); });
 }
 
 // torch.randperm(n, generator=g) (int64, CPU)
 char* peft_core_randperm(int64_t n, void* g, at::Tensor** out) {
-  return guarded([&] { *out = new at::Tensor(at::randperm(n, gen_of(g), at::TensorOptions().dtype(at::kLong))); });
+  return peft_ffi::guarded([&] { *out = new at::Tensor(at::randperm(n, gen_of(g), at::TensorOptions().dtype(at::kLong))); });
 }
 
 // torch.rand(shape, generator=g) (f32, CPU)
 char* peft_core_rand(const int64_t* shape, size_t ndim, void* g, at::Tensor** out) {
-  return guarded([&] { *out = new at::Tensor(at::rand(at::IntArrayRef(shape, ndim), gen_of(g), at::TensorOptions())); });
+  return peft_ffi::guarded([&] { *out = new at::Tensor(at::rand(at::IntArrayRef(shape, ndim), gen_of(g), at::TensorOptions())); });
 }
 
 // torch.randn(shape, generator=g) (f32, CPU)
 char* peft_core_randn(const int64_t* shape, size_t ndim, void* g, at::Tensor** out) {
-  return guarded([&] { *out = new at::Tensor(at::randn(at::IntArrayRef(shape, ndim), gen_of(g), at::TensorOptions())); });
+  return peft_ffi::guarded([&] { *out = new at::Tensor(at::randn(at::IntArrayRef(shape, ndim), gen_of(g), at::TensorOptions())); });
 }
 
 // torch.randn(shape, dtype=dtype, generator=g) (CPU); `dtype` is a c10::ScalarType code.
 char* peft_core_randn_kind(const int64_t* shape, size_t ndim, int dtype, void* g, at::Tensor** out) {
-  return guarded([&] {
+  return peft_ffi::guarded([&] {
     auto options = at::TensorOptions().dtype(static_cast<at::ScalarType>(dtype));
     *out = new at::Tensor(at::randn(at::IntArrayRef(shape, ndim), gen_of(g), options));
   });
@@ -84,7 +69,7 @@ char* peft_core_randn_kind(const int64_t* shape, size_t ndim, int dtype, void* g
 
 // torch.get_rng_state(): the default CPU generator's state (a uint8 tensor).
 char* peft_core_default_cpu_state(at::Tensor** out) {
-  return guarded([&] {
+  return peft_ffi::guarded([&] {
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
     *out = new at::Tensor(gen.get_state());
@@ -93,7 +78,7 @@ char* peft_core_default_cpu_state(at::Tensor** out) {
 
 // torch.set_rng_state(state) for the default CPU generator.
 char* peft_core_set_default_cpu_state(at::Tensor* state) {
-  return guarded([&] {
+  return peft_ffi::guarded([&] {
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(*state);

@@ -5,22 +5,13 @@
 // C ABI: tensors cross as `at::Tensor*` (tch's `C_tensor`); the result is a heap-allocated tensor owned by
 // the caller; errors come back as a malloc'ed message (freed by peft_core's `take_error`).
 
+#include "peft_ffi.h"
+
 #include <ATen/ATen.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-
-namespace {
-
-char* frod_error(const char* what) {
-  const size_t len = std::strlen(what);
-  char* msg = static_cast<char*>(std::malloc(len + 1));
-  if (msg != nullptr) std::memcpy(msg, what, len + 1);
-  return msg;
-}
-
-}  // namespace
 
 extern "C" {
 
@@ -30,7 +21,7 @@ char* peft_frod_sparse_coo_tensor(const at::Tensor* indices, const at::Tensor* v
     *out = new at::Tensor(at::sparse_coo_tensor(*indices, *values, at::IntArrayRef(size, ndim)));
     return nullptr;
   } catch (const std::exception& e) {
-    return frod_error(e.what());
+    return peft_ffi::error(e.what());
   }
 }
 

@@ -7,6 +7,8 @@
 // C ABI: tensors cross as `at::Tensor*` (tch's `C_tensor`); errors come back as a malloc'ed message (freed
 // by peft_core's `take_error`).
 
+#include "peft_ffi.h"
+
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/variable.h>
 
@@ -15,13 +17,6 @@
 #include <exception>
 
 namespace {
-
-char* osf_error(const char* what) {
-  const size_t len = std::strlen(what);
-  char* msg = static_cast<char*>(std::malloc(len + 1));
-  if (msg != nullptr) std::memcpy(msg, what, len + 1);
-  return msg;
-}
 
 // Which of PEFT's four projections a hook applies (`basis` is the tensor named in each).
 enum Projection : int {
@@ -44,7 +39,7 @@ extern "C" {
 // hook stays with the tensor whatever its `requires_grad` later becomes, as PEFT's does.
 char* peft_osf_register_projection(const at::Tensor* param, const at::Tensor* basis, int mode) {
   try {
-    if (mode < kUFromLowInit || mode > kVAgainstHigh) return osf_error("OSF: unknown projection");
+    if (mode < kUFromLowInit || mode > kVAgainstHigh) return peft_ffi::error("OSF: unknown projection");
     const at::Tensor b = *basis;
     const bool frozen = !param->requires_grad();
     if (frozen) param->set_requires_grad(true);
@@ -63,7 +58,7 @@ char* peft_osf_register_projection(const at::Tensor* param, const at::Tensor* ba
     if (frozen) param->set_requires_grad(false);
     return nullptr;
   } catch (const std::exception& e) {
-    return osf_error(e.what());
+    return peft_ffi::error(e.what());
   }
 }
 

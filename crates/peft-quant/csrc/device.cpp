@@ -2,6 +2,8 @@
 // friends), through the device-generic allocator interface, so no CUDA headers are needed. Same C ABI
 // conventions as linear4bit.cpp: errors come back as a malloc'ed message (free with peft_quant_free_error).
 
+#include "peft_ffi.h"
+
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/DeviceType.h>
 
@@ -10,13 +12,6 @@
 #include <exception>
 
 namespace {
-
-char* device_error(const char* what) {
-  const size_t len = std::strlen(what);
-  char* msg = static_cast<char*>(std::malloc(len + 1));
-  if (msg != nullptr) std::memcpy(msg, what, len + 1);
-  return msg;
-}
 
 // The aggregate entry of a StatArray (index 0: all pools).
 constexpr size_t kAggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
@@ -38,7 +33,7 @@ char* peft_quant_cuda_memory(int device, int64_t* out) {
     out[3] = stats.reserved_bytes[kAggregate].peak;
     return nullptr;
   } catch (const std::exception& e) {
-    return device_error(e.what());
+    return peft_ffi::error(e.what());
   }
 }
 
@@ -48,7 +43,7 @@ char* peft_quant_cuda_reset_peak(int device) {
     c10::getDeviceAllocator(c10::DeviceType::CUDA)->resetPeakStats(static_cast<c10::DeviceIndex>(device));
     return nullptr;
   } catch (const std::exception& e) {
-    return device_error(e.what());
+    return peft_ffi::error(e.what());
   }
 }
 

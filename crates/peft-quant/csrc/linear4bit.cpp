@@ -8,6 +8,8 @@
 // C ABI: tensors cross as `at::Tensor*` (what tch's `C_tensor` is); results are heap-allocated tensors
 // owned by the caller; errors are returned as a malloc'ed message (free with peft_quant_free_error).
 
+#include "peft_ffi.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/DeviceGuard.h>
@@ -410,13 +412,6 @@ struct Linear8bitFunction : public torch::autograd::Function<Linear8bitFunction>
   }
 };
 
-char* error_message(const char* what) {
-  const size_t len = std::strlen(what);
-  char* msg = static_cast<char*>(std::malloc(len + 1));
-  if (msg != nullptr) std::memcpy(msg, what, len + 1);
-  return msg;
-}
-
 }  // namespace
 
 // The statistics of a 4-bit weight as they cross the C ABI: `nested_absmax` / `nested_code` are null
@@ -464,7 +459,7 @@ char* peft_quant_linear4bit(const at::Tensor* x, const at::Tensor* packed, const
     *out = new at::Tensor(std::move(y));
     return nullptr;
   } catch (const std::exception& e) {
-    return error_message(e.what());
+    return peft_ffi::error(e.what());
   }
 }
 
@@ -479,7 +474,7 @@ char* peft_quant_dequantize4bit(const at::Tensor* packed, const at::Tensor* code
     *out = new at::Tensor(std::move(w));
     return nullptr;
   } catch (const std::exception& e) {
-    return error_message(e.what());
+    return peft_ffi::error(e.what());
   }
 }
 
@@ -493,7 +488,7 @@ char* peft_quant_linear8bit(const at::Tensor* x, const at::Tensor* cb, const at:
     *out = new at::Tensor(std::move(y));
     return nullptr;
   } catch (const std::exception& e) {
-    return error_message(e.what());
+    return peft_ffi::error(e.what());
   }
 }
 

@@ -8,6 +8,8 @@
 // C ABI: tensors cross as `at::Tensor*` (tch's `C_tensor`); the result is a heap-allocated tensor owned by
 // the caller; errors come back as a malloc'ed message (freed by peft_core's `take_error`).
 
+#include "peft_ffi.h"
+
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -19,13 +21,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-char* randlora_error(const char* what) {
-  const size_t len = std::strlen(what);
-  char* msg = static_cast<char*>(std::malloc(len + 1));
-  if (msg != nullptr) std::memcpy(msg, what, len + 1);
-  return msg;
-}
 
 struct UniqueBaseGrad : public torch::autograd::Function<UniqueBaseGrad> {
   // a (r, 1, m) frozen, lambda (r, n), gamma (n, m) -> (r, n, m)
@@ -59,7 +54,7 @@ char* peft_randlora_unique_base_grad(const at::Tensor* a, const at::Tensor* lamb
     *out = new at::Tensor(UniqueBaseGrad::apply(*a, *lambda, *gamma));
     return nullptr;
   } catch (const std::exception& e) {
-    return randlora_error(e.what());
+    return peft_ffi::error(e.what());
   }
 }
 
