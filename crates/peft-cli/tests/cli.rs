@@ -679,8 +679,16 @@ fn train_and_run_take_a_real_gguf_checkpoint() {
         ],
         &[],
     ));
-    let got = logits(&logits_out);
-    assert_eq!(got.size(), read_all(&inputs)["base"].size());
-    assert!(bool::try_from(got.isfinite().all()).unwrap());
+    let io = read_all(&inputs);
+    let mask = &io["attention_mask"];
+    let trained = mask_padding(&logits(&logits_out), mask);
+    // Without the adapter `peft run` gives transformers' logits of the GGUF model; the trained adapter
+    // moves them.
+    let base_out = work.path().join("base.safetensors");
+    ok(&peft(&["run", "--model", s(&model), "--input", s(&inputs), "--output", s(&base_out)], &[]));
+    let base = mask_padding(&logits(&base_out), mask);
+    assert_close(&base, &mask_padding(&io["base"], mask), 2e-3, "peft run on the GGUF model");
+    let moved = (&trained - &base).abs().max().double_value(&[]);
+    assert!(moved > 1e-4 && moved.is_finite(), "the trained adapter moves the logits by {moved}");
     oracle::record("cli peft train", "smollm2 gguf");
 }

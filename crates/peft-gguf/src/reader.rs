@@ -303,8 +303,9 @@ impl Gguf {
 
     /// The tensor dequantized to an `f32` [`tch::Tensor`] of [`TensorInfo::shape`].
     pub fn tensor(&self, name: &str) -> Result<tch::Tensor> {
-        let info = self.checked(name)?.0;
-        let values = self.dequantize(name)?;
+        let (info, kind, data) = self.checked(name)?;
+        let mut values = vec![0f32; info.numel() as usize];
+        quant::dequantize(kind, data, &mut values);
         let torch = |e: tch::TchError| GgufError::Torch {
             path: self.path.clone(),
             tensor: name.into(),

@@ -114,6 +114,12 @@ fn not_a_hub_id_in(base: &Path, model: &str) -> Option<String> {
 /// # Errors
 /// [`ModelError::Hub`] when `model` is neither.
 pub fn resolve_local(model: &str, revision: Option<&str>) -> Result<PathBuf> {
+    resolve_with(model, revision, true)
+}
+
+/// [`resolve`] and [`resolve_local`]: a local directory or `.gguf` file as it is, else a hub id through
+/// the cache (`offline`: never the network).
+fn resolve_with(model: &str, revision: Option<&str>, offline: bool) -> Result<PathBuf> {
     let as_path = Path::new(model);
     if as_path.is_dir() || crate::gguf::is_gguf(as_path) {
         return Ok(as_path.to_path_buf());
@@ -121,7 +127,7 @@ pub fn resolve_local(model: &str, revision: Option<&str>) -> Result<PathBuf> {
     if let Some(message) = not_a_hub_id(model) {
         return Err(ModelError::Hub { model_id: model.into(), message });
     }
-    resolve_in(&cache_dir(), model, revision.unwrap_or("main"), true)
+    resolve_in(&cache_dir(), model, revision.unwrap_or("main"), offline)
 }
 
 fn offline() -> bool {
@@ -139,14 +145,7 @@ const OPTIONAL_FILES: &[&str] = &["tokenizer.json", "generation_config.json", "t
 /// # Errors
 /// [`ModelError::Hub`] when the id is neither a directory nor cached (offline), or the download fails.
 pub fn resolve(model: &str, revision: Option<&str>) -> Result<PathBuf> {
-    let as_path = Path::new(model);
-    if as_path.is_dir() || crate::gguf::is_gguf(as_path) {
-        return Ok(as_path.to_path_buf());
-    }
-    if let Some(message) = not_a_hub_id(model) {
-        return Err(ModelError::Hub { model_id: model.into(), message });
-    }
-    resolve_in(&cache_dir(), model, revision.unwrap_or("main"), offline())
+    resolve_with(model, revision, offline())
 }
 
 /// [`resolve`] against an explicit cache directory.

@@ -129,18 +129,15 @@ fn default_task(config: &HfConfig, model_type: &str) -> Task {
 }
 
 impl HfModel {
-    /// Loads `model` (a directory or a hub model id) for `task` (default: from the config's
+    /// Loads `model` (a directory, a `.gguf` file or a hub model id) for `task` (default: from the config's
     /// `architectures`).
     ///
     /// # Errors
     /// Unresolvable model, unsupported `model_type` or task, missing/unexpected/misshapen weights —
     /// each naming the file.
     pub fn load(model: &str, task: Option<Task>, options: &LoadOptions) -> Result<Loaded> {
-        if gguf::is_gguf(Path::new(model)) {
-            return Self::load_gguf(Path::new(model), task, options);
-        }
-        let dir = hub::resolve(model, options.revision.as_deref())?;
-        Self::load_dir(&dir, task, options)
+        let path = hub::resolve(model, options.revision.as_deref())?;
+        Self::load_path(&path, task, options)
     }
 
     /// Loads a Llama-family GGUF file (`llama`, `mistral`, `qwen2`) as transformers'
