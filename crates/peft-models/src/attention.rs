@@ -119,6 +119,23 @@ pub fn attend_causal(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, 
     Tensor::scaled_dot_product_attention::<&Tensor>(q, &k, &v, None, 0.0, true, scale, false)
 }
 
+/// transformers' eager attention with logit soft-capping (Gemma 2): scores `q kᵀ · scale` become
+/// `cap · tanh(scores / cap)` before `mask` is added, the softmax runs in fp32 and is cast back to `q`'s
+/// dtype, then multiplies `v`. Grouped-query as [`attend`]. Fused kernels cannot soft-cap, so the mask
+/// is always explicit.
+pub fn attend_softcapped(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, cap: f64) -> Tensor {
+    let (h, kv) = (q.size()[1], k.size()[1]);
+    let (k, v) = if h != kv {
+        let rep = h / kv;
+        (k.repeat_interleave_self_int(rep, 1, None), v.repeat_interleave_self_int(rep, 1, None))
+    } else {
+        (k.shallow_clone(), v.shallow_clone())
+    };
+    let scores = q.matmul(&k.transpose(2, 3)) * scale;
+    let scores = (scores / cap).tanh() * cap + mask;
+    scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&v)
+}
+
 /// Dropout that is active only in training.
 pub fn dropout(x: &Tensor, p: f64, ctx: &peft_core::ForwardCtx<'_>) -> Tensor {
     if ctx.train && p > 0.0 {
