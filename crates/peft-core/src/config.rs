@@ -68,6 +68,12 @@ pub trait AdapterConfig: fmt::Debug + Send + Sync + 'static {
         peft_config::defaults::target_modules(&self.common().peft_type, model_type)
     }
 
+    /// `target_parameters`: full or trailing parameter names (`mlp.experts.gate_up_proj`) the adapter
+    /// adapts directly (see [`crate::param`]). Empty for methods without that option.
+    fn target_parameters(&self) -> &[String] {
+        &[]
+    }
+
     /// Sets `modules_to_save` (PEFT's task wrappers add their heads to it). Returns `false` for methods
     /// without that option.
     fn set_modules_to_save(&mut self, modules: Vec<String>) -> bool {
@@ -357,6 +363,9 @@ pub struct LayerInit<'p, 'b> {
     pub trainable: bool,
     /// Warnings for the user (PEFT's `warnings.warn`), collected by the model.
     pub warnings: &'b mut Vec<String>,
+    /// Set when the adapter targets a parameter of the layer (`target_parameters`, PEFT's
+    /// `ParamWrapper`) rather than the layer: the method adapts that parameter, or refuses.
+    pub parameter: Option<&'b crate::param::ParamTarget>,
 }
 
 impl fmt::Debug for LayerInit<'_, '_> {

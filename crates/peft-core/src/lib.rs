@@ -31,6 +31,7 @@ pub mod model_options;
 pub mod modules_to_save;
 pub mod nn;
 pub mod numpy_random;
+pub mod param;
 pub mod registry;
 pub mod rng;
 pub mod row_values;

@@ -95,6 +95,11 @@ impl<M: Adaptable> PeftModel<M> {
             self.warn(format!("adapter `{name}`: exclude_modules entry {entry:?} excluded nothing"));
         }
         let targeted: BTreeSet<String> = report.targeted.into_iter().collect();
+        // `target_parameters`: their layers are in `targeted` too, and get their adapters after every
+        // targeted module, as PEFT's `_inject_parameters` runs after the module loop (same-seed inits
+        // draw in that order).
+        let params: std::collections::BTreeMap<String, crate::param::ParamTarget> =
+            crate::param::match_parameters(&*self.model, config.target_parameters())?.into_iter().collect();
         let mut target_layers = Vec::new();
         self.model.visit_layers(&mut |l| {
             if targeted.contains(l.name()) {
@@ -116,8 +121,9 @@ impl<M: Adaptable> PeftModel<M> {
         let trainable = !config.common().inference_mode;
         let mut warnings = Vec::new();
         let vs_root = self.adapter_vs.root();
-        let result = self.model.mutate().visit_layers_mut(&mut |layer: &mut dyn AdaptableLayer| {
-            if !targeted.contains(layer.name()) {
+        let mut create = |layer: &mut dyn AdaptableLayer, parameter_pass: bool| {
+            let parameter = params.get(layer.name());
+            if !targeted.contains(layer.name()) || parameter.is_some() != parameter_pass {
                 return Ok(());
             }
             let module_name = layer.name().to_string();
@@ -137,6 +143,7 @@ impl<M: Adaptable> PeftModel<M> {
                 autocast_adapter_dtype: options.autocast_adapter_dtype,
                 trainable,
                 warnings: &mut warnings,
+                parameter,
             };
             let tuner = layer_side(&mut *config)?.create_layer(&mut init)?;
             for (_, t) in tuner.named_tensors() {
@@ -144,7 +151,10 @@ impl<M: Adaptable> PeftModel<M> {
             }
             slots.insert(name.to_string(), tuner);
             Ok(())
-        });
+        };
+        let result = self.model.mutate().visit_layers_mut(&mut |layer| create(layer, false));
+        let result =
+            result.and_then(|()| self.model.mutate().visit_layers_mut(&mut |layer| create(layer, true)));
         self.warnings.extend(warnings);
         let result = result
             .and_then(|()| {
@@ -402,6 +412,9 @@ impl<M: Adaptable> PeftModel<M> {
         }
         self.remove_from(adapter, Some(module));
         let Some(config) = config else { return Ok(()) };
+        let parameter = crate::param::match_parameters(&*self.model, config.target_parameters())?
+            .into_iter()
+            .find_map(|(layer, p)| (layer == module).then_some(p));
         let trainable = !config.common().inference_mode;
         let vs_root = self.adapter_vs.root();
         let mut warnings = Vec::new();
@@ -421,6 +434,7 @@ impl<M: Adaptable> PeftModel<M> {
                 autocast_adapter_dtype: true,
                 trainable,
                 warnings: &mut warnings,
+                parameter: parameter.as_ref(),
             };
             let tuner = layer_side(&mut *config)?.create_layer(&mut init)?;
             let on = trainable && active.iter().any(|a| a == adapter);
@@ -443,7 +457,13 @@ pub(super) fn resolve_targets<M: Adaptable>(
     adapter: &str,
     options: AdapterOptions,
 ) -> Result<MatchReport> {
-    let names = layer_names(model);
+    // Parameter layers are no modules to PEFT: `target_parameters` selects them, below.
+    let mut names = Vec::new();
+    model.visit_layers(&mut |l| {
+        if !crate::param::is_param_layer(l) {
+            names.push(l.name().to_string());
+        }
+    });
     config.prepare_for_model(model.model_type().as_deref())?;
     if config.target_spec().target_modules.is_some_and(TargetModules::is_all_linear) {
         let output = model.output_embedding();
@@ -463,11 +483,13 @@ pub(super) fn resolve_targets<M: Adaptable>(
         config.set_target_modules(TargetModules::Regex(input));
     }
     let spec = config.target_spec();
-    if spec.target_modules.is_none() && !spec.has_target_parameters {
-        // PEFT's per-architecture defaults (e.g. q_proj/v_proj for llama).
+    if spec.target_modules.is_none() {
+        // PEFT's per-architecture defaults (e.g. q_proj/v_proj for llama), taken even beside
+        // `target_parameters` (`target_modules=[]` targets no module).
         let model_type = model.model_type();
         match model_type.as_deref().and_then(|t| config.default_target_modules(t)) {
             Some(defaults) => config.set_target_modules(defaults),
+            None if spec.has_target_parameters => {}
             None => {
                 return Err(PeftError::Invalid(format!(
                     "adapter `{adapter}`: `target_modules` is not set and there are no default targets for \
@@ -506,11 +528,14 @@ pub(super) fn resolve_targets<M: Adaptable>(
     }
     let spec = config.target_spec();
     let matcher = TargetMatcher::new(&spec)?;
-    let report = matcher.report(names.iter().map(String::as_str));
+    let mut report = matcher.report(names.iter().map(String::as_str));
+    let params = crate::param::match_parameters(model, config.target_parameters())?;
+    check_parameter_targets(model, config.target_parameters(), &params, &report.targeted, adapter, options)?;
     if matcher.is_dummy() {
         return Ok(report);
     }
-    let nothing = report.targeted.is_empty() && !report.target_parameters_only;
+    let nothing = report.targeted.is_empty() && params.is_empty();
+    report.targeted.extend(params.into_iter().map(|(layer, _)| layer));
     if nothing || (!report.unmatched_entries.is_empty() && !options.allow_unmatched_targets) {
         let entries = if report.unmatched_entries.is_empty() {
             match spec.target_modules {
@@ -531,6 +556,54 @@ pub(super) fn resolve_targets<M: Adaptable>(
         });
     }
     Ok(report)
+}
+
+/// PEFT's refusals around `target_parameters`: a parameter of a layer that `target_modules` adapts
+/// already, and (stricter than PEFT's warning, as for `target_modules`) entries that match no parameter.
+fn check_parameter_targets<M: Adaptable>(
+    model: &M,
+    entries: &[String],
+    params: &[(String, crate::param::ParamTarget)],
+    modules: &[String],
+    adapter: &str,
+    options: AdapterOptions,
+) -> Result<()> {
+    if let Some((layer, _)) = params.iter().find(|(l, _)| modules.contains(l)) {
+        let mut class = "";
+        model.visit_layers(&mut |l| {
+            if l.name() == layer {
+                class = l.base().kind();
+            }
+        });
+        return Err(PeftError::Invalid(format!(
+            "Trying to wrap an `nn.Parameter` of layer '{layer}' of type {class}, which is not a valid target. \
+             Make sure that this layer is not also targeted with `target_modules`. For some models, PEFT will do \
+             this automatically, try setting `target_modules=[]` to prevent it."
+        )));
+    }
+    let unmatched: Vec<String> = entries
+        .iter()
+        .filter(|t| !params.iter().any(|(_, p)| p.key == **t || p.key.ends_with(&format!(".{t}"))))
+        .cloned()
+        .collect();
+    if !unmatched.is_empty() && !options.allow_unmatched_targets {
+        let mut available = Vec::new();
+        model.visit_layers(&mut |l| {
+            if crate::param::is_param_layer(l) {
+                available.push(l.name().to_string());
+            }
+        });
+        return Err(PeftError::Invalid(format!(
+            "adapter `{adapter}`: target_parameters entries {unmatched:?} match no parameter (adaptable \
+             parameters: {})",
+            if available.is_empty() {
+                "none besides layer weights".to_string()
+            } else {
+                abbreviate(&available)
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// The dry run of `add_adapter`: which modules a config would adapt on `model`, which entries match
