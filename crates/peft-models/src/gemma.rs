@@ -646,3 +646,54 @@ impl Mlp {
         self.down_proj.forward_ctx(&(gate * self.up_proj.forward_ctx(x, ctx)), ctx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(json: &str) -> Result<GemmaArgs> {
+        GemmaArgs::from_config(&HfConfig::from_str(json, "config.json".into())?)
+    }
+
+    /// The values `Gemma3TextConfig(num_hidden_layers=7, rope_theta=1e6, rope_local_base_freq=1e4,
+    /// rope_scaling={"rope_type": "linear", "factor": 8.0}, sliding_window_pattern=3)` holds in
+    /// transformers 5.24: layer_types S S F S S F S, linear RoPE on the full layers only.
+    #[test]
+    fn gemma3_legacy_config_reads_as_transformers_converts_it() {
+        let a = args(
+            r#"{"model_type": "gemma3_text", "num_hidden_layers": 7, "rope_theta": 1e6,
+                "rope_local_base_freq": 1e4, "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+                "sliding_window_pattern": 3}"#,
+        )
+        .unwrap();
+        let sliding: Vec<bool> = a.sliding_window.iter().map(Option::is_some).collect();
+        assert_eq!(sliding, [true, true, false, true, true, false, true]);
+        assert_eq!(
+            (a.rope_global.rope_type.as_str(), a.rope_global.factor, a.rope_global.theta),
+            ("linear", 8.0, 1e6)
+        );
+        let local = a.rope_local.unwrap();
+        assert_eq!((local.rope_type.as_str(), local.theta), ("default", 1e4));
+        assert_eq!((a.attn_logit_softcapping, a.final_logit_softcapping, a.head_dim), (None, None, 256));
+    }
+
+    #[test]
+    fn gemma2_defaults_alternate_and_softcap() {
+        let a = args(r#"{"model_type": "gemma2", "num_hidden_layers": 3}"#).unwrap();
+        assert_eq!(a.sliding_window, [Some(4096), None, Some(4096)]);
+        assert_eq!((a.attn_logit_softcapping, a.final_logit_softcapping), (Some(50.0), Some(30.0)));
+        assert_eq!((a.rope_global.theta, a.pad_token_id, a.tie_word_embeddings), (10000.0, Some(0), true));
+    }
+
+    #[test]
+    fn bad_layer_types_and_bidirectional_attention_are_refused() {
+        let e =
+            args(r#"{"model_type": "gemma2", "num_hidden_layers": 1, "layer_types": ["chunked_attention"]}"#);
+        assert!(e.unwrap_err().to_string().contains("chunked_attention"));
+        let e =
+            args(r#"{"model_type": "gemma2", "num_hidden_layers": 2, "layer_types": ["full_attention"]}"#);
+        assert!(e.unwrap_err().to_string().contains("1 entries for 2 layers"));
+        let e = args(r#"{"model_type": "gemma3_text", "use_bidirectional_attention": true}"#);
+        assert!(e.unwrap_err().to_string().contains("use_bidirectional_attention"));
+    }
+}
