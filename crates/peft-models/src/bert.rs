@@ -1,4 +1,9 @@
-//! BERT (covers MiniLM): embeddings, encoder, pooler, and the classification / QA heads.
+//! BERT (covers MiniLM) and RoBERTa / XLM-RoBERTa: embeddings, encoder, pooler, and the classification /
+//! QA heads.
+//!
+//! RoBERTa is BERT with three differences: parameters under `roberta.`, position ids counted from
+//! `pad_token_id + 1` over non-padding tokens (padding keeps position `pad_token_id`), and a sequence
+//! classifier `classifier.dense` → tanh → `classifier.out_proj` on the first token instead of a pooler.
 
 use crate::attention::{attend_dropout, dropout, merge_heads, padding_mask, split_heads};
 use crate::config::HfConfig;
@@ -15,6 +20,10 @@ use tch::{Kind, Tensor};
 /// The hyper-parameters.
 #[derive(Clone, Debug)]
 pub struct BertArgs {
+    /// `model_type` (`bert`, `roberta`, `xlm-roberta`).
+    pub model_type: String,
+    /// RoBERTa's padding token: positions start after it. `None` for BERT.
+    pub padding_idx: Option<i64>,
     /// Vocabulary size.
     pub vocab_size: i64,
     /// Hidden size.
@@ -54,18 +63,46 @@ impl BertArgs {
                 message: format!("position_embedding_type {pet:?} is not supported (only \"absolute\")"),
             });
         }
+        let model_type = c.model_type()?.to_string();
+        let roberta = matches!(model_type.as_str(), "roberta" | "xlm-roberta");
+        let padding_idx = match (roberta, c.raw().get("pad_token_id")) {
+            (false, _) => None,
+            (true, None) => Some(1),
+            (true, Some(_)) => Some(c.opt_i64("pad_token_id")?.ok_or_else(|| ModelError::Config {
+                path: c.path().to_path_buf(),
+                message: format!("{model_type} needs `pad_token_id`: its position ids count from it"),
+            })?),
+        };
+        let max_position_embeddings = c.size_or("max_position_embeddings", 512)?;
+        if let Some(p) = padding_idx {
+            if p < 0 || p + 1 >= max_position_embeddings {
+                return Err(ModelError::Config {
+                    path: c.path().to_path_buf(),
+                    message: format!(
+                        "`pad_token_id` {p} leaves no position below `max_position_embeddings` \
+                         {max_position_embeddings} (positions start at pad_token_id + 1)"
+                    ),
+                });
+            }
+        }
+        let d_vocab = match model_type.as_str() {
+            "roberta" => 50265,
+            _ => 30522,
+        };
         let hidden_dropout_prob = c.f64_or("hidden_dropout_prob", 0.1)?;
         let hidden_size = c.size_or("hidden_size", 768)?;
         let num_attention_heads = c.size_or("num_attention_heads", 12)?;
         c.check_multiple("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)?;
         Ok(Self {
-            vocab_size: c.size_or("vocab_size", 30522)?,
+            model_type,
+            padding_idx,
+            vocab_size: c.size_or("vocab_size", d_vocab)?,
             hidden_size,
             num_hidden_layers: c.layers_or("num_hidden_layers", 12)?,
             num_attention_heads,
             intermediate_size: c.size_or("intermediate_size", 3072)?,
             hidden_act: Activation::from_name(c.str_or("hidden_act", "gelu")?)?,
-            max_position_embeddings: c.size_or("max_position_embeddings", 512)?,
+            max_position_embeddings,
             type_vocab_size: c.size_or("type_vocab_size", 2)?,
             layer_norm_eps: c.f64_or("layer_norm_eps", 1e-12)?,
             hidden_dropout_prob,
@@ -122,6 +159,15 @@ impl Layer {
     }
 }
 
+/// RoBERTa's sequence classifier `classifier`: `out_proj(tanh(dense(h[:, 0])))`.
+#[derive(Debug, Adaptable)]
+pub struct ClassificationHead {
+    /// `classifier.dense` `(H, H)`.
+    pub dense: Linear,
+    /// `classifier.out_proj` `(labels, H)`.
+    pub out_proj: Linear,
+}
+
 /// BERT with its task head.
 #[derive(Debug, Adaptable)]
 pub struct Bert {
@@ -134,6 +180,8 @@ pub struct Bert {
     pub layers: Vec<Layer>,
     /// Pooler and task heads.
     pub heads: Heads,
+    /// RoBERTa's sequence classifier (BERT's is `heads.classifier` on the pooler).
+    pub classification_head: Option<ClassificationHead>,
     #[peft(skip)]
     args: BertArgs,
     #[peft(skip)]
@@ -148,33 +196,76 @@ pub const TASKS: &[Task] = &[
     Task::QuestionAnswering,
 ];
 
-fn uses_pooler(task: Task) -> bool {
-    matches!(task, Task::FeatureExtraction | Task::SequenceClassification)
+impl BertArgs {
+    /// RoBERTa or XLM-RoBERTa.
+    pub fn is_roberta(&self) -> bool {
+        self.padding_idx.is_some()
+    }
+
+    /// transformers' `base_model_prefix`: `bert` or `roberta`.
+    pub fn prefix(&self) -> &'static str {
+        if self.is_roberta() {
+            "roberta"
+        } else {
+            "bert"
+        }
+    }
+
+    /// The model has `pooler.dense` for `task` (RoBERTa's task models are built without one).
+    fn uses_pooler(&self, task: Task) -> bool {
+        match task {
+            Task::FeatureExtraction => true,
+            Task::SequenceClassification => !self.is_roberta(),
+            _ => false,
+        }
+    }
 }
 
-/// How a BERT checkpoint maps onto the model for `task`.
-pub fn load_spec(task: Task) -> LoadSpec {
+/// How a BERT or RoBERTa checkpoint maps onto the model for `task`.
+pub fn load_spec(args: &BertArgs, task: Task) -> LoadSpec {
+    let prefix = args.prefix();
     let mut ignore_keys = vec![];
-    if !uses_pooler(task) {
-        for p in ["", "bert."] {
+    if !args.uses_pooler(task) {
+        for p in [String::new(), format!("{prefix}.")] {
             ignore_keys.push(format!("{p}pooler.dense.weight"));
             ignore_keys.push(format!("{p}pooler.dense.bias"));
         }
     }
     let mut optional = vec![];
-    for head in ["classifier", "qa_outputs"] {
-        for p in ["weight", "bias"] {
-            optional.push(format!("{head}.{p}"));
-            if task == Task::FeatureExtraction {
-                ignore_keys.push(format!("{head}.{p}"));
+    if args.is_roberta() {
+        // The head of this task may be missing (freshly initialised); those of other tasks are dropped.
+        let ours: &[&str] = match task {
+            Task::SequenceClassification => &["classifier.dense", "classifier.out_proj"],
+            Task::TokenClassification => &["classifier"],
+            Task::QuestionAnswering => &["qa_outputs"],
+            _ => &[],
+        };
+        for head in ["classifier", "classifier.dense", "classifier.out_proj", "qa_outputs"] {
+            for p in ["weight", "bias"] {
+                let key = format!("{head}.{p}");
+                if ours.contains(&head) {
+                    optional.push(key);
+                } else {
+                    ignore_keys.push(key);
+                }
+            }
+        }
+    } else {
+        for head in ["classifier", "qa_outputs"] {
+            for p in ["weight", "bias"] {
+                optional.push(format!("{head}.{p}"));
+                if task == Task::FeatureExtraction {
+                    ignore_keys.push(format!("{head}.{p}"));
+                }
             }
         }
     }
     LoadSpec {
-        prefix: (task != Task::FeatureExtraction).then(|| "bert".to_string()),
-        ignore_suffixes: vec!["embeddings.position_ids".into()],
+        prefix: (task != Task::FeatureExtraction).then(|| prefix.to_string()),
+        ignore_suffixes: vec!["embeddings.position_ids".into(), "embeddings.token_type_ids".into()],
         ignore_keys,
-        ignore_prefixes: vec!["cls.".into()],
+        // Masked-LM heads (BERT's `cls.`, RoBERTa's `lm_head.`) belong to a task peft-models does not ship.
+        ignore_prefixes: vec![if args.is_roberta() { "lm_head." } else { "cls." }.into()],
         optional,
         provided_elsewhere: vec![],
     }
@@ -184,9 +275,11 @@ impl Bert {
     /// Token ids below `vocab_size`, positions below `max_position_embeddings`, segments below
     /// `type_vocab_size`.
     pub fn input_limits(&self) -> crate::InputLimits {
+        // RoBERTa's positions run from padding_idx + 1, so that many fewer tokens fit the table.
+        let offset = self.args.padding_idx.map_or(0, |p| p + 1);
         crate::InputLimits {
             vocab_size: self.args.vocab_size,
-            max_positions: Some(self.args.max_position_embeddings),
+            max_positions: Some(self.args.max_position_embeddings - offset),
             type_vocab_size: Some(self.args.type_vocab_size),
         }
     }
@@ -203,9 +296,9 @@ impl Bert {
     /// A task BERT does not have, or a libtorch failure.
     pub fn new(root: &Path<'_>, args: BertArgs, task: Task, num_labels: i64) -> Result<Self> {
         if !TASKS.contains(&task) {
-            return Err(crate::unsupported_task("bert", task, TASKS));
+            return Err(crate::unsupported_task(&args.model_type, task, TASKS));
         }
-        let base = if task == Task::FeatureExtraction { root.clone() } else { root / "bert" };
+        let base = if task == Task::FeatureExtraction { root.clone() } else { root / args.prefix() };
         let (h, eps) = (args.hidden_size, args.layer_norm_eps);
         let emb = &base / "embeddings";
         let layers = (0..args.num_hidden_layers)
@@ -232,10 +325,18 @@ impl Bert {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut heads = Heads::none();
-        if uses_pooler(task) {
+        if args.uses_pooler(task) {
             heads.pooler = Some(layers::linear(&base / "pooler" / "dense", h, h, true)?);
         }
+        let mut classification_head = None;
         match task {
+            Task::SequenceClassification if args.is_roberta() => {
+                let c = root / "classifier";
+                classification_head = Some(ClassificationHead {
+                    dense: layers::linear(&c / "dense", h, h, true)?,
+                    out_proj: layers::linear(&c / "out_proj", h, num_labels, true)?,
+                })
+            }
             Task::SequenceClassification | Task::TokenClassification => {
                 heads.classifier = Some(layers::linear(root / "classifier", h, num_labels, true)?)
             }
@@ -259,6 +360,7 @@ impl Bert {
             embeddings_norm: LayerNorm::new(&emb / "LayerNorm", h, eps)?,
             layers,
             heads,
+            classification_head,
             args,
             task,
         })
@@ -274,7 +376,15 @@ impl Bert {
     ) -> Tensor {
         let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
         let dev = input_ids.device();
-        let positions = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0);
+        let positions = match self.args.padding_idx {
+            // transformers' `create_position_ids_from_input_ids`: cumsum of non-padding, padding kept at
+            // `padding_idx`.
+            Some(p) => {
+                let mask = input_ids.ne(p).to_kind(Kind::Int);
+                (mask.cumsum(1, Kind::Int) * &mask).to_kind(Kind::Int64) + p
+            }
+            None => Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0),
+        };
         let zeros;
         let types = match token_type_ids {
             Some(tt) => tt,
@@ -329,8 +439,15 @@ impl Bert {
     ) -> Result<Tensor> {
         let h = self.hidden_states(input_ids, attention_mask, token_type_ids, ctx);
         let missing = |n: &str| ModelError::Input(format!("no `{n}` head"));
+        let p = self.args.classifier_dropout;
         Ok(match self.task {
             Task::FeatureExtraction => h,
+            Task::SequenceClassification if self.classification_head.is_some() => {
+                let head = self.classification_head.as_ref().ok_or_else(|| missing("classifier"))?;
+                let x = dropout(&h.select(1, 0), p, ctx);
+                let x = dropout(&head.dense.forward_ctx(&x, ctx).tanh(), p, ctx);
+                head.out_proj.forward_ctx(&x, ctx)
+            }
             Task::SequenceClassification => {
                 let pooled = dropout(&self.pooled(&h, ctx)?, self.args.classifier_dropout, ctx);
                 self.heads.classifier.as_ref().ok_or_else(|| missing("classifier"))?.forward_ctx(&pooled, ctx)
@@ -342,7 +459,7 @@ impl Bert {
             Task::QuestionAnswering => {
                 self.heads.qa_outputs.as_ref().ok_or_else(|| missing("qa_outputs"))?.forward_ctx(&h, ctx)
             }
-            other => return Err(crate::unsupported_task("bert", other, TASKS)),
+            other => return Err(crate::unsupported_task(&self.args.model_type, other, TASKS)),
         })
     }
 }

@@ -1,4 +1,5 @@
-//! The Llama family: Llama (with llama3 RoPE scaling), Mistral (sliding window), Qwen2 (q/k/v bias).
+//! The Llama family: Llama (with llama3 RoPE scaling), Mistral (sliding window), Qwen2 (q/k/v bias),
+//! Qwen3 (per-head RMSNorm `q_norm` / `k_norm` on queries and keys before RoPE).
 //!
 //! Parameter names equal transformers' (`model.layers.0.self_attn.q_proj.weight`, …), so checkpoints load
 //! as they are and PEFT's module names line up. Attention is grouped-query (`num_key_value_heads`).
@@ -14,7 +15,7 @@ use tch::nn::Path;
 use tch::Tensor;
 
 /// The model types this module implements.
-pub const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+pub const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
 /// The hyper-parameters, read from `config.json` with transformers' defaults.
 #[derive(Clone, Debug)]
@@ -51,6 +52,8 @@ pub struct LlamaArgs {
     pub tie_word_embeddings: bool,
     /// Sliding-window size per layer (`None` = full attention).
     pub sliding_window: Vec<Option<i64>>,
+    /// Qwen3's per-head RMSNorm on queries and keys (`self_attn.q_norm` / `k_norm`, over `head_dim`).
+    pub qk_norm: bool,
     /// Padding token.
     pub pad_token_id: Option<i64>,
 }
@@ -62,9 +65,12 @@ impl LlamaArgs {
     /// Wrongly typed values, unsupported activation or RoPE type.
     pub fn from_config(c: &HfConfig) -> Result<Self> {
         let model_type = c.model_type()?.to_string();
+        let qwen3 = model_type == "qwen3";
         let (d_vocab, d_hidden, d_inter, d_kv) = match model_type.as_str() {
             "mistral" => (32000, 4096, 14336, Some(8)),
             "qwen2" => (151936, 4096, 22016, None),
+            // Qwen3Config's default is 32 key/value heads, whatever `num_attention_heads` says.
+            "qwen3" => (151936, 4096, 22016, Some(32)),
             _ => (32000, 4096, 11008, None),
         };
         let hidden_size = c.size_or("hidden_size", d_hidden)?;
@@ -77,9 +83,10 @@ impl LlamaArgs {
             "num_key_value_heads",
             num_key_value_heads,
         )?;
-        // transformers' default, computed only when `head_dim` is absent.
+        // transformers' default, computed only when `head_dim` is absent (Qwen3Config's is 128).
         let head_dim = match c.opt_size("head_dim")? {
             Some(d) => d,
+            None if qwen3 => 128,
             None => {
                 c.check_multiple("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)?;
                 hidden_size / num_attention_heads
@@ -88,7 +95,14 @@ impl LlamaArgs {
         let attention_bias = c.bool_or("attention_bias", false)?;
         let (qkv_bias, o_bias) =
             if model_type == "qwen2" { (true, false) } else { (attention_bias, attention_bias) };
-        let window = c.opt_size("sliding_window")?;
+        let window = if !qwen3 {
+            c.opt_size("sliding_window")?
+        } else if c.bool_or("use_sliding_window", false)? {
+            // Qwen3Config keeps `sliding_window` (default 4096) only with `use_sliding_window`.
+            Some(c.opt_size("sliding_window")?.unwrap_or(4096))
+        } else {
+            None
+        };
         let layer_types: Option<Vec<String>> = c
             .raw()
             .get("layer_types")
@@ -98,6 +112,10 @@ impl LlamaArgs {
             .map(|i| match (&layer_types, model_type.as_str()) {
                 (Some(types), _) => types.get(i).filter(|t| t.as_str() == "sliding_attention").and(window),
                 (None, "mistral") => window,
+                (None, "qwen3") => {
+                    let max_window_layers = c.i64_or("max_window_layers", 28).unwrap_or(28);
+                    window.filter(|_| i as i64 >= max_window_layers)
+                }
                 (None, "qwen2") => {
                     let use_sw = c.bool_or("use_sliding_window", false).unwrap_or(false);
                     let max_window_layers = c.i64_or("max_window_layers", 28).unwrap_or(28);
@@ -122,6 +140,7 @@ impl LlamaArgs {
             mlp_bias: c.bool_or("mlp_bias", false)?,
             tie_word_embeddings: c.bool_or("tie_word_embeddings", false)?,
             sliding_window,
+            qk_norm: qwen3,
             pad_token_id: c.opt_i64("pad_token_id")?,
             model_type,
         })
@@ -143,6 +162,9 @@ pub struct Attention {
     heads: (i64, i64, i64),
     #[peft(skip)]
     sliding_window: Option<i64>,
+    /// Qwen3's `q_norm` and `k_norm`.
+    #[peft(skip)]
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
 }
 
 /// `mlp`.
@@ -183,6 +205,7 @@ impl Layer {
                 o_proj: l(&self.self_attn.o_proj),
                 heads: self.self_attn.heads,
                 sliding_window: self.self_attn.sliding_window,
+                qk_norm: self.self_attn.qk_norm.as_ref().map(|(q, k)| (q.share(), k.share())),
             },
             mlp: Mlp {
                 gate_proj: l(&self.mlp.gate_proj),
@@ -269,6 +292,14 @@ impl Llama {
                         o_proj: layers::linear(&sa / "o_proj", nh * hd, h, a.o_bias)?,
                         heads: (nh, nkv, hd),
                         sliding_window: a.sliding_window.get(i as usize).copied().flatten(),
+                        qk_norm: if a.qk_norm {
+                            Some((
+                                RmsNorm::new(&sa / "q_norm", hd, a.rms_norm_eps)?,
+                                RmsNorm::new(&sa / "k_norm", hd, a.rms_norm_eps)?,
+                            ))
+                        } else {
+                            None
+                        },
                     },
                     mlp: Mlp {
                         gate_proj: layers::linear(&mp / "gate_proj", h, a.intermediate_size, a.mlp_bias)?,
@@ -402,6 +433,11 @@ impl Attention {
         let q = split_heads(&self.q_proj.forward_ctx(x, ctx), nh, hd);
         let k = split_heads(&self.k_proj.forward_ctx(x, ctx), nkv, hd);
         let v = split_heads(&self.v_proj.forward_ctx(x, ctx), nkv, hd);
+        // The norm is over `head_dim`, the last axis either side of the head transpose.
+        let (q, k) = match &self.qk_norm {
+            Some((qn, kn)) => (qn.forward(&q), kn.forward(&k)),
+            None => (q, k),
+        };
         let q = layers::apply_rotary_signed(&q, cos, signed_sin);
         let k = layers::apply_rotary_signed(&k, cos, signed_sin);
         let (k, v) = LayerCache::update_opt(cache, k, v);
