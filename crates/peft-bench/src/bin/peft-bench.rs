@@ -570,7 +570,8 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let started = Instant::now();
     let fx = fixtures(&args)?;
-    let all = specs(&fx, args.quick);
+    let mut all = specs(&fx, args.quick);
+    all.extend(decode::specs(&fx, args.quick));
     let chosen: Vec<&Spec> =
         all.iter().filter(|s| args.only.as_deref().is_none_or(|o| s.name.contains(o))).collect();
     let (mut rs, mut py) = spawn_workers(&args)?;
@@ -589,6 +590,8 @@ fn main() -> Result<()> {
         measured.push(m);
     }
     drop((rs, py));
+    let (decoded, measured): (Vec<Measured>, Vec<Measured>) =
+        measured.into_iter().partition(|m| decode::is_decode(&m.name));
     let mem = match all.iter().find(|s| s.name == "train_medium_qv") {
         Some(spec) if args.only.is_none() => {
             let m = memory(&args, spec)?;
@@ -632,6 +635,18 @@ fn main() -> Result<()> {
         args.threads,
         if args.quick { " (--quick: fewer repetitions)" } else { "" }
     );
+    if !decoded.is_empty() {
+        let text = decode::report(&decoded, &all, &header);
+        println!("\n{text}");
+        std::fs::write(args.out.join("results-decode.md"), &text)?;
+        if let Some(docs) = &args.docs {
+            replace_section(docs, "bench-decode", &text)?;
+        }
+        if measured.is_empty() && qlora_runs.is_none() {
+            println!("done in {:.0} s; results in {}", started.elapsed().as_secs_f64(), args.out.display());
+            return Ok(());
+        }
+    }
     let mut text = report(&measured, mem, &checks, &header);
     if let Some(runs) = &qlora_runs {
         text.push_str(&qlora_section(runs));
@@ -650,7 +665,8 @@ fn main() -> Result<()> {
         )?,
     )?;
     chart(&args.out.join("ratios.png"), &measured)?;
-    if let Some(docs) = &args.docs {
+    // A partial run (--only) leaves the full run's table as it is.
+    if let (Some(docs), None) = (&args.docs, &args.only) {
         update_docs(docs, &text, &args.out.join("ratios.png"))?;
     }
     println!("done in {:.0} s; results in {}", started.elapsed().as_secs_f64(), args.out.display());
@@ -680,5 +696,7 @@ fn replace_section(docs: &Path, tag: &str, body: &str) -> Result<()> {
     Ok(())
 }
 
+#[path = "../decode.rs"]
+mod decode;
 #[path = "../gpu_suite.rs"]
 mod gpu;
