@@ -17,7 +17,7 @@ OUT_DIR/manifest.json          {"metadata": {key: [type, value]}, "tensors": {na
 OUT_DIR/smollm2/tokenizer.json transformers' tokenizer of the file (AutoTokenizer with gguf_file=), serialized;
                                tokens.json: texts, their ids (with and without special tokens) and decodes,
                                and a conversation rendered with the file's chat template
-OUT_DIR/vocab/<name>/          real byte-level BPE tokenizers of other models (`ggml-vocab-<name>.gguf`, GGUF
+OUT_DIR/vocab/<name>/          real byte-level BPE and sentencepiece tokenizers of other models (`ggml-vocab-<name>.gguf`, GGUF
                                files with a tokenizer and no weights, from the PyPI source archive of
                                llama-cpp-python 0.3.36, downloaded once), each with transformers' tokenizer.json
                                and tokens.json as for SmolLM2
@@ -178,6 +178,7 @@ TEXTS = [
     "  leading spaces, trailing  ",
     "Grüße, 日本語 😀 \"quoted\" don't we'll 12345 3.14\n\nnew\tlines",
     "<|im_start|>user\nHi<|im_end|>\n<|endoftext|>",
+    "<|user|>\nHi<|end|>\n<s></s> x",
     "",
 ]
 
@@ -193,9 +194,12 @@ def smollm2_tokenizer(d, name, out):
     write_tokenizer(d, name, out, chat=True)
 
 
-# The byte-level (`gpt2`) tokenizers transformers builds from llama.cpp's vocabulary files: several split
-# regexes (llama-bpe, qwen2, qwen35), GPT-2's own, and BOS insertion (deepseek's add_bos_token).
-VOCABS = ["aquila", "deepseek-coder", "deepseek-llm", "falcon", "gpt-2", "llama-bpe", "qwen2", "qwen35", "starcoder"]
+# The tokenizers transformers builds from llama.cpp's vocabulary files: byte-level (`gpt2`) ones with several
+# split regexes (llama-bpe, qwen2, qwen35), GPT-2's own, and BOS insertion (deepseek's add_bos_token); and
+# sentencepiece (`llama`) ones, merges recovered from the scores: Llama 2's and Phi-3's (its own normalizer,
+# control tokens, a user-defined `</s>`).
+VOCABS = ["aquila", "deepseek-coder", "deepseek-llm", "falcon", "gpt-2", "llama-bpe", "qwen2", "qwen35", "starcoder",
+          "llama-spm", "phi-3"]
 
 
 def vocab_files(out):
