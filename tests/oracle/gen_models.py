@@ -34,6 +34,13 @@ LLAMA3_ROPE = dict(
     rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
     original_max_position_embeddings=16,
 )
+# arch1: tiny Phi-3 (head_dim 16, so partial rotary keeps whole frequency pairs) and RoBERTa configs.
+PHI3 = dict(
+    vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+)
+ROBERTA = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+               max_position_embeddings=64)
 
 # name -> (config class, kwargs, model class, task_type, adapters {name: LoraConfig kwargs}); an adapter with
 # a `method` key is of that peft_type instead (its config class's kwargs; PEFT's per-architecture defaults
@@ -144,6 +151,86 @@ CASES = {
                                    num_heads=4, feed_forward_proj="gated-gelu", relative_attention_num_buckets=8,
                                    relative_attention_max_distance=16, decoder_start_token_id=0),
                  tf.T5ForConditionalGeneration, "SEQ_2_SEQ_LM", {"kv": dict(target_modules=["k", "v", "wi_0"])}),
+    # arch1: Qwen3 (q_norm/k_norm, head_dim != hidden/heads, attention bias, a sliding layer), Phi-3 (fused
+    # qkv_proj/gate_up_proj, partial rotary, LongRoPE past and within original_max_position_embeddings, a
+    # sliding window), RoBERTa / XLM-RoBERTa (positions after pad_token_id, classifier.dense/out_proj).
+    "qwen3_causal": (tf.Qwen3Config, dict(LLAMA, head_dim=16, attention_bias=True, use_sliding_window=True,
+                                          sliding_window=3, max_window_layers=1), tf.Qwen3ForCausalLM, "CAUSAL_LM",
+                     {"qv": dict(target_modules=["q_proj", "v_proj"]), "defaults": dict(), "ia3": dict(method="IA3"),
+                      "all": dict(target_modules="all-linear", r=2)}),
+    "qwen3_seqcls": (tf.Qwen3Config, dict(LLAMA, head_dim=8, num_labels=3), tf.Qwen3ForSequenceClassification,
+                     "SEQ_CLS", {"qv": dict(target_modules=["q_proj", "v_proj"]), "ia3": dict(method="IA3")}),
+    "qwen3_tokcls": (tf.Qwen3Config, dict(LLAMA, head_dim=8, num_labels=3), tf.Qwen3ForTokenClassification,
+                     "TOKEN_CLS", {"up": dict(target_modules=["up_proj"])}),
+    "qwen3_qa": (tf.Qwen3Config, dict(LLAMA, head_dim=8), tf.Qwen3ForQuestionAnswering, "QUESTION_ANS",
+                 {"qv": dict(target_modules=["q_proj", "v_proj"])}),
+    "qwen3_features": (tf.Qwen3Config, dict(LLAMA, head_dim=8), tf.Qwen3Model, "FEATURE_EXTRACTION",
+                       {"o": dict(target_modules=["o_proj"])}),
+    # PEFT 0.21.2 has no default targets for phi3: every adapter names them.
+    "phi3_causal": (tf.Phi3Config, dict(PHI3, original_max_position_embeddings=4, partial_rotary_factor=0.5,
+                                        rope_parameters=dict(rope_type="longrope", short_factor=[1.0, 1.5, 2.0, 3.0],
+                                                             long_factor=[1.0, 2.0, 4.0, 8.0])),
+                    tf.Phi3ForCausalLM, "CAUSAL_LM",
+                    {"qkv": dict(target_modules=["qkv_proj"]), "mlp": dict(target_modules=["gate_up_proj", "down_proj"], r=2),
+                     "ia3": dict(method="IA3", target_modules=["qkv_proj", "down_proj"], feedforward_modules=["down_proj"])}),
+    "phi3_seqcls": (tf.Phi3Config, dict(PHI3, num_labels=3, original_max_position_embeddings=16, partial_rotary_factor=0.75,
+                                        rope_parameters=dict(rope_type="longrope", short_factor=[1.0, 1.2, 1.5, 2.0, 2.5, 3.0],
+                                                             long_factor=[2.0, 3.0, 4.0, 5.0, 6.0, 7.0])),
+                    tf.Phi3ForSequenceClassification, "SEQ_CLS", {"qkv": dict(target_modules=["qkv_proj", "o_proj"])}),
+    "phi3_tokcls": (tf.Phi3Config, dict(PHI3, num_labels=3, sliding_window=3), tf.Phi3ForTokenClassification, "TOKEN_CLS",
+                    {"o": dict(target_modules=["o_proj", "gate_up_proj"])}),
+    "phi3_features": (tf.Phi3Config, PHI3, tf.Phi3Model, "FEATURE_EXTRACTION", {"qkv": dict(target_modules=["qkv_proj"])}),
+    "roberta_seqcls": (tf.RobertaConfig, dict(ROBERTA, num_labels=3, pad_token_id=0), tf.RobertaForSequenceClassification,
+                       "SEQ_CLS", {"qv": dict(target_modules=["query", "value"]), "defaults": dict(),
+                                   "ia3": dict(method="IA3"), "dense": dict(target_modules=["output.dense"], r=2)}),
+    "roberta_tokcls": (tf.RobertaConfig, dict(ROBERTA, num_labels=4, pad_token_id=0), tf.RobertaForTokenClassification,
+                       "TOKEN_CLS", {"qv": dict(target_modules=["query", "value"])}),
+    "roberta_qa": (tf.RobertaConfig, dict(ROBERTA, pad_token_id=0), tf.RobertaForQuestionAnswering, "QUESTION_ANS",
+                   {"key": dict(target_modules=["key"])}),
+    "roberta_features": (tf.RobertaConfig, dict(ROBERTA, pad_token_id=0), tf.RobertaModel, "FEATURE_EXTRACTION",
+                         {"defaults": dict(), "ia3": dict(method="IA3")}),
+    # XLM-RoBERTa with its default pad_token_id 1 (the padding 0s of the inputs count as positions).
+    "xlm_roberta_seqcls": (tf.XLMRobertaConfig, dict(ROBERTA, num_labels=2), tf.XLMRobertaForSequenceClassification,
+                           "SEQ_CLS", {"defaults": dict(), "dense": dict(target_modules=["dense"])}),
+    "xlm_roberta_tokcls": (tf.XLMRobertaConfig, dict(ROBERTA, num_labels=3), tf.XLMRobertaForTokenClassification,
+                           "TOKEN_CLS", {"qv": dict(target_modules=["query", "value"])}),
+    "xlm_roberta_qa": (tf.XLMRobertaConfig, ROBERTA, tf.XLMRobertaForQuestionAnswering, "QUESTION_ANS",
+                       {"value": dict(target_modules=["value"])}),
+    "xlm_roberta_features": (tf.XLMRobertaConfig, ROBERTA, tf.XLMRobertaModel, "FEATURE_EXTRACTION",
+                             {"defaults": dict()}),
+    # arch2: Gemma 2 / Gemma 3 text / OPT. Larger init and small caps so soft-capping is active; window 3 < SEQ.
+    **{f"gemma2_{t}": (tf.Gemma2Config, dict(LLAMA, head_dim=8, num_hidden_layers=3, sliding_window=3,
+                                              query_pre_attn_scalar=16, attn_logit_softcapping=1.0,
+                                              final_logit_softcapping=1.0, initializer_range=0.2, num_labels=3),
+                       cls, task, dict({"defaults": dict(), "ia3": dict(method="IA3")},
+                                       **({"all": dict(target_modules="all-linear", r=2),
+                                           "emb": dict(target_modules=["embed_tokens", "q_proj"])} if t == "causal" else {})))
+       for t, cls, task in [("causal", tf.Gemma2ForCausalLM, "CAUSAL_LM"),
+                            ("seqcls", tf.Gemma2ForSequenceClassification, "SEQ_CLS"),
+                            ("tokcls", tf.Gemma2ForTokenClassification, "TOKEN_CLS"),
+                            ("features", tf.Gemma2Model, "FEATURE_EXTRACTION")]},
+    **{f"gemma3_{t}": (tf.Gemma3TextConfig, dict(LLAMA, head_dim=8, num_hidden_layers=3, sliding_window=3,
+                                                  layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                                  rope_parameters={"full_attention": dict(rope_type="linear", factor=4.0, rope_theta=10000.0),
+                                                                   "sliding_attention": dict(rope_type="default", rope_theta=100.0)},
+                                                  query_pre_attn_scalar=16, attn_logit_softcapping=1.0,
+                                                  final_logit_softcapping=1.0, initializer_range=0.2, num_labels=3),
+                       cls, task, {"defaults": dict(), "ia3": dict(method="IA3"),
+                                   **({"all": dict(target_modules="all-linear", r=2)} if t == "causal" else {})})
+       for t, cls, task in [("causal", tf.Gemma3ForCausalLM, "CAUSAL_LM"),
+                            ("seqcls", tf.Gemma3TextForSequenceClassification, "SEQ_CLS"),
+                            ("features", tf.Gemma3TextModel, "FEATURE_EXTRACTION")]},
+    **{f"opt_{t}": (tf.OPTConfig, dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+                                       max_position_embeddings=64, pad_token_id=0, num_labels=3, **extra),
+                    cls, task, {"defaults": dict(), "ia3": dict(method="IA3"),
+                                **({"all": dict(target_modules="all-linear", r=2)} if t.endswith("causal") else {})})
+       for t, cls, task, extra in [
+           ("causal", tf.OPTForCausalLM, "CAUSAL_LM", {}),
+           # opt-350m's shape: post-LayerNorm, project_in/project_out; no biases here.
+           ("post_ln_causal", tf.OPTForCausalLM, "CAUSAL_LM", dict(do_layer_norm_before=False, word_embed_proj_dim=16, enable_bias=False)),
+           ("seqcls", tf.OPTForSequenceClassification, "SEQ_CLS", {}),
+           ("qa", tf.OPTForQuestionAnswering, "QUESTION_ANS", dict(word_embed_proj_dim=16)),
+           ("features", tf.OPTModel, "FEATURE_EXTRACTION", dict(layer_norm_elementwise_affine=False))]},
 }
 
 SEQ = 7
@@ -253,6 +340,11 @@ GEN_CASES = {
     "llama": ("llama_causal", "qv"),
     "gpt2": ("gpt2_causal", "attn"),
     "t5": ("t5_seq2seq", "qv"),
+    # arch2: 4 + 8 tokens run past the sliding window of 3.
+    "gemma2": ("gemma2_causal", "defaults"),
+    "gemma3": ("gemma3_causal", "defaults"),
+    "opt": ("opt_causal", "defaults"),
+    "opt_post_ln": ("opt_post_ln_causal", "defaults"),
 }
 
 

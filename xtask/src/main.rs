@@ -371,10 +371,14 @@ fn summarize_parity(dir: &Path) -> Result<String> {
 
 fn demo(args: &[OsString]) -> Result<()> {
     setup()?;
+    // `--chat`: the second main job, LoRA on SmolLM2-135M-Instruct's chat turns.
+    let chat = args.iter().any(|a| a == "--chat");
+    let example = if chat { "chat" } else { "demo" };
+    let rest: Vec<&OsString> = args.iter().filter(|a| *a != "--chat").collect();
     let status = run(Command::new(cargo())
         .current_dir(root())
-        .args(["run", "--quiet", "--package", "peft-train", "--example", "demo", "--"])
-        .args(args))?;
+        .args(["run", "--quiet", "--package", "peft-train", "--example", example, "--"])
+        .args(rest))?;
     if !status.success() {
         bail!("the demo failed ({status})");
     }

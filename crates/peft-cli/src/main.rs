@@ -5,13 +5,20 @@
 //! * `peft inspect` — what an adapter directory holds.
 //! * `peft generate` — text generation with a model and adapters.
 //! * `peft train` — LoRA fine-tuning on a JSONL dataset.
+//! * `peft merge` — adapters merged into the base, written as a transformers checkpoint.
+//! * `peft combine` — LoRA adapters combined into a new one (`add_weighted_adapter`).
+//! * `peft convert` — a legacy `adapter_model.bin` to safetensors, or a PiSSA/OLoRA-style adapter to
+//!   plain LoRA for the original base.
 //!
 //! Results go to stdout (or the `--output` file); errors, warnings and other log messages to stderr.
 #![allow(clippy::print_stdout)]
 
+mod combine;
+mod convert;
 mod generate;
 mod inspect;
 mod logging;
+mod merge;
 mod run;
 mod train;
 
@@ -49,6 +56,12 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Fine-tune a model with LoRA on a JSONL dataset and save a PEFT adapter.
     Train(Box<train::TrainArgs>),
+    /// Merge adapters into the base model and write a transformers checkpoint.
+    Merge(merge::MergeArgs),
+    /// Combine LoRA adapters into a new adapter (PEFT's `add_weighted_adapter`).
+    Combine(combine::CombineArgs),
+    /// Convert an adapter: `adapter_model.bin` to safetensors, or PiSSA/OLoRA/CorDA/LoRA-GA to plain LoRA.
+    Convert(convert::ConvertArgs),
 }
 
 #[derive(Args, Debug)]
@@ -60,8 +73,8 @@ pub(crate) struct ModelArgs {
     /// Hub revision.
     #[arg(long)]
     pub(crate) revision: Option<String>,
-    /// An adapter directory, optionally `=NAME` (default names: `default`, then the directory name).
-    /// Repeat for several adapters.
+    /// An adapter directory or hub id (resolved through the HF cache, as `--model`), optionally `=NAME`
+    /// (default names: `default`, then the directory name). Repeat for several adapters.
     #[arg(long = "adapter")]
     pub(crate) adapters: Vec<String>,
     /// Adapters to activate (comma-separated; default: the first).
@@ -142,6 +155,9 @@ fn main() {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Generate(a) => generate::generate(a),
         Command::Train(a) => train::train(*a, quiet),
+        Command::Merge(a) => merge::merge(a),
+        Command::Combine(a) => combine::combine(a),
+        Command::Convert(a) => convert::convert(a),
     });
     match outcome {
         Ok(Ok(())) => {}
@@ -251,6 +267,56 @@ pub(crate) fn split_adapter(spec: &str, index: usize) -> (PathBuf, String) {
     }
 }
 
+/// `--adapter` values resolved: `DIR[=NAME]` or `HUB_ID[=NAME]` → (local dir, name).
+pub(crate) fn resolve_adapters(specs: &[String]) -> Result<Vec<(PathBuf, String)>> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (dir, name) = split_adapter(s, i);
+            Ok((resolve_adapter(&dir)?, name))
+        })
+        .collect()
+}
+
+/// An adapter directory as it is, else a hub adapter id found in the HF cache (`adapter_config.json` of
+/// its `main` snapshot; downloaded with `adapter_model.safetensors` when missing, unless HF_HUB_OFFLINE is
+/// set), as `--model` ids resolve (peft_models::hub).
+pub(crate) fn resolve_adapter(dir: &std::path::Path) -> Result<PathBuf> {
+    use hf_hub::{Cache, Repo, RepoType};
+    use peft_core::peft_config::keys::{CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME};
+    let text = dir.to_string_lossy();
+    if dir.is_dir() || !peft_models::hub::is_hub_id(&text) {
+        // A missing directory is reported by the adapter loader, naming the file it looked for.
+        return Ok(dir.to_path_buf());
+    }
+    let cache = peft_models::hub::cache_dir();
+    let repo = Repo::with_revision(text.to_string(), RepoType::Model, "main".to_string());
+    if let Some(config) = Cache::new(cache.clone()).repo(repo.clone()).get(CONFIG_NAME) {
+        if let Some(snapshot) = config.parent().filter(|d| d.join(SAFETENSORS_WEIGHTS_NAME).is_file()) {
+            return Ok(snapshot.to_path_buf());
+        }
+    }
+    let offline = std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"));
+    if offline {
+        bail!(
+            "adapter {text}: no such directory, and not in the HF cache at {} (HF_HUB_OFFLINE is set)",
+            cache.display()
+        );
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(cache))
+        .with_endpoint(peft_models::hub::endpoint())
+        .with_token(peft_models::hub::token())
+        .with_progress(true)
+        .build()
+        .with_context(|| format!("adapter {text}: cannot reach the hub"))?;
+    let remote = api.repo(repo);
+    let config = remote.get(CONFIG_NAME).with_context(|| format!("adapter {text}: {CONFIG_NAME}"))?;
+    remote.get(SAFETENSORS_WEIGHTS_NAME).with_context(|| format!("adapter {text}: {SAFETENSORS_WEIGHTS_NAME}"))?;
+    Ok(config.parent().map(PathBuf::from).unwrap_or_default())
+}
+
 /// Warns loudly about task-head weights that are in neither the model checkpoint nor an active
 /// adapter: they keep a random initialisation, so the outputs mean nothing (transformers' "You should
 /// probably TRAIN this model" case).
@@ -289,8 +355,7 @@ pub(crate) fn load(args: &ModelArgs) -> Result<(PeftModel<HfModel>, tch::nn::Var
         num_labels: None,
         quantize: args.quant.spec(kind)?,
     };
-    let adapters: Vec<(PathBuf, String)> =
-        args.adapters.iter().enumerate().map(|(i, s)| split_adapter(s, i)).collect();
+    let adapters = resolve_adapters(&args.adapters)?;
     let task = match &args.task {
         Some(t) => Some(parse_task(t)?),
         None => match adapters.first() {

@@ -1,7 +1,8 @@
 //! HF-compatible architectures for peft-rs, with transformers' parameter names.
 //!
-//! * Llama family ([`llama`]: Llama incl. llama3 RoPE scaling, Mistral, Qwen2), GPT-2 ([`gpt2`],
-//!   `Conv1D` layers with `fan_in_fan_out`), BERT ([`bert`], covers MiniLM), T5 ([`t5`]).
+//! * Llama family ([`llama`]: Llama incl. llama3 RoPE scaling, Mistral, Qwen2, Qwen3), Phi-3 ([`phi3`],
+//!   fused projections, LongRoPE), GPT-2 ([`gpt2`], `Conv1D` layers with `fan_in_fan_out`), BERT
+//!   ([`bert`], covers MiniLM, RoBERTa and XLM-RoBERTa), T5 ([`t5`]).
 //! * [`HfModel::load`] reads a local HF directory (`config.json` + `model.safetensors` or a sharded
 //!   index) or a hub model id through the local HF cache ([`hub`]), in f32/bf16/f16, on CPU or CUDA,
 //!   for a [`Task`]: causal LM, seq2seq LM, sequence/token classification, question answering, feature
@@ -21,6 +22,7 @@ pub mod auto;
 pub mod bert;
 pub mod config;
 pub mod error;
+pub mod gemma;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_tokenizer;
@@ -29,6 +31,8 @@ pub mod hub;
 pub mod inputs;
 pub mod layers;
 pub mod llama;
+pub mod opt;
+pub mod phi3;
 pub mod quantized;
 pub mod t5;
 pub mod task;
@@ -54,13 +58,14 @@ peft_core::impl_no_layers!(
     layers::Rotary,
     Task,
     llama::LlamaArgs,
+    phi3::Phi3Args,
     gpt2::Gpt2Args,
     bert::BertArgs,
     t5::T5Args,
 );
 
 /// Every supported `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "gpt2", "bert", "t5"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "gpt2", "bert", "t5", "qwen3", "phi3", "roberta", "xlm-roberta", "gemma2", "gemma3_text", "opt"];
 
 pub(crate) fn unsupported_task(model_type: &str, task: Task, tasks: &[Task]) -> ModelError {
     ModelError::UnsupportedTask {
@@ -95,7 +100,10 @@ impl Default for LoadOptions {
 #[derive(Debug)]
 enum Arch {
     Llama(Box<llama::Llama>),
+    Phi3(Box<phi3::Phi3>),
     Gpt2(Box<gpt2::Gpt2>),
+    Gemma(Box<gemma::Gemma>),
+    Opt(Box<opt::Opt>),
     Bert(Box<bert::Bert>),
     T5(Box<t5::T5>),
 }
@@ -122,7 +130,7 @@ pub struct Loaded {
 
 fn default_task(config: &HfConfig, model_type: &str) -> Task {
     config.architectures().first().and_then(|a| Task::from_architecture(a)).unwrap_or(match model_type {
-        "bert" => Task::FeatureExtraction,
+        "bert" | "roberta" | "xlm-roberta" => Task::FeatureExtraction,
         "t5" => Task::Seq2SeqLm,
         _ => Task::CausalLm,
     })
@@ -190,7 +198,7 @@ impl HfModel {
         vs.set_kind(options.kind);
         let root = vs.root();
         let (arch, spec) = match model_type.as_str() {
-            "llama" | "mistral" | "qwen2" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" => {
                 let args = llama::LlamaArgs::from_config(&config)?;
                 let tied = args.tie_word_embeddings;
                 let m = llama::Llama::new(&root, args, task, num_labels)?;
@@ -207,10 +215,29 @@ impl HfModel {
                     decoder_spec(gpt2::prefix(task), true, task, gpt2::IGNORED_SUFFIXES),
                 )
             }
-            "bert" => {
+            "phi3" => {
+                let args = phi3::Phi3Args::from_config(&config)?;
+                let tied = args.tie_word_embeddings;
+                let m = phi3::Phi3::new(&root, args, task, num_labels)?;
+                (Arch::Phi3(Box::new(m)), decoder_spec(phi3::prefix(task), tied, task, phi3::IGNORED_SUFFIXES))
+            }
+            "bert" | "roberta" | "xlm-roberta" => {
                 let args = bert::BertArgs::from_config(&config)?;
+                let spec = bert::load_spec(&args, task);
                 let m = bert::Bert::new(&root, args, task, num_labels)?;
-                (Arch::Bert(Box::new(m)), bert::load_spec(task))
+                (Arch::Bert(Box::new(m)), spec)
+            }
+            "gemma2" | "gemma3_text" => {
+                let args = gemma::GemmaArgs::from_config(&config)?;
+                let tied = args.tie_word_embeddings;
+                let m = gemma::Gemma::new(&root, args, task, num_labels)?;
+                (Arch::Gemma(Box::new(m)), decoder_spec(gemma::prefix(task), tied, task, gemma::IGNORED_SUFFIXES))
+            }
+            "opt" => {
+                let args = opt::OptArgs::from_config(&config)?;
+                let tied = args.tie_word_embeddings;
+                let m = opt::Opt::new(&root, args, task, num_labels)?;
+                (Arch::Opt(Box::new(m)), decoder_spec(opt::prefix(task), tied, task, &[]))
             }
             "t5" => {
                 let args = t5::T5Args::from_config(&config)?;
@@ -311,7 +338,10 @@ impl HfModel {
         let ids = inputs.check(&self.input_limits(), 0)?;
         match &self.arch {
             Arch::Llama(m) => m.forward(ids, inputs.attention_mask, inputs.position_ids, None, ctx),
+            Arch::Phi3(m) => m.forward(ids, inputs.attention_mask, inputs.position_ids, None, ctx),
             Arch::Gpt2(m) => m.forward(ids, inputs.attention_mask, inputs.position_ids, None, ctx),
+            Arch::Gemma(m) => m.forward(ids, inputs.attention_mask, inputs.position_ids, None, ctx),
+            Arch::Opt(m) => m.forward(ids, inputs.attention_mask, inputs.position_ids, None, ctx),
             Arch::Bert(m) => m.forward(ids, inputs.attention_mask, inputs.token_type_ids, ctx),
             Arch::T5(m) => {
                 let dec = inputs
@@ -327,7 +357,10 @@ impl HfModel {
     pub fn input_limits(&self) -> InputLimits {
         match &self.arch {
             Arch::Llama(m) => m.input_limits(),
+            Arch::Phi3(m) => m.input_limits(),
             Arch::Gpt2(m) => m.input_limits(),
+            Arch::Gemma(m) => m.input_limits(),
+            Arch::Opt(m) => m.input_limits(),
             Arch::Bert(m) => m.input_limits(),
             Arch::T5(m) => m.input_limits(),
         }
@@ -337,7 +370,10 @@ impl HfModel {
     pub fn decoder(&self) -> Option<&dyn DecoderModel> {
         match &self.arch {
             Arch::Llama(m) => Some(m.as_ref()),
+            Arch::Phi3(m) => Some(m.as_ref()),
             Arch::Gpt2(m) => Some(m.as_ref()),
+            Arch::Gemma(m) => Some(m.as_ref()),
+            Arch::Opt(m) => Some(m.as_ref()),
             _ => None,
         }
     }
@@ -370,7 +406,16 @@ impl HfModel {
             (Arch::Llama(m), Task::CausalLm) => {
                 m.forward(input_ids, attention_mask, position_ids, Some(cache), ctx)
             }
+            (Arch::Phi3(m), Task::CausalLm) => {
+                m.forward(input_ids, attention_mask, position_ids, Some(cache), ctx)
+            }
             (Arch::Gpt2(m), Task::CausalLm) => {
+                m.forward(input_ids, attention_mask, position_ids, Some(cache), ctx)
+            }
+            (Arch::Gemma(m), Task::CausalLm) => {
+                m.forward(input_ids, attention_mask, position_ids, Some(cache), ctx)
+            }
+            (Arch::Opt(m), Task::CausalLm) => {
                 m.forward(input_ids, attention_mask, position_ids, Some(cache), ctx)
             }
             _ => Err(ModelError::Input(format!(
@@ -473,7 +518,10 @@ impl Adaptable for HfModel {
     fn visit_layers(&self, f: &mut dyn FnMut(&dyn AdaptableLayer)) {
         match &self.arch {
             Arch::Llama(m) => m.visit_layers(f),
+            Arch::Phi3(m) => m.visit_layers(f),
             Arch::Gpt2(m) => m.visit_layers(f),
+            Arch::Gemma(m) => m.visit_layers(f),
+            Arch::Opt(m) => m.visit_layers(f),
             Arch::Bert(m) => m.visit_layers(f),
             Arch::T5(m) => m.visit_layers(f),
         }
@@ -485,7 +533,10 @@ impl Adaptable for HfModel {
     ) -> peft_core::Result<()> {
         match &mut self.arch {
             Arch::Llama(m) => m.visit_layers_mut(f),
+            Arch::Phi3(m) => m.visit_layers_mut(f),
             Arch::Gpt2(m) => m.visit_layers_mut(f),
+            Arch::Gemma(m) => m.visit_layers_mut(f),
+            Arch::Opt(m) => m.visit_layers_mut(f),
             Arch::Bert(m) => m.visit_layers_mut(f),
             Arch::T5(m) => m.visit_layers_mut(f),
         }
@@ -501,8 +552,9 @@ impl Adaptable for HfModel {
 
     fn input_embedding(&self) -> Option<String> {
         let suffix = match &self.arch {
-            Arch::Llama(_) => "embed_tokens",
+            Arch::Llama(_) | Arch::Phi3(_) => "embed_tokens",
             Arch::Gpt2(_) => "wte",
+            Arch::Gemma(_) | Arch::Opt(_) => "embed_tokens",
             Arch::Bert(_) => "word_embeddings",
             Arch::T5(_) => "shared",
         };
@@ -518,7 +570,10 @@ impl Adaptable for HfModel {
     fn replicate_layers(&mut self, map: &[(usize, usize)]) -> peft_core::Result<()> {
         match &mut self.arch {
             Arch::Llama(m) => m.replicate_blocks(map),
+            Arch::Phi3(m) => m.replicate_blocks(map),
             Arch::Gpt2(m) => m.replicate_blocks(map),
+            Arch::Gemma(m) => m.replicate_blocks(map),
+            Arch::Opt(m) => m.replicate_blocks(map),
             Arch::Bert(m) => m.replicate_blocks(map),
             Arch::T5(_) => Err(peft_core::PeftError::Invalid(
                 "Could not locate the layers attribute in the model. Expected Llama, Bert or Falcon compatible \
