@@ -178,7 +178,7 @@ TEXTS = [
     "  leading spaces, trailing  ",
     "Grüße, 日本語 😀 \"quoted\" don't we'll 12345 3.14\n\nnew\tlines",
     "<|im_start|>user\nHi<|im_end|>\n<|endoftext|>",
-    "<|user|>\nHi<|end|>\n<s></s> x",
+    "<|user|>\nHi<|end|>\n<s> x",
     "",
 ]
 

@@ -32,7 +32,14 @@ pub(crate) fn specs(fx: &Path, quick: bool) -> Vec<Spec> {
         ("medium", model("medium"), adapter("medium_lora"), "Llama h1024 ×4", 1, heavy_reps),
     ];
     if let Some(path) = manifest["smollm2"].as_str() {
-        models.push(("smollm2", path.to_string(), adapter("smollm2_lora"), "SmolLM2-135M ×30", 1, heavy_reps));
+        models.push((
+            "smollm2",
+            path.to_string(),
+            adapter("smollm2_lora"),
+            "SmolLM2-135M ×30",
+            1,
+            heavy_reps,
+        ));
     }
     for (name, model, adapter, what, iters, reps) in models {
         for merged in [false, true] {
@@ -102,7 +109,8 @@ pub(crate) fn report(m: &[Measured], specs: &[Spec], header: &str) -> String {
     );
     let per_token = |v: f64| fmt_ms(v / NEW_TOKENS as f64);
     for model in ["small", "medium", "smollm2"] {
-        let (Some(u), Some(g)) = (get(&format!("decode_{model}")), get(&format!("decode_{model}_merged"))) else {
+        let (Some(u), Some(g)) = (get(&format!("decode_{model}")), get(&format!("decode_{model}_merged")))
+        else {
             continue;
         };
         s.push_str(&format!(
@@ -117,7 +125,11 @@ pub(crate) fn report(m: &[Measured], specs: &[Spec], header: &str) -> String {
     s.push_str("\n| goal (reported, not asserted) | value | goal | met |\n|---|---:|---:|:---:|\n");
     let mut goal = |what: String, value: f64, target: f64, at_least: bool| {
         let met = if at_least { value >= target } else { value <= target };
-        s.push_str(&format!("| {what} | {value:.2} | {}{target} | {} |\n", if at_least { "≥ " } else { "≤ " }, if met { "yes" } else { "**no**" }));
+        s.push_str(&format!(
+            "| {what} | {value:.2} | {}{target} | {} |\n",
+            if at_least { "≥ " } else { "≤ " },
+            if met { "yes" } else { "**no**" }
+        ));
     };
     for (model, target) in [("small", 3.0), ("medium", 1.5)] {
         if let Some(x) = get(&format!("decode_{model}")) {
@@ -125,7 +137,8 @@ pub(crate) fn report(m: &[Measured], specs: &[Spec], header: &str) -> String {
         }
     }
     for model in ["small", "medium", "smollm2"] {
-        if let (Some(u), Some(g)) = (get(&format!("decode_{model}")), get(&format!("decode_{model}_merged"))) {
+        if let (Some(u), Some(g)) = (get(&format!("decode_{model}")), get(&format!("decode_{model}_merged")))
+        {
             goal(format!("decode_{model}: unmerged / merged time (peft-rs)"), u.rs / g.rs, 1.10, false);
         }
     }

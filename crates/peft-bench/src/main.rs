@@ -112,14 +112,43 @@ fn load_adapters(w: &Value) -> Result<PeftModel<HfModel>> {
 }
 
 enum Workload {
-    Train { peft: PeftModel<HfModel>, opt: AdamW, ids: Tensor },
-    Forward { peft: PeftModel<HfModel>, ids: Tensor, disabled: bool },
-    Mixed { peft: PeftModel<HfModel>, ids: Tensor, rows: Vec<String> },
-    Load { base: Option<HfModel>, vs: VarStore, adapter: PathBuf },
-    MergeUnload { base: Option<HfModel>, vs: VarStore, adapter: PathBuf },
-    Hotswap { peft: PeftModel<HfModel>, dirs: Vec<PathBuf>, flip: usize },
+    Train {
+        peft: PeftModel<HfModel>,
+        opt: AdamW,
+        ids: Tensor,
+    },
+    Forward {
+        peft: PeftModel<HfModel>,
+        ids: Tensor,
+        disabled: bool,
+    },
+    Mixed {
+        peft: PeftModel<HfModel>,
+        ids: Tensor,
+        rows: Vec<String>,
+    },
+    Load {
+        base: Option<HfModel>,
+        vs: VarStore,
+        adapter: PathBuf,
+    },
+    MergeUnload {
+        base: Option<HfModel>,
+        vs: VarStore,
+        adapter: PathBuf,
+    },
+    Hotswap {
+        peft: PeftModel<HfModel>,
+        dirs: Vec<PathBuf>,
+        flip: usize,
+    },
     /// Greedy generation of a fixed number of tokens (no stop token), one adapter or one per row.
-    Decode { peft: PeftModel<HfModel>, ids: Tensor, cfg: GenerationConfig, rows: Option<Vec<String>> },
+    Decode {
+        peft: PeftModel<HfModel>,
+        ids: Tensor,
+        cfg: GenerationConfig,
+        rows: Option<Vec<String>>,
+    },
 }
 
 impl Workload {

@@ -313,7 +313,9 @@ pub(crate) fn resolve_adapter(dir: &std::path::Path) -> Result<PathBuf> {
         .with_context(|| format!("adapter {text}: cannot reach the hub"))?;
     let remote = api.repo(repo);
     let config = remote.get(CONFIG_NAME).with_context(|| format!("adapter {text}: {CONFIG_NAME}"))?;
-    remote.get(SAFETENSORS_WEIGHTS_NAME).with_context(|| format!("adapter {text}: {SAFETENSORS_WEIGHTS_NAME}"))?;
+    remote
+        .get(SAFETENSORS_WEIGHTS_NAME)
+        .with_context(|| format!("adapter {text}: {SAFETENSORS_WEIGHTS_NAME}"))?;
     Ok(config.parent().map(PathBuf::from).unwrap_or_default())
 }
 

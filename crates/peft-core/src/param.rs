@@ -173,6 +173,10 @@ pub fn match_parameters<M: Adaptable + ?Sized>(
     model: &M,
     targets: &[String],
 ) -> Result<Vec<(String, ParamTarget)>> {
+    if targets.is_empty() {
+        // Nothing to match: no walk of the model (loading walks it a bounded number of times).
+        return Ok(Vec::new());
+    }
     let mut found: Vec<(String, String, String)> = Vec::new(); // (layer, owner, name)
     model.visit_layers(&mut |layer| {
         for (owner, name) in offered(layer) {

