@@ -279,44 +279,10 @@ pub(crate) fn resolve_adapters(specs: &[String]) -> Result<Vec<(PathBuf, String)
         .collect()
 }
 
-/// An adapter directory as it is, else a hub adapter id found in the HF cache (`adapter_config.json` of
-/// its `main` snapshot; downloaded with `adapter_model.safetensors` when missing, unless HF_HUB_OFFLINE is
-/// set), as `--model` ids resolve (peft_models::hub).
+/// An adapter directory as it is, else a hub adapter id through the HF cache
+/// ([`peft_models::hub::resolve_adapter`]).
 pub(crate) fn resolve_adapter(dir: &std::path::Path) -> Result<PathBuf> {
-    use hf_hub::{Cache, Repo, RepoType};
-    use peft_core::peft_config::keys::{CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME};
-    let text = dir.to_string_lossy();
-    if dir.is_dir() || !peft_models::hub::is_hub_id(&text) {
-        // A missing directory is reported by the adapter loader, naming the file it looked for.
-        return Ok(dir.to_path_buf());
-    }
-    let cache = peft_models::hub::cache_dir();
-    let repo = Repo::with_revision(text.to_string(), RepoType::Model, "main".to_string());
-    if let Some(config) = Cache::new(cache.clone()).repo(repo.clone()).get(CONFIG_NAME) {
-        if let Some(snapshot) = config.parent().filter(|d| d.join(SAFETENSORS_WEIGHTS_NAME).is_file()) {
-            return Ok(snapshot.to_path_buf());
-        }
-    }
-    let offline = std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"));
-    if offline {
-        bail!(
-            "adapter {text}: no such directory, and not in the HF cache at {} (HF_HUB_OFFLINE is set)",
-            cache.display()
-        );
-    }
-    let api = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(cache))
-        .with_endpoint(peft_models::hub::endpoint())
-        .with_token(peft_models::hub::token())
-        .with_progress(true)
-        .build()
-        .with_context(|| format!("adapter {text}: cannot reach the hub"))?;
-    let remote = api.repo(repo);
-    let config = remote.get(CONFIG_NAME).with_context(|| format!("adapter {text}: {CONFIG_NAME}"))?;
-    remote
-        .get(SAFETENSORS_WEIGHTS_NAME)
-        .with_context(|| format!("adapter {text}: {SAFETENSORS_WEIGHTS_NAME}"))?;
-    Ok(config.parent().map(PathBuf::from).unwrap_or_default())
+    Ok(peft_models::hub::resolve_adapter(dir)?)
 }
 
 /// Warns loudly about task-head weights that are in neither the model checkpoint nor an active

@@ -22,7 +22,7 @@ use crate::attention::{
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{self, Activation, RopeParameters, Rotary};
-use crate::task::{decoder_head, DecoderModel, Heads, Task};
+use crate::task::{decoder_head, default_positions, DecoderHeadDims, DecoderModel, Heads, Task};
 use peft_core::nn::{EmbeddingBase, Linear};
 use peft_core::{Adaptable, AdaptedLayer, ForwardCtx};
 use serde_json::Value;
@@ -444,24 +444,10 @@ impl Gemma {
         let rotary_global = Rotary::new(&a.rope_global, a.head_dim, root.device())?;
         let rotary_local =
             a.rope_local.as_ref().map(|r| Rotary::new(r, a.head_dim, root.device())).transpose()?;
-        let mut heads = Heads::none();
-        match task {
-            Task::CausalLm => {
-                heads.lm_head = Some(if a.tie_word_embeddings {
-                    layers::tied_linear("lm_head", &embed_tokens.base().weight)
-                } else {
-                    layers::linear(root / "lm_head", h, a.vocab_size, false)?
-                })
-            }
-            Task::SequenceClassification => {
-                heads.score = Some(layers::linear(root / "score", h, num_labels, false)?)
-            }
-            Task::TokenClassification => {
-                let bias = a.token_classification_bias;
-                heads.score = Some(layers::linear(root / "score", h, num_labels, bias)?)
-            }
-            _ => {}
-        }
+        let token_cls_bias = a.token_classification_bias;
+        let dims = DecoderHeadDims { hidden: h, vocab: a.vocab_size, num_labels, token_cls_bias };
+        let tied = a.tie_word_embeddings.then(|| &embed_tokens.base().weight);
+        let heads = Heads::decoder(root, task, dims, tied)?;
         let model = Backbone { embed_tokens, layers, norm, rotary_global, rotary_local };
         Ok(Self { model, heads, args, task })
     }
@@ -517,9 +503,7 @@ impl DecoderModel for Gemma {
         let (t, kind, dev) = (h.size()[1], h.kind(), h.device());
         let positions = match position_ids {
             Some(p) => p.shallow_clone(),
-            None => {
-                Tensor::arange_start(past, past + t, (Kind::Int64, dev)).unsqueeze(0).expand([b, t], false)
-            }
+            None => default_positions(past, b, t, dev),
         };
         let rope = |r: &Rotary| {
             let (cos, sin) = r.cos_sin(&positions, kind);

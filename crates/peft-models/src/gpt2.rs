@@ -5,7 +5,7 @@ use crate::attention::{attend_causal, causal_mask_or_none, merge_heads, split_he
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::layers::{self, Activation, LayerNorm};
-use crate::task::{DecoderModel, Heads, Task};
+use crate::task::{default_positions, DecoderModel, Heads, Task};
 use peft_core::nn::Linear;
 use peft_core::{Adaptable, ForwardCtx};
 use tch::nn::Path;
@@ -225,9 +225,7 @@ impl DecoderModel for Gpt2 {
         let t = tokens.size()[1];
         let positions = match position_ids {
             Some(p) => p.shallow_clone(),
-            None => Tensor::arange_start(past, past + t, (tch::Kind::Int64, input_ids.device()))
-                .unsqueeze(0)
-                .expand([b, t], false),
+            None => default_positions(past, b, t, input_ids.device()),
         };
         let mut h = tokens + self.transformer.wpe.forward_ctx(&positions, ctx);
         let mask = causal_mask_or_none(attention_mask, b, t, past, None, h.kind(), h.device());

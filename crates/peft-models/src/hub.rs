@@ -162,19 +162,7 @@ pub fn resolve_in(cache: &Path, model_id: &str, revision: &str, offline: bool) -
             return Ok(dir);
         }
     }
-    if offline {
-        return Err(hub_err(format!(
-            "not in the HF cache at {} and HF_HUB_OFFLINE is set (download it once, or pass a directory)",
-            cache.display()
-        )));
-    }
-    let api = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
-        .with_endpoint(endpoint())
-        .with_token(token())
-        .with_progress(true)
-        .build()
-        .map_err(|e| hub_err(format!("cannot reach the hub: {e}")))?;
-    let remote = api.repo(repo);
+    let remote = remote_repo(cache, repo, offline).map_err(hub_err)?;
     let config = remote.get("config.json").map_err(|e| hub_err(format!("config.json: {e}")))?;
     let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
     match remote.get("model.safetensors") {
@@ -202,6 +190,62 @@ pub fn resolve_in(cache: &Path, model_id: &str, revision: &str, offline: bool) -
         let _ = remote.get(f);
     }
     Ok(dir)
+}
+
+/// The hub side of a repository not (fully) in the cache, or why it cannot be reached.
+fn remote_repo(
+    cache: &Path,
+    repo: Repo,
+    offline: bool,
+) -> std::result::Result<hf_hub::api::sync::ApiRepo, String> {
+    if offline {
+        return Err(format!(
+            "not in the HF cache at {} and HF_HUB_OFFLINE is set (download it once, or pass a directory)",
+            cache.display()
+        ));
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
+        .with_endpoint(endpoint())
+        .with_token(token())
+        .with_progress(true)
+        .build()
+        .map_err(|e| format!("cannot reach the hub: {e}"))?;
+    Ok(api.repo(repo))
+}
+
+/// A PEFT adapter by directory or hub id: a directory (or anything not of the hub id form) as it is,
+/// else the snapshot of the id at `main` in the HF cache holding `adapter_config.json` and
+/// `adapter_model.safetensors`, downloaded when missing unless `HF_HUB_OFFLINE` is set — as
+/// [`resolve`] does for models.
+///
+/// # Errors
+/// [`ModelError::Hub`] when the id is not cached (offline) or the download fails.
+pub fn resolve_adapter(adapter: &Path) -> Result<PathBuf> {
+    resolve_adapter_in(&cache_dir(), adapter, offline())
+}
+
+/// [`resolve_adapter`] against an explicit cache directory.
+///
+/// # Errors
+/// As [`resolve_adapter`].
+pub fn resolve_adapter_in(cache: &Path, adapter: &Path, offline: bool) -> Result<PathBuf> {
+    use peft_core::peft_config::keys::{CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME};
+    let id = adapter.to_string_lossy();
+    if adapter.is_dir() || !is_hub_id(&id) {
+        // A missing directory is reported by the adapter loader, naming the file it looked for.
+        return Ok(adapter.to_path_buf());
+    }
+    let hub_err = |message: String| ModelError::Hub { model_id: format!("adapter {id}"), message };
+    let repo = Repo::with_revision(id.to_string(), RepoType::Model, "main".to_string());
+    if let Some(config) = Cache::new(cache.to_path_buf()).repo(repo.clone()).get(CONFIG_NAME) {
+        if let Some(dir) = config.parent().filter(|d| d.join(SAFETENSORS_WEIGHTS_NAME).is_file()) {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    let remote = remote_repo(cache, repo, offline).map_err(hub_err)?;
+    let config = remote.get(CONFIG_NAME).map_err(|e| hub_err(format!("{CONFIG_NAME}: {e}")))?;
+    remote.get(SAFETENSORS_WEIGHTS_NAME).map_err(|e| hub_err(format!("{SAFETENSORS_WEIGHTS_NAME}: {e}")))?;
+    Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -249,6 +293,27 @@ mod tests {
         assert_eq!(not_a_hub_id_in(here.path(), "org/llama"), None);
         let err = resolve("./no/such/dir", None).unwrap_err().to_string();
         assert!(err.contains("./no/such/dir") && err.contains("no such directory"), "{err}");
+    }
+
+    #[test]
+    fn an_adapter_hub_id_resolves_to_its_cached_snapshot_and_offline_misses_name_the_cache() {
+        let cache = tempfile::tempdir().unwrap();
+        let repo = cache.path().join("models--org--lora");
+        let snapshot = repo.join("snapshots").join("abc123");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs").join("main"), "abc123").unwrap();
+        std::fs::write(snapshot.join("adapter_config.json"), "{}").unwrap();
+        let id = Path::new("org/lora");
+        // The config alone is not a complete adapter: offline, that is a miss naming the cache.
+        let err = resolve_adapter_in(cache.path(), id, true).unwrap_err().to_string();
+        assert!(err.contains("adapter org/lora") && err.contains("HF_HUB_OFFLINE"), "{err}");
+        assert!(err.contains(&cache.path().display().to_string()), "{err}");
+        std::fs::write(snapshot.join("adapter_model.safetensors"), b"x").unwrap();
+        assert_eq!(resolve_adapter_in(cache.path(), id, true).unwrap(), snapshot);
+        // Paths are never sent to the hub, existing or not.
+        let local = Path::new("./no/such/adapter");
+        assert_eq!(resolve_adapter_in(cache.path(), local, true).unwrap(), local);
     }
 
     #[test]

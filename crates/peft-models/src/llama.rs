@@ -8,7 +8,7 @@ use crate::attention::{attend_causal, causal_mask_or_none, merge_heads, split_he
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::layers::{self, Activation, RmsNorm, RopeParameters, Rotary};
-use crate::task::{DecoderModel, Heads, Task};
+use crate::task::{default_positions, DecoderHeadDims, DecoderModel, Heads, Task};
 use peft_core::nn::Linear;
 use peft_core::{Adaptable, ForwardCtx};
 use tch::nn::Path;
@@ -318,27 +318,12 @@ impl Llama {
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(&base / "norm", h, a.rms_norm_eps)?;
         let rotary = Rotary::new(&a.rope, a.head_dim, root.device())?;
-        let mut heads = Heads::none();
-        match task {
-            Task::CausalLm => {
-                heads.lm_head = Some(if a.tie_word_embeddings {
-                    layers::tied_linear("lm_head", &embed_tokens.base().weight)
-                } else {
-                    layers::linear(root / "lm_head", h, a.vocab_size, false)?
-                })
-            }
-            Task::SequenceClassification => {
-                heads.score = Some(layers::linear(root / "score", h, num_labels, false)?)
-            }
-            Task::TokenClassification => {
-                heads.score = Some(layers::linear(root / "score", h, num_labels, true)?)
-            }
-            Task::QuestionAnswering => {
-                heads.qa_outputs = Some(layers::linear(root / "qa_outputs", h, 2, true)?)
-            }
-            Task::FeatureExtraction => {}
-            Task::Seq2SeqLm => return Err(crate::unsupported_task(&a.model_type, task, TASKS)),
+        if task == Task::Seq2SeqLm {
+            return Err(crate::unsupported_task(&a.model_type, task, TASKS));
         }
+        let dims = DecoderHeadDims { hidden: h, vocab: a.vocab_size, num_labels, token_cls_bias: true };
+        let tied = a.tie_word_embeddings.then(|| &embed_tokens.base().weight);
+        let heads = Heads::decoder(root, task, dims, tied)?;
         Ok(Self { model: Backbone { embed_tokens, layers, norm, rotary }, heads, args, task })
     }
 
@@ -378,9 +363,7 @@ impl DecoderModel for Llama {
         let kind = h.kind();
         let positions = match position_ids {
             Some(p) => p.shallow_clone(),
-            None => Tensor::arange_start(past, past + t, (tch::Kind::Int64, h.device()))
-                .unsqueeze(0)
-                .expand([b, t], false),
+            None => default_positions(past, b, t, h.device()),
         };
         let (cos, sin) = self.model.rotary.cos_sin(&positions, kind);
         let sin = layers::signed_sin(&sin);

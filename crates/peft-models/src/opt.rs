@@ -10,7 +10,7 @@ use crate::attention::{merge_heads, split_heads, KvCache, LayerCache};
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::layers::{self, Activation, LayerNorm};
-use crate::task::{DecoderModel, Heads, Task};
+use crate::task::{DecoderHeadDims, DecoderModel, Heads, Task};
 use peft_core::nn::Linear;
 use peft_core::{Adaptable, ForwardCtx};
 use tch::nn::Path;
@@ -241,23 +241,10 @@ impl Opt {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut heads = Heads::none();
-        match task {
-            Task::CausalLm => {
-                heads.lm_head = Some(if a.tie_word_embeddings {
-                    layers::tied_linear("lm_head", &embed_tokens.base().weight)
-                } else {
-                    layers::linear(root / "lm_head", w, a.vocab_size, false)?
-                })
-            }
-            Task::SequenceClassification => {
-                heads.score = Some(layers::linear(root / "score", w, num_labels, false)?)
-            }
-            Task::QuestionAnswering => {
-                heads.qa_outputs = Some(layers::linear(root / "qa_outputs", w, 2, true)?)
-            }
-            _ => {}
-        }
+        // OPT has no token-classification head in transformers (its tasks are checked on load).
+        let dims = DecoderHeadDims { hidden: w, vocab: a.vocab_size, num_labels, token_cls_bias: false };
+        let tied = a.tie_word_embeddings.then(|| &embed_tokens.base().weight);
+        let heads = Heads::decoder(root, task, dims, tied)?;
         let decoder =
             Decoder { embed_tokens, project_in, project_out, layers, embed_positions, final_layer_norm };
         Ok(Self { model: Backbone { decoder }, heads, args, task })

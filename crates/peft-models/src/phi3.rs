@@ -11,7 +11,7 @@ use crate::attention::{
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{self, Activation, RmsNorm};
-use crate::task::{DecoderModel, Heads, Task};
+use crate::task::{default_positions, DecoderHeadDims, DecoderModel, Heads, Task};
 use peft_core::nn::Linear;
 use peft_core::{Adaptable, ForwardCtx};
 use serde_json::Value;
@@ -393,23 +393,10 @@ impl Phi3 {
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(&base / "norm", h, a.rms_norm_eps)?;
         let rotary = Rotary::new(&a.rope, root.device())?;
-        let mut heads = Heads::none();
-        match task {
-            Task::CausalLm => {
-                heads.lm_head = Some(if a.tie_word_embeddings {
-                    layers::tied_linear("lm_head", &embed_tokens.base().weight)
-                } else {
-                    layers::linear(root / "lm_head", h, a.vocab_size, false)?
-                })
-            }
-            Task::SequenceClassification => {
-                heads.score = Some(layers::linear(root / "score", h, num_labels, false)?)
-            }
-            Task::TokenClassification => {
-                heads.score = Some(layers::linear(root / "score", h, num_labels, true)?)
-            }
-            _ => {}
-        }
+        // Phi-3 has no question-answering head in transformers (its tasks are checked on load).
+        let dims = DecoderHeadDims { hidden: h, vocab: a.vocab_size, num_labels, token_cls_bias: true };
+        let tied = a.tie_word_embeddings.then(|| &embed_tokens.base().weight);
+        let heads = Heads::decoder(root, task, dims, tied)?;
         Ok(Self { model: Backbone { embed_tokens, layers, norm, rotary }, heads, args, task })
     }
 
@@ -450,9 +437,7 @@ impl DecoderModel for Phi3 {
         let (t, kind) = (h.size()[1], h.kind());
         let positions = match position_ids {
             Some(p) => p.shallow_clone(),
-            None => Tensor::arange_start(past, past + t, (Kind::Int64, h.device()))
-                .unsqueeze(0)
-                .expand([b, t], false),
+            None => default_positions(past, b, t, h.device()),
         };
         let (cos, sin) = self.model.rotary.cos_sin(&positions, kind);
         let sin = layers::signed_sin(&sin);

@@ -147,6 +147,61 @@ impl Heads {
     pub fn none() -> Self {
         Heads { lm_head: None, score: None, pooler: None, classifier: None, qa_outputs: None }
     }
+
+    /// The head a decoder-only model of transformers carries for `task`, on `hidden`-wide states:
+    /// `lm_head` (sharing `tied`, the input embedding's weight, when given), a bias-free `score` for
+    /// sequence classification, `score` with `token_cls_bias` for token classification, `qa_outputs`
+    /// with a bias for question answering; none for the other tasks (each model checks its tasks).
+    ///
+    /// # Errors
+    /// A head that cannot be created under `root`.
+    pub fn decoder(
+        root: &tch::nn::Path<'_>,
+        task: Task,
+        dims: DecoderHeadDims,
+        tied: Option<&Tensor>,
+    ) -> Result<Self> {
+        let DecoderHeadDims { hidden, vocab, num_labels, token_cls_bias } = dims;
+        let mut heads = Heads::none();
+        match task {
+            Task::CausalLm => {
+                heads.lm_head = Some(match tied {
+                    Some(w) => crate::layers::tied_linear("lm_head", w),
+                    None => crate::layers::linear(root / "lm_head", hidden, vocab, false)?,
+                })
+            }
+            Task::SequenceClassification => {
+                heads.score = Some(crate::layers::linear(root / "score", hidden, num_labels, false)?)
+            }
+            Task::TokenClassification => {
+                heads.score = Some(crate::layers::linear(root / "score", hidden, num_labels, token_cls_bias)?)
+            }
+            Task::QuestionAnswering => {
+                heads.qa_outputs = Some(crate::layers::linear(root / "qa_outputs", hidden, 2, true)?)
+            }
+            Task::FeatureExtraction | Task::Seq2SeqLm => {}
+        }
+        Ok(heads)
+    }
+}
+
+/// The sizes [`Heads::decoder`] needs.
+#[derive(Clone, Copy, Debug)]
+pub struct DecoderHeadDims {
+    /// Width of the final hidden states.
+    pub hidden: i64,
+    /// Vocabulary size (`lm_head` outputs).
+    pub vocab: i64,
+    /// Labels of the classification heads.
+    pub num_labels: i64,
+    /// Whether the token-classification `score` has a bias (Llama's does, Gemma's is configurable).
+    pub token_cls_bias: bool,
+}
+
+/// Positions `past..past + t` for each of `b` rows: the position ids a decoder uses when the caller
+/// gives none.
+pub fn default_positions(past: i64, b: i64, t: i64, device: tch::Device) -> Tensor {
+    Tensor::arange_start(past, past + t, (Kind::Int64, device)).unsqueeze(0).expand([b, t], false)
 }
 
 fn head<'a>(h: &'a Option<Linear>, name: &str) -> Result<&'a Linear> {
