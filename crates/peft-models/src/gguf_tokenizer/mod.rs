@@ -1,7 +1,7 @@
 //! The tokenizer a GGUF file describes, built as transformers 5.24 builds it for
 //! `AutoTokenizer.from_pretrained(dir, gguf_file=…)` (`integrations/gguf/gguf_tokenizer_mapping.py`):
-//! byte-level BPE (`tokenizer.ggml.model == "gpt2"`, [`byte_level`]) and sentencepiece (`llama`,
-//! [`sentencepiece`], Phi-3's variant included) vocabularies, control tokens as special added tokens,
+//! byte-level BPE (`tokenizer.ggml.model == "gpt2"`, `byte_level`) and sentencepiece (`llama`,
+//! `sentencepiece`, Phi-3's variant included) vocabularies, control tokens as special added tokens,
 //! user-defined ones as plain added tokens, and BOS/EOS insertion from `add_bos_token` /
 //! `add_eos_token`. Unigram (`t5`) and Gemma vocabularies are refused by name.
 
